@@ -1,0 +1,42 @@
+//! Content-defined chunking and chunk ids for bunker.
+//!
+//! # Brief overview
+//! A backup stream is cut into chunks whose boundaries depend only on the
+//! bytes near them ([`Chunker`]), so an insert or delete in a volume image moves
+//! only the boundaries around it and every other chunk deduplicates against
+//! what is already stored. Each chunk is named by the BLAKE3 hash of its bytes
+//! ([`ChunkId`]); an all-zero chunk is named [`ChunkId::ZERO`] and never hashed.
+//!
+//! Guarantees:
+//! - Boundaries are a pure function of the data, the [`ChunkerParams`] and the
+//!   fixed gear table in `gear.rs`. They never depend on how the data was
+//!   split into reads, nor on how many threads chunked it ([`seams`]).
+//! - Every chunk but the last of a stream is within `[min_len, max_len]`.
+//! - This crate does no I/O and starts no threads; callers bring both.
+
+mod chunker;
+mod gear;
+mod id;
+pub mod seams;
+mod zero;
+
+pub use chunker::{Chunker, ChunkerParams, Cut};
+pub use id::ChunkId;
+pub use zero::is_zero;
+
+/// Errors of this crate: both are caller input that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// Chunker parameters outside what the chunker supports.
+    #[error("invalid chunker parameters (min {min_len}, avg {avg_len}, max {max_len}): {reason}")]
+    InvalidParams {
+        min_len: u32,
+        avg_len: u32,
+        max_len: u32,
+        reason: &'static str,
+    },
+    /// A chunk id that is not 64 hexadecimal characters.
+    #[error("invalid chunk id {text:?}: expected 64 hexadecimal characters")]
+    InvalidChunkId { text: String },
+}

@@ -1,0 +1,139 @@
+//! Chunking one buffer on several cores with output identical to the
+//! sequential chunker.
+//!
+//! The buffer is split into segments; each segment is chunked independently
+//! as if a chunk started at its first byte ([`scan`]); then [`stitch`] walks
+//! the true chain from the start and, at each seam, follows the sequential
+//! chunker until one of its boundaries coincides with a boundary of the next
+//! segment's chain. From a shared boundary the two chains are the same,
+//! because a chunk's end depends only on where it starts (the fingerprint is
+//! reset at every cut). With random data the chains meet within a chunk or
+//! two, so almost all work is done in parallel.
+//!
+//! This module runs nothing in parallel itself: the caller runs [`scan`] for
+//! each segment on its own threads (the store uses rayon).
+
+use crate::{Chunker, Cut};
+
+/// One segment's speculative chain, as returned by [`scan`].
+#[derive(Clone, Debug)]
+pub struct SegmentCuts {
+    pub start: usize,
+    pub cuts: Vec<Cut>,
+}
+
+/// Start offsets of `segments` roughly equal pieces of a `len`-byte buffer.
+/// Segments shorter than `min_segment` are not worth a thread and are merged.
+pub fn split(len: usize, segments: usize, min_segment: usize) -> Vec<usize> {
+    let n = segments.max(1).min(len / min_segment.max(1)).max(1);
+    (0..n).map(|i| len / n * i).collect()
+}
+
+/// The chain that starts at `starts[index]`, running until a cut ends at or
+/// beyond the next segment's start (or the data runs out).
+pub fn scan(chunker: &Chunker, data: &[u8], starts: &[usize], index: usize, eof: bool) -> SegmentCuts {
+    let start = starts[index];
+    let stop = starts.get(index + 1).copied().unwrap_or(usize::MAX);
+    SegmentCuts {
+        start,
+        cuts: chunker.cuts_until(data, start, stop, eof),
+    }
+}
+
+/// Joins per-segment chains (in segment order, the first starting at 0) into
+/// the sequential chunker's cuts of `data`.
+pub fn stitch(chunker: &Chunker, data: &[u8], eof: bool, segments: Vec<SegmentCuts>) -> Vec<Cut> {
+    let mut segments = segments.into_iter();
+    let Some(first) = segments.next() else {
+        return Vec::new();
+    };
+    debug_assert_eq!(first.start, 0);
+    let mut out = first.cuts;
+    let mut pos = out.last().map_or(0, |c| c.end);
+    let mut exhausted = out.is_empty();
+    for seg in segments {
+        if exhausted {
+            break;
+        }
+        loop {
+            let adopt_from = if pos == seg.start {
+                Some(0)
+            } else {
+                seg.cuts.binary_search_by_key(&pos, |c| c.end).ok().map(|i| i + 1)
+            };
+            if let Some(i) = adopt_from {
+                out.extend_from_slice(&seg.cuts[i..]);
+                pos = out.last().map_or(pos, |c| c.end);
+                break;
+            }
+            if seg.cuts.last().is_none_or(|c| pos >= c.end) {
+                break;
+            }
+            match chunker.next_cut(&data[pos..], eof) {
+                Some(cut) => {
+                    pos += cut.end;
+                    out.push(Cut {
+                        end: pos,
+                        zero: cut.zero,
+                    });
+                }
+                None => {
+                    exhausted = true;
+                    break;
+                }
+            }
+        }
+    }
+    // The last segment's chain may have stopped short of a sync; finish the
+    // chain sequentially to the end of the data.
+    if !exhausted {
+        out.extend(chunker.cuts_until(data, pos, usize::MAX, eof).into_iter());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunker::tests::noise;
+    use crate::ChunkerParams;
+    use proptest::prelude::*;
+
+    fn parallel(c: &Chunker, data: &[u8], eof: bool, segments: usize) -> Vec<Cut> {
+        let starts = split(data.len(), segments, 1);
+        let scans = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..starts.len()).map(|i| s.spawn({
+                let starts = &starts;
+                move || scan(c, data, starts, i, eof)
+            })).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+        });
+        stitch(c, data, eof, scans)
+    }
+
+    #[test]
+    fn identical_to_sequential_on_a_large_buffer() {
+        let c = Chunker::new(ChunkerParams::DEFAULT);
+        let mut data = noise(9, 48 << 20);
+        data[10 << 20..(19 << 20) + 12345].fill(0);
+        for eof in [true, false] {
+            let seq = c.cuts(&data, eof);
+            for segments in [2, 3, 8] {
+                assert_eq!(parallel(&c, &data, eof, segments), seq, "segments {segments} eof {eof}");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn identical_to_sequential(seed in any::<u64>(), len in 0usize..400_000, segments in 1usize..12, eof in any::<bool>(), zero_at in 0usize..400_000) {
+            let c = Chunker::new(ChunkerParams::new(1024, 4096, 16384).unwrap());
+            let mut data = noise(seed, len);
+            let z0 = zero_at.min(len);
+            let z1 = (z0 + 60_000).min(len);
+            data[z0..z1].fill(0);
+            prop_assert_eq!(parallel(&c, &data, eof, segments), c.cuts(&data, eof));
+        }
+    }
+}
