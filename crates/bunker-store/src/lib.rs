@@ -1,1 +1,73 @@
-//! placeholder
+//! The bunker repository on disk.
+//!
+//! # Brief overview
+//! A repository is a directory holding:
+//! - `config`: identity and fixed parameters (chunker sizes, zstd level);
+//! - `packs/`: append-only pack files of compressed chunk records, sealed
+//!   and then immutable, read through memory maps ([`backend`]);
+//! - `index/`: the chunk index, chunk id -> record location, as sorted
+//!   memory-mapped runs sharded by id prefix (a cache of the packs);
+//! - `snapshots/<name>/<id>.snap`: one manifest per backup, the ordered
+//!   chunk list of the image.
+//!
+//! [`Repository::ingest`] chunks a stream (content-defined, several cores
+//! per stream), stores each unknown chunk once and commits a snapshot;
+//! [`Repository::reader`] streams a snapshot back, verifying the BLAKE3 of
+//! every chunk on parallel threads.
+//!
+//! Invariants the layout cannot show:
+//! - a snapshot is visible only once its chunks and manifest are durable,
+//!   and a crash at any instant leaves every committed snapshot readable
+//!   (commit protocol in docs/FORMAT.md);
+//! - every byte handed out was verified against its chunk's BLAKE3;
+//!   damage is an error naming pack, offset and chunk, never wrong bytes;
+//! - memory per ingest stream is bounded (see [`ingest`]) and nothing holds
+//!   the index or a manifest in heap memory;
+//! - durability goes through `durable.rs`; `unsafe` lives in `mmap.rs`;
+//!   `format/` is bytes only.
+
+pub mod backend;
+mod compress;
+mod durable;
+mod error;
+pub mod format;
+mod index;
+pub mod ingest;
+mod mmap;
+mod pack;
+mod repo;
+mod restore;
+pub mod snapshot;
+mod verify;
+
+pub use backend::{LocalPacks, PackBackend, ReadMode};
+pub use bunker_chunk::{ChunkId, ChunkerParams};
+pub use error::{Error, Result};
+pub use ingest::{IngestOptions, Progress};
+pub use repo::{CreateOptions, OpenOptions, Repository, Stats};
+pub use restore::{Piece, SnapshotReader};
+pub use snapshot::{validate_name, ManifestEntry, SnapshotInfo};
+pub use verify::{Damage, DamagedSnapshot, VerifyReport};
+
+/// A pack file's number, unique in its repository, never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PackId(pub u64);
+
+/// A snapshot's number: unique in its repository, increasing in commit order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SnapshotId(pub u64);
+
+impl std::fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Where a chunk's record is: pack, offset of the record header, lengths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub pack: PackId,
+    pub offset: u64,
+    pub raw_len: u32,
+    pub stored_len: u32,
+}

@@ -1,0 +1,216 @@
+//! The storage seam for pack files.
+//!
+//! The engine writes a new pack into a local staging file, seals and syncs
+//! it, then hands it to a [`PackBackend`] with `store_sealed`; after that the
+//! pack is immutable and only read by byte range, listed or deleted. That is
+//! all an object store (S3 and the like) offers, so packs can move there
+//! without touching the rest of the engine. [`LocalPacks`] is the default:
+//! the staging file is already in place and sealing is a rename.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::error::IoContext;
+use crate::mmap::SealedMap;
+use crate::{durable, Error, PackId, Result};
+
+pub trait PackBackend: Send + Sync {
+    /// Where a new pack is staged while it is written.
+    fn staging_path(&self, pack: PackId) -> PathBuf;
+    /// Publishes a sealed and synced staging file as `pack`. Durable on return.
+    fn store_sealed(&self, pack: PackId, staged: &Path) -> Result<()>;
+    /// `len` bytes of sealed pack `pack` at `offset`, owned.
+    fn read(&self, pack: PackId, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// Length of sealed pack `pack`.
+    fn pack_len(&self, pack: PackId) -> Result<u64>;
+    /// Ids of all sealed packs.
+    fn list(&self) -> Result<Vec<PackId>>;
+    /// Ids of staging files left by an earlier process (to recover).
+    fn list_staged(&self) -> Result<Vec<PackId>>;
+    /// Deletes sealed pack `pack` (durable on return).
+    fn delete(&self, pack: PackId) -> Result<()>;
+    /// A short name for error messages, e.g. `packs/3a/00/000000000000003a.pack`.
+    fn describe(&self, pack: PackId) -> String;
+}
+
+/// How [`LocalPacks`] reads sealed packs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Read-only memory maps, one per recently used pack (the default).
+    Mmap,
+    /// `pread` on a file handle: no mapping, for comparison and for
+    /// filesystems where mapping misbehaves.
+    Pread,
+}
+
+/// Packs in `<repo>/packs/<aa>/<bb>/<id>.pack` with a two-level fan-out on
+/// the low bits of the id, so hundreds of thousands of packs stay fast to
+/// open and list (at most 256 entries per directory level until the leaves).
+pub struct LocalPacks {
+    root: PathBuf,
+    mode: ReadMode,
+    maps: Mutex<HashMap<PackId, Arc<Opened>>>,
+}
+
+enum Opened {
+    Map(SealedMap),
+    File(File),
+}
+
+/// Maps kept open at once; beyond it an arbitrary one is dropped.
+const OPEN_PACKS: usize = 256;
+
+impl LocalPacks {
+    pub fn new(root: PathBuf, mode: ReadMode) -> LocalPacks {
+        LocalPacks {
+            root,
+            mode,
+            maps: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn dir(&self, pack: PackId) -> PathBuf {
+        self.root
+            .join(format!("{:02x}", pack.0 & 0xff))
+            .join(format!("{:02x}", (pack.0 >> 8) & 0xff))
+    }
+
+    fn sealed_path(&self, pack: PackId) -> PathBuf {
+        self.dir(pack).join(format!("{:016x}.pack", pack.0))
+    }
+
+    fn opened(&self, pack: PackId) -> Result<Arc<Opened>> {
+        let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(o) = maps.get(&pack) {
+            return Ok(o.clone());
+        }
+        let path = self.sealed_path(pack);
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound {
+                what: format!("pack {}", self.describe(pack)),
+            },
+            _ => Error::io(&path, e),
+        })?;
+        let opened = Arc::new(match self.mode {
+            ReadMode::Mmap => Opened::Map(SealedMap::open(&file).at(&path)?),
+            ReadMode::Pread => Opened::File(file),
+        });
+        if maps.len() >= OPEN_PACKS {
+            if let Some(k) = maps.keys().next().copied() {
+                maps.remove(&k);
+            }
+        }
+        maps.insert(pack, opened.clone());
+        Ok(opened)
+    }
+
+    fn walk(&self, ext: &str) -> Result<Vec<PackId>> {
+        let mut out = Vec::new();
+        for a in read_dir_names(&self.root)? {
+            let da = self.root.join(&a);
+            if !da.is_dir() {
+                continue;
+            }
+            for b in read_dir_names(&da)? {
+                let db = da.join(&b);
+                if !db.is_dir() {
+                    continue;
+                }
+                for name in read_dir_names(&db)? {
+                    if let Some(hex) = name.strip_suffix(ext) {
+                        if let Ok(id) = u64::from_str_radix(hex, 16) {
+                            out.push(PackId(id));
+                        }
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+fn read_dir_names(dir: &Path) -> Result<Vec<String>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.at(dir)?;
+        if let Ok(name) = entry.file_name().into_string() {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+impl PackBackend for LocalPacks {
+    fn staging_path(&self, pack: PackId) -> PathBuf {
+        self.dir(pack).join(format!("{:016x}.open", pack.0))
+    }
+
+    fn store_sealed(&self, pack: PackId, staged: &Path) -> Result<()> {
+        durable::rename(staged, &self.sealed_path(pack))
+    }
+
+    fn read(&self, pack: PackId, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let out_of_range = || Error::Corrupt {
+            file: self.describe(pack),
+            pack: Some(pack),
+            offset: Some(offset),
+            chunk: None,
+            reason: format!("read of {len} bytes is beyond the end of the pack"),
+        };
+        match &*self.opened(pack)? {
+            Opened::Map(map) => {
+                let bytes = map.copy(offset, len).ok_or_else(out_of_range)?;
+                if len >= 64 << 10 {
+                    map.release(offset, len);
+                }
+                Ok(bytes)
+            }
+            Opened::File(file) => {
+                let mut buf = vec![0u8; len];
+                file.read_exact_at(&mut buf, offset).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => out_of_range(),
+                    _ => Error::io(self.sealed_path(pack), e),
+                })?;
+                Ok(buf)
+            }
+        }
+    }
+
+    fn pack_len(&self, pack: PackId) -> Result<u64> {
+        match &*self.opened(pack)? {
+            Opened::Map(map) => Ok(map.bytes().len() as u64),
+            Opened::File(f) => Ok(f.metadata().at(self.sealed_path(pack))?.len()),
+        }
+    }
+
+    fn list(&self) -> Result<Vec<PackId>> {
+        self.walk(".pack")
+    }
+
+    fn list_staged(&self) -> Result<Vec<PackId>> {
+        self.walk(".open")
+    }
+
+    fn delete(&self, pack: PackId) -> Result<()> {
+        self.maps.lock().unwrap_or_else(|p| p.into_inner()).remove(&pack);
+        durable::remove_file(&self.sealed_path(pack))
+    }
+
+    fn describe(&self, pack: PackId) -> String {
+        format!(
+            "packs/{:02x}/{:02x}/{:016x}.pack",
+            pack.0 & 0xff,
+            (pack.0 >> 8) & 0xff,
+            pack.0
+        )
+    }
+}

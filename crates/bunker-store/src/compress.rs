@@ -1,0 +1,121 @@
+//! The compression decision: zstd when it pays, raw bytes when it does not.
+//!
+//! Incompressible chunks (media, encrypted blocks) must not cost a full zstd
+//! pass: a large chunk is first probed with four 8 KiB samples at level 1
+//! (about 1% of a 1 MiB chunk); if they shrink by less than 5% the chunk is
+//! stored raw. Otherwise the whole chunk is compressed at the repository's
+//! level and kept raw anyway if that saved less than 1/32.
+
+use std::cell::RefCell;
+
+use crate::format::pack::Codec;
+
+/// Chunks smaller than this skip the probe: compressing them is cheap.
+const PROBE_MIN_LEN: usize = 128 << 10;
+const SAMPLE_LEN: usize = 8 << 10;
+
+pub(crate) enum Stored<'a> {
+    Raw(&'a [u8]),
+    Zstd(Vec<u8>),
+}
+
+impl Stored<'_> {
+    pub(crate) fn codec(&self) -> Codec {
+        match self {
+            Stored::Raw(_) => Codec::Raw,
+            Stored::Zstd(_) => Codec::Zstd,
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Stored::Raw(b) => b,
+            Stored::Zstd(v) => v,
+        }
+    }
+}
+
+thread_local! {
+    static COMPRESSORS: RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(Vec::new()) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn with_compressor<T>(level: i32, f: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> T) -> Option<T> {
+    COMPRESSORS.with(|c| {
+        let mut c = c.borrow_mut();
+        if !c.iter().any(|(l, _)| *l == level) {
+            c.push((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, comp) = c.iter_mut().find(|(l, _)| *l == level)?;
+        Some(f(comp))
+    })
+}
+
+fn looks_incompressible(raw: &[u8]) -> bool {
+    let last = raw.len() - SAMPLE_LEN;
+    let mut sampled = 0usize;
+    let mut packed = 0usize;
+    for at in [0, last / 3, last * 2 / 3, last] {
+        let sample = &raw[at..at + SAMPLE_LEN];
+        match with_compressor(1, |c| c.compress(sample)) {
+            Some(Ok(out)) => packed += out.len(),
+            _ => return false,
+        }
+        sampled += SAMPLE_LEN;
+    }
+    packed * 20 > sampled * 19
+}
+
+pub(crate) fn compress(raw: &[u8], level: i32) -> Stored<'_> {
+    if raw.len() >= PROBE_MIN_LEN && looks_incompressible(raw) {
+        return Stored::Raw(raw);
+    }
+    match with_compressor(level, |c| c.compress(raw)) {
+        Some(Ok(out)) if out.len() < raw.len() - raw.len() / 32 => Stored::Zstd(out),
+        _ => Stored::Raw(raw),
+    }
+}
+
+/// Decompresses `stored` into exactly `raw_len` bytes, or says why not.
+pub(crate) fn decompress(codec: Codec, stored: Vec<u8>, raw_len: usize) -> Result<Vec<u8>, String> {
+    match codec {
+        Codec::Raw if stored.len() == raw_len => Ok(stored),
+        Codec::Raw => Err(format!("raw record holds {} bytes, expected {raw_len}", stored.len())),
+        Codec::Zstd => DECOMPRESSOR.with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_none() {
+                *d = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
+            }
+            let dec = d.as_mut().ok_or("no decompressor")?;
+            let out = dec.decompress(&stored, raw_len).map_err(|e| format!("zstd: {e}"))?;
+            if out.len() != raw_len {
+                return Err(format!("decompressed to {} bytes, expected {raw_len}", out.len()));
+            }
+            Ok(out)
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_is_raw_text_is_zstd_and_both_round_trip() {
+        let mut random = vec![0u8; 1 << 20];
+        let mut s = 1u64;
+        for b in random.iter_mut() {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            *b = (s >> 56) as u8;
+        }
+        let text: Vec<u8> = (0..20_000).flat_map(|i| format!("2026-11-22 INFO request {i} served in 3ms\n").into_bytes()).collect();
+        let r = compress(&random, 3);
+        assert_eq!(r.codec(), Codec::Raw);
+        let t = compress(&text, 3);
+        assert_eq!(t.codec(), Codec::Zstd);
+        assert!(t.bytes().len() < text.len() / 5);
+        assert_eq!(decompress(Codec::Zstd, t.bytes().to_vec(), text.len()).unwrap(), text);
+        assert!(decompress(Codec::Zstd, t.bytes().to_vec(), text.len() - 1).is_err());
+        assert!(decompress(Codec::Zstd, vec![1, 2, 3], 10).is_err());
+    }
+}

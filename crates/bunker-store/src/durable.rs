@@ -1,0 +1,82 @@
+//! The only place that fsyncs and renames.
+//!
+//! Every durability step of the commit protocol (docs/FORMAT.md, "Commit
+//! protocol") goes through these functions, so the order of syncs can be
+//! read in one file and faults can be injected in one place. A failed sync is
+//! returned to the caller, which must treat the data as lost: Linux may drop
+//! dirty pages after reporting the error, so retrying an fsync and trusting
+//! its success would acknowledge data that is gone.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::IoContext;
+use crate::Result;
+
+/// Flushes a file's data (and the metadata needed to read it back).
+pub(crate) fn sync_data(file: &File, path: &Path) -> Result<()> {
+    file.sync_data().at(path)
+}
+
+/// Makes the entries of a directory (creations, renames, deletions) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// Renames `from` to `to` within one filesystem and syncs `to`'s directory.
+/// After this returns, `to` exists with `from`'s contents across a crash.
+pub(crate) fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).at(to)?;
+    sync_dir(parent(to))
+}
+
+/// Writes a small file atomically: temp file, sync, rename, sync directory.
+pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp).at(&tmp)?;
+        f.write_all(bytes).at(&tmp)?;
+        sync_data(&f, &tmp)?;
+    }
+    rename(&tmp, path)
+}
+
+/// `mkdir -p` that syncs the parent of every directory it creates, so a
+/// file later published inside it cannot vanish with its directory.
+pub(crate) fn create_dir_all(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(p) = dir.parent() {
+        create_dir_all(p)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => sync_dir(parent(dir)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(crate::Error::io(dir, e)),
+    }
+}
+
+/// Removes a file and syncs its directory.
+pub(crate) fn remove_file(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => sync_dir(parent(path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(crate::Error::io(path, e)),
+    }
+}
+
+/// Syncs the data of the file at `path`, written and closed earlier (its
+/// directory entry is synced by the caller, once for many files).
+pub(crate) fn sync_file_at(path: &Path) -> Result<()> {
+    let f = File::open(path).at(path)?;
+    sync_data(&f, path)
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}

@@ -1,0 +1,115 @@
+//! The one error type of the store.
+//!
+//! Policy: variants are what a caller does next, not where the error came
+//! from. `NotFound` and `AlreadyExists` are the caller's mistakes; `Corrupt`
+//! names the file, offset and chunk so an operator can act on it, and is
+//! never hidden behind wrong bytes; `Io` carries the path; `Poisoned` means a
+//! durability step failed and nothing more may be acknowledged until the
+//! repository is reopened (and recovery re-checks what reached the disk).
+
+use std::path::PathBuf;
+
+use bunker_chunk::ChunkId;
+
+use crate::PackId;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The disk (or quota) is full. Nothing acknowledged is affected.
+    #[error("no space left on device writing {path}")]
+    NoSpace { path: PathBuf },
+    #[error("not found: {what}")]
+    NotFound { what: String },
+    #[error("already exists: {what}")]
+    AlreadyExists { what: String },
+    /// Stored data does not match its checksum or hash. `pack` and `offset`
+    /// locate the record when the damage is in a pack.
+    #[error("corrupt data in {file}{}{}: {reason}", offset.map(|o| format!(" at offset {o}")).unwrap_or_default(), chunk.map(|c| format!(" (chunk {c})")).unwrap_or_default())]
+    Corrupt {
+        file: String,
+        pack: Option<PackId>,
+        offset: Option<u64>,
+        chunk: Option<ChunkId>,
+        reason: String,
+    },
+    /// A file with a bunker magic but a format version this build cannot read.
+    #[error("{file}: unsupported {kind} format version {found} (this build reads version {supported})")]
+    UnsupportedVersion {
+        file: String,
+        kind: &'static str,
+        found: u32,
+        supported: u32,
+    },
+    /// A file that is not what it should be (wrong magic, truncated header).
+    #[error("{file}: not a bunker {kind} file: {reason}")]
+    NotBunkerFile {
+        file: String,
+        kind: &'static str,
+        reason: String,
+    },
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// The whole-stream hash the client announced differs from the data.
+    #[error("stream hash mismatch: client said {expected}, data hashes to {actual}")]
+    StreamHashMismatch { expected: String, actual: String },
+    /// A previous durability failure; reopen the repository.
+    #[error("repository writer is poisoned after a failed write or sync ({0}); reopen to recover")]
+    Poisoned(String),
+    /// Another process holds the repository lock.
+    #[error("repository {path} is locked by another process")]
+    Locked { path: PathBuf },
+    /// The reader of an ingest stream failed (client went away, source
+    /// unreadable). Nothing was committed.
+    #[error("reading the backup source failed: {0}")]
+    Source(#[source] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an I/O error with its path, recognising a full disk.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        let path = path.into();
+        if is_no_space(&source) {
+            return Error::NoSpace { path };
+        }
+        Error::Io { path, source }
+    }
+
+    pub(crate) fn corrupt(file: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::Corrupt {
+            file: file.into(),
+            pack: None,
+            offset: None,
+            chunk: None,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, Error::Corrupt { .. })
+    }
+}
+
+fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(code) if code == rustix::io::Errno::NOSPC.raw_os_error() || code == rustix::io::Errno::DQUOT.raw_os_error())
+        || e.kind() == std::io::ErrorKind::StorageFull
+}
+
+/// Adds a path to I/O results.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

@@ -1,0 +1,101 @@
+//! `config`: the repository's identity and fixed parameters (128 bytes).
+//!
+//! | offset | width | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `BNKRREPO` |
+//! | 8 | 4 | version (1) |
+//! | 12 | 4 | header length (128) |
+//! | 16 | 16 | repository id |
+//! | 32 | 8 | created, unix seconds (i64) |
+//! | 40 | 4 | chunk min_len |
+//! | 44 | 4 | chunk avg_len |
+//! | 48 | 4 | chunk max_len |
+//! | 52 | 4 | zstd level (i32) |
+//! | 56 | 8 | pack target length |
+//! | 64 | 56 | reserved, zero |
+//! | 120 | 8 | xxh3-64 of bytes 0..120 |
+
+use bunker_chunk::ChunkerParams;
+
+use super::{check_magic_version, checksum, Le};
+use crate::{Error, Result};
+
+pub const MAGIC: &[u8; 8] = b"BNKRREPO";
+/// Version history: 1 — first format (2026-11).
+pub const VERSION: u32 = 1;
+pub const LEN: usize = 128;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RepoConfig {
+    pub repo_id: [u8; 16],
+    pub created_unix: i64,
+    pub chunker: ChunkerParams,
+    pub zstd_level: i32,
+    pub pack_target_len: u64,
+}
+
+impl RepoConfig {
+    pub fn encode(&self) -> [u8; LEN] {
+        let mut b = [0u8; LEN];
+        Le::put(&mut b, 0, MAGIC);
+        Le::put_u32(&mut b, 8, VERSION);
+        Le::put_u32(&mut b, 12, LEN as u32);
+        Le::put(&mut b, 16, &self.repo_id);
+        Le::put_i64(&mut b, 32, self.created_unix);
+        Le::put_u32(&mut b, 40, self.chunker.min_len);
+        Le::put_u32(&mut b, 44, self.chunker.avg_len);
+        Le::put_u32(&mut b, 48, self.chunker.max_len);
+        Le::put_u32(&mut b, 52, self.zstd_level as u32);
+        Le::put_u64(&mut b, 56, self.pack_target_len);
+        let sum = checksum(&[&b[..120]]);
+        Le::put_u64(&mut b, 120, sum);
+        b
+    }
+
+    pub fn decode(file: &str, b: &[u8]) -> Result<RepoConfig> {
+        check_magic_version(file, "repository config", b, MAGIC, VERSION)?;
+        if b.len() != LEN || Le::u32(b, 12) as usize != LEN {
+            return Err(Error::corrupt(file, format!("config is {} bytes, expected {LEN}", b.len())));
+        }
+        if Le::u64(b, 120) != checksum(&[&b[..120]]) {
+            return Err(Error::corrupt(file, "config checksum mismatch"));
+        }
+        let chunker = ChunkerParams::new(Le::u32(b, 40), Le::u32(b, 44), Le::u32(b, 48))
+            .map_err(|e| Error::corrupt(file, e.to_string()))?;
+        let zstd_level = Le::u32(b, 52) as i32;
+        let pack_target_len = Le::u64(b, 56);
+        if !(1..=19).contains(&zstd_level) || pack_target_len < 1 << 20 {
+            return Err(Error::corrupt(file, "zstd level or pack length out of range"));
+        }
+        Ok(RepoConfig {
+            repo_id: Le::bytes(b, 16),
+            created_unix: Le::i64(b, 32),
+            chunker,
+            zstd_level,
+            pack_target_len,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_bit_flips_are_caught() {
+        let c = RepoConfig {
+            repo_id: [7; 16],
+            created_unix: 1_700_000_000,
+            chunker: ChunkerParams::DEFAULT,
+            zstd_level: 3,
+            pack_target_len: 256 << 20,
+        };
+        let b = c.encode();
+        assert_eq!(RepoConfig::decode("config", &b).unwrap(), c);
+        for bit in 0..(LEN * 8) {
+            let mut d = b;
+            d[bit / 8] ^= 1 << (bit % 8);
+            assert!(RepoConfig::decode("config", &d).is_err(), "bit {bit}");
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Snapshot manifests: a header, fixed-size entries, a footer.
+//!
+//! Entries are `(end offset, chunk id)`, 40 bytes each, in stream order, so
+//! the chunk holding byte `x` is the first entry with `end > x` (binary
+//! search, no need to load the manifest). Chunk `i` spans
+//! `end[i-1]..end[i]`; a chunk id of all zeros is an all-zero chunk that was
+//! never stored.
+//!
+//! Header (512 bytes):
+//!
+//! | offset | width | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `BNKRSNAP` |
+//! | 8 | 4 | version (1) |
+//! | 12 | 4 | header length (512) |
+//! | 16 | 16 | repository id |
+//! | 32 | 8 | snapshot id |
+//! | 40 | 8 | created, unix milliseconds (server clock, i64) |
+//! | 48 | 8 | logical size in bytes |
+//! | 56 | 8 | entry count |
+//! | 64 | 12 | chunker min, avg, max (u32 each) |
+//! | 76 | 4 | reserved, zero |
+//! | 80 | 32 | BLAKE3 of the whole stream |
+//! | 112 | 8 | chunks newly stored by this backup |
+//! | 120 | 8 | bytes newly stored (after compression) |
+//! | 128 | 8 | ingest duration, milliseconds |
+//! | 136 | 8 | zero chunks |
+//! | 144 | 2 | name length |
+//! | 146 | 2 | source length |
+//! | 148 | 4 | reserved, zero |
+//! | 152 | 128 | name (UTF-8, zero padded) |
+//! | 280 | 224 | source description (UTF-8, zero padded) |
+//! | 504 | 8 | xxh3-64 of bytes 0..504 |
+//!
+//! Footer (24 bytes): xxh3-64 of all entry bytes, entry count, magic
+//! `BNKRMEND`.
+
+use bunker_chunk::{ChunkId, ChunkerParams};
+
+use super::{check_magic_version, checksum, Le};
+use crate::{Error, Result, SnapshotId};
+
+pub const MAGIC: &[u8; 8] = b"BNKRSNAP";
+pub const END_MAGIC: &[u8; 8] = b"BNKRMEND";
+/// Version history: 1 — first format (2026-11).
+pub const VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 512;
+pub const ENTRY_LEN: usize = 40;
+pub const FOOTER_LEN: usize = 24;
+pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_SOURCE_LEN: usize = 224;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestHeader {
+    pub repo_id: [u8; 16],
+    pub id: SnapshotId,
+    pub created_unix_ms: i64,
+    pub size: u64,
+    pub entries: u64,
+    pub chunker: ChunkerParams,
+    pub stream_hash: [u8; 32],
+    pub new_chunks: u64,
+    pub new_bytes: u64,
+    pub ingest_ms: u64,
+    pub zero_chunks: u64,
+    pub name: String,
+    pub source: String,
+}
+
+impl ManifestHeader {
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        Le::put(&mut b, 0, MAGIC);
+        Le::put_u32(&mut b, 8, VERSION);
+        Le::put_u32(&mut b, 12, HEADER_LEN as u32);
+        Le::put(&mut b, 16, &self.repo_id);
+        Le::put_u64(&mut b, 32, self.id.0);
+        Le::put_i64(&mut b, 40, self.created_unix_ms);
+        Le::put_u64(&mut b, 48, self.size);
+        Le::put_u64(&mut b, 56, self.entries);
+        Le::put_u32(&mut b, 64, self.chunker.min_len);
+        Le::put_u32(&mut b, 68, self.chunker.avg_len);
+        Le::put_u32(&mut b, 72, self.chunker.max_len);
+        Le::put(&mut b, 80, &self.stream_hash);
+        Le::put_u64(&mut b, 112, self.new_chunks);
+        Le::put_u64(&mut b, 120, self.new_bytes);
+        Le::put_u64(&mut b, 128, self.ingest_ms);
+        Le::put_u64(&mut b, 136, self.zero_chunks);
+        let name = truncate_utf8(&self.name, MAX_NAME_LEN);
+        let source = truncate_utf8(&self.source, MAX_SOURCE_LEN);
+        Le::put_u16(&mut b, 144, name.len() as u16);
+        Le::put_u16(&mut b, 146, source.len() as u16);
+        Le::put(&mut b, 152, name.as_bytes());
+        Le::put(&mut b, 280, source.as_bytes());
+        let sum = checksum(&[&b[..504]]);
+        Le::put_u64(&mut b, 504, sum);
+        b
+    }
+
+    pub fn decode(file: &str, b: &[u8]) -> Result<ManifestHeader> {
+        check_magic_version(file, "snapshot manifest", b, MAGIC, VERSION)?;
+        if b.len() < HEADER_LEN || Le::u64(b, 504) != checksum(&[&b[..504]]) {
+            return Err(Error::corrupt(file, "manifest header checksum mismatch"));
+        }
+        let name_len = usize::from(Le::u16(b, 144));
+        let source_len = usize::from(Le::u16(b, 146));
+        if name_len == 0 || name_len > MAX_NAME_LEN || source_len > MAX_SOURCE_LEN {
+            return Err(Error::corrupt(file, "manifest name or source length out of range"));
+        }
+        let text = |at: usize, len: usize| {
+            String::from_utf8(b[at..at + len].to_vec()).map_err(|_| Error::corrupt(file, "manifest text is not UTF-8"))
+        };
+        let chunker = ChunkerParams::new(Le::u32(b, 64), Le::u32(b, 68), Le::u32(b, 72))
+            .map_err(|e| Error::corrupt(file, e.to_string()))?;
+        Ok(ManifestHeader {
+            repo_id: Le::bytes(b, 16),
+            id: SnapshotId(Le::u64(b, 32)),
+            created_unix_ms: Le::i64(b, 40),
+            size: Le::u64(b, 48),
+            entries: Le::u64(b, 56),
+            chunker,
+            stream_hash: Le::bytes(b, 80),
+            new_chunks: Le::u64(b, 112),
+            new_bytes: Le::u64(b, 120),
+            ingest_ms: Le::u64(b, 128),
+            zero_chunks: Le::u64(b, 136),
+            name: text(152, name_len)?,
+            source: text(280, source_len)?,
+        })
+    }
+
+    /// Total file length this header implies.
+    pub fn file_len(&self) -> Option<u64> {
+        self.entries
+            .checked_mul(ENTRY_LEN as u64)?
+            .checked_add((HEADER_LEN + FOOTER_LEN) as u64)
+    }
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+pub fn encode_entry(end: u64, id: &ChunkId) -> [u8; ENTRY_LEN] {
+    let mut b = [0u8; ENTRY_LEN];
+    Le::put_u64(&mut b, 0, end);
+    Le::put(&mut b, 8, &id.0);
+    b
+}
+
+pub fn decode_entry(b: &[u8]) -> (u64, ChunkId) {
+    (Le::u64(b, 0), ChunkId(Le::bytes(b, 8)))
+}
+
+pub fn encode_footer(entries_checksum: u64, count: u64) -> [u8; FOOTER_LEN] {
+    let mut b = [0u8; FOOTER_LEN];
+    Le::put_u64(&mut b, 0, entries_checksum);
+    Le::put_u64(&mut b, 8, count);
+    Le::put(&mut b, 16, END_MAGIC);
+    b
+}
+
+/// `(entries checksum, count)` from a footer, or why it is not one.
+pub fn decode_footer(b: &[u8]) -> std::result::Result<(u64, u64), String> {
+    if b.len() != FOOTER_LEN || &b[16..24] != END_MAGIC {
+        return Err("manifest footer missing".into());
+    }
+    Ok((Le::u64(b, 0), Le::u64(b, 8)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> ManifestHeader {
+        ManifestHeader {
+            repo_id: [1; 16],
+            id: SnapshotId(42),
+            created_unix_ms: 1_763_000_000_000,
+            size: 10 << 40,
+            entries: 10_000_000,
+            chunker: ChunkerParams::DEFAULT,
+            stream_hash: [9; 32],
+            new_chunks: 5,
+            new_bytes: 1234,
+            ingest_ms: 99,
+            zero_chunks: 3,
+            name: "vol-1.db".into(),
+            source: "file:/dev/sdb".into(),
+        }
+    }
+
+    #[test]
+    fn header_round_trip_and_every_bit_flip_is_caught() {
+        let h = sample();
+        let b = h.encode();
+        assert_eq!(ManifestHeader::decode("m", &b).unwrap(), h);
+        for bit in 0..(HEADER_LEN * 8) {
+            let mut d = b;
+            d[bit / 8] ^= 1 << (bit % 8);
+            assert!(ManifestHeader::decode("m", &d).is_err(), "bit {bit}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = ManifestHeader::decode("fuzz", &bytes);
+            if bytes.len() >= FOOTER_LEN {
+                let _ = decode_footer(&bytes[..FOOTER_LEN]);
+            }
+        }
+
+        #[test]
+        fn names_round_trip(name in "[A-Za-z0-9._-]{1,128}", source in "\\PC{0,60}") {
+            let mut h = sample();
+            h.name = name;
+            h.source = source;
+            let back = ManifestHeader::decode("m", &h.encode()).unwrap();
+            prop_assert_eq!(&back.name, &h.name);
+            prop_assert!(h.source.starts_with(&back.source));
+        }
+    }
+}

@@ -1,0 +1,602 @@
+//! The chunk index: chunk id -> location of its record in a pack.
+//!
+//! Two layers. On disk, per shard (the top 4 bits of the id), a few
+//! immutable sorted runs, memory-mapped and searched in place; a flush adds
+//! one run per touched shard and merges a shard's smallest runs when it has
+//! too many, so the index grows without a global rewrite and is never loaded
+//! into heap memory. In memory, a striped table holds entries of packs not
+//! yet flushed and the reservations of chunks being written right now.
+//!
+//! A reservation is how concurrent streams store a chunk once: the first
+//! stream to `reserve` an unknown id gets [`Reservation::Mine`] and must
+//! `publish` (or `abandon`) it; others get [`Reservation::Pending`] and may
+//! reference the chunk, waiting for it at commit with [`Index::wait`].
+//!
+//! The index is a cache of the packs. `index/state` lists the live runs and
+//! the packs they cover; packs not covered are re-read from their trailers
+//! at open. Layout: docs/FORMAT.md, "Index".
+
+mod run;
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+
+use bunker_chunk::ChunkId;
+
+use crate::format::index::IndexState;
+use crate::format::index::RunRef;
+use crate::{durable, Error, Location, PackId, Result};
+
+use run::{write_run, Run};
+
+/// Shards by the top [`SHARD_BITS`] bits of the chunk id. Few shards keep
+/// a flush to a handful of fsyncs; tiered merging within a shard keeps
+/// rewrites logarithmic, so shards need not be small.
+pub(crate) const SHARD_BITS: u32 = 4;
+pub(crate) const SHARDS: usize = 1 << SHARD_BITS;
+
+pub(crate) fn shard_of(id: &ChunkId) -> usize {
+    usize::from(id.0[0] >> (8 - SHARD_BITS))
+}
+
+/// A shard with more runs than this has its smallest runs merged.
+const MAX_RUNS_PER_SHARD: usize = 8;
+/// Runs left after a merge: the merge takes the smallest
+/// `len - RUNS_AFTER_MERGE + 1`, so runs of similar size merge together and
+/// an entry is rewritten O(log n) times.
+const RUNS_AFTER_MERGE: usize = 4;
+/// Lookups between drops of mapped index pages from the resident set.
+const RELEASE_EVERY: u64 = 1 << 20;
+
+/// What `reserve` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reservation {
+    /// Stored already, here.
+    Known(Location),
+    /// Another writer is storing it; reference it and `wait` before commit.
+    Pending,
+    /// Unknown: the caller stores it, then `publish`es or `abandon`s.
+    Mine,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Slot {
+    Pending,
+    Stored(Location),
+}
+
+/// Hashes a chunk id by 8 of its bytes: they are uniformly random already.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        if bytes.len() >= 16 {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[8..16]);
+            self.0 = u64::from_le_bytes(b);
+        }
+    }
+}
+
+type IdMap<V> = HashMap<ChunkId, V, BuildHasherDefault<IdHasher>>;
+
+struct Stripe {
+    slots: Mutex<IdMap<Slot>>,
+    published: Condvar,
+}
+
+pub(crate) struct Index {
+    dir: PathBuf,
+    stripes: Vec<Stripe>,
+    shards: Vec<RwLock<Vec<Arc<Run>>>>,
+    /// Held for the whole of a flush: one flush at a time.
+    state: Mutex<IndexState>,
+    queued: Mutex<Vec<(PackId, Vec<(ChunkId, Location)>)>>,
+    queued_entries: AtomicUsize,
+    flush_at: usize,
+    lookups: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Index {
+    /// Opens (or creates) the index in `dir`, mapping every live run and
+    /// removing run files that no state lists (left by a crashed flush).
+    pub(crate) fn open(dir: &Path, flush_at: usize) -> Result<Index> {
+        durable::create_dir_all(dir)?;
+        let state_path = dir.join("state");
+        let state = match std::fs::read(&state_path) {
+            Ok(bytes) => IndexState::decode("index/state", &bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => IndexState::default(),
+            Err(e) => return Err(Error::io(&state_path, e)),
+        };
+        let mut shards: Vec<Vec<Arc<Run>>> = (0..SHARDS).map(|_| Vec::new()).collect();
+        let live: HashSet<RunRef> = state.runs.iter().copied().collect();
+        for r in &state.runs {
+            let run = Run::open(&run_path(dir, *r), r.shard, r.run)?;
+            let shard = shards
+                .get_mut(usize::from(r.shard))
+                .ok_or_else(|| Error::corrupt("index/state", format!("shard {} out of range", r.shard)))?;
+            shard.push(Arc::new(run));
+        }
+        for runs in &mut shards {
+            runs.sort_by(|a, b| b.run.cmp(&a.run));
+        }
+        remove_orphan_runs(dir, &live)?;
+        Ok(Index {
+            dir: dir.to_path_buf(),
+            stripes: (0..256)
+                .map(|_| Stripe {
+                    slots: Mutex::new(IdMap::default()),
+                    published: Condvar::new(),
+                })
+                .collect(),
+            shards: shards.into_iter().map(RwLock::new).collect(),
+            state: Mutex::new(state),
+            queued: Mutex::new(Vec::new()),
+            queued_entries: AtomicUsize::new(0),
+            flush_at: flush_at.max(1),
+            lookups: AtomicU64::new(0),
+        })
+    }
+
+    fn stripe(&self, id: &ChunkId) -> &Stripe {
+        &self.stripes[usize::from(id.0[0])]
+    }
+
+    fn lookup_runs(&self, id: &ChunkId) -> Option<Location> {
+        if self.lookups.fetch_add(1, Ordering::Relaxed) % RELEASE_EVERY == RELEASE_EVERY - 1 {
+            self.release_pages();
+        }
+        let runs = self.shards[shard_of(id)].read().unwrap_or_else(|p| p.into_inner());
+        runs.iter().find_map(|r| r.lookup(id))
+    }
+
+    /// Drops mapped index pages from the resident set (the page cache keeps
+    /// them): resident memory stays flat however large the index grows.
+    pub(crate) fn release_pages(&self) {
+        for shard in &self.shards {
+            for r in shard.read().unwrap_or_else(|p| p.into_inner()).iter() {
+                r.release();
+            }
+        }
+    }
+
+    /// Where `id` is stored, if it is (pending chunks count as absent).
+    pub(crate) fn lookup(&self, id: &ChunkId) -> Option<Location> {
+        match lock(&self.stripe(id).slots).get(id) {
+            Some(Slot::Stored(loc)) => return Some(*loc),
+            Some(Slot::Pending) => return None,
+            None => {}
+        }
+        self.lookup_runs(id)
+    }
+
+    pub(crate) fn reserve(&self, id: &ChunkId) -> Reservation {
+        let mut slots = lock(&self.stripe(id).slots);
+        match slots.get(id) {
+            Some(Slot::Stored(loc)) => Reservation::Known(*loc),
+            Some(Slot::Pending) => Reservation::Pending,
+            None => {
+                // Checked under the stripe lock: a flush removes entries from
+                // the table only after their run is visible, so an id is
+                // always in one of the two when this lock is held.
+                if let Some(loc) = self.lookup_runs(id) {
+                    return Reservation::Known(loc);
+                }
+                slots.insert(*id, Slot::Pending);
+                Reservation::Mine
+            }
+        }
+    }
+
+    /// What `reserve` would answer for a chunk in the in-memory table,
+    /// without reserving it.
+    pub(crate) fn reserve_peek(&self, id: &ChunkId) -> Option<Reservation> {
+        match lock(&self.stripe(id).slots).get(id) {
+            Some(Slot::Stored(loc)) => Some(Reservation::Known(*loc)),
+            Some(Slot::Pending) => Some(Reservation::Pending),
+            None => None,
+        }
+    }
+
+    pub(crate) fn publish(&self, id: &ChunkId, loc: Location) {
+        let stripe = self.stripe(id);
+        lock(&stripe.slots).insert(*id, Slot::Stored(loc));
+        stripe.published.notify_all();
+    }
+
+    /// Gives up a reservation whose chunk was not stored (a failed write).
+    pub(crate) fn abandon(&self, id: &ChunkId) {
+        let stripe = self.stripe(id);
+        let mut slots = lock(&stripe.slots);
+        if matches!(slots.get(id), Some(Slot::Pending)) {
+            slots.remove(id);
+        }
+        drop(slots);
+        stripe.published.notify_all();
+    }
+
+    /// Waits until a pending chunk is published; `None` if its writer gave
+    /// up and nobody stored it.
+    pub(crate) fn wait(&self, id: &ChunkId) -> Option<Location> {
+        let stripe = self.stripe(id);
+        let mut slots = lock(&stripe.slots);
+        loop {
+            match slots.get(id) {
+                Some(Slot::Stored(loc)) => return Some(*loc),
+                Some(Slot::Pending) => {
+                    slots = stripe.published.wait(slots).unwrap_or_else(|p| p.into_inner());
+                }
+                None => {
+                    drop(slots);
+                    return self.lookup_runs(id);
+                }
+            }
+        }
+    }
+
+    /// Queues the records of a sealed pack for the next flush and makes them
+    /// visible to lookups (records found by recovery are in no table yet).
+    pub(crate) fn add_sealed(&self, pack: PackId, entries: Vec<(ChunkId, Location)>) {
+        for (id, loc) in &entries {
+            lock(&self.stripe(id).slots).entry(*id).or_insert(Slot::Stored(*loc));
+        }
+        self.queued_entries.fetch_add(entries.len(), Ordering::Relaxed);
+        lock(&self.queued).push((pack, entries));
+    }
+
+    pub(crate) fn needs_flush(&self) -> bool {
+        self.queued_entries.load(Ordering::Relaxed) >= self.flush_at
+    }
+
+    pub(crate) fn is_covered(&self, pack: PackId) -> bool {
+        lock(&self.state).covered.iter().any(|&(lo, hi)| lo <= pack.0 && pack.0 <= hi)
+    }
+
+    /// The highest pack id the index has ever covered.
+    pub(crate) fn max_covered(&self) -> Option<u64> {
+        lock(&self.state).covered.last().map(|&(_, hi)| hi)
+    }
+
+    /// Writes queued entries as new runs, merges crowded shards, publishes a
+    /// new `index/state`, then drops the flushed entries from memory.
+    pub(crate) fn flush(&self) -> Result<()> {
+        let mut state = lock(&self.state);
+        let batches = std::mem::take(&mut *lock(&self.queued));
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let flushed_entries: usize = batches.iter().map(|(_, e)| e.len()).sum();
+        match self.flush_locked(&mut state, &batches) {
+            Ok(()) => {
+                self.queued_entries.fetch_sub(flushed_entries, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                // Keep the entries queued for the next attempt.
+                let mut q = lock(&self.queued);
+                let mut restored = batches;
+                restored.append(&mut q);
+                *q = restored;
+                Err(e)
+            }
+        }
+    }
+
+    fn flush_locked(&self, state: &mut IndexState, batches: &[(PackId, Vec<(ChunkId, Location)>)]) -> Result<()> {
+        let mut by_shard: Vec<Vec<(ChunkId, Location)>> = (0..SHARDS).map(|_| Vec::new()).collect();
+        for (_, entries) in batches {
+            for e in entries {
+                by_shard[shard_of(&e.0)].push(*e);
+            }
+        }
+        let mut new_state = state.clone();
+        let mut new_lists: Vec<(usize, Vec<Arc<Run>>)> = Vec::new();
+        let mut obsolete: Vec<PathBuf> = Vec::new();
+        let mut created: Vec<PathBuf> = Vec::new();
+        let result = (|| -> Result<()> {
+            for (shard, mut entries) in by_shard.into_iter().enumerate() {
+                if entries.is_empty() {
+                    continue;
+                }
+                entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                entries.dedup_by(|a, b| a.0 == b.0);
+                let r = RunRef {
+                    shard: shard as u8,
+                    run: new_state.next_run,
+                };
+                new_state.next_run += 1;
+                let path = run_path(&self.dir, r);
+                created.push(path.clone());
+                write_run(&path, r.shard, r.run, entries.into_iter())?;
+                let mut list = vec![Arc::new(Run::open(&path, r.shard, r.run)?)];
+                list.extend(self.shards[shard].read().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+                if list.len() > MAX_RUNS_PER_SHARD {
+                    let merged_ref = RunRef {
+                        shard: shard as u8,
+                        run: new_state.next_run,
+                    };
+                    new_state.next_run += 1;
+                    let merged_path = run_path(&self.dir, merged_ref);
+                    created.push(merged_path.clone());
+                    let (merged, gone) = merge_smallest(&mut list, &merged_path, merged_ref)?;
+                    obsolete.extend(gone);
+                    list.push(merged);
+                    list.sort_by(|a, b| b.run.cmp(&a.run));
+                }
+                new_lists.push((shard, list));
+            }
+            // One pass of fsyncs after all writes: the first forces the
+            // journal commit, the rest find their data mostly written.
+            for p in &created {
+                durable::sync_file_at(p)?;
+            }
+            durable::sync_dir(&self.dir)?;
+            let mut runs: Vec<RunRef> = Vec::new();
+            for (shard, list) in self.shards.iter().enumerate() {
+                match new_lists.iter().find(|(s, _)| *s == shard) {
+                    Some((_, l)) => runs.extend(l.iter().map(|r| RunRef { shard: r.shard, run: r.run })),
+                    None => runs.extend(shard_refs(list)),
+                }
+            }
+            runs.sort();
+            new_state.runs = runs;
+            for (pack, _) in batches {
+                add_covered(&mut new_state.covered, pack.0);
+            }
+            new_state.generation += 1;
+            durable::replace_file(&self.dir.join("state"), &new_state.encode())
+        })();
+        if let Err(e) = result {
+            for p in created {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e);
+        }
+        *state = new_state;
+        for (shard, list) in new_lists {
+            *self.shards[shard].write().unwrap_or_else(|p| p.into_inner()) = list;
+        }
+        for p in obsolete {
+            let _ = std::fs::remove_file(p);
+        }
+        let flushed: HashSet<PackId> = batches.iter().map(|(p, _)| *p).collect();
+        for stripe in &self.stripes {
+            lock(&stripe.slots).retain(|_, slot| !matches!(slot, Slot::Stored(loc) if flushed.contains(&loc.pack)));
+        }
+        Ok(())
+    }
+
+    /// Entries in runs (duplicates across runs counted once per run) plus
+    /// entries waiting for a flush.
+    pub(crate) fn entry_count(&self) -> u64 {
+        let in_runs: usize = self
+            .shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(|p| p.into_inner()).iter().map(|r| r.count).sum::<usize>())
+            .sum();
+        (in_runs + self.queued_entries.load(Ordering::Relaxed)) as u64
+    }
+
+    /// Bytes of all run files.
+    pub(crate) fn disk_bytes(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|r| (r.count * crate::format::index::ENTRY_LEN + 80) as u64)
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
+    /// Checks every run's checksum and order.
+    pub(crate) fn verify_runs(&self) -> Vec<Error> {
+        let mut errors = Vec::new();
+        for s in &self.shards {
+            for r in s.read().unwrap_or_else(|p| p.into_inner()).iter() {
+                if let Err(e) = r.verify() {
+                    errors.push(e);
+                }
+            }
+        }
+        errors
+    }
+
+    /// Every (id, location) in the runs, shard by shard: for rebuild checks.
+    pub(crate) fn for_each_run_entry(&self, mut f: impl FnMut(ChunkId, Location)) {
+        for s in &self.shards {
+            let runs = s.read().unwrap_or_else(|p| p.into_inner()).clone();
+            for r in runs {
+                for i in 0..r.count {
+                    let (id, loc) = r.get(i);
+                    f(id, loc);
+                }
+                r.release();
+            }
+        }
+    }
+}
+
+fn run_path(dir: &Path, r: RunRef) -> PathBuf {
+    dir.join(format!("{:x}-{:016x}.run", r.shard, r.run))
+}
+
+fn shard_refs(list: &RwLock<Vec<Arc<Run>>>) -> Vec<RunRef> {
+    list.read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|r| RunRef { shard: r.shard, run: r.run })
+        .collect()
+}
+
+fn add_covered(covered: &mut Vec<(u64, u64)>, pack: u64) {
+    covered.push((pack, pack));
+    covered.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(covered.len());
+    for &(lo, hi) in covered.iter() {
+        match merged.last_mut() {
+            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+            _ => merged.push((lo, hi)),
+        }
+    }
+    *covered = merged;
+}
+
+/// Merges the smallest runs of `list` (newest wins on equal ids) into one
+/// run at `path`; removes them from `list` and returns the new run and the
+/// paths of the merged ones.
+fn merge_smallest(list: &mut Vec<Arc<Run>>, path: &Path, r: RunRef) -> Result<(Arc<Run>, Vec<PathBuf>)> {
+    list.sort_by_key(|run| run.count);
+    let take = list.len() - RUNS_AFTER_MERGE + 1;
+    let mut inputs: Vec<Arc<Run>> = list.drain(..take).collect();
+    inputs.sort_by(|a, b| b.run.cmp(&a.run));
+    // k-way merge by repeated minimum: k <= MAX_RUNS_PER_SHARD is small.
+    let mut pos = vec![0usize; inputs.len()];
+    let mut merged: Vec<(ChunkId, Location)> = Vec::with_capacity(inputs.iter().map(|r| r.count).sum());
+    loop {
+        let mut best: Option<(usize, ChunkId)> = None;
+        for (i, run) in inputs.iter().enumerate() {
+            if pos[i] < run.count {
+                let id = run.get(pos[i]).0;
+                if best.is_none_or(|(_, b)| id < b) {
+                    best = Some((i, id));
+                }
+            }
+        }
+        let Some((i, id)) = best else { break };
+        // `inputs` is newest first, so the first run holding `id` wins.
+        merged.push(inputs[i].get(pos[i]));
+        for (j, run) in inputs.iter().enumerate() {
+            if pos[j] < run.count && run.get(pos[j]).0 == id {
+                pos[j] += 1;
+            }
+        }
+    }
+    write_run(path, r.shard, r.run, merged.into_iter())?;
+    let run = Arc::new(Run::open(path, r.shard, r.run)?);
+    Ok((run, inputs.iter().map(|r| r.path.clone()).collect()))
+}
+
+fn remove_orphan_runs(dir: &Path, live: &HashSet<RunRef>) -> Result<()> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return Ok(()) };
+    for f in rd.flatten() {
+        let name = f.file_name();
+        let Some((shard, run)) = name.to_str().and_then(|n| n.strip_suffix(".run")).and_then(|n| n.split_once('-')) else {
+            continue;
+        };
+        let (Ok(shard), Ok(run)) = (u8::from_str_radix(shard, 16), u64::from_str_radix(run, 16)) else {
+            continue;
+        };
+        if !live.contains(&RunRef { shard, run }) {
+            tracing::info!(shard, run, "removing index run left by an interrupted flush");
+            std::fs::remove_file(f.path()).map_err(|e| Error::io(f.path(), e))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn loc(n: u64) -> Location {
+        Location {
+            pack: PackId(n % 7),
+            offset: n,
+            raw_len: n as u32 + 1,
+            stored_len: n as u32,
+        }
+    }
+
+    fn id(n: u64) -> ChunkId {
+        ChunkId::of(&n.to_le_bytes())
+    }
+
+    #[test]
+    fn reservations_store_a_chunk_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path(), 100).unwrap();
+        let a = id(1);
+        assert_eq!(index.reserve(&a), Reservation::Mine);
+        assert_eq!(index.reserve(&a), Reservation::Pending);
+        assert_eq!(index.lookup(&a), None);
+        let waiter = std::thread::scope(|s| {
+            let h = s.spawn(|| index.wait(&a));
+            index.publish(&a, loc(5));
+            h.join().unwrap()
+        });
+        assert_eq!(waiter, Some(loc(5)));
+        assert_eq!(index.reserve(&a), Reservation::Known(loc(5)));
+        let b = id(2);
+        assert_eq!(index.reserve(&b), Reservation::Mine);
+        index.abandon(&b);
+        assert_eq!(index.wait(&b), None);
+        assert_eq!(index.reserve(&b), Reservation::Mine);
+    }
+
+    proptest! {
+        // Each case does a dozen flushes, each a few real fsyncs.
+        #![proptest_config(ProptestConfig::with_cases(12))]
+        /// The index against a BTreeMap model, across flushes, merges and
+        /// reopening.
+        #[test]
+        fn behaves_like_a_map(batches in proptest::collection::vec(proptest::collection::vec(0u64..3000, 1..200), 1..20)) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut model = BTreeMap::new();
+            {
+                let index = Index::open(dir.path(), 50).unwrap();
+                for (p, batch) in batches.iter().enumerate() {
+                    let mut entries = Vec::new();
+                    for &n in batch {
+                        // First writer of an id wins, as with real packs.
+                        if model.contains_key(&id(n)) || entries.iter().any(|(i, _)| *i == id(n)) { continue; }
+                        entries.push((id(n), Location { pack: PackId(p as u64), ..loc(n) }));
+                    }
+                    for (i, l) in &entries { model.insert(*i, *l); }
+                    index.add_sealed(PackId(p as u64), entries);
+                    if index.needs_flush() { index.flush().unwrap(); }
+                    prop_assert!(index.is_covered(PackId(0)) || p == 0 || !index.needs_flush());
+                }
+                for (i, l) in &model { prop_assert_eq!(index.lookup(i), Some(*l)); }
+                index.flush().unwrap();
+            }
+            let index = Index::open(dir.path(), 50).unwrap();
+            for (i, l) in &model { prop_assert_eq!(index.lookup(i), Some(*l)); }
+            prop_assert_eq!(index.lookup(&id(99_999)), None);
+            for p in 0..batches.len() as u64 { prop_assert!(index.is_covered(PackId(p))); }
+            prop_assert!(index.verify_runs().is_empty());
+            for s in &index.shards { prop_assert!(s.read().unwrap().len() <= MAX_RUNS_PER_SHARD); }
+        }
+    }
+
+    #[test]
+    fn truncated_run_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let index = Index::open(dir.path(), 10).unwrap();
+            index.add_sealed(PackId(1), (0..100).map(|n| (id(n), loc(n))).collect());
+            index.flush().unwrap();
+        }
+        let run = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "run")).unwrap();
+        let len = std::fs::metadata(&run).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&run).unwrap().set_len(len - 10).unwrap();
+        let err = Index::open(dir.path(), 10).err().expect("truncated run must not open");
+        assert!(err.is_corrupt(), "{err}");
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
+}

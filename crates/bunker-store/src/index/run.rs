@@ -1,0 +1,151 @@
+//! One immutable index run: a sorted array of 56-byte entries of one shard,
+//! memory-mapped and searched in place.
+//!
+//! Chunk ids are BLAKE3 outputs, uniformly distributed, so interpolation
+//! search finds an entry in two or three probes (a page or two touched)
+//! where binary search would take ~20.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use bunker_chunk::ChunkId;
+
+use crate::error::IoContext;
+use crate::format::index::{decode_entry, encode_entry, encode_run_footer, RunHeader, ENTRY_LEN, RUN_FOOTER_LEN, RUN_HEADER_LEN};
+use crate::format::Le;
+use crate::mmap::SealedMap;
+use crate::{Error, Location, Result};
+
+pub(crate) struct Run {
+    pub shard: u8,
+    pub run: u64,
+    pub count: usize,
+    pub path: PathBuf,
+    map: SealedMap,
+}
+
+impl Run {
+    pub(crate) fn open(path: &Path, shard: u8, run: u64) -> Result<Run> {
+        let file = File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::corrupt(
+                path.display().to_string(),
+                "index run listed in index/state is missing; rebuild the index from the packs",
+            ),
+            _ => Error::io(path, e),
+        })?;
+        let len = file.metadata().at(path)?.len();
+        let map = SealedMap::open(&file).at(path)?;
+        let name = path.display().to_string();
+        let header = RunHeader::decode(&name, map.bytes(), len)?;
+        if header.shard != shard || header.run != run {
+            return Err(Error::corrupt(name, "index run header names another run"));
+        }
+        let count = usize::try_from(header.count).map_err(|_| Error::corrupt(path.display().to_string(), "entry count overflows"))?;
+        Ok(Run {
+            shard,
+            run,
+            count,
+            path: path.to_path_buf(),
+            map,
+        })
+    }
+
+    fn entry(&self, i: usize) -> &[u8] {
+        let at = RUN_HEADER_LEN + i * ENTRY_LEN;
+        &self.map.bytes()[at..at + ENTRY_LEN]
+    }
+
+    /// The first 8 bytes of the id at `i`, big-endian: the sort order.
+    fn key(&self, i: usize) -> u64 {
+        u64::from_be_bytes(Le::bytes(self.entry(i), 0))
+    }
+
+    pub(crate) fn get(&self, i: usize) -> (ChunkId, Location) {
+        decode_entry(self.entry(i))
+    }
+
+    pub(crate) fn lookup(&self, id: &ChunkId) -> Option<Location> {
+        let target = id.prefix_u64();
+        let (mut lo, mut hi) = (0usize, self.count);
+        // Keys of this shard share their top SHARD_BITS bits.
+        let low_bits = 64 - super::SHARD_BITS;
+        let (mut lo_key, mut hi_key) = (u64::from(self.shard) << low_bits, (u64::from(self.shard) << low_bits) | ((1u64 << low_bits) - 1));
+        if target < lo_key || target > hi_key {
+            return None;
+        }
+        let mut probes = 0;
+        while hi - lo > 16 && probes < 6 {
+            probes += 1;
+            let span = (hi - lo) as u128;
+            let width = u128::from(hi_key - lo_key) + 1;
+            let guess = (u128::from(target.saturating_sub(lo_key)) * span / width) as usize;
+            let mid = lo + guess.min(hi - lo - 1);
+            let k = self.key(mid);
+            match k.cmp(&target).then_with(|| self.entry(mid)[..32].cmp(&id.0[..])) {
+                std::cmp::Ordering::Equal => return Some(self.get(mid).1),
+                std::cmp::Ordering::Less => {
+                    lo = mid + 1;
+                    lo_key = k;
+                }
+                std::cmp::Ordering::Greater => {
+                    hi = mid;
+                    hi_key = k;
+                }
+            }
+        }
+        // Binary search on what is left (also the fallback for skewed keys).
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.entry(mid)[..32].cmp(&id.0[..]) {
+                std::cmp::Ordering::Equal => return Some(self.get(mid).1),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        None
+    }
+
+    /// Drops this run's pages from the process's resident set.
+    pub(crate) fn release(&self) {
+        self.map.release_all();
+    }
+
+    /// Checks the entries' checksum against the footer (a full read).
+    pub(crate) fn verify(&self) -> Result<()> {
+        let bytes = self.map.bytes();
+        let end = RUN_HEADER_LEN + self.count * ENTRY_LEN;
+        let body = &bytes[RUN_HEADER_LEN..end];
+        let sum = crate::format::checksum(&[body]);
+        let sorted = (1..self.count).all(|i| self.entry(i - 1)[..32] < self.entry(i)[..32]);
+        let shard_ok = (0..self.count).all(|i| usize::from(self.shard) == super::shard_of(&ChunkId(Le::bytes(self.entry(i), 0))));
+        if Le::u64(bytes, end) != sum || !sorted || !shard_ok {
+            return Err(Error::corrupt(self.path.display().to_string(), "index run entries do not match their checksum or order"));
+        }
+        Ok(())
+    }
+}
+
+/// Writes sorted, deduplicated entries as a run file (not synced: the
+/// caller syncs the filesystem once for all runs of a flush).
+pub(crate) fn write_run(path: &Path, shard: u8, run: u64, entries: impl ExactSizeIterator<Item = (ChunkId, Location)>) -> Result<()> {
+    let file = File::create(path).at(path)?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let header = RunHeader {
+        shard,
+        run,
+        count: entries.len() as u64,
+    };
+    w.write_all(&header.encode()).at(path)?;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = [0u8; ENTRY_LEN];
+    for (id, loc) in entries {
+        encode_entry(&id, &loc, &mut buf);
+        hasher.update(&buf);
+        w.write_all(&buf).at(path)?;
+    }
+    w.write_all(&encode_run_footer(hasher.digest())).at(path)?;
+    w.flush().at(path)?;
+    debug_assert_eq!(RUN_FOOTER_LEN, 16);
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! Ingesting a stream as a snapshot: read, chunk, hash, deduplicate,
+//! compress, append, commit.
+//!
+//! One reader thread fills fixed buffers from the source while the calling
+//! thread processes the previous buffer in parallel stages on the rayon
+//! pool: content-defined cuts (the buffer split into segments chunked on
+//! all cores, see `bunker_chunk::seams`), BLAKE3 of each chunk, one
+//! reservation per chunk in the index, zstd for the new ones, and one
+//! append of the new records. The whole-stream BLAKE3 is computed on the
+//! same pool as data arrives.
+//!
+//! Memory per stream is bounded by two buffers of `max_len + BLOCK_LEN`
+//! bytes plus the compressed output of one block: with the default 4 MiB
+//! maximum chunk, 2 x 20 MiB + 16 MiB = 56 MiB at most, whatever the size
+//! of the stream.
+
+use std::io::Read;
+use std::time::Instant;
+
+use bunker_chunk::{seams, ChunkId};
+use crossbeam_channel::bounded;
+use rayon::prelude::*;
+
+use crate::{Error, Repository, Result, SnapshotInfo};
+
+/// Bytes read from the source per block.
+pub const BLOCK_LEN: usize = 16 << 20;
+
+/// Options of one ingest.
+#[derive(Clone, Debug, Default)]
+pub struct IngestOptions {
+    /// Free text kept in the manifest (e.g. `file:/dev/sdb`).
+    pub source: String,
+    /// The client's BLAKE3 of the whole stream: the snapshot is refused
+    /// if the data received hashes differently.
+    pub expected_hash: Option<[u8; 32]>,
+}
+
+/// Running figures reported after each block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub bytes_read: u64,
+    pub chunks: u64,
+    pub new_chunks: u64,
+    /// Bytes added to packs (after compression).
+    pub new_bytes: u64,
+}
+
+struct Block {
+    buf: Vec<u8>,
+    filled: usize,
+    eof: bool,
+}
+
+impl Repository {
+    /// Backs up `source` as a new snapshot of `name`. Nothing is visible
+    /// unless this returns `Ok`; on error (including a source that fails
+    /// mid-stream) no snapshot exists and the chunks written are garbage for
+    /// GC.
+    pub fn ingest(
+        &self,
+        name: &str,
+        source: impl Read + Send,
+        opts: &IngestOptions,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<SnapshotInfo> {
+        let mut writer = self.begin_snapshot(name, &opts.source)?;
+        let chunker = self.inner.chunker;
+        let max = chunker.params().max_len as usize;
+        let (full_tx, full_rx) = bounded::<std::io::Result<Block>>(1);
+        let (free_tx, free_rx) = bounded::<Vec<u8>>(2);
+        for _ in 0..2 {
+            let _ = free_tx.send(vec![0u8; max + BLOCK_LEN]);
+        }
+        let mut hasher = blake3::Hasher::new();
+        let mut stats = Progress::default();
+        let started = Instant::now();
+        let result = std::thread::scope(|scope| -> Result<()> {
+            // Owned by this closure, so an early return drops them and
+            // unblocks the reader thread before the scope joins it.
+            let (full_rx, free_tx) = (full_rx, free_tx);
+            let mut source = source;
+            scope.spawn(move || {
+                // Ends when the source ends or fails, or when the consumer
+                // hangs up (error or done).
+                while let Ok(mut buf) = free_rx.recv() {
+                    let block = fill(&mut source, &mut buf[max..]).map(|(filled, eof)| Block { buf, filled, eof });
+                    let stop = !matches!(block, Ok(Block { eof: false, .. }));
+                    if full_tx.send(block).is_err() || stop {
+                        break;
+                    }
+                }
+            });
+            let mut carry: Vec<u8> = Vec::with_capacity(max);
+            loop {
+                let block = match full_rx.recv() {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(e)) => return Err(Error::Source(e)),
+                    Err(_) => return Err(Error::Source(std::io::Error::other("reader thread stopped"))),
+                };
+                let Block { mut buf, filled, eof } = block;
+                let start = max - carry.len();
+                buf[start..max].copy_from_slice(&carry);
+                hasher.update_rayon(&buf[max..max + filled]);
+                let data = &buf[start..max + filled];
+                let cuts = parallel_cuts(&chunker, data, eof);
+                let mut pieces: Vec<(usize, usize, bool)> = Vec::with_capacity(cuts.len());
+                let mut at = 0;
+                for c in &cuts {
+                    pieces.push((at, c.end, c.zero));
+                    at = c.end;
+                }
+                let ids: Vec<ChunkId> = pieces
+                    .par_iter()
+                    .map(|&(s, e, zero)| if zero { ChunkId::ZERO } else { ChunkId::of(&data[s..e]) })
+                    .collect();
+                let chunks: Vec<(ChunkId, &[u8])> = ids.iter().zip(&pieces).map(|(id, &(s, e, _))| (*id, &data[s..e])).collect();
+                let zero: Vec<bool> = pieces.iter().map(|p| p.2).collect();
+                writer.push_data(&chunks, &zero)?;
+                carry.clear();
+                carry.extend_from_slice(&data[at..]);
+                stats.bytes_read += filled as u64;
+                stats.chunks = writer.chunks();
+                stats.new_chunks = writer.new_chunks();
+                stats.new_bytes = writer.new_bytes();
+                progress(&stats);
+                let _ = free_tx.send(buf);
+                if eof {
+                    debug_assert!(carry.is_empty());
+                    return Ok(());
+                }
+            }
+        });
+        result?;
+        let info = writer.commit(*hasher.finalize().as_bytes(), opts.expected_hash)?;
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "ingest done");
+        Ok(info)
+    }
+}
+
+/// Reads until `buf` is full or the source ends: `(bytes, eof)`.
+fn fill(source: &mut impl Read, buf: &mut [u8]) -> std::io::Result<(usize, bool)> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match source.read(&mut buf[filled..]) {
+            Ok(0) => return Ok((filled, true)),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((filled, false))
+}
+
+/// The sequential chunker's cuts of `data`, computed on all rayon threads.
+pub fn parallel_cuts(chunker: &bunker_chunk::Chunker, data: &[u8], eof: bool) -> Vec<bunker_chunk::Cut> {
+    let threads = rayon::current_num_threads();
+    let min_segment = 4 * chunker.params().max_len as usize;
+    let starts = seams::split(data.len(), threads * 2, min_segment);
+    if starts.len() <= 1 {
+        return chunker.cuts(data, eof);
+    }
+    let scans: Vec<_> = (0..starts.len())
+        .into_par_iter()
+        .map(|i| seams::scan(chunker, data, &starts, i, eof))
+        .collect();
+    seams::stitch(chunker, data, eof, scans)
+}

@@ -1,0 +1,72 @@
+//! Read-only memory maps of sealed files: the only `unsafe` code of bunker.
+//!
+//! Contract for every file mapped here: it is sealed (complete, synced and
+//! never written again), it is never truncated or rewritten in place (it is
+//! replaced by publishing a new file under a new name, or deleted whole,
+//! which leaves existing maps valid on Linux), and no other program modifies
+//! the repository. Mapped bytes are still treated as untrusted input: callers
+//! copy fields out, validate them, bounds-check every offset, and hand out
+//! owned, checksum- or BLAKE3-verified bytes, never map-backed slices.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+
+use memmap2::{Mmap, MmapOptions};
+
+pub(crate) struct SealedMap {
+    map: Mmap,
+}
+
+impl SealedMap {
+    /// Maps all of `file` read-only.
+    pub(crate) fn open(file: &File) -> std::io::Result<SealedMap> {
+        // SAFETY: the caller opened a sealed file of the repository (see the
+        // module contract): it is not truncated or modified while mapped, so
+        // the mapped bytes stay valid and do not change under us. A violation
+        // (an outside program truncating the file) would raise SIGBUS on
+        // access, not undefined values; writers never map files.
+        let map = unsafe { MmapOptions::new().map(file)? };
+        Ok(SealedMap { map })
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// Copies `len` bytes at `offset` out of the map, or `None` when the
+    /// range is outside the file.
+    pub(crate) fn copy(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
+        let start = usize::try_from(offset).ok()?;
+        let end = start.checked_add(len)?;
+        self.map.get(start..end).map(<[u8]>::to_vec)
+    }
+
+    /// Drops the pages of a range from this process's page tables after it
+    /// was copied out, so resident memory stays flat while streaming through
+    /// packs many times larger than RAM. The page cache keeps the data.
+    pub(crate) fn release(&self, offset: u64, len: usize) {
+        const PAGE: u64 = 4096;
+        let start = offset.div_ceil(PAGE) * PAGE;
+        let end = (offset + len as u64) / PAGE * PAGE;
+        if end <= start || end > self.map.len() as u64 {
+            return;
+        }
+        // SAFETY: MADV_DONTNEED on a private read-only file mapping only
+        // discards this process's page table entries; the next access faults
+        // the same file bytes back in from the page cache. There are no
+        // anonymous (copy-on-write) pages in a read-only map whose contents
+        // could be lost. The range is page aligned and inside the map.
+        let result = unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, (end - start) as usize)
+        };
+        if let Err(e) = result {
+            tracing::debug!("madvise(DONTNEED) failed: {e}");
+        }
+    }
+
+    /// Drops all resident pages of the map (see [`Self::release`]).
+    pub(crate) fn release_all(&self) {
+        self.release(0, self.map.len());
+    }
+}

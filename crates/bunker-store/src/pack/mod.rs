@@ -1,0 +1,252 @@
+//! Packs: appending chunk records, sealing, reading records back, recovery.
+//!
+//! All ingest streams append to one open pack at a time (appends are short
+//! positional writes under a mutex; compression happens before, outside the
+//! lock). A pack is sealed when it reaches its target length and whenever a
+//! snapshot commits, so a committed snapshot only ever references sealed
+//! packs: sealing is the durability point of chunk data. Layout:
+//! docs/FORMAT.md, "Pack".
+
+mod recover;
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use bunker_chunk::ChunkId;
+
+use crate::backend::PackBackend;
+use crate::error::IoContext;
+use crate::format::pack::{Codec, Footer, PackHeader, RecordHeader, TrailerEntry, FOOTER_LEN, HEADER_LEN, RECORD_HEADER_LEN, TRAILER_ENTRY_LEN};
+use crate::format::checksum;
+use crate::{durable, Error, Location, PackId, Result};
+
+pub(crate) use recover::{read_trailer, recover_staged};
+
+/// A record ready to append: compressed (or not) outside the writer lock.
+pub(crate) struct NewRecord<'a> {
+    pub id: ChunkId,
+    pub raw_len: u32,
+    pub codec: Codec,
+    pub stored: &'a [u8],
+}
+
+/// A pack that has just been sealed, with the records it holds.
+pub(crate) struct SealedPack {
+    pub pack: PackId,
+    pub entries: Vec<TrailerEntry>,
+}
+
+pub(crate) struct Packs {
+    backend: Box<dyn PackBackend>,
+    repo_id: [u8; 16],
+    target_len: u64,
+    writer: Mutex<Writer>,
+}
+
+struct Writer {
+    open: Option<OpenPack>,
+    next_id: u64,
+    poisoned: Option<String>,
+}
+
+struct OpenPack {
+    id: PackId,
+    file: File,
+    path: PathBuf,
+    len: u64,
+    entries: Vec<TrailerEntry>,
+}
+
+impl Packs {
+    pub(crate) fn new(backend: Box<dyn PackBackend>, repo_id: [u8; 16], target_len: u64, next_id: u64) -> Packs {
+        Packs {
+            backend,
+            repo_id,
+            target_len,
+            writer: Mutex::new(Writer {
+                open: None,
+                next_id,
+                poisoned: None,
+            }),
+        }
+    }
+
+    pub(crate) fn backend(&self) -> &dyn PackBackend {
+        &*self.backend
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends records to the open pack, sealing and rolling over when it
+    /// reaches its target length. Returns each record's location, and the
+    /// packs sealed along the way (for the index).
+    pub(crate) fn append(&self, records: &[NewRecord<'_>]) -> Result<(Vec<Location>, Vec<SealedPack>)> {
+        let mut w = self.lock();
+        if let Some(why) = &w.poisoned {
+            return Err(Error::Poisoned(why.clone()));
+        }
+        let mut locations = Vec::with_capacity(records.len());
+        let mut sealed = Vec::new();
+        for r in records {
+            if w.open.is_none() {
+                let id = PackId(w.next_id);
+                w.next_id += 1;
+                w.open = Some(self.create(id)?);
+            }
+            let open = w.open.as_mut().ok_or_else(|| Error::Poisoned("no open pack".into()))?;
+            let header = RecordHeader::new(r.id, r.codec, r.raw_len, r.stored);
+            let offset = open.len;
+            // A failed write leaves `len` unchanged: the next record (or the
+            // seal, which truncates to `len`) overwrites the partial bytes.
+            open.file.write_all_at(&header.encode(), offset).at(&open.path)?;
+            open.file
+                .write_all_at(r.stored, offset + RECORD_HEADER_LEN as u64)
+                .at(&open.path)?;
+            open.len += (RECORD_HEADER_LEN + r.stored.len()) as u64;
+            open.entries.push(TrailerEntry {
+                id: r.id,
+                offset,
+                raw_len: r.raw_len,
+                stored_len: r.stored.len() as u32,
+                codec: r.codec,
+            });
+            locations.push(Location {
+                pack: open.id,
+                offset,
+                raw_len: r.raw_len,
+                stored_len: r.stored.len() as u32,
+            });
+            if open.len >= self.target_len {
+                sealed.extend(self.seal_locked(&mut w)?);
+            }
+        }
+        Ok((locations, sealed))
+    }
+
+    /// Seals the open pack, if it holds any record. After this returns Ok,
+    /// every record appended before the call is durable in a sealed pack.
+    pub(crate) fn seal(&self) -> Result<Option<SealedPack>> {
+        let mut w = self.lock();
+        if let Some(why) = &w.poisoned {
+            return Err(Error::Poisoned(why.clone()));
+        }
+        self.seal_locked(&mut w)
+    }
+
+    fn seal_locked(&self, w: &mut Writer) -> Result<Option<SealedPack>> {
+        let Some(open) = w.open.take() else { return Ok(None) };
+        if open.entries.is_empty() {
+            // Nothing to keep: a header-only staging file.
+            let _ = std::fs::remove_file(&open.path);
+            return Ok(None);
+        }
+        if let Err(e) = write_seal(&open.file, open.len, &open.entries) {
+            // Keep the pack open: the trailer is rewritten on the next seal.
+            let err = Error::io(&open.path, e);
+            w.open = Some(open);
+            return Err(err);
+        }
+        if let Err(e) = durable::sync_data(&open.file, &open.path).and_then(|()| self.backend.store_sealed(open.id, &open.path)) {
+            // Linux may have dropped the dirty pages: nothing in this pack
+            // can be trusted until recovery re-reads it after a reopen.
+            w.poisoned = Some(format!("sealing pack {}: {e}", open.id.0));
+            return Err(e);
+        }
+        tracing::debug!(pack = open.id.0, records = open.entries.len(), "sealed pack");
+        Ok(Some(SealedPack {
+            pack: open.id,
+            entries: open.entries,
+        }))
+    }
+
+    fn create(&self, id: PackId) -> Result<OpenPack> {
+        let path = self.backend.staging_path(id);
+        if let Some(dir) = path.parent() {
+            durable::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .at(&path)?;
+        let header = PackHeader {
+            repo_id: self.repo_id,
+            pack: id,
+        };
+        file.write_all_at(&header.encode(), 0).at(&path)?;
+        Ok(OpenPack {
+            id,
+            file,
+            path,
+            len: HEADER_LEN as u64,
+            entries: Vec::new(),
+        })
+    }
+
+    /// Reads and checks one record: header fields must match `loc` and
+    /// `id`, and the checksum must match the stored bytes. Returns the codec
+    /// and the stored bytes (not yet decompressed or BLAKE3-checked).
+    pub(crate) fn read_record(&self, id: &ChunkId, loc: &Location) -> Result<(Codec, Vec<u8>)> {
+        let corrupt = |reason: String| Error::Corrupt {
+            file: self.backend.describe(loc.pack),
+            pack: Some(loc.pack),
+            offset: Some(loc.offset),
+            chunk: Some(*id),
+            reason,
+        };
+        let (head, stored) = match self.read_open(loc)? {
+            Some(pair) => pair,
+            None => {
+                let head = self.backend.read(loc.pack, loc.offset, RECORD_HEADER_LEN)?;
+                let stored = self.backend.read(loc.pack, loc.offset + RECORD_HEADER_LEN as u64, loc.stored_len as usize)?;
+                (head, stored)
+            }
+        };
+        let header = RecordHeader::decode(&head).map_err(corrupt)?;
+        if header.id != *id || header.raw_len != loc.raw_len || header.stored_len != loc.stored_len {
+            return Err(corrupt("record header does not match the index entry".into()));
+        }
+        if !header.verify(&head, &stored) {
+            return Err(corrupt("record checksum mismatch".into()));
+        }
+        Ok((header.codec, stored))
+    }
+
+    /// Reads from the open (unsealed) pack, which has no map yet.
+    fn read_open(&self, loc: &Location) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let w = self.lock();
+        let Some(open) = w.open.as_ref().filter(|o| o.id == loc.pack) else {
+            return Ok(None);
+        };
+        let mut head = vec![0u8; RECORD_HEADER_LEN];
+        let mut stored = vec![0u8; loc.stored_len as usize];
+        open.file.read_exact_at(&mut head, loc.offset).at(&open.path)?;
+        open.file
+            .read_exact_at(&mut stored, loc.offset + RECORD_HEADER_LEN as u64)
+            .at(&open.path)?;
+        Ok(Some((head, stored)))
+    }
+}
+
+/// Writes the trailer and footer after the record at `len` and cuts the file
+/// there. The caller syncs and publishes.
+pub(crate) fn write_seal(file: &File, len: u64, entries: &[TrailerEntry]) -> std::io::Result<()> {
+    let mut trailer = vec![0u8; entries.len() * TRAILER_ENTRY_LEN];
+    for (e, slot) in entries.iter().zip(trailer.chunks_exact_mut(TRAILER_ENTRY_LEN)) {
+        e.encode_into(slot);
+    }
+    let footer = Footer {
+        trailer_offset: len,
+        count: entries.len() as u64,
+        trailer_checksum: checksum(&[&trailer]),
+    };
+    let end = len + trailer.len() as u64 + FOOTER_LEN as u64;
+    file.write_all_at(&trailer, len)?;
+    file.write_all_at(&footer.encode(), len + trailer.len() as u64)?;
+    file.set_len(end)
+}

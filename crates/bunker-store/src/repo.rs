@@ -1,0 +1,715 @@
+//! Opening, creating and recovering a repository; snapshot commit, listing,
+//! deletion and chunk reads.
+//!
+//! Opening recovers from any crash without a manual step: temp files are
+//! removed, staging packs have their torn tails cut and are sealed, sealed
+//! packs the index does not cover are re-indexed from their trailers, and
+//! index runs no state lists are removed. Only committed manifests are ever
+//! listed, so a partial snapshot is never visible.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bunker_chunk::{ChunkId, Chunker, ChunkerParams};
+
+use crate::backend::{LocalPacks, PackBackend, ReadMode};
+use crate::compress::{compress, decompress};
+use crate::error::IoContext;
+use crate::format::config::RepoConfig;
+use crate::format::manifest::ManifestHeader;
+use crate::format::Le;
+use crate::index::{Index, Reservation};
+use crate::pack::{read_trailer, recover_staged, NewRecord, Packs, SealedPack};
+use crate::snapshot::manifest::{ManifestReader, ManifestWriter};
+use crate::snapshot::{self, SnapshotInfo};
+use crate::{durable, Error, Location, PackId, Result, SnapshotId};
+
+/// Parameters fixed when a repository is created.
+#[derive(Clone, Copy, Debug)]
+pub struct CreateOptions {
+    pub chunker: ChunkerParams,
+    /// zstd level for chunks worth compressing (1..=19).
+    pub zstd_level: i32,
+    /// A pack is sealed once it reaches this length.
+    pub pack_target_len: u64,
+}
+
+/// Default pack length, 256 MiB: 100 TB of unique data is ~400 000 packs,
+/// which the two-level fan-out lists quickly; a pack is still a reasonable
+/// unit to rewrite in GC and to move to object storage.
+pub const DEFAULT_PACK_LEN: u64 = 256 << 20;
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            chunker: ChunkerParams::DEFAULT,
+            zstd_level: 3,
+            pack_target_len: DEFAULT_PACK_LEN,
+        }
+    }
+}
+
+/// Choices of this process, not stored in the repository.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenOptions {
+    pub read_mode: ReadMode,
+    /// Index entries kept in memory before they are flushed to runs.
+    pub index_flush_at: usize,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            read_mode: ReadMode::Mmap,
+            index_flush_at: 64 * 1024,
+        }
+    }
+}
+
+/// Space and content figures of a repository.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stats {
+    pub snapshots: u64,
+    /// Sum of the sizes of all snapshots.
+    pub logical_bytes: u64,
+    /// Bytes of all pack files.
+    pub stored_bytes: u64,
+    pub packs: u64,
+    /// Index entries (stored chunks).
+    pub chunks: u64,
+    pub index_bytes: u64,
+}
+
+impl Stats {
+    /// Logical bytes per stored byte (dedup and compression together).
+    pub fn reduction_ratio(&self) -> f64 {
+        if self.stored_bytes == 0 {
+            0.0
+        } else {
+            self.logical_bytes as f64 / self.stored_bytes as f64
+        }
+    }
+}
+
+/// An open repository. Cheap to clone; all clones share one writer.
+#[derive(Clone)]
+pub struct Repository {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) root: PathBuf,
+    pub(crate) config: RepoConfig,
+    pub(crate) chunker: Chunker,
+    pub(crate) packs: Packs,
+    pub(crate) index: Index,
+    next_snapshot: AtomicU64,
+    _lock: File,
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Repository {
+    /// Creates a new repository at `path` (an empty or missing directory).
+    pub fn create(path: &Path, opts: CreateOptions) -> Result<Repository> {
+        if !(1..=19).contains(&opts.zstd_level) {
+            return Err(Error::Invalid(format!("zstd level {} is outside 1..=19", opts.zstd_level)));
+        }
+        if opts.pack_target_len < 1 << 20 {
+            return Err(Error::Invalid("pack target length must be at least 1 MiB".into()));
+        }
+        durable::create_dir_all(path)?;
+        let config_path = path.join("config");
+        if config_path.exists() {
+            return Err(Error::AlreadyExists {
+                what: format!("a repository at {}", path.display()),
+            });
+        }
+        let mut seed = blake3::Hasher::new();
+        seed.update(&now_unix_ms().to_le_bytes());
+        seed.update(&std::process::id().to_le_bytes());
+        seed.update(path.as_os_str().as_encoded_bytes());
+        seed.update(&format!("{:?}", Instant::now()).into_bytes());
+        let config = RepoConfig {
+            repo_id: Le::bytes(seed.finalize().as_bytes(), 0),
+            created_unix: now_unix_ms() / 1000,
+            chunker: opts.chunker,
+            zstd_level: opts.zstd_level,
+            pack_target_len: opts.pack_target_len,
+        };
+        for dir in ["packs", "index", "snapshots", "tmp"] {
+            durable::create_dir_all(&path.join(dir))?;
+        }
+        durable::replace_file(&config_path, &config.encode())?;
+        Self::open_with(path, OpenOptions::default())
+    }
+
+    pub fn open(path: &Path) -> Result<Repository> {
+        Self::open_with(path, OpenOptions::default())
+    }
+
+    /// Opens the repository at `path`, creating it with `create` if there is none.
+    pub fn open_or_create(path: &Path, create: CreateOptions) -> Result<Repository> {
+        if path.join("config").exists() {
+            Self::open(path)
+        } else {
+            Self::create(path, create)
+        }
+    }
+
+    pub fn open_with(path: &Path, opts: OpenOptions) -> Result<Repository> {
+        let config_path = path.join("config");
+        let bytes = std::fs::read(&config_path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound {
+                what: format!("bunker repository at {} (no config file)", path.display()),
+            },
+            _ => Error::io(&config_path, e),
+        })?;
+        let config = RepoConfig::decode("config", &bytes)?;
+        let lock = lock_repository(path)?;
+        for dir in ["packs", "index", "snapshots", "tmp"] {
+            durable::create_dir_all(&path.join(dir))?;
+        }
+        clear_tmp(&path.join("tmp"))?;
+        let backend = LocalPacks::new(path.join("packs"), opts.read_mode);
+        let index = Index::open(&path.join("index"), opts.index_flush_at)?;
+        let (next_pack, recovered) = recover_packs(&backend, &index, config.repo_id)?;
+        if recovered > 0 {
+            tracing::info!(packs = recovered, "indexed packs the index did not cover");
+        }
+        index.flush()?;
+        let next_snapshot = next_snapshot_id(&path.join("snapshots"))?;
+        Ok(Repository {
+            inner: Arc::new(Inner {
+                root: path.to_path_buf(),
+                chunker: Chunker::new(config.chunker),
+                packs: Packs::new(Box::new(backend), config.repo_id, config.pack_target_len, next_pack),
+                index,
+                config,
+                next_snapshot: AtomicU64::new(next_snapshot),
+                _lock: lock,
+            }),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    pub fn chunker_params(&self) -> ChunkerParams {
+        self.inner.config.chunker
+    }
+
+    pub fn zstd_level(&self) -> i32 {
+        self.inner.config.zstd_level
+    }
+
+    pub fn repo_id_hex(&self) -> String {
+        self.inner.config.repo_id.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn snapshots_dir(&self) -> PathBuf {
+        self.inner.root.join("snapshots")
+    }
+
+    /// Starts a snapshot of `name` that the caller fills chunk by chunk
+    /// (the chunk protocol; [`Repository::ingest`] uses it too).
+    pub fn begin_snapshot(&self, name: &str, source: &str) -> Result<SnapshotWriter> {
+        snapshot::validate_name(name)?;
+        let tmp = self.inner.root.join("tmp").join(format!(
+            "{}-{}-{}.snap.tmp",
+            name,
+            std::process::id(),
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        Ok(SnapshotWriter {
+            repo: self.clone(),
+            name: name.to_string(),
+            source: source.to_string(),
+            manifest: ManifestWriter::create(tmp)?,
+            waits: Vec::new(),
+            new_chunks: 0,
+            new_bytes: 0,
+            zero_chunks: 0,
+            started: Instant::now(),
+        })
+    }
+
+    /// Which of `ids` the repository does not have (pending chunks count as
+    /// present: another stream is storing them).
+    pub fn missing(&self, ids: &[ChunkId]) -> Vec<bool> {
+        ids.iter()
+            .map(|id| !id.is_zero() && self.inner.index.lookup(id).is_none() && !self.is_pending(id))
+            .collect()
+    }
+
+    fn is_pending(&self, id: &ChunkId) -> bool {
+        matches!(self.inner.index.reserve_peek(id), Some(Reservation::Pending))
+    }
+
+    /// Stores one chunk given its raw bytes, after checking that they hash
+    /// to `id`. Returns whether it was new.
+    pub fn store_chunk(&self, id: &ChunkId, raw: &[u8]) -> Result<bool> {
+        if raw.is_empty() || raw.len() > self.inner.config.chunker.max_len as usize {
+            return Err(Error::Invalid(format!("chunk of {} bytes is outside 1..=max_len", raw.len())));
+        }
+        if ChunkId::of(raw) != *id {
+            return Err(Error::Invalid(format!("chunk bytes do not hash to {id}")));
+        }
+        Ok(self.store_chunks(&[(*id, raw)])?.0 > 0)
+    }
+
+    /// Stores chunks that are not stored yet; returns (new chunks, new
+    /// stored bytes) and the ids another stream is storing right now.
+    pub(crate) fn store_chunks(&self, chunks: &[(ChunkId, &[u8])]) -> Result<(u64, u64, Vec<ChunkId>)> {
+        use rayon::prelude::*;
+        let inner = &*self.inner;
+        let mut mine = Vec::new();
+        let mut pending = Vec::new();
+        for (i, (id, _)) in chunks.iter().enumerate() {
+            match inner.index.reserve(id) {
+                Reservation::Mine => mine.push(i),
+                Reservation::Pending => pending.push(*id),
+                Reservation::Known(_) => {}
+            }
+        }
+        if mine.is_empty() {
+            return Ok((0, 0, pending));
+        }
+        let level = inner.config.zstd_level;
+        let stored: Vec<_> = mine.par_iter().map(|&i| compress(chunks[i].1, level)).collect();
+        let records: Vec<NewRecord<'_>> = mine
+            .iter()
+            .zip(&stored)
+            .map(|(&i, s)| NewRecord {
+                id: chunks[i].0,
+                raw_len: chunks[i].1.len() as u32,
+                codec: s.codec(),
+                stored: s.bytes(),
+            })
+            .collect();
+        match inner.packs.append(&records) {
+            Ok((locations, sealed)) => {
+                let mut new_bytes = 0;
+                for (r, loc) in records.iter().zip(&locations) {
+                    new_bytes += u64::from(loc.stored_len);
+                    inner.index.publish(&r.id, *loc);
+                }
+                self.index_sealed(sealed);
+                Ok((mine.len() as u64, new_bytes, pending))
+            }
+            Err(e) => {
+                for r in &records {
+                    inner.index.abandon(&r.id);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn index_sealed(&self, sealed: impl IntoIterator<Item = SealedPack>) {
+        for s in sealed {
+            self.inner.index.add_sealed(s.pack, s.entries.iter().map(|e| (e.id, location(s.pack, e))).collect());
+        }
+    }
+
+    /// Reads one chunk, verified: record checksum, decompression, length
+    /// and BLAKE3 against `id`.
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let loc = self.inner.index.lookup(id).ok_or_else(|| Error::NotFound { what: format!("chunk {id}") })?;
+        self.read_at(id, &loc)
+    }
+
+    pub(crate) fn read_at(&self, id: &ChunkId, loc: &Location) -> Result<Vec<u8>> {
+        let packs = &self.inner.packs;
+        let (codec, stored) = packs.read_record(id, loc)?;
+        let corrupt = |reason: String| Error::Corrupt {
+            file: packs.backend().describe(loc.pack),
+            pack: Some(loc.pack),
+            offset: Some(loc.offset),
+            chunk: Some(*id),
+            reason,
+        };
+        let raw = decompress(codec, stored, loc.raw_len as usize).map_err(corrupt)?;
+        if ChunkId::of(&raw) != *id {
+            return Err(corrupt("chunk bytes do not match their BLAKE3 id".into()));
+        }
+        Ok(raw)
+    }
+
+    pub(crate) fn locate(&self, id: &ChunkId) -> Option<Location> {
+        self.inner.index.lookup(id)
+    }
+
+    /// Snapshots of `name`, or of every name, oldest first within a name.
+    pub fn list(&self, name: Option<&str>) -> Result<Vec<SnapshotInfo>> {
+        let root = self.snapshots_dir();
+        let names = match name {
+            Some(n) => {
+                snapshot::validate_name(n)?;
+                vec![n.to_string()]
+            }
+            None => snapshot::names(&root)?,
+        };
+        let mut out = Vec::new();
+        for n in names {
+            for id in snapshot::ids(&root, &n)? {
+                out.push(SnapshotInfo::from_header(&self.manifest(&n, id)?.header));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The snapshot `name@id`, or the latest of `name` when `id` is None.
+    pub fn snapshot(&self, name: &str, id: Option<SnapshotId>) -> Result<SnapshotInfo> {
+        snapshot::validate_name(name)?;
+        let id = match id {
+            Some(id) => id,
+            None => self.latest(name)?,
+        };
+        Ok(SnapshotInfo::from_header(&self.manifest(name, id)?.header))
+    }
+
+    fn latest(&self, name: &str) -> Result<SnapshotId> {
+        snapshot::ids(&self.snapshots_dir(), name)?
+            .last()
+            .copied()
+            .ok_or_else(|| Error::NotFound { what: format!("snapshots of {name:?}") })
+    }
+
+    pub(crate) fn manifest(&self, name: &str, id: SnapshotId) -> Result<ManifestReader> {
+        let path = snapshot::manifest_path(&self.snapshots_dir(), name, id);
+        let r = ManifestReader::open(&path, &format!("{name}@{id}"))?;
+        if r.header.name != name || r.header.id != id || r.header.repo_id != self.inner.config.repo_id {
+            return Err(Error::corrupt(format!("{name}@{id}"), "manifest header names another snapshot or repository"));
+        }
+        Ok(r)
+    }
+
+    /// Removes a snapshot's manifest. Its chunks stay until GC.
+    pub fn delete(&self, name: &str, id: SnapshotId) -> Result<()> {
+        snapshot::validate_name(name)?;
+        let root = self.snapshots_dir();
+        let path = snapshot::manifest_path(&root, name, id);
+        if !path.exists() {
+            return Err(Error::NotFound { what: format!("snapshot {name}@{id}") });
+        }
+        // Ids are never reused: remember the highest id ever deleted.
+        let hwm = read_deleted_hwm(&root)?;
+        if id.0 > hwm {
+            durable::replace_file(&root.join(DELETED_HWM), &id.0.to_le_bytes())?;
+        }
+        durable::remove_file(&path)
+    }
+
+    /// Seals the open pack and flushes the index: what a clean shutdown does
+    /// (recovery would do it too, just more slowly).
+    pub fn close(&self) -> Result<()> {
+        if let Some(s) = self.inner.packs.seal()? {
+            self.index_sealed([s]);
+        }
+        self.inner.index.flush()
+    }
+
+    pub fn stats(&self) -> Result<Stats> {
+        let list = self.list(None)?;
+        let backend = self.inner.packs.backend();
+        let packs = backend.list()?;
+        let mut stored_bytes = 0;
+        for p in &packs {
+            stored_bytes += backend.pack_len(*p)?;
+        }
+        Ok(Stats {
+            snapshots: list.len() as u64,
+            logical_bytes: list.iter().map(|s| s.size).sum(),
+            stored_bytes,
+            packs: packs.len() as u64,
+            chunks: self.inner.index.entry_count(),
+            index_bytes: self.inner.index.disk_bytes(),
+        })
+    }
+
+    /// Drops mapped index pages from this process's resident set.
+    pub fn release_memory(&self) {
+        self.inner.index.release_pages();
+    }
+
+    /// An order-independent digest of the index's (chunk, location) pairs
+    /// and their count: equal digests mean equal indexes. Flush first
+    /// ([`Repository::close`]) to include entries still in memory.
+    pub fn index_digest(&self) -> (u64, u64) {
+        let index = &self.inner.index;
+        let (mut sum, mut count) = (0u64, 0u64);
+        index.for_each_run_entry(|id, loc| {
+            if index.lookup(&id) == Some(loc) {
+                let mut b = [0u8; 56];
+                crate::format::index::encode_entry(&id, &loc, &mut b);
+                sum = sum.wrapping_add(crate::format::checksum(&[&b]));
+                count += 1;
+            }
+        });
+        (sum, count)
+    }
+
+    /// Deletes the index and rebuilds it from the packs alone.
+    pub fn rebuild_index(path: &Path) -> Result<()> {
+        let index_dir = path.join("index");
+        if index_dir.exists() {
+            std::fs::remove_dir_all(&index_dir).at(&index_dir)?;
+        }
+        Repository::open(path)?.close()
+    }
+}
+
+impl Drop for Inner {
+    /// A clean close seals the open pack and flushes the index, so the next
+    /// open has nothing to recover. Errors are logged: recovery handles
+    /// whatever this could not do.
+    fn drop(&mut self) {
+        match self.packs.seal() {
+            Ok(Some(s)) => self.index.add_sealed(s.pack, s.entries.iter().map(|e| (e.id, location(s.pack, e))).collect()),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("sealing the open pack at close failed: {e}"),
+        }
+        if let Err(e) = self.index.flush() {
+            tracing::warn!("flushing the index at close failed: {e}");
+        }
+    }
+}
+
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+const DELETED_HWM: &str = "deleted-hwm";
+
+fn location(pack: PackId, e: &crate::format::pack::TrailerEntry) -> Location {
+    Location {
+        pack,
+        offset: e.offset,
+        raw_len: e.raw_len,
+        stored_len: e.stored_len,
+    }
+}
+
+fn lock_repository(path: &Path) -> Result<File> {
+    let lock_path = path.join("lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .at(&lock_path)?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| Error::Locked {
+        path: path.to_path_buf(),
+    })?;
+    Ok(f)
+}
+
+fn clear_tmp(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).at(dir)?.flatten() {
+        tracing::info!(file = %entry.path().display(), "removing temp file of an unfinished operation");
+        let _ = std::fs::remove_file(entry.path());
+    }
+    Ok(())
+}
+
+/// Seals staging packs left by a crash and queues sealed packs the index
+/// does not cover. Returns the next free pack id and how many were queued.
+fn recover_packs(backend: &LocalPacks, index: &Index, repo_id: [u8; 16]) -> Result<(u64, usize)> {
+    let staged = backend.list_staged()?;
+    let sealed = backend.list()?;
+    let mut next = sealed.iter().chain(&staged).map(|p| p.0 + 1).max().unwrap_or(1);
+    next = next.max(index.max_covered().map_or(1, |m| m + 1));
+    let mut queued = 0;
+    for pack in staged {
+        if let Some(s) = recover_staged(backend, repo_id, pack)? {
+            index.add_sealed(s.pack, s.entries.iter().map(|e| (e.id, location(s.pack, e))).collect());
+            queued += 1;
+        }
+    }
+    for pack in sealed {
+        if index.is_covered(pack) {
+            continue;
+        }
+        match read_trailer(backend, pack) {
+            Ok(entries) => {
+                index.add_sealed(pack, entries.iter().map(|e| (e.id, location(pack, e))).collect());
+                queued += 1;
+            }
+            // A damaged sealed pack is reported, not rewritten: verify names
+            // the snapshots that need it.
+            Err(e) => tracing::error!("cannot index {}: {e}", backend.describe(pack)),
+        }
+        if index.needs_flush() {
+            index.flush()?;
+        }
+    }
+    Ok((next, queued))
+}
+
+fn read_deleted_hwm(root: &Path) -> Result<u64> {
+    match std::fs::read(root.join(DELETED_HWM)) {
+        Ok(b) if b.len() == 8 => Ok(Le::u64(&b, 0)),
+        Ok(_) => Err(Error::corrupt("snapshots/deleted-hwm", "expected 8 bytes")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(Error::io(root.join(DELETED_HWM), e)),
+    }
+}
+
+fn next_snapshot_id(root: &Path) -> Result<u64> {
+    let mut max = read_deleted_hwm(root)?;
+    for name in snapshot::names(root)? {
+        if let Some(id) = snapshot::ids(root, &name)?.last() {
+            max = max.max(id.0);
+        }
+    }
+    Ok(max + 1)
+}
+
+/// A snapshot being written. Chunks are added in stream order; nothing is
+/// visible until [`SnapshotWriter::commit`] returns. Dropping it without a
+/// commit removes the partial manifest (its chunks stay for GC).
+pub struct SnapshotWriter {
+    repo: Repository,
+    name: String,
+    source: String,
+    manifest: ManifestWriter,
+    waits: Vec<ChunkId>,
+    new_chunks: u64,
+    new_bytes: u64,
+    zero_chunks: u64,
+    started: Instant,
+}
+
+impl SnapshotWriter {
+    /// Adds an all-zero chunk of `len` bytes.
+    pub fn push_zero(&mut self, len: u64) -> Result<()> {
+        self.zero_chunks += 1;
+        self.manifest.push(len, &ChunkId::ZERO)
+    }
+
+    /// Adds a chunk that the repository holds (or another stream is
+    /// storing). Fails with `NotFound` for an unknown chunk, and for a
+    /// known one whose stored length is not `len`.
+    pub fn push_stored(&mut self, id: &ChunkId, len: u64) -> Result<()> {
+        if id.is_zero() {
+            return self.push_zero(len);
+        }
+        let index = &self.repo.inner.index;
+        match index.lookup(id) {
+            Some(loc) if u64::from(loc.raw_len) != len => {
+                return Err(Error::Invalid(format!("chunk {id} is {} bytes, not {len}", loc.raw_len)));
+            }
+            Some(_) => {}
+            None if matches!(index.reserve_peek(id), Some(Reservation::Pending)) => self.waits.push(*id),
+            None => return Err(Error::NotFound { what: format!("chunk {id}") }),
+        }
+        self.manifest.push(len, id)
+    }
+
+    /// Adds chunks by content: stores those that are new. `zero` marks
+    /// all-zero chunks, which are not stored.
+    pub(crate) fn push_data(&mut self, chunks: &[(ChunkId, &[u8])], zero: &[bool]) -> Result<()> {
+        let to_store: Vec<(ChunkId, &[u8])> = chunks.iter().zip(zero).filter(|(_, z)| !**z).map(|(c, _)| *c).collect();
+        let (n, bytes, pending) = self.repo.store_chunks(&to_store)?;
+        self.new_chunks += n;
+        self.new_bytes += bytes;
+        self.waits.extend(pending);
+        for ((id, data), z) in chunks.iter().zip(zero) {
+            if *z {
+                self.push_zero(data.len() as u64)?;
+            } else {
+                self.manifest.push(data.len() as u64, id)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> u64 {
+        self.manifest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.manifest.len() == 0
+    }
+
+    pub fn new_bytes(&self) -> u64 {
+        self.new_bytes
+    }
+
+    pub fn new_chunks(&self) -> u64 {
+        self.new_chunks
+    }
+
+    pub fn chunks(&self) -> u64 {
+        self.manifest.count()
+    }
+
+    /// Makes the snapshot durable and visible (docs/FORMAT.md, "Commit
+    /// protocol"). With `expected_hash`, refuses a stream whose BLAKE3
+    /// differs.
+    pub fn commit(self, stream_hash: [u8; 32], expected_hash: Option<[u8; 32]>) -> Result<SnapshotInfo> {
+        if let Some(expected) = expected_hash {
+            if expected != stream_hash {
+                return Err(Error::StreamHashMismatch {
+                    expected: blake3::Hash::from_bytes(expected).to_hex().to_string(),
+                    actual: blake3::Hash::from_bytes(stream_hash).to_hex().to_string(),
+                });
+            }
+        }
+        let inner = &*self.repo.inner;
+        // 1. Chunks another stream was writing must be written.
+        for id in &self.waits {
+            if inner.index.wait(id).is_none() {
+                return Err(Error::Corrupt {
+                    file: "index".into(),
+                    pack: None,
+                    offset: None,
+                    chunk: Some(*id),
+                    reason: "a concurrent writer failed to store this chunk".into(),
+                });
+            }
+        }
+        // 2. Seal the open pack: every referenced chunk is now in a synced,
+        //    sealed pack.
+        if let Some(sealed) = inner.packs.seal()? {
+            self.repo.index_sealed([sealed]);
+        }
+        // 3. Publish the manifest: write, sync, rename, sync directory.
+        let id = SnapshotId(inner.next_snapshot.fetch_add(1, Ordering::SeqCst));
+        let header = ManifestHeader {
+            repo_id: inner.config.repo_id,
+            id,
+            created_unix_ms: now_unix_ms(),
+            size: 0,
+            entries: 0,
+            chunker: inner.config.chunker,
+            stream_hash,
+            new_chunks: self.new_chunks,
+            new_bytes: self.new_bytes,
+            ingest_ms: self.started.elapsed().as_millis() as u64,
+            zero_chunks: self.zero_chunks,
+            name: self.name.clone(),
+            source: self.source.clone(),
+        };
+        let dest = snapshot::manifest_path(&self.repo.snapshots_dir(), &self.name, id);
+        let mut info_header = header.clone();
+        info_header.size = self.manifest.len();
+        info_header.entries = self.manifest.count();
+        self.manifest.finish(header, &dest)?;
+        // 4. The index is a cache: a failed flush loses nothing.
+        if inner.index.needs_flush() {
+            if let Err(e) = inner.index.flush() {
+                tracing::warn!("index flush failed (will retry): {e}");
+            }
+        }
+        tracing::info!(name = %self.name, id = id.0, bytes = info_header.size, new_bytes = self.new_bytes, "committed snapshot");
+        Ok(SnapshotInfo::from_header(&info_header))
+    }
+}

@@ -1,0 +1,285 @@
+//! The repository through its public API: round trips, dedup, concurrency,
+//! recovery, corruption and bad input.
+
+use std::io::Read;
+use std::path::Path;
+
+use bunker_store::{ChunkerParams, CreateOptions, Error, IngestOptions, Piece, Repository, SnapshotId};
+
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut s = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Random, text and zero regions: something like a small volume.
+fn volume(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = noise(seed, len);
+    let text: Vec<u8> = (0..).flat_map(|i| format!("{i} INFO served /api/v1/items in 3ms\n").into_bytes()).take(len / 3).collect();
+    v[..text.len()].copy_from_slice(&text);
+    let z0 = len / 2;
+    v[z0..z0 + len / 5].fill(0);
+    v
+}
+
+fn small_opts() -> CreateOptions {
+    CreateOptions {
+        chunker: ChunkerParams::new(16 << 10, 64 << 10, 256 << 10).unwrap(),
+        zstd_level: 3,
+        pack_target_len: 1 << 20,
+    }
+}
+
+fn ingest(repo: &Repository, name: &str, data: &[u8]) -> bunker_store::SnapshotInfo {
+    repo.ingest(name, data, &IngestOptions::default(), &mut |_| {}).unwrap()
+}
+
+fn read_all(repo: &Repository, name: &str, id: Option<SnapshotId>) -> bunker_store::Result<Vec<u8>> {
+    let mut r = repo.reader(name, id, None)?;
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).map_err(|e| match e.into_inner().map(|b| b.downcast::<Error>()) {
+        Some(Ok(e)) => *e,
+        other => Error::Invalid(format!("{other:?}")),
+    })?;
+    Ok(out)
+}
+
+#[test]
+fn round_trip_dedup_and_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::create(dir.path(), small_opts()).unwrap();
+    let day0 = volume(1, 8 << 20);
+    let a = ingest(&repo, "vol", &day0);
+    assert_eq!(a.size, day0.len() as u64);
+    assert_eq!(a.stream_hash, *blake3::hash(&day0).as_bytes());
+    assert!(a.zero_chunks > 0);
+    assert!(a.new_bytes < day0.len() as u64, "text and zeros must shrink");
+    let mut day1 = day0.clone();
+    day1.splice(3_000_000..3_000_000, *b"inserted!");
+    day1[6_000_000..6_004_096].fill(7);
+    let b = ingest(&repo, "vol", &day1);
+    assert!(b.id > a.id);
+    assert!(b.new_chunks <= 4, "an insert and an overwrite touch a few chunks, not {}", b.new_chunks);
+    assert_eq!(read_all(&repo, "vol", Some(a.id)).unwrap(), day0);
+    assert_eq!(read_all(&repo, "vol", None).unwrap(), day1);
+    for (start, end) in [(0u64, 1u64), (65_535, 200_000), (4_000_000, 4_000_001), (day1.len() as u64 - 10, day1.len() as u64)] {
+        let mut r = repo.reader("vol", None, Some(start..end)).unwrap();
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        assert_eq!(got, &day1[start as usize..end as usize], "range {start}..{end}");
+    }
+    // Zero chunks come out as holes.
+    let mut r = repo.reader("vol", None, None).unwrap();
+    let mut holes = 0;
+    while let Some(p) = r.next_piece().unwrap() {
+        if let Piece::Zero(n) = p {
+            holes += n;
+        }
+    }
+    assert!(holes >= 1 << 20, "{holes}");
+    let list = repo.list(Some("vol")).unwrap();
+    assert_eq!(list.iter().map(|s| s.id).collect::<Vec<_>>(), vec![a.id, b.id]);
+    assert!(repo.verify().unwrap().is_clean());
+}
+
+#[test]
+fn reopen_keeps_everything_and_ids_are_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = volume(2, 3 << 20);
+    let (a, b) = {
+        let repo = Repository::create(dir.path(), small_opts()).unwrap();
+        let a = ingest(&repo, "x", &data);
+        let b = ingest(&repo, "y", &data[..1 << 20]);
+        repo.delete("y", b.id).unwrap();
+        (a, b)
+    };
+    let repo = Repository::open(dir.path()).unwrap();
+    assert_eq!(read_all(&repo, "x", Some(a.id)).unwrap(), data);
+    assert!(matches!(repo.snapshot("y", Some(b.id)), Err(Error::NotFound { .. })));
+    let c = ingest(&repo, "z", b"hello");
+    assert!(c.id > b.id, "deleted id {} reused as {}", b.id, c.id);
+    assert_eq!(c.new_chunks, 1);
+    let again = ingest(&repo, "x", &data);
+    assert_eq!(again.new_chunks, 0, "reopened index must deduplicate");
+}
+
+#[test]
+fn concurrent_streams_store_shared_chunks_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::create(dir.path(), small_opts()).unwrap();
+    let base = noise(3, 6 << 20);
+    let infos: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|i| {
+                let repo = repo.clone();
+                let mut data = base.clone();
+                data.extend_from_slice(&noise(100 + i, 1 << 20));
+                s.spawn(move || (data.clone(), repo.ingest(&format!("s{i}"), &data[..], &IngestOptions::default(), &mut |_| {}).unwrap()))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let unique: u64 = infos.iter().map(|(_, i)| i.new_bytes).sum();
+    // Shared base once (random: stored raw) + six unique MiB, plus record
+    // headers; a duplicate base would add 6 MiB.
+    assert!(unique < (6 + 6 + 1) << 20, "stored {unique} bytes");
+    for (data, info) in &infos {
+        assert_eq!(&read_all(&repo, &info.name, Some(info.id)).unwrap(), data);
+    }
+    repo.close().unwrap();
+    let stats = repo.stats().unwrap();
+    assert!(stats.stored_bytes < (6 + 6 + 2) << 20, "{stats:?}");
+}
+
+#[test]
+fn stream_hash_mismatch_and_source_errors_commit_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::create(dir.path(), small_opts()).unwrap();
+    let data = noise(4, 1 << 20);
+    let opts = IngestOptions { expected_hash: Some([1; 32]), ..Default::default() };
+    let err = repo.ingest("v", &data[..], &opts, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, Error::StreamHashMismatch { .. }), "{err}");
+    struct Failing(usize);
+    impl Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "client went away"));
+            }
+            let n = buf.len().min(self.0).min(100_000);
+            buf[..n].fill(3);
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+    let err = repo.ingest("v", Failing(20 << 20), &IngestOptions::default(), &mut |_| {}).unwrap_err();
+    assert!(matches!(err, Error::Source(_)), "{err}");
+    assert!(repo.list(None).unwrap().is_empty());
+    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "partial manifest left behind");
+    let ok = IngestOptions { expected_hash: Some(*blake3::hash(&data).as_bytes()), ..Default::default() };
+    repo.ingest("v", &data[..], &ok, &mut |_| {}).unwrap();
+}
+
+fn packs(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for a in std::fs::read_dir(dir.join("packs")).unwrap().flatten() {
+        for b in std::fs::read_dir(a.path()).unwrap().flatten() {
+            for f in std::fs::read_dir(b.path()).unwrap().flatten() {
+                out.push(f.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn flipped_pack_bytes_fail_reads_of_that_chunk_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_data = noise(5, 2 << 20);
+    let b_data = noise(6, 2 << 20);
+    let (a, b) = {
+        let repo = Repository::create(dir.path(), small_opts()).unwrap();
+        (ingest(&repo, "a", &a_data), ingest(&repo, "b", &b_data))
+    };
+    // Snapshot a's chunks are in the first pack(s); flip a byte in the
+    // middle of the first pack's data.
+    let first = packs(dir.path())[0].clone();
+    let mut bytes = std::fs::read(&first).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x40;
+    std::fs::write(&first, &bytes).unwrap();
+    let repo = Repository::open(dir.path()).unwrap();
+    let err = read_all(&repo, "a", Some(a.id)).unwrap_err();
+    assert!(err.is_corrupt(), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("packs/") && msg.contains("offset") && msg.contains("chunk"), "{msg}");
+    assert_eq!(read_all(&repo, "b", Some(b.id)).unwrap(), b_data);
+    let report = repo.verify().unwrap();
+    assert_eq!(report.damage.len(), 1, "{report:?}");
+    assert_eq!(report.damaged_snapshots.len(), 1);
+    assert_eq!(report.damaged_snapshots[0].name, "a");
+}
+
+#[test]
+fn bad_files_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let repo = Repository::create(dir.path(), small_opts()).unwrap();
+        ingest(&repo, "v", &noise(7, 3 << 20));
+    }
+    let config = dir.path().join("config");
+    let good = std::fs::read(&config).unwrap();
+    let mut wrong_magic = good.clone();
+    wrong_magic[0] = b'X';
+    std::fs::write(&config, &wrong_magic).unwrap();
+    let e = Repository::open(dir.path()).err().unwrap();
+    assert!(matches!(e, Error::NotBunkerFile { .. }), "{e}");
+    let mut future = good.clone();
+    future[8] = 99;
+    std::fs::write(&config, &future).unwrap();
+    let e = Repository::open(dir.path()).err().unwrap();
+    assert!(matches!(e, Error::UnsupportedVersion { found: 99, .. }), "{e}");
+    assert!(e.to_string().contains("version 99"), "{e}");
+    std::fs::write(&config, &good).unwrap();
+    // A missing pack: open works, reads and verify name the damage.
+    let pack = packs(dir.path())[0].clone();
+    std::fs::remove_file(&pack).unwrap();
+    let repo = Repository::open(dir.path()).unwrap();
+    let e = read_all(&repo, "v", None).unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }) || e.is_corrupt(), "{e}");
+    assert!(e.to_string().contains("pack"), "{e}");
+    assert!(!repo.verify().unwrap().is_clean());
+    drop(repo);
+    let e = Repository::open(&dir.path().join("nope")).err().unwrap();
+    assert!(matches!(e, Error::NotFound { .. }), "{e}");
+}
+
+#[test]
+fn a_second_process_cannot_open_a_locked_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let _repo = Repository::create(dir.path(), small_opts()).unwrap();
+    let e = Repository::open(dir.path()).err().unwrap();
+    assert!(matches!(e, Error::Locked { .. }), "{e}");
+}
+
+#[test]
+fn rebuilt_index_equals_the_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = {
+        let repo = Repository::create(dir.path(), small_opts()).unwrap();
+        for i in 0..4 {
+            ingest(&repo, &format!("v{i}"), &volume(10 + i, 2 << 20));
+        }
+        repo.close().unwrap();
+        repo.index_digest()
+    };
+    assert!(original.1 > 50, "{original:?}");
+    Repository::rebuild_index(dir.path()).unwrap();
+    let repo = Repository::open(dir.path()).unwrap();
+    assert_eq!(repo.index_digest(), original);
+    for i in 0..4 {
+        assert_eq!(read_all(&repo, &format!("v{i}"), None).unwrap(), volume(10 + i, 2 << 20));
+    }
+    // A truncated index run is a clear error; rebuild repairs it.
+    drop(repo);
+    let file = std::fs::read_dir(dir.path().join("index"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "run"))
+        .unwrap();
+    let len = std::fs::metadata(&file).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(len / 2).unwrap();
+    let e = Repository::open(dir.path()).err().unwrap();
+    assert!(e.is_corrupt() && e.to_string().contains("truncated"), "{e}");
+    Repository::rebuild_index(dir.path()).unwrap();
+    assert_eq!(Repository::open(dir.path()).unwrap().index_digest(), original);
+}
