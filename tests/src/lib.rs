@@ -1,0 +1,33 @@
+//! Helpers shared by the suite and its child processes.
+
+/// The deterministic contents of the crash-test snapshot called `name`:
+/// 0.25 to 3.25 MiB, half shared with other snapshots (dedup), with text,
+/// zero and random regions.
+pub fn snapshot_data(name: &str) -> Vec<u8> {
+    let h = blake3::hash(name.as_bytes());
+    let b = h.as_bytes();
+    let len = (256 << 10) + (u32::from_le_bytes([b[0], b[1], b[2], 0]) as usize % (3 << 20));
+    let mut data = noise(7, len / 2);
+    data.extend_from_slice(&noise(u64::from_le_bytes([b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10]]), len - len / 2));
+    let text: Vec<u8> = (0..).flat_map(|i| format!("{name} line {i}\n").into_bytes()).take(len / 8).collect();
+    let at = len / 4;
+    data[at..at + text.len()].copy_from_slice(&text);
+    let z = len * 3 / 4;
+    data[z..z + len / 10].fill(0);
+    data
+}
+
+/// Deterministic pseudo-random bytes (splitmix64).
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut s = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
