@@ -5,3 +5,4 @@
 //!   `bunker-gen` binary writes them to files or stdout.
 
 pub mod image;
+pub mod rss;

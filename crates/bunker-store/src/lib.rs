@@ -31,7 +31,7 @@ mod compress;
 mod durable;
 mod error;
 pub mod format;
-mod index;
+pub mod index;
 pub mod ingest;
 mod mmap;
 mod pack;

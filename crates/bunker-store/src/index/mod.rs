@@ -43,13 +43,13 @@ pub(crate) fn shard_of(id: &ChunkId) -> usize {
 }
 
 /// A shard with more runs than this has its smallest runs merged.
-const MAX_RUNS_PER_SHARD: usize = 8;
+const MAX_RUNS_PER_SHARD: usize = 4;
 /// Runs left after a merge: the merge takes the smallest
 /// `len - RUNS_AFTER_MERGE + 1`, so runs of similar size merge together and
 /// an entry is rewritten O(log n) times.
-const RUNS_AFTER_MERGE: usize = 4;
+const RUNS_AFTER_MERGE: usize = 2;
 /// Lookups between drops of mapped index pages from the resident set.
-const RELEASE_EVERY: u64 = 1 << 20;
+const RELEASE_EVERY: u64 = 1 << 16;
 
 /// What `reserve` found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,7 +92,7 @@ struct Stripe {
     published: Condvar,
 }
 
-pub(crate) struct Index {
+pub struct Index {
     dir: PathBuf,
     stripes: Vec<Stripe>,
     shards: Vec<RwLock<Vec<Arc<Run>>>>,
@@ -111,7 +111,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Index {
     /// Opens (or creates) the index in `dir`, mapping every live run and
     /// removing run files that no state lists (left by a crashed flush).
-    pub(crate) fn open(dir: &Path, flush_at: usize) -> Result<Index> {
+    pub fn open(dir: &Path, flush_at: usize) -> Result<Index> {
         durable::create_dir_all(dir)?;
         let state_path = dir.join("state");
         let state = match std::fs::read(&state_path) {
@@ -163,7 +163,7 @@ impl Index {
 
     /// Drops mapped index pages from the resident set (the page cache keeps
     /// them): resident memory stays flat however large the index grows.
-    pub(crate) fn release_pages(&self) {
+    pub fn release_pages(&self) {
         for shard in &self.shards {
             for r in shard.read().unwrap_or_else(|p| p.into_inner()).iter() {
                 r.release();
@@ -172,7 +172,7 @@ impl Index {
     }
 
     /// Where `id` is stored, if it is (pending chunks count as absent).
-    pub(crate) fn lookup(&self, id: &ChunkId) -> Option<Location> {
+    pub fn lookup(&self, id: &ChunkId) -> Option<Location> {
         match lock(&self.stripe(id).slots).get(id) {
             Some(Slot::Stored(loc)) => return Some(*loc),
             Some(Slot::Pending) => return None,
@@ -247,7 +247,7 @@ impl Index {
 
     /// Queues the records of a sealed pack for the next flush and makes them
     /// visible to lookups (records found by recovery are in no table yet).
-    pub(crate) fn add_sealed(&self, pack: PackId, entries: Vec<(ChunkId, Location)>) {
+    pub fn add_sealed(&self, pack: PackId, entries: Vec<(ChunkId, Location)>) {
         for (id, loc) in &entries {
             lock(&self.stripe(id).slots).entry(*id).or_insert(Slot::Stored(*loc));
         }
@@ -255,7 +255,7 @@ impl Index {
         lock(&self.queued).push((pack, entries));
     }
 
-    pub(crate) fn needs_flush(&self) -> bool {
+    pub fn needs_flush(&self) -> bool {
         self.queued_entries.load(Ordering::Relaxed) >= self.flush_at
     }
 
@@ -270,7 +270,7 @@ impl Index {
 
     /// Writes queued entries as new runs, merges crowded shards, publishes a
     /// new `index/state`, then drops the flushed entries from memory.
-    pub(crate) fn flush(&self) -> Result<()> {
+    pub fn flush(&self) -> Result<()> {
         let mut state = lock(&self.state);
         let batches = std::mem::take(&mut *lock(&self.queued));
         if batches.is_empty() {
@@ -379,7 +379,7 @@ impl Index {
 
     /// Entries in runs (duplicates across runs counted once per run) plus
     /// entries waiting for a flush.
-    pub(crate) fn entry_count(&self) -> u64 {
+    pub fn entry_count(&self) -> u64 {
         let in_runs: usize = self
             .shards
             .iter()
@@ -389,7 +389,7 @@ impl Index {
     }
 
     /// Bytes of all run files.
-    pub(crate) fn disk_bytes(&self) -> u64 {
+    pub fn disk_bytes(&self) -> u64 {
         self.shards
             .iter()
             .map(|s| {
@@ -463,29 +463,10 @@ fn merge_smallest(list: &mut Vec<Arc<Run>>, path: &Path, r: RunRef) -> Result<(A
     let take = list.len() - RUNS_AFTER_MERGE + 1;
     let mut inputs: Vec<Arc<Run>> = list.drain(..take).collect();
     inputs.sort_by(|a, b| b.run.cmp(&a.run));
-    // k-way merge by repeated minimum: k <= MAX_RUNS_PER_SHARD is small.
-    let mut pos = vec![0usize; inputs.len()];
-    let mut merged: Vec<(ChunkId, Location)> = Vec::with_capacity(inputs.iter().map(|r| r.count).sum());
-    loop {
-        let mut best: Option<(usize, ChunkId)> = None;
-        for (i, run) in inputs.iter().enumerate() {
-            if pos[i] < run.count {
-                let id = run.get(pos[i]).0;
-                if best.is_none_or(|(_, b)| id < b) {
-                    best = Some((i, id));
-                }
-            }
-        }
-        let Some((i, id)) = best else { break };
-        // `inputs` is newest first, so the first run holding `id` wins.
-        merged.push(inputs[i].get(pos[i]));
-        for (j, run) in inputs.iter().enumerate() {
-            if pos[j] < run.count && run.get(pos[j]).0 == id {
-                pos[j] += 1;
-            }
-        }
+    write_run(path, r.shard, r.run, run::Merge::new(&inputs))?;
+    for input in &inputs {
+        input.release();
     }
-    write_run(path, r.shard, r.run, merged.into_iter())?;
     let run = Arc::new(Run::open(path, r.shard, r.run)?);
     Ok((run, inputs.iter().map(|r| r.path.clone()).collect()))
 }

@@ -6,6 +6,7 @@
 //! where binary search would take ~20.
 
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -127,25 +128,63 @@ impl Run {
 }
 
 /// Writes sorted, deduplicated entries as a run file (not synced: the
-/// caller syncs the filesystem once for all runs of a flush).
-pub(crate) fn write_run(path: &Path, shard: u8, run: u64, entries: impl ExactSizeIterator<Item = (ChunkId, Location)>) -> Result<()> {
+/// caller syncs all files of a flush together). Streams: the count in the
+/// header is patched in at the end, so entries need not be in memory.
+pub(crate) fn write_run(path: &Path, shard: u8, run: u64, entries: impl Iterator<Item = (ChunkId, Location)>) -> Result<()> {
     let file = File::create(path).at(path)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    let header = RunHeader {
-        shard,
-        run,
-        count: entries.len() as u64,
-    };
-    w.write_all(&header.encode()).at(path)?;
+    w.write_all(&[0u8; RUN_HEADER_LEN]).at(path)?;
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut buf = [0u8; ENTRY_LEN];
+    let mut count = 0u64;
     for (id, loc) in entries {
         encode_entry(&id, &loc, &mut buf);
         hasher.update(&buf);
         w.write_all(&buf).at(path)?;
+        count += 1;
     }
     w.write_all(&encode_run_footer(hasher.digest())).at(path)?;
     w.flush().at(path)?;
+    let header = RunHeader { shard, run, count };
+    w.get_ref().write_all_at(&header.encode(), 0).at(path)?;
     debug_assert_eq!(RUN_FOOTER_LEN, 16);
     Ok(())
+}
+
+/// Merges sorted runs (given newest first) into one sorted stream; on
+/// equal ids the newest run's entry wins and the others are skipped.
+pub(crate) struct Merge<'a> {
+    runs: &'a [std::sync::Arc<Run>],
+    pos: Vec<usize>,
+}
+
+impl<'a> Merge<'a> {
+    pub(crate) fn new(runs: &'a [std::sync::Arc<Run>]) -> Merge<'a> {
+        Merge { runs, pos: vec![0; runs.len()] }
+    }
+}
+
+impl Iterator for Merge<'_> {
+    type Item = (ChunkId, Location);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // Few runs (at most MAX_RUNS_PER_SHARD): a linear minimum is enough.
+        let mut best: Option<(usize, ChunkId)> = None;
+        for (i, run) in self.runs.iter().enumerate() {
+            if self.pos[i] < run.count {
+                let id = run.get(self.pos[i]).0;
+                if best.is_none_or(|(_, b)| id < b) {
+                    best = Some((i, id));
+                }
+            }
+        }
+        let (i, id) = best?;
+        let item = self.runs[i].get(self.pos[i]);
+        for (j, run) in self.runs.iter().enumerate() {
+            if self.pos[j] < run.count && run.get(self.pos[j]).0 == id {
+                self.pos[j] += 1;
+            }
+        }
+        Some(item)
+    }
 }
