@@ -1,1 +1,82 @@
-fn main(){}
+//! Store throughput: compression decision, ingest (chunk, hash, dedup,
+//! compress, append), index lookups, manifest offset lookups and verified
+//! restore decode, in bytes or operations per second.
+//!
+//! `cargo bench -p bunker-benches --bench store`
+
+use std::io::Read;
+
+use bunker_benches::{random, text};
+use bunker_store::{CreateOptions, IngestOptions, ReadMode, Repository};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+const LEN: usize = 64 << 20;
+
+fn compression(c: &mut Criterion) {
+    let mut g = c.benchmark_group("zstd");
+    let chunk = 1 << 20;
+    g.throughput(Throughput::Bytes(chunk as u64)).sample_size(20);
+    for (name, data) in [("text", text(chunk)), ("random", random(chunk))] {
+        g.bench_with_input(BenchmarkId::new("level 3", name), &data, |b, d| b.iter(|| zstd::bulk::compress(d, 3).map(|v| v.len())));
+    }
+    g.finish();
+}
+
+fn ingest_and_restore(c: &mut Criterion) {
+    let mut mixed = random(LEN / 2);
+    mixed.extend_from_slice(&text(LEN / 4));
+    mixed.extend_from_slice(&vec![0u8; LEN / 4]);
+    let mut g = c.benchmark_group("repository");
+    g.throughput(Throughput::Bytes(LEN as u64)).sample_size(10);
+    g.bench_function("ingest new data (random, text, zeros)", |b| {
+        b.iter_with_setup(
+            || {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let repo = Repository::create(dir.path(), CreateOptions::default()).expect("create");
+                (dir, repo)
+            },
+            |(_dir, repo)| repo.ingest("v", &mixed[..], &IngestOptions::default(), &mut |_| {}).expect("ingest").new_bytes,
+        )
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let repo = Repository::create(dir.path(), CreateOptions::default()).expect("create");
+        repo.ingest("v", &mixed[..], &IngestOptions::default(), &mut |_| {}).expect("ingest");
+    }
+    for mode in [ReadMode::Mmap, ReadMode::Pread] {
+        let repo = Repository::open_with(dir.path(), bunker_store::OpenOptions { read_mode: mode, ..Default::default() }).expect("open");
+        g.bench_function(format!("ingest unchanged data ({mode:?} repository)"), |b| {
+            b.iter(|| repo.ingest("v", &mixed[..], &IngestOptions::default(), &mut |_| {}).expect("ingest").new_bytes)
+        });
+        g.bench_function(format!("restore, decode and verify ({mode:?})"), |b| {
+            b.iter(|| {
+                let mut r = repo.reader("v", None, None).expect("reader");
+                let mut n = 0;
+                while let Some(p) = r.next_piece().expect("piece") {
+                    n += p.len();
+                }
+                n
+            })
+        });
+        drop(repo);
+    }
+    g.finish();
+    let repo = Repository::open(dir.path()).expect("open");
+    let size = repo.snapshot("v", None).expect("snapshot").size;
+    let mut g = c.benchmark_group("lookups");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("manifest offset -> chunk (4 KiB range read)", |b| {
+        let mut x = 1u64;
+        b.iter(|| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            let at = (x >> 20) % (size - 4096);
+            let mut buf = [0u8; 4096];
+            repo.reader("v", None, Some(at..at + 4096)).expect("reader").read_exact(&mut buf).expect("read");
+            buf[0]
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, compression, ingest_and_restore);
+criterion_main!(benches);

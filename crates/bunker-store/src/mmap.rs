@@ -29,6 +29,22 @@ impl SealedMap {
         Ok(SealedMap { map })
     }
 
+    /// Declares random access: no readahead and no fault-around, so a
+    /// lookup maps the page it touches and not the 15 cached pages around
+    /// it (which would inflate resident memory 16-fold).
+    pub(crate) fn advise_random(&self) {
+        if let Err(e) = self.map.advise(memmap2::Advice::Random) {
+            tracing::debug!("madvise(RANDOM) failed: {e}");
+        }
+    }
+
+    /// Declares a front-to-back scan (a merge): full readahead.
+    pub(crate) fn advise_sequential(&self) {
+        if let Err(e) = self.map.advise(memmap2::Advice::Sequential) {
+            tracing::debug!("madvise(SEQUENTIAL) failed: {e}");
+        }
+    }
+
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.map
     }

@@ -42,14 +42,21 @@ pub(crate) fn shard_of(id: &ChunkId) -> usize {
     usize::from(id.0[0] >> (8 - SHARD_BITS))
 }
 
-/// A shard with more runs than this has its smallest runs merged.
-const MAX_RUNS_PER_SHARD: usize = 4;
-/// Runs left after a merge: the merge takes the smallest
-/// `len - RUNS_AFTER_MERGE + 1`, so runs of similar size merge together and
-/// an entry is rewritten O(log n) times.
-const RUNS_AFTER_MERGE: usize = 2;
-/// Lookups between drops of mapped index pages from the resident set.
-const RELEASE_EVERY: u64 = 1 << 16;
+/// Size-tiered merging: [`MERGE_FAN_IN`] runs of a shard whose sizes are
+/// within a factor of [`MERGE_SIZE_RATIO`] are merged into one, so an entry
+/// is rewritten about log4(n / flush size) times in its life and a shard
+/// holds a few runs per size tier.
+const MERGE_FAN_IN: usize = 4;
+const MERGE_SIZE_RATIO: usize = 4;
+/// Beyond this many runs in a shard the smallest ones merge regardless.
+const MAX_RUNS_PER_SHARD: usize = 12;
+/// Lookups between checks of this process's file-backed resident memory.
+const RESIDENCY_CHECK_EVERY: u64 = 256;
+/// File-backed resident memory above which mapped index pages are dropped
+/// from the resident set (they stay in the page cache). Between checks at
+/// most ~256 lookups more can become resident (each fault may map up to 16
+/// cached neighbour pages: the kernel's fault-around).
+const RESIDENT_FILE_BUDGET: u64 = 256 << 20;
 
 /// What `reserve` found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,7 +161,9 @@ impl Index {
     }
 
     fn lookup_runs(&self, id: &ChunkId) -> Option<Location> {
-        if self.lookups.fetch_add(1, Ordering::Relaxed) % RELEASE_EVERY == RELEASE_EVERY - 1 {
+        if self.lookups.fetch_add(1, Ordering::Relaxed) % RESIDENCY_CHECK_EVERY == RESIDENCY_CHECK_EVERY - 1
+            && resident_file_bytes() > RESIDENT_FILE_BUDGET
+        {
             self.release_pages();
         }
         let runs = self.shards[shard_of(id)].read().unwrap_or_else(|p| p.into_inner());
@@ -318,10 +327,10 @@ impl Index {
                 new_state.next_run += 1;
                 let path = run_path(&self.dir, r);
                 created.push(path.clone());
-                write_run(&path, r.shard, r.run, entries.into_iter())?;
+                write_run(&path, r.shard, r.run, entries.len() as u64, entries.into_iter())?;
                 let mut list = vec![Arc::new(Run::open(&path, r.shard, r.run)?)];
                 list.extend(self.shards[shard].read().unwrap_or_else(|p| p.into_inner()).iter().cloned());
-                if list.len() > MAX_RUNS_PER_SHARD {
+                while let Some(take) = plan_merge(&mut list) {
                     let merged_ref = RunRef {
                         shard: shard as u8,
                         run: new_state.next_run,
@@ -329,17 +338,18 @@ impl Index {
                     new_state.next_run += 1;
                     let merged_path = run_path(&self.dir, merged_ref);
                     created.push(merged_path.clone());
-                    let (merged, gone) = merge_smallest(&mut list, &merged_path, merged_ref)?;
+                    let (merged, gone) = merge_runs(take, &merged_path, merged_ref)?;
                     obsolete.extend(gone);
                     list.push(merged);
-                    list.sort_by(|a, b| b.run.cmp(&a.run));
                 }
+                list.sort_by(|a, b| b.run.cmp(&a.run));
                 new_lists.push((shard, list));
             }
             // One pass of fsyncs after all writes: the first forces the
             // journal commit, the rest find their data mostly written.
             for p in &created {
                 durable::sync_file_at(p)?;
+                drop_from_page_cache(p);
             }
             durable::sync_dir(&self.dir)?;
             let mut runs: Vec<RunRef> = Vec::new();
@@ -396,7 +406,7 @@ impl Index {
                 s.read()
                     .unwrap_or_else(|p| p.into_inner())
                     .iter()
-                    .map(|r| (r.count * crate::format::index::ENTRY_LEN + 80) as u64)
+                    .map(|r| r.file_len())
                     .sum::<u64>()
             })
             .sum()
@@ -430,6 +440,25 @@ impl Index {
     }
 }
 
+/// Evicts a just-written (and synced) run from the page cache. Lookups then
+/// fault in only the pages they touch: with the file cached, every fault
+/// would also map up to 15 cached neighbours (fault-around), and a flush
+/// would push useful pages out of the cache besides.
+fn drop_from_page_cache(path: &Path) {
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
+    }
+}
+
+/// File-backed resident bytes of this process (`shared` of
+/// /proc/self/statm); 0 where that is not available.
+fn resident_file_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2).and_then(|v| v.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
 fn run_path(dir: &Path, r: RunRef) -> PathBuf {
     dir.join(format!("{:x}-{:016x}.run", r.shard, r.run))
 }
@@ -455,15 +484,31 @@ fn add_covered(covered: &mut Vec<(u64, u64)>, pack: u64) {
     *covered = merged;
 }
 
-/// Merges the smallest runs of `list` (newest wins on equal ids) into one
-/// run at `path`; removes them from `list` and returns the new run and the
-/// paths of the merged ones.
-fn merge_smallest(list: &mut Vec<Arc<Run>>, path: &Path, r: RunRef) -> Result<(Arc<Run>, Vec<PathBuf>)> {
-    list.sort_by_key(|run| run.count);
-    let take = list.len() - RUNS_AFTER_MERGE + 1;
-    let mut inputs: Vec<Arc<Run>> = list.drain(..take).collect();
+/// Removes and returns the runs to merge next, if any: the first
+/// [`MERGE_FAN_IN`] runs of similar size, smallest first; or the smallest
+/// ones when the shard holds too many runs.
+fn plan_merge(list: &mut Vec<Arc<Run>>) -> Option<Vec<Arc<Run>>> {
+    list.sort_by_key(|r| r.count);
+    let similar = (0..list.len().saturating_sub(MERGE_FAN_IN - 1))
+        .find(|&i| list[i + MERGE_FAN_IN - 1].count <= MERGE_SIZE_RATIO * list[i].count.max(1));
+    let start = match similar {
+        Some(i) => i,
+        None if list.len() > MAX_RUNS_PER_SHARD => 0,
+        None => return None,
+    };
+    Some(list.drain(start..start + MERGE_FAN_IN).collect())
+}
+
+/// Merges `inputs` (newest entry wins on equal ids) into one run at `path`;
+/// returns it and the paths of the inputs, to delete once the new state is
+/// published.
+fn merge_runs(mut inputs: Vec<Arc<Run>>, path: &Path, r: RunRef) -> Result<(Arc<Run>, Vec<PathBuf>)> {
     inputs.sort_by(|a, b| b.run.cmp(&a.run));
-    write_run(path, r.shard, r.run, run::Merge::new(&inputs))?;
+    for input in &inputs {
+        input.prepare_scan();
+    }
+    let max_entries = inputs.iter().map(|r| r.count as u64).sum();
+    write_run(path, r.shard, r.run, max_entries, run::Merge::new(&inputs))?;
     for input in &inputs {
         input.release();
     }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use bunker_chunk::ChunkId;
 
 use crate::error::IoContext;
-use crate::format::index::{decode_entry, encode_entry, encode_run_footer, RunHeader, ENTRY_LEN, RUN_FOOTER_LEN, RUN_HEADER_LEN};
+use crate::format::index::{bloom_bits, bloom_blocks_for, decode_entry, encode_entry, encode_run_footer, RunHeader, BLOOM_BLOCK_LEN, ENTRY_LEN, RUN_HEADER_LEN};
 use crate::format::Le;
 use crate::mmap::SealedMap;
 use crate::{Error, Location, Result};
@@ -22,6 +22,7 @@ pub(crate) struct Run {
     pub shard: u8,
     pub run: u64,
     pub count: usize,
+    bloom_blocks: u64,
     pub path: PathBuf,
     map: SealedMap,
 }
@@ -37,6 +38,7 @@ impl Run {
         })?;
         let len = file.metadata().at(path)?.len();
         let map = SealedMap::open(&file).at(path)?;
+        map.advise_random();
         let name = path.display().to_string();
         let header = RunHeader::decode(&name, map.bytes(), len)?;
         if header.shard != shard || header.run != run {
@@ -47,6 +49,7 @@ impl Run {
             shard,
             run,
             count,
+            bloom_blocks: header.bloom_blocks,
             path: path.to_path_buf(),
             map,
         })
@@ -66,7 +69,18 @@ impl Run {
         decode_entry(self.entry(i))
     }
 
+    /// False when the filter says `id` is certainly not in this run.
+    fn may_contain(&self, id: &ChunkId) -> bool {
+        let (block, bits) = bloom_bits(id, self.bloom_blocks);
+        let at = RUN_HEADER_LEN + self.count * ENTRY_LEN + block as usize * BLOOM_BLOCK_LEN;
+        let words = &self.map.bytes()[at..at + BLOOM_BLOCK_LEN];
+        bits.iter().all(|&b| Le::u64(words, (b as usize / 64) * 8) & (1 << (b % 64)) != 0)
+    }
+
     pub(crate) fn lookup(&self, id: &ChunkId) -> Option<Location> {
+        if !self.may_contain(id) {
+            return None;
+        }
         let target = id.prefix_u64();
         let (mut lo, mut hi) = (0usize, self.count);
         // Keys of this shard share their top SHARD_BITS bits.
@@ -107,6 +121,16 @@ impl Run {
         None
     }
 
+    pub(crate) fn file_len(&self) -> u64 {
+        self.map.bytes().len() as u64
+    }
+
+    /// Switches the map to sequential readahead for a merge that reads
+    /// every entry (the run is deleted after the merge).
+    pub(crate) fn prepare_scan(&self) {
+        self.map.advise_sequential();
+    }
+
     /// Drops this run's pages from the process's resident set.
     pub(crate) fn release(&self) {
         self.map.release_all();
@@ -115,12 +139,13 @@ impl Run {
     /// Checks the entries' checksum against the footer (a full read).
     pub(crate) fn verify(&self) -> Result<()> {
         let bytes = self.map.bytes();
-        let end = RUN_HEADER_LEN + self.count * ENTRY_LEN;
+        let end = RUN_HEADER_LEN + self.count * ENTRY_LEN + self.bloom_blocks as usize * BLOOM_BLOCK_LEN;
         let body = &bytes[RUN_HEADER_LEN..end];
         let sum = crate::format::checksum(&[body]);
         let sorted = (1..self.count).all(|i| self.entry(i - 1)[..32] < self.entry(i)[..32]);
         let shard_ok = (0..self.count).all(|i| usize::from(self.shard) == super::shard_of(&ChunkId(Le::bytes(self.entry(i), 0))));
-        if Le::u64(bytes, end) != sum || !sorted || !shard_ok {
+        let filter_ok = (0..self.count).all(|i| self.may_contain(&ChunkId(Le::bytes(self.entry(i), 0))));
+        if Le::u64(bytes, end) != sum || !sorted || !shard_ok || !filter_ok {
             return Err(Error::corrupt(self.path.display().to_string(), "index run entries do not match their checksum or order"));
         }
         Ok(())
@@ -128,12 +153,15 @@ impl Run {
 }
 
 /// Writes sorted, deduplicated entries as a run file (not synced: the
-/// caller syncs all files of a flush together). Streams: the count in the
-/// header is patched in at the end, so entries need not be in memory.
-pub(crate) fn write_run(path: &Path, shard: u8, run: u64, entries: impl Iterator<Item = (ChunkId, Location)>) -> Result<()> {
+/// caller syncs all files of a flush together). Streams the entries: only
+/// the filter (about 1.25 bytes per entry) is built in memory, sized for
+/// `max_entries`; the count in the header is patched in at the end.
+pub(crate) fn write_run(path: &Path, shard: u8, run: u64, max_entries: u64, entries: impl Iterator<Item = (ChunkId, Location)>) -> Result<()> {
     let file = File::create(path).at(path)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     w.write_all(&[0u8; RUN_HEADER_LEN]).at(path)?;
+    let bloom_blocks = bloom_blocks_for(max_entries);
+    let mut bloom = vec![0u64; bloom_blocks as usize * 8];
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut buf = [0u8; ENTRY_LEN];
     let mut count = 0u64;
@@ -141,13 +169,19 @@ pub(crate) fn write_run(path: &Path, shard: u8, run: u64, entries: impl Iterator
         encode_entry(&id, &loc, &mut buf);
         hasher.update(&buf);
         w.write_all(&buf).at(path)?;
+        let (block, bits) = bloom_bits(&id, bloom_blocks);
+        for b in bits {
+            bloom[block as usize * 8 + b as usize / 64] |= 1 << (b % 64);
+        }
         count += 1;
     }
+    let bloom_bytes: Vec<u8> = bloom.iter().flat_map(|w| w.to_le_bytes()).collect();
+    hasher.update(&bloom_bytes);
+    w.write_all(&bloom_bytes).at(path)?;
     w.write_all(&encode_run_footer(hasher.digest())).at(path)?;
     w.flush().at(path)?;
-    let header = RunHeader { shard, run, count };
+    let header = RunHeader { shard, run, count, bloom_blocks };
     w.get_ref().write_all_at(&header.encode(), 0).at(path)?;
-    debug_assert_eq!(RUN_FOOTER_LEN, 16);
     Ok(())
 }
 
