@@ -11,12 +11,20 @@ const LEN: usize = 64 << 20;
 
 fn chunking(c: &mut Criterion) {
     let chunker = Chunker::new(ChunkerParams::DEFAULT);
-    let inputs = [("random", random(LEN)), ("text", text(LEN)), ("zeros", vec![0u8; LEN])];
+    let inputs = [
+        ("random", random(LEN)),
+        ("text", text(LEN)),
+        ("zeros", vec![0u8; LEN]),
+    ];
     let mut g = c.benchmark_group("chunker");
     g.throughput(Throughput::Bytes(LEN as u64)).sample_size(10);
     for (name, data) in &inputs {
-        g.bench_with_input(BenchmarkId::new("one core", name), data, |b, d| b.iter(|| chunker.cuts(d, true).len()));
-        g.bench_with_input(BenchmarkId::new("all cores", name), data, |b, d| b.iter(|| parallel_cuts(&chunker, d, true).len()));
+        g.bench_with_input(BenchmarkId::new("one core", name), data, |b, d| {
+            b.iter(|| chunker.cuts(d, true).len())
+        });
+        g.bench_with_input(BenchmarkId::new("all cores", name), data, |b, d| {
+            b.iter(|| parallel_cuts(&chunker, d, true).len())
+        });
     }
     g.finish();
 }

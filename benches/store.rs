@@ -15,9 +15,12 @@ const LEN: usize = 64 << 20;
 fn compression(c: &mut Criterion) {
     let mut g = c.benchmark_group("zstd");
     let chunk = 1 << 20;
-    g.throughput(Throughput::Bytes(chunk as u64)).sample_size(20);
+    g.throughput(Throughput::Bytes(chunk as u64))
+        .sample_size(20);
     for (name, data) in [("text", text(chunk)), ("random", random(chunk))] {
-        g.bench_with_input(BenchmarkId::new("level 3", name), &data, |b, d| b.iter(|| zstd::bulk::compress(d, 3).map(|v| v.len())));
+        g.bench_with_input(BenchmarkId::new("level 3", name), &data, |b, d| {
+            b.iter(|| zstd::bulk::compress(d, 3).map(|v| v.len()))
+        });
     }
     g.finish();
 }
@@ -32,22 +35,42 @@ fn ingest_and_restore(c: &mut Criterion) {
         b.iter_with_setup(
             || {
                 let dir = tempfile::tempdir().expect("tempdir");
-                let repo = Repository::create(dir.path(), CreateOptions::default()).expect("create");
+                let repo =
+                    Repository::create(dir.path(), CreateOptions::default()).expect("create");
                 (dir, repo)
             },
-            |(_dir, repo)| repo.ingest("v", &mixed[..], &IngestOptions::default(), &mut |_| {}).expect("ingest").new_bytes,
+            |(_dir, repo)| {
+                repo.ingest("v", &mixed[..], &IngestOptions::default(), &mut |_| {})
+                    .expect("ingest")
+                    .new_bytes
+            },
         )
     });
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let repo = Repository::create(dir.path(), CreateOptions::default()).expect("create");
-        repo.ingest("v", &mixed[..], &IngestOptions::default(), &mut |_| {}).expect("ingest");
+        repo.ingest("v", &mixed[..], &IngestOptions::default(), &mut |_| {})
+            .expect("ingest");
     }
     for mode in [ReadMode::Mmap, ReadMode::Pread] {
-        let repo = Repository::open_with(dir.path(), bunker_store::OpenOptions { read_mode: mode, ..Default::default() }).expect("open");
-        g.bench_function(format!("ingest unchanged data ({mode:?} repository)"), |b| {
-            b.iter(|| repo.ingest("v", &mixed[..], &IngestOptions::default(), &mut |_| {}).expect("ingest").new_bytes)
-        });
+        let repo = Repository::open_with(
+            dir.path(),
+            bunker_store::OpenOptions {
+                read_mode: mode,
+                ..Default::default()
+            },
+        )
+        .expect("open");
+        g.bench_function(
+            format!("ingest unchanged data ({mode:?} repository)"),
+            |b| {
+                b.iter(|| {
+                    repo.ingest("v", &mixed[..], &IngestOptions::default(), &mut |_| {})
+                        .expect("ingest")
+                        .new_bytes
+                })
+            },
+        );
         g.bench_function(format!("restore, decode and verify ({mode:?})"), |b| {
             b.iter(|| {
                 let mut r = repo.reader("v", None, None).expect("reader");
@@ -71,7 +94,10 @@ fn ingest_and_restore(c: &mut Criterion) {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
             let at = (x >> 20) % (size - 4096);
             let mut buf = [0u8; 4096];
-            repo.reader("v", None, Some(at..at + 4096)).expect("reader").read_exact(&mut buf).expect("read");
+            repo.reader("v", None, Some(at..at + 4096))
+                .expect("reader")
+                .read_exact(&mut buf)
+                .expect("read");
             buf[0]
         })
     });

@@ -8,8 +8,14 @@ pub fn snapshot_data(name: &str) -> Vec<u8> {
     let b = h.as_bytes();
     let len = (256 << 10) + (u32::from_le_bytes([b[0], b[1], b[2], 0]) as usize % (3 << 20));
     let mut data = noise(7, len / 2);
-    data.extend_from_slice(&noise(u64::from_le_bytes([b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10]]), len - len / 2));
-    let text: Vec<u8> = (0..).flat_map(|i| format!("{name} line {i}\n").into_bytes()).take(len / 8).collect();
+    data.extend_from_slice(&noise(
+        u64::from_le_bytes([b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10]]),
+        len - len / 2,
+    ));
+    let text: Vec<u8> = (0..)
+        .flat_map(|i| format!("{name} line {i}\n").into_bytes())
+        .take(len / 8)
+        .collect();
     let at = len / 4;
     data[at..at + text.len()].copy_from_slice(&text);
     let z = len * 3 / 4;

@@ -28,7 +28,12 @@ fn read_all(repo: &Repository, name: &str, id: SnapshotId) -> Vec<u8> {
 
 /// Every acknowledged snapshot is listed, and every listed snapshot not in
 /// `checked` holds exactly its data (those in it were read back before).
-fn check(repo: &Repository, acked: &[(String, u64)], checked: &mut HashSet<(String, u64)>, reproduce: &str) {
+fn check(
+    repo: &Repository,
+    acked: &[(String, u64)],
+    checked: &mut HashSet<(String, u64)>,
+    reproduce: &str,
+) {
     let listed = repo.list(None).unwrap();
     for (name, id) in acked {
         assert!(
@@ -41,7 +46,12 @@ fn check(repo: &Repository, acked: &[(String, u64)], checked: &mut HashSet<(Stri
             continue;
         }
         let data = read_all(repo, &s.name, s.id);
-        assert!(data == snapshot_data(&s.name), "{}@{} reads back wrong bytes; reproduce: {reproduce}", s.name, s.id);
+        assert!(
+            data == snapshot_data(&s.name),
+            "{}@{} reads back wrong bytes; reproduce: {reproduce}",
+            s.name,
+            s.id
+        );
     }
 }
 
@@ -79,14 +89,22 @@ fn kill_during_ingest_loses_nothing_acknowledged() {
         // seals and manifest commits: each snapshot takes a few ms.
         let delay = Duration::from_millis(rng.random_range(5..250));
         acked.extend(kill_child_after(dir.path(), trial, delay));
-        let repo = Repository::open(dir.path()).unwrap_or_else(|e| panic!("reopen after kill {trial}: {e}; reproduce: {reproduce}"));
+        let repo = Repository::open(dir.path())
+            .unwrap_or_else(|e| panic!("reopen after kill {trial}: {e}; reproduce: {reproduce}"));
         check(&repo, &acked, &mut checked, &reproduce);
         if trial % 10 == 9 || trial == TRIALS - 1 {
             let report = repo.verify().unwrap();
-            assert!(report.is_clean(), "verify after kill {trial}: {report:?}; reproduce: {reproduce}");
+            assert!(
+                report.is_clean(),
+                "verify after kill {trial}: {report:?}; reproduce: {reproduce}"
+            );
         }
     }
-    assert!(acked.len() as u64 >= TRIALS / 2, "too few commits ({}) to test anything", acked.len());
+    assert!(
+        acked.len() as u64 >= TRIALS / 2,
+        "too few commits ({}) to test anything",
+        acked.len()
+    );
 }
 
 /// Lists the pack files (sealed `.pack` and staging `.open`) by path.
@@ -108,27 +126,45 @@ fn pack_files(repo: &Path, ext: &str) -> Vec<std::path::PathBuf> {
 #[test]
 fn torn_staging_pack_tails_are_cut_on_open() {
     let seed = crate::seed(0x70A4);
-    let reproduce = format!("BUNKER_SEED={seed} cargo test --release -p bunker-tests --test suite crash::torn_staging");
+    let reproduce = format!(
+        "BUNKER_SEED={seed} cargo test --release -p bunker-tests --test suite crash::torn_staging"
+    );
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut acked = Vec::new();
     let mut checked = HashSet::new();
     let mut torn = 0;
     for trial in 0..20 {
-        acked.extend(kill_child_after(dir.path(), 1000 + trial, Duration::from_millis(rng.random_range(40..200))));
+        acked.extend(kill_child_after(
+            dir.path(),
+            1000 + trial,
+            Duration::from_millis(rng.random_range(40..200)),
+        ));
         for open in pack_files(dir.path(), "open") {
             let len = std::fs::metadata(&open).unwrap().len();
             let cut = rng.random_range(0..=len);
-            std::fs::OpenOptions::new().write(true).open(&open).unwrap().set_len(cut).unwrap();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&open)
+                .unwrap()
+                .set_len(cut)
+                .unwrap();
             torn += 1;
         }
-        let repo = Repository::open(dir.path()).unwrap_or_else(|e| panic!("reopen {trial}: {e}; reproduce: {reproduce}"));
-        assert!(pack_files(dir.path(), "open").is_empty(), "staging packs must be recovered on open");
+        let repo = Repository::open(dir.path())
+            .unwrap_or_else(|e| panic!("reopen {trial}: {e}; reproduce: {reproduce}"));
+        assert!(
+            pack_files(dir.path(), "open").is_empty(),
+            "staging packs must be recovered on open"
+        );
         check(&repo, &acked, &mut checked, &reproduce);
     }
     let repo = Repository::open(dir.path()).unwrap();
     assert!(repo.verify().unwrap().is_clean());
-    assert!(torn > 0, "no staging pack was ever caught open; reproduce: {reproduce}");
+    assert!(
+        torn > 0,
+        "no staging pack was ever caught open; reproduce: {reproduce}"
+    );
 }
 
 #[test]
@@ -139,30 +175,60 @@ fn truncated_sealed_pack_is_named_and_spares_other_snapshots() {
         let dir = tempfile::tempdir().unwrap();
         let names: Vec<String> = (0..4).map(|i| format!("t{trial}-{i}")).collect();
         {
-            let repo = Repository::create(dir.path(), bunker_store::CreateOptions {
-                chunker: bunker_store::ChunkerParams::new(16 << 10, 64 << 10, 256 << 10).unwrap(),
-                zstd_level: 1,
-                pack_target_len: 1 << 20,
-            })
+            let repo = Repository::create(
+                dir.path(),
+                bunker_store::CreateOptions {
+                    chunker: bunker_store::ChunkerParams::new(16 << 10, 64 << 10, 256 << 10)
+                        .unwrap(),
+                    zstd_level: 1,
+                    pack_target_len: 1 << 20,
+                },
+            )
             .unwrap();
             for n in &names {
-                repo.ingest(n, &snapshot_data(n)[..], &Default::default(), &mut |_| {}).unwrap();
+                repo.ingest(n, &snapshot_data(n)[..], &Default::default(), &mut |_| {})
+                    .unwrap();
             }
         }
         let newest = pack_files(dir.path(), "pack").pop().unwrap();
         let len = std::fs::metadata(&newest).unwrap().len();
-        std::fs::OpenOptions::new().write(true).open(&newest).unwrap().set_len(rng.random_range(0..len)).unwrap();
-        let repo = Repository::open(dir.path()).expect("a damaged pack must not stop the repository from opening");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&newest)
+            .unwrap()
+            .set_len(rng.random_range(0..len))
+            .unwrap();
+        let repo = Repository::open(dir.path())
+            .expect("a damaged pack must not stop the repository from opening");
         let report = repo.verify().unwrap();
-        assert!(!report.is_clean(), "trial {trial}: truncation not detected (seed {seed})");
-        assert!(report.damage.iter().any(|d| d.file.contains(newest.file_name().unwrap().to_str().unwrap())), "{report:?}");
+        assert!(
+            !report.is_clean(),
+            "trial {trial}: truncation not detected (seed {seed})"
+        );
+        assert!(
+            report.damage.iter().any(|d| d
+                .file
+                .contains(newest.file_name().unwrap().to_str().unwrap())),
+            "{report:?}"
+        );
         // Exactly the snapshots that cannot be read are named.
         for n in &names {
             let info = repo.snapshot(n, None).unwrap();
             let mut out = Vec::new();
-            let readable = repo.reader(n, None, None).unwrap().read_to_end(&mut out).is_ok() && out == snapshot_data(n);
-            let named = report.damaged_snapshots.iter().any(|d| &d.name == n && d.id == info.id);
-            assert_eq!(readable, !named, "trial {trial} {n}: readable {readable}, named {named} (seed {seed})");
+            let readable = repo
+                .reader(n, None, None)
+                .unwrap()
+                .read_to_end(&mut out)
+                .is_ok()
+                && out == snapshot_data(n);
+            let named = report
+                .damaged_snapshots
+                .iter()
+                .any(|d| &d.name == n && d.id == info.id);
+            assert_eq!(
+                readable, !named,
+                "trial {trial} {n}: readable {readable}, named {named} (seed {seed})"
+            );
         }
     }
 }

@@ -8,5 +8,8 @@ mod san;
 
 /// The seed of a randomised test: `BUNKER_SEED` or the given default.
 pub fn seed(default: u64) -> u64 {
-    std::env::var("BUNKER_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+    std::env::var("BUNKER_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }

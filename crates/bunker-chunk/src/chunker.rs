@@ -216,7 +216,14 @@ impl Chunker {
 /// Rolls the fingerprint over `data[start..end]`; `Ok(cut_end)` at the first
 /// match of `mask`, or `Err(fp)` to continue with another mask.
 #[inline(always)]
-fn scan(data: &[u8], start: usize, end: usize, mut fp: u64, mask: u64, mask_ls: u64) -> Result<usize, u64> {
+fn scan(
+    data: &[u8],
+    start: usize,
+    end: usize,
+    mut fp: u64,
+    mask: u64,
+    mask_ls: u64,
+) -> Result<usize, u64> {
     let mut pos = start;
     let mut pairs = data[start..end].chunks_exact(2);
     for pair in &mut pairs {
@@ -226,7 +233,11 @@ fn scan(data: &[u8], start: usize, end: usize, mut fp: u64, mask: u64, mask_ls: 
         let half = shifted.wrapping_add(first);
         fp = shifted.wrapping_add(first.wrapping_add(GEAR[usize::from(pair[1])]));
         if (half & mask_ls == 0) | (fp & mask == 0) {
-            return Ok(if half & mask_ls == 0 { pos + 1 } else { pos + 2 });
+            return Ok(if half & mask_ls == 0 {
+                pos + 1
+            } else {
+                pos + 2
+            });
         }
         pos += 2;
     }
@@ -325,8 +336,18 @@ pub(crate) mod tests {
         let d = ChunkerParams::DEFAULT;
         assert_eq!(ChunkerParams::new(d.min_len, d.avg_len, d.max_len), Ok(d));
         assert_eq!(ChunkerParams::with_avg(1 << 20), Ok(d));
-        for (min, avg, max) in [(1, 4096, 8192), (2048, 3000, 9000), (100, 512, 4096), (1024, 4096, 4096), (4096, 4096, 8192), (1 << 20, 4 << 20, 32 << 20)] {
-            assert!(matches!(ChunkerParams::new(min, avg, max), Err(Error::InvalidParams { .. })));
+        for (min, avg, max) in [
+            (1, 4096, 8192),
+            (2048, 3000, 9000),
+            (100, 512, 4096),
+            (1024, 4096, 4096),
+            (4096, 4096, 8192),
+            (1 << 20, 4 << 20, 32 << 20),
+        ] {
+            assert!(matches!(
+                ChunkerParams::new(min, avg, max),
+                Err(Error::InvalidParams { .. })
+            ));
         }
     }
 
@@ -369,8 +390,15 @@ pub(crate) mod tests {
         assert_eq!(ends(&d.cuts(&big, true)), GOLDEN_DEFAULT);
     }
 
-    const GOLDEN_64K: &[usize] = &[91861, 167277, 216908, 310959, 383935, 459031, 531920, 607692, 715550, 790206, 869273, 934999, 1197143, 1414567, 1484194, 1558343, 1627022, 1710576, 1777354, 1818464, 1854970, 1933432, 1974246, 2053596, 2097152];
-    const GOLDEN_DEFAULT: &[usize] = &[1066770, 2532716, 3644513, 4696509, 5931457, 7017238, 8089546, 9346932, 10579967, 12290682, 12582912];
+    const GOLDEN_64K: &[usize] = &[
+        91861, 167277, 216908, 310959, 383935, 459031, 531920, 607692, 715550, 790206, 869273,
+        934999, 1197143, 1414567, 1484194, 1558343, 1627022, 1710576, 1777354, 1818464, 1854970,
+        1933432, 1974246, 2053596, 2097152,
+    ];
+    const GOLDEN_DEFAULT: &[usize] = &[
+        1066770, 2532716, 3644513, 4696509, 5931457, 7017238, 8089546, 9346932, 10579967, 12290682,
+        12582912,
+    ];
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
@@ -433,7 +461,10 @@ pub(crate) mod tests {
         let c = Chunker::new(ChunkerParams::DEFAULT);
         let data = noise(42, 64 << 20);
         let before = chunk_set(&c, &data);
-        for (i, at) in [1usize << 20, 17 << 20, 40_000_000, 63 << 20].into_iter().enumerate() {
+        for (i, at) in [1usize << 20, 17 << 20, 40_000_000, 63 << 20]
+            .into_iter()
+            .enumerate()
+        {
             let mut edited = data.clone();
             if i % 2 == 0 {
                 edited.splice(at..at, [1u8, 2, 3, 4, 5, 6, 7].into_iter().take(1 + i));

@@ -31,7 +31,13 @@ pub fn split(len: usize, segments: usize, min_segment: usize) -> Vec<usize> {
 
 /// The chain that starts at `starts[index]`, running until a cut ends at or
 /// beyond the next segment's start (or the data runs out).
-pub fn scan(chunker: &Chunker, data: &[u8], starts: &[usize], index: usize, eof: bool) -> SegmentCuts {
+pub fn scan(
+    chunker: &Chunker,
+    data: &[u8],
+    starts: &[usize],
+    index: usize,
+    eof: bool,
+) -> SegmentCuts {
     let start = starts[index];
     let stop = starts.get(index + 1).copied().unwrap_or(usize::MAX);
     SegmentCuts {
@@ -59,7 +65,10 @@ pub fn stitch(chunker: &Chunker, data: &[u8], eof: bool, segments: Vec<SegmentCu
             let adopt_from = if pos == seg.start {
                 Some(0)
             } else {
-                seg.cuts.binary_search_by_key(&pos, |c| c.end).ok().map(|i| i + 1)
+                seg.cuts
+                    .binary_search_by_key(&pos, |c| c.end)
+                    .ok()
+                    .map(|i| i + 1)
             };
             if let Some(i) = adopt_from {
                 out.extend_from_slice(&seg.cuts[i..]);
@@ -87,7 +96,7 @@ pub fn stitch(chunker: &Chunker, data: &[u8], eof: bool, segments: Vec<SegmentCu
     // The last segment's chain may have stopped short of a sync; finish the
     // chain sequentially to the end of the data.
     if !exhausted {
-        out.extend(chunker.cuts_until(data, pos, usize::MAX, eof).into_iter());
+        out.extend(chunker.cuts_until(data, pos, usize::MAX, eof));
     }
     out
 }
@@ -102,11 +111,18 @@ mod tests {
     fn parallel(c: &Chunker, data: &[u8], eof: bool, segments: usize) -> Vec<Cut> {
         let starts = split(data.len(), segments, 1);
         let scans = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..starts.len()).map(|i| s.spawn({
-                let starts = &starts;
-                move || scan(c, data, starts, i, eof)
-            })).collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+            let handles: Vec<_> = (0..starts.len())
+                .map(|i| {
+                    s.spawn({
+                        let starts = &starts;
+                        move || scan(c, data, starts, i, eof)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
         });
         stitch(c, data, eof, scans)
     }
@@ -119,7 +135,11 @@ mod tests {
         for eof in [true, false] {
             let seq = c.cuts(&data, eof);
             for segments in [2, 3, 8] {
-                assert_eq!(parallel(&c, &data, eof, segments), seq, "segments {segments} eof {eof}");
+                assert_eq!(
+                    parallel(&c, &data, eof, segments),
+                    seq,
+                    "segments {segments} eof {eof}"
+                );
             }
         }
     }

@@ -176,10 +176,11 @@ impl PackBackend for LocalPacks {
             }
             Opened::File(file) => {
                 let mut buf = vec![0u8; len];
-                file.read_exact_at(&mut buf, offset).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::UnexpectedEof => out_of_range(),
-                    _ => Error::io(self.sealed_path(pack), e),
-                })?;
+                file.read_exact_at(&mut buf, offset)
+                    .map_err(|e| match e.kind() {
+                        std::io::ErrorKind::UnexpectedEof => out_of_range(),
+                        _ => Error::io(self.sealed_path(pack), e),
+                    })?;
                 Ok(buf)
             }
         }
@@ -201,7 +202,10 @@ impl PackBackend for LocalPacks {
     }
 
     fn delete(&self, pack: PackId) -> Result<()> {
-        self.maps.lock().unwrap_or_else(|p| p.into_inner()).remove(&pack);
+        self.maps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pack);
         durable::remove_file(&self.sealed_path(pack))
     }
 

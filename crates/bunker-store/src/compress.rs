@@ -40,7 +40,10 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
-fn with_compressor<T>(level: i32, f: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> T) -> Option<T> {
+fn with_compressor<T>(
+    level: i32,
+    f: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> T,
+) -> Option<T> {
     COMPRESSORS.with(|c| {
         let mut c = c.borrow_mut();
         if !c.iter().any(|(l, _)| *l == level) {
@@ -80,16 +83,24 @@ pub(crate) fn compress(raw: &[u8], level: i32) -> Stored<'_> {
 pub(crate) fn decompress(codec: Codec, stored: Vec<u8>, raw_len: usize) -> Result<Vec<u8>, String> {
     match codec {
         Codec::Raw if stored.len() == raw_len => Ok(stored),
-        Codec::Raw => Err(format!("raw record holds {} bytes, expected {raw_len}", stored.len())),
+        Codec::Raw => Err(format!(
+            "raw record holds {} bytes, expected {raw_len}",
+            stored.len()
+        )),
         Codec::Zstd => DECOMPRESSOR.with(|d| {
             let mut d = d.borrow_mut();
             if d.is_none() {
                 *d = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
             }
             let dec = d.as_mut().ok_or("no decompressor")?;
-            let out = dec.decompress(&stored, raw_len).map_err(|e| format!("zstd: {e}"))?;
+            let out = dec
+                .decompress(&stored, raw_len)
+                .map_err(|e| format!("zstd: {e}"))?;
             if out.len() != raw_len {
-                return Err(format!("decompressed to {} bytes, expected {raw_len}", out.len()));
+                return Err(format!(
+                    "decompressed to {} bytes, expected {raw_len}",
+                    out.len()
+                ));
             }
             Ok(out)
         }),
@@ -105,16 +116,23 @@ mod tests {
         let mut random = vec![0u8; 1 << 20];
         let mut s = 1u64;
         for b in random.iter_mut() {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             *b = (s >> 56) as u8;
         }
-        let text: Vec<u8> = (0..20_000).flat_map(|i| format!("2026-11-22 INFO request {i} served in 3ms\n").into_bytes()).collect();
+        let text: Vec<u8> = (0..20_000)
+            .flat_map(|i| format!("2026-11-22 INFO request {i} served in 3ms\n").into_bytes())
+            .collect();
         let r = compress(&random, 3);
         assert_eq!(r.codec(), Codec::Raw);
         let t = compress(&text, 3);
         assert_eq!(t.codec(), Codec::Zstd);
         assert!(t.bytes().len() < text.len() / 5);
-        assert_eq!(decompress(Codec::Zstd, t.bytes().to_vec(), text.len()).unwrap(), text);
+        assert_eq!(
+            decompress(Codec::Zstd, t.bytes().to_vec(), text.len()).unwrap(),
+            text
+        );
         assert!(decompress(Codec::Zstd, t.bytes().to_vec(), text.len() - 1).is_err());
         assert!(decompress(Codec::Zstd, vec![1, 2, 3], 10).is_err());
     }

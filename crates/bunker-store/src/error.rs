@@ -40,7 +40,9 @@ pub enum Error {
         reason: String,
     },
     /// A file with a bunker magic but a format version this build cannot read.
-    #[error("{file}: unsupported {kind} format version {found} (this build reads version {supported})")]
+    #[error(
+        "{file}: unsupported {kind} format version {found} (this build reads version {supported})"
+    )]
     UnsupportedVersion {
         file: String,
         kind: &'static str,

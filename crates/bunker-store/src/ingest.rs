@@ -84,7 +84,11 @@ impl Repository {
                 // Ends when the source ends or fails, or when the consumer
                 // hangs up (error or done).
                 while let Ok(mut buf) = free_rx.recv() {
-                    let block = fill(&mut source, &mut buf[max..]).map(|(filled, eof)| Block { buf, filled, eof });
+                    let block = fill(&mut source, &mut buf[max..]).map(|(filled, eof)| Block {
+                        buf,
+                        filled,
+                        eof,
+                    });
                     let stop = !matches!(block, Ok(Block { eof: false, .. }));
                     if full_tx.send(block).is_err() || stop {
                         break;
@@ -96,9 +100,17 @@ impl Repository {
                 let block = match full_rx.recv() {
                     Ok(Ok(b)) => b,
                     Ok(Err(e)) => return Err(Error::Source(e)),
-                    Err(_) => return Err(Error::Source(std::io::Error::other("reader thread stopped"))),
+                    Err(_) => {
+                        return Err(Error::Source(std::io::Error::other(
+                            "reader thread stopped",
+                        )))
+                    }
                 };
-                let Block { mut buf, filled, eof } = block;
+                let Block {
+                    mut buf,
+                    filled,
+                    eof,
+                } = block;
                 let start = max - carry.len();
                 buf[start..max].copy_from_slice(&carry);
                 hasher.update_rayon(&buf[max..max + filled]);
@@ -112,9 +124,19 @@ impl Repository {
                 }
                 let ids: Vec<ChunkId> = pieces
                     .par_iter()
-                    .map(|&(s, e, zero)| if zero { ChunkId::ZERO } else { ChunkId::of(&data[s..e]) })
+                    .map(|&(s, e, zero)| {
+                        if zero {
+                            ChunkId::ZERO
+                        } else {
+                            ChunkId::of(&data[s..e])
+                        }
+                    })
                     .collect();
-                let chunks: Vec<(ChunkId, &[u8])> = ids.iter().zip(&pieces).map(|(id, &(s, e, _))| (*id, &data[s..e])).collect();
+                let chunks: Vec<(ChunkId, &[u8])> = ids
+                    .iter()
+                    .zip(&pieces)
+                    .map(|(id, &(s, e, _))| (*id, &data[s..e]))
+                    .collect();
                 let zero: Vec<bool> = pieces.iter().map(|p| p.2).collect();
                 writer.push_data(&chunks, &zero)?;
                 carry.clear();
@@ -153,7 +175,11 @@ fn fill(source: &mut impl Read, buf: &mut [u8]) -> std::io::Result<(usize, bool)
 }
 
 /// The sequential chunker's cuts of `data`, computed on all rayon threads.
-pub fn parallel_cuts(chunker: &bunker_chunk::Chunker, data: &[u8], eof: bool) -> Vec<bunker_chunk::Cut> {
+pub fn parallel_cuts(
+    chunker: &bunker_chunk::Chunker,
+    data: &[u8],
+    eof: bool,
+) -> Vec<bunker_chunk::Cut> {
     let threads = rayon::current_num_threads();
     let min_segment = 4 * chunker.params().max_len as usize;
     let starts = seams::split(data.len(), threads * 2, min_segment);

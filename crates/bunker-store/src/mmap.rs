@@ -73,8 +73,11 @@ impl SealedMap {
         // anonymous (copy-on-write) pages in a read-only map whose contents
         // could be lost. The range is page aligned and inside the map.
         let result = unsafe {
-            self.map
-                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, (end - start) as usize)
+            self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                start as usize,
+                (end - start) as usize,
+            )
         };
         if let Err(e) = result {
             tracing::debug!("madvise(DONTNEED) failed: {e}");

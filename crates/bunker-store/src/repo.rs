@@ -121,10 +121,15 @@ impl Repository {
     /// Creates a new repository at `path` (an empty or missing directory).
     pub fn create(path: &Path, opts: CreateOptions) -> Result<Repository> {
         if !(1..=19).contains(&opts.zstd_level) {
-            return Err(Error::Invalid(format!("zstd level {} is outside 1..=19", opts.zstd_level)));
+            return Err(Error::Invalid(format!(
+                "zstd level {} is outside 1..=19",
+                opts.zstd_level
+            )));
         }
         if opts.pack_target_len < 1 << 20 {
-            return Err(Error::Invalid("pack target length must be at least 1 MiB".into()));
+            return Err(Error::Invalid(
+                "pack target length must be at least 1 MiB".into(),
+            ));
         }
         durable::create_dir_all(path)?;
         let config_path = path.join("config");
@@ -191,7 +196,12 @@ impl Repository {
             inner: Arc::new(Inner {
                 root: path.to_path_buf(),
                 chunker: Chunker::new(config.chunker),
-                packs: Packs::new(Box::new(backend), config.repo_id, config.pack_target_len, next_pack),
+                packs: Packs::new(
+                    Box::new(backend),
+                    config.repo_id,
+                    config.pack_target_len,
+                    next_pack,
+                ),
                 index,
                 config,
                 next_snapshot: AtomicU64::new(next_snapshot),
@@ -213,7 +223,12 @@ impl Repository {
     }
 
     pub fn repo_id_hex(&self) -> String {
-        self.inner.config.repo_id.iter().map(|b| format!("{b:02x}")).collect()
+        self.inner
+            .config
+            .repo_id
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     fn snapshots_dir(&self) -> PathBuf {
@@ -247,19 +262,27 @@ impl Repository {
     /// present: another stream is storing them).
     pub fn missing(&self, ids: &[ChunkId]) -> Vec<bool> {
         ids.iter()
-            .map(|id| !id.is_zero() && self.inner.index.lookup(id).is_none() && !self.is_pending(id))
+            .map(|id| {
+                !id.is_zero() && self.inner.index.lookup(id).is_none() && !self.is_pending(id)
+            })
             .collect()
     }
 
     fn is_pending(&self, id: &ChunkId) -> bool {
-        matches!(self.inner.index.reserve_peek(id), Some(Reservation::Pending))
+        matches!(
+            self.inner.index.reserve_peek(id),
+            Some(Reservation::Pending)
+        )
     }
 
     /// Stores one chunk given its raw bytes, after checking that they hash
     /// to `id`. Returns whether it was new.
     pub fn store_chunk(&self, id: &ChunkId, raw: &[u8]) -> Result<bool> {
         if raw.is_empty() || raw.len() > self.inner.config.chunker.max_len as usize {
-            return Err(Error::Invalid(format!("chunk of {} bytes is outside 1..=max_len", raw.len())));
+            return Err(Error::Invalid(format!(
+                "chunk of {} bytes is outside 1..=max_len",
+                raw.len()
+            )));
         }
         if ChunkId::of(raw) != *id {
             return Err(Error::Invalid(format!("chunk bytes do not hash to {id}")));
@@ -269,7 +292,10 @@ impl Repository {
 
     /// Stores chunks that are not stored yet; returns (new chunks, new
     /// stored bytes) and the ids another stream is storing right now.
-    pub(crate) fn store_chunks(&self, chunks: &[(ChunkId, &[u8])]) -> Result<(u64, u64, Vec<ChunkId>)> {
+    pub(crate) fn store_chunks(
+        &self,
+        chunks: &[(ChunkId, &[u8])],
+    ) -> Result<(u64, u64, Vec<ChunkId>)> {
         use rayon::prelude::*;
         let inner = &*self.inner;
         let mut mine = Vec::new();
@@ -285,7 +311,10 @@ impl Repository {
             return Ok((0, 0, pending));
         }
         let level = inner.config.zstd_level;
-        let stored: Vec<_> = mine.par_iter().map(|&i| compress(chunks[i].1, level)).collect();
+        let stored: Vec<_> = mine
+            .par_iter()
+            .map(|&i| compress(chunks[i].1, level))
+            .collect();
         let records: Vec<NewRecord<'_>> = mine
             .iter()
             .zip(&stored)
@@ -317,14 +346,22 @@ impl Repository {
 
     fn index_sealed(&self, sealed: impl IntoIterator<Item = SealedPack>) {
         for s in sealed {
-            self.inner.index.add_sealed(s.pack, s.entries.iter().map(|e| (e.id, location(s.pack, e))).collect());
+            self.inner.index.add_sealed(
+                s.pack,
+                s.entries
+                    .iter()
+                    .map(|e| (e.id, location(s.pack, e)))
+                    .collect(),
+            );
         }
     }
 
     /// Reads one chunk, verified: record checksum, decompression, length
     /// and BLAKE3 against `id`.
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let loc = self.inner.index.lookup(id).ok_or_else(|| Error::NotFound { what: format!("chunk {id}") })?;
+        let loc = self.inner.index.lookup(id).ok_or_else(|| Error::NotFound {
+            what: format!("chunk {id}"),
+        })?;
         self.read_at(id, &loc)
     }
 
@@ -382,14 +419,22 @@ impl Repository {
         snapshot::ids(&self.snapshots_dir(), name)?
             .last()
             .copied()
-            .ok_or_else(|| Error::NotFound { what: format!("snapshots of {name:?}") })
+            .ok_or_else(|| Error::NotFound {
+                what: format!("snapshots of {name:?}"),
+            })
     }
 
     pub(crate) fn manifest(&self, name: &str, id: SnapshotId) -> Result<ManifestReader> {
         let path = snapshot::manifest_path(&self.snapshots_dir(), name, id);
         let r = ManifestReader::open(&path, &format!("{name}@{id}"))?;
-        if r.header.name != name || r.header.id != id || r.header.repo_id != self.inner.config.repo_id {
-            return Err(Error::corrupt(format!("{name}@{id}"), "manifest header names another snapshot or repository"));
+        if r.header.name != name
+            || r.header.id != id
+            || r.header.repo_id != self.inner.config.repo_id
+        {
+            return Err(Error::corrupt(
+                format!("{name}@{id}"),
+                "manifest header names another snapshot or repository",
+            ));
         }
         Ok(r)
     }
@@ -400,7 +445,9 @@ impl Repository {
         let root = self.snapshots_dir();
         let path = snapshot::manifest_path(&root, name, id);
         if !path.exists() {
-            return Err(Error::NotFound { what: format!("snapshot {name}@{id}") });
+            return Err(Error::NotFound {
+                what: format!("snapshot {name}@{id}"),
+            });
         }
         // Ids are never reused: remember the highest id ever deleted.
         let hwm = read_deleted_hwm(&root)?;
@@ -475,7 +522,13 @@ impl Drop for Inner {
     /// whatever this could not do.
     fn drop(&mut self) {
         match self.packs.seal() {
-            Ok(Some(s)) => self.index.add_sealed(s.pack, s.entries.iter().map(|e| (e.id, location(s.pack, e))).collect()),
+            Ok(Some(s)) => self.index.add_sealed(
+                s.pack,
+                s.entries
+                    .iter()
+                    .map(|e| (e.id, location(s.pack, e)))
+                    .collect(),
+            ),
             Ok(None) => {}
             Err(e) => tracing::warn!("sealing the open pack at close failed: {e}"),
         }
@@ -505,8 +558,10 @@ fn lock_repository(path: &Path) -> Result<File> {
         .write(true)
         .open(&lock_path)
         .at(&lock_path)?;
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| Error::Locked {
-        path: path.to_path_buf(),
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+        Error::Locked {
+            path: path.to_path_buf(),
+        }
     })?;
     Ok(f)
 }
@@ -524,12 +579,23 @@ fn clear_tmp(dir: &Path) -> Result<()> {
 fn recover_packs(backend: &LocalPacks, index: &Index, repo_id: [u8; 16]) -> Result<(u64, usize)> {
     let staged = backend.list_staged()?;
     let sealed = backend.list()?;
-    let mut next = sealed.iter().chain(&staged).map(|p| p.0 + 1).max().unwrap_or(1);
+    let mut next = sealed
+        .iter()
+        .chain(&staged)
+        .map(|p| p.0 + 1)
+        .max()
+        .unwrap_or(1);
     next = next.max(index.max_covered().map_or(1, |m| m + 1));
     let mut queued = 0;
     for pack in staged {
         if let Some(s) = recover_staged(backend, repo_id, pack)? {
-            index.add_sealed(s.pack, s.entries.iter().map(|e| (e.id, location(s.pack, e))).collect());
+            index.add_sealed(
+                s.pack,
+                s.entries
+                    .iter()
+                    .map(|e| (e.id, location(s.pack, e)))
+                    .collect(),
+            );
             queued += 1;
         }
     }
@@ -539,7 +605,10 @@ fn recover_packs(backend: &LocalPacks, index: &Index, repo_id: [u8; 16]) -> Resu
         }
         match read_trailer(backend, pack) {
             Ok(entries) => {
-                index.add_sealed(pack, entries.iter().map(|e| (e.id, location(pack, e))).collect());
+                index.add_sealed(
+                    pack,
+                    entries.iter().map(|e| (e.id, location(pack, e))).collect(),
+                );
                 queued += 1;
             }
             // A damaged sealed pack is reported, not rewritten: verify names
@@ -604,11 +673,20 @@ impl SnapshotWriter {
         let index = &self.repo.inner.index;
         match index.lookup(id) {
             Some(loc) if u64::from(loc.raw_len) != len => {
-                return Err(Error::Invalid(format!("chunk {id} is {} bytes, not {len}", loc.raw_len)));
+                return Err(Error::Invalid(format!(
+                    "chunk {id} is {} bytes, not {len}",
+                    loc.raw_len
+                )));
             }
             Some(_) => {}
-            None if matches!(index.reserve_peek(id), Some(Reservation::Pending)) => self.waits.push(*id),
-            None => return Err(Error::NotFound { what: format!("chunk {id}") }),
+            None if matches!(index.reserve_peek(id), Some(Reservation::Pending)) => {
+                self.waits.push(*id)
+            }
+            None => {
+                return Err(Error::NotFound {
+                    what: format!("chunk {id}"),
+                })
+            }
         }
         self.manifest.push(len, id)
     }
@@ -616,7 +694,12 @@ impl SnapshotWriter {
     /// Adds chunks by content: stores those that are new. `zero` marks
     /// all-zero chunks, which are not stored.
     pub(crate) fn push_data(&mut self, chunks: &[(ChunkId, &[u8])], zero: &[bool]) -> Result<()> {
-        let to_store: Vec<(ChunkId, &[u8])> = chunks.iter().zip(zero).filter(|(_, z)| !**z).map(|(c, _)| *c).collect();
+        let to_store: Vec<(ChunkId, &[u8])> = chunks
+            .iter()
+            .zip(zero)
+            .filter(|(_, z)| !**z)
+            .map(|(c, _)| *c)
+            .collect();
         let (n, bytes, pending) = self.repo.store_chunks(&to_store)?;
         self.new_chunks += n;
         self.new_bytes += bytes;
@@ -654,7 +737,11 @@ impl SnapshotWriter {
     /// Makes the snapshot durable and visible (docs/FORMAT.md, "Commit
     /// protocol"). With `expected_hash`, refuses a stream whose BLAKE3
     /// differs.
-    pub fn commit(self, stream_hash: [u8; 32], expected_hash: Option<[u8; 32]>) -> Result<SnapshotInfo> {
+    pub fn commit(
+        self,
+        stream_hash: [u8; 32],
+        expected_hash: Option<[u8; 32]>,
+    ) -> Result<SnapshotInfo> {
         if let Some(expected) = expected_hash {
             if expected != stream_hash {
                 return Err(Error::StreamHashMismatch {

@@ -55,7 +55,12 @@ pub struct SnapshotReader {
 impl Repository {
     /// A reader for `name@id` (latest when `id` is None), for `range` of its
     /// bytes (all of it when None). The range is clamped to the snapshot.
-    pub fn reader(&self, name: &str, id: Option<SnapshotId>, range: Option<Range<u64>>) -> Result<SnapshotReader> {
+    pub fn reader(
+        &self,
+        name: &str,
+        id: Option<SnapshotId>,
+        range: Option<Range<u64>>,
+    ) -> Result<SnapshotReader> {
         let info = self.snapshot(name, id)?;
         let manifest = self.manifest(name, info.id)?;
         let range = match range {
@@ -140,7 +145,10 @@ impl Repository {
             pack: None,
             offset: None,
             chunk: Some(e.id),
-            reason: format!("chunk at bytes {}..{} of the snapshot is not in the repository", e.start, e.end),
+            reason: format!(
+                "chunk at bytes {}..{} of the snapshot is not in the repository",
+                e.start, e.end
+            ),
         })?;
         if u64::from(loc.raw_len) != len {
             return Err(Error::Corrupt {
@@ -203,7 +211,10 @@ impl SnapshotReader {
                         self.next_start = self.range.end;
                         return Err(Error::corrupt(
                             format!("{}@{}", self.info.name, self.info.id),
-                            format!("manifest ends at byte {at}, before the snapshot size {}", self.info.size),
+                            format!(
+                                "manifest ends at byte {at}, before the snapshot size {}",
+                                self.info.size
+                            ),
                         ));
                     }
                 },

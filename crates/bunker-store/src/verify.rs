@@ -28,7 +28,19 @@ pub struct Damage {
 impl Damage {
     fn from_error(e: Error) -> Damage {
         match e {
-            Error::Corrupt { file, pack, offset, chunk, reason } => Damage { file, pack, offset, chunk, reason },
+            Error::Corrupt {
+                file,
+                pack,
+                offset,
+                chunk,
+                reason,
+            } => Damage {
+                file,
+                pack,
+                offset,
+                chunk,
+                reason,
+            },
             other => Damage {
                 file: String::new(),
                 pack: None,
@@ -87,7 +99,12 @@ impl Repository {
             let results: Vec<(u64, Result<Vec<u8>>)> = entries
                 .par_iter()
                 .map(|e| {
-                    let loc = Location { pack, offset: e.offset, raw_len: e.raw_len, stored_len: e.stored_len };
+                    let loc = Location {
+                        pack,
+                        offset: e.offset,
+                        raw_len: e.raw_len,
+                        stored_len: e.stored_len,
+                    };
                     (u64::from(e.stored_len), self.read_at(&e.id, &loc))
                 })
                 .collect();
@@ -105,7 +122,13 @@ impl Repository {
         }
         for info in self.list(None)? {
             report.snapshots += 1;
-            if let Some(d) = self.check_snapshot(&info.name, info.id, &present, &damaged_chunks, &bad_trailers)? {
+            if let Some(d) = self.check_snapshot(
+                &info.name,
+                info.id,
+                &present,
+                &damaged_chunks,
+                &bad_trailers,
+            )? {
                 report.damaged_snapshots.push(d);
             }
         }
@@ -120,7 +143,12 @@ impl Repository {
         damaged: &HashSet<ChunkId>,
         bad_trailers: &HashSet<PackId>,
     ) -> Result<Option<DamagedSnapshot>> {
-        let damaged_snapshot = |bad_chunks, reason: String| DamagedSnapshot { name: name.to_string(), id, bad_chunks, reason };
+        let damaged_snapshot = |bad_chunks, reason: String| DamagedSnapshot {
+            name: name.to_string(),
+            id,
+            bad_chunks,
+            reason,
+        };
         let manifest = match self.manifest(name, id) {
             Ok(m) => m,
             Err(e) => return Ok(Some(damaged_snapshot(0, e.to_string()))),
@@ -140,10 +168,19 @@ impl Repository {
             }
             let problem = match self.locate(&entry.id) {
                 None => Some(format!("chunk {} is not in the repository", entry.id)),
-                Some(loc) if !present.contains(&loc.pack) => Some(format!("chunk {} is in missing pack {}", entry.id, loc.pack.0)),
-                Some(loc) if u64::from(loc.raw_len) != entry.end - entry.start => Some(format!("chunk {} has the wrong length", entry.id)),
-                Some(_) if damaged.contains(&entry.id) => Some(format!("chunk {} is damaged", entry.id)),
-                Some(loc) if bad_trailers.contains(&loc.pack) => self.read_at(&entry.id, &loc).err().map(|e| e.to_string()),
+                Some(loc) if !present.contains(&loc.pack) => Some(format!(
+                    "chunk {} is in missing pack {}",
+                    entry.id, loc.pack.0
+                )),
+                Some(loc) if u64::from(loc.raw_len) != entry.end - entry.start => {
+                    Some(format!("chunk {} has the wrong length", entry.id))
+                }
+                Some(_) if damaged.contains(&entry.id) => {
+                    Some(format!("chunk {} is damaged", entry.id))
+                }
+                Some(loc) if bad_trailers.contains(&loc.pack) => {
+                    self.read_at(&entry.id, &loc).err().map(|e| e.to_string())
+                }
                 Some(_) => None,
             };
             if let Some(p) = problem {

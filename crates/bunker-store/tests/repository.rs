@@ -4,7 +4,9 @@
 use std::io::Read;
 use std::path::Path;
 
-use bunker_store::{ChunkerParams, CreateOptions, Error, IngestOptions, Piece, Repository, SnapshotId};
+use bunker_store::{
+    ChunkerParams, CreateOptions, Error, IngestOptions, Piece, Repository, SnapshotId,
+};
 
 fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut s = seed;
@@ -23,7 +25,10 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
 /// Random, text and zero regions: something like a small volume.
 fn volume(seed: u64, len: usize) -> Vec<u8> {
     let mut v = noise(seed, len);
-    let text: Vec<u8> = (0..).flat_map(|i| format!("{i} INFO served /api/v1/items in 3ms\n").into_bytes()).take(len / 3).collect();
+    let text: Vec<u8> = (0..)
+        .flat_map(|i| format!("{i} INFO served /api/v1/items in 3ms\n").into_bytes())
+        .take(len / 3)
+        .collect();
     v[..text.len()].copy_from_slice(&text);
     let z0 = len / 2;
     v[z0..z0 + len / 5].fill(0);
@@ -39,16 +44,22 @@ fn small_opts() -> CreateOptions {
 }
 
 fn ingest(repo: &Repository, name: &str, data: &[u8]) -> bunker_store::SnapshotInfo {
-    repo.ingest(name, data, &IngestOptions::default(), &mut |_| {}).unwrap()
+    repo.ingest(name, data, &IngestOptions::default(), &mut |_| {})
+        .unwrap()
 }
 
-fn read_all(repo: &Repository, name: &str, id: Option<SnapshotId>) -> bunker_store::Result<Vec<u8>> {
+fn read_all(
+    repo: &Repository,
+    name: &str,
+    id: Option<SnapshotId>,
+) -> bunker_store::Result<Vec<u8>> {
     let mut r = repo.reader(name, id, None)?;
     let mut out = Vec::new();
-    r.read_to_end(&mut out).map_err(|e| match e.into_inner().map(|b| b.downcast::<Error>()) {
-        Some(Ok(e)) => *e,
-        other => Error::Invalid(format!("{other:?}")),
-    })?;
+    r.read_to_end(&mut out)
+        .map_err(|e| match e.into_inner().map(|b| b.downcast::<Error>()) {
+            Some(Ok(e)) => *e,
+            other => Error::Invalid(format!("{other:?}")),
+        })?;
     Ok(out)
 }
 
@@ -61,20 +72,36 @@ fn round_trip_dedup_and_ranges() {
     assert_eq!(a.size, day0.len() as u64);
     assert_eq!(a.stream_hash, *blake3::hash(&day0).as_bytes());
     assert!(a.zero_chunks > 0);
-    assert!(a.new_bytes < day0.len() as u64, "text and zeros must shrink");
+    assert!(
+        a.new_bytes < day0.len() as u64,
+        "text and zeros must shrink"
+    );
     let mut day1 = day0.clone();
     day1.splice(3_000_000..3_000_000, *b"inserted!");
     day1[6_000_000..6_004_096].fill(7);
     let b = ingest(&repo, "vol", &day1);
     assert!(b.id > a.id);
-    assert!(b.new_chunks <= 4, "an insert and an overwrite touch a few chunks, not {}", b.new_chunks);
+    assert!(
+        b.new_chunks <= 4,
+        "an insert and an overwrite touch a few chunks, not {}",
+        b.new_chunks
+    );
     assert_eq!(read_all(&repo, "vol", Some(a.id)).unwrap(), day0);
     assert_eq!(read_all(&repo, "vol", None).unwrap(), day1);
-    for (start, end) in [(0u64, 1u64), (65_535, 200_000), (4_000_000, 4_000_001), (day1.len() as u64 - 10, day1.len() as u64)] {
+    for (start, end) in [
+        (0u64, 1u64),
+        (65_535, 200_000),
+        (4_000_000, 4_000_001),
+        (day1.len() as u64 - 10, day1.len() as u64),
+    ] {
         let mut r = repo.reader("vol", None, Some(start..end)).unwrap();
         let mut got = Vec::new();
         r.read_to_end(&mut got).unwrap();
-        assert_eq!(got, &day1[start as usize..end as usize], "range {start}..{end}");
+        assert_eq!(
+            got,
+            &day1[start as usize..end as usize],
+            "range {start}..{end}"
+        );
     }
     // Zero chunks come out as holes.
     let mut r = repo.reader("vol", None, None).unwrap();
@@ -86,7 +113,10 @@ fn round_trip_dedup_and_ranges() {
     }
     assert!(holes >= 1 << 20, "{holes}");
     let list = repo.list(Some("vol")).unwrap();
-    assert_eq!(list.iter().map(|s| s.id).collect::<Vec<_>>(), vec![a.id, b.id]);
+    assert_eq!(
+        list.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![a.id, b.id]
+    );
     assert!(repo.verify().unwrap().is_clean());
 }
 
@@ -103,7 +133,10 @@ fn reopen_keeps_everything_and_ids_are_not_reused() {
     };
     let repo = Repository::open(dir.path()).unwrap();
     assert_eq!(read_all(&repo, "x", Some(a.id)).unwrap(), data);
-    assert!(matches!(repo.snapshot("y", Some(b.id)), Err(Error::NotFound { .. })));
+    assert!(matches!(
+        repo.snapshot("y", Some(b.id)),
+        Err(Error::NotFound { .. })
+    ));
     let c = ingest(&repo, "z", b"hello");
     assert!(c.id > b.id, "deleted id {} reused as {}", b.id, c.id);
     assert_eq!(c.new_chunks, 1);
@@ -122,7 +155,18 @@ fn concurrent_streams_store_shared_chunks_once() {
                 let repo = repo.clone();
                 let mut data = base.clone();
                 data.extend_from_slice(&noise(100 + i, 1 << 20));
-                s.spawn(move || (data.clone(), repo.ingest(&format!("s{i}"), &data[..], &IngestOptions::default(), &mut |_| {}).unwrap()))
+                s.spawn(move || {
+                    (
+                        data.clone(),
+                        repo.ingest(
+                            &format!("s{i}"),
+                            &data[..],
+                            &IngestOptions::default(),
+                            &mut |_| {},
+                        )
+                        .unwrap(),
+                    )
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -144,14 +188,20 @@ fn stream_hash_mismatch_and_source_errors_commit_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Repository::create(dir.path(), small_opts()).unwrap();
     let data = noise(4, 1 << 20);
-    let opts = IngestOptions { expected_hash: Some([1; 32]), ..Default::default() };
+    let opts = IngestOptions {
+        expected_hash: Some([1; 32]),
+        ..Default::default()
+    };
     let err = repo.ingest("v", &data[..], &opts, &mut |_| {}).unwrap_err();
     assert!(matches!(err, Error::StreamHashMismatch { .. }), "{err}");
     struct Failing(usize);
     impl Read for Failing {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
             if self.0 == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "client went away"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "client went away",
+                ));
             }
             let n = buf.len().min(self.0).min(100_000);
             buf[..n].fill(3);
@@ -159,11 +209,25 @@ fn stream_hash_mismatch_and_source_errors_commit_nothing() {
             Ok(n)
         }
     }
-    let err = repo.ingest("v", Failing(20 << 20), &IngestOptions::default(), &mut |_| {}).unwrap_err();
+    let err = repo
+        .ingest(
+            "v",
+            Failing(20 << 20),
+            &IngestOptions::default(),
+            &mut |_| {},
+        )
+        .unwrap_err();
     assert!(matches!(err, Error::Source(_)), "{err}");
     assert!(repo.list(None).unwrap().is_empty());
-    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "partial manifest left behind");
-    let ok = IngestOptions { expected_hash: Some(*blake3::hash(&data).as_bytes()), ..Default::default() };
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+        0,
+        "partial manifest left behind"
+    );
+    let ok = IngestOptions {
+        expected_hash: Some(*blake3::hash(&data).as_bytes()),
+        ..Default::default()
+    };
     repo.ingest("v", &data[..], &ok, &mut |_| {}).unwrap();
 }
 
@@ -200,7 +264,10 @@ fn flipped_pack_bytes_fail_reads_of_that_chunk_only() {
     let err = read_all(&repo, "a", Some(a.id)).unwrap_err();
     assert!(err.is_corrupt(), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("packs/") && msg.contains("offset") && msg.contains("chunk"), "{msg}");
+    assert!(
+        msg.contains("packs/") && msg.contains("offset") && msg.contains("chunk"),
+        "{msg}"
+    );
     assert_eq!(read_all(&repo, "b", Some(b.id)).unwrap(), b_data);
     let report = repo.verify().unwrap();
     assert_eq!(report.damage.len(), 1, "{report:?}");
@@ -226,7 +293,10 @@ fn bad_files_give_clear_errors() {
     future[8] = 99;
     std::fs::write(&config, &future).unwrap();
     let e = Repository::open(dir.path()).err().unwrap();
-    assert!(matches!(e, Error::UnsupportedVersion { found: 99, .. }), "{e}");
+    assert!(
+        matches!(e, Error::UnsupportedVersion { found: 99, .. }),
+        "{e}"
+    );
     assert!(e.to_string().contains("version 99"), "{e}");
     std::fs::write(&config, &good).unwrap();
     // A missing pack: open works, reads and verify name the damage.
@@ -266,7 +336,10 @@ fn rebuilt_index_equals_the_original() {
     let repo = Repository::open(dir.path()).unwrap();
     assert_eq!(repo.index_digest(), original);
     for i in 0..4 {
-        assert_eq!(read_all(&repo, &format!("v{i}"), None).unwrap(), volume(10 + i, 2 << 20));
+        assert_eq!(
+            read_all(&repo, &format!("v{i}"), None).unwrap(),
+            volume(10 + i, 2 << 20)
+        );
     }
     // A truncated index run is a clear error; rebuild repairs it.
     drop(repo);
@@ -277,9 +350,17 @@ fn rebuilt_index_equals_the_original() {
         .find(|p| p.extension().is_some_and(|e| e == "run"))
         .unwrap();
     let len = std::fs::metadata(&file).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     let e = Repository::open(dir.path()).err().unwrap();
     assert!(e.is_corrupt() && e.to_string().contains("truncated"), "{e}");
     Repository::rebuild_index(dir.path()).unwrap();
-    assert_eq!(Repository::open(dir.path()).unwrap().index_digest(), original);
+    assert_eq!(
+        Repository::open(dir.path()).unwrap().index_digest(),
+        original
+    );
 }

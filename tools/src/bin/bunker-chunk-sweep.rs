@@ -45,7 +45,12 @@ fn main() -> anyhow::Result<()> {
         let mut logical = 0;
         for day in 0..=args.days {
             let image = Image::new(&spec, day);
-            let info = repo.ingest("vol", image.reader(), &IngestOptions::default(), &mut |_| {})?;
+            let info = repo.ingest(
+                "vol",
+                image.reader(),
+                &IngestOptions::default(),
+                &mut |_| {},
+            )?;
             logical += info.size;
             if day == 0 {
                 day0_chunks = info.chunks;
@@ -65,7 +70,7 @@ fn main() -> anyhow::Result<()> {
             stats.stored_bytes >> 20,
             stats.reduction_ratio(),
             stats.chunks,
-            stats.chunks * 56 >> 10,
+            (stats.chunks * 56) >> 10,
             logical as f64 / secs / 1e9,
         );
     }

@@ -48,7 +48,12 @@ fn id(n: u64) -> ChunkId {
 const BATCH: u64 = 4096;
 
 fn loc(n: u64) -> Location {
-    Location { pack: PackId(n / BATCH), offset: (n % BATCH) * 700_064, raw_len: 1 << 20, stored_len: 700_000 }
+    Location {
+        pack: PackId(n / BATCH),
+        offset: (n % BATCH) * 700_064,
+        raw_len: 1 << 20,
+        stored_len: 700_000,
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,7 +66,10 @@ fn main() -> anyhow::Result<()> {
     let mut n = 0;
     while n < args.entries {
         let end = (n + batch).min(args.entries);
-        index.add_sealed(PackId(n / batch), (n..end).map(|i| (id(i), loc(i))).collect());
+        index.add_sealed(
+            PackId(n / batch),
+            (n..end).map(|i| (id(i), loc(i))).collect(),
+        );
         if index.needs_flush() {
             index.flush()?;
         }
@@ -72,36 +80,66 @@ fn main() -> anyhow::Result<()> {
     let disk = dir_bytes(&dir)?;
     let (peak, now) = rss::peak_and_current();
     let (anon, file) = rss::anon_and_file();
-    println!("after insert       peak RSS {} MiB, RSS {} MiB (heap {} MiB, mapped files {} MiB)", peak >> 20, now >> 20, anon >> 20, file >> 20);
+    println!(
+        "after insert       peak RSS {} MiB, RSS {} MiB (heap {} MiB, mapped files {} MiB)",
+        peak >> 20,
+        now >> 20,
+        anon >> 20,
+        file >> 20
+    );
     println!("entries            {}", args.entries);
-    println!("insert             {:.0} entries/s ({insert_s:.1} s, flushes every {} entries)", args.entries as f64 / insert_s, args.flush_at);
-    println!("disk               {} bytes, {:.1} bytes/entry", disk, disk as f64 / args.entries as f64);
+    println!(
+        "insert             {:.0} entries/s ({insert_s:.1} s, flushes every {} entries)",
+        args.entries as f64 / insert_s,
+        args.flush_at
+    );
+    println!(
+        "disk               {} bytes, {:.1} bytes/entry",
+        disk,
+        disk as f64 / args.entries as f64
+    );
     let hot: Vec<ChunkId> = (0..1_000).map(|i| id(i * 7919 % args.entries)).collect();
     let t = Instant::now();
     for i in 0..args.lookups {
         let k = &hot[(i % hot.len() as u64) as usize];
         anyhow::ensure!(index.lookup(k).is_some(), "hot lookup missed");
     }
-    println!("lookup hot         {:.2} M/s (1 000 ids looked up repeatedly, single thread)", args.lookups as f64 / t.elapsed().as_secs_f64() / 1e6);
+    println!(
+        "lookup hot         {:.2} M/s (1 000 ids looked up repeatedly, single thread)",
+        args.lookups as f64 / t.elapsed().as_secs_f64() / 1e6
+    );
     if std::env::var_os("BUNKER_DEBUG_RSS").is_some() {
         let (anon, file) = rss::anon_and_file();
-        eprintln!("after hot: heap {} MiB, file {} MiB; statm {}", anon >> 20, file >> 20, std::fs::read_to_string("/proc/self/statm")?);
+        eprintln!(
+            "after hot: heap {} MiB, file {} MiB; statm {}",
+            anon >> 20,
+            file >> 20,
+            std::fs::read_to_string("/proc/self/statm")?
+        );
         eprintln!("{}", std::fs::read_to_string("/proc/self/smaps_rollup")?);
     }
     drop_page_cache(&dir)?;
     let t = Instant::now();
     let mut x = 0x1234_5678u64;
     for _ in 0..args.lookups {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let k = id((x >> 11) % args.entries);
         anyhow::ensure!(index.lookup(&k).is_some(), "cold lookup missed");
     }
-    println!("lookup cold        {:.2} M/s (random ids over the whole index, page cache dropped first)", args.lookups as f64 / t.elapsed().as_secs_f64() / 1e6);
+    println!(
+        "lookup cold        {:.2} M/s (random ids over the whole index, page cache dropped first)",
+        args.lookups as f64 / t.elapsed().as_secs_f64() / 1e6
+    );
     let t = Instant::now();
     for i in 0..args.lookups {
         anyhow::ensure!(index.lookup(&id(args.entries + i)).is_none(), "false hit");
     }
-    println!("lookup miss        {:.2} M/s (absent ids)", args.lookups as f64 / t.elapsed().as_secs_f64() / 1e6);
+    println!(
+        "lookup miss        {:.2} M/s (absent ids)",
+        args.lookups as f64 / t.elapsed().as_secs_f64() / 1e6
+    );
     let (peak, now) = rss::peak_and_current();
     let (anon, file) = rss::anon_and_file();
     println!("(mapped index pages are dropped from the resident set past 256 MiB of file-backed RSS; the page cache keeps them)");

@@ -55,7 +55,10 @@ impl RepoConfig {
     pub fn decode(file: &str, b: &[u8]) -> Result<RepoConfig> {
         check_magic_version(file, "repository config", b, MAGIC, VERSION)?;
         if b.len() != LEN || Le::u32(b, 12) as usize != LEN {
-            return Err(Error::corrupt(file, format!("config is {} bytes, expected {LEN}", b.len())));
+            return Err(Error::corrupt(
+                file,
+                format!("config is {} bytes, expected {LEN}", b.len()),
+            ));
         }
         if Le::u64(b, 120) != checksum(&[&b[..120]]) {
             return Err(Error::corrupt(file, "config checksum mismatch"));
@@ -65,7 +68,10 @@ impl RepoConfig {
         let zstd_level = Le::u32(b, 52) as i32;
         let pack_target_len = Le::u64(b, 56);
         if !(1..=19).contains(&zstd_level) || pack_target_len < 1 << 20 {
-            return Err(Error::corrupt(file, "zstd level or pack length out of range"));
+            return Err(Error::corrupt(
+                file,
+                "zstd level or pack length out of range",
+            ));
         }
         Ok(RepoConfig {
             repo_id: Le::bytes(b, 16),

@@ -136,7 +136,10 @@ impl RunHeader {
         if expect != Some(file_len) {
             return Err(Error::corrupt(
                 file,
-                format!("index run announces {} entries but is {file_len} bytes (truncated?)", h.count),
+                format!(
+                    "index run announces {} entries but is {file_len} bytes (truncated?)",
+                    h.count
+                ),
             ));
         }
         Ok(h)
@@ -204,7 +207,10 @@ impl IndexState {
         let runs_n = Le::u32(b, 32) as usize;
         let ranges_n = Le::u32(b, 36) as usize;
         if body.len() != STATE_HEADER_LEN + 16 * (runs_n + ranges_n) {
-            return Err(Error::corrupt(file, "index state length does not match its counts"));
+            return Err(Error::corrupt(
+                file,
+                "index state length does not match its counts",
+            ));
         }
         let mut at = STATE_HEADER_LEN;
         let mut runs = Vec::with_capacity(runs_n);
@@ -255,7 +261,12 @@ mod tests {
 
     #[test]
     fn truncated_run_is_named() {
-        let h = RunHeader { shard: 3, run: 9, count: 10, bloom_blocks: 1 };
+        let h = RunHeader {
+            shard: 3,
+            run: 9,
+            count: 10,
+            bloom_blocks: 1,
+        };
         let full = (RUN_HEADER_LEN + RUN_FOOTER_LEN + 10 * ENTRY_LEN + BLOOM_BLOCK_LEN) as u64;
         assert_eq!(RunHeader::decode("r", &h.encode(), full).unwrap(), h);
         let e = RunHeader::decode("r", &h.encode(), full - 1).unwrap_err();

@@ -105,10 +105,14 @@ impl ManifestHeader {
         let name_len = usize::from(Le::u16(b, 144));
         let source_len = usize::from(Le::u16(b, 146));
         if name_len == 0 || name_len > MAX_NAME_LEN || source_len > MAX_SOURCE_LEN {
-            return Err(Error::corrupt(file, "manifest name or source length out of range"));
+            return Err(Error::corrupt(
+                file,
+                "manifest name or source length out of range",
+            ));
         }
         let text = |at: usize, len: usize| {
-            String::from_utf8(b[at..at + len].to_vec()).map_err(|_| Error::corrupt(file, "manifest text is not UTF-8"))
+            String::from_utf8(b[at..at + len].to_vec())
+                .map_err(|_| Error::corrupt(file, "manifest text is not UTF-8"))
         };
         let chunker = ChunkerParams::new(Le::u32(b, 64), Le::u32(b, 68), Le::u32(b, 72))
             .map_err(|e| Error::corrupt(file, e.to_string()))?;

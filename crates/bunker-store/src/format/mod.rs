@@ -113,7 +113,11 @@ mod tests {
         assert!(check_magic_version("f", "pack", &b, b"BNKRPACK", 1).is_ok());
         assert!(matches!(
             check_magic_version("f", "pack", &b, b"BNKRPACK", 2),
-            Err(crate::Error::UnsupportedVersion { found: 1, supported: 2, .. })
+            Err(crate::Error::UnsupportedVersion {
+                found: 1,
+                supported: 2,
+                ..
+            })
         ));
         assert!(matches!(
             check_magic_version("f", "pack", &b, b"BNKRSNAP", 1),

@@ -140,7 +140,9 @@ impl RecordHeader {
         let raw_len = Le::u32(b, 8);
         let stored_len = Le::u32(b, 12);
         if raw_len == 0 || raw_len > MAX_RAW_LEN || stored_len > max_stored_len(raw_len) {
-            return Err(format!("implausible lengths raw {raw_len} stored {stored_len}"));
+            return Err(format!(
+                "implausible lengths raw {raw_len} stored {stored_len}"
+            ));
         }
         if codec == Codec::Raw && stored_len != raw_len {
             return Err("raw record with stored length != raw length".into());
@@ -265,7 +267,10 @@ mod tests {
 
     #[test]
     fn header_round_trip() {
-        let h = PackHeader { repo_id: [3; 16], pack: PackId(99) };
+        let h = PackHeader {
+            repo_id: [3; 16],
+            pack: PackId(99),
+        };
         assert_eq!(PackHeader::decode("p", &h.encode()).unwrap(), h);
         let mut b = h.encode();
         b[33] ^= 1;
@@ -289,7 +294,11 @@ mod tests {
 
     #[test]
     fn footer_must_fit_the_file() {
-        let f = Footer { trailer_offset: 1000, count: 2, trailer_checksum: 5 };
+        let f = Footer {
+            trailer_offset: 1000,
+            count: 2,
+            trailer_checksum: 5,
+        };
         let len = 1000 + 2 * TRAILER_ENTRY_LEN as u64 + FOOTER_LEN as u64;
         assert_eq!(Footer::decode(&f.encode(), len).unwrap(), f);
         assert!(Footer::decode(&f.encode(), len + 1).is_err());

@@ -92,6 +92,9 @@ impl Hasher for IdHasher {
     }
 }
 
+/// The records of one sealed pack, waiting for a flush.
+type SealedEntries = (PackId, Vec<(ChunkId, Location)>);
+
 type IdMap<V> = HashMap<ChunkId, V, BuildHasherDefault<IdHasher>>;
 
 struct Stripe {
@@ -105,7 +108,7 @@ pub struct Index {
     shards: Vec<RwLock<Vec<Arc<Run>>>>,
     /// Held for the whole of a flush: one flush at a time.
     state: Mutex<IndexState>,
-    queued: Mutex<Vec<(PackId, Vec<(ChunkId, Location)>)>>,
+    queued: Mutex<Vec<SealedEntries>>,
     queued_entries: AtomicUsize,
     flush_at: usize,
     lookups: AtomicU64,
@@ -130,13 +133,13 @@ impl Index {
         let live: HashSet<RunRef> = state.runs.iter().copied().collect();
         for r in &state.runs {
             let run = Run::open(&run_path(dir, *r), r.shard, r.run)?;
-            let shard = shards
-                .get_mut(usize::from(r.shard))
-                .ok_or_else(|| Error::corrupt("index/state", format!("shard {} out of range", r.shard)))?;
+            let shard = shards.get_mut(usize::from(r.shard)).ok_or_else(|| {
+                Error::corrupt("index/state", format!("shard {} out of range", r.shard))
+            })?;
             shard.push(Arc::new(run));
         }
         for runs in &mut shards {
-            runs.sort_by(|a, b| b.run.cmp(&a.run));
+            runs.sort_by_key(|r| std::cmp::Reverse(r.run));
         }
         remove_orphan_runs(dir, &live)?;
         Ok(Index {
@@ -161,12 +164,15 @@ impl Index {
     }
 
     fn lookup_runs(&self, id: &ChunkId) -> Option<Location> {
-        if self.lookups.fetch_add(1, Ordering::Relaxed) % RESIDENCY_CHECK_EVERY == RESIDENCY_CHECK_EVERY - 1
+        if self.lookups.fetch_add(1, Ordering::Relaxed) % RESIDENCY_CHECK_EVERY
+            == RESIDENCY_CHECK_EVERY - 1
             && resident_file_bytes() > RESIDENT_FILE_BUDGET
         {
             self.release_pages();
         }
-        let runs = self.shards[shard_of(id)].read().unwrap_or_else(|p| p.into_inner());
+        let runs = self.shards[shard_of(id)]
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         runs.iter().find_map(|r| r.lookup(id))
     }
 
@@ -244,7 +250,10 @@ impl Index {
             match slots.get(id) {
                 Some(Slot::Stored(loc)) => return Some(*loc),
                 Some(Slot::Pending) => {
-                    slots = stripe.published.wait(slots).unwrap_or_else(|p| p.into_inner());
+                    slots = stripe
+                        .published
+                        .wait(slots)
+                        .unwrap_or_else(|p| p.into_inner());
                 }
                 None => {
                     drop(slots);
@@ -258,9 +267,12 @@ impl Index {
     /// visible to lookups (records found by recovery are in no table yet).
     pub fn add_sealed(&self, pack: PackId, entries: Vec<(ChunkId, Location)>) {
         for (id, loc) in &entries {
-            lock(&self.stripe(id).slots).entry(*id).or_insert(Slot::Stored(*loc));
+            lock(&self.stripe(id).slots)
+                .entry(*id)
+                .or_insert(Slot::Stored(*loc));
         }
-        self.queued_entries.fetch_add(entries.len(), Ordering::Relaxed);
+        self.queued_entries
+            .fetch_add(entries.len(), Ordering::Relaxed);
         lock(&self.queued).push((pack, entries));
     }
 
@@ -269,7 +281,10 @@ impl Index {
     }
 
     pub(crate) fn is_covered(&self, pack: PackId) -> bool {
-        lock(&self.state).covered.iter().any(|&(lo, hi)| lo <= pack.0 && pack.0 <= hi)
+        lock(&self.state)
+            .covered
+            .iter()
+            .any(|&(lo, hi)| lo <= pack.0 && pack.0 <= hi)
     }
 
     /// The highest pack id the index has ever covered.
@@ -288,7 +303,8 @@ impl Index {
         let flushed_entries: usize = batches.iter().map(|(_, e)| e.len()).sum();
         match self.flush_locked(&mut state, &batches) {
             Ok(()) => {
-                self.queued_entries.fetch_sub(flushed_entries, Ordering::Relaxed);
+                self.queued_entries
+                    .fetch_sub(flushed_entries, Ordering::Relaxed);
                 Ok(())
             }
             Err(e) => {
@@ -302,7 +318,11 @@ impl Index {
         }
     }
 
-    fn flush_locked(&self, state: &mut IndexState, batches: &[(PackId, Vec<(ChunkId, Location)>)]) -> Result<()> {
+    fn flush_locked(
+        &self,
+        state: &mut IndexState,
+        batches: &[(PackId, Vec<(ChunkId, Location)>)],
+    ) -> Result<()> {
         let mut by_shard: Vec<Vec<(ChunkId, Location)>> = (0..SHARDS).map(|_| Vec::new()).collect();
         for (_, entries) in batches {
             for e in entries {
@@ -318,7 +338,7 @@ impl Index {
                 if entries.is_empty() {
                     continue;
                 }
-                entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                entries.sort_unstable_by_key(|e| e.0);
                 entries.dedup_by(|a, b| a.0 == b.0);
                 let r = RunRef {
                     shard: shard as u8,
@@ -327,9 +347,21 @@ impl Index {
                 new_state.next_run += 1;
                 let path = run_path(&self.dir, r);
                 created.push(path.clone());
-                write_run(&path, r.shard, r.run, entries.len() as u64, entries.into_iter())?;
+                write_run(
+                    &path,
+                    r.shard,
+                    r.run,
+                    entries.len() as u64,
+                    entries.into_iter(),
+                )?;
                 let mut list = vec![Arc::new(Run::open(&path, r.shard, r.run)?)];
-                list.extend(self.shards[shard].read().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+                list.extend(
+                    self.shards[shard]
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .cloned(),
+                );
                 while let Some(take) = plan_merge(&mut list) {
                     let merged_ref = RunRef {
                         shard: shard as u8,
@@ -342,7 +374,7 @@ impl Index {
                     obsolete.extend(gone);
                     list.push(merged);
                 }
-                list.sort_by(|a, b| b.run.cmp(&a.run));
+                list.sort_by_key(|r| std::cmp::Reverse(r.run));
                 new_lists.push((shard, list));
             }
             // One pass of fsyncs after all writes: the first forces the
@@ -355,7 +387,10 @@ impl Index {
             let mut runs: Vec<RunRef> = Vec::new();
             for (shard, list) in self.shards.iter().enumerate() {
                 match new_lists.iter().find(|(s, _)| *s == shard) {
-                    Some((_, l)) => runs.extend(l.iter().map(|r| RunRef { shard: r.shard, run: r.run })),
+                    Some((_, l)) => runs.extend(l.iter().map(|r| RunRef {
+                        shard: r.shard,
+                        run: r.run,
+                    })),
                     None => runs.extend(shard_refs(list)),
                 }
             }
@@ -375,14 +410,18 @@ impl Index {
         }
         *state = new_state;
         for (shard, list) in new_lists {
-            *self.shards[shard].write().unwrap_or_else(|p| p.into_inner()) = list;
+            *self.shards[shard]
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = list;
         }
         for p in obsolete {
             let _ = std::fs::remove_file(p);
         }
         let flushed: HashSet<PackId> = batches.iter().map(|(p, _)| *p).collect();
         for stripe in &self.stripes {
-            lock(&stripe.slots).retain(|_, slot| !matches!(slot, Slot::Stored(loc) if flushed.contains(&loc.pack)));
+            lock(&stripe.slots).retain(
+                |_, slot| !matches!(slot, Slot::Stored(loc) if flushed.contains(&loc.pack)),
+            );
         }
         Ok(())
     }
@@ -393,7 +432,13 @@ impl Index {
         let in_runs: usize = self
             .shards
             .iter()
-            .map(|s| s.read().unwrap_or_else(|p| p.into_inner()).iter().map(|r| r.count).sum::<usize>())
+            .map(|s| {
+                s.read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|r| r.count)
+                    .sum::<usize>()
+            })
             .sum();
         (in_runs + self.queued_entries.load(Ordering::Relaxed)) as u64
     }
@@ -455,7 +500,11 @@ fn drop_from_page_cache(path: &Path) {
 fn resident_file_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(2).and_then(|v| v.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(2)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .map_or(0, |pages| pages * 4096)
 }
 
@@ -467,7 +516,10 @@ fn shard_refs(list: &RwLock<Vec<Arc<Run>>>) -> Vec<RunRef> {
     list.read()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
-        .map(|r| RunRef { shard: r.shard, run: r.run })
+        .map(|r| RunRef {
+            shard: r.shard,
+            run: r.run,
+        })
         .collect()
 }
 
@@ -502,8 +554,12 @@ fn plan_merge(list: &mut Vec<Arc<Run>>) -> Option<Vec<Arc<Run>>> {
 /// Merges `inputs` (newest entry wins on equal ids) into one run at `path`;
 /// returns it and the paths of the inputs, to delete once the new state is
 /// published.
-fn merge_runs(mut inputs: Vec<Arc<Run>>, path: &Path, r: RunRef) -> Result<(Arc<Run>, Vec<PathBuf>)> {
-    inputs.sort_by(|a, b| b.run.cmp(&a.run));
+fn merge_runs(
+    mut inputs: Vec<Arc<Run>>,
+    path: &Path,
+    r: RunRef,
+) -> Result<(Arc<Run>, Vec<PathBuf>)> {
+    inputs.sort_by_key(|r| std::cmp::Reverse(r.run));
     for input in &inputs {
         input.prepare_scan();
     }
@@ -517,17 +573,28 @@ fn merge_runs(mut inputs: Vec<Arc<Run>>, path: &Path, r: RunRef) -> Result<(Arc<
 }
 
 fn remove_orphan_runs(dir: &Path, live: &HashSet<RunRef>) -> Result<()> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return Ok(()) };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
     for f in rd.flatten() {
         let name = f.file_name();
-        let Some((shard, run)) = name.to_str().and_then(|n| n.strip_suffix(".run")).and_then(|n| n.split_once('-')) else {
+        let Some((shard, run)) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".run"))
+            .and_then(|n| n.split_once('-'))
+        else {
             continue;
         };
-        let (Ok(shard), Ok(run)) = (u8::from_str_radix(shard, 16), u64::from_str_radix(run, 16)) else {
+        let (Ok(shard), Ok(run)) = (u8::from_str_radix(shard, 16), u64::from_str_radix(run, 16))
+        else {
             continue;
         };
         if !live.contains(&RunRef { shard, run }) {
-            tracing::info!(shard, run, "removing index run left by an interrupted flush");
+            tracing::info!(
+                shard,
+                run,
+                "removing index run left by an interrupted flush"
+            );
             std::fs::remove_file(f.path()).map_err(|e| Error::io(f.path(), e))?;
         }
     }
@@ -618,10 +685,22 @@ mod tests {
             index.add_sealed(PackId(1), (0..100).map(|n| (id(n), loc(n))).collect());
             index.flush().unwrap();
         }
-        let run = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "run")).unwrap();
+        let run = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "run"))
+            .unwrap();
         let len = std::fs::metadata(&run).unwrap().len();
-        std::fs::OpenOptions::new().write(true).open(&run).unwrap().set_len(len - 10).unwrap();
-        let err = Index::open(dir.path(), 10).err().expect("truncated run must not open");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&run)
+            .unwrap()
+            .set_len(len - 10)
+            .unwrap();
+        let err = Index::open(dir.path(), 10)
+            .err()
+            .expect("truncated run must not open");
         assert!(err.is_corrupt(), "{err}");
         assert!(err.to_string().contains("truncated"), "{err}");
     }

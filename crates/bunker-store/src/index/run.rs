@@ -6,14 +6,17 @@
 //! where binary search would take ~20.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bunker_chunk::ChunkId;
 
 use crate::error::IoContext;
-use crate::format::index::{bloom_bits, bloom_blocks_for, decode_entry, encode_entry, encode_run_footer, RunHeader, BLOOM_BLOCK_LEN, ENTRY_LEN, RUN_HEADER_LEN};
+use crate::format::index::{
+    bloom_bits, bloom_blocks_for, decode_entry, encode_entry, encode_run_footer, RunHeader,
+    BLOOM_BLOCK_LEN, ENTRY_LEN, RUN_HEADER_LEN,
+};
 use crate::format::Le;
 use crate::mmap::SealedMap;
 use crate::{Error, Location, Result};
@@ -44,7 +47,8 @@ impl Run {
         if header.shard != shard || header.run != run {
             return Err(Error::corrupt(name, "index run header names another run"));
         }
-        let count = usize::try_from(header.count).map_err(|_| Error::corrupt(path.display().to_string(), "entry count overflows"))?;
+        let count = usize::try_from(header.count)
+            .map_err(|_| Error::corrupt(path.display().to_string(), "entry count overflows"))?;
         Ok(Run {
             shard,
             run,
@@ -74,7 +78,8 @@ impl Run {
         let (block, bits) = bloom_bits(id, self.bloom_blocks);
         let at = RUN_HEADER_LEN + self.count * ENTRY_LEN + block as usize * BLOOM_BLOCK_LEN;
         let words = &self.map.bytes()[at..at + BLOOM_BLOCK_LEN];
-        bits.iter().all(|&b| Le::u64(words, (b as usize / 64) * 8) & (1 << (b % 64)) != 0)
+        bits.iter()
+            .all(|&b| Le::u64(words, (b as usize / 64) * 8) & (1 << (b % 64)) != 0)
     }
 
     pub(crate) fn lookup(&self, id: &ChunkId) -> Option<Location> {
@@ -85,7 +90,10 @@ impl Run {
         let (mut lo, mut hi) = (0usize, self.count);
         // Keys of this shard share their top SHARD_BITS bits.
         let low_bits = 64 - super::SHARD_BITS;
-        let (mut lo_key, mut hi_key) = (u64::from(self.shard) << low_bits, (u64::from(self.shard) << low_bits) | ((1u64 << low_bits) - 1));
+        let (mut lo_key, mut hi_key) = (
+            u64::from(self.shard) << low_bits,
+            (u64::from(self.shard) << low_bits) | ((1u64 << low_bits) - 1),
+        );
         if target < lo_key || target > hi_key {
             return None;
         }
@@ -97,7 +105,10 @@ impl Run {
             let guess = (u128::from(target.saturating_sub(lo_key)) * span / width) as usize;
             let mid = lo + guess.min(hi - lo - 1);
             let k = self.key(mid);
-            match k.cmp(&target).then_with(|| self.entry(mid)[..32].cmp(&id.0[..])) {
+            match k
+                .cmp(&target)
+                .then_with(|| self.entry(mid)[..32].cmp(&id.0[..]))
+            {
                 std::cmp::Ordering::Equal => return Some(self.get(mid).1),
                 std::cmp::Ordering::Less => {
                     lo = mid + 1;
@@ -139,14 +150,21 @@ impl Run {
     /// Checks the entries' checksum against the footer (a full read).
     pub(crate) fn verify(&self) -> Result<()> {
         let bytes = self.map.bytes();
-        let end = RUN_HEADER_LEN + self.count * ENTRY_LEN + self.bloom_blocks as usize * BLOOM_BLOCK_LEN;
+        let end =
+            RUN_HEADER_LEN + self.count * ENTRY_LEN + self.bloom_blocks as usize * BLOOM_BLOCK_LEN;
         let body = &bytes[RUN_HEADER_LEN..end];
         let sum = crate::format::checksum(&[body]);
         let sorted = (1..self.count).all(|i| self.entry(i - 1)[..32] < self.entry(i)[..32]);
-        let shard_ok = (0..self.count).all(|i| usize::from(self.shard) == super::shard_of(&ChunkId(Le::bytes(self.entry(i), 0))));
-        let filter_ok = (0..self.count).all(|i| self.may_contain(&ChunkId(Le::bytes(self.entry(i), 0))));
+        let shard_ok = (0..self.count).all(|i| {
+            usize::from(self.shard) == super::shard_of(&ChunkId(Le::bytes(self.entry(i), 0)))
+        });
+        let filter_ok =
+            (0..self.count).all(|i| self.may_contain(&ChunkId(Le::bytes(self.entry(i), 0))));
         if Le::u64(bytes, end) != sum || !sorted || !shard_ok || !filter_ok {
-            return Err(Error::corrupt(self.path.display().to_string(), "index run entries do not match their checksum or order"));
+            return Err(Error::corrupt(
+                self.path.display().to_string(),
+                "index run entries do not match their checksum or order",
+            ));
         }
         Ok(())
     }
@@ -156,7 +174,13 @@ impl Run {
 /// caller syncs all files of a flush together). Streams the entries: only
 /// the filter (about 1.25 bytes per entry) is built in memory, sized for
 /// `max_entries`; the count in the header is patched in at the end.
-pub(crate) fn write_run(path: &Path, shard: u8, run: u64, max_entries: u64, entries: impl Iterator<Item = (ChunkId, Location)>) -> Result<()> {
+pub(crate) fn write_run(
+    path: &Path,
+    shard: u8,
+    run: u64,
+    max_entries: u64,
+    entries: impl Iterator<Item = (ChunkId, Location)>,
+) -> Result<()> {
     let file = File::create(path).at(path)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     w.write_all(&[0u8; RUN_HEADER_LEN]).at(path)?;
@@ -180,7 +204,12 @@ pub(crate) fn write_run(path: &Path, shard: u8, run: u64, max_entries: u64, entr
     w.write_all(&bloom_bytes).at(path)?;
     w.write_all(&encode_run_footer(hasher.digest())).at(path)?;
     w.flush().at(path)?;
-    let header = RunHeader { shard, run, count, bloom_blocks };
+    let header = RunHeader {
+        shard,
+        run,
+        count,
+        bloom_blocks,
+    };
     w.get_ref().write_all_at(&header.encode(), 0).at(path)?;
     Ok(())
 }
@@ -194,7 +223,10 @@ pub(crate) struct Merge<'a> {
 
 impl<'a> Merge<'a> {
     pub(crate) fn new(runs: &'a [std::sync::Arc<Run>]) -> Merge<'a> {
-        Merge { runs, pos: vec![0; runs.len()] }
+        Merge {
+            runs,
+            pos: vec![0; runs.len()],
+        }
     }
 }
 

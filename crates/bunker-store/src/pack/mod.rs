@@ -18,8 +18,11 @@ use bunker_chunk::ChunkId;
 
 use crate::backend::PackBackend;
 use crate::error::IoContext;
-use crate::format::pack::{Codec, Footer, PackHeader, RecordHeader, TrailerEntry, FOOTER_LEN, HEADER_LEN, RECORD_HEADER_LEN, TRAILER_ENTRY_LEN};
 use crate::format::checksum;
+use crate::format::pack::{
+    Codec, Footer, PackHeader, RecordHeader, TrailerEntry, FOOTER_LEN, HEADER_LEN,
+    RECORD_HEADER_LEN, TRAILER_ENTRY_LEN,
+};
 use crate::{durable, Error, Location, PackId, Result};
 
 pub(crate) use recover::{read_trailer, recover_staged};
@@ -60,7 +63,12 @@ struct OpenPack {
 }
 
 impl Packs {
-    pub(crate) fn new(backend: Box<dyn PackBackend>, repo_id: [u8; 16], target_len: u64, next_id: u64) -> Packs {
+    pub(crate) fn new(
+        backend: Box<dyn PackBackend>,
+        repo_id: [u8; 16],
+        target_len: u64,
+        next_id: u64,
+    ) -> Packs {
         Packs {
             backend,
             repo_id,
@@ -84,7 +92,10 @@ impl Packs {
     /// Appends records to the open pack, sealing and rolling over when it
     /// reaches its target length. Returns each record's location, and the
     /// packs sealed along the way (for the index).
-    pub(crate) fn append(&self, records: &[NewRecord<'_>]) -> Result<(Vec<Location>, Vec<SealedPack>)> {
+    pub(crate) fn append(
+        &self,
+        records: &[NewRecord<'_>],
+    ) -> Result<(Vec<Location>, Vec<SealedPack>)> {
         let mut w = self.lock();
         if let Some(why) = &w.poisoned {
             return Err(Error::Poisoned(why.clone()));
@@ -97,12 +108,17 @@ impl Packs {
                 w.next_id += 1;
                 w.open = Some(self.create(id)?);
             }
-            let open = w.open.as_mut().ok_or_else(|| Error::Poisoned("no open pack".into()))?;
+            let open = w
+                .open
+                .as_mut()
+                .ok_or_else(|| Error::Poisoned("no open pack".into()))?;
             let header = RecordHeader::new(r.id, r.codec, r.raw_len, r.stored);
             let offset = open.len;
             // A failed write leaves `len` unchanged: the next record (or the
             // seal, which truncates to `len`) overwrites the partial bytes.
-            open.file.write_all_at(&header.encode(), offset).at(&open.path)?;
+            open.file
+                .write_all_at(&header.encode(), offset)
+                .at(&open.path)?;
             open.file
                 .write_all_at(r.stored, offset + RECORD_HEADER_LEN as u64)
                 .at(&open.path)?;
@@ -138,7 +154,9 @@ impl Packs {
     }
 
     fn seal_locked(&self, w: &mut Writer) -> Result<Option<SealedPack>> {
-        let Some(open) = w.open.take() else { return Ok(None) };
+        let Some(open) = w.open.take() else {
+            return Ok(None);
+        };
         if open.entries.is_empty() {
             // Nothing to keep: a header-only staging file.
             let _ = std::fs::remove_file(&open.path);
@@ -150,13 +168,19 @@ impl Packs {
             w.open = Some(open);
             return Err(err);
         }
-        if let Err(e) = durable::sync_data(&open.file, &open.path).and_then(|()| self.backend.store_sealed(open.id, &open.path)) {
+        if let Err(e) = durable::sync_data(&open.file, &open.path)
+            .and_then(|()| self.backend.store_sealed(open.id, &open.path))
+        {
             // Linux may have dropped the dirty pages: nothing in this pack
             // can be trusted until recovery re-reads it after a reopen.
             w.poisoned = Some(format!("sealing pack {}: {e}", open.id.0));
             return Err(e);
         }
-        tracing::debug!(pack = open.id.0, records = open.entries.len(), "sealed pack");
+        tracing::debug!(
+            pack = open.id.0,
+            records = open.entries.len(),
+            "sealed pack"
+        );
         Ok(Some(SealedPack {
             pack: open.id,
             entries: open.entries,
@@ -203,13 +227,20 @@ impl Packs {
             Some(pair) => pair,
             None => {
                 let head = self.backend.read(loc.pack, loc.offset, RECORD_HEADER_LEN)?;
-                let stored = self.backend.read(loc.pack, loc.offset + RECORD_HEADER_LEN as u64, loc.stored_len as usize)?;
+                let stored = self.backend.read(
+                    loc.pack,
+                    loc.offset + RECORD_HEADER_LEN as u64,
+                    loc.stored_len as usize,
+                )?;
                 (head, stored)
             }
         };
         let header = RecordHeader::decode(&head).map_err(corrupt)?;
-        if header.id != *id || header.raw_len != loc.raw_len || header.stored_len != loc.stored_len {
-            return Err(corrupt("record header does not match the index entry".into()));
+        if header.id != *id || header.raw_len != loc.raw_len || header.stored_len != loc.stored_len
+        {
+            return Err(corrupt(
+                "record header does not match the index entry".into(),
+            ));
         }
         if !header.verify(&head, &stored) {
             return Err(corrupt("record checksum mismatch".into()));
@@ -225,7 +256,9 @@ impl Packs {
         };
         let mut head = vec![0u8; RECORD_HEADER_LEN];
         let mut stored = vec![0u8; loc.stored_len as usize];
-        open.file.read_exact_at(&mut head, loc.offset).at(&open.path)?;
+        open.file
+            .read_exact_at(&mut head, loc.offset)
+            .at(&open.path)?;
         open.file
             .read_exact_at(&mut stored, loc.offset + RECORD_HEADER_LEN as u64)
             .at(&open.path)?;
@@ -237,7 +270,10 @@ impl Packs {
 /// there. The caller syncs and publishes.
 pub(crate) fn write_seal(file: &File, len: u64, entries: &[TrailerEntry]) -> std::io::Result<()> {
     let mut trailer = vec![0u8; entries.len() * TRAILER_ENTRY_LEN];
-    for (e, slot) in entries.iter().zip(trailer.chunks_exact_mut(TRAILER_ENTRY_LEN)) {
+    for (e, slot) in entries
+        .iter()
+        .zip(trailer.chunks_exact_mut(TRAILER_ENTRY_LEN))
+    {
         e.encode_into(slot);
     }
     let footer = Footer {

@@ -13,7 +13,10 @@ use std::os::unix::fs::FileExt;
 use crate::backend::PackBackend;
 use crate::error::IoContext;
 use crate::format::checksum;
-use crate::format::pack::{Footer, PackHeader, RecordHeader, TrailerEntry, FOOTER_LEN, HEADER_LEN, RECORD_HEADER_LEN, TRAILER_ENTRY_LEN};
+use crate::format::pack::{
+    Footer, PackHeader, RecordHeader, TrailerEntry, FOOTER_LEN, HEADER_LEN, RECORD_HEADER_LEN,
+    TRAILER_ENTRY_LEN,
+};
 use crate::pack::{write_seal, SealedPack};
 use crate::{durable, Error, PackId, Result};
 
@@ -30,11 +33,18 @@ pub(crate) fn read_trailer(backend: &dyn PackBackend, pack: PackId) -> Result<Ve
     };
     let len = backend.pack_len(pack)?;
     if len < (HEADER_LEN + FOOTER_LEN) as u64 {
-        return Err(corrupt(format!("pack is {len} bytes, too short to be sealed")));
+        return Err(corrupt(format!(
+            "pack is {len} bytes, too short to be sealed"
+        )));
     }
     PackHeader::decode(&file, &backend.read(pack, 0, HEADER_LEN)?)?;
-    let footer = Footer::decode(&backend.read(pack, len - FOOTER_LEN as u64, FOOTER_LEN)?, len).map_err(corrupt)?;
-    let count = usize::try_from(footer.count).map_err(|_| corrupt("record count overflows".into()))?;
+    let footer = Footer::decode(
+        &backend.read(pack, len - FOOTER_LEN as u64, FOOTER_LEN)?,
+        len,
+    )
+    .map_err(corrupt)?;
+    let count =
+        usize::try_from(footer.count).map_err(|_| corrupt("record count overflows".into()))?;
     let trailer = backend.read(pack, footer.trailer_offset, count * TRAILER_ENTRY_LEN)?;
     if checksum(&[&trailer]) != footer.trailer_checksum {
         return Err(corrupt("trailer checksum mismatch".into()));
@@ -44,7 +54,10 @@ pub(crate) fn read_trailer(backend: &dyn PackBackend, pack: PackId) -> Result<Ve
     for slot in trailer.chunks_exact(TRAILER_ENTRY_LEN) {
         let e = TrailerEntry::decode(slot).map_err(corrupt)?;
         if e.offset != expect {
-            return Err(corrupt(format!("trailer entry at {} does not follow the previous record", e.offset)));
+            return Err(corrupt(format!(
+                "trailer entry at {} does not follow the previous record",
+                e.offset
+            )));
         }
         expect = e.offset + RECORD_HEADER_LEN as u64 + u64::from(e.stored_len);
         entries.push(e);
@@ -58,16 +71,29 @@ pub(crate) fn read_trailer(backend: &dyn PackBackend, pack: PackId) -> Result<Ve
 /// Recovers the staging file of `pack`: keeps the valid prefix of records,
 /// cuts the rest (logged), seals and publishes it. Returns `None` when no
 /// record survived (the file is removed).
-pub(crate) fn recover_staged(backend: &dyn PackBackend, repo_id: [u8; 16], pack: PackId) -> Result<Option<SealedPack>> {
+pub(crate) fn recover_staged(
+    backend: &dyn PackBackend,
+    repo_id: [u8; 16],
+    pack: PackId,
+) -> Result<Option<SealedPack>> {
     let path = backend.staging_path(pack);
-    let file = OpenOptions::new().read(true).write(true).open(&path).at(&path)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .at(&path)?;
     let file_len = file.metadata().at(&path)?.len();
     let mut head = [0u8; HEADER_LEN];
     let header_ok = file_len >= HEADER_LEN as u64
         && file.read_exact_at(&mut head, 0).is_ok()
-        && PackHeader::decode(&path.display().to_string(), &head).is_ok_and(|h| h.pack == pack && h.repo_id == repo_id);
+        && PackHeader::decode(&path.display().to_string(), &head)
+            .is_ok_and(|h| h.pack == pack && h.repo_id == repo_id);
     if !header_ok {
-        tracing::warn!(pack = pack.0, bytes = file_len, "removing staging pack without a valid header");
+        tracing::warn!(
+            pack = pack.0,
+            bytes = file_len,
+            "removing staging pack without a valid header"
+        );
         durable::remove_file(&path)?;
         return Ok(None);
     }
@@ -92,7 +118,8 @@ pub(crate) fn recover_staged(backend: &dyn PackBackend, repo_id: [u8; 16], pack:
             break Some("torn record data".to_string());
         }
         stored.resize(h.stored_len as usize, 0);
-        file.read_exact_at(&mut stored, offset + RECORD_HEADER_LEN as u64).at(&path)?;
+        file.read_exact_at(&mut stored, offset + RECORD_HEADER_LEN as u64)
+            .at(&path)?;
         if !h.verify(&rec, &stored) {
             break Some("record checksum mismatch".to_string());
         }
@@ -121,6 +148,10 @@ pub(crate) fn recover_staged(backend: &dyn PackBackend, repo_id: [u8; 16], pack:
     write_seal(&file, offset, &entries).at(&path)?;
     durable::sync_data(&file, &path)?;
     backend.store_sealed(pack, &path)?;
-    tracing::info!(pack = pack.0, records = entries.len(), "recovered and sealed staging pack");
+    tracing::info!(
+        pack = pack.0,
+        records = entries.len(),
+        "recovered and sealed staging pack"
+    );
     Ok(Some(SealedPack { pack, entries }))
 }

@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 use bunker_chunk::ChunkId;
 
 use crate::error::IoContext;
-use crate::format::manifest::{decode_entry, decode_footer, encode_entry, encode_footer, ManifestHeader, ENTRY_LEN, FOOTER_LEN, HEADER_LEN};
+use crate::format::manifest::{
+    decode_entry, decode_footer, encode_entry, encode_footer, ManifestHeader, ENTRY_LEN,
+    FOOTER_LEN, HEADER_LEN,
+};
 use crate::{durable, Error, Result};
 
 pub(crate) struct ManifestWriter {
@@ -28,7 +31,11 @@ pub(crate) struct ManifestWriter {
 
 impl ManifestWriter {
     pub(crate) fn create(tmp: PathBuf) -> Result<ManifestWriter> {
-        let file = File::options().write(true).create_new(true).open(&tmp).at(&tmp)?;
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .at(&tmp)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&[0u8; HEADER_LEN]).at(&tmp)?;
         Ok(ManifestWriter {
@@ -61,7 +68,9 @@ impl ManifestWriter {
     pub(crate) fn finish(mut self, mut header: ManifestHeader, dest: &Path) -> Result<()> {
         header.entries = self.count;
         header.size = self.end;
-        self.out.write_all(&encode_footer(self.hasher.digest(), self.count)).at(&self.tmp)?;
+        self.out
+            .write_all(&encode_footer(self.hasher.digest(), self.count))
+            .at(&self.tmp)?;
         self.out.flush().at(&self.tmp)?;
         let file = self.out.get_ref();
         file.write_all_at(&header.encode(), 0).at(&self.tmp)?;
@@ -106,7 +115,9 @@ impl ManifestReader {
     /// entries' checksum: see [`Self::verify_entries`]).
     pub(crate) fn open(path: &Path, display: &str) -> Result<ManifestReader> {
         let file = File::open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::NotFound { what: format!("snapshot {display}") },
+            std::io::ErrorKind::NotFound => Error::NotFound {
+                what: format!("snapshot {display}"),
+            },
             _ => Error::io(path, e),
         })?;
         let len = file.metadata().at(path)?.len();
@@ -114,13 +125,23 @@ impl ManifestReader {
         file.read_exact_at(&mut head, 0).at(path)?;
         let header = ManifestHeader::decode(display, &head)?;
         if header.file_len() != Some(len) {
-            return Err(Error::corrupt(display, format!("manifest is {len} bytes, header announces {} entries", header.entries)));
+            return Err(Error::corrupt(
+                display,
+                format!(
+                    "manifest is {len} bytes, header announces {} entries",
+                    header.entries
+                ),
+            ));
         }
         let mut foot = [0u8; FOOTER_LEN];
-        file.read_exact_at(&mut foot, len - FOOTER_LEN as u64).at(path)?;
+        file.read_exact_at(&mut foot, len - FOOTER_LEN as u64)
+            .at(path)?;
         let (_, count) = decode_footer(&foot).map_err(|r| Error::corrupt(display, r))?;
         if count != header.entries {
-            return Err(Error::corrupt(display, "manifest footer and header disagree on the entry count"));
+            return Err(Error::corrupt(
+                display,
+                "manifest footer and header disagree on the entry count",
+            ));
         }
         Ok(ManifestReader {
             file,
@@ -146,7 +167,9 @@ impl ManifestReader {
 
     fn end_at(&self, i: u64) -> Result<(u64, ChunkId)> {
         let mut b = [0u8; ENTRY_LEN];
-        self.file.read_exact_at(&mut b, HEADER_LEN as u64 + i * ENTRY_LEN as u64).at(&self.path)?;
+        self.file
+            .read_exact_at(&mut b, HEADER_LEN as u64 + i * ENTRY_LEN as u64)
+            .at(&self.path)?;
         Ok(decode_entry(&b))
     }
 
@@ -162,7 +185,10 @@ impl ManifestReader {
             }
         }
         if lo >= self.header.entries {
-            return Err(Error::Invalid(format!("offset {offset} is beyond the snapshot's {} bytes", self.header.size)));
+            return Err(Error::Invalid(format!(
+                "offset {offset} is beyond the snapshot's {} bytes",
+                self.header.size
+            )));
         }
         Ok(lo)
     }
@@ -170,8 +196,15 @@ impl ManifestReader {
     /// Entries from `first` on, read sequentially through a buffer.
     pub(crate) fn entries_from(&self, first: u64) -> Result<Entries> {
         let mut file = self.file.try_clone().at(&self.path)?;
-        let start = if first == 0 { 0 } else { self.end_at(first - 1)?.0 };
-        file.seek(SeekFrom::Start(HEADER_LEN as u64 + first * ENTRY_LEN as u64)).at(&self.path)?;
+        let start = if first == 0 {
+            0
+        } else {
+            self.end_at(first - 1)?.0
+        };
+        file.seek(SeekFrom::Start(
+            HEADER_LEN as u64 + first * ENTRY_LEN as u64,
+        ))
+        .at(&self.path)?;
         Ok(Entries {
             reader: BufReader::with_capacity(256 << 10, file),
             path: self.path.clone(),
@@ -188,8 +221,10 @@ impl ManifestReader {
     pub(crate) fn verify_entries(&self) -> Result<()> {
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         let mut file = self.file.try_clone().at(&self.path)?;
-        file.seek(SeekFrom::Start(HEADER_LEN as u64)).at(&self.path)?;
-        let mut reader = BufReader::with_capacity(256 << 10, file).take(self.header.entries * ENTRY_LEN as u64);
+        file.seek(SeekFrom::Start(HEADER_LEN as u64))
+            .at(&self.path)?;
+        let mut reader =
+            BufReader::with_capacity(256 << 10, file).take(self.header.entries * ENTRY_LEN as u64);
         let mut b = [0u8; ENTRY_LEN];
         let mut last = 0;
         for _ in 0..self.header.entries {
@@ -203,7 +238,10 @@ impl ManifestReader {
         }
         let mut foot = [0u8; FOOTER_LEN];
         self.file
-            .read_exact_at(&mut foot, HEADER_LEN as u64 + self.header.entries * ENTRY_LEN as u64)
+            .read_exact_at(
+                &mut foot,
+                HEADER_LEN as u64 + self.header.entries * ENTRY_LEN as u64,
+            )
             .at(&self.path)?;
         let (sum, _) = decode_footer(&foot).map_err(|r| self.corrupt(r))?;
         if sum != hasher.digest() || last != self.header.size {
@@ -238,9 +276,16 @@ impl Iterator for Entries {
         let (end, id) = decode_entry(&b);
         if end <= self.start || end > self.size {
             self.next = self.count;
-            return Some(Err(Error::corrupt(self.name.clone(), format!("entry {} ends at {end}, out of order", self.next))));
+            return Some(Err(Error::corrupt(
+                self.name.clone(),
+                format!("entry {} ends at {end}, out of order", self.next),
+            )));
         }
-        let e = ManifestEntry { start: self.start, end, id };
+        let e = ManifestEntry {
+            start: self.start,
+            end,
+            id,
+        };
         self.start = end;
         self.next += 1;
         Some(Ok(e))

@@ -48,20 +48,30 @@ impl SnapshotInfo {
     }
 
     pub fn stream_hash_hex(&self) -> String {
-        blake3::Hash::from_bytes(self.stream_hash).to_hex().to_string()
+        blake3::Hash::from_bytes(self.stream_hash)
+            .to_hex()
+            .to_string()
     }
 }
 
 /// Checks a snapshot name; the error says what is wrong with it.
 pub fn validate_name(name: &str) -> Result<()> {
-    let bad = |why: &str| Err(Error::Invalid(format!("snapshot name {:?} {why}", name.chars().take(140).collect::<String>())));
+    let bad = |why: &str| {
+        Err(Error::Invalid(format!(
+            "snapshot name {:?} {why}",
+            name.chars().take(140).collect::<String>()
+        )))
+    };
     if name.is_empty() || name.len() > 128 {
         return bad("must be 1 to 128 characters long");
     }
     if name.starts_with('.') {
         return bad("must not start with a dot");
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
         return bad("may only contain A-Z, a-z, 0-9, '.', '_' and '-'");
     }
     Ok(())
@@ -124,7 +134,20 @@ mod tests {
         for ok in ["vol1", "a", "db-2026.11.22_x", &"x".repeat(128)] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".", "..", ".hidden", "../etc", "a/b", "a\\b", "a b", "ä", "a\0b", &"x".repeat(129), "%2e%2e"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "../etc",
+            "a/b",
+            "a\\b",
+            "a b",
+            "ä",
+            "a\0b",
+            &"x".repeat(129),
+            "%2e%2e",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
     }
