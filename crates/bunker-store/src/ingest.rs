@@ -10,8 +10,8 @@
 //! same pool as data arrives.
 //!
 //! Memory per stream is bounded by two buffers of `max_len + BLOCK_LEN`
-//! bytes plus the compressed output of one block: with the default 4 MiB
-//! maximum chunk, 2 x 20 MiB + 16 MiB = 56 MiB at most, whatever the size
+//! bytes plus the compressed output of one block: with the default 1 MiB
+//! maximum chunk, 2 x 17 MiB + 16 MiB = 50 MiB at most, whatever the size
 //! of the stream.
 
 use std::io::Read;
