@@ -3,6 +3,7 @@
 //! Randomised tests are seeded; a failure prints the seed and the command
 //! that reproduces it (`BUNKER_SEED=<n> cargo test ...`).
 
+mod corruption;
 mod crash;
 mod san;
 

@@ -439,6 +439,17 @@ impl Repository {
         Ok(r)
     }
 
+    /// The chunks of `name@id` in stream order, read from the manifest
+    /// through a buffer (never all in memory).
+    pub fn manifest_entries(
+        &self,
+        name: &str,
+        id: SnapshotId,
+    ) -> Result<impl Iterator<Item = Result<crate::ManifestEntry>>> {
+        snapshot::validate_name(name)?;
+        self.manifest(name, id)?.entries_from(0)
+    }
+
     /// Removes a snapshot's manifest. Its chunks stay until GC.
     pub fn delete(&self, name: &str, id: SnapshotId) -> Result<()> {
         snapshot::validate_name(name)?;
