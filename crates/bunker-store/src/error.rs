@@ -61,6 +61,9 @@ pub enum Error {
     /// The whole-stream hash the client announced differs from the data.
     #[error("stream hash mismatch: client said {expected}, data hashes to {actual}")]
     StreamHashMismatch { expected: String, actual: String },
+    /// Uploaded chunk bytes that do not hash to the id they were sent as.
+    #[error("chunk bytes hash to {actual}, not to the id {claimed} they were sent as")]
+    ChunkHashMismatch { claimed: ChunkId, actual: ChunkId },
     /// A previous durability failure; reopen the repository.
     #[error("repository writer is poisoned after a failed write or sync ({0}); reopen to recover")]
     Poisoned(String),

@@ -34,6 +34,8 @@ pub struct IngestOptions {
     /// The client's BLAKE3 of the whole stream: the snapshot is refused
     /// if the data received hashes differently.
     pub expected_hash: Option<[u8; 32]>,
+    /// Id of the API token doing the backup, kept in the manifest (0: none).
+    pub creator: u64,
 }
 
 /// Running figures reported after each block.
@@ -64,7 +66,7 @@ impl Repository {
         opts: &IngestOptions,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<SnapshotInfo> {
-        let mut writer = self.begin_snapshot(name, &opts.source)?;
+        let mut writer = self.begin_snapshot(name, &opts.source, opts.creator)?;
         let chunker = self.inner.chunker;
         let max = chunker.params().max_len as usize;
         let (full_tx, full_rx) = bounded::<std::io::Result<Block>>(1);

@@ -49,6 +49,13 @@ pub use restore::{Piece, SnapshotReader};
 pub use snapshot::{validate_name, ManifestEntry, SnapshotInfo};
 pub use verify::{Damage, DamagedSnapshot, VerifyReport};
 
+/// Replaces a small file atomically and durably (temp file, sync, rename,
+/// sync directory): for servers keeping their own state next to a
+/// repository.
+pub fn write_file_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    durable::replace_file(path, bytes)
+}
+
 /// A pack file's number, unique in its repository, never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PackId(pub u64);

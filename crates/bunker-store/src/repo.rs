@@ -75,6 +75,8 @@ pub struct Stats {
     pub snapshots: u64,
     /// Sum of the sizes of all snapshots.
     pub logical_bytes: u64,
+    /// Raw bytes of all stored chunks (after dedup, before compression).
+    pub unique_bytes: u64,
     /// Bytes of all pack files.
     pub stored_bytes: u64,
     pub packs: u64,
@@ -237,7 +239,7 @@ impl Repository {
 
     /// Starts a snapshot of `name` that the caller fills chunk by chunk
     /// (the chunk protocol; [`Repository::ingest`] uses it too).
-    pub fn begin_snapshot(&self, name: &str, source: &str) -> Result<SnapshotWriter> {
+    pub fn begin_snapshot(&self, name: &str, source: &str, creator: u64) -> Result<SnapshotWriter> {
         snapshot::validate_name(name)?;
         let tmp = self.inner.root.join("tmp").join(format!(
             "{}-{}-{}.snap.tmp",
@@ -249,6 +251,7 @@ impl Repository {
             repo: self.clone(),
             name: name.to_string(),
             source: source.to_string(),
+            creator,
             manifest: ManifestWriter::create(tmp)?,
             waits: Vec::new(),
             new_chunks: 0,
@@ -276,18 +279,22 @@ impl Repository {
     }
 
     /// Stores one chunk given its raw bytes, after checking that they hash
-    /// to `id`. Returns whether it was new.
-    pub fn store_chunk(&self, id: &ChunkId, raw: &[u8]) -> Result<bool> {
+    /// to `id`. Returns the bytes added to packs (0: it was stored already).
+    pub fn store_chunk(&self, id: &ChunkId, raw: &[u8]) -> Result<u64> {
         if raw.is_empty() || raw.len() > self.inner.config.chunker.max_len as usize {
             return Err(Error::Invalid(format!(
                 "chunk of {} bytes is outside 1..=max_len",
                 raw.len()
             )));
         }
-        if ChunkId::of(raw) != *id {
-            return Err(Error::Invalid(format!("chunk bytes do not hash to {id}")));
+        let actual = ChunkId::of(raw);
+        if actual != *id {
+            return Err(Error::ChunkHashMismatch {
+                claimed: *id,
+                actual,
+            });
         }
-        Ok(self.store_chunks(&[(*id, raw)])?.0 > 0)
+        Ok(self.store_chunks(&[(*id, raw)])?.1)
     }
 
     /// Stores chunks that are not stored yet; returns (new chunks, new
@@ -481,13 +488,18 @@ impl Repository {
         let list = self.list(None)?;
         let backend = self.inner.packs.backend();
         let packs = backend.list()?;
-        let mut stored_bytes = 0;
+        let (mut stored_bytes, mut unique_bytes) = (0, 0);
         for p in &packs {
             stored_bytes += backend.pack_len(*p)?;
+            // A damaged trailer is verify's business; stats skip it.
+            if let Ok(entries) = read_trailer(backend, *p) {
+                unique_bytes += entries.iter().map(|e| u64::from(e.raw_len)).sum::<u64>();
+            }
         }
         Ok(Stats {
             snapshots: list.len() as u64,
             logical_bytes: list.iter().map(|s| s.size).sum(),
+            unique_bytes,
             stored_bytes,
             packs: packs.len() as u64,
             chunks: self.inner.index.entry_count(),
@@ -659,6 +671,7 @@ pub struct SnapshotWriter {
     repo: Repository,
     name: String,
     source: String,
+    creator: u64,
     manifest: ManifestWriter,
     waits: Vec<ChunkId>,
     new_chunks: u64,
@@ -723,6 +736,13 @@ impl SnapshotWriter {
             }
         }
         Ok(())
+    }
+
+    /// Counts chunks stored for this snapshot outside [`Self::push_data`]
+    /// (uploaded one by one in the chunk protocol) in its new-data figures.
+    pub fn add_new(&mut self, chunks: u64, bytes: u64) {
+        self.new_chunks += chunks;
+        self.new_bytes += bytes;
     }
 
     pub fn len(&self) -> u64 {
@@ -795,6 +815,7 @@ impl SnapshotWriter {
             zero_chunks: self.zero_chunks,
             name: self.name.clone(),
             source: self.source.clone(),
+            creator: self.creator,
         };
         let dest = snapshot::manifest_path(&self.repo.snapshots_dir(), &self.name, id);
         let mut info_header = header.clone();

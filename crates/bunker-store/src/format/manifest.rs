@@ -29,7 +29,9 @@
 //! | 146 | 2 | source length |
 //! | 148 | 4 | reserved, zero |
 //! | 152 | 128 | name (UTF-8, zero padded) |
-//! | 280 | 224 | source description (UTF-8, zero padded) |
+//! | 280 | 192 | source description (UTF-8, zero padded) |
+//! | 472 | 8 | creator: id of the API token that wrote it, 0 if none |
+//! | 480 | 24 | reserved, zero |
 //! | 504 | 8 | xxh3-64 of bytes 0..504 |
 //!
 //! Footer (24 bytes): xxh3-64 of all entry bytes, entry count, magic
@@ -48,7 +50,7 @@ pub const HEADER_LEN: usize = 512;
 pub const ENTRY_LEN: usize = 40;
 pub const FOOTER_LEN: usize = 24;
 pub const MAX_NAME_LEN: usize = 128;
-pub const MAX_SOURCE_LEN: usize = 224;
+pub const MAX_SOURCE_LEN: usize = 192;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManifestHeader {
@@ -65,6 +67,7 @@ pub struct ManifestHeader {
     pub zero_chunks: u64,
     pub name: String,
     pub source: String,
+    pub creator: u64,
 }
 
 impl ManifestHeader {
@@ -92,6 +95,7 @@ impl ManifestHeader {
         Le::put_u16(&mut b, 146, source.len() as u16);
         Le::put(&mut b, 152, name.as_bytes());
         Le::put(&mut b, 280, source.as_bytes());
+        Le::put_u64(&mut b, 472, self.creator);
         let sum = checksum(&[&b[..504]]);
         Le::put_u64(&mut b, 504, sum);
         b
@@ -130,6 +134,7 @@ impl ManifestHeader {
             zero_chunks: Le::u64(b, 136),
             name: text(152, name_len)?,
             source: text(280, source_len)?,
+            creator: Le::u64(b, 472),
         })
     }
 
@@ -199,6 +204,7 @@ mod tests {
             zero_chunks: 3,
             name: "vol-1.db".into(),
             source: "file:/dev/sdb".into(),
+            creator: 0x1234,
         }
     }
 

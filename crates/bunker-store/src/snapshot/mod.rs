@@ -28,6 +28,8 @@ pub struct SnapshotInfo {
     pub ingest_ms: u64,
     pub stream_hash: [u8; 32],
     pub source: String,
+    /// Id of the API token that created it (0: none).
+    pub creator: u64,
 }
 
 impl SnapshotInfo {
@@ -44,6 +46,7 @@ impl SnapshotInfo {
             ingest_ms: h.ingest_ms,
             stream_hash: h.stream_hash,
             source: h.source.clone(),
+            creator: h.creator,
         }
     }
 

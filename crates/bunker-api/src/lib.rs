@@ -1,0 +1,261 @@
+//! The HTTP API of bunker, version 1: paths, headers, JSON bodies and error
+//! codes, shared by the server and the client so they cannot drift apart.
+//!
+//! Every error response has the body `{"error": {"code": "...",
+//! "message": "..."}}`; codes are stable ([`ErrorCode`]), messages are for
+//! people and never contain filesystem paths. The routes are documented in
+//! the README ("HTTP API").
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every versioned route.
+pub const PREFIX: &str = "/v1";
+/// Hex BLAKE3 of the whole image, sent by a client that wants the server to
+/// refuse a snapshot whose bytes hash differently (raw upload and commit).
+pub const HEADER_STREAM_HASH: &str = "x-bunker-stream-hash";
+/// Free-text description of the source (e.g. `host1:/dev/sdb`), kept in the
+/// snapshot (at most 192 bytes).
+pub const HEADER_SOURCE: &str = "x-bunker-source";
+/// Bytes of one manifest entry in a chunk-protocol commit body: raw length
+/// (u64, little-endian) then the chunk id (32 bytes).
+pub const COMMIT_ENTRY_LEN: usize = 40;
+/// Bytes of one chunk id in a `missing` request body.
+pub const CHUNK_ID_LEN: usize = 32;
+
+/// Stable error codes; each maps to one HTTP status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    BadRequest,
+    InvalidName,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    Timeout,
+    Conflict,
+    PayloadTooLarge,
+    HeadersTooLarge,
+    RangeNotSatisfiable,
+    HashMismatch,
+    MissingChunk,
+    TooManyStreams,
+    ShuttingDown,
+    InsufficientStorage,
+    CorruptData,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest | ErrorCode::InvalidName => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Timeout => 408,
+            ErrorCode::Conflict => 409,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::RangeNotSatisfiable => 416,
+            ErrorCode::HashMismatch | ErrorCode::MissingChunk => 422,
+            ErrorCode::HeadersTooLarge => 431,
+            ErrorCode::TooManyStreams | ErrorCode::ShuttingDown => 503,
+            ErrorCode::InsufficientStorage => 507,
+            ErrorCode::CorruptData | ErrorCode::Internal => 500,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::HeadersTooLarge => "headers_too_large",
+            ErrorCode::RangeNotSatisfiable => "range_not_satisfiable",
+            ErrorCode::HashMismatch => "hash_mismatch",
+            ErrorCode::MissingChunk => "missing_chunk",
+            ErrorCode::TooManyStreams => "too_many_streams",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::InsufficientStorage => "insufficient_storage",
+            ErrorCode::CorruptData => "corrupt_data",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Who may do what ("admin" > "writer", "reader").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Create snapshots and read the ones it created; never delete.
+    Writer,
+    /// List and restore.
+    Reader,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Writer => "writer",
+            Role::Reader => "reader",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "writer" => Some(Role::Writer),
+            "reader" => Some(Role::Reader),
+            _ => None,
+        }
+    }
+}
+
+/// A snapshot as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub name: String,
+    pub id: u64,
+    /// Commit time on the server's clock, unix milliseconds.
+    pub created_unix_ms: i64,
+    pub size_bytes: u64,
+    pub chunks: u64,
+    pub zero_chunks: u64,
+    pub new_chunks: u64,
+    /// Bytes this backup added to the repository (after compression).
+    pub new_bytes: u64,
+    pub seconds: f64,
+    /// BLAKE3 of the whole image, hex.
+    pub blake3: String,
+    pub source: String,
+    /// Id of the token that created it, if any.
+    pub creator: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotList {
+    pub snapshots: Vec<Snapshot>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    pub min_bytes: u32,
+    pub avg_bytes: u32,
+    pub max_bytes: u32,
+}
+
+/// `GET /v1/info`: what a client needs to chunk like the server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Info {
+    pub server_version: String,
+    pub repository_id: String,
+    pub chunker: ChunkerParams,
+    pub zstd_level: i32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub snapshots: u64,
+    /// Sum of all snapshot sizes.
+    pub logical_bytes: u64,
+    /// Raw bytes of all stored chunks (after dedup, before compression).
+    pub unique_bytes: u64,
+    /// Bytes of all pack files.
+    pub stored_bytes: u64,
+    /// logical / unique.
+    pub dedup_ratio: f64,
+    /// unique / stored.
+    pub compression_ratio: f64,
+    pub chunks: u64,
+    pub packs: u64,
+    pub index_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRequest {
+    pub role: Role,
+    /// Only snapshot names starting with this prefix.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// A label for people.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub role: Role,
+    pub scope: Option<String>,
+    pub name: Option<String>,
+    pub created_unix_ms: i64,
+}
+
+/// The secret appears only in this answer; the server keeps a hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub token: String,
+    pub info: TokenInfo,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenList {
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// `POST /v1/sessions`: start a chunk-protocol backup of `name`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRequest {
+    pub name: String,
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub name: String,
+    /// The session ends this many seconds after its last request.
+    pub idle_timeout_seconds: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_have_stable_names_and_statuses() {
+        for (code, name, status) in [
+            (ErrorCode::InvalidName, "invalid_name", 400),
+            (ErrorCode::Forbidden, "forbidden", 403),
+            (ErrorCode::TooManyStreams, "too_many_streams", 503),
+            (ErrorCode::InsufficientStorage, "insufficient_storage", 507),
+            (ErrorCode::HeadersTooLarge, "headers_too_large", 431),
+        ] {
+            assert_eq!(code.as_str(), name);
+            assert_eq!(code.status(), status);
+        }
+    }
+}

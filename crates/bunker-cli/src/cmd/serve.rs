@@ -1,0 +1,127 @@
+//! `bunker serve`: open (or create) the repository and serve the HTTP API.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use bunker_server::Config;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Data directory: the repository and the server's tokens.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// TOML file with any of the settings below (flags win).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// PEM certificate chain: serve HTTPS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Concurrent ingest streams before 503.
+    #[arg(long)]
+    max_streams: Option<usize>,
+    /// Largest upload, bytes.
+    #[arg(long)]
+    max_body_bytes: Option<u64>,
+    /// Seconds a request body may send nothing before it is cut.
+    #[arg(long)]
+    idle_timeout_secs: Option<u64>,
+    /// Seconds in-flight requests get after SIGTERM/SIGINT.
+    #[arg(long)]
+    grace_secs: Option<u64>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    crate::init_logging();
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            Config::from_toml(&text)
+                .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(v) = args.data {
+        config.data = v;
+    }
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if args.tls_cert.is_some() {
+        config.tls_cert = args.tls_cert;
+        config.tls_key = args.tls_key;
+    }
+    if let Some(v) = args.max_streams {
+        config.max_streams = v;
+    }
+    if let Some(v) = args.max_body_bytes {
+        config.max_body_bytes = v;
+    }
+    if let Some(v) = args.idle_timeout_secs {
+        config.idle_timeout_secs = v;
+    }
+    if let Some(v) = args.grace_secs {
+        config.grace_secs = v;
+    }
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(c), Some(k)) => Some(bunker_server::tls_acceptor(c, k).map_err(anyhow::Error::msg)?),
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    };
+    let listen = config.listen;
+    let (state, admin_file) = bunker_server::State::open(config).map_err(anyhow::Error::msg)?;
+    if let Some(f) = admin_file {
+        tracing::info!(
+            "first start: an admin token was written to {} (mode 0600)",
+            f.display()
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let addr = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "bunker listening on {scheme}://{addr}")?;
+        out.flush()?;
+        drop(out);
+        bunker_server::run(listener, state.clone(), tls, shutdown_signal()).await?;
+        anyhow::Ok(())
+    });
+    // Requests still running after the grace period are cut here; their
+    // uploads commit nothing.
+    runtime.shutdown_timeout(Duration::from_secs(10));
+    if let Err(e) = state.repo.close() {
+        tracing::warn!("closing the repository: {e}");
+    }
+    result
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

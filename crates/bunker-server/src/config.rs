@@ -1,0 +1,84 @@
+//! Server settings: flags, an optional TOML file, and their defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything `bunker serve` can be told. Each field has a flag of the same
+/// name (with dashes) and a key in the TOML config file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Repository and server state (tokens) live here.
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    /// PEM certificate chain and private key: serve HTTPS (rustls).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Concurrent ingest streams (raw uploads and chunk-protocol sessions
+    /// uploading or committing); beyond it, 503 with Retry-After.
+    pub max_streams: usize,
+    /// Largest request body (a raw image upload), bytes.
+    pub max_body_bytes: u64,
+    /// A request whose body sends nothing for this long is cut.
+    pub idle_timeout_secs: u64,
+    /// Time allowed to send the request headers.
+    pub header_timeout_secs: u64,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
+    pub grace_secs: u64,
+    /// A chunk-protocol session ends this long after its last request.
+    pub session_idle_secs: u64,
+    /// Open connections at once; more wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data: PathBuf::from("bunker-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7711)),
+            tls_cert: None,
+            tls_key: None,
+            max_streams: 8,
+            max_body_bytes: 1 << 50,
+            idle_timeout_secs: 60,
+            header_timeout_secs: 10,
+            grace_secs: 30,
+            session_idle_secs: 3600,
+            max_connections: 512,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file of the fields above; unknown keys are an error.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.grace_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let c = Config::from_toml("listen = \"127.0.0.1:0\"\nmax_streams = 3\n").unwrap();
+        assert_eq!(c.max_streams, 3);
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.grace_secs, 30);
+        assert!(Config::from_toml("max_stream = 3")
+            .unwrap_err()
+            .contains("unknown field"));
+    }
+}

@@ -1,0 +1,450 @@
+//! bunker's HTTP server.
+//!
+//! # Brief overview
+//! [`State::open`] opens (or creates) the repository in the data directory
+//! and the token store beside it; [`run`] serves a bound listener until a
+//! shutdown future resolves, then stops accepting and gives in-flight
+//! requests a grace period. Each request is authenticated ([`tokens`]),
+//! routed ([`routes`]), and its errors mapped to a stable JSON error
+//! ([`error`]).
+//!
+//! Raw uploads stream the request body through a bounded channel into the
+//! store's ingest pipeline on a blocking thread (the socket is not read
+//! while the pipeline is behind); restores stream verified pieces from a
+//! blocking reader through a bounded channel into the response. Memory per
+//! ingest stream: the store's 50 MiB plus at most 32 body frames.
+//!
+//! Guarantees: an upload that does not finish (disconnect, timeout, shutdown,
+//! a hash mismatch) commits nothing; restores never send a byte of a chunk
+//! that failed verification (the response is aborted instead); no error
+//! message carries a filesystem path.
+
+pub mod config;
+pub mod error;
+pub mod metrics;
+mod routes;
+pub mod sessions;
+pub mod tokens;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as HttpBody, Frame};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+
+pub use config::Config;
+use error::ApiError;
+use metrics::Metrics;
+use sessions::Sessions;
+use tokens::TokenStore;
+
+/// Response body: a full buffer or a stream of frames.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Everything a request handler may touch.
+pub struct State {
+    pub config: Config,
+    pub repo: bunker_store::Repository,
+    pub tokens: TokenStore,
+    pub sessions: Sessions,
+    pub metrics: Metrics,
+    streams: Arc<Semaphore>,
+    shutting_down: AtomicBool,
+    data_dir: String,
+}
+
+impl State {
+    /// Opens the repository at `config.data` (creating it on first start)
+    /// and the token store in `<data>/server/`. On first start writes an
+    /// admin token to `<data>/admin.token` (mode 0600) and returns its path.
+    pub fn open(config: Config) -> Result<(Arc<State>, Option<PathBuf>), String> {
+        let repo = bunker_store::Repository::open_or_create(
+            &config.data,
+            bunker_store::CreateOptions::default(),
+        )
+        .map_err(|e| format!("opening the repository at {}: {e}", config.data.display()))?;
+        let (tokens, first) = TokenStore::open(&config.data.join("server"))?;
+        let admin_file = match first {
+            Some(secret) => Some(write_admin_token(&config.data, &secret)?),
+            None => None,
+        };
+        let data_dir = std::fs::canonicalize(&config.data)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| config.data.display().to_string());
+        Ok((
+            Arc::new(State {
+                streams: Arc::new(Semaphore::new(config.max_streams.max(1))),
+                config,
+                repo,
+                tokens,
+                sessions: Sessions::default(),
+                metrics: Metrics::default(),
+                shutting_down: AtomicBool::new(false),
+                data_dir,
+            }),
+            admin_file,
+        ))
+    }
+
+    pub(crate) fn store_error(&self, e: bunker_store::Error) -> ApiError {
+        ApiError::from_store(e, &self.data_dir)
+    }
+
+    /// An ingest slot, or 503 when all are taken.
+    pub(crate) fn stream_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(ApiError::new(
+                bunker_api::ErrorCode::ShuttingDown,
+                "the server is shutting down",
+            ));
+        }
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                bunker_api::ErrorCode::TooManyStreams,
+                format!(
+                    "all {} ingest streams are busy; retry later",
+                    self.config.max_streams
+                ),
+            )
+        })
+    }
+}
+
+fn write_admin_token(data: &Path, secret: &str) -> Result<PathBuf, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data.join("admin.token");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    writeln!(f, "{secret}").map_err(|e| format!("writing {}: {e}", path.display()))?;
+    f.sync_all()
+        .map_err(|e| format!("syncing {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// Loads a rustls server config from PEM files.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("reading certificate {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in {}", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("reading private key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not fit: {e}"))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `listener` until `shutdown` resolves; then stops accepting and
+/// waits up to the configured grace period for in-flight requests. Requests
+/// still running after it are aborted when the runtime stops (an upload cut
+/// this way commits nothing).
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<State>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(state.config.max_connections.max(1)));
+    let reaper = tokio::spawn(reap_sessions(state.clone()));
+    let header_timeout = Duration::from_secs(state.config.header_timeout_secs.max(1));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = connections.clone().acquire_owned() => p.map_err(std::io::Error::other)?,
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(state, req).await) }
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(64 << 10);
+            match tls {
+                None => {
+                    let conn = http.serve_connection(TokioIo::new(stream), svc);
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                    }
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            let conn = http.serve_connection(TokioIo::new(tls_stream), svc);
+                            if let Err(e) = watcher.watch(conn).await {
+                                tracing::debug!(%peer, "connection ended: {e}");
+                            }
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    reaper.abort();
+    state.shutting_down.store(true, Ordering::Relaxed);
+    tracing::info!(
+        "shutting down: waiting up to {:?} for in-flight requests",
+        state.config.grace()
+    );
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all requests finished"),
+        _ = tokio::time::sleep(state.config.grace()) => tracing::warn!("grace period over: aborting the requests still running"),
+    }
+    Ok(())
+}
+
+async fn reap_sessions(state: Arc<State>) {
+    let idle = Duration::from_secs(state.config.session_idle_secs);
+    loop {
+        tokio::time::sleep(Duration::from_secs(5).min(idle)).await;
+        let n = state.sessions.expire(idle);
+        if n > 0 {
+            tracing::info!(sessions = n, "expired idle upload sessions");
+        }
+    }
+}
+
+async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let (route, result) = routes::dispatch(&state, req).await;
+    let resp = result.unwrap_or_else(|e| {
+        state.metrics.error(e.code.as_str());
+        if e.code.status() >= 500 {
+            tracing::warn!(route, "{e}");
+        }
+        error_response(&e)
+    });
+    state
+        .metrics
+        .observe(route, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+pub(crate) fn error_response(e: &ApiError) -> Response<Body> {
+    let body = bunker_api::ErrorBody {
+        error: bunker_api::ErrorDetail {
+            code: e.code,
+            message: e.message.clone(),
+        },
+    };
+    let status = StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = json_response(status, &body);
+    if e.code.status() == 503 {
+        r.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from_static("5"),
+        );
+    }
+    r
+}
+
+/// A response body fed by a channel; an `Err` item aborts the response.
+pub(crate) struct ChannelBody {
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+}
+
+impl ChannelBody {
+    pub(crate) fn new(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> Body {
+        ChannelBody { rx }.boxed()
+    }
+}
+
+impl HttpBody for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|item| item.map(|r| r.map(Frame::data)))
+    }
+}
+
+/// What the async side sends to a blocking reader of a request body.
+pub(crate) enum BodyItem {
+    Data(Bytes),
+    /// The body ended normally. Without it, a closed channel is an error:
+    /// a cut connection must never look like the end of an image.
+    End,
+    Failed(std::io::Error),
+}
+
+/// A blocking `Read` over request body frames sent by the async side.
+pub(crate) struct BodyReader {
+    rx: mpsc::Receiver<BodyItem>,
+    current: Bytes,
+    done: bool,
+}
+
+impl BodyReader {
+    pub(crate) fn new(rx: mpsc::Receiver<BodyItem>) -> BodyReader {
+        BodyReader {
+            rx,
+            current: Bytes::new(),
+            done: false,
+        }
+    }
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(BodyItem::Data(b)) => self.current = b,
+                Some(BodyItem::End) => self.done = true,
+                Some(BodyItem::Failed(e)) => return Err(e),
+                None => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the upload was cut off before its end",
+                    ))
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Pumps a request body into `tx`, at most `max` bytes, each frame within
+/// `idle`. Returns the bytes sent, or why the body failed (already sent to
+/// the reader as `Failed` too).
+pub(crate) async fn pump_body(
+    mut body: hyper::body::Incoming,
+    tx: mpsc::Sender<BodyItem>,
+    max: u64,
+    idle: Duration,
+) -> Result<u64, ApiError> {
+    let mut total = 0u64;
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => {
+                let e = ApiError::new(
+                    bunker_api::ErrorCode::Timeout,
+                    format!("no data received for {} s", idle.as_secs()),
+                );
+                let _ = tx
+                    .send(BodyItem::Failed(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        e.message.clone(),
+                    )))
+                    .await;
+                return Err(e);
+            }
+            Ok(None) => {
+                let _ = tx.send(BodyItem::End).await;
+                return Ok(total);
+            }
+            Ok(Some(Err(e))) => {
+                let msg = format!("reading the request body failed: {e}");
+                let _ = tx
+                    .send(BodyItem::Failed(std::io::Error::other(msg.clone())))
+                    .await;
+                return Err(ApiError::bad_request(msg));
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len() as u64;
+        if total > max {
+            let e = ApiError::new(
+                bunker_api::ErrorCode::PayloadTooLarge,
+                format!("the body is larger than the server's limit of {max} bytes"),
+            );
+            let _ = tx
+                .send(BodyItem::Failed(std::io::Error::other(e.message.clone())))
+                .await;
+            return Err(e);
+        }
+        if tx.send(BodyItem::Data(data)).await.is_err() {
+            // The reader stopped (its error is the answer).
+            return Ok(total);
+        }
+    }
+}
+
+pub(crate) fn not_allowed() -> ApiError {
+    ApiError::new(
+        bunker_api::ErrorCode::MethodNotAllowed,
+        "method not allowed on this route",
+    )
+}
+
+pub(crate) type Reply = Result<Response<Body>, ApiError>;

@@ -1,0 +1,306 @@
+//! The chunk protocol for clients that chunk and hash themselves: only
+//! missing chunks cross the wire. See `crate::sessions` for the lifecycle
+//! and the README for the wire formats.
+
+use std::io::Read;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bunker_api::{
+    ErrorCode, Role, Session as SessionJson, SessionRequest, CHUNK_ID_LEN, COMMIT_ENTRY_LEN,
+};
+use bunker_store::ChunkId;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::sync::mpsc;
+
+use super::admin::read_small_body;
+use super::{blocking, check_name, parse_hash, require, to_api};
+use crate::error::ApiError;
+use crate::sessions::Session;
+use crate::tokens::Principal;
+use crate::{full, json_response, not_allowed, pump_body, BodyItem, BodyReader, Reply, State};
+
+/// Ids per `missing` request, at most.
+const MAX_IDS_PER_QUERY: usize = 65_536;
+
+fn session(state: &State, p: &Principal, sid: &str) -> Result<Arc<Session>, ApiError> {
+    let s = state.sessions.get(sid).ok_or_else(|| {
+        ApiError::not_found("no such upload session (it may have expired or been committed)")
+    })?;
+    if s.creator != p.id && p.role != Role::Admin {
+        return Err(ApiError::forbidden(
+            "this upload session belongs to another token",
+        ));
+    }
+    Ok(s)
+}
+
+pub(super) async fn open(state: &Arc<State>, p: &Principal, req: Request<Incoming>) -> Reply {
+    if req.method() != Method::POST {
+        return Err(not_allowed());
+    }
+    require(p, &[Role::Admin, Role::Writer], "create snapshots")?;
+    let body = read_small_body(req.into_body(), 16 << 10).await?;
+    let r: SessionRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("session request: {e}")))?;
+    check_name(p, &r.name)?;
+    let mut raw = [0u8; 16];
+    getrandom::fill(&mut raw).map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
+    let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let source: String = r
+        .source
+        .unwrap_or_else(|| "bunker client".into())
+        .chars()
+        .take(192)
+        .collect();
+    state
+        .sessions
+        .open(id.clone(), r.name.clone(), source, p.id);
+    Ok(json_response(
+        StatusCode::CREATED,
+        &SessionJson {
+            id,
+            name: r.name,
+            idle_timeout_seconds: state.config.session_idle_secs,
+        },
+    ))
+}
+
+pub(super) fn abort(state: &State, p: &Principal, method: &Method, sid: &str) -> Reply {
+    if method != Method::DELETE {
+        return Err(not_allowed());
+    }
+    session(state, p, sid)?;
+    state.sessions.remove(sid);
+    let mut r = Response::new(full(""));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    Ok(r)
+}
+
+/// Body: N chunk ids of 32 bytes. Answer: a bitmap of ceil(N/8) bytes, bit
+/// `i % 8` of byte `i / 8` set when chunk `i` is missing.
+pub(super) async fn missing(
+    state: &Arc<State>,
+    p: &Principal,
+    req: Request<Incoming>,
+    sid: &str,
+) -> Reply {
+    if req.method() != Method::POST {
+        return Err(not_allowed());
+    }
+    session(state, p, sid)?;
+    let body = read_small_body(req.into_body(), MAX_IDS_PER_QUERY * CHUNK_ID_LEN).await?;
+    if body.len() % CHUNK_ID_LEN != 0 {
+        return Err(ApiError::bad_request(format!(
+            "the body must be a sequence of {CHUNK_ID_LEN}-byte chunk ids"
+        )));
+    }
+    let st = state.clone();
+    let bitmap = blocking(move || {
+        let ids: Vec<ChunkId> = body
+            .chunks_exact(CHUNK_ID_LEN)
+            .map(|c| {
+                let mut id = [0u8; 32];
+                id.copy_from_slice(c);
+                ChunkId(id)
+            })
+            .collect();
+        let missing = st.repo.missing(&ids);
+        let mut bitmap = vec![0u8; ids.len().div_ceil(8)];
+        for (i, m) in missing.into_iter().enumerate() {
+            if m {
+                bitmap[i / 8] |= 1 << (i % 8);
+            }
+        }
+        Ok(bitmap)
+    })
+    .await?;
+    let mut r = Response::new(full(bitmap));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(r)
+}
+
+/// Body: the chunk, raw or with `Content-Encoding: zstd`. The server
+/// decompresses and checks its BLAKE3 against the id before storing it.
+pub(super) async fn put_chunk(
+    state: &Arc<State>,
+    p: &Principal,
+    req: Request<Incoming>,
+    sid: &str,
+    id: &str,
+) -> Reply {
+    if req.method() != Method::PUT {
+        return Err(not_allowed());
+    }
+    let s = session(state, p, sid)?;
+    let id = ChunkId::from_hex(id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let max = state.repo.chunker_params().max_len as usize;
+    let zstd = match req
+        .headers()
+        .get(hyper::header::CONTENT_ENCODING)
+        .map(|v| v.as_bytes())
+    {
+        None | Some(b"identity") => false,
+        Some(b"zstd") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unsupported Content-Encoding {:?}",
+                String::from_utf8_lossy(other)
+            )))
+        }
+    };
+    let body = read_small_body(req.into_body(), max + max / 64 + 4096).await?;
+    let st = state.clone();
+    let stored = blocking(move || {
+        let raw = if zstd {
+            zstd::bulk::decompress(&body, max).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "chunk {id}: not a zstd frame of at most {max} bytes: {e}"
+                ))
+            })?
+        } else {
+            body.to_vec()
+        };
+        st.repo
+            .store_chunk(&id, &raw)
+            .map_err(|e| st.store_error(e))
+    })
+    .await?;
+    if stored > 0 {
+        s.add_stored(1, stored);
+        state.metrics.chunks_stored.fetch_add(1, Ordering::Relaxed);
+        state
+            .metrics
+            .bytes_stored
+            .fetch_add(stored, Ordering::Relaxed);
+    }
+    let mut r = Response::new(full(""));
+    *r.status_mut() = if stored > 0 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(r)
+}
+
+/// Body: the manifest, one 40-byte entry per chunk in stream order (raw
+/// length u64 little-endian, chunk id); header `x-bunker-stream-hash`:
+/// the BLAKE3 of the whole image. Refused (422 `missing_chunk`) if any
+/// chunk is not stored.
+pub(super) async fn commit(
+    state: &Arc<State>,
+    p: &Principal,
+    req: Request<Incoming>,
+    sid: &str,
+) -> Reply {
+    if req.method() != Method::POST {
+        return Err(not_allowed());
+    }
+    let s = session(state, p, sid)?;
+    let stream_hash = parse_hash(
+        req.headers().get(bunker_api::HEADER_STREAM_HASH),
+        bunker_api::HEADER_STREAM_HASH,
+    )?
+    .ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "a commit needs the {} header",
+            bunker_api::HEADER_STREAM_HASH
+        ))
+    })?;
+    if s.committing.swap(true, Ordering::SeqCst) {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "this session is already committing",
+        ));
+    }
+    let (tx, rx) = mpsc::channel::<BodyItem>(32);
+    let st = state.clone();
+    let sess = s.clone();
+    let work = tokio::task::spawn_blocking(move || {
+        commit_entries(&st, &sess, BodyReader::new(rx), stream_hash)
+    });
+    let pumped = pump_body(req.into_body(), tx, u64::MAX, state.config.idle_timeout()).await;
+    let result = work
+        .await
+        .map_err(|e| ApiError::internal(format!("commit worker failed: {e}")));
+    let info = match (pumped, result) {
+        (_, Ok(Ok(info))) => info,
+        (Err(e), _) | (Ok(_), Ok(Err(e))) | (Ok(_), Err(e)) => {
+            s.committing.store(false, Ordering::SeqCst);
+            return Err(e);
+        }
+    };
+    state.sessions.remove(sid);
+    tracing::info!(name = %info.name, id = info.id.0, bytes = info.size, "snapshot committed by chunk protocol");
+    Ok(json_response(StatusCode::CREATED, &to_api(&info)))
+}
+
+fn commit_entries(
+    state: &State,
+    s: &Session,
+    mut body: BodyReader,
+    stream_hash: [u8; 32],
+) -> Result<bunker_store::SnapshotInfo, ApiError> {
+    let max = u64::from(state.repo.chunker_params().max_len);
+    let mut w = state
+        .repo
+        .begin_snapshot(&s.name, &s.source, s.creator)
+        .map_err(|e| state.store_error(e))?;
+    let mut reader = std::io::BufReader::with_capacity(256 << 10, &mut body);
+    let mut entry = [0u8; COMMIT_ENTRY_LEN];
+    let mut i = 0u64;
+    loop {
+        match read_entry(&mut reader, &mut entry) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => return Err(ApiError::bad_request(format!("manifest entry {i}: {e}"))),
+        }
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&entry[..8]);
+        let len = u64::from_le_bytes(len);
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&entry[8..]);
+        let id = ChunkId(id);
+        if len == 0 || (len > max && !id.is_zero()) {
+            return Err(ApiError::bad_request(format!(
+                "manifest entry {i}: length {len} is outside 1..={max}"
+            )));
+        }
+        w.push_stored(&id, len).map_err(|e| match e {
+            bunker_store::Error::NotFound { .. } => ApiError::new(
+                ErrorCode::MissingChunk,
+                format!("manifest entry {i}: chunk {id} is not stored; upload it first"),
+            ),
+            other => state.store_error(other),
+        })?;
+        i += 1;
+    }
+    w.add_new(
+        s.new_chunks.load(Ordering::Relaxed),
+        s.new_bytes.load(Ordering::Relaxed),
+    );
+    w.commit(stream_hash, None)
+        .map_err(|e| state.store_error(e))
+}
+
+/// Reads one entry; `Ok(false)` at a clean end, an error for a torn one.
+fn read_entry(r: &mut impl Read, buf: &mut [u8; COMMIT_ENTRY_LEN]) -> std::io::Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..])? {
+            0 if got == 0 => return Ok(false),
+            0 => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the body ends inside an entry",
+                ))
+            }
+            n => got += n,
+        }
+    }
+    Ok(true)
+}

@@ -1,0 +1,396 @@
+//! Snapshots: list, metadata, delete, raw upload (`PUT`) and verified,
+//! streamed restore with `Range` support.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bunker_api::{ErrorCode, Role, SnapshotList};
+use bunker_store::{IngestOptions, Piece, SnapshotId};
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderValue, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE,
+};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::sync::mpsc;
+
+use super::{blocking, can_read, check_name, parse_hash, require, to_api};
+use crate::error::ApiError;
+use crate::tokens::Principal;
+use crate::{
+    json_response, not_allowed, pump_body, BodyItem, BodyReader, ChannelBody, Reply, State,
+};
+
+/// Zeros served for zero chunks, a slice at a time.
+static ZEROS: [u8; 1 << 20] = [0u8; 1 << 20];
+
+pub(super) async fn list(
+    state: &Arc<State>,
+    p: &Principal,
+    method: &Method,
+    name: Option<&str>,
+) -> Reply {
+    if method != Method::GET {
+        return Err(not_allowed());
+    }
+    let name = name.map(str::to_string);
+    if let Some(n) = &name {
+        check_name(p, n)?;
+    }
+    let st = state.clone();
+    let principal = p.clone();
+    let snapshots = blocking(move || {
+        let all = st
+            .repo
+            .list(name.as_deref())
+            .map_err(|e| st.store_error(e))?;
+        Ok(all
+            .iter()
+            .filter(|s| can_read(&principal, &s.name, s.creator))
+            .map(to_api)
+            .collect::<Vec<_>>())
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &SnapshotList { snapshots }))
+}
+
+/// `latest` or a decimal id.
+fn parse_id(id: &str) -> Result<Option<SnapshotId>, ApiError> {
+    if id == "latest" {
+        return Ok(None);
+    }
+    id.parse::<u64>().map(|n| Some(SnapshotId(n))).map_err(|_| {
+        ApiError::bad_request(format!(
+            "snapshot id {:?} is neither a number nor 'latest'",
+            id.chars().take(40).collect::<String>()
+        ))
+    })
+}
+
+/// Looks a snapshot up and checks that `p` may read it. A snapshot the
+/// caller may not read is reported as absent.
+async fn readable(
+    state: &Arc<State>,
+    p: &Principal,
+    name: &str,
+    id: &str,
+) -> Result<bunker_store::SnapshotInfo, ApiError> {
+    check_name(p, name)?;
+    let id = parse_id(id)?;
+    let st = state.clone();
+    let n = name.to_string();
+    let principal = p.clone();
+    blocking(move || {
+        let info = match id {
+            Some(id) => st
+                .repo
+                .snapshot(&n, Some(id))
+                .map_err(|e| st.store_error(e))?,
+            // A writer's `latest` is the latest it created.
+            None if principal.role == Role::Writer => st
+                .repo
+                .list(Some(&n))
+                .map_err(|e| st.store_error(e))?
+                .into_iter()
+                .rev()
+                .find(|s| s.creator == principal.id)
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("no snapshot of {n:?} created by this token"))
+                })?,
+            None => st.repo.snapshot(&n, None).map_err(|e| st.store_error(e))?,
+        };
+        if !can_read(&principal, &info.name, info.creator) {
+            return Err(ApiError::not_found(format!(
+                "snapshot {n}@{} not found",
+                info.id
+            )));
+        }
+        Ok(info)
+    })
+    .await
+}
+
+pub(super) async fn one(
+    state: &Arc<State>,
+    p: &Principal,
+    method: &Method,
+    name: &str,
+    id: &str,
+) -> Reply {
+    match *method {
+        Method::GET => {
+            let info = readable(state, p, name, id).await?;
+            Ok(json_response(StatusCode::OK, &to_api(&info)))
+        }
+        Method::DELETE => {
+            require(
+                p,
+                &[Role::Admin],
+                "delete snapshots (backups are append-only for writers)",
+            )?;
+            check_name(p, name)?;
+            let id = parse_id(id)?.ok_or_else(|| {
+                ApiError::bad_request("delete a snapshot by its id, not 'latest'")
+            })?;
+            let st = state.clone();
+            let n = name.to_string();
+            blocking(move || st.repo.delete(&n, id).map_err(|e| st.store_error(e))).await?;
+            tracing::info!(name, id = id.0, "snapshot deleted");
+            let mut r = Response::new(crate::full(""));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            Ok(r)
+        }
+        _ => Err(not_allowed()),
+    }
+}
+
+/// Parses a single `bytes=` range against `size`: `Ok(None)` for no (or an
+/// ignored multi-) range, 416 for an unsatisfiable one.
+fn parse_range(value: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u64)>, ApiError> {
+    let Some(v) = value else { return Ok(None) };
+    let unsatisfiable = || {
+        ApiError::new(
+            ErrorCode::RangeNotSatisfiable,
+            format!("range {v:?} is not satisfiable for {size} bytes"),
+        )
+    };
+    let text = v.to_str().map_err(|_| unsatisfiable())?;
+    let Some(spec) = text.trim().strip_prefix("bytes=") else {
+        return Err(unsatisfiable());
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let (a, b) = spec.split_once('-').ok_or_else(unsatisfiable)?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix.parse().map_err(|_| unsatisfiable())?;
+            if n == 0 {
+                return Err(unsatisfiable());
+            }
+            (size.saturating_sub(n), size)
+        }
+        (s, "") => (s.parse().map_err(|_| unsatisfiable())?, size),
+        (s, e) => {
+            let s: u64 = s.parse().map_err(|_| unsatisfiable())?;
+            let e: u64 = e.parse().map_err(|_| unsatisfiable())?;
+            if e < s {
+                return Err(unsatisfiable());
+            }
+            (s, e.saturating_add(1).min(size))
+        }
+    };
+    if start >= size {
+        return Err(unsatisfiable());
+    }
+    Ok(Some((start, end)))
+}
+
+pub(super) async fn data(
+    state: &Arc<State>,
+    p: &Principal,
+    req: Request<Incoming>,
+    name: &str,
+    id: &str,
+) -> Reply {
+    if req.method() != Method::GET {
+        return Err(not_allowed());
+    }
+    let info = readable(state, p, name, id).await?;
+    let range = parse_range(req.headers().get(RANGE), info.size)?;
+    let (start, end) = range.unwrap_or((0, info.size));
+    let st = state.clone();
+    let n = info.name.clone();
+    let sid = info.id;
+    let reader = blocking(move || {
+        st.repo
+            .reader(&n, Some(sid), Some(start..end))
+            .map_err(|e| st.store_error(e))
+    })
+    .await?;
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
+    let st = state.clone();
+    let label = format!("{}@{}", info.name, info.id);
+    tokio::task::spawn_blocking(move || stream_pieces(reader, tx, &st, &label));
+    let mut r = Response::new(ChannelBody::new(rx));
+    let h = r.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(end - start));
+    if let Ok(v) = HeaderValue::from_str(&info.stream_hash_hex()) {
+        h.insert(bunker_api::HEADER_STREAM_HASH, v);
+    }
+    if range.is_some() {
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "bytes {start}-{}/{}",
+            end.saturating_sub(1),
+            info.size
+        )) {
+            h.insert(CONTENT_RANGE, v);
+        }
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
+    Ok(r)
+}
+
+/// Sends verified pieces into the response. On the first error the body is
+/// aborted (the client sees a cut response, never wrong bytes) and the
+/// damage is logged with its pack and offset.
+fn stream_pieces(
+    mut reader: bunker_store::SnapshotReader,
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+    state: &State,
+    label: &str,
+) {
+    loop {
+        match reader.next_piece() {
+            Ok(Some(Piece::Data(d))) => {
+                state
+                    .metrics
+                    .restore_bytes
+                    .fetch_add(d.len() as u64, Ordering::Relaxed);
+                if tx.blocking_send(Ok(Bytes::from(d))).is_err() {
+                    return;
+                }
+            }
+            Ok(Some(Piece::Zero(mut n))) => {
+                state.metrics.restore_bytes.fetch_add(n, Ordering::Relaxed);
+                while n > 0 {
+                    let k = n.min(ZEROS.len() as u64) as usize;
+                    if tx
+                        .blocking_send(Ok(Bytes::from_static(&ZEROS[..k])))
+                        .is_err()
+                    {
+                        return;
+                    }
+                    n -= k as u64;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(snapshot = label, "restore aborted: {e}");
+                state.metrics.error("corrupt_data");
+                let _ = tx.blocking_send(Err(std::io::Error::other(format!(
+                    "restore of {label} aborted: {e}"
+                ))));
+                return;
+            }
+        }
+    }
+}
+
+/// `PUT /v1/snapshots/{name}`: the body is the image.
+pub(super) async fn upload(
+    state: &Arc<State>,
+    p: &Principal,
+    name: &str,
+    req: Request<Incoming>,
+) -> Reply {
+    require(p, &[Role::Admin, Role::Writer], "create snapshots")?;
+    check_name(p, name)?;
+    let max = state.config.max_body_bytes;
+    if let Some(len) = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > max {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("{len} bytes is more than the server's limit of {max}"),
+            ));
+        }
+    }
+    let expected = parse_hash(
+        req.headers().get(bunker_api::HEADER_STREAM_HASH),
+        bunker_api::HEADER_STREAM_HASH,
+    )?;
+    let source = req
+        .headers()
+        .get(bunker_api::HEADER_SOURCE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("http upload")
+        .chars()
+        .take(192)
+        .collect::<String>();
+    let permit = state.stream_permit()?;
+    state.metrics.active_streams.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel::<BodyItem>(32);
+    let st = state.clone();
+    let n = name.to_string();
+    let opts = IngestOptions {
+        source,
+        expected_hash: expected,
+        creator: p.id,
+    };
+    let ingest = tokio::task::spawn_blocking(move || {
+        let mut last = bunker_store::Progress::default();
+        let r = st.repo.ingest(&n, BodyReader::new(rx), &opts, &mut |pr| {
+            let m = &st.metrics;
+            m.bytes_ingested
+                .fetch_add(pr.bytes_read - last.bytes_read, Ordering::Relaxed);
+            m.chunks_stored
+                .fetch_add(pr.new_chunks - last.new_chunks, Ordering::Relaxed);
+            m.bytes_stored
+                .fetch_add(pr.new_bytes - last.new_bytes, Ordering::Relaxed);
+            last = *pr;
+        });
+        r.map_err(|e| st.store_error(e))
+    });
+    let pumped = pump_body(req.into_body(), tx, max, state.config.idle_timeout()).await;
+    let result = ingest
+        .await
+        .map_err(|e| ApiError::internal(format!("ingest worker failed: {e}")));
+    state.metrics.active_streams.fetch_sub(1, Ordering::Relaxed);
+    drop(permit);
+    // A body failure explains an ingest failure better than "cut off".
+    let info = match (pumped, result) {
+        (_, Ok(Ok(info))) => info,
+        (Err(body_err), _) => return Err(body_err),
+        (Ok(_), Ok(Err(e))) | (Ok(_), Err(e)) => return Err(e),
+    };
+    let dedup = info.size.saturating_sub(info.new_bytes.min(info.size));
+    state
+        .metrics
+        .bytes_deduplicated
+        .fetch_add(dedup, Ordering::Relaxed);
+    tracing::info!(
+        name,
+        id = info.id.0,
+        bytes = info.size,
+        new_bytes = info.new_bytes,
+        "snapshot uploaded"
+    );
+    Ok(json_response(StatusCode::CREATED, &to_api(&info)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+    use hyper::header::HeaderValue;
+
+    #[test]
+    fn ranges() {
+        let r = |s: &str| parse_range(Some(&HeaderValue::from_str(s).unwrap()), 1000);
+        assert_eq!(r("bytes=0-99").unwrap(), Some((0, 100)));
+        assert_eq!(r("bytes=900-").unwrap(), Some((900, 1000)));
+        assert_eq!(r("bytes=-10").unwrap(), Some((990, 1000)));
+        assert_eq!(r("bytes=990-5000").unwrap(), Some((990, 1000)));
+        assert_eq!(r("bytes=0-1,5-6").unwrap(), None);
+        for bad in [
+            "bytes=1000-",
+            "bytes=5-1",
+            "bytes=-0",
+            "items=0-1",
+            "bytes=x-1",
+            "bytes=-",
+        ] {
+            assert!(r(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_range(None, 10).unwrap(), None);
+    }
+}

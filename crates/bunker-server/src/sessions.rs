@@ -1,0 +1,95 @@
+//! Chunk-protocol sessions.
+//!
+//! Lifecycle: `POST /v1/sessions` opens a session for one snapshot name;
+//! the client asks which chunk ids are missing, uploads those, and commits
+//! the ordered list of (length, id) with the whole-stream BLAKE3. A session
+//! ends at commit, at `DELETE`, or `session_idle_secs` after its last
+//! request (a reaper runs every few seconds). Sessions live in memory: a
+//! restarted server has none, and a client starts over (the chunks it
+//! uploaded are stored and deduplicate).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct Session {
+    pub id: String,
+    pub name: String,
+    pub source: String,
+    pub creator: u64,
+    last_used: Mutex<Instant>,
+    pub new_chunks: AtomicU64,
+    pub new_bytes: AtomicU64,
+    pub committing: AtomicBool,
+}
+
+impl Session {
+    pub fn touch(&self) {
+        if let Ok(mut t) = self.last_used.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.last_used
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
+
+    pub fn add_stored(&self, chunks: u64, bytes: u64) {
+        self.new_chunks.fetch_add(chunks, Ordering::Relaxed);
+        self.new_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+impl Sessions {
+    pub fn open(&self, id: String, name: String, source: String, creator: u64) -> Arc<Session> {
+        let s = Arc::new(Session {
+            id: id.clone(),
+            name,
+            source,
+            creator,
+            last_used: Mutex::new(Instant::now()),
+            new_chunks: AtomicU64::new(0),
+            new_bytes: AtomicU64::new(0),
+            committing: AtomicBool::new(false),
+        });
+        if let Ok(mut m) = self.map.lock() {
+            m.insert(id, s.clone());
+        }
+        s
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
+        let s = self.map.lock().ok()?.get(id).cloned()?;
+        s.touch();
+        Some(s)
+    }
+
+    pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
+        self.map.lock().ok()?.remove(id)
+    }
+
+    /// Ends sessions idle for longer than `idle`; returns how many.
+    pub fn expire(&self, idle: Duration) -> usize {
+        let Ok(mut m) = self.map.lock() else { return 0 };
+        let before = m.len();
+        m.retain(|_, s| s.committing.load(Ordering::Relaxed) || s.idle_for() < idle);
+        before - m.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
