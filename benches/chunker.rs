@@ -4,7 +4,6 @@
 
 use bunker_benches::{random, text};
 use bunker_chunk::{ChunkId, Chunker, ChunkerParams};
-use bunker_store::ingest::parallel_cuts;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 const LEN: usize = 64 << 20;
@@ -23,7 +22,7 @@ fn chunking(c: &mut Criterion) {
             b.iter(|| chunker.cuts(d, true).len())
         });
         g.bench_with_input(BenchmarkId::new("all cores", name), data, |b, d| {
-            b.iter(|| parallel_cuts(&chunker, d, true).len())
+            b.iter(|| bunker_chunk::seams::cuts_parallel(&chunker, d, true).len())
         });
     }
     g.finish();

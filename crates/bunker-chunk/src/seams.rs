@@ -10,8 +10,9 @@
 //! reset at every cut). With random data the chains meet within a chunk or
 //! two, so almost all work is done in parallel.
 //!
-//! This module runs nothing in parallel itself: the caller runs [`scan`] for
-//! each segment on its own threads (the store uses rayon).
+//! This module runs nothing in parallel itself unless the `rayon` feature is
+//! on ([`cuts_parallel`]); otherwise the caller runs [`scan`] for each
+//! segment on its own threads.
 
 use crate::{Chunker, Cut};
 
@@ -99,6 +100,25 @@ pub fn stitch(chunker: &Chunker, data: &[u8], eof: bool, segments: Vec<SegmentCu
         out.extend(chunker.cuts_until(data, pos, usize::MAX, eof));
     }
     out
+}
+
+/// The sequential chunker's cuts of `data`, computed on all rayon threads:
+/// the buffer is split into about two segments per thread (none shorter
+/// than four maximum chunks) and stitched.
+#[cfg(feature = "rayon")]
+pub fn cuts_parallel(chunker: &Chunker, data: &[u8], eof: bool) -> Vec<Cut> {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    let min_segment = 4 * chunker.params().max_len as usize;
+    let starts = split(data.len(), threads * 2, min_segment);
+    if starts.len() <= 1 {
+        return chunker.cuts(data, eof);
+    }
+    let scans: Vec<SegmentCuts> = (0..starts.len())
+        .into_par_iter()
+        .map(|i| scan(chunker, data, &starts, i, eof))
+        .collect();
+    stitch(chunker, data, eof, scans)
 }
 
 #[cfg(test)]

@@ -1,10 +1,17 @@
 //! The `bunker` command line: one subcommand per file in `cmd/`. Thin: the
 //! work is done by bunker-server, bunker-client and bunker-store.
 //!
-//! Exit codes: 0 success, 1 failure, 2 usage error (clap).
+//! Exit codes (also in the README):
+//! - 0 success
+//! - 1 failure (server unreachable, refused token, I/O, interrupted transfer)
+//! - 2 usage error
+//! - 3 not found (unknown snapshot or name)
+//! - 4 verification failed (damaged or wrong data)
 
 mod cmd;
+mod output;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -17,29 +24,123 @@ use clap::{Parser, Subcommand};
     propagate_version = true
 )]
 struct Cli {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Options every client command shares.
+#[derive(clap::Args, Clone)]
+pub struct Global {
+    /// Server URL.
+    #[arg(
+        long,
+        global = true,
+        env = "BUNKER_SERVER",
+        default_value = "http://127.0.0.1:7711"
+    )]
+    server: String,
+    /// API token.
+    #[arg(long, global = true, env = "BUNKER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the API token (e.g. <data>/admin.token).
+    #[arg(long, global = true, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the backup server.
     Serve(cmd::serve::Args),
+    /// Back up a file, block device or stdin (-) as a new snapshot.
+    Backup(cmd::backup::Args),
+    /// Restore a snapshot to a file, block device or stdout (-), verified.
+    Restore(cmd::restore::Args),
+    /// List snapshots.
+    Snapshots(cmd::snapshots::Args),
+    /// Restore drill: restore to nowhere, verify everything, report timing.
+    Drill(cmd::drill::Args),
+    /// Repository figures: sizes, dedup and compression.
+    Stats,
+    /// Create, list and revoke API tokens (admin).
+    #[command(subcommand)]
+    Token(cmd::token::Command),
+    /// End-to-end demo on a temporary embedded server.
+    Demo(cmd::demo::Args),
 }
+
+/// A failure with the exit code it maps to.
+pub struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        let error: anyhow::Error = e.into();
+        let code = match error
+            .downcast_ref::<bunker_client::Error>()
+            .map(|e| e.kind())
+        {
+            Some(bunker_client::ErrorKind::NotFound) => 3,
+            Some(bunker_client::ErrorKind::Verification) => 4,
+            _ => 1,
+        };
+        Failure { code, error }
+    }
+}
+
+impl Failure {
+    pub fn with_code(code: u8, error: anyhow::Error) -> Failure {
+        Failure { code, error }
+    }
+}
+
+pub type CmdResult = Result<(), Failure>;
 
 /// Parses the command line, runs the command, and maps failure to an exit
 /// code with a one-line message on stderr.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let g = cli.global;
     let result = match cli.command {
-        Command::Serve(args) => cmd::serve::run(args),
+        Command::Serve(args) => cmd::serve::run(args).map_err(Failure::from),
+        Command::Backup(args) => cmd::backup::run(&g, args),
+        Command::Restore(args) => cmd::restore::run(&g, args),
+        Command::Snapshots(args) => cmd::snapshots::run(&g, args),
+        Command::Drill(args) => cmd::drill::run(&g, args),
+        Command::Stats => cmd::snapshots::stats(&g),
+        Command::Token(c) => cmd::token::run(&g, c),
+        Command::Demo(args) => cmd::demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bunker: {e:#}");
-            ExitCode::from(1)
+        Err(f) => {
+            eprintln!("bunker: {:#}", f.error);
+            ExitCode::from(f.code)
         }
+    }
+}
+
+impl Global {
+    /// A client for `--server` with the token from `--token`, `--token-file`
+    /// or `BUNKER_TOKEN`.
+    pub fn client(&self) -> anyhow::Result<bunker_client::Client> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| anyhow::anyhow!("reading the token file {}: {e}", f.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        Ok(bunker_client::Client::new(&self.server, token))
     }
 }
 

@@ -448,3 +448,83 @@ pub(crate) fn not_allowed() -> ApiError {
 }
 
 pub(crate) type Reply = Result<Response<Body>, ApiError>;
+
+/// A server running on its own thread and runtime (the demo, benchmarks).
+/// Dropping it shuts it down gracefully and waits for it.
+pub struct Background {
+    pub url: String,
+    /// The admin token written on first start, if this start created it.
+    pub admin_token: Option<String>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Opens the repository and serves it on `config.listen` (port 0 picks
+/// one) in the background.
+pub fn spawn(config: Config) -> Result<Background, String> {
+    let listener = std::net::TcpListener::bind(config.listen)
+        .map_err(|e| format!("listening on {}: {e}", config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let (state, admin_file) = State::open(config)?;
+    let admin_token = match admin_file {
+        Some(f) => Some(
+            std::fs::read_to_string(&f)
+                .map_err(|e| format!("reading {}: {e}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("bunker-server".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("starting the server runtime: {e}");
+                    return;
+                }
+            };
+            runtime.block_on(async {
+                match TcpListener::from_std(listener) {
+                    Ok(l) => {
+                        if let Err(e) = run(l, state.clone(), None, async {
+                            let _ = rx.await;
+                        })
+                        .await
+                        {
+                            tracing::error!("server stopped: {e}");
+                        }
+                    }
+                    Err(e) => tracing::error!("server listener: {e}"),
+                }
+            });
+            runtime.shutdown_timeout(Duration::from_secs(10));
+            if let Err(e) = state.repo.close() {
+                tracing::warn!("closing the repository: {e}");
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(Background {
+        url: format!("http://{addr}"),
+        admin_token,
+        stop: Some(tx),
+        thread: Some(thread),
+    })
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -117,7 +117,7 @@ impl Repository {
                 buf[start..max].copy_from_slice(&carry);
                 hasher.update_rayon(&buf[max..max + filled]);
                 let data = &buf[start..max + filled];
-                let cuts = parallel_cuts(&chunker, data, eof);
+                let cuts = seams::cuts_parallel(&chunker, data, eof);
                 let mut pieces: Vec<(usize, usize, bool)> = Vec::with_capacity(cuts.len());
                 let mut at = 0;
                 for c in &cuts {
@@ -174,23 +174,4 @@ fn fill(source: &mut impl Read, buf: &mut [u8]) -> std::io::Result<(usize, bool)
         }
     }
     Ok((filled, false))
-}
-
-/// The sequential chunker's cuts of `data`, computed on all rayon threads.
-pub fn parallel_cuts(
-    chunker: &bunker_chunk::Chunker,
-    data: &[u8],
-    eof: bool,
-) -> Vec<bunker_chunk::Cut> {
-    let threads = rayon::current_num_threads();
-    let min_segment = 4 * chunker.params().max_len as usize;
-    let starts = seams::split(data.len(), threads * 2, min_segment);
-    if starts.len() <= 1 {
-        return chunker.cuts(data, eof);
-    }
-    let scans: Vec<_> = (0..starts.len())
-        .into_par_iter()
-        .map(|i| seams::scan(chunker, data, &starts, i, eof))
-        .collect();
-    seams::stitch(chunker, data, eof, scans)
 }

@@ -58,6 +58,14 @@ pub(crate) async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'s
             "get_data",
             snapshots::data(state, &principal, req, name, id).await,
         ),
+        ["v1", "snapshots", name, id, "manifest"] => (
+            "get_manifest",
+            snapshots::manifest(state, &principal, req, name, id).await,
+        ),
+        ["v1", "snapshots", name, id, "chunks", chunk] => (
+            "get_chunk",
+            snapshots::chunk(state, &principal, req, name, id, chunk).await,
+        ),
         ["v1", "sessions"] => ("open_session", sessions::open(state, &principal, req).await),
         ["v1", "sessions", sid] => ("session", sessions::abort(state, &principal, &method, sid)),
         ["v1", "sessions", sid, "missing"] => (

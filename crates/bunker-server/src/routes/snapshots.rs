@@ -236,6 +236,103 @@ pub(super) async fn data(
     Ok(r)
 }
 
+/// `GET .../manifest`: the snapshot's chunks in stream order, 40 bytes
+/// each: end offset (u64 little-endian) and chunk id (all zeros for a zero
+/// chunk). Streamed from the manifest file.
+pub(super) async fn manifest(
+    state: &Arc<State>,
+    p: &Principal,
+    req: Request<Incoming>,
+    name: &str,
+    id: &str,
+) -> Reply {
+    if req.method() != Method::GET {
+        return Err(not_allowed());
+    }
+    let info = readable(state, p, name, id).await?;
+    let st = state.clone();
+    let (n, sid) = (info.name.clone(), info.id);
+    let entries = blocking(move || {
+        st.repo
+            .manifest_entries(&n, sid)
+            .map_err(|e| st.store_error(e))
+    })
+    .await?;
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::with_capacity(40 * 4096);
+        for e in entries {
+            match e {
+                Ok(e) => {
+                    buf.extend_from_slice(&e.end.to_le_bytes());
+                    buf.extend_from_slice(&e.id.0);
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            }
+            if buf.len() >= 40 * 4096
+                && tx
+                    .blocking_send(Ok(Bytes::from(std::mem::take(&mut buf))))
+                    .is_err()
+            {
+                return;
+            }
+        }
+        if !buf.is_empty() {
+            let _ = tx.blocking_send(Ok(Bytes::from(buf)));
+        }
+    });
+    let mut r = Response::new(ChannelBody::new(rx));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    r.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(info.chunks * 40));
+    Ok(r)
+}
+
+/// `GET .../chunks/{id}`: one chunk's raw bytes, BLAKE3-verified before the
+/// response starts, so a damaged chunk is a 500 naming it.
+pub(super) async fn chunk(
+    state: &Arc<State>,
+    p: &Principal,
+    req: Request<Incoming>,
+    name: &str,
+    id: &str,
+    chunk: &str,
+) -> Reply {
+    if req.method() != Method::GET {
+        return Err(not_allowed());
+    }
+    let chunk =
+        bunker_store::ChunkId::from_hex(chunk).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let info = readable(state, p, name, id).await?;
+    let st = state.clone();
+    let label = format!("{}@{}", info.name, info.id);
+    let data = blocking(move || {
+        st.repo.read_chunk(&chunk).map_err(|e| {
+            if e.is_corrupt() {
+                tracing::error!(snapshot = label, "damaged chunk requested: {e}");
+            }
+            st.store_error(e)
+        })
+    })
+    .await?;
+    state
+        .metrics
+        .restore_bytes
+        .fetch_add(data.len() as u64, Ordering::Relaxed);
+    let mut r = Response::new(crate::full(data));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(r)
+}
+
 /// Sends verified pieces into the response. On the first error the body is
 /// aborted (the client sees a cut response, never wrong bytes) and the
 /// damage is logged with its pack and offset.

@@ -1,0 +1,295 @@
+//! Backup with client-side deduplication (the chunk protocol).
+//!
+//! Per 16 MiB block of the source: content-defined cuts on all cores (the
+//! server's parameters, so chunk ids match what the server stores), BLAKE3
+//! of each chunk in parallel, one `missing` query for the block's ids,
+//! parallel uploads of the missing chunks (zstd level 1 when it saves
+//! space; the server verifies and re-compresses), and the block's manifest
+//! entries appended to a temporary file. The commit streams that file.
+//! Memory: one block buffer plus the compressed chunks of one block.
+
+use std::collections::HashSet;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::time::Instant;
+
+use bunker_api::{Session, SessionRequest, Snapshot, COMMIT_ENTRY_LEN};
+use bunker_chunk::{seams, ChunkId, Chunker, ChunkerParams};
+use rayon::prelude::*;
+
+use crate::{Client, Error, Result};
+
+/// Bytes read from the source per block.
+const BLOCK_LEN: usize = 16 << 20;
+
+#[derive(Clone, Debug, Default)]
+pub struct BackupOptions {
+    /// Kept in the snapshot (e.g. `host:/dev/sdb`).
+    pub source: String,
+    /// Total bytes, when known (for progress).
+    pub size_hint: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BackupProgress {
+    pub bytes_read: u64,
+    pub total: Option<u64>,
+    pub chunks: u64,
+    pub chunks_uploaded: u64,
+    /// Bytes sent over the wire for chunk uploads (after compression).
+    pub bytes_uploaded: u64,
+    /// Bytes of chunks the server already had, plus zero runs.
+    pub bytes_deduplicated: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct BackupReport {
+    pub snapshot: Snapshot,
+    pub progress: BackupProgress,
+    pub seconds: f64,
+}
+
+impl Client {
+    /// Backs `source` up as a new snapshot of `name`. On error nothing is
+    /// committed; chunks already uploaded stay and make a retry cheaper.
+    pub fn backup(
+        &self,
+        name: &str,
+        mut source: impl Read,
+        opts: &BackupOptions,
+        progress: &mut dyn FnMut(&BackupProgress),
+    ) -> Result<BackupReport> {
+        let started = Instant::now();
+        let info = self.info()?;
+        let params = ChunkerParams::new(
+            info.chunker.min_bytes,
+            info.chunker.avg_bytes,
+            info.chunker.max_bytes,
+        )
+        .map_err(|e| {
+            Error::Interrupted(format!(
+                "the server announced unusable chunker parameters: {e}"
+            ))
+        })?;
+        let chunker = Chunker::new(params);
+        let session: Session = self.json_post(
+            "/v1/sessions",
+            &SessionRequest {
+                name: name.to_string(),
+                source: Some(opts.source.clone()),
+            },
+        )?;
+        let result = self.upload_all(&session, &chunker, &mut source, opts, progress);
+        let (manifest, stream_hash, stats) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.delete(&format!("/v1/sessions/{}", session.id)).call();
+                return Err(e);
+            }
+        };
+        let mut file = manifest
+            .reopen()
+            .map_err(|e| Error::io("reopening the temporary manifest", e))?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io("rewinding the temporary manifest", e))?;
+        let resp = self
+            .post(&format!("/v1/sessions/{}/commit", session.id))
+            .header(
+                bunker_api::HEADER_STREAM_HASH,
+                &stream_hash.to_hex().to_string(),
+            )
+            .header("content-type", "application/octet-stream")
+            .send(ureq::SendBody::from_reader(&mut file));
+        let mut resp = self.check(resp)?;
+        let snapshot: Snapshot = resp
+            .body_mut()
+            .read_json()
+            .map_err(|e| Error::Interrupted(format!("reading the commit answer: {e}")))?;
+        Ok(BackupReport {
+            snapshot,
+            progress: stats,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn json_post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T> {
+        let mut resp = self.check(self.post(path).send_json(body))?;
+        resp.body_mut()
+            .read_json()
+            .map_err(|e| Error::Interrupted(format!("reading the server's answer: {e}")))
+    }
+
+    /// Reads, chunks, uploads; returns the manifest file, the stream hash
+    /// and the final figures.
+    fn upload_all(
+        &self,
+        session: &Session,
+        chunker: &Chunker,
+        source: &mut impl Read,
+        opts: &BackupOptions,
+        progress: &mut dyn FnMut(&BackupProgress),
+    ) -> Result<(tempfile::NamedTempFile, blake3::Hash, BackupProgress)> {
+        let max = chunker.params().max_len as usize;
+        let tmp = tempfile::NamedTempFile::new()
+            .map_err(|e| Error::io("creating a temporary manifest", e))?;
+        let mut manifest = BufWriter::with_capacity(
+            1 << 20,
+            tmp.reopen()
+                .map_err(|e| Error::io("opening the temporary manifest", e))?,
+        );
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; max + BLOCK_LEN];
+        let mut carry = 0usize;
+        let mut stats = BackupProgress {
+            total: opts.size_hint,
+            ..Default::default()
+        };
+        loop {
+            let (filled, eof) = fill(source, &mut buf[carry..])
+                .map_err(|e| Error::io("reading the backup source", e))?;
+            hasher.update_rayon(&buf[carry..carry + filled]);
+            let data = &buf[..carry + filled];
+            let cuts = seams::cuts_parallel(chunker, data, eof);
+            let mut spans = Vec::with_capacity(cuts.len());
+            let mut at = 0;
+            for c in &cuts {
+                spans.push((at, c.end, c.zero));
+                at = c.end;
+            }
+            let ids: Vec<ChunkId> = spans
+                .par_iter()
+                .map(|&(s, e, zero)| {
+                    if zero {
+                        ChunkId::ZERO
+                    } else {
+                        ChunkId::of(&data[s..e])
+                    }
+                })
+                .collect();
+            self.send_missing(session, data, &spans, &ids, &mut stats)?;
+            for ((s, e, _), id) in spans.iter().zip(&ids) {
+                let mut entry = [0u8; COMMIT_ENTRY_LEN];
+                entry[..8].copy_from_slice(&((e - s) as u64).to_le_bytes());
+                entry[8..].copy_from_slice(&id.0);
+                manifest
+                    .write_all(&entry)
+                    .map_err(|e| Error::io("writing the temporary manifest", e))?;
+            }
+            stats.bytes_read += filled as u64;
+            stats.chunks += spans.len() as u64;
+            progress(&stats);
+            let len = data.len();
+            buf.copy_within(at..len, 0);
+            carry = len - at;
+            if eof {
+                break;
+            }
+        }
+        manifest
+            .flush()
+            .map_err(|e| Error::io("writing the temporary manifest", e))?;
+        Ok((tmp, hasher.finalize(), stats))
+    }
+
+    /// Asks which chunks of a block are missing and uploads them.
+    fn send_missing(
+        &self,
+        session: &Session,
+        data: &[u8],
+        spans: &[(usize, usize, bool)],
+        ids: &[ChunkId],
+        stats: &mut BackupProgress,
+    ) -> Result<()> {
+        let mut seen = HashSet::new();
+        let mut query: Vec<(ChunkId, usize)> = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            if !id.is_zero() && seen.insert(*id) {
+                query.push((*id, i));
+            }
+        }
+        let zero_bytes: u64 = spans
+            .iter()
+            .filter(|s| s.2)
+            .map(|s| (s.1 - s.0) as u64)
+            .sum();
+        stats.bytes_deduplicated += zero_bytes;
+        if query.is_empty() {
+            return Ok(());
+        }
+        let body: Vec<u8> = query.iter().flat_map(|(id, _)| id.0).collect();
+        let mut resp = self.check(
+            self.post(&format!("/v1/sessions/{}/missing", session.id))
+                .header("content-type", "application/octet-stream")
+                .send(&body[..]),
+        )?;
+        let bitmap = resp
+            .body_mut()
+            .read_to_vec()
+            .map_err(|e| Error::Interrupted(format!("reading the missing-chunk answer: {e}")))?;
+        if bitmap.len() != query.len().div_ceil(8) {
+            return Err(Error::Interrupted(
+                "the server's missing-chunk answer has the wrong length".into(),
+            ));
+        }
+        let missing: Vec<(ChunkId, usize)> = query
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| bitmap[k / 8] & (1 << (k % 8)) != 0)
+            .map(|(_, q)| *q)
+            .collect();
+        let sent: Vec<Result<u64>> = missing
+            .par_iter()
+            .map(|&(id, i)| {
+                let (s, e, _) = spans[i];
+                self.put_chunk(session, &id, &data[s..e])
+            })
+            .collect();
+        let mut uploaded_raw = 0u64;
+        for (r, (_, i)) in sent.into_iter().zip(&missing) {
+            stats.bytes_uploaded += r?;
+            stats.chunks_uploaded += 1;
+            uploaded_raw += (spans[*i].1 - spans[*i].0) as u64;
+        }
+        let block_bytes: u64 = spans
+            .iter()
+            .filter(|s| !s.2)
+            .map(|s| (s.1 - s.0) as u64)
+            .sum();
+        stats.bytes_deduplicated += block_bytes - uploaded_raw;
+        Ok(())
+    }
+
+    /// Uploads one chunk, compressed when that helps; returns bytes sent.
+    fn put_chunk(&self, session: &Session, id: &ChunkId, raw: &[u8]) -> Result<u64> {
+        let path = format!("/v1/sessions/{}/chunks/{}", session.id, id.to_hex());
+        let packed = zstd::bulk::compress(raw, 1)
+            .ok()
+            .filter(|c| c.len() < raw.len() - raw.len() / 32);
+        let resp = match &packed {
+            Some(c) => self
+                .put(&path)
+                .header("content-encoding", "zstd")
+                .send(&c[..]),
+            None => self.put(&path).send(raw),
+        };
+        self.check(resp)?;
+        Ok(packed.map_or(raw.len(), |c| c.len()) as u64)
+    }
+}
+
+/// Reads until `buf` is full or the source ends: `(bytes, eof)`.
+fn fill(source: &mut impl Read, buf: &mut [u8]) -> std::io::Result<(usize, bool)> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match source.read(&mut buf[filled..]) {
+            Ok(0) => return Ok((filled, true)),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((filled, false))
+}

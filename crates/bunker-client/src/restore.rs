@@ -1,0 +1,388 @@
+//! Verified restore and restore drills.
+//!
+//! The manifest is streamed from the server; chunks are fetched by several
+//! threads at once (a bounded window ahead of the writer), each checked
+//! against its BLAKE3 id on arrival, then handed to the writer in order:
+//! it hashes the whole image and writes with positioned writes. Zero chunks
+//! are never fetched: on a regular file they stay holes. At the end the
+//! whole-image BLAKE3 must equal the snapshot's, or the restore fails.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex};
+use std::time::Instant;
+
+use bunker_api::Snapshot;
+use bunker_chunk::ChunkId;
+
+use crate::{Client, Error, Result};
+
+/// Parallel chunk fetches.
+const FETCHERS: usize = 4;
+/// Chunks fetched ahead of the writer, at most (bounds memory to about
+/// WINDOW x max chunk length).
+const WINDOW: u64 = 64;
+
+/// Where a restore goes.
+pub enum Target<'a> {
+    /// A regular file (refused if it exists, unless `force`) or a block device.
+    File { path: PathBuf, force: bool },
+    /// A stream such as stdout (written in order, zeros included).
+    Stream(&'a mut dyn Write),
+    /// Nowhere: a restore drill.
+    Null,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RestoreProgress {
+    pub bytes: u64,
+    pub total: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct RestoreReport {
+    pub snapshot: Snapshot,
+    pub bytes: u64,
+    /// Bytes of zero chunks (holes on a regular file).
+    pub zero_bytes: u64,
+    pub chunks_verified: u64,
+    pub seconds: f64,
+}
+
+struct Entry {
+    index: u64,
+    start: u64,
+    end: u64,
+    id: ChunkId,
+}
+
+/// Shared between fetchers and the writer.
+struct Window {
+    /// Index of the next chunk the writer needs.
+    next_to_write: u64,
+    done: BTreeMap<u64, Result<Vec<u8>>>,
+    failed: bool,
+}
+
+impl Client {
+    /// Restores `name@id` (latest when `id` is None) to `target`.
+    pub fn restore(
+        &self,
+        name: &str,
+        id: Option<u64>,
+        target: Target<'_>,
+        progress: &mut dyn FnMut(&RestoreProgress),
+    ) -> Result<RestoreReport> {
+        let started = Instant::now();
+        let snap = self.snapshot(name, id)?;
+        let mut out = Output::open(target, snap.size_bytes)?;
+        let entries = self.manifest(&snap)?;
+        let window = Mutex::new(Window {
+            next_to_write: 0,
+            done: BTreeMap::new(),
+            failed: false,
+        });
+        let cv = Condvar::new();
+        let queue = Mutex::new(
+            entries
+                .iter()
+                .filter(|e| !e.id.is_zero())
+                .map(|e| e.index)
+                .collect::<std::collections::VecDeque<_>>(),
+        );
+        let mut hasher = blake3::Hasher::new();
+        let mut report = RestoreReport {
+            snapshot: snap.clone(),
+            bytes: 0,
+            zero_bytes: 0,
+            chunks_verified: 0,
+            seconds: 0.0,
+        };
+        let write_result = std::thread::scope(|scope| -> Result<()> {
+            for _ in 0..FETCHERS {
+                scope.spawn(|| self.fetch_loop(&snap, &entries, &queue, &window, &cv));
+            }
+            let result = (|| -> Result<()> {
+                for e in &entries {
+                    let len = (e.end - e.start) as usize;
+                    if e.id.is_zero() {
+                        out.write_zero(e.start, len, &mut hasher)?;
+                        report.zero_bytes += len as u64;
+                    } else {
+                        let data = {
+                            let mut w = window.lock().map_err(|_| {
+                                Error::Interrupted("restore worker panicked".into())
+                            })?;
+                            loop {
+                                if let Some(d) = w.done.remove(&e.index) {
+                                    break d;
+                                }
+                                w = cv.wait(w).map_err(|_| {
+                                    Error::Interrupted("restore worker panicked".into())
+                                })?;
+                            }
+                        }?;
+                        if data.len() != len {
+                            return Err(Error::Verification(format!(
+                                "chunk {} at byte {} is {} bytes, the manifest says {len}",
+                                e.id,
+                                e.start,
+                                data.len()
+                            )));
+                        }
+                        hasher.update(&data);
+                        out.write(e.start, &data)?;
+                        report.chunks_verified += 1;
+                    }
+                    report.bytes = e.end;
+                    if let Ok(mut w) = window.lock() {
+                        w.next_to_write = e.index + 1;
+                    }
+                    cv.notify_all();
+                    progress(&RestoreProgress {
+                        bytes: e.end,
+                        total: snap.size_bytes,
+                    });
+                }
+                Ok(())
+            })();
+            if let Ok(mut w) = window.lock() {
+                w.failed = true;
+            }
+            cv.notify_all();
+            result
+        });
+        write_result?;
+        out.finish()?;
+        let actual = hasher.finalize().to_hex().to_string();
+        if report.bytes != snap.size_bytes {
+            return Err(Error::Verification(format!(
+                "restored {} bytes, the snapshot has {}",
+                report.bytes, snap.size_bytes
+            )));
+        }
+        if actual != snap.blake3 {
+            return Err(Error::Verification(format!(
+                "the restored image hashes to {actual}, the snapshot's BLAKE3 is {}",
+                snap.blake3
+            )));
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// The snapshot's entries, streamed from the server.
+    fn manifest(&self, snap: &Snapshot) -> Result<Vec<Entry>> {
+        let resp = self.check(
+            self.get(&format!("/v1/snapshots/{}/{}/manifest", snap.name, snap.id))
+                .call(),
+        )?;
+        let mut reader = BufReader::with_capacity(1 << 20, resp.into_body().into_reader());
+        let mut out = Vec::with_capacity(snap.chunks as usize);
+        let mut buf = [0u8; 40];
+        let mut start = 0u64;
+        for index in 0..snap.chunks {
+            reader
+                .read_exact(&mut buf)
+                .map_err(|e| Error::Interrupted(format!("reading the manifest: {e}")))?;
+            let mut end = [0u8; 8];
+            end.copy_from_slice(&buf[..8]);
+            let end = u64::from_le_bytes(end);
+            let mut id = [0u8; 32];
+            id.copy_from_slice(&buf[8..]);
+            if end <= start || end > snap.size_bytes {
+                return Err(Error::Verification(format!(
+                    "manifest entry {index} ends at {end}, after {start}"
+                )));
+            }
+            out.push(Entry {
+                index,
+                start,
+                end,
+                id: ChunkId(id),
+            });
+            start = end;
+        }
+        Ok(out)
+    }
+
+    fn fetch_loop(
+        &self,
+        snap: &Snapshot,
+        entries: &[Entry],
+        queue: &Mutex<std::collections::VecDeque<u64>>,
+        window: &Mutex<Window>,
+        cv: &Condvar,
+    ) {
+        loop {
+            let Some(index) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                return;
+            };
+            {
+                let Ok(mut w) = window.lock() else { return };
+                while index >= w.next_to_write + WINDOW && !w.failed {
+                    w = match cv.wait(w) {
+                        Ok(w) => w,
+                        Err(_) => return,
+                    };
+                }
+                if w.failed {
+                    return;
+                }
+            }
+            let e = &entries[index as usize];
+            let result = self.fetch_chunk(snap, e);
+            let stop = result.is_err();
+            if let Ok(mut w) = window.lock() {
+                w.done.insert(index, result);
+            }
+            cv.notify_all();
+            if stop {
+                return;
+            }
+        }
+    }
+
+    fn fetch_chunk(&self, snap: &Snapshot, e: &Entry) -> Result<Vec<u8>> {
+        let path = format!(
+            "/v1/snapshots/{}/{}/chunks/{}",
+            snap.name,
+            snap.id,
+            e.id.to_hex()
+        );
+        let resp = self
+            .check(self.get(&path).call())
+            .map_err(|err| match err {
+                Error::Api { code, message, .. } if code == "corrupt_data" => {
+                    Error::Verification(format!(
+                        "the server reports chunk {} (bytes {}..{}) damaged: {message}",
+                        e.id, e.start, e.end
+                    ))
+                }
+                other => other,
+            })?;
+        let mut data = Vec::with_capacity((e.end - e.start) as usize);
+        resp.into_body()
+            .into_reader()
+            .read_to_end(&mut data)
+            .map_err(|err| Error::Interrupted(format!("receiving chunk {}: {err}", e.id)))?;
+        if ChunkId::of(&data) != e.id {
+            return Err(Error::Verification(format!(
+                "chunk {} (bytes {}..{}) arrived with different contents",
+                e.id, e.start, e.end
+            )));
+        }
+        Ok(data)
+    }
+}
+
+/// The restore's destination.
+enum Output<'a> {
+    /// `sparse`: a regular file pre-sized with holes, zero chunks skipped.
+    File {
+        file: File,
+        path: PathBuf,
+        sparse: bool,
+    },
+    Stream(&'a mut dyn Write),
+    Null,
+}
+
+static ZEROS: [u8; 1 << 20] = [0u8; 1 << 20];
+
+impl<'a> Output<'a> {
+    fn open(target: Target<'a>, size: u64) -> Result<Output<'a>> {
+        match target {
+            Target::Null => Ok(Output::Null),
+            Target::Stream(w) => Ok(Output::Stream(w)),
+            Target::File { path, force } => {
+                let what = |e: std::io::Error| Error::io(format!("opening {}", path.display()), e);
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.file_type().is_block_device() => {
+                        let file = File::options().write(true).open(&path).map_err(what)?;
+                        Ok(Output::File {
+                            file,
+                            path,
+                            sparse: false,
+                        })
+                    }
+                    Ok(m) if m.is_file() && !force => Err(Error::io(
+                        format!("{} exists", path.display()),
+                        std::io::Error::new(
+                            std::io::ErrorKind::AlreadyExists,
+                            "refusing to overwrite it; pass --force to replace it",
+                        ),
+                    )),
+                    Ok(m) if !m.is_file() => Err(Error::io(
+                        format!("{}", path.display()),
+                        std::io::Error::other("is neither a regular file nor a block device"),
+                    )),
+                    _ => {
+                        let file = File::create(&path).map_err(what)?;
+                        file.set_len(size)
+                            .map_err(|e| Error::io(format!("sizing {}", path.display()), e))?;
+                        Ok(Output::File {
+                            file,
+                            path,
+                            sparse: true,
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        match self {
+            Output::File { file, path, .. } => file
+                .write_all_at(data, offset)
+                .map_err(|e| write_error(path, e)),
+            Output::Stream(w) => w
+                .write_all(data)
+                .map_err(|e| Error::io("writing the restore stream", e)),
+            Output::Null => Ok(()),
+        }
+    }
+
+    fn write_zero(&mut self, offset: u64, len: usize, hasher: &mut blake3::Hasher) -> Result<()> {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(ZEROS.len());
+            hasher.update(&ZEROS[..n]);
+            match self {
+                Output::File { sparse: true, .. } | Output::Null => {}
+                _ => self.write(offset + done as u64, &ZEROS[..n])?,
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        match self {
+            Output::File { file, path, .. } => file.sync_all().map_err(|e| write_error(path, e)),
+            Output::Stream(w) => w
+                .flush()
+                .map_err(|e| Error::io("writing the restore stream", e)),
+            Output::Null => Ok(()),
+        }
+    }
+}
+
+fn write_error(path: &std::path::Path, e: std::io::Error) -> Error {
+    let full = e.raw_os_error() == Some(28);
+    Error::io(
+        if full {
+            format!(
+                "writing {}: the disk is full (free space or restore elsewhere)",
+                path.display()
+            )
+        } else {
+            format!("writing {}", path.display())
+        },
+        e,
+    )
+}
