@@ -18,7 +18,7 @@ use crate::snapshot::ManifestEntry;
 use crate::{Error, Repository, Result, SnapshotId, SnapshotInfo};
 
 /// Raw bytes decoded per batch.
-pub const BATCH_LEN: u64 = 32 << 20;
+pub const BATCH_LEN: u64 = 8 << 20;
 
 /// A verified piece of a snapshot, in order.
 #[derive(Debug, PartialEq, Eq)]
