@@ -1,5 +1,7 @@
 //! Helpers shared by the suite and its child processes.
 
+pub mod server;
+
 /// The deterministic contents of the crash-test snapshot called `name`:
 /// 0.25 to 3.25 MiB, half shared with other snapshots (dedup), with text,
 /// zero and random regions.

@@ -55,7 +55,12 @@ fn setup() -> Setup {
     let root = dir.path().to_path_buf();
     let server = Server::start(BIN, &root.join("data"), &[]);
     let token = root.join("data/admin.token");
-    Setup { _dir: dir, root, server, token }
+    Setup {
+        _dir: dir,
+        root,
+        server,
+        token,
+    }
 }
 
 #[test]
@@ -64,37 +69,103 @@ fn backup_restore_round_trips_and_a_changed_day_uploads_little() {
     let spec = ImageSpec::new(21, 48 << 20);
     let day0 = write_image(&s.root.join("day0.img"), &spec, 0);
     let day1 = write_image(&s.root.join("day1.img"), &spec, 1);
-    let b0 = json(&bunker(&s.server, &s.token, &["--json", "backup", "vol", s.root.join("day0.img").to_str().unwrap()]));
-    for key in ["name", "id", "size_bytes", "new_bytes", "chunks", "new_chunks", "seconds"] {
+    let b0 = json(&bunker(
+        &s.server,
+        &s.token,
+        &[
+            "--json",
+            "backup",
+            "vol",
+            s.root.join("day0.img").to_str().unwrap(),
+        ],
+    ));
+    for key in [
+        "name",
+        "id",
+        "size_bytes",
+        "new_bytes",
+        "chunks",
+        "new_chunks",
+        "seconds",
+    ] {
         assert!(b0.get(key).is_some(), "backup --json lacks {key}: {b0}");
     }
     assert_eq!(b0["size_bytes"].as_u64(), Some(day0.len() as u64));
-    let b1 = json(&bunker(&s.server, &s.token, &["--json", "backup", "vol", s.root.join("day1.img").to_str().unwrap()]));
+    let b1 = json(&bunker(
+        &s.server,
+        &s.token,
+        &[
+            "--json",
+            "backup",
+            "vol",
+            s.root.join("day1.img").to_str().unwrap(),
+        ],
+    ));
     let new = b1["new_bytes"].as_u64().unwrap();
     let uploaded = b1["uploaded_bytes"].as_u64().unwrap();
-    assert!(new < day1.len() as u64 / 8, "day 1 stored {new} of {}", day1.len());
-    assert!(uploaded < day1.len() as u64 / 8, "day 1 sent {uploaded} bytes");
+    assert!(
+        new < day1.len() as u64 / 8,
+        "day 1 stored {new} of {}",
+        day1.len()
+    );
+    assert!(
+        uploaded < day1.len() as u64 / 8,
+        "day 1 sent {uploaded} bytes"
+    );
     // Restore both to files, bit-exact.
     let id0 = b0["id"].as_u64().unwrap();
     let r0 = s.root.join("r0.img");
-    ok(&bunker(&s.server, &s.token, &["restore", &format!("vol@{id0}"), r0.to_str().unwrap()]));
+    ok(&bunker(
+        &s.server,
+        &s.token,
+        &["restore", &format!("vol@{id0}"), r0.to_str().unwrap()],
+    ));
     assert!(std::fs::read(&r0).unwrap() == day0, "day 0 restore differs");
     let r1 = s.root.join("r1.img");
-    ok(&bunker(&s.server, &s.token, &["restore", "vol", r1.to_str().unwrap()]));
-    assert!(std::fs::read(&r1).unwrap() == day1, "latest restore differs");
+    ok(&bunker(
+        &s.server,
+        &s.token,
+        &["restore", "vol", r1.to_str().unwrap()],
+    ));
+    assert!(
+        std::fs::read(&r1).unwrap() == day1,
+        "latest restore differs"
+    );
     // Zero chunks were left as holes.
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(&r1).unwrap();
-    assert!(m.blocks() * 512 < m.len(), "restore is not sparse: {} blocks for {} bytes", m.blocks(), m.len());
+    assert!(
+        m.blocks() * 512 < m.len(),
+        "restore is not sparse: {} blocks for {} bytes",
+        m.blocks(),
+        m.len()
+    );
     // Restore refuses to overwrite; --force overwrites.
-    let o = bunker(&s.server, &s.token, &["restore", "vol", r1.to_str().unwrap()]);
+    let o = bunker(
+        &s.server,
+        &s.token,
+        &["restore", "vol", r1.to_str().unwrap()],
+    );
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("exists") && err.contains("--force"), "{err}");
-    ok(&bunker(&s.server, &s.token, &["restore", "--force", &format!("vol@{id0}"), r1.to_str().unwrap()]));
+    ok(&bunker(
+        &s.server,
+        &s.token,
+        &[
+            "restore",
+            "--force",
+            &format!("vol@{id0}"),
+            r1.to_str().unwrap(),
+        ],
+    ));
     assert!(std::fs::read(&r1).unwrap() == day0);
     // Snapshots lists both; drill verifies.
-    let list = json(&bunker(&s.server, &s.token, &["--json", "snapshots", "vol"]));
+    let list = json(&bunker(
+        &s.server,
+        &s.token,
+        &["--json", "snapshots", "vol"],
+    ));
     assert_eq!(list["snapshots"].as_array().unwrap().len(), 2);
     let d = json(&bunker(&s.server, &s.token, &["--json", "drill", "vol"]));
     assert_eq!(d["verified"], true);
@@ -136,7 +207,11 @@ fn drill_fails_and_names_the_chunk_when_a_pack_byte_flips() {
     let token = data_dir.join("admin.token");
     {
         let server = Server::start(BIN, &data_dir, &[]);
-        ok(&bunker(&server, &token, &["backup", "vol", img.to_str().unwrap()]));
+        ok(&bunker(
+            &server,
+            &token,
+            &["backup", "vol", img.to_str().unwrap()],
+        ));
         server.stop();
     }
     // Flip a byte in the middle of the biggest pack (inside a record).
@@ -155,10 +230,26 @@ fn drill_fails_and_names_the_chunk_when_a_pack_byte_flips() {
     std::fs::write(&pack, &bytes).unwrap();
     let server = Server::start(BIN, &data_dir, &[]);
     let o = bunker(&server, &token, &["drill", "vol"]);
-    assert_eq!(o.status.code(), Some(4), "drill must exit 4 on damage: {}", String::from_utf8_lossy(&o.stderr));
-    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(text.contains("FAILED") && text.contains("chunk") && text.contains("damaged"), "{text}");
-    let r = bunker(&server, &token, &["restore", "vol", dir.path().join("out").to_str().unwrap()]);
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "drill must exit 4 on damage: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        text.contains("FAILED") && text.contains("chunk") && text.contains("damaged"),
+        "{text}"
+    );
+    let r = bunker(
+        &server,
+        &token,
+        &["restore", "vol", dir.path().join("out").to_str().unwrap()],
+    );
     assert_eq!(r.status.code(), Some(4));
 }
 
@@ -167,38 +258,144 @@ fn user_errors_have_clear_messages_and_exit_codes() {
     let s = setup();
     let bad_token = s.root.join("bad.token");
     std::fs::write(&bad_token, "bkr_0000000000000000_nope\n").unwrap();
-    let cases: Vec<(Vec<String>, Option<&Path>, Option<&str>, i32, &str)> = vec![
-        // (args, token file, server override, exit code, message fragment)
-        (vec!["snapshots".into()], Some(&s.token), Some("http://127.0.0.1:1"), 1, "cannot reach the bunker server"),
-        (vec!["snapshots".into()], Some(&bad_token), None, 1, "refused the token"),
+    // (args, token file, server override, exit code, message fragment)
+    type Case<'a> = (Vec<String>, Option<&'a Path>, Option<&'a str>, i32, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["snapshots".into()],
+            Some(&s.token),
+            Some("http://127.0.0.1:1"),
+            1,
+            "cannot reach the bunker server",
+        ),
+        (
+            vec!["snapshots".into()],
+            Some(&bad_token),
+            None,
+            1,
+            "refused the token",
+        ),
         (vec!["snapshots".into()], None, None, 1, "missing token"),
-        (vec!["restore".into(), "nothing-here".into(), s.root.join("x").display().to_string()], Some(&s.token), None, 3, "nothing-here"),
-        (vec!["drill".into(), "vol@99".into()], Some(&s.token), None, 3, "not found"),
-        (vec!["backup".into(), "vol".into(), s.root.join("no-such-file").display().to_string()], Some(&s.token), None, 1, "cannot read the backup source"),
-        (vec!["backup".into(), "../etc".into(), "/dev/null".into()], Some(&s.token), None, 1, "must not start with a dot"),
-        (vec!["restore".into(), "vol@x".into(), "-".into()], Some(&s.token), None, 1, "snapshot id"),
-        (vec!["frobnicate".into()], Some(&s.token), None, 2, "unrecognized subcommand"),
+        (
+            vec![
+                "restore".into(),
+                "nothing-here".into(),
+                s.root.join("x").display().to_string(),
+            ],
+            Some(&s.token),
+            None,
+            3,
+            "nothing-here",
+        ),
+        (
+            vec!["drill".into(), "vol@99".into()],
+            Some(&s.token),
+            None,
+            3,
+            "not found",
+        ),
+        (
+            vec![
+                "backup".into(),
+                "vol".into(),
+                s.root.join("no-such-file").display().to_string(),
+            ],
+            Some(&s.token),
+            None,
+            1,
+            "cannot read the backup source",
+        ),
+        (
+            vec!["backup".into(), "../etc".into(), "/dev/null".into()],
+            Some(&s.token),
+            None,
+            1,
+            "must not start with a dot",
+        ),
+        (
+            vec!["restore".into(), "vol@x".into(), "-".into()],
+            Some(&s.token),
+            None,
+            1,
+            "snapshot id",
+        ),
+        (
+            vec!["frobnicate".into()],
+            Some(&s.token),
+            None,
+            2,
+            "unrecognized subcommand",
+        ),
     ];
     for (args, token, server, code, fragment) in cases {
         let mut c = Command::new(BIN);
-        c.args(&args).env("BUNKER_SERVER", server.unwrap_or(&s.server.url)).env_remove("BUNKER_TOKEN");
+        c.args(&args)
+            .env("BUNKER_SERVER", server.unwrap_or(&s.server.url))
+            .env_remove("BUNKER_TOKEN");
         if let Some(t) = token {
             c.arg("--token-file").arg(t);
         }
         let o = c.output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
-        assert!(err.contains(fragment), "{args:?}: expected {fragment:?} in {err:?}");
+        assert!(
+            err.contains(fragment),
+            "{args:?}: expected {fragment:?} in {err:?}"
+        );
         if code != 2 {
-            assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line expected: {err}");
+            assert_eq!(
+                err.trim().lines().count(),
+                1,
+                "{args:?}: one line expected: {err}"
+            );
         }
     }
 }
 
 #[test]
+fn disk_full_on_restore_is_named() {
+    let s = setup();
+    let img = s.root.join("img");
+    write_image(&img, &ImageSpec::new(24, 8 << 20), 0);
+    ok(&bunker(
+        &s.server,
+        &s.token,
+        &["backup", "vol", img.to_str().unwrap()],
+    ));
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let o = Command::new(BIN)
+        .args(["restore", "vol", "-"])
+        .env("BUNKER_SERVER", &s.server.url)
+        .arg("--token-file")
+        .arg(&s.token)
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("the disk is full"), "{err}");
+}
+
+#[test]
 fn token_commands_print_the_secret_alone_on_the_last_line() {
     let s = setup();
-    let out = ok(&bunker(&s.server, &s.token, &["token", "create", "--role", "reader", "--scope", "db-", "--name", "monitoring"]));
+    let out = ok(&bunker(
+        &s.server,
+        &s.token,
+        &[
+            "token",
+            "create",
+            "--role",
+            "reader",
+            "--scope",
+            "db-",
+            "--name",
+            "monitoring",
+        ],
+    ));
     let secret = out.trim().lines().last().unwrap();
     assert!(secret.starts_with("bkr_"), "{out}");
     let secret_file = s.root.join("reader.token");
@@ -209,7 +406,14 @@ fn token_commands_print_the_secret_alone_on_the_last_line() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not allowed"));
     let list = ok(&bunker(&s.server, &s.token, &["token", "list"]));
-    let id = list.lines().find(|l| l.contains("monitoring")).unwrap().split_whitespace().next().unwrap().to_string();
+    let id = list
+        .lines()
+        .find(|l| l.contains("monitoring"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     ok(&bunker(&s.server, &s.token, &["token", "revoke", &id]));
     let o = bunker(&s.server, &secret_file, &["snapshots"]);
     assert_eq!(o.status.code(), Some(1));
@@ -218,9 +422,22 @@ fn token_commands_print_the_secret_alone_on_the_last_line() {
 
 #[test]
 fn demo_runs_to_the_end() {
-    let o = Command::new(BIN).args(["demo", "--size", "64M"]).output().unwrap();
+    let o = Command::new(BIN)
+        .args(["demo", "--size", "64M"])
+        .output()
+        .unwrap();
     let out = ok(&o);
-    for fragment in ["backup day 0", "backup day 1", "restore latest", "drill", "dedup ratio", "verification             OK"] {
-        assert!(out.contains(fragment), "demo output lacks {fragment:?}:\n{out}");
+    for fragment in [
+        "backup day 0",
+        "backup day 1",
+        "restore latest",
+        "drill",
+        "dedup ratio",
+        "verification             OK",
+    ] {
+        assert!(
+            out.contains(fragment),
+            "demo output lacks {fragment:?}:\n{out}"
+        );
     }
 }

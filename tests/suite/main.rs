@@ -3,9 +3,12 @@
 //! Randomised tests are seeded; a failure prints the seed and the command
 //! that reproduces it (`BUNKER_SEED=<n> cargo test ...`).
 
+mod cli;
 mod corruption;
 mod crash;
 mod san;
+mod server;
+mod tls;
 
 /// The seed of a randomised test: `BUNKER_SEED` or the given default.
 pub fn seed(default: u64) -> u64 {

@@ -52,7 +52,8 @@ pub enum Error {
     },
     #[error("verification failed: {0}")]
     Verification(String),
-    #[error("{what}: {source}")]
+    /// Displays `what`; the cause is the error's source (printed by `{:#}`).
+    #[error("{what}")]
     Io {
         what: String,
         #[source]

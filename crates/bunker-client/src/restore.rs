@@ -342,7 +342,7 @@ impl<'a> Output<'a> {
                 .map_err(|e| write_error(path, e)),
             Output::Stream(w) => w
                 .write_all(data)
-                .map_err(|e| Error::io("writing the restore stream", e)),
+                .map_err(|e| write_error(std::path::Path::new("the output stream"), e)),
             Output::Null => Ok(()),
         }
     }
@@ -366,7 +366,7 @@ impl<'a> Output<'a> {
             Output::File { file, path, .. } => file.sync_all().map_err(|e| write_error(path, e)),
             Output::Stream(w) => w
                 .flush()
-                .map_err(|e| Error::io("writing the restore stream", e)),
+                .map_err(|e| write_error(std::path::Path::new("the output stream"), e)),
             Output::Null => Ok(()),
         }
     }

@@ -17,8 +17,8 @@ pub struct Config {
     /// PEM certificate chain and private key: serve HTTPS (rustls).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
-    /// Concurrent ingest streams (raw uploads and chunk-protocol sessions
-    /// uploading or committing); beyond it, 503 with Retry-After.
+    /// Concurrent ingest streams (raw uploads and open chunk-protocol
+    /// sessions); beyond it, 503 with Retry-After.
     pub max_streams: usize,
     /// Largest request body (a raw image upload), bytes.
     pub max_body_bytes: u64,
@@ -28,7 +28,8 @@ pub struct Config {
     pub header_timeout_secs: u64,
     /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
     pub grace_secs: u64,
-    /// A chunk-protocol session ends this long after its last request.
+    /// A chunk-protocol session ends this long after its last request,
+    /// freeing its stream slot.
     pub session_idle_secs: u64,
     /// Open connections at once; more wait to be accepted.
     pub max_connections: usize,
@@ -46,7 +47,7 @@ impl Default for Config {
             idle_timeout_secs: 60,
             header_timeout_secs: 10,
             grace_secs: 30,
-            session_idle_secs: 3600,
+            session_idle_secs: 900,
             max_connections: 512,
         }
     }

@@ -103,14 +103,21 @@ impl State {
         ApiError::from_store(e, &self.data_dir)
     }
 
-    /// An ingest slot, or 503 when all are taken.
-    pub(crate) fn stream_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    /// 503 once shutdown has begun: no new ingest work is started.
+    pub(crate) fn accepting(&self) -> Result<(), ApiError> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(ApiError::new(
                 bunker_api::ErrorCode::ShuttingDown,
                 "the server is shutting down",
             ));
         }
+        Ok(())
+    }
+
+    /// An ingest slot (a raw upload or an open upload session), or 503 when
+    /// all are taken.
+    pub(crate) fn stream_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.accepting()?;
         self.streams.clone().try_acquire_owned().map_err(|_| {
             ApiError::new(
                 bunker_api::ErrorCode::TooManyStreams,
@@ -206,7 +213,8 @@ pub async fn run(
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
-                .max_buf_size(64 << 10);
+                .max_header_size(64 << 10)
+                .max_buf_size(256 << 10);
             match tls {
                 None => {
                     let conn = http.serve_connection(TokioIo::new(stream), svc);
@@ -311,10 +319,9 @@ pub(crate) struct ChannelBody {
     rx: mpsc::Receiver<std::io::Result<Bytes>>,
 }
 
-impl ChannelBody {
-    pub(crate) fn new(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> Body {
-        ChannelBody { rx }.boxed()
-    }
+/// A streaming response body fed by `rx`.
+pub(crate) fn channel_body(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> Body {
+    ChannelBody { rx }.boxed()
 }
 
 impl HttpBody for ChannelBody {

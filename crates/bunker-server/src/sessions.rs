@@ -4,9 +4,10 @@
 //! the client asks which chunk ids are missing, uploads those, and commits
 //! the ordered list of (length, id) with the whole-stream BLAKE3. A session
 //! ends at commit, at `DELETE`, or `session_idle_secs` after its last
-//! request (a reaper runs every few seconds). Sessions live in memory: a
-//! restarted server has none, and a client starts over (the chunks it
-//! uploaded are stored and deduplicate).
+//! request (a reaper runs every few seconds). An open session holds one of
+//! the server's ingest stream slots (`max_streams`) until it ends. Sessions
+//! live in memory: a restarted server has none, and a client starts over
+//! (the chunks it uploaded are stored and deduplicate).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +23,9 @@ pub struct Session {
     pub new_chunks: AtomicU64,
     pub new_bytes: AtomicU64,
     pub committing: AtomicBool,
+    /// The ingest slot, released when the last reference to the session
+    /// goes (after commit, abort or expiry, and any request in flight).
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Session {
@@ -50,7 +54,14 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    pub fn open(&self, id: String, name: String, source: String, creator: u64) -> Arc<Session> {
+    pub fn open(
+        &self,
+        id: String,
+        name: String,
+        source: String,
+        creator: u64,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Arc<Session> {
         let s = Arc::new(Session {
             id: id.clone(),
             name,
@@ -60,6 +71,7 @@ impl Sessions {
             new_chunks: AtomicU64::new(0),
             new_bytes: AtomicU64::new(0),
             committing: AtomicBool::new(false),
+            _slot: slot,
         });
         if let Ok(mut m) = self.map.lock() {
             m.insert(id, s.clone());

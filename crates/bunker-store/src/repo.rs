@@ -562,7 +562,9 @@ impl Drop for Inner {
 }
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
-const DELETED_HWM: &str = "deleted-hwm";
+/// Starts with a dot, which no snapshot name may: it can never collide
+/// with a snapshot directory.
+const DELETED_HWM: &str = ".deleted-hwm";
 
 fn location(pack: PackId, e: &crate::format::pack::TrailerEntry) -> Location {
     Location {
@@ -648,7 +650,7 @@ fn recover_packs(backend: &LocalPacks, index: &Index, repo_id: [u8; 16]) -> Resu
 fn read_deleted_hwm(root: &Path) -> Result<u64> {
     match std::fs::read(root.join(DELETED_HWM)) {
         Ok(b) if b.len() == 8 => Ok(Le::u64(&b, 0)),
-        Ok(_) => Err(Error::corrupt("snapshots/deleted-hwm", "expected 8 bytes")),
+        Ok(_) => Err(Error::corrupt("snapshots/.deleted-hwm", "expected 8 bytes")),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(Error::io(root.join(DELETED_HWM), e)),
     }

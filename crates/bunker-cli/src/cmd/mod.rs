@@ -11,7 +11,7 @@ pub mod token;
 /// `NAME` or `NAME@ID`.
 pub fn parse_ref(s: &str) -> anyhow::Result<(String, Option<u64>)> {
     match s.split_once('@') {
-        Some((name, id)) if id == "latest" => Ok((name.to_string(), None)),
+        Some((name, "latest")) => Ok((name.to_string(), None)),
         Some((name, id)) => Ok((
             name.to_string(),
             Some(id.parse().map_err(|_| {

@@ -25,6 +25,7 @@ use crate::{full, json_response, not_allowed, pump_body, BodyItem, BodyReader, R
 const MAX_IDS_PER_QUERY: usize = 65_536;
 
 fn session(state: &State, p: &Principal, sid: &str) -> Result<Arc<Session>, ApiError> {
+    state.accepting()?;
     let s = state.sessions.get(sid).ok_or_else(|| {
         ApiError::not_found("no such upload session (it may have expired or been committed)")
     })?;
@@ -54,9 +55,10 @@ pub(super) async fn open(state: &Arc<State>, p: &Principal, req: Request<Incomin
         .chars()
         .take(192)
         .collect();
+    let slot = state.stream_permit()?;
     state
         .sessions
-        .open(id.clone(), r.name.clone(), source, p.id);
+        .open(id.clone(), r.name.clone(), source, p.id, slot);
     Ok(json_response(
         StatusCode::CREATED,
         &SessionJson {
