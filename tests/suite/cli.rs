@@ -316,7 +316,7 @@ fn user_errors_have_clear_messages_and_exit_codes() {
             vec!["restore".into(), "vol@x".into(), "-".into()],
             Some(&s.token),
             None,
-            1,
+            2,
             "snapshot id",
         ),
         (
@@ -440,4 +440,78 @@ fn demo_runs_to_the_end() {
             "demo output lacks {fragment:?}:\n{out}"
         );
     }
+}
+
+#[test]
+fn serve_works_with_a_relative_data_directory() {
+    // Regression: the parent of "data" is "", which durable mkdir once tried
+    // to create.
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--data", "data", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        line.starts_with("bunker listening on http://127.0.0.1:"),
+        "{line:?}"
+    );
+    assert!(
+        dir.path().join("data/config").exists() && dir.path().join("data/admin.token").exists()
+    );
+}
+
+#[test]
+fn the_last_admin_cannot_be_revoked_and_scoped_admins_stay_in_scope() {
+    let s = setup();
+    let list = ok(&bunker(&s.server, &s.token, &["token", "list"]));
+    let admin_id = list
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let o = bunker(&s.server, &s.token, &["token", "revoke", &admin_id]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("last unscoped admin"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = ok(&bunker(
+        &s.server,
+        &s.token,
+        &["token", "create", "--role", "admin", "--scope", "db-"],
+    ));
+    let scoped = s.root.join("scoped.token");
+    std::fs::write(&scoped, out.trim().lines().last().unwrap()).unwrap();
+    let o = bunker(&s.server, &scoped, &["token", "create", "--role", "writer"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("scoped inside it"));
+    ok(&bunker(
+        &s.server,
+        &scoped,
+        &["token", "create", "--role", "writer", "--scope", "db-east-"],
+    ));
+    // --token-file wins over BUNKER_TOKEN.
+    let o = Command::new(BIN)
+        .args(["snapshots"])
+        .env("BUNKER_SERVER", &s.server.url)
+        .env("BUNKER_TOKEN", "bkr_0_bad")
+        .arg("--token-file")
+        .arg(&s.token)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

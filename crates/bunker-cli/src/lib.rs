@@ -44,9 +44,13 @@ pub struct Global {
     /// API token.
     #[arg(long, global = true, env = "BUNKER_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// File holding the API token (e.g. <data>/admin.token).
-    #[arg(long, global = true, conflicts_with = "token")]
+    /// File holding the API token (e.g. <data>/admin.token); wins over
+    /// BUNKER_TOKEN.
+    #[arg(long, global = true)]
     token_file: Option<PathBuf>,
+    /// PEM certificate(s) to trust for an https server with a private CA.
+    #[arg(long, global = true, env = "BUNKER_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -130,9 +134,9 @@ impl Global {
     /// A client for `--server` with the token from `--token`, `--token-file`
     /// or `BUNKER_TOKEN`.
     pub fn client(&self) -> anyhow::Result<bunker_client::Client> {
-        let token = match (&self.token, &self.token_file) {
-            (Some(t), _) => Some(t.clone()),
-            (None, Some(f)) => Some(
+        let token = match (&self.token_file, &self.token) {
+            (None, Some(t)) => Some(t.clone()),
+            (Some(f), _) => Some(
                 std::fs::read_to_string(f)
                     .map_err(|e| anyhow::anyhow!("reading the token file {}: {e}", f.display()))?
                     .trim()
@@ -140,7 +144,16 @@ impl Global {
             ),
             (None, None) => None,
         };
-        Ok(bunker_client::Client::new(&self.server, token))
+        match &self.ca_cert {
+            None => Ok(bunker_client::Client::new(&self.server, token)),
+            Some(ca) => {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    anyhow::anyhow!("reading the CA certificate {}: {e}", ca.display())
+                })?;
+                bunker_client::Client::with_ca(&self.server, token, &pem)
+                    .map_err(anyhow::Error::msg)
+            }
+        }
     }
 }
 
@@ -151,5 +164,6 @@ pub(crate) fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

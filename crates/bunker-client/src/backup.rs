@@ -99,7 +99,7 @@ impl Client {
             )
             .header("content-type", "application/octet-stream")
             .send(ureq::SendBody::from_reader(&mut file));
-        let mut resp = self.check(resp)?;
+        let mut resp = checked_in_session(self.check(resp))?;
         let snapshot: Snapshot = resp
             .body_mut()
             .read_json()
@@ -220,10 +220,12 @@ impl Client {
             return Ok(());
         }
         let body: Vec<u8> = query.iter().flat_map(|(id, _)| id.0).collect();
-        let mut resp = self.check(
-            self.post(&format!("/v1/sessions/{}/missing", session.id))
-                .header("content-type", "application/octet-stream")
-                .send(&body[..]),
+        let mut resp = checked_in_session(
+            self.check(
+                self.post(&format!("/v1/sessions/{}/missing", session.id))
+                    .header("content-type", "application/octet-stream")
+                    .send(&body[..]),
+            ),
         )?;
         let bitmap = resp
             .body_mut()
@@ -275,9 +277,21 @@ impl Client {
                 .send(&c[..]),
             None => self.put(&path).send(raw),
         };
-        self.check(resp)?;
+        checked_in_session(self.check(resp))?;
         Ok(packed.map_or(raw.len(), |c| c.len()) as u64)
     }
+}
+
+/// A session route answering 404 means the server lost the session
+/// (restarted, or the session expired): an interrupted transfer, not a
+/// missing snapshot.
+fn checked_in_session<T>(r: Result<T>) -> Result<T> {
+    r.map_err(|e| match e {
+        Error::NotFound { message } => Error::Interrupted(format!(
+            "the server no longer knows this upload session ({message}); it restarted or the session expired"
+        )),
+        other => other,
+    })
 }
 
 /// Reads until `buf` is full or the source ends: `(bytes, eof)`.

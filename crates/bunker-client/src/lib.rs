@@ -59,7 +59,7 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("the transfer was interrupted: {0} (run the command again; chunks already sent are not sent twice)")]
+    #[error("the transfer was interrupted: {0} (run the command again; a backup does not send again the chunks the server already has)")]
     Interrupted(String),
 }
 
@@ -107,6 +107,34 @@ impl Client {
             base: server.trim_end_matches('/').to_string(),
             token: token.map(|t| t.trim().to_string()),
         }
+    }
+
+    /// Like [`Client::new`], trusting the PEM certificates in `ca_pem`
+    /// (a private CA or a self-signed server certificate) instead of the
+    /// public roots.
+    pub fn with_ca(server: &str, token: Option<String>, ca_pem: &[u8]) -> Result<Client, String> {
+        let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(ca_pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e.to_string())),
+            })
+            .collect::<Result<_, _>>()?;
+        if certs.is_empty() {
+            return Err("no certificate in the CA file".into());
+        }
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+            .build();
+        let mut c = Client::new(server, token);
+        c.agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .max_idle_connections_per_host(16)
+            .tls_config(tls)
+            .build()
+            .into();
+        Ok(c)
     }
 
     pub fn server(&self) -> &str {
@@ -172,8 +200,12 @@ impl Client {
             ureq::Error::Io(io)
                 if matches!(
                     io.kind(),
-                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
-                ) =>
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::AddrNotAvailable
+                        | std::io::ErrorKind::HostUnreachable
+                        | std::io::ErrorKind::NetworkUnreachable
+                ) || io.to_string().contains("lookup") =>
             {
                 Error::Unreachable {
                     url: self.base.clone(),

@@ -79,6 +79,23 @@ impl Client {
         let started = Instant::now();
         let snap = self.snapshot(name, id)?;
         let mut out = Output::open(target, snap.size_bytes)?;
+        let result = self.restore_into(&snap, &mut out, progress);
+        if result.is_err() {
+            // A half-written image is worse than none: remove what we created.
+            out.discard();
+        }
+        let mut report = result?;
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    fn restore_into(
+        &self,
+        snap: &Snapshot,
+        out: &mut Output<'_>,
+        progress: &mut dyn FnMut(&RestoreProgress),
+    ) -> Result<RestoreReport> {
+        let snap = snap.clone();
         let entries = self.manifest(&snap)?;
         let window = Mutex::new(Window {
             next_to_write: 0,
@@ -170,7 +187,6 @@ impl Client {
                 snap.blake3
             )));
         }
-        report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
     }
 
@@ -359,6 +375,16 @@ impl<'a> Output<'a> {
             done += n;
         }
         Ok(())
+    }
+
+    /// Removes a regular file this restore created or replaced.
+    fn discard(&mut self) {
+        if let Output::File {
+            path, sparse: true, ..
+        } = self
+        {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     fn finish(&mut self) -> Result<()> {

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// Everything `bunker serve` can be told. Each field has a flag of the same
-/// name (with dashes) and a key in the TOML config file.
+/// Everything `bunker serve` can be told: each field is a key of the TOML
+/// config file, and the common ones also have a flag of the same name (with
+/// dashes).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {

@@ -52,7 +52,7 @@ impl ApiError {
             E::StreamHashMismatch { .. } | E::ChunkHashMismatch { .. } => (ErrorCode::HashMismatch, e.to_string()),
             E::NoSpace { .. } => (
                 ErrorCode::InsufficientStorage,
-                "the repository's disk is full; nothing acknowledged was affected, free space or run gc".to_string(),
+                "the repository's disk is full; nothing acknowledged was affected, free space or delete snapshots you no longer need".to_string(),
             ),
             E::Corrupt { .. } => (ErrorCode::CorruptData, e.to_string()),
             E::Source(io) => (ErrorCode::BadRequest, format!("upload interrupted: {io}")),

@@ -168,14 +168,22 @@ impl TokenStore {
             .unwrap_or_default()
     }
 
-    /// Removes token `id`; `Ok(false)` if there is none.
+    /// Removes token `id`; `Ok(false)` if there is none. The last unscoped
+    /// admin token cannot be revoked: nobody could manage tokens after it.
     pub fn revoke(&self, id: &str) -> Result<bool, ApiError> {
         let mut tokens = self
             .tokens
             .write()
             .map_err(|_| ApiError::internal("token store poisoned"))?;
-        if !tokens.iter().any(|t| t.id == id) {
+        let Some(victim) = tokens.iter().find(|t| t.id == id) else {
             return Ok(false);
+        };
+        let full_admin = |t: &StoredToken| t.role == Role::Admin && t.scope.is_none();
+        if full_admin(victim) && tokens.iter().filter(|t| full_admin(t)).count() == 1 {
+            return Err(ApiError::new(
+                bunker_api::ErrorCode::Conflict,
+                "this is the last unscoped admin token; create another admin token before revoking it",
+            ));
         }
         let next: Vec<StoredToken> = tokens.iter().filter(|t| t.id != id).cloned().collect();
         self.save(&next)?;

@@ -45,7 +45,8 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
 /// `mkdir -p` that syncs the parent of every directory it creates, so a
 /// file later published inside it cannot vanish with its directory.
 pub(crate) fn create_dir_all(dir: &Path) -> Result<()> {
-    if dir.is_dir() {
+    // The parent of a relative single-component path is "": the cwd.
+    if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }
     if let Some(p) = dir.parent() {

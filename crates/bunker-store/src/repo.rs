@@ -740,6 +740,12 @@ impl SnapshotWriter {
         Ok(())
     }
 
+    /// When the backup began (default: when the writer was created); the
+    /// snapshot records the time from then to the commit.
+    pub fn set_started(&mut self, started: Instant) {
+        self.started = started;
+    }
+
     /// Counts chunks stored for this snapshot outside [`Self::push_data`]
     /// (uploaded one by one in the chunk protocol) in its new-data figures.
     pub fn add_new(&mut self, chunks: u64, bytes: u64) {

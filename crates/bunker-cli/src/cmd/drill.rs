@@ -11,8 +11,8 @@ use crate::{CmdResult, Failure, Global};
 #[derive(clap::Args)]
 pub struct Args {
     /// NAME or NAME@ID.
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
-    snapshot: Option<String>,
+    #[arg(required_unless_present = "all", conflicts_with = "all", value_parser = parse_ref)]
+    snapshot: Option<super::SnapRef>,
     /// Drill the latest snapshot of every name.
     #[arg(long)]
     all: bool,
@@ -38,7 +38,10 @@ pub fn run(g: &Global, args: Args) -> CmdResult {
         names.dedup();
         names.into_iter().map(|n| (n, None)).collect()
     } else {
-        vec![parse_ref(args.snapshot.as_deref().unwrap_or_default())?]
+        args.snapshot
+            .iter()
+            .map(|r| (r.name.clone(), r.id))
+            .collect()
     };
     let mut results = Vec::new();
     let mut worst: Option<Failure> = None;
@@ -82,10 +85,11 @@ pub fn run(g: &Global, args: Args) -> CmdResult {
         }
     }
     if g.json {
-        if results.len() == 1 {
-            println!("{}", serde_json::to_string(&results[0])?);
-        } else {
+        // One object for one snapshot, an array for --all.
+        if args.all {
             println!("{}", serde_json::to_string(&results)?);
+        } else if let Some(r) = results.first() {
+            println!("{}", serde_json::to_string(r)?);
         }
     } else {
         for d in &results {

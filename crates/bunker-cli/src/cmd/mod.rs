@@ -8,16 +8,27 @@ pub mod serve;
 pub mod snapshots;
 pub mod token;
 
-/// `NAME` or `NAME@ID`.
-pub fn parse_ref(s: &str) -> anyhow::Result<(String, Option<u64>)> {
-    match s.split_once('@') {
-        Some((name, "latest")) => Ok((name.to_string(), None)),
-        Some((name, id)) => Ok((
-            name.to_string(),
+/// A snapshot reference: `NAME`, `NAME@latest` or `NAME@ID`.
+#[derive(Clone, Debug)]
+pub struct SnapRef {
+    pub name: String,
+    pub id: Option<u64>,
+}
+
+/// Parses a [`SnapRef`] (a clap value parser: a bad one is a usage error).
+pub fn parse_ref(s: &str) -> Result<SnapRef, String> {
+    let (name, id) = match s.split_once('@') {
+        Some((name, "latest")) => (name, None),
+        Some((name, id)) => (
+            name,
             Some(id.parse().map_err(|_| {
-                anyhow::anyhow!("{s:?}: the part after @ must be a snapshot id or 'latest'")
+                format!("{s:?}: the part after @ must be a snapshot id or 'latest'")
             })?),
-        )),
-        None => Ok((s.to_string(), None)),
-    }
+        ),
+        None => (s, None),
+    };
+    Ok(SnapRef {
+        name: name.to_string(),
+        id,
+    })
 }

@@ -12,7 +12,8 @@ use crate::{CmdResult, Global};
 #[derive(clap::Args)]
 pub struct Args {
     /// NAME or NAME@ID (default: the latest snapshot of NAME).
-    snapshot: String,
+    #[arg(value_parser = parse_ref)]
+    snapshot: super::SnapRef,
     /// File, block device, or - for stdout.
     target: PathBuf,
     /// Overwrite an existing regular file.
@@ -34,7 +35,7 @@ pub struct Report<'a> {
 
 pub fn run(g: &Global, args: Args) -> CmdResult {
     let client = g.client()?;
-    let (name, id) = parse_ref(&args.snapshot)?;
+    let super::SnapRef { name, id } = args.snapshot.clone();
     let mut stdout;
     let target = if args.target.as_os_str() == "-" {
         stdout = std::io::stdout().lock();
@@ -45,7 +46,7 @@ pub fn run(g: &Global, args: Args) -> CmdResult {
             force: args.force,
         }
     };
-    let pb = bar(None, &format!("restore {}", args.snapshot));
+    let pb = bar(None, &format!("restore {name}"));
     let report = client.restore(&name, id, target, &mut |p| {
         pb.set_length(p.total);
         pb.set_position(p.bytes);

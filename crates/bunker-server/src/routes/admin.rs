@@ -92,6 +92,18 @@ pub(super) async fn tokens(state: &State, p: &Principal, req: Request<Incoming>)
                     ));
                 }
             }
+            // A scoped admin may only hand out tokens inside its own scope.
+            if let Some(own) = &p.scope {
+                if !r
+                    .scope
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with(own.as_str()))
+                {
+                    return Err(ApiError::forbidden(format!(
+                        "a token scoped to {own:?} may only create tokens scoped inside it"
+                    )));
+                }
+            }
             let (token, info) = state.tokens.create(r.role, r.scope, r.name)?;
             tracing::info!(id = %info.id, role = r.role.as_str(), "token created");
             Ok(json_response(

@@ -237,6 +237,10 @@ pub(super) async fn commit(
         }
     };
     state.sessions.remove(sid);
+    let m = &state.metrics;
+    m.bytes_ingested.fetch_add(info.size, Ordering::Relaxed);
+    m.bytes_deduplicated
+        .fetch_add(info.size.saturating_sub(info.new_bytes), Ordering::Relaxed);
     tracing::info!(name = %info.name, id = info.id.0, bytes = info.size, "snapshot committed by chunk protocol");
     Ok(json_response(StatusCode::CREATED, &to_api(&info)))
 }
@@ -252,6 +256,7 @@ fn commit_entries(
         .repo
         .begin_snapshot(&s.name, &s.source, s.creator)
         .map_err(|e| state.store_error(e))?;
+    w.set_started(s.opened);
     let mut reader = std::io::BufReader::with_capacity(256 << 10, &mut body);
     let mut entry = [0u8; COMMIT_ENTRY_LEN];
     let mut i = 0u64;
