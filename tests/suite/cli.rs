@@ -515,3 +515,36 @@ fn the_last_admin_cannot_be_revoked_and_scoped_admins_stay_in_scope() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn a_backup_cut_by_a_dying_server_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let server = Server::start(BIN, &data_dir, &[]);
+    let token = data_dir.join("admin.token");
+    let mut child = Command::new(BIN)
+        .args(["backup", "cut", "-"])
+        .env("BUNKER_SERVER", &server.url)
+        .arg("--token-file")
+        .arg(&token)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let block = bunker_tests::noise(31, 20 << 20);
+    stdin.write_all(&block).unwrap();
+    // The first block has been sent (or is being sent); the server dies.
+    drop(server);
+    let _ = stdin.write_all(&bunker_tests::noise(32, 20 << 20));
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("interrupted") || err.contains("cannot reach the bunker server"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // Nothing was committed: a restarted server has no snapshot "cut".
+    let server = Server::start(BIN, &data_dir, &[]);
+    let o = bunker(&server, &token, &["snapshots", "cut"]);
+    assert!(!ok(&o).contains("cut "), "a cut backup must not be listed");
+}
