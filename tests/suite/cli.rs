@@ -541,7 +541,10 @@ fn a_backup_cut_by_a_dying_server_fails_cleanly() {
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("interrupted") || err.contains("cannot reach the bunker server"), "{err}");
+    assert!(
+        err.contains("interrupted") || err.contains("cannot reach the bunker server"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     // Nothing was committed: a restarted server has no snapshot "cut".
     let server = Server::start(BIN, &data_dir, &[]);

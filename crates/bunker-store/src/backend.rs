@@ -30,6 +30,9 @@ pub trait PackBackend: Send + Sync {
     fn list(&self) -> Result<Vec<PackId>>;
     /// Ids of staging files left by an earlier process (to recover).
     fn list_staged(&self) -> Result<Vec<PackId>>;
+    /// Tells the backend that `len` bytes at `offset` were consumed, so a
+    /// mapped backend can drop those pages from the resident set.
+    fn done_with(&self, _pack: PackId, _offset: u64, _len: usize) {}
     /// Deletes sealed pack `pack` (durable on return).
     fn delete(&self, pack: PackId) -> Result<()>;
     /// A short name for error messages, e.g. `packs/3a/00/000000000000003a.pack`.
@@ -167,13 +170,7 @@ impl PackBackend for LocalPacks {
             reason: format!("read of {len} bytes is beyond the end of the pack"),
         };
         match &*self.opened(pack)? {
-            Opened::Map(map) => {
-                let bytes = map.copy(offset, len).ok_or_else(out_of_range)?;
-                if len >= 64 << 10 {
-                    map.release(offset, len);
-                }
-                Ok(bytes)
-            }
+            Opened::Map(map) => map.copy(offset, len).ok_or_else(out_of_range),
             Opened::File(file) => {
                 let mut buf = vec![0u8; len];
                 file.read_exact_at(&mut buf, offset)
@@ -182,6 +179,20 @@ impl PackBackend for LocalPacks {
                         _ => Error::io(self.sealed_path(pack), e),
                     })?;
                 Ok(buf)
+            }
+        }
+    }
+
+    fn done_with(&self, pack: PackId, offset: u64, len: usize) {
+        let opened = self
+            .maps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&pack)
+            .cloned();
+        if let Some(o) = opened {
+            if let Opened::Map(map) = &*o {
+                map.release(offset, len);
             }
         }
     }

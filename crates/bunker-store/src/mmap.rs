@@ -57,21 +57,29 @@ impl SealedMap {
         self.map.get(start..end).map(<[u8]>::to_vec)
     }
 
-    /// Drops the pages of a range from this process's page tables after it
-    /// was copied out, so resident memory stays flat while streaming through
-    /// packs many times larger than RAM. The page cache keeps the data.
+    /// Drops the pages holding a range from this process's page tables
+    /// after it was copied out, so resident memory stays flat while
+    /// streaming through packs many times larger than RAM. The range is
+    /// widened to whole pages: dropping a page another reader still uses
+    /// only makes it fault in again. The page cache keeps the data.
     pub(crate) fn release(&self, offset: u64, len: usize) {
         const PAGE: u64 = 4096;
-        let start = offset.div_ceil(PAGE) * PAGE;
-        let end = (offset + len as u64) / PAGE * PAGE;
-        if end <= start || end > self.map.len() as u64 {
+        let map_len = self.map.len() as u64;
+        let start = offset / PAGE * PAGE;
+        let end = offset
+            .saturating_add(len as u64)
+            .div_ceil(PAGE)
+            .saturating_mul(PAGE)
+            .min(map_len);
+        if end <= start {
             return;
         }
-        // SAFETY: MADV_DONTNEED on a private read-only file mapping only
-        // discards this process's page table entries; the next access faults
-        // the same file bytes back in from the page cache. There are no
-        // anonymous (copy-on-write) pages in a read-only map whose contents
-        // could be lost. The range is page aligned and inside the map.
+        // SAFETY: MADV_DONTNEED on a read-only file mapping only discards
+        // this process's page table entries; the next access faults the same
+        // file bytes back in from the page cache. A read-only map has no
+        // anonymous (copy-on-write) pages whose contents could be lost. The
+        // range starts page aligned and lies inside the map (the kernel
+        // rounds a partial last page up, within the mapping).
         let result = unsafe {
             self.map.unchecked_advise_range(
                 memmap2::UncheckedAdvice::DontNeed,

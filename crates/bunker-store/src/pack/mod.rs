@@ -235,6 +235,11 @@ impl Packs {
                 (head, stored)
             }
         };
+        self.backend.done_with(
+            loc.pack,
+            loc.offset,
+            RECORD_HEADER_LEN + loc.stored_len as usize,
+        );
         let header = RecordHeader::decode(&head).map_err(corrupt)?;
         if header.id != *id || header.raw_len != loc.raw_len || header.stored_len != loc.stored_len
         {
