@@ -95,7 +95,7 @@ pub fn run(g: &Global, args: Args) -> CmdResult {
         for d in &results {
             match &d.error {
                 None => println!(
-                    "drill {}@{}: OK, {} verified in {:.1} s ({:.2} GB/s, {} chunks); a full restore at this rate takes about {:.0} s",
+                    "drill {}@{}: OK, {} verified in {:.1} s ({:.2} GB/s, {} chunks); estimated full restore at this rate: {:.1} s",
                     d.name,
                     d.id.unwrap_or_default(),
                     bytes(d.bytes),
