@@ -1,31 +1,33 @@
-//! Resident memory of this process, from /proc/self/status.
+//! Resident memory of a process, from /proc/<pid>/status.
 
-/// (peak, current) resident set size in bytes; zeros where /proc is absent.
-pub fn peak_and_current() -> (u64, u64) {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return (0, 0);
-    };
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
+/// A `kB` field of /proc/`pid`/status (or `self`), in bytes.
+pub fn status_field(pid: &str, name: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
-/// (anonymous, file-backed) resident bytes: heap versus mapped files.
+/// (peak, current) resident set size of this process in bytes; zeros
+/// where /proc is absent.
+pub fn peak_and_current() -> (u64, u64) {
+    (
+        status_field("self", "VmHWM:").unwrap_or(0),
+        status_field("self", "VmRSS:").unwrap_or(0),
+    )
+}
+
+/// (anonymous, file-backed) resident bytes of this process: heap versus
+/// mapped files.
 pub fn anon_and_file() -> (u64, u64) {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return (0, 0);
-    };
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
-    (field("RssAnon:"), field("RssFile:"))
+    (
+        status_field("self", "RssAnon:").unwrap_or(0),
+        status_field("self", "RssFile:").unwrap_or(0),
+    )
 }

@@ -14,7 +14,7 @@
 //! on ([`cuts_parallel`]); otherwise the caller runs [`scan`] for each
 //! segment on its own threads.
 
-use crate::{Chunker, Cut};
+use crate::{ChunkId, Chunker, Cut};
 
 /// One segment's speculative chain, as returned by [`scan`].
 #[derive(Clone, Debug)]
@@ -121,6 +121,39 @@ pub fn cuts_parallel(chunker: &Chunker, data: &[u8], eof: bool) -> Vec<Cut> {
     stitch(chunker, data, eof, scans)
 }
 
+/// One chunk of a buffer: bytes `start..end`, its id ([`ChunkId::ZERO`]
+/// for an all-zero chunk, which is not hashed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+    pub zero: bool,
+    pub id: ChunkId,
+}
+
+/// Cuts `data` on all rayon threads ([`cuts_parallel`]) and hashes its
+/// chunks in parallel: what ingest and client-side dedup do with each block.
+#[cfg(feature = "rayon")]
+pub fn chunk_parallel(chunker: &Chunker, data: &[u8], eof: bool) -> Vec<Span> {
+    use rayon::prelude::*;
+    let cuts = cuts_parallel(chunker, data, eof);
+    let starts = std::iter::once(0).chain(cuts.iter().map(|c| c.end));
+    let bounds: Vec<(usize, Cut)> = starts.zip(cuts.iter().copied()).collect();
+    bounds
+        .par_iter()
+        .map(|&(start, c)| Span {
+            start,
+            end: c.end,
+            zero: c.zero,
+            id: if c.zero {
+                ChunkId::ZERO
+            } else {
+                ChunkId::of(&data[start..c.end])
+            },
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +194,27 @@ mod tests {
                     "segments {segments} eof {eof}"
                 );
             }
+        }
+    }
+
+    #[cfg(feature = "rayon")]
+    #[test]
+    fn chunk_parallel_is_the_sequential_chunks_and_their_ids() {
+        let c = Chunker::new(ChunkerParams::new(1024, 4096, 16384).unwrap());
+        let mut data = noise(5, 3 << 20);
+        data[1 << 20..(1 << 20) + 100_000].fill(0);
+        let spans = chunk_parallel(&c, &data, true);
+        let mut start = 0;
+        assert_eq!(spans.len(), c.cuts(&data, true).len());
+        for (s, cut) in spans.iter().zip(c.cuts(&data, true)) {
+            assert_eq!((s.start, s.end, s.zero), (start, cut.end, cut.zero));
+            let want = if cut.zero {
+                ChunkId::ZERO
+            } else {
+                ChunkId::of(&data[start..cut.end])
+            };
+            assert_eq!(s.id, want);
+            start = cut.end;
         }
     }
 

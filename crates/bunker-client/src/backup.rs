@@ -13,7 +13,8 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::time::Instant;
 
 use bunker_api::{Session, SessionRequest, Snapshot, COMMIT_ENTRY_LEN};
-use bunker_chunk::{seams, ChunkId, Chunker, ChunkerParams};
+use bunker_chunk::seams::{self, Span};
+use bunker_chunk::{ChunkId, Chunker, ChunkerParams};
 use rayon::prelude::*;
 
 use crate::{Client, Error, Result};
@@ -152,28 +153,13 @@ impl Client {
                 .map_err(|e| Error::io("reading the backup source", e))?;
             hasher.update_rayon(&buf[carry..carry + filled]);
             let data = &buf[..carry + filled];
-            let cuts = seams::cuts_parallel(chunker, data, eof);
-            let mut spans = Vec::with_capacity(cuts.len());
-            let mut at = 0;
-            for c in &cuts {
-                spans.push((at, c.end, c.zero));
-                at = c.end;
-            }
-            let ids: Vec<ChunkId> = spans
-                .par_iter()
-                .map(|&(s, e, zero)| {
-                    if zero {
-                        ChunkId::ZERO
-                    } else {
-                        ChunkId::of(&data[s..e])
-                    }
-                })
-                .collect();
-            self.send_missing(session, data, &spans, &ids, &mut stats)?;
-            for ((s, e, _), id) in spans.iter().zip(&ids) {
+            let spans = seams::chunk_parallel(chunker, data, eof);
+            let at = spans.last().map_or(0, |s| s.end);
+            self.send_missing(session, data, &spans, &mut stats)?;
+            for s in &spans {
                 let mut entry = [0u8; COMMIT_ENTRY_LEN];
-                entry[..8].copy_from_slice(&((e - s) as u64).to_le_bytes());
-                entry[8..].copy_from_slice(&id.0);
+                entry[..8].copy_from_slice(&((s.end - s.start) as u64).to_le_bytes());
+                entry[8..].copy_from_slice(&s.id.0);
                 manifest
                     .write_all(&entry)
                     .map_err(|e| Error::io("writing the temporary manifest", e))?;
@@ -199,27 +185,20 @@ impl Client {
         &self,
         session: &Session,
         data: &[u8],
-        spans: &[(usize, usize, bool)],
-        ids: &[ChunkId],
+        spans: &[Span],
         stats: &mut BackupProgress,
     ) -> Result<()> {
         let mut seen = HashSet::new();
-        let mut query: Vec<(ChunkId, usize)> = Vec::new();
-        for (i, id) in ids.iter().enumerate() {
-            if !id.is_zero() && seen.insert(*id) {
-                query.push((*id, i));
-            }
-        }
-        let zero_bytes: u64 = spans
+        let query: Vec<&Span> = spans
             .iter()
-            .filter(|s| s.2)
-            .map(|s| (s.1 - s.0) as u64)
-            .sum();
-        stats.bytes_deduplicated += zero_bytes;
+            .filter(|s| !s.zero && seen.insert(s.id))
+            .collect();
+        let len = |s: &Span| (s.end - s.start) as u64;
+        stats.bytes_deduplicated += spans.iter().filter(|s| s.zero).map(len).sum::<u64>();
         if query.is_empty() {
             return Ok(());
         }
-        let body: Vec<u8> = query.iter().flat_map(|(id, _)| id.0).collect();
+        let body: Vec<u8> = query.iter().flat_map(|s| s.id.0).collect();
         let mut resp = checked_in_session(
             self.check(
                 self.post(&format!("/v1/sessions/{}/missing", session.id))
@@ -236,30 +215,22 @@ impl Client {
                 "the server's missing-chunk answer has the wrong length".into(),
             ));
         }
-        let missing: Vec<(ChunkId, usize)> = query
+        let missing: Vec<&Span> = query
             .iter()
             .enumerate()
             .filter(|(k, _)| bitmap[k / 8] & (1 << (k % 8)) != 0)
-            .map(|(_, q)| *q)
+            .map(|(_, s)| *s)
             .collect();
         let sent: Vec<Result<u64>> = missing
             .par_iter()
-            .map(|&(id, i)| {
-                let (s, e, _) = spans[i];
-                self.put_chunk(session, &id, &data[s..e])
-            })
+            .map(|s| self.put_chunk(session, &s.id, &data[s.start..s.end]))
             .collect();
-        let mut uploaded_raw = 0u64;
-        for (r, (_, i)) in sent.into_iter().zip(&missing) {
+        for r in sent {
             stats.bytes_uploaded += r?;
             stats.chunks_uploaded += 1;
-            uploaded_raw += (spans[*i].1 - spans[*i].0) as u64;
         }
-        let block_bytes: u64 = spans
-            .iter()
-            .filter(|s| !s.2)
-            .map(|s| (s.1 - s.0) as u64)
-            .sum();
+        let uploaded_raw: u64 = missing.iter().map(|s| len(s)).sum();
+        let block_bytes: u64 = spans.iter().filter(|s| !s.zero).map(len).sum();
         stats.bytes_deduplicated += block_bytes - uploaded_raw;
         Ok(())
     }

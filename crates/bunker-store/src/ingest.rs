@@ -19,7 +19,6 @@ use std::time::Instant;
 
 use bunker_chunk::{seams, ChunkId};
 use crossbeam_channel::bounded;
-use rayon::prelude::*;
 
 use crate::{Error, Repository, Result, SnapshotInfo};
 
@@ -117,29 +116,13 @@ impl Repository {
                 buf[start..max].copy_from_slice(&carry);
                 hasher.update_rayon(&buf[max..max + filled]);
                 let data = &buf[start..max + filled];
-                let cuts = seams::cuts_parallel(&chunker, data, eof);
-                let mut pieces: Vec<(usize, usize, bool)> = Vec::with_capacity(cuts.len());
-                let mut at = 0;
-                for c in &cuts {
-                    pieces.push((at, c.end, c.zero));
-                    at = c.end;
-                }
-                let ids: Vec<ChunkId> = pieces
-                    .par_iter()
-                    .map(|&(s, e, zero)| {
-                        if zero {
-                            ChunkId::ZERO
-                        } else {
-                            ChunkId::of(&data[s..e])
-                        }
-                    })
-                    .collect();
-                let chunks: Vec<(ChunkId, &[u8])> = ids
+                let spans = seams::chunk_parallel(&chunker, data, eof);
+                let at = spans.last().map_or(0, |s| s.end);
+                let chunks: Vec<(ChunkId, &[u8])> = spans
                     .iter()
-                    .zip(&pieces)
-                    .map(|(id, &(s, e, _))| (*id, &data[s..e]))
+                    .map(|s| (s.id, &data[s.start..s.end]))
                     .collect();
-                let zero: Vec<bool> = pieces.iter().map(|p| p.2).collect();
+                let zero: Vec<bool> = spans.iter().map(|s| s.zero).collect();
                 writer.push_data(&chunks, &zero)?;
                 carry.clear();
                 carry.extend_from_slice(&data[at..]);

@@ -1,0 +1,650 @@
+//! The end-to-end benchmark: SAN-like images (day 0 and next days) through a
+//! real `bunker serve` on loopback, over raw HTTP uploads and over `bunker
+//! backup`, restores and drills, next to this machine's limits on the same
+//! files (BLAKE3 on all cores, sequential read, sequential write with
+//! fdatasync) and, with `--peers`, restic and borg on the same images.
+//! Prints one markdown table. Run through `tools/bench`.
+//!
+//! `--scale` instead runs the 50-million-entry index benchmark and ingests a
+//! 32 GiB image generated on the fly, sampling the server's RSS.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bunker_tools::image::{parse_size, Image, ImageSpec};
+use clap::Parser;
+
+#[derive(Parser)]
+struct Args {
+    /// Day-0 image size.
+    #[arg(long, default_value = "4G", value_parser = parse_size)]
+    size: u64,
+    /// Next days after day 0.
+    #[arg(long, default_value_t = 3)]
+    days: u32,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also run restic and borg (tools/bench --peers installs them).
+    #[arg(long)]
+    peers: bool,
+    /// Scale run: 50 M-entry index, 32 GiB streamed ingest with RSS samples.
+    #[arg(long)]
+    scale: bool,
+    /// Working directory (default: a temporary directory under target/).
+    #[arg(long)]
+    work: Option<PathBuf>,
+}
+
+/// Peak resident set of a process, polled from /proc while it runs.
+struct RssWatch {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssWatch {
+    fn start(pid: u32) -> RssWatch {
+        let peak = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Some(hwm) = status_field(pid, "VmHWM:") {
+                    p.fetch_max(hwm, Ordering::Relaxed);
+                } else {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        RssWatch {
+            peak,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn peak(&mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+fn status_field(pid: u32, name: &str) -> Option<u64> {
+    bunker_tools::rss::status_field(&pid.to_string(), name)
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    token: String,
+}
+
+impl Server {
+    fn start(bunker: &Path, data: &Path) -> anyhow::Result<Server> {
+        let mut child = Command::new(bunker)
+            .args(["serve", "--data"])
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bunker.display()))?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().context("stdout")?),
+            &mut line,
+        )?;
+        let url = line
+            .trim()
+            .strip_prefix("bunker listening on ")
+            .context("no listening line")?
+            .to_string();
+        let token = std::fs::read_to_string(data.join("admin.token"))?
+            .trim()
+            .to_string();
+        Ok(Server { child, url, token })
+    }
+
+    fn stats(&self, agent: &ureq::Agent) -> anyhow::Result<serde_json::Value> {
+        let mut r = agent
+            .get(&format!("{}/v1/stats", self.url))
+            .header("authorization", &format!("Bearer {}", self.token))
+            .call()?;
+        Ok(r.body_mut().read_json()?)
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Result of one tool on the whole series.
+#[derive(Default)]
+struct Run {
+    ingest_s: Vec<f64>,
+    stored_after: Vec<u64>,
+    restore_s: Option<f64>,
+    drill_s: Option<f64>,
+    /// Server peak during the uploads only (before any restore).
+    rss_server_ingest: Option<u64>,
+    rss_server: Option<u64>,
+    rss_client: Option<u64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let exe = std::env::current_exe()?;
+    let bin_dir = exe.parent().context("exe dir")?.to_path_buf();
+    let bunker = bin_dir.join("bunker");
+    if !bunker.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p bunker-cli` (tools/bench does)",
+            bunker.display()
+        );
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("bunker-bench-")
+        .tempdir_in(bin_dir.parent().unwrap_or(&bin_dir))?;
+    let work = args
+        .work
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&work)?;
+    if args.scale {
+        return scale(&bunker, &bin_dir, &work);
+    }
+    let spec = ImageSpec::new(args.seed, args.size);
+    let mut images = Vec::new();
+    for day in 0..=args.days {
+        let path = work.join(format!("day{day}.img"));
+        let mut f = std::io::BufWriter::with_capacity(4 << 20, File::create(&path)?);
+        Image::new(&spec, day).write_to(&mut f)?;
+        f.into_inner()?.sync_all()?;
+        images.push(path);
+    }
+    let sizes: Vec<u64> = images
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .collect();
+    eprintln!("images: {} days, day 0 = {} bytes", images.len(), sizes[0]);
+    let limits = limits(&images[0], &work)?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let raw = bunker_raw(&bunker, &work, &images, &agent)?;
+    let client = bunker_client(&bunker, &work, &images, &agent)?;
+    let restic = if args.peers && which("restic") {
+        Some(restic(&work, &images)?)
+    } else {
+        None
+    };
+    let borg = if args.peers && which("borg") {
+        Some(borg(&work, &images)?)
+    } else {
+        None
+    };
+    print_table(
+        &args,
+        &sizes,
+        &limits,
+        &raw,
+        &client,
+        restic.as_ref(),
+        borg.as_ref(),
+    );
+    Ok(())
+}
+
+struct Limits {
+    blake3_gbps: f64,
+    read_gbps: f64,
+    write_gbps: f64,
+}
+
+fn gbps(bytes: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        bytes as f64 / secs / 1e9
+    } else {
+        0.0
+    }
+}
+
+fn drop_cache(path: &Path) {
+    if let Ok(f) = File::open(path) {
+        let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
+    }
+}
+
+/// The machine on the same file: BLAKE3 on all cores (file cached), a
+/// sequential read from disk, a sequential write with fdatasync.
+fn limits(image: &Path, work: &Path) -> anyhow::Result<Limits> {
+    let len = std::fs::metadata(image)?.len();
+    let mut buf = vec![0u8; 16 << 20];
+    // Warm the cache, then hash.
+    let mut f = File::open(image)?;
+    while f.read(&mut buf)? > 0 {}
+    let t = Instant::now();
+    let mut f = File::open(image)?;
+    let mut h = blake3::Hasher::new();
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update_rayon(&buf[..n]);
+    }
+    let blake3_gbps = gbps(len, t.elapsed().as_secs_f64());
+    drop_cache(image);
+    let t = Instant::now();
+    let mut f = File::open(image)?;
+    while f.read(&mut buf)? > 0 {}
+    let read_gbps = gbps(len, t.elapsed().as_secs_f64());
+    let out = work.join("write-test");
+    let t = Instant::now();
+    let mut w = File::create(&out)?;
+    let mut left = len;
+    buf.iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = (i * 31 % 251) as u8);
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        w.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    w.sync_data()?;
+    let write_gbps = gbps(len, t.elapsed().as_secs_f64());
+    drop(w);
+    std::fs::remove_file(&out)?;
+    Ok(Limits {
+        blake3_gbps,
+        read_gbps,
+        write_gbps,
+    })
+}
+
+/// Raw `curl -T`-style uploads, then a GET of the latest to a file and to
+/// nowhere.
+fn bunker_raw(
+    bunker: &Path,
+    work: &Path,
+    images: &[PathBuf],
+    agent: &ureq::Agent,
+) -> anyhow::Result<Run> {
+    let server = Server::start(bunker, &work.join("raw"))?;
+    let mut watch = RssWatch::start(server.child.id());
+    let mut run = Run::default();
+    for img in images {
+        let mut f = File::open(img)?;
+        let t = Instant::now();
+        let r = agent
+            .put(&format!("{}/v1/snapshots/vol", server.url))
+            .header("authorization", &format!("Bearer {}", server.token))
+            .send(ureq::SendBody::from_reader(&mut f))?;
+        if r.status() != 201 {
+            bail!("raw upload of {} answered {}", img.display(), r.status());
+        }
+        run.ingest_s.push(t.elapsed().as_secs_f64());
+        run.stored_after
+            .push(server.stats(agent)?["stored_bytes"].as_u64().unwrap_or(0));
+    }
+    run.rss_server_ingest = status_field(server.child.id(), "VmHWM:");
+    let get = |to: &mut dyn Write| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let r = agent
+            .get(&format!("{}/v1/snapshots/vol/latest/data", server.url))
+            .header("authorization", &format!("Bearer {}", server.token))
+            .call()?;
+        std::io::copy(&mut r.into_body().into_reader(), to)?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let out = work.join("raw-restore.img");
+    let mut f = File::create(&out)?;
+    let s = get(&mut f)?;
+    f.sync_data()?;
+    run.restore_s = Some(s);
+    std::fs::remove_file(&out)?;
+    run.drill_s = Some(get(&mut std::io::sink())?);
+    run.rss_server = Some(watch.peak());
+    server.stop();
+    Ok(run)
+}
+
+/// `bunker backup` (client-side dedup), `bunker restore` to a file and
+/// `bunker drill`, each a separate client process.
+fn bunker_client(
+    bunker: &Path,
+    work: &Path,
+    images: &[PathBuf],
+    agent: &ureq::Agent,
+) -> anyhow::Result<Run> {
+    let server = Server::start(bunker, &work.join("cli"))?;
+    let mut watch = RssWatch::start(server.child.id());
+    let mut run = Run::default();
+    let mut client_peak = 0u64;
+    let mut cli = |args: &[&str]| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let child = Command::new(bunker)
+            .args(args)
+            .env("BUNKER_SERVER", &server.url)
+            .env("BUNKER_TOKEN", &server.token)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut w = RssWatch::start(child.id());
+        let out = child.wait_with_output()?;
+        client_peak = client_peak.max(w.peak());
+        if !out.status.success() {
+            bail!("bunker {args:?} failed");
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    for img in images {
+        let s = cli(&["backup", "vol", &img.display().to_string()])?;
+        run.ingest_s.push(s);
+        run.stored_after
+            .push(server.stats(agent)?["stored_bytes"].as_u64().unwrap_or(0));
+    }
+    run.rss_server_ingest = status_field(server.child.id(), "VmHWM:");
+    let out = work.join("cli-restore.img");
+    run.restore_s = Some(cli(&[
+        "restore",
+        "--force",
+        "vol",
+        &out.display().to_string(),
+    ])?);
+    std::fs::remove_file(&out)?;
+    run.drill_s = Some(cli(&["drill", "vol"])?);
+    run.rss_client = Some(client_peak);
+    run.rss_server = Some(watch.peak());
+    server.stop();
+    Ok(run)
+}
+
+fn which(tool: &str) -> bool {
+    let probe = if tool == "restic" {
+        "version"
+    } else {
+        "--version"
+    };
+    Command::new(tool)
+        .arg(probe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn timed(cmd: &mut Command) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn du(path: &Path) -> u64 {
+    fn walk(p: &Path) -> u64 {
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => std::fs::read_dir(p)
+                .map(|rd| rd.flatten().map(|e| walk(&e.path())).sum())
+                .unwrap_or(0),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        }
+    }
+    walk(path)
+}
+
+/// restic with a local repository (its default compression, auto).
+fn restic(work: &Path, images: &[PathBuf]) -> anyhow::Result<Run> {
+    let repo = work.join("restic");
+    let r = || {
+        let mut c = Command::new("restic");
+        c.arg("-r")
+            .arg(&repo)
+            .env("RESTIC_PASSWORD", "bench")
+            .arg("--no-cache");
+        c
+    };
+    timed(r().arg("init"))?;
+    let mut run = Run::default();
+    for img in images {
+        run.ingest_s.push(timed(r().arg("backup").arg(img))?);
+        run.stored_after.push(du(&repo));
+    }
+    let target = work.join("restic-restore");
+    run.restore_s = Some(timed(
+        r().args(["restore", "latest", "--target"]).arg(&target),
+    )?);
+    let _ = std::fs::remove_dir_all(&target);
+    Ok(run)
+}
+
+/// borg, unencrypted, `--compression zstd,3`.
+fn borg(work: &Path, images: &[PathBuf]) -> anyhow::Result<Run> {
+    let repo = work.join("borg");
+    let b = || {
+        let mut c = Command::new("borg");
+        c.env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+            .env("BORG_RELOCATED_REPO_ACCESS_IS_OK", "yes");
+        c
+    };
+    timed(b().args(["init", "-e", "none"]).arg(&repo))?;
+    let mut run = Run::default();
+    for (day, img) in images.iter().enumerate() {
+        run.ingest_s.push(timed(
+            b().args(["create", "--compression", "zstd,3"])
+                .arg(format!("{}::day{day}", repo.display()))
+                .arg(img),
+        )?);
+        run.stored_after.push(du(&repo));
+    }
+    let target = work.join("borg-restore");
+    std::fs::create_dir_all(&target)?;
+    let last = images.len() - 1;
+    run.restore_s = Some(timed(
+        b().arg("extract")
+            .arg(format!("{}::day{last}", repo.display()))
+            .current_dir(&target),
+    )?);
+    let _ = std::fs::remove_dir_all(&target);
+    Ok(run)
+}
+
+fn mib(b: u64) -> String {
+    format!("{} MiB", b >> 20)
+}
+
+fn print_table(
+    args: &Args,
+    sizes: &[u64],
+    l: &Limits,
+    raw: &Run,
+    cli: &Run,
+    restic: Option<&Run>,
+    borg: Option<&Run>,
+) {
+    let peer = |r: Option<&Run>, f: &dyn Fn(&Run) -> String| r.map_or("-".to_string(), f);
+    let rate = |s: &[u64], r: &Run, i: usize| format!("{:.2} GB/s", gbps(s[i], r.ingest_s[i]));
+    let last = sizes.len() - 1;
+    println!(
+        "bunker benchmark: SAN-like image {} bytes (seed {}), day 0 + {} next days; 2-core machine limits measured in the same run\n",
+        sizes[0], args.seed, args.days
+    );
+    println!("| measurement | bunker raw HTTP | bunker client | limit | restic | borg | ratios |");
+    println!("|---|---|---|---|---|---|---|");
+    for i in 0..sizes.len() {
+        let what = if i == 0 {
+            "ingest day 0 (new)".to_string()
+        } else {
+            format!("ingest day {i}")
+        };
+        let best_peer = [restic, borg]
+            .iter()
+            .flatten()
+            .map(|r| gbps(sizes[i], r.ingest_s[i]))
+            .fold(0.0, f64::max);
+        let best = gbps(sizes[i], raw.ingest_s[i]).max(gbps(sizes[i], cli.ingest_s[i]));
+        let ratio = format!("{:.2}x BLAKE3", best / l.blake3_gbps);
+        let vs = if best_peer > 0.0 {
+            format!(", {:.1}x best peer", best / best_peer)
+        } else {
+            String::new()
+        };
+        println!(
+            "| {what} | {} | {} | {:.2} GB/s BLAKE3 all cores | {} | {} | {ratio}{vs} |",
+            rate(sizes, raw, i),
+            rate(sizes, cli, i),
+            l.blake3_gbps,
+            peer(restic, &|r| rate(sizes, r, i)),
+            peer(borg, &|r| rate(sizes, r, i)),
+        );
+    }
+    let rr = |r: &Run| {
+        r.restore_s
+            .map_or("-".into(), |s| format!("{:.2} GB/s", gbps(sizes[last], s)))
+    };
+    let best_restore = [raw, cli]
+        .iter()
+        .filter_map(|r| r.restore_s.map(|s| gbps(sizes[last], s)))
+        .fold(0.0, f64::max);
+    let peer_restore = [restic, borg]
+        .iter()
+        .flatten()
+        .filter_map(|r| r.restore_s.map(|s| gbps(sizes[last], s)))
+        .fold(0.0, f64::max);
+    println!(
+        "| restore latest to a file (verified) | {} | {} | {:.2} GB/s write+fdatasync | {} | {} | {} |",
+        rr(raw),
+        rr(cli),
+        l.write_gbps,
+        peer(restic, &rr),
+        peer(borg, &rr),
+        if peer_restore > 0.0 { format!("{:.1}x best peer", best_restore / peer_restore) } else { "-".into() }
+    );
+    let dr = |r: &Run| {
+        r.drill_s
+            .map_or("-".into(), |s| format!("{:.2} GB/s", gbps(sizes[last], s)))
+    };
+    println!(
+        "| drill: restore to nowhere (verified) | {} | {} | {:.2} GB/s sequential read | - | - | |",
+        dr(raw),
+        dr(cli),
+        l.read_gbps
+    );
+    let logical: u64 = sizes.iter().sum();
+    for i in 0..sizes.len() {
+        let st = |r: &Run| mib(r.stored_after[i]);
+        let vs_restic = restic.map_or(String::new(), |r| {
+            format!(
+                "{:.2}x restic",
+                cli.stored_after[i] as f64 / r.stored_after[i].max(1) as f64
+            )
+        });
+        println!(
+            "| repository bytes after day {i} | {} | {} | | {} | {} | {vs_restic} |",
+            st(raw),
+            st(cli),
+            peer(restic, &st),
+            peer(borg, &st)
+        );
+    }
+    println!(
+        "| reduction (logical / stored) after day {last} | {:.2}x | {:.2}x | | {} | {} | |",
+        logical as f64 / raw.stored_after[last].max(1) as f64,
+        logical as f64 / cli.stored_after[last].max(1) as f64,
+        peer(restic, &|r| format!(
+            "{:.2}x",
+            logical as f64 / r.stored_after[last].max(1) as f64
+        )),
+        peer(borg, &|r| format!(
+            "{:.2}x",
+            logical as f64 / r.stored_after[last].max(1) as f64
+        )),
+    );
+    let rss = |v: Option<u64>| v.map_or("-".into(), mib);
+    println!(
+        "| peak RSS, server, during the uploads | {} | {} | | | | |",
+        rss(raw.rss_server_ingest),
+        rss(cli.rss_server_ingest)
+    );
+    println!(
+        "| peak RSS, server, uploads and restores | {} | {} | | | | |",
+        rss(raw.rss_server),
+        rss(cli.rss_server)
+    );
+    println!("| peak RSS, client | | {} | | | | |", rss(cli.rss_client));
+}
+
+/// The scale run: the index benchmark at 50 M entries, then a 32 GiB image
+/// generated on the fly and uploaded raw, with the server's RSS sampled.
+fn scale(bunker: &Path, bin_dir: &Path, work: &Path) -> anyhow::Result<()> {
+    let status = Command::new(bin_dir.join("bunker-index-bench"))
+        .args(["--entries", "50M", "--lookups", "2M", "--dir"])
+        .arg(work.join("index"))
+        .status()?;
+    if !status.success() {
+        bail!("bunker-index-bench failed");
+    }
+    let server = Server::start(bunker, &work.join("scale"))?;
+    let pid = server.child.id();
+    let image = Image::new(&ImageSpec::new(3, 32 << 30), 0);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let started = Instant::now();
+    let sampler = std::thread::spawn(move || {
+        let mut samples = Vec::new();
+        while !s2.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_secs(2));
+            samples.push((
+                started.elapsed().as_secs_f64(),
+                status_field(pid, "VmRSS:").unwrap_or(0),
+            ));
+        }
+        samples
+    });
+    let mut reader = image.reader();
+    let r = agent
+        .put(&format!("{}/v1/snapshots/scale", server.url))
+        .header("authorization", &format!("Bearer {}", server.token))
+        .send(ureq::SendBody::from_reader(&mut reader))?;
+    let secs = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampler
+        .join()
+        .map_err(|_| anyhow::anyhow!("sampler panicked"))?;
+    let peak = status_field(pid, "VmHWM:").unwrap_or(0);
+    server.stop();
+    println!(
+        "\n32 GiB streamed raw upload: status {}, {:.1} s, {:.2} GB/s, server peak RSS {}",
+        r.status(),
+        secs,
+        gbps(image.len(), secs),
+        mib(peak)
+    );
+    println!("| seconds | server RSS |\n|---|---|");
+    for (t, rss) in samples.iter().step_by((samples.len() / 16).max(1)) {
+        println!("| {t:.0} | {} |", mib(*rss));
+    }
+    Ok(())
+}
