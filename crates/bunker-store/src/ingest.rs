@@ -73,28 +73,29 @@ impl Repository {
         for _ in 0..2 {
             let _ = free_tx.send(vec![0u8; max + BLOCK_LEN]);
         }
-        let mut hasher = blake3::Hasher::new();
         let mut stats = Progress::default();
         let started = Instant::now();
-        let result = std::thread::scope(|scope| -> Result<()> {
+        let result = std::thread::scope(|scope| -> Result<blake3::Hash> {
             // Owned by this closure, so an early return drops them and
             // unblocks the reader thread before the scope joins it.
             let (full_rx, free_tx) = (full_rx, free_tx);
             let mut source = source;
-            scope.spawn(move || {
+            let reader = scope.spawn(move || {
                 // Ends when the source ends or fails, or when the consumer
-                // hangs up (error or done).
+                // hangs up (error or done). The whole-stream hash is computed
+                // here, overlapped with the processing of the previous block.
+                let mut hasher = blake3::Hasher::new();
                 while let Ok(mut buf) = free_rx.recv() {
-                    let block = fill(&mut source, &mut buf[max..]).map(|(filled, eof)| Block {
-                        buf,
-                        filled,
-                        eof,
+                    let block = fill(&mut source, &mut buf[max..]).map(|(filled, eof)| {
+                        hasher.update(&buf[max..max + filled]);
+                        Block { buf, filled, eof }
                     });
                     let stop = !matches!(block, Ok(Block { eof: false, .. }));
                     if full_tx.send(block).is_err() || stop {
                         break;
                     }
                 }
+                hasher.finalize()
             });
             let mut carry: Vec<u8> = Vec::with_capacity(max);
             loop {
@@ -114,7 +115,6 @@ impl Repository {
                 } = block;
                 let start = max - carry.len();
                 buf[start..max].copy_from_slice(&carry);
-                hasher.update_rayon(&buf[max..max + filled]);
                 let data = &buf[start..max + filled];
                 let spans = seams::chunk_parallel(&chunker, data, eof);
                 let at = spans.last().map_or(0, |s| s.end);
@@ -134,12 +134,14 @@ impl Repository {
                 let _ = free_tx.send(buf);
                 if eof {
                     debug_assert!(carry.is_empty());
-                    return Ok(());
+                    return reader.join().map_err(|_| {
+                        Error::Source(std::io::Error::other("reader thread panicked"))
+                    });
                 }
             }
         });
-        result?;
-        let info = writer.commit(*hasher.finalize().as_bytes(), opts.expected_hash)?;
+        let stream_hash = result?;
+        let info = writer.commit(*stream_hash.as_bytes(), opts.expected_hash)?;
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "ingest done");
         Ok(info)
     }
