@@ -551,3 +551,80 @@ fn a_backup_cut_by_a_dying_server_fails_cleanly() {
     let o = bunker(&server, &token, &["snapshots", "cut"]);
     assert!(!ok(&o).contains("cut "), "a cut backup must not be listed");
 }
+
+#[test]
+fn prune_keeps_what_the_policy_says_and_only_admins_prune() {
+    let s = setup();
+    let img = s.root.join("img");
+    std::fs::write(&img, bunker_tests::noise(40, 1 << 20)).unwrap();
+    for _ in 0..5 {
+        ok(&bunker(
+            &s.server,
+            &s.token,
+            &["backup", "vol", img.to_str().unwrap()],
+        ));
+    }
+    let dry = json(&bunker(
+        &s.server,
+        &s.token,
+        &["--json", "prune", "vol", "--keep-last", "2", "--dry-run"],
+    ));
+    assert_eq!(dry["dry_run"], true);
+    let snaps = dry["names"][0]["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 5);
+    assert_eq!(snaps.iter().filter(|s| s["keep"] == true).count(), 2);
+    assert_eq!(snaps[0]["reasons"][0], "last");
+    let listed = json(&bunker(
+        &s.server,
+        &s.token,
+        &["--json", "snapshots", "vol"],
+    ));
+    assert_eq!(
+        listed["snapshots"].as_array().unwrap().len(),
+        5,
+        "a dry run deletes nothing"
+    );
+    let out = ok(&bunker(
+        &s.server,
+        &s.token,
+        &["prune", "vol", "--keep-last", "2"],
+    ));
+    assert!(out.contains("removed 3"), "{out}");
+    let listed = json(&bunker(
+        &s.server,
+        &s.token,
+        &["--json", "snapshots", "vol"],
+    ));
+    let ids: Vec<u64> = listed["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![4, 5], "the two newest stay");
+    // A policy that keeps nothing is refused; writers may not prune.
+    let o = bunker(&s.server, &s.token, &["prune", "vol"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("keeps nothing"));
+    let out = ok(&bunker(
+        &s.server,
+        &s.token,
+        &["token", "create", "--role", "writer"],
+    ));
+    let w = s.root.join("w.token");
+    std::fs::write(&w, out.trim().lines().last().unwrap()).unwrap();
+    let o = bunker(&s.server, &w, &["prune", "vol", "--keep-last", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not allowed"));
+    assert_eq!(
+        json(&bunker(
+            &s.server,
+            &s.token,
+            &["--json", "snapshots", "vol"]
+        ))["snapshots"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}

@@ -259,3 +259,52 @@ mod tests {
         }
     }
 }
+
+/// `POST /v1/prune`: apply a retention policy to one name or to all.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default)]
+    pub keep_last: u32,
+    #[serde(default)]
+    pub keep_hourly: u32,
+    #[serde(default)]
+    pub keep_daily: u32,
+    #[serde(default)]
+    pub keep_weekly: u32,
+    #[serde(default)]
+    pub keep_monthly: u32,
+    #[serde(default)]
+    pub keep_yearly: u32,
+    /// Keep everything committed within this many seconds of the newest.
+    #[serde(default)]
+    pub keep_within_secs: Option<u64>,
+    /// List what would go and why; delete nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneDecision {
+    pub id: u64,
+    pub created_unix_ms: i64,
+    pub keep: bool,
+    /// The rules that keep it (`last`, `hourly`, ..., `within`, `newest`).
+    pub reasons: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneName {
+    pub name: String,
+    /// Newest first.
+    pub snapshots: Vec<PruneDecision>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneResult {
+    pub dry_run: bool,
+    pub names: Vec<PruneName>,
+}

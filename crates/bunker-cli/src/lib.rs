@@ -68,6 +68,8 @@ enum Command {
     Snapshots(cmd::snapshots::Args),
     /// Restore drill: restore to nowhere, verify everything, report timing.
     Drill(cmd::drill::Args),
+    /// Apply a retention policy (admin); removes manifests only.
+    Prune(cmd::prune::Args),
     /// Repository figures: sizes, dedup and compression.
     Stats,
     /// Create, list and revoke API tokens (admin).
@@ -117,6 +119,7 @@ pub fn main() -> ExitCode {
         Command::Restore(args) => cmd::restore::run(&g, args),
         Command::Snapshots(args) => cmd::snapshots::run(&g, args),
         Command::Drill(args) => cmd::drill::run(&g, args),
+        Command::Prune(args) => cmd::prune::run(&g, args),
         Command::Stats => cmd::snapshots::stats(&g),
         Command::Token(c) => cmd::token::run(&g, c),
         Command::Demo(args) => cmd::demo::run(args),

@@ -260,6 +260,10 @@ impl Client {
             .map(|_| ())
     }
 
+    pub fn prune(&self, req: &bunker_api::PruneRequest) -> Result<bunker_api::PruneResult> {
+        self.json(self.post("/v1/prune").send_json(req))
+    }
+
     pub fn stats(&self) -> Result<bunker_api::Stats> {
         self.json(self.get("/v1/stats").call())
     }

@@ -37,6 +37,7 @@ mod mmap;
 mod pack;
 mod repo;
 mod restore;
+pub mod retention;
 pub mod snapshot;
 mod verify;
 

@@ -66,7 +66,7 @@ impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
             read_mode: ReadMode::Mmap,
-            index_flush_at: 64 * 1024,
+            index_flush_at: 16 * 1024,
         }
     }
 }
@@ -457,6 +457,29 @@ impl Repository {
     ) -> Result<impl Iterator<Item = Result<crate::ManifestEntry>>> {
         snapshot::validate_name(name)?;
         self.manifest(name, id)?.entries_from(0)
+    }
+
+    /// Applies a retention policy to the snapshots of `name`: returns the
+    /// decisions (newest first) and, unless `dry_run`, deletes the manifests
+    /// of the snapshots that go. Their chunks stay until GC.
+    pub fn prune(
+        &self,
+        name: &str,
+        policy: &crate::retention::Policy,
+        dry_run: bool,
+    ) -> Result<Vec<crate::retention::Decision>> {
+        let snaps: Vec<(SnapshotId, i64)> = self
+            .list(Some(name))?
+            .iter()
+            .map(|s| (s.id, s.created_unix_ms))
+            .collect();
+        let decisions = crate::retention::plan(&snaps, policy)?;
+        if !dry_run {
+            for d in decisions.iter().filter(|d| !d.keep) {
+                self.delete(name, d.id)?;
+            }
+        }
+        Ok(decisions)
     }
 
     /// Removes a snapshot's manifest. Its chunks stay until GC.

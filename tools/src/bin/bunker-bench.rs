@@ -33,9 +33,13 @@ struct Args {
     /// Also run restic and borg (tools/bench --peers installs them).
     #[arg(long)]
     peers: bool,
-    /// Scale run: 50 M-entry index, 32 GiB streamed ingest with RSS samples.
+    /// Scale run: 50 M-entry index, then 4 GiB and 32 GiB streamed ingests
+    /// with RSS samples.
     #[arg(long)]
     scale: bool,
+    /// With --scale: skip the 50 M-entry index benchmark.
+    #[arg(long)]
+    skip_index: bool,
     /// Working directory (default: a temporary directory under target/).
     #[arg(long)]
     work: Option<PathBuf>,
@@ -165,7 +169,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&work)?;
     if args.scale {
-        return scale(&bunker, &bin_dir, &work);
+        return scale(&bunker, &bin_dir, &work, args.skip_index);
     }
     let spec = ImageSpec::new(args.seed, args.size);
     let mut images = Vec::new();
@@ -592,59 +596,75 @@ fn print_table(
     println!("| peak RSS, client | | {} | | | | |", rss(cli.rss_client));
 }
 
-/// The scale run: the index benchmark at 50 M entries, then a 32 GiB image
-/// generated on the fly and uploaded raw, with the server's RSS sampled.
-fn scale(bunker: &Path, bin_dir: &Path, work: &Path) -> anyhow::Result<()> {
-    let status = Command::new(bin_dir.join("bunker-index-bench"))
-        .args(["--entries", "50M", "--lookups", "2M", "--dir"])
-        .arg(work.join("index"))
-        .status()?;
-    if !status.success() {
-        bail!("bunker-index-bench failed");
-    }
-    let server = Server::start(bunker, &work.join("scale"))?;
-    let pid = server.child.id();
-    let image = Image::new(&ImageSpec::new(3, 32 << 30), 0);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let stop = Arc::new(AtomicBool::new(false));
-    let s2 = stop.clone();
-    let started = Instant::now();
-    let sampler = std::thread::spawn(move || {
-        let mut samples = Vec::new();
-        while !s2.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_secs(2));
-            samples.push((
-                started.elapsed().as_secs_f64(),
-                status_field(pid, "VmRSS:").unwrap_or(0),
-            ));
+/// The scale run: the index benchmark at 50 M entries, then images of 4 GiB
+/// and 32 GiB generated on the fly and uploaded raw to fresh servers, with
+/// the server's RSS sampled: memory must not grow with the stream.
+fn scale(bunker: &Path, bin_dir: &Path, work: &Path, skip_index: bool) -> anyhow::Result<()> {
+    if !skip_index {
+        let status = Command::new(bin_dir.join("bunker-index-bench"))
+            .args(["--entries", "50M", "--lookups", "2M", "--dir"])
+            .arg(work.join("index"))
+            .status()?;
+        if !status.success() {
+            bail!("bunker-index-bench failed");
         }
-        samples
-    });
-    let mut reader = image.reader();
-    let r = agent
-        .put(&format!("{}/v1/snapshots/scale", server.url))
-        .header("authorization", &format!("Bearer {}", server.token))
-        .send(ureq::SendBody::from_reader(&mut reader))?;
-    let secs = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    let samples = sampler
-        .join()
-        .map_err(|_| anyhow::anyhow!("sampler panicked"))?;
-    let peak = status_field(pid, "VmHWM:").unwrap_or(0);
-    server.stop();
-    println!(
-        "\n32 GiB streamed raw upload: status {}, {:.1} s, {:.2} GB/s, server peak RSS {}",
-        r.status(),
-        secs,
-        gbps(image.len(), secs),
-        mib(peak)
-    );
-    println!("| seconds | server RSS |\n|---|---|");
-    for (t, rss) in samples.iter().step_by((samples.len() / 16).max(1)) {
-        println!("| {t:.0} | {} |", mib(*rss));
+        let _ = std::fs::remove_dir_all(work.join("index"));
     }
+    let mut peaks = Vec::new();
+    for gib in [4u64, 32] {
+        let data = work.join(format!("scale-{gib}"));
+        let server = Server::start(bunker, &data)?;
+        let pid = server.child.id();
+        let image = Image::new(&ImageSpec::new(3, gib << 30), 0);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let started = Instant::now();
+        let sampler = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !s2.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(2));
+                samples.push((
+                    started.elapsed().as_secs_f64(),
+                    status_field(pid, "VmRSS:").unwrap_or(0),
+                ));
+            }
+            samples
+        });
+        let mut reader = image.reader();
+        let r = agent
+            .put(&format!("{}/v1/snapshots/scale", server.url))
+            .header("authorization", &format!("Bearer {}", server.token))
+            .send(ureq::SendBody::from_reader(&mut reader))?;
+        let secs = started.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        let samples = sampler
+            .join()
+            .map_err(|_| anyhow::anyhow!("sampler panicked"))?;
+        let peak = status_field(pid, "VmHWM:").unwrap_or(0);
+        server.stop();
+        let _ = std::fs::remove_dir_all(&data);
+        println!(
+            "\n{gib} GiB streamed raw upload: status {}, {:.1} s, {:.2} GB/s, server peak RSS {}",
+            r.status(),
+            secs,
+            gbps(image.len(), secs),
+            mib(peak)
+        );
+        println!("| seconds | server RSS |\n|---|---|");
+        for (t, rss) in samples.iter().step_by((samples.len() / 12).max(1)) {
+            println!("| {t:.0} | {} |", mib(*rss));
+        }
+        peaks.push(peak);
+    }
+    println!(
+        "\nserver peak RSS: 4 GiB stream {}, 32 GiB stream {} ({:+.1}%)",
+        mib(peaks[0]),
+        mib(peaks[1]),
+        100.0 * (peaks[1] as f64 / peaks[0].max(1) as f64 - 1.0)
+    );
     Ok(())
 }

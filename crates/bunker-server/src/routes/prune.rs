@@ -1,0 +1,97 @@
+//! `POST /v1/prune`: retention policies (admin). Removes manifests only;
+//! the space comes back through GC.
+
+use std::sync::Arc;
+
+use bunker_api::{PruneDecision, PruneName, PruneRequest, PruneResult, Role};
+use bunker_store::retention::Policy;
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+
+use super::admin::read_small_body;
+use super::{blocking, check_name, require};
+use crate::error::ApiError;
+use crate::tokens::Principal;
+use crate::{json_response, not_allowed, Reply, State};
+
+pub(super) async fn prune(state: &Arc<State>, p: &Principal, req: Request<Incoming>) -> Reply {
+    if req.method() != Method::POST {
+        return Err(not_allowed());
+    }
+    require(
+        p,
+        &[Role::Admin],
+        "prune snapshots (backups are append-only for writers)",
+    )?;
+    let body = read_small_body(req.into_body(), 16 << 10).await?;
+    let r: PruneRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("prune request: {e}")))?;
+    let policy = Policy {
+        last: r.keep_last,
+        hourly: r.keep_hourly,
+        daily: r.keep_daily,
+        weekly: r.keep_weekly,
+        monthly: r.keep_monthly,
+        yearly: r.keep_yearly,
+        within_ms: r.keep_within_secs.map(|s| (s as i64).saturating_mul(1000)),
+    };
+    if policy.keeps_nothing() {
+        return Err(ApiError::bad_request(
+            "this retention policy keeps nothing: give at least one keep rule",
+        ));
+    }
+    let names = match (&r.name, r.all) {
+        (Some(n), false) => {
+            check_name(p, n)?;
+            vec![n.clone()]
+        }
+        (None, true) => {
+            let st = state.clone();
+            let all = blocking(move || st.repo.list(None).map_err(|e| st.store_error(e))).await?;
+            let mut names: Vec<String> = all
+                .into_iter()
+                .map(|s| s.name)
+                .filter(|n| p.in_scope(n))
+                .collect();
+            names.dedup();
+            names
+        }
+        _ => return Err(ApiError::bad_request("give either a name or \"all\": true")),
+    };
+    let st = state.clone();
+    let dry_run = r.dry_run;
+    let result = blocking(move || {
+        let mut out = Vec::new();
+        for name in names {
+            let decisions = st
+                .repo
+                .prune(&name, &policy, dry_run)
+                .map_err(|e| st.store_error(e))?;
+            let removed = decisions.iter().filter(|d| !d.keep).count();
+            if !dry_run && removed > 0 {
+                tracing::info!(name, removed, "pruned snapshots");
+            }
+            out.push(PruneName {
+                name,
+                snapshots: decisions
+                    .into_iter()
+                    .map(|d| PruneDecision {
+                        id: d.id.0,
+                        created_unix_ms: d.created_unix_ms,
+                        keep: d.keep,
+                        reasons: d.reasons.iter().map(|r| r.to_string()).collect(),
+                    })
+                    .collect(),
+            });
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &PruneResult {
+            dry_run,
+            names: result,
+        },
+    ))
+}
