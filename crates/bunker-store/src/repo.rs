@@ -353,15 +353,25 @@ impl Repository {
         }
     }
 
+    /// Hands sealed packs to the index, flushing it when its in-memory
+    /// part is full: during one long stream too, so memory does not grow
+    /// with the size of a backup. A failed flush loses nothing (the index
+    /// is a cache; the entries stay queued) and is retried at the next one.
     fn index_sealed(&self, sealed: impl IntoIterator<Item = SealedPack>) {
+        let index = &self.inner.index;
         for s in sealed {
-            self.inner.index.add_sealed(
+            index.add_sealed(
                 s.pack,
                 s.entries
                     .iter()
                     .map(|e| (e.id, location(s.pack, e)))
                     .collect(),
             );
+        }
+        if index.needs_flush() {
+            if let Err(e) = index.flush() {
+                tracing::warn!("index flush failed (will retry): {e}");
+            }
         }
     }
 
@@ -855,12 +865,8 @@ impl SnapshotWriter {
         info_header.size = self.manifest.len();
         info_header.entries = self.manifest.count();
         self.manifest.finish(header, &dest)?;
-        // 4. The index is a cache: a failed flush loses nothing.
-        if inner.index.needs_flush() {
-            if let Err(e) = inner.index.flush() {
-                tracing::warn!("index flush failed (will retry): {e}");
-            }
-        }
+        // Index entries were queued when the pack was sealed (step 2) and
+        // are flushed by `index_sealed` when due: the index is a cache.
         tracing::info!(name = %self.name, id = id.0, bytes = info_header.size, new_bytes = self.new_bytes, "committed snapshot");
         Ok(SnapshotInfo::from_header(&info_header))
     }
