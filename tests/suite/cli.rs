@@ -628,3 +628,89 @@ fn prune_keeps_what_the_policy_says_and_only_admins_prune() {
         2
     );
 }
+
+#[test]
+fn verify_names_damage_and_repair_rebuilds_a_lost_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let token = data_dir.join("admin.token");
+    let a = dir.path().join("a.img");
+    let b = dir.path().join("b.img");
+    let a_data = write_image(&a, &ImageSpec::new(50, 8 << 20), 0);
+    std::fs::write(&b, bunker_tests::noise(51, 4 << 20)).unwrap();
+    {
+        let server = Server::start(BIN, &data_dir, &[]);
+        ok(&bunker(
+            &server,
+            &token,
+            &["backup", "a", a.to_str().unwrap()],
+        ));
+        ok(&bunker(
+            &server,
+            &token,
+            &["backup", "b", b.to_str().unwrap()],
+        ));
+        let clean = json(&bunker(&server, &token, &["--json", "verify"]));
+        assert_eq!(clean["clean"], true, "{clean}");
+        assert!(clean["chunks"].as_u64().unwrap() > 10);
+        // Repair needs the server stopped: the repository is locked.
+        let o = Command::new(BIN)
+            .args(["repair", "--rebuild-index", "--data"])
+            .arg(&data_dir)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("stop the server first"));
+        server.stop();
+    }
+    // Lose the index entirely; repair rebuilds it from the packs.
+    std::fs::remove_dir_all(data_dir.join("index")).unwrap();
+    let o = Command::new(BIN)
+        .args(["repair", "--rebuild-index", "--data"])
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("rebuilt the index"));
+    // Damage snapshot a's data: the pack holding its first chunk.
+    let mut packs = Vec::new();
+    for x in std::fs::read_dir(data_dir.join("packs")).unwrap().flatten() {
+        for y in std::fs::read_dir(x.path()).unwrap().flatten() {
+            for f in std::fs::read_dir(y.path()).unwrap().flatten() {
+                packs.push(f.path());
+            }
+        }
+    }
+    packs.sort();
+    let first = &packs[0];
+    let mut bytes = std::fs::read(first).unwrap();
+    bytes[200] ^= 0x20;
+    std::fs::write(first, &bytes).unwrap();
+    let server = Server::start(BIN, &data_dir, &[]);
+    let o = bunker(&server, &token, &["verify"]);
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("DAMAGED packs/") && out.contains("SNAPSHOT a@1"),
+        "{out}"
+    );
+    assert!(!out.contains("SNAPSHOT b@"), "b is intact: {out}");
+    // b still restores; a is refused loudly.
+    let rb = dir.path().join("rb");
+    ok(&bunker(
+        &server,
+        &token,
+        &["restore", "b", rb.to_str().unwrap()],
+    ));
+    assert!(std::fs::read(&rb).unwrap() == std::fs::read(&b).unwrap());
+    let ra = dir.path().join("ra");
+    let o = bunker(&server, &token, &["restore", "a", ra.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(!ra.exists(), "a failed restore leaves no file");
+    drop(a_data);
+}

@@ -308,3 +308,35 @@ pub struct PruneResult {
     pub dry_run: bool,
     pub names: Vec<PruneName>,
 }
+
+/// One damaged thing found by verify.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Damage {
+    /// Relative to the repository, e.g. `packs/3a/00/000000000000003a.pack`.
+    pub file: String,
+    pub pack: Option<u64>,
+    pub offset: Option<u64>,
+    pub chunk: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DamagedSnapshot {
+    pub name: String,
+    pub id: u64,
+    pub bad_chunks: u64,
+    pub reason: String,
+}
+
+/// `POST /v1/verify`: every record of every pack, the index, every manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub clean: bool,
+    pub packs: u64,
+    pub chunks: u64,
+    pub stored_bytes: u64,
+    pub snapshots: u64,
+    pub seconds: f64,
+    pub damage: Vec<Damage>,
+    pub damaged_snapshots: Vec<DamagedSnapshot>,
+}

@@ -72,6 +72,11 @@ enum Command {
     Prune(cmd::prune::Args),
     /// Repository figures: sizes, dedup and compression.
     Stats,
+    /// Scrub: verify every chunk, the index and every manifest (admin);
+    /// names damaged chunks and the snapshots they break. Exit 4 on damage.
+    Verify,
+    /// Offline repairs on a data directory (stop the server first).
+    Repair(cmd::verify::RepairArgs),
     /// Create, list and revoke API tokens (admin).
     #[command(subcommand)]
     Token(cmd::token::Command),
@@ -121,6 +126,8 @@ pub fn main() -> ExitCode {
         Command::Drill(args) => cmd::drill::run(&g, args),
         Command::Prune(args) => cmd::prune::run(&g, args),
         Command::Stats => cmd::snapshots::stats(&g),
+        Command::Verify => cmd::verify::verify(&g),
+        Command::Repair(args) => cmd::verify::repair(&g, args),
         Command::Token(c) => cmd::token::run(&g, c),
         Command::Demo(args) => cmd::demo::run(args),
     };

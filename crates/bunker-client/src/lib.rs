@@ -260,6 +260,10 @@ impl Client {
             .map(|_| ())
     }
 
+    pub fn verify(&self) -> Result<bunker_api::VerifyReport> {
+        self.json(self.post("/v1/verify").send_empty())
+    }
+
     pub fn prune(&self, req: &bunker_api::PruneRequest) -> Result<bunker_api::PruneResult> {
         self.json(self.post("/v1/prune").send_json(req))
     }

@@ -175,6 +175,17 @@ impl Repository {
     }
 
     pub fn open_with(path: &Path, opts: OpenOptions) -> Result<Repository> {
+        if !path.join("config").exists() {
+            return Err(Error::NotFound {
+                what: format!("bunker repository at {} (no config file)", path.display()),
+            });
+        }
+        let lock = lock_repository(path)?;
+        Self::open_locked(path, opts, lock)
+    }
+
+    /// Opens the repository whose lock the caller already holds.
+    fn open_locked(path: &Path, opts: OpenOptions, lock: File) -> Result<Repository> {
         let config_path = path.join("config");
         let bytes = std::fs::read(&config_path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::NotFound {
@@ -183,7 +194,6 @@ impl Repository {
             _ => Error::io(&config_path, e),
         })?;
         let config = RepoConfig::decode("config", &bytes)?;
-        let lock = lock_repository(path)?;
         for dir in ["packs", "index", "snapshots", "tmp"] {
             durable::create_dir_all(&path.join(dir))?;
         }
@@ -565,12 +575,20 @@ impl Repository {
     }
 
     /// Deletes the index and rebuilds it from the packs alone.
+    /// The repository lock is taken first: a repository in use by another
+    /// process is refused before anything is touched.
     pub fn rebuild_index(path: &Path) -> Result<()> {
+        if !path.join("config").exists() {
+            return Err(Error::NotFound {
+                what: format!("bunker repository at {} (no config file)", path.display()),
+            });
+        }
+        let lock = lock_repository(path)?;
         let index_dir = path.join("index");
         if index_dir.exists() {
             std::fs::remove_dir_all(&index_dir).at(&index_dir)?;
         }
-        Repository::open(path)?.close()
+        Repository::open_locked(path, OpenOptions::default(), lock)?.close()
     }
 }
 

@@ -8,6 +8,7 @@ pub mod restore;
 pub mod serve;
 pub mod snapshots;
 pub mod token;
+pub mod verify;
 
 /// A snapshot reference: `NAME`, `NAME@latest` or `NAME@ID`.
 #[derive(Clone, Debug)]

@@ -9,6 +9,7 @@ mod admin;
 mod prune;
 mod sessions;
 mod snapshots;
+mod verify;
 
 use std::sync::Arc;
 
@@ -67,6 +68,7 @@ pub(crate) async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'s
             "get_chunk",
             snapshots::chunk(state, &principal, req, name, id, chunk).await,
         ),
+        ["v1", "verify"] => ("verify", verify::verify(state, &principal, req).await),
         ["v1", "prune"] => ("prune", prune::prune(state, &principal, req).await),
         ["v1", "sessions"] => ("open_session", sessions::open(state, &principal, req).await),
         ["v1", "sessions", sid] => ("session", sessions::abort(state, &principal, &method, sid)),
