@@ -9,6 +9,7 @@ mod crash;
 mod san;
 mod server;
 mod tls;
+mod upgrade;
 
 /// The seed of a randomised test: `BUNKER_SEED` or the given default.
 pub fn seed(default: u64) -> u64 {

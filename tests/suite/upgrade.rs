@@ -1,0 +1,93 @@
+//! Upgrade drill: a repository written by format version 1 (committed
+//! under tests/fixtures/repo-v1 by `bunker-make-fixture`) must open, verify,
+//! restore bit-exactly, take new backups and rebuild its index in every
+//! later version of bunker.
+
+use std::io::Read;
+use std::path::Path;
+
+use bunker_store::{IngestOptions, Repository, SnapshotId};
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+fn restored_hash(repo: &Repository, name: &str, id: u64) -> (u64, String) {
+    let mut r = repo.reader(name, Some(SnapshotId(id)), None).unwrap();
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0;
+    loop {
+        let got = r.read(&mut buf).unwrap();
+        if got == 0 {
+            return (n, h.finalize().to_hex().to_string());
+        }
+        h.update(&buf[..got]);
+        n += got as u64;
+    }
+}
+
+#[test]
+fn version_1_repository_opens_verifies_restores_and_takes_backups() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/repo-v1");
+    let expected = std::fs::read_to_string(fixture.join("expected.txt")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repo_dir = dir.path().join("repo");
+    copy_dir(&fixture, &repo_dir);
+    let repo = Repository::open(&repo_dir).expect("a version-1 repository must open");
+    let report = repo.verify().unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    let listed = repo.list(None).unwrap();
+    assert_eq!(listed.len(), expected.lines().count());
+    for line in expected.lines() {
+        let [name, id, size, hash] = line.split(' ').collect::<Vec<_>>()[..] else {
+            panic!("bad line {line}")
+        };
+        let id: u64 = id.parse().unwrap();
+        let info = repo.snapshot(name, Some(SnapshotId(id))).unwrap();
+        assert_eq!(
+            (info.size.to_string(), info.stream_hash_hex()),
+            (size.to_string(), hash.to_string())
+        );
+        assert_eq!(
+            restored_hash(&repo, name, id),
+            (size.parse().unwrap(), hash.to_string()),
+            "{name}@{id}"
+        );
+    }
+    // New backups go into the old repository and deduplicate against it.
+    let mut data = Vec::new();
+    repo.reader("fix", Some(SnapshotId(2)), None)
+        .unwrap()
+        .read_to_end(&mut data)
+        .unwrap();
+    data.extend_from_slice(b"one more day");
+    let info = repo
+        .ingest("fix", &data[..], &IngestOptions::default(), &mut |_| {})
+        .unwrap();
+    assert!(info.id.0 > 3, "ids continue after the fixture's");
+    assert!(
+        info.new_bytes < data.len() as u64 / 10,
+        "dedup against version-1 data: {} new bytes",
+        info.new_bytes
+    );
+    assert_eq!(
+        restored_hash(&repo, "fix", info.id.0).1,
+        blake3::hash(&data).to_hex().to_string()
+    );
+    repo.close().unwrap();
+    let digest = repo.index_digest();
+    drop(repo);
+    Repository::rebuild_index(&repo_dir).unwrap();
+    let repo = Repository::open(&repo_dir).unwrap();
+    assert_eq!(repo.index_digest(), digest);
+    assert!(repo.verify().unwrap().is_clean());
+}
