@@ -6,6 +6,7 @@
 mod cli;
 mod corruption;
 mod crash;
+mod faults;
 mod san;
 mod server;
 mod tls;

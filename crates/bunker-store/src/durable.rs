@@ -14,19 +14,40 @@ use std::path::Path;
 use crate::error::IoContext;
 use crate::Result;
 
+/// An injected failure (feature `failpoints`, tests only).
+#[cfg(feature = "failpoints")]
+pub(crate) fn injected(what: &str) -> std::io::Error {
+    std::io::Error::other(format!("injected failure: {what}"))
+}
+
+/// Fails here when the failpoint `name` is configured to (tests only).
+macro_rules! failpoint {
+    ($name:literal, $path:expr) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, |_| Err(crate::Error::io(
+            $path,
+            crate::durable::injected($name)
+        )));
+    };
+}
+pub(crate) use failpoint;
+
 /// Flushes a file's data (and the metadata needed to read it back).
 pub(crate) fn sync_data(file: &File, path: &Path) -> Result<()> {
+    failpoint!("durable::sync_data", path);
     file.sync_data().at(path)
 }
 
 /// Makes the entries of a directory (creations, renames, deletions) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    failpoint!("durable::sync_dir", dir);
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }
 
 /// Renames `from` to `to` within one filesystem and syncs `to`'s directory.
 /// After this returns, `to` exists with `from`'s contents across a crash.
 pub(crate) fn rename(from: &Path, to: &Path) -> Result<()> {
+    failpoint!("durable::rename", to);
     std::fs::rename(from, to).at(to)?;
     sync_dir(parent(to))
 }

@@ -112,6 +112,7 @@ impl Packs {
                 .open
                 .as_mut()
                 .ok_or_else(|| Error::Poisoned("no open pack".into()))?;
+            durable::failpoint!("pack::write", &open.path);
             let header = RecordHeader::new(r.id, r.codec, r.raw_len, r.stored);
             let offset = open.len;
             // A failed write leaves `len` unchanged: the next record (or the
