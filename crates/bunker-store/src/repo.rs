@@ -523,9 +523,8 @@ impl Repository {
     /// Seals the open pack and flushes the index: what a clean shutdown does
     /// (recovery would do it too, just more slowly).
     pub fn close(&self) -> Result<()> {
-        if let Some(s) = self.inner.packs.seal()? {
-            self.index_sealed([s]);
-        }
+        let sealed = self.inner.packs.seal()?;
+        self.index_sealed(sealed);
         self.inner.index.flush()
     }
 
@@ -598,14 +597,16 @@ impl Drop for Inner {
     /// whatever this could not do.
     fn drop(&mut self) {
         match self.packs.seal() {
-            Ok(Some(s)) => self.index.add_sealed(
-                s.pack,
-                s.entries
-                    .iter()
-                    .map(|e| (e.id, location(s.pack, e)))
-                    .collect(),
-            ),
-            Ok(None) => {}
+            Ok(sealed) => {
+                for s in sealed {
+                    let entries = s
+                        .entries
+                        .iter()
+                        .map(|e| (e.id, location(s.pack, e)))
+                        .collect();
+                    self.index.add_sealed(s.pack, entries);
+                }
+            }
             Err(e) => tracing::warn!("sealing the open pack at close failed: {e}"),
         }
         if let Err(e) = self.index.flush() {
@@ -857,9 +858,8 @@ impl SnapshotWriter {
         }
         // 2. Seal the open pack: every referenced chunk is now in a synced,
         //    sealed pack.
-        if let Some(sealed) = inner.packs.seal()? {
-            self.repo.index_sealed([sealed]);
-        }
+        let sealed = inner.packs.seal()?;
+        self.repo.index_sealed(sealed);
         // 3. Publish the manifest: write, sync, rename, sync directory.
         let id = SnapshotId(inner.next_snapshot.fetch_add(1, Ordering::SeqCst));
         let header = ManifestHeader {

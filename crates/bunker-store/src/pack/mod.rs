@@ -4,8 +4,10 @@
 //! positional writes under a mutex; compression happens before, outside the
 //! lock). A pack is sealed when it reaches its target length and whenever a
 //! snapshot commits, so a committed snapshot only ever references sealed
-//! packs: sealing is the durability point of chunk data. Layout:
-//! docs/FORMAT.md, "Pack".
+//! packs: sealing is the durability point of chunk data. A pack that fills
+//! up is sealed on a background thread (its fdatasync overlaps ingest into
+//! the next pack); [`Packs::seal`], which every commit calls, waits for all
+//! of those. Layout: docs/FORMAT.md, "Pack".
 
 mod recover;
 
@@ -42,7 +44,7 @@ pub(crate) struct SealedPack {
 }
 
 pub(crate) struct Packs {
-    backend: Box<dyn PackBackend>,
+    backend: std::sync::Arc<dyn PackBackend>,
     repo_id: [u8; 16],
     target_len: u64,
     writer: Mutex<Writer>,
@@ -52,7 +54,15 @@ struct Writer {
     open: Option<OpenPack>,
     next_id: u64,
     poisoned: Option<String>,
+    /// Full packs being synced and published on background threads.
+    sealing: Vec<std::thread::JoinHandle<Result<SealedPack>>>,
+    /// Background seals joined but not yet handed to the caller.
+    ready: Vec<SealedPack>,
 }
+
+/// Background seals in flight at most; a fuller writer waits for the oldest
+/// (the disk is the bottleneck then, and memory stays bounded).
+const MAX_BACKGROUND_SEALS: usize = 2;
 
 struct OpenPack {
     id: PackId,
@@ -70,13 +80,15 @@ impl Packs {
         next_id: u64,
     ) -> Packs {
         Packs {
-            backend,
+            backend: std::sync::Arc::from(backend),
             repo_id,
             target_len,
             writer: Mutex::new(Writer {
                 open: None,
                 next_id,
                 poisoned: None,
+                sealing: Vec::new(),
+                ready: Vec::new(),
             }),
         }
     }
@@ -138,20 +150,61 @@ impl Packs {
                 stored_len: r.stored.len() as u32,
             });
             if open.len >= self.target_len {
-                sealed.extend(self.seal_locked(&mut w)?);
+                self.seal_in_background(&mut w)?;
             }
         }
+        sealed.extend(collect_seals(&mut w, false)?);
         Ok((locations, sealed))
     }
 
-    /// Seals the open pack, if it holds any record. After this returns Ok,
-    /// every record appended before the call is durable in a sealed pack.
-    pub(crate) fn seal(&self) -> Result<Option<SealedPack>> {
+    /// Writes the trailer of the full open pack and leaves its sync and
+    /// publication to a background thread.
+    fn seal_in_background(&self, w: &mut Writer) -> Result<()> {
+        while w.sealing.len() >= MAX_BACKGROUND_SEALS {
+            let oldest = w.sealing.remove(0);
+            let sealed = finish_seal(w, oldest)?;
+            w.ready.push(sealed);
+        }
+        let Some(open) = w.open.take() else {
+            return Ok(());
+        };
+        if let Err(e) = write_seal(&open.file, open.len, &open.entries) {
+            let err = Error::io(&open.path, e);
+            w.open = Some(open);
+            return Err(err);
+        }
+        let backend = self.backend.clone();
+        let handle = std::thread::Builder::new()
+            .name("bunker-seal".into())
+            .spawn(move || -> Result<SealedPack> {
+                durable::sync_data(&open.file, &open.path)?;
+                backend.store_sealed(open.id, &open.path)?;
+                tracing::debug!(
+                    pack = open.id.0,
+                    records = open.entries.len(),
+                    "sealed pack"
+                );
+                Ok(SealedPack {
+                    pack: open.id,
+                    entries: open.entries,
+                })
+            })
+            .map_err(|e| Error::io("seal thread", e))?;
+        w.sealing.push(handle);
+        Ok(())
+    }
+
+    /// Seals the open pack, if it holds any record, and waits for the packs
+    /// being sealed in the background. After this returns Ok, every record
+    /// appended before the call is durable in a sealed pack.
+    pub(crate) fn seal(&self) -> Result<Vec<SealedPack>> {
         let mut w = self.lock();
         if let Some(why) = &w.poisoned {
             return Err(Error::Poisoned(why.clone()));
         }
-        self.seal_locked(&mut w)
+        let mut sealed = collect_seals(&mut w, true)?;
+        sealed.extend(self.seal_locked(&mut w)?);
+        Ok(sealed)
     }
 
     fn seal_locked(&self, w: &mut Writer) -> Result<Option<SealedPack>> {
@@ -270,6 +323,36 @@ impl Packs {
             .at(&open.path)?;
         Ok(Some((head, stored)))
     }
+}
+
+/// Joins background seals: all of them when `wait`, else the finished
+/// ones. A failed one poisons the writer.
+fn collect_seals(w: &mut Writer, wait: bool) -> Result<Vec<SealedPack>> {
+    let mut done = std::mem::take(&mut w.ready);
+    let mut i = 0;
+    while i < w.sealing.len() {
+        if wait || w.sealing[i].is_finished() {
+            let h = w.sealing.remove(i);
+            done.push(finish_seal(w, h)?);
+        } else {
+            i += 1;
+        }
+    }
+    Ok(done)
+}
+
+fn finish_seal(
+    w: &mut Writer,
+    h: std::thread::JoinHandle<Result<SealedPack>>,
+) -> Result<SealedPack> {
+    let result = h
+        .join()
+        .unwrap_or_else(|_| Err(Error::Poisoned("a seal thread panicked".into())));
+    if let Err(e) = &result {
+        // As for a synchronous seal: the pack's data cannot be trusted.
+        w.poisoned = Some(format!("sealing a pack: {e}"));
+    }
+    result
 }
 
 /// Writes the trailer and footer after the record at `len` and cuts the file
