@@ -1,18 +1,8 @@
 //! Inputs shared by the benchmarks: random, text-like and zero buffers.
 
-/// Deterministic pseudo-random bytes (splitmix64), incompressible.
+/// Deterministic pseudo-random bytes, incompressible.
 pub fn random(len: usize) -> Vec<u8> {
-    let mut s = 0x5EEDu64;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    bunker_tests::noise(0x5EED, len)
 }
 
 /// Log-line text with varying numbers: compressible, but not trivially.
