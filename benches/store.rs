@@ -12,6 +12,13 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 
 const LEN: usize = 64 << 20;
 
+/// An empty repository in a temporary directory (kept alive by the dir).
+fn fresh_repo() -> (tempfile::TempDir, Repository) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = Repository::create(dir.path(), CreateOptions::default()).expect("create");
+    (dir, repo)
+}
+
 fn compression(c: &mut Criterion) {
     let mut g = c.benchmark_group("zstd");
     let chunk = 1 << 20;
@@ -34,19 +41,11 @@ fn ingest_and_restore(c: &mut Criterion) {
     let mut g = c.benchmark_group("repository");
     g.throughput(Throughput::Bytes(LEN as u64)).sample_size(10);
     g.bench_function("ingest new data (random, text, zeros)", |b| {
-        b.iter_with_setup(
-            || {
-                let dir = tempfile::tempdir().expect("tempdir");
-                let repo =
-                    Repository::create(dir.path(), CreateOptions::default()).expect("create");
-                (dir, repo)
-            },
-            |(_dir, repo)| {
-                repo.ingest("v", &mixed[..], &IngestOptions::default(), &mut |_| {})
-                    .expect("ingest")
-                    .new_bytes
-            },
-        )
+        b.iter_with_setup(fresh_repo, |(_dir, repo)| {
+            repo.ingest("v", &mixed[..], &IngestOptions::default(), &mut |_| {})
+                .expect("ingest")
+                .new_bytes
+        })
     });
     let dir = tempfile::tempdir().expect("tempdir");
     {
@@ -115,20 +114,12 @@ fn pack_append(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(data.len() as u64))
         .sample_size(10);
     g.bench_function("append 256 KiB random chunks (probe + write)", |b| {
-        b.iter_with_setup(
-            || {
-                let dir = tempfile::tempdir().expect("tempdir");
-                let repo =
-                    Repository::create(dir.path(), CreateOptions::default()).expect("create");
-                (dir, repo)
-            },
-            |(_dir, repo)| {
-                for chunk in data.chunks(chunk_len) {
-                    repo.store_chunk(&bunker_store::ChunkId::of(chunk), chunk)
-                        .expect("store");
-                }
-            },
-        )
+        b.iter_with_setup(fresh_repo, |(_dir, repo)| {
+            for chunk in data.chunks(chunk_len) {
+                repo.store_chunk(&bunker_store::ChunkId::of(chunk), chunk)
+                    .expect("store");
+            }
+        })
     });
     g.finish();
 }

@@ -17,7 +17,7 @@
 
 use bunker_chunk::ChunkerParams;
 
-use super::{check_magic_version, checksum, Le};
+use super::{check_magic_version, checksum, put_prefix, Le};
 use crate::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"BNKRREPO";
@@ -37,9 +37,7 @@ pub struct RepoConfig {
 impl RepoConfig {
     pub fn encode(&self) -> [u8; LEN] {
         let mut b = [0u8; LEN];
-        Le::put(&mut b, 0, MAGIC);
-        Le::put_u32(&mut b, 8, VERSION);
-        Le::put_u32(&mut b, 12, LEN as u32);
+        put_prefix(&mut b, MAGIC, VERSION, LEN);
         Le::put(&mut b, 16, &self.repo_id);
         Le::put_i64(&mut b, 32, self.created_unix);
         Le::put_u32(&mut b, 40, self.chunker.min_len);

@@ -41,7 +41,7 @@
 
 use bunker_chunk::ChunkId;
 
-use super::{check_magic_version, checksum, Le};
+use super::{check_magic_version, checksum, put_prefix, Le};
 use crate::{Error, Location, PackId, Result};
 
 pub const RUN_MAGIC: &[u8; 8] = b"BNKRIRUN";
@@ -103,9 +103,7 @@ pub fn bloom_bits(id: &ChunkId, blocks: u64) -> (u64, [u32; 7]) {
 impl RunHeader {
     pub fn encode(&self) -> [u8; RUN_HEADER_LEN] {
         let mut b = [0u8; RUN_HEADER_LEN];
-        Le::put(&mut b, 0, RUN_MAGIC);
-        Le::put_u32(&mut b, 8, VERSION);
-        Le::put_u32(&mut b, 12, RUN_HEADER_LEN as u32);
+        put_prefix(&mut b, RUN_MAGIC, VERSION, RUN_HEADER_LEN);
         b[16] = self.shard;
         Le::put_u64(&mut b, 24, self.run);
         Le::put_u64(&mut b, 32, self.count);
@@ -172,9 +170,7 @@ pub struct IndexState {
 impl IndexState {
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; STATE_HEADER_LEN + 16 * (self.runs.len() + self.covered.len())];
-        Le::put(&mut b, 0, STATE_MAGIC);
-        Le::put_u32(&mut b, 8, VERSION);
-        Le::put_u32(&mut b, 12, STATE_HEADER_LEN as u32);
+        put_prefix(&mut b, STATE_MAGIC, VERSION, STATE_HEADER_LEN);
         Le::put_u64(&mut b, 16, self.generation);
         Le::put_u64(&mut b, 24, self.next_run);
         Le::put_u32(&mut b, 32, self.runs.len() as u32);

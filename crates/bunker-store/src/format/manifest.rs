@@ -39,7 +39,7 @@
 
 use bunker_chunk::{ChunkId, ChunkerParams};
 
-use super::{check_magic_version, checksum, Le};
+use super::{check_magic_version, checksum, put_prefix, Le};
 use crate::{Error, Result, SnapshotId};
 
 pub const MAGIC: &[u8; 8] = b"BNKRSNAP";
@@ -73,9 +73,7 @@ pub struct ManifestHeader {
 impl ManifestHeader {
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
-        Le::put(&mut b, 0, MAGIC);
-        Le::put_u32(&mut b, 8, VERSION);
-        Le::put_u32(&mut b, 12, HEADER_LEN as u32);
+        put_prefix(&mut b, MAGIC, VERSION, HEADER_LEN);
         Le::put(&mut b, 16, &self.repo_id);
         Le::put_u64(&mut b, 32, self.id.0);
         Le::put_i64(&mut b, 40, self.created_unix_ms);

@@ -63,6 +63,13 @@ impl Le {
     }
 }
 
+/// Writes the prefix every header starts with: magic, version, header length.
+pub(crate) fn put_prefix(b: &mut [u8], magic: &[u8; 8], version: u32, header_len: usize) {
+    Le::put(b, 0, magic);
+    Le::put_u32(b, 8, version);
+    Le::put_u32(b, 12, header_len as u32);
+}
+
 /// Checks magic and version of a header; `kind` names the file kind in errors.
 pub(crate) fn check_magic_version(
     file: &str,
