@@ -50,6 +50,21 @@ pub struct SnapshotReader {
     rx: Receiver<Result<Vec<Piece>>>,
     batch: std::vec::IntoIter<Piece>,
     current: Option<(Piece, usize)>,
+    /// The read-ahead thread. It holds a clone of the repository, so it is
+    /// joined on drop: once a reader is gone, so is its hold on the
+    /// repository (and, with the last handle, the repository lock).
+    producer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for SnapshotReader {
+    fn drop(&mut self) {
+        // Disconnect first, so a producer blocked on a full channel stops.
+        let (_, dead) = bounded(1);
+        self.rx = dead;
+        if let Some(p) = self.producer.take() {
+            let _ = p.join();
+        }
+    }
 }
 
 impl Repository {
@@ -79,7 +94,7 @@ impl Repository {
             let mut entries = manifest.entries_from(first)?;
             let repo = self.clone();
             let end = range.end;
-            std::thread::Builder::new()
+            let producer = std::thread::Builder::new()
                 .name("bunker-restore".into())
                 .spawn(move || {
                     let mut batch: Vec<ManifestEntry> = Vec::new();
@@ -121,6 +136,7 @@ impl Repository {
                 rx,
                 batch: Vec::new().into_iter(),
                 current: None,
+                producer: Some(producer),
             });
         }
         drop(tx);
@@ -131,6 +147,7 @@ impl Repository {
             rx,
             batch: Vec::new().into_iter(),
             current: None,
+            producer: None,
         })
     }
 

@@ -364,3 +364,33 @@ fn rebuilt_index_equals_the_original() {
         original
     );
 }
+
+#[test]
+fn dropping_the_last_handle_releases_the_lock_even_right_after_a_read() {
+    // Regression: a reader's read-ahead thread kept a repository handle
+    // alive for a moment after the reader was dropped, so an immediate
+    // reopen could fail with `Locked`.
+    let dir = tempfile::tempdir().unwrap();
+    // Several read-ahead batches, so the producer is still decoding when a
+    // partial reader is dropped.
+    let data = volume(60, 40 << 20);
+    {
+        let repo = Repository::create(dir.path(), small_opts()).unwrap();
+        ingest(&repo, "v", &data);
+    }
+    assert_eq!(
+        read_all(&Repository::open(dir.path()).unwrap(), "v", None).unwrap(),
+        data
+    );
+    for round in 0..50 {
+        let repo = Repository::open(dir.path()).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        // A partial read; then the reader and the repository are dropped and
+        // the next round reopens at once.
+        let mut first = [0u8; 10];
+        repo.reader("v", None, None)
+            .unwrap()
+            .read_exact(&mut first)
+            .unwrap();
+        assert_eq!(first, data[..10]);
+    }
+}
