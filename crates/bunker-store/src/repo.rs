@@ -25,7 +25,7 @@ use crate::index::{Index, Reservation};
 use crate::pack::{read_trailer, recover_staged, NewRecord, Packs, SealedPack};
 use crate::snapshot::manifest::{ManifestReader, ManifestWriter};
 use crate::snapshot::{self, SnapshotInfo};
-use crate::{durable, Error, Location, PackId, Result, SnapshotId};
+use crate::{durable, Error, Location, Result, SnapshotId};
 
 /// Parameters fixed when a repository is created.
 #[derive(Clone, Copy, Debug)]
@@ -370,13 +370,7 @@ impl Repository {
     fn index_sealed(&self, sealed: impl IntoIterator<Item = SealedPack>) {
         let index = &self.inner.index;
         for s in sealed {
-            index.add_sealed(
-                s.pack,
-                s.entries
-                    .iter()
-                    .map(|e| (e.id, location(s.pack, e)))
-                    .collect(),
-            );
+            index.add_sealed(s.pack, s.index_entries());
         }
         if index.needs_flush() {
             if let Err(e) = index.flush() {
@@ -599,12 +593,7 @@ impl Drop for Inner {
         match self.packs.seal() {
             Ok(sealed) => {
                 for s in sealed {
-                    let entries = s
-                        .entries
-                        .iter()
-                        .map(|e| (e.id, location(s.pack, e)))
-                        .collect();
-                    self.index.add_sealed(s.pack, entries);
+                    self.index.add_sealed(s.pack, s.index_entries());
                 }
             }
             Err(e) => tracing::warn!("sealing the open pack at close failed: {e}"),
@@ -619,15 +608,6 @@ static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 /// Starts with a dot, which no snapshot name may: it can never collide
 /// with a snapshot directory.
 const DELETED_HWM: &str = ".deleted-hwm";
-
-fn location(pack: PackId, e: &crate::format::pack::TrailerEntry) -> Location {
-    Location {
-        pack,
-        offset: e.offset,
-        raw_len: e.raw_len,
-        stored_len: e.stored_len,
-    }
-}
 
 fn lock_repository(path: &Path) -> Result<File> {
     let lock_path = path.join("lock");
@@ -668,13 +648,7 @@ fn recover_packs(backend: &LocalPacks, index: &Index, repo_id: [u8; 16]) -> Resu
     let mut queued = 0;
     for pack in staged {
         if let Some(s) = recover_staged(backend, repo_id, pack)? {
-            index.add_sealed(
-                s.pack,
-                s.entries
-                    .iter()
-                    .map(|e| (e.id, location(s.pack, e)))
-                    .collect(),
-            );
+            index.add_sealed(s.pack, s.index_entries());
             queued += 1;
         }
     }
@@ -684,10 +658,7 @@ fn recover_packs(backend: &LocalPacks, index: &Index, repo_id: [u8; 16]) -> Resu
         }
         match read_trailer(backend, pack) {
             Ok(entries) => {
-                index.add_sealed(
-                    pack,
-                    entries.iter().map(|e| (e.id, location(pack, e))).collect(),
-                );
+                index.add_sealed(pack, entries.iter().map(|e| e.index_entry(pack)).collect());
                 queued += 1;
             }
             // A damaged sealed pack is reported, not rewritten: verify names

@@ -168,6 +168,16 @@ pub struct IndexState {
 }
 
 impl IndexState {
+    /// A new run of `shard`, with the next unused run id.
+    pub fn allocate_run(&mut self, shard: u8) -> RunRef {
+        let r = RunRef {
+            shard,
+            run: self.next_run,
+        };
+        self.next_run += 1;
+        r
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; STATE_HEADER_LEN + 16 * (self.runs.len() + self.covered.len())];
         put_prefix(&mut b, STATE_MAGIC, VERSION, STATE_HEADER_LEN);

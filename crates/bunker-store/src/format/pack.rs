@@ -179,6 +179,19 @@ pub struct TrailerEntry {
 }
 
 impl TrailerEntry {
+    /// The index entry of this record of pack `pack`.
+    pub fn index_entry(&self, pack: PackId) -> (ChunkId, crate::Location) {
+        (
+            self.id,
+            crate::Location {
+                pack,
+                offset: self.offset,
+                raw_len: self.raw_len,
+                stored_len: self.stored_len,
+            },
+        )
+    }
+
     pub fn encode_into(&self, b: &mut [u8]) {
         Le::put(b, 0, &self.id.0);
         Le::put_u64(b, 32, self.offset);

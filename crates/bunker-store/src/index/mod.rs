@@ -340,11 +340,7 @@ impl Index {
                 }
                 entries.sort_unstable_by_key(|e| e.0);
                 entries.dedup_by(|a, b| a.0 == b.0);
-                let r = RunRef {
-                    shard: shard as u8,
-                    run: new_state.next_run,
-                };
-                new_state.next_run += 1;
+                let r = new_state.allocate_run(shard as u8);
                 let path = run_path(&self.dir, r);
                 created.push(path.clone());
                 write_run(
@@ -363,11 +359,7 @@ impl Index {
                         .cloned(),
                 );
                 while let Some(take) = plan_merge(&mut list) {
-                    let merged_ref = RunRef {
-                        shard: shard as u8,
-                        run: new_state.next_run,
-                    };
-                    new_state.next_run += 1;
+                    let merged_ref = new_state.allocate_run(shard as u8);
                     let merged_path = run_path(&self.dir, merged_ref);
                     created.push(merged_path.clone());
                     let (merged, gone) = merge_runs(take, &merged_path, merged_ref)?;

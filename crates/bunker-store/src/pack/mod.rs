@@ -43,6 +43,16 @@ pub(crate) struct SealedPack {
     pub entries: Vec<TrailerEntry>,
 }
 
+impl SealedPack {
+    /// The index entries of its records.
+    pub(crate) fn index_entries(&self) -> Vec<(ChunkId, Location)> {
+        self.entries
+            .iter()
+            .map(|e| e.index_entry(self.pack))
+            .collect()
+    }
+}
+
 pub(crate) struct Packs {
     backend: std::sync::Arc<dyn PackBackend>,
     repo_id: [u8; 16],
