@@ -115,8 +115,9 @@ fn pack_append(c: &mut Criterion) {
         .sample_size(10);
     g.bench_function("append 256 KiB random chunks (probe + write)", |b| {
         b.iter_with_setup(fresh_repo, |(_dir, repo)| {
+            let pins = repo.pins();
             for chunk in data.chunks(chunk_len) {
-                repo.store_chunk(&bunker_store::ChunkId::of(chunk), chunk)
+                repo.store_chunk(&bunker_store::ChunkId::of(chunk), chunk, &pins)
                     .expect("store");
             }
         })

@@ -24,6 +24,9 @@ pub struct Session {
     pub new_chunks: AtomicU64,
     pub new_bytes: AtomicU64,
     pub committing: AtomicBool,
+    /// Packs of the chunks this session was told are present, or stored:
+    /// GC spares them until the session ends.
+    pub pins: bunker_store::Pins,
     /// The ingest slot, released when the last reference to the session
     /// goes (after commit, abort or expiry, and any request in flight).
     _slot: tokio::sync::OwnedSemaphorePermit,
@@ -62,6 +65,7 @@ impl Sessions {
         source: String,
         creator: u64,
         slot: tokio::sync::OwnedSemaphorePermit,
+        pins: bunker_store::Pins,
     ) -> Arc<Session> {
         let s = Arc::new(Session {
             id: id.clone(),
@@ -73,6 +77,7 @@ impl Sessions {
             new_chunks: AtomicU64::new(0),
             new_bytes: AtomicU64::new(0),
             committing: AtomicBool::new(false),
+            pins,
             _slot: slot,
         });
         if let Ok(mut m) = self.map.lock() {

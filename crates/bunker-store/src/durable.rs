@@ -53,8 +53,17 @@ pub(crate) fn rename(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Writes a small file atomically: temp file, sync, rename, sync directory.
+/// The temp name is unique, so concurrent writers never share one (the
+/// last rename wins; callers serialize read-modify-write cycles).
 pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let tmp = path.with_file_name(name);
     {
         let mut f = File::create(&tmp).at(&tmp)?;
         f.write_all(bytes).at(&tmp)?;

@@ -67,6 +67,9 @@ pub enum Error {
     /// A previous durability failure; reopen the repository.
     #[error("repository writer is poisoned after a failed write or sync ({0}); reopen to recover")]
     Poisoned(String),
+    /// Another maintenance job (GC, verify) is running in this process.
+    #[error("busy: {0}")]
+    Busy(String),
     /// Another process holds the repository lock.
     #[error("repository {path} is locked by another process")]
     Locked { path: PathBuf },

@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bunker_chunk::{ChunkId, Chunker, ChunkerParams};
@@ -21,8 +21,9 @@ use crate::error::IoContext;
 use crate::format::config::RepoConfig;
 use crate::format::manifest::ManifestHeader;
 use crate::format::Le;
-use crate::index::{Index, Reservation};
+use crate::index::{Index, Reservation, Tombstones};
 use crate::pack::{read_trailer, recover_staged, NewRecord, Packs, SealedPack};
+use crate::pins::{PinBoard, Pins};
 use crate::snapshot::manifest::{ManifestReader, ManifestWriter};
 use crate::snapshot::{self, SnapshotInfo};
 use crate::{durable, Error, Location, Result, SnapshotId};
@@ -111,6 +112,14 @@ pub(crate) struct Inner {
     pub(crate) packs: Packs,
     pub(crate) index: Index,
     next_snapshot: AtomicU64,
+    /// Writers hold the read side from a lookup to the pin it produces; GC
+    /// takes the write side to start protecting and to condemn (pins.rs).
+    pub(crate) gate: RwLock<()>,
+    pub(crate) pins: Arc<PinBoard>,
+    /// One GC or verify at a time: verify reads every pack GC may delete.
+    pub(crate) maintenance: Mutex<()>,
+    /// Serializes deletes (read-modify-write of the deleted-id mark).
+    deletes: Mutex<()>,
     _lock: File,
 }
 
@@ -200,6 +209,9 @@ impl Repository {
         clear_tmp(&path.join("tmp"))?;
         let backend = LocalPacks::new(path.join("packs"), opts.read_mode);
         let index = Index::open(&path.join("index"), opts.index_flush_at)?;
+        let tombstones = read_tombstones(path)?;
+        let backend = finish_condemned(backend, &tombstones)?;
+        index.set_tombstones(tombstones);
         let (next_pack, recovered) = recover_packs(&backend, &index, config.repo_id)?;
         if recovered > 0 {
             tracing::info!(packs = recovered, "indexed packs the index did not cover");
@@ -219,6 +231,10 @@ impl Repository {
                 index,
                 config,
                 next_snapshot: AtomicU64::new(next_snapshot),
+                gate: RwLock::new(()),
+                pins: Arc::new(PinBoard::default()),
+                maintenance: Mutex::new(()),
+                deletes: Mutex::new(()),
                 _lock: lock,
             }),
         })
@@ -265,7 +281,7 @@ impl Repository {
             source: source.to_string(),
             creator,
             manifest: ManifestWriter::create(tmp)?,
-            waits: Vec::new(),
+            pins: self.pins(),
             new_chunks: 0,
             new_bytes: 0,
             zero_chunks: 0,
@@ -273,14 +289,53 @@ impl Repository {
         })
     }
 
+    /// A holder of pins for an upload session: the packs of chunks it was
+    /// told are present stay until it is dropped (and one GC start after).
+    pub fn pins(&self) -> Pins {
+        self.inner.pins.holder()
+    }
+
     /// Which of `ids` the repository does not have (pending chunks count as
-    /// present: another stream is storing them).
-    pub fn missing(&self, ids: &[ChunkId]) -> Vec<bool> {
-        ids.iter()
+    /// present: another stream is storing them). The packs of those present
+    /// are pinned in `pins`, so GC keeps them for the session's commit.
+    pub fn missing(&self, ids: &[ChunkId], pins: &Pins) -> Vec<bool> {
+        let _gate = self.gate_read();
+        let mut packs = Vec::new();
+        let out = ids
+            .iter()
             .map(|id| {
-                !id.is_zero() && self.inner.index.lookup(id).is_none() && !self.is_pending(id)
+                if id.is_zero() {
+                    return false;
+                }
+                match self.inner.index.lookup(id) {
+                    Some(loc) => {
+                        packs.push(loc.pack);
+                        false
+                    }
+                    None => !self.is_pending(id),
+                }
             })
-            .collect()
+            .collect();
+        pins.add(packs);
+        out
+    }
+
+    pub(crate) fn gate_read(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.inner.gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn gate_write(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.inner.gate.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Looks `id` up and pins its pack: for a chunk a writer was told was
+    /// pending, once its writer has published it.
+    fn locate_pinned(&self, id: &ChunkId, pins: &Pins) -> Option<Location> {
+        self.inner.index.wait(id)?;
+        let _gate = self.gate_read();
+        let loc = self.inner.index.lookup(id)?;
+        pins.add([loc.pack]);
+        Some(loc)
     }
 
     fn is_pending(&self, id: &ChunkId) -> bool {
@@ -292,7 +347,7 @@ impl Repository {
 
     /// Stores one chunk given its raw bytes, after checking that they hash
     /// to `id`. Returns the bytes added to packs (0: it was stored already).
-    pub fn store_chunk(&self, id: &ChunkId, raw: &[u8]) -> Result<u64> {
+    pub fn store_chunk(&self, id: &ChunkId, raw: &[u8], pins: &Pins) -> Result<u64> {
         if raw.is_empty() || raw.len() > self.inner.config.chunker.max_len as usize {
             return Err(Error::Invalid(format!(
                 "chunk of {} bytes is outside 1..=max_len",
@@ -306,26 +361,37 @@ impl Repository {
                 actual,
             });
         }
-        Ok(self.store_chunks(&[(*id, raw)])?.1)
+        let (_, bytes, pending) = self.store_chunks(&[(*id, raw)], pins)?;
+        for id in pending {
+            self.locate_pinned(&id, pins)
+                .ok_or_else(|| concurrent_writer_failed(&id))?;
+        }
+        Ok(bytes)
     }
 
     /// Stores chunks that are not stored yet; returns (new chunks, new
-    /// stored bytes) and the ids another stream is storing right now.
+    /// stored bytes) and the ids another stream is storing right now. The
+    /// packs of all the others are pinned in `pins`: the GC gate is held
+    /// from the lookups to the pins, across the appends.
     pub(crate) fn store_chunks(
         &self,
         chunks: &[(ChunkId, &[u8])],
+        pins: &Pins,
     ) -> Result<(u64, u64, Vec<ChunkId>)> {
         use rayon::prelude::*;
         let inner = &*self.inner;
+        let _gate = self.gate_read();
         let mut mine = Vec::new();
         let mut pending = Vec::new();
+        let mut known = Vec::new();
         for (i, (id, _)) in chunks.iter().enumerate() {
             match inner.index.reserve(id) {
                 Reservation::Mine => mine.push(i),
                 Reservation::Pending => pending.push(*id),
-                Reservation::Known(_) => {}
+                Reservation::Known(loc) => known.push(loc.pack),
             }
         }
+        pins.add(known);
         if mine.is_empty() {
             return Ok((0, 0, pending));
         }
@@ -346,6 +412,7 @@ impl Repository {
             .collect();
         match inner.packs.append(&records) {
             Ok((locations, sealed)) => {
+                pins.add(locations.iter().map(|l| l.pack));
                 let mut new_bytes = 0;
                 for (r, loc) in records.iter().zip(&locations) {
                     new_bytes += u64::from(loc.stored_len);
@@ -367,7 +434,7 @@ impl Repository {
     /// part is full: during one long stream too, so memory does not grow
     /// with the size of a backup. A failed flush loses nothing (the index
     /// is a cache; the entries stay queued) and is retried at the next one.
-    fn index_sealed(&self, sealed: impl IntoIterator<Item = SealedPack>) {
+    pub(crate) fn index_sealed(&self, sealed: impl IntoIterator<Item = SealedPack>) {
         let index = &self.inner.index;
         for s in sealed {
             index.add_sealed(s.pack, s.index_entries());
@@ -403,6 +470,18 @@ impl Repository {
             return Err(corrupt("chunk bytes do not match their BLAKE3 id".into()));
         }
         Ok(raw)
+    }
+
+    /// Reads a chunk at `loc`, or where the index says it is now if the
+    /// read fails and the chunk has moved meanwhile (GC rewrote its pack).
+    pub(crate) fn read_moved(&self, id: &ChunkId, loc: &Location) -> Result<Vec<u8>> {
+        match self.read_at(id, loc) {
+            Err(e) => match self.locate(id) {
+                Some(now) if now != *loc => self.read_at(id, &now),
+                _ => Err(e),
+            },
+            ok => ok,
+        }
     }
 
     pub(crate) fn locate(&self, id: &ChunkId) -> Option<Location> {
@@ -507,6 +586,7 @@ impl Repository {
             });
         }
         // Ids are never reused: remember the highest id ever deleted.
+        let _one = self.inner.deletes.lock().unwrap_or_else(|p| p.into_inner());
         let hwm = read_deleted_hwm(&root)?;
         if id.0 > hwm {
             durable::replace_file(&root.join(DELETED_HWM), &id.0.to_le_bytes())?;
@@ -604,6 +684,50 @@ impl Drop for Inner {
     }
 }
 
+fn concurrent_writer_failed(id: &ChunkId) -> Error {
+    Error::Corrupt {
+        file: "index".into(),
+        pack: None,
+        offset: None,
+        chunk: Some(*id),
+        reason: "a concurrent writer failed to store this chunk".into(),
+    }
+}
+
+/// The repository's tombstones (an empty set when there is no file).
+pub(crate) fn read_tombstones(root: &Path) -> Result<Tombstones> {
+    let path = root.join(TOMBSTONES);
+    match std::fs::read(&path) {
+        Ok(b) => crate::format::tombstones::decode(TOMBSTONES, &b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Tombstones::default()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+pub(crate) fn write_tombstones(root: &Path, t: &Tombstones) -> Result<()> {
+    durable::replace_file(
+        &root.join(TOMBSTONES),
+        &crate::format::tombstones::encode(t),
+    )
+}
+
+/// Deletes condemned packs a GC did not get to before it stopped: the
+/// decision was durable, and no reader can depend on them (lookups never
+/// hand out a tombstoned location).
+fn finish_condemned(backend: LocalPacks, t: &Tombstones) -> Result<LocalPacks> {
+    if t.packs.is_empty() {
+        return Ok(backend);
+    }
+    let present: std::collections::HashSet<u64> = backend.list()?.iter().map(|p| p.0).collect();
+    for &p in t.packs.iter().filter(|p| present.contains(p)) {
+        tracing::info!(pack = p, "deleting a pack an interrupted GC condemned");
+        backend.delete(crate::PackId(p))?;
+    }
+    Ok(backend)
+}
+
+pub(crate) const TOMBSTONES: &str = "tombstones";
+
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 /// Starts with a dot, which no snapshot name may: it can never collide
 /// with a snapshot directory.
@@ -700,7 +824,7 @@ pub struct SnapshotWriter {
     source: String,
     creator: u64,
     manifest: ManifestWriter,
-    waits: Vec<ChunkId>,
+    pins: Pins,
     new_chunks: u64,
     new_bytes: u64,
     zero_chunks: u64,
@@ -721,25 +845,29 @@ impl SnapshotWriter {
         if id.is_zero() {
             return self.push_zero(len);
         }
-        let index = &self.repo.inner.index;
-        match index.lookup(id) {
-            Some(loc) if u64::from(loc.raw_len) != len => {
-                return Err(Error::Invalid(format!(
-                    "chunk {id} is {} bytes, not {len}",
-                    loc.raw_len
-                )));
+        let found = {
+            let _gate = self.repo.gate_read();
+            let found = self.repo.inner.index.lookup(id);
+            if let Some(loc) = found {
+                self.pins.add([loc.pack]);
             }
-            Some(_) => {}
-            None if matches!(index.reserve_peek(id), Some(Reservation::Pending)) => {
-                self.waits.push(*id)
-            }
-            None => {
-                return Err(Error::NotFound {
-                    what: format!("chunk {id}"),
-                })
-            }
+            found
+        };
+        let loc = match found {
+            Some(loc) => Some(loc),
+            None if self.repo.is_pending(id) => self.repo.locate_pinned(id, &self.pins),
+            None => None,
+        };
+        match loc {
+            Some(loc) if u64::from(loc.raw_len) != len => Err(Error::Invalid(format!(
+                "chunk {id} is {} bytes, not {len}",
+                loc.raw_len
+            ))),
+            Some(_) => self.manifest.push(len, id),
+            None => Err(Error::NotFound {
+                what: format!("chunk {id}"),
+            }),
         }
-        self.manifest.push(len, id)
     }
 
     /// Adds chunks by content: stores those that are new. `zero` marks
@@ -751,10 +879,16 @@ impl SnapshotWriter {
             .filter(|(_, z)| !**z)
             .map(|(c, _)| *c)
             .collect();
-        let (n, bytes, pending) = self.repo.store_chunks(&to_store)?;
+        let (n, bytes, pending) = self.repo.store_chunks(&to_store, &self.pins)?;
         self.new_chunks += n;
         self.new_bytes += bytes;
-        self.waits.extend(pending);
+        // Chunks another stream is storing right now: wait for them here,
+        // while that stream's pins still cover them, and pin them too.
+        for id in pending {
+            self.repo
+                .locate_pinned(&id, &self.pins)
+                .ok_or_else(|| concurrent_writer_failed(&id))?;
+        }
         for ((id, data), z) in chunks.iter().zip(zero) {
             if *z {
                 self.push_zero(data.len() as u64)?;
@@ -815,18 +949,8 @@ impl SnapshotWriter {
             }
         }
         let inner = &*self.repo.inner;
-        // 1. Chunks another stream was writing must be written.
-        for id in &self.waits {
-            if inner.index.wait(id).is_none() {
-                return Err(Error::Corrupt {
-                    file: "index".into(),
-                    pack: None,
-                    offset: None,
-                    chunk: Some(*id),
-                    reason: "a concurrent writer failed to store this chunk".into(),
-                });
-            }
-        }
+        // 1. (Chunks other streams were storing were waited for when they
+        //    were pushed.)
         // 2. Seal the open pack: every referenced chunk is now in a synced,
         //    sealed pack.
         let sealed = inner.packs.seal()?;
@@ -854,6 +978,7 @@ impl SnapshotWriter {
         info_header.size = self.manifest.len();
         info_header.entries = self.manifest.count();
         self.manifest.finish(header, &dest)?;
+        self.pins.committed();
         // Index entries were queued when the pack was sealed (step 2) and
         // are flushed by `index_sealed` when due: the index is a cache.
         tracing::info!(name = %self.name, id = id.0, bytes = info_header.size, new_bytes = self.new_bytes, "committed snapshot");

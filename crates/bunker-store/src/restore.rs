@@ -176,7 +176,7 @@ impl Repository {
                 reason: format!("chunk is {} bytes, the manifest says {len}", loc.raw_len),
             });
         }
-        let data = self.read_at(&e.id, &loc)?;
+        let data = self.read_moved(&e.id, &loc)?;
         Ok(Piece::Data(data))
     }
 }

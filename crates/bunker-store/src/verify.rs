@@ -80,6 +80,12 @@ impl VerifyReport {
 impl Repository {
     /// Checks everything; see the module documentation.
     pub fn verify(&self) -> Result<VerifyReport> {
+        // Not beside a GC: it deletes packs this reads.
+        let _one = self
+            .inner
+            .maintenance
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let backend = self.inner.packs.backend();
         let mut report = VerifyReport::default();
         let packs = backend.list()?;

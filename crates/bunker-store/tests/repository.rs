@@ -4,64 +4,10 @@
 use std::io::Read;
 use std::path::Path;
 
-use bunker_store::{
-    ChunkerParams, CreateOptions, Error, IngestOptions, Piece, Repository, SnapshotId,
-};
+use bunker_store::{Error, IngestOptions, Piece, Repository};
 
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut s = seed;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// Random, text and zero regions: something like a small volume.
-fn volume(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = noise(seed, len);
-    let text: Vec<u8> = (0..)
-        .flat_map(|i| format!("{i} INFO served /api/v1/items in 3ms\n").into_bytes())
-        .take(len / 3)
-        .collect();
-    v[..text.len()].copy_from_slice(&text);
-    let z0 = len / 2;
-    v[z0..z0 + len / 5].fill(0);
-    v
-}
-
-fn small_opts() -> CreateOptions {
-    CreateOptions {
-        chunker: ChunkerParams::new(16 << 10, 64 << 10, 256 << 10).unwrap(),
-        zstd_level: 3,
-        pack_target_len: 1 << 20,
-    }
-}
-
-fn ingest(repo: &Repository, name: &str, data: &[u8]) -> bunker_store::SnapshotInfo {
-    repo.ingest(name, data, &IngestOptions::default(), &mut |_| {})
-        .unwrap()
-}
-
-fn read_all(
-    repo: &Repository,
-    name: &str,
-    id: Option<SnapshotId>,
-) -> bunker_store::Result<Vec<u8>> {
-    let mut r = repo.reader(name, id, None)?;
-    let mut out = Vec::new();
-    r.read_to_end(&mut out)
-        .map_err(|e| match e.into_inner().map(|b| b.downcast::<Error>()) {
-            Some(Ok(e)) => *e,
-            other => Error::Invalid(format!("{other:?}")),
-        })?;
-    Ok(out)
-}
+mod common;
+use common::*;
 
 #[test]
 fn round_trip_dedup_and_ranges() {

@@ -56,9 +56,14 @@ pub(super) async fn open(state: &Arc<State>, p: &Principal, req: Request<Incomin
         .take(192)
         .collect();
     let slot = state.stream_permit()?;
-    state
-        .sessions
-        .open(id.clone(), r.name.clone(), source, p.id, slot);
+    state.sessions.open(
+        id.clone(),
+        r.name.clone(),
+        source,
+        p.id,
+        slot,
+        state.repo.pins(),
+    );
     Ok(json_response(
         StatusCode::CREATED,
         &SessionJson {
@@ -91,7 +96,7 @@ pub(super) async fn missing(
     if req.method() != Method::POST {
         return Err(not_allowed());
     }
-    session(state, p, sid)?;
+    let s = session(state, p, sid)?;
     let body = read_small_body(req.into_body(), MAX_IDS_PER_QUERY * CHUNK_ID_LEN).await?;
     if body.len() % CHUNK_ID_LEN != 0 {
         return Err(ApiError::bad_request(format!(
@@ -108,7 +113,7 @@ pub(super) async fn missing(
                 ChunkId(id)
             })
             .collect();
-        let missing = st.repo.missing(&ids);
+        let missing = st.repo.missing(&ids, &s.pins);
         let mut bitmap = vec![0u8; ids.len().div_ceil(8)];
         for (i, m) in missing.into_iter().enumerate() {
             if m {
@@ -157,6 +162,7 @@ pub(super) async fn put_chunk(
     };
     let body = read_small_body(req.into_body(), max + max / 64 + 4096).await?;
     let st = state.clone();
+    let session = s.clone();
     let stored = blocking(move || {
         let raw = if zstd {
             zstd::bulk::decompress(&body, max).map_err(|e| {
@@ -168,7 +174,7 @@ pub(super) async fn put_chunk(
             body.to_vec()
         };
         st.repo
-            .store_chunk(&id, &raw)
+            .store_chunk(&id, &raw, &session.pins)
             .map_err(|e| st.store_error(e))
     })
     .await?;
@@ -230,7 +236,10 @@ pub(super) async fn commit(
         .await
         .map_err(|e| ApiError::internal(format!("commit worker failed: {e}")));
     let info = match (pumped, result) {
-        (_, Ok(Ok(info))) => info,
+        (_, Ok(Ok(info))) => {
+            s.pins.committed();
+            info
+        }
         (Err(e), _) | (Ok(_), Ok(Err(e))) | (Ok(_), Err(e)) => {
             s.committing.store(false, Ordering::SeqCst);
             return Err(e);

@@ -10,6 +10,7 @@ pub mod config;
 pub mod index;
 pub mod manifest;
 pub mod pack;
+pub mod tombstones;
 
 /// xxh3-64: the fast checksum used for torn-write and bit-rot detection of
 /// headers, records and file tails. Chunk contents are also BLAKE3-verified.

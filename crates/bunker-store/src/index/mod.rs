@@ -12,16 +12,21 @@
 //! `publish` (or `abandon`) it; others get [`Reservation::Pending`] and may
 //! reference the chunk, waiting for it at commit with [`Index::wait`].
 //!
+//! Tombstones hide locations that must not be handed out any more: packs GC
+//! condemned and records verify quarantined. A lookup skips a buried entry
+//! (an older entry for the same id may still answer); GC's compaction drops
+//! them from the runs.
+//!
 //! The index is a cache of the packs. `index/state` lists the live runs and
 //! the packs they cover; packs not covered are re-read from their trailers
 //! at open. Layout: docs/FORMAT.md, "Index".
 
 mod run;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
 use bunker_chunk::ChunkId;
@@ -30,7 +35,8 @@ use crate::format::index::IndexState;
 use crate::format::index::RunRef;
 use crate::{durable, Error, Location, PackId, Result};
 
-use run::{write_run, Run};
+use run::write_run;
+pub(crate) use run::Run;
 
 /// Shards by the top [`SHARD_BITS`] bits of the chunk id. Few shards keep
 /// a flush to a handful of fsyncs; tiered merging within a shard keeps
@@ -92,6 +98,25 @@ impl Hasher for IdHasher {
     }
 }
 
+/// Locations lookups must not return.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tombstones {
+    /// Packs GC condemned: deleted, or about to be.
+    pub packs: BTreeSet<u64>,
+    /// Records verify found damaged: (chunk, pack, offset).
+    pub records: BTreeSet<(ChunkId, u64, u64)>,
+}
+
+impl Tombstones {
+    pub fn buries(&self, id: &ChunkId, loc: &Location) -> bool {
+        self.packs.contains(&loc.pack.0) || self.records.contains(&(*id, loc.pack.0, loc.offset))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.packs.is_empty() && self.records.is_empty()
+    }
+}
+
 /// The records of one sealed pack, waiting for a flush.
 type SealedEntries = (PackId, Vec<(ChunkId, Location)>);
 
@@ -112,6 +137,11 @@ pub struct Index {
     queued_entries: AtomicUsize,
     flush_at: usize,
     lookups: AtomicU64,
+    tombstones: RwLock<Tombstones>,
+    /// False while there are no tombstones: lookups skip the lock.
+    any_tombstones: AtomicBool,
+    /// Set while GC holds the runs it marked: flushes add runs but merge none.
+    merges_paused: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -156,6 +186,9 @@ impl Index {
             queued_entries: AtomicUsize::new(0),
             flush_at: flush_at.max(1),
             lookups: AtomicU64::new(0),
+            tombstones: RwLock::new(Tombstones::default()),
+            any_tombstones: AtomicBool::new(false),
+            merges_paused: AtomicBool::new(false),
         })
     }
 
@@ -173,7 +206,50 @@ impl Index {
         let runs = self.shards[shard_of(id)]
             .read()
             .unwrap_or_else(|p| p.into_inner());
-        runs.iter().find_map(|r| r.lookup(id))
+        let tombs = self.tombstones();
+        runs.iter().find_map(|r| {
+            let loc = r.get(r.position(id)?).1;
+            (!tombs.as_ref().is_some_and(|t| t.buries(id, &loc))).then_some(loc)
+        })
+    }
+
+    /// The tombstones, or None when there are none (the common case).
+    fn tombstones(&self) -> Option<std::sync::RwLockReadGuard<'_, Tombstones>> {
+        self.any_tombstones
+            .load(Ordering::Acquire)
+            .then(|| self.tombstones.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn is_buried(&self, id: &ChunkId, loc: &Location) -> bool {
+        self.tombstones().is_some_and(|t| t.buries(id, loc))
+    }
+
+    /// Replaces the tombstones (the repository persists them first).
+    pub(crate) fn set_tombstones(&self, t: Tombstones) {
+        let mut cur = self.tombstones.write().unwrap_or_else(|p| p.into_inner());
+        self.any_tombstones.store(!t.is_empty(), Ordering::Release);
+        *cur = t;
+    }
+
+    pub(crate) fn current_tombstones(&self) -> Tombstones {
+        self.tombstones
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The runs of every shard, newest first: what GC marks against.
+    pub(crate) fn runs(&self) -> Vec<Vec<Arc<Run>>> {
+        self.shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect()
+    }
+
+    /// While paused, flushes add runs but never merge: the runs GC marked
+    /// stay the runs lookups use.
+    pub(crate) fn pause_merges(&self, paused: bool) {
+        self.merges_paused.store(paused, Ordering::SeqCst);
     }
 
     /// Drops mapped index pages from the resident set (the page cache keeps
@@ -189,7 +265,8 @@ impl Index {
     /// Where `id` is stored, if it is (pending chunks count as absent).
     pub fn lookup(&self, id: &ChunkId) -> Option<Location> {
         match lock(&self.stripe(id).slots).get(id) {
-            Some(Slot::Stored(loc)) => return Some(*loc),
+            Some(Slot::Stored(loc)) if !self.is_buried(id, loc) => return Some(*loc),
+            Some(Slot::Stored(_)) => {}
             Some(Slot::Pending) => return None,
             None => {}
         }
@@ -199,9 +276,9 @@ impl Index {
     pub(crate) fn reserve(&self, id: &ChunkId) -> Reservation {
         let mut slots = lock(&self.stripe(id).slots);
         match slots.get(id) {
-            Some(Slot::Stored(loc)) => Reservation::Known(*loc),
+            Some(Slot::Stored(loc)) if !self.is_buried(id, loc) => Reservation::Known(*loc),
             Some(Slot::Pending) => Reservation::Pending,
-            None => {
+            _ => {
                 // Checked under the stripe lock: a flush removes entries from
                 // the table only after their run is visible, so an id is
                 // always in one of the two when this lock is held.
@@ -218,9 +295,9 @@ impl Index {
     /// without reserving it.
     pub(crate) fn reserve_peek(&self, id: &ChunkId) -> Option<Reservation> {
         match lock(&self.stripe(id).slots).get(id) {
-            Some(Slot::Stored(loc)) => Some(Reservation::Known(*loc)),
+            Some(Slot::Stored(loc)) if !self.is_buried(id, loc) => Some(Reservation::Known(*loc)),
             Some(Slot::Pending) => Some(Reservation::Pending),
-            None => None,
+            _ => None,
         }
     }
 
@@ -228,6 +305,15 @@ impl Index {
         let stripe = self.stripe(id);
         lock(&stripe.slots).insert(*id, Slot::Stored(loc));
         stripe.published.notify_all();
+    }
+
+    /// Points `id` at a copy GC made (unless a writer holds a reservation
+    /// for it, which cannot happen for a chunk the index knows).
+    pub(crate) fn relocate(&self, id: &ChunkId, loc: Location) {
+        let mut slots = lock(&self.stripe(id).slots);
+        if !matches!(slots.get(id), Some(Slot::Pending)) {
+            slots.insert(*id, Slot::Stored(loc));
+        }
     }
 
     /// Gives up a reservation whose chunk was not stored (a failed write).
@@ -248,14 +334,14 @@ impl Index {
         let mut slots = lock(&stripe.slots);
         loop {
             match slots.get(id) {
-                Some(Slot::Stored(loc)) => return Some(*loc),
+                Some(Slot::Stored(loc)) if !self.is_buried(id, loc) => return Some(*loc),
                 Some(Slot::Pending) => {
                     slots = stripe
                         .published
                         .wait(slots)
                         .unwrap_or_else(|p| p.into_inner());
                 }
-                None => {
+                _ => {
                     drop(slots);
                     return self.lookup_runs(id);
                 }
@@ -265,7 +351,10 @@ impl Index {
 
     /// Queues the records of a sealed pack for the next flush and makes them
     /// visible to lookups (records found by recovery are in no table yet).
-    pub fn add_sealed(&self, pack: PackId, entries: Vec<(ChunkId, Location)>) {
+    pub fn add_sealed(&self, pack: PackId, mut entries: Vec<(ChunkId, Location)>) {
+        if let Some(t) = self.tombstones() {
+            entries.retain(|(id, loc)| !t.buries(id, loc));
+        }
         for (id, loc) in &entries {
             lock(&self.stripe(id).slots)
                 .entry(*id)
@@ -358,11 +447,15 @@ impl Index {
                         .iter()
                         .cloned(),
                 );
-                while let Some(take) = plan_merge(&mut list) {
+                while !self.merges_paused.load(Ordering::SeqCst) {
+                    let Some(take) = plan_merge(&mut list) else {
+                        break;
+                    };
                     let merged_ref = new_state.allocate_run(shard as u8);
                     let merged_path = run_path(&self.dir, merged_ref);
                     created.push(merged_path.clone());
-                    let (merged, gone) = merge_runs(take, &merged_path, merged_ref)?;
+                    let (merged, gone) =
+                        merge_runs(take, &merged_path, merged_ref, &self.current_tombstones())?;
                     obsolete.extend(gone);
                     list.push(merged);
                 }
@@ -376,18 +469,7 @@ impl Index {
                 drop_from_page_cache(p);
             }
             durable::sync_dir(&self.dir)?;
-            let mut runs: Vec<RunRef> = Vec::new();
-            for (shard, list) in self.shards.iter().enumerate() {
-                match new_lists.iter().find(|(s, _)| *s == shard) {
-                    Some((_, l)) => runs.extend(l.iter().map(|r| RunRef {
-                        shard: r.shard,
-                        run: r.run,
-                    })),
-                    None => runs.extend(shard_refs(list)),
-                }
-            }
-            runs.sort();
-            new_state.runs = runs;
+            new_state.runs = self.run_refs_with(&new_lists);
             for (pack, _) in batches {
                 add_covered(&mut new_state.covered, pack.0);
             }
@@ -416,6 +498,80 @@ impl Index {
             );
         }
         Ok(())
+    }
+
+    /// Rewrites, shard by shard, those of `marked` (runs GC marked against)
+    /// that are still live as one run without buried entries. One shard at
+    /// a time under the flush lock: ingest flushes wait for one shard's
+    /// merge at most. Returns the entries dropped.
+    pub(crate) fn compact(&self, marked: &[Vec<Arc<Run>>]) -> Result<u64> {
+        let mut dropped = 0u64;
+        for (shard, marked) in marked.iter().enumerate() {
+            let mut state = lock(&self.state);
+            let current = self.shards[shard]
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let (take, keep): (Vec<Arc<Run>>, Vec<Arc<Run>>) = current
+                .into_iter()
+                .partition(|r| marked.iter().any(|m| m.run == r.run));
+            if take.is_empty() {
+                continue;
+            }
+            let mut new_state = state.clone();
+            let r = new_state.allocate_run(shard as u8);
+            let path = run_path(&self.dir, r);
+            let before: usize = take.iter().map(|r| r.count).sum();
+            let result = (|| -> Result<(Vec<Arc<Run>>, Vec<PathBuf>)> {
+                let (merged, gone) = merge_runs(take, &path, r, &self.current_tombstones())?;
+                durable::sync_file_at(&path)?;
+                drop_from_page_cache(&path);
+                durable::sync_dir(&self.dir)?;
+                dropped += (before - merged.count) as u64;
+                let mut list = keep;
+                if merged.count > 0 {
+                    list.push(merged);
+                }
+                list.sort_by_key(|r| std::cmp::Reverse(r.run));
+                let replaced = [(shard, list)];
+                new_state.runs = self.run_refs_with(&replaced);
+                new_state.generation += 1;
+                durable::replace_file(&self.dir.join("state"), &new_state.encode())?;
+                let [(_, list)] = replaced;
+                Ok((list, gone))
+            })();
+            let (list, gone) = match result {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(e);
+                }
+            };
+            *state = new_state;
+            *self.shards[shard]
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = list;
+            for p in gone {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// The refs of all live runs, with the lists of some shards replaced.
+    fn run_refs_with(&self, replaced: &[(usize, Vec<Arc<Run>>)]) -> Vec<RunRef> {
+        let mut runs: Vec<RunRef> = Vec::new();
+        for (shard, list) in self.shards.iter().enumerate() {
+            match replaced.iter().find(|(s, _)| *s == shard) {
+                Some((_, l)) => runs.extend(l.iter().map(|r| RunRef {
+                    shard: r.shard,
+                    run: r.run,
+                })),
+                None => runs.extend(shard_refs(list)),
+            }
+        }
+        runs.sort();
+        runs
     }
 
     /// Entries in runs (duplicates across runs counted once per run) plus
@@ -543,20 +699,28 @@ fn plan_merge(list: &mut Vec<Arc<Run>>) -> Option<Vec<Arc<Run>>> {
     Some(list.drain(start..start + MERGE_FAN_IN).collect())
 }
 
-/// Merges `inputs` (newest entry wins on equal ids) into one run at `path`;
+/// Merges `inputs` (newest entry not buried wins on equal ids; buried entries
+/// are dropped) into one run at `path`;
 /// returns it and the paths of the inputs, to delete once the new state is
 /// published.
 fn merge_runs(
     mut inputs: Vec<Arc<Run>>,
     path: &Path,
     r: RunRef,
+    tombs: &Tombstones,
 ) -> Result<(Arc<Run>, Vec<PathBuf>)> {
     inputs.sort_by_key(|r| std::cmp::Reverse(r.run));
     for input in &inputs {
         input.prepare_scan();
     }
     let max_entries = inputs.iter().map(|r| r.count as u64).sum();
-    write_run(path, r.shard, r.run, max_entries, run::Merge::new(&inputs))?;
+    write_run(
+        path,
+        r.shard,
+        r.run,
+        max_entries,
+        run::Merge::new(&inputs, |id, loc| !tombs.buries(id, loc)),
+    )?;
     for input in &inputs {
         input.release();
     }

@@ -82,7 +82,8 @@ impl Run {
             .all(|&b| Le::u64(words, (b as usize / 64) * 8) & (1 << (b % 64)) != 0)
     }
 
-    pub(crate) fn lookup(&self, id: &ChunkId) -> Option<Location> {
+    /// The index of `id`'s entry in this run.
+    pub(crate) fn position(&self, id: &ChunkId) -> Option<usize> {
         if !self.may_contain(id) {
             return None;
         }
@@ -109,7 +110,7 @@ impl Run {
                 .cmp(&target)
                 .then_with(|| self.entry(mid)[..32].cmp(&id.0[..]))
             {
-                std::cmp::Ordering::Equal => return Some(self.get(mid).1),
+                std::cmp::Ordering::Equal => return Some(mid),
                 std::cmp::Ordering::Less => {
                     lo = mid + 1;
                     lo_key = k;
@@ -124,7 +125,7 @@ impl Run {
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             match self.entry(mid)[..32].cmp(&id.0[..]) {
-                std::cmp::Ordering::Equal => return Some(self.get(mid).1),
+                std::cmp::Ordering::Equal => return Some(mid),
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
             }
@@ -215,42 +216,55 @@ pub(crate) fn write_run(
 }
 
 /// Merges sorted runs (given newest first) into one sorted stream; on
-/// equal ids the newest run's entry wins and the others are skipped.
-pub(crate) struct Merge<'a> {
+/// equal ids the newest run's entry that `keep` accepts wins and the others
+/// are skipped (an id none is kept for is dropped).
+pub(crate) struct Merge<'a, F> {
     runs: &'a [std::sync::Arc<Run>],
     pos: Vec<usize>,
+    keep: F,
 }
 
-impl<'a> Merge<'a> {
-    pub(crate) fn new(runs: &'a [std::sync::Arc<Run>]) -> Merge<'a> {
+impl<'a, F: FnMut(&ChunkId, &Location) -> bool> Merge<'a, F> {
+    pub(crate) fn new(runs: &'a [std::sync::Arc<Run>], keep: F) -> Merge<'a, F> {
         Merge {
             runs,
             pos: vec![0; runs.len()],
+            keep,
         }
     }
 }
 
-impl Iterator for Merge<'_> {
+impl<F: FnMut(&ChunkId, &Location) -> bool> Iterator for Merge<'_, F> {
     type Item = (ChunkId, Location);
 
     fn next(&mut self) -> Option<Self::Item> {
-        // Few runs (at most MAX_RUNS_PER_SHARD): a linear minimum is enough.
-        let mut best: Option<(usize, ChunkId)> = None;
-        for (i, run) in self.runs.iter().enumerate() {
-            if self.pos[i] < run.count {
-                let id = run.get(self.pos[i]).0;
-                if best.is_none_or(|(_, b)| id < b) {
-                    best = Some((i, id));
+        loop {
+            // Few runs (at most MAX_RUNS_PER_SHARD): a linear minimum is enough.
+            let mut best: Option<ChunkId> = None;
+            for (i, run) in self.runs.iter().enumerate() {
+                if self.pos[i] < run.count {
+                    let id = run.get(self.pos[i]).0;
+                    if best.is_none_or(|b| id < b) {
+                        best = Some(id);
+                    }
                 }
             }
-        }
-        let (i, id) = best?;
-        let item = self.runs[i].get(self.pos[i]);
-        for (j, run) in self.runs.iter().enumerate() {
-            if self.pos[j] < run.count && run.get(self.pos[j]).0 == id {
-                self.pos[j] += 1;
+            let id = best?;
+            let mut chosen = None;
+            for (j, run) in self.runs.iter().enumerate() {
+                if self.pos[j] < run.count {
+                    let (e, loc) = run.get(self.pos[j]);
+                    if e == id {
+                        self.pos[j] += 1;
+                        if chosen.is_none() && (self.keep)(&e, &loc) {
+                            chosen = Some((e, loc));
+                        }
+                    }
+                }
+            }
+            if chosen.is_some() {
+                return chosen;
             }
         }
-        Some(item)
     }
 }

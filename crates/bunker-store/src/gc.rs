@@ -1,0 +1,425 @@
+//! Garbage collection: reclaims the space of chunks no snapshot references,
+//! beside running backups. Protocol and safety argument: docs/GC.md.
+//!
+//! 1. Freeze: flush the index and pause its merges; the packs the index
+//!    covers now are the candidates, its runs the mark space.
+//! 2. Protect: under the GC gate, every pack a writer or session has
+//!    pinned, or pins from now on, is protected ([`crate::pins`]).
+//! 3. Mark: every chunk of every committed manifest sets one bit, keyed by
+//!    its entry's position in the runs (1 bit per index entry, no set of
+//!    chunk hashes in memory).
+//! 4. Plan: per candidate pack (trailer only), live bytes = records whose
+//!    index entry is marked and points at that record.
+//! 5. Rewrite packs below the live threshold: copy their live records
+//!    (verified) into new packs, seal them, point the index at the copies.
+//! 6. Condemn, under the gate: unprotected packs with no live record and
+//!    rewritten packs go into the durable `tombstones` file; lookups stop
+//!    handing them out at that instant.
+//! 7. Delete the condemned pack files.
+//! 8. Compact the marked runs without tombstoned entries; clear the pack
+//!    tombstones.
+//!
+//! A crash anywhere leaves a repository that opens and verifies: before 6
+//! nothing is lost (at worst chunks exist twice), after 6 opening finishes
+//! the deletes and lookups skip tombstoned entries until the next GC's
+//! compaction.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bunker_chunk::ChunkId;
+use rayon::prelude::*;
+
+use crate::compress::decompress;
+use crate::index::{shard_of, Run, Tombstones};
+use crate::pack::{read_trailer, NewRecord};
+use crate::repo::{read_tombstones, write_tombstones};
+use crate::{Error, Location, PackId, Repository, Result};
+
+/// Packs whose live bytes are below this fraction of their size are
+/// rewritten: copying at most half a pack to free at least half of it.
+pub const DEFAULT_REWRITE_BELOW: f64 = 0.5;
+
+#[derive(Clone, Copy, Debug)]
+pub struct GcOptions {
+    /// Rewrite packs whose live fraction (of their bytes) is below this;
+    /// 0 rewrites nothing (only wholly dead packs go).
+    pub rewrite_below: f64,
+    /// Plan and report, change nothing.
+    pub dry_run: bool,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            rewrite_below: DEFAULT_REWRITE_BELOW,
+            dry_run: false,
+        }
+    }
+}
+
+/// What a GC run did (or, dry, would do).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GcReport {
+    pub dry_run: bool,
+    /// Committed snapshots marked.
+    pub snapshots: u64,
+    /// Manifest entries marked (chunk references, zero chunks excluded).
+    pub references: u64,
+    /// Sealed packs considered.
+    pub packs_examined: u64,
+    pub packs_deleted: u64,
+    pub packs_rewritten: u64,
+    /// Packs left alone because a backup in progress depends on them.
+    pub packs_protected: u64,
+    /// Packs left alone because they could not be read in full (verify
+    /// reports them).
+    pub packs_unreadable: u64,
+    /// Bytes of the pack files removed.
+    pub bytes_deleted: u64,
+    /// Bytes of live records copied into new packs.
+    pub bytes_rewritten: u64,
+    /// Live bytes in the packs examined (records plus headers).
+    pub live_bytes: u64,
+    /// Index entries dropped by the compaction.
+    pub index_entries_dropped: u64,
+    /// Memory of the mark bitmap.
+    pub mark_bytes: u64,
+    pub mark_ms: u64,
+    pub sweep_ms: u64,
+    pub total_ms: u64,
+}
+
+impl GcReport {
+    /// Net bytes freed: pack bytes removed minus bytes written again.
+    pub fn bytes_reclaimed(&self) -> u64 {
+        self.bytes_deleted.saturating_sub(self.bytes_rewritten)
+    }
+}
+
+/// One bit per entry of the frozen runs.
+struct Marks {
+    runs: Vec<Vec<Arc<Run>>>,
+    bits: Vec<Vec<Vec<AtomicU64>>>,
+    tombs: Tombstones,
+}
+
+impl Marks {
+    fn new(runs: Vec<Vec<Arc<Run>>>, tombs: Tombstones) -> Marks {
+        let bits = runs
+            .iter()
+            .map(|shard| {
+                shard
+                    .iter()
+                    .map(|r| {
+                        (0..r.count.div_ceil(64))
+                            .map(|_| AtomicU64::new(0))
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        Marks { runs, bits, tombs }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bits.iter().flatten().map(|v| v.len() as u64 * 8).sum()
+    }
+
+    /// The entry lookups would answer for `id` from these runs: (run, index,
+    /// location), skipping tombstoned entries as lookups do.
+    fn find(&self, id: &ChunkId) -> Option<(usize, usize, Location)> {
+        let shard = shard_of(id);
+        self.runs[shard].iter().enumerate().find_map(|(r, run)| {
+            let i = run.position(id)?;
+            let loc = run.get(i).1;
+            (!self.tombs.buries(id, &loc)).then_some((r, i, loc))
+        })
+    }
+
+    fn mark(&self, id: &ChunkId) {
+        if let Some((r, i, _)) = self.find(id) {
+            self.bits[shard_of(id)][r][i / 64].fetch_or(1 << (i % 64), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the record of `id` at `pack`/`offset` is the one the index
+    /// answers with, and a snapshot references it.
+    fn is_live(&self, id: &ChunkId, pack: PackId, offset: u64) -> bool {
+        match self.find(id) {
+            Some((r, i, loc)) if loc.pack == pack && loc.offset == offset => {
+                self.bits[shard_of(id)][r][i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0
+            }
+            _ => false,
+        }
+    }
+
+    fn release(&self) {
+        for run in self.runs.iter().flatten() {
+            run.release();
+        }
+    }
+}
+
+/// Puts back what GC paused, on every way out.
+struct Resume<'a>(&'a Repository);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        self.0.inner.index.pause_merges(false);
+        self.0.inner.pins.gc_end();
+    }
+}
+
+enum Fate {
+    Keep,
+    Delete,
+    Rewrite(Vec<crate::format::pack::TrailerEntry>),
+}
+
+impl Repository {
+    /// Runs one garbage collection (see the module documentation). Fails
+    /// with `Busy` while another GC or a verify runs.
+    pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        let started = Instant::now();
+        let _one = self
+            .inner
+            .maintenance
+            .try_lock()
+            .map_err(|_| Error::Busy("a GC or verify is running".into()))?;
+        let inner = &*self.inner;
+        let index = &inner.index;
+        let backend = inner.packs.backend();
+        let mut report = GcReport {
+            dry_run: opts.dry_run,
+            ..GcReport::default()
+        };
+
+        // 1. Freeze.
+        index.pause_merges(true);
+        let _resume = Resume(self);
+        index.flush()?;
+        let marks = Marks::new(index.runs(), index.current_tombstones());
+        let candidates: Vec<PackId> = backend
+            .list()?
+            .into_iter()
+            .filter(|p| index.is_covered(*p) && !marks.tombs.packs.contains(&p.0))
+            .collect();
+        // 2. Protect.
+        {
+            let _gate = self.gate_write();
+            inner.pins.gc_begin();
+        }
+        crate::durable::failpoint!("gc::marked", &inner.root);
+
+        // 3. Mark.
+        report.mark_bytes = marks.bytes();
+        let snapshots = self.list(None)?;
+        let references = AtomicU64::new(0);
+        snapshots.par_iter().try_for_each(|s| -> Result<()> {
+            let entries = match self.manifest_entries(&s.name, s.id) {
+                Ok(e) => e,
+                // Deleted since it was listed: nothing to keep for it.
+                Err(Error::NotFound { .. }) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let mut n = 0;
+            for e in entries {
+                let e = e?;
+                if !e.id.is_zero() {
+                    marks.mark(&e.id);
+                    n += 1;
+                }
+            }
+            references.fetch_add(n, Ordering::Relaxed);
+            Ok(())
+        })?;
+        report.snapshots = snapshots.len() as u64;
+        report.references = references.into_inner();
+        report.mark_ms = started.elapsed().as_millis() as u64;
+        crate::durable::failpoint!("gc::mark", &inner.root);
+
+        // 4. Plan, 5. rewrite.
+        let sweep_started = Instant::now();
+        let mut condemn: BTreeSet<u64> = BTreeSet::new();
+        for &pack in &candidates {
+            report.packs_examined += 1;
+            if inner.pins.gc_protects(pack) {
+                report.packs_protected += 1;
+                continue;
+            }
+            let pack_len = backend.pack_len(pack)?;
+            let (fate, live) = match plan_pack(self, &marks, pack, pack_len, opts.rewrite_below) {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("GC leaves {} alone: {e}", backend.describe(pack));
+                    report.packs_unreadable += 1;
+                    continue;
+                }
+            };
+            report.live_bytes += live;
+            match fate {
+                Fate::Keep => {}
+                Fate::Delete => {
+                    condemn.insert(pack.0);
+                    report.packs_deleted += 1;
+                    report.bytes_deleted += pack_len;
+                }
+                Fate::Rewrite(live_records) => {
+                    if !opts.dry_run {
+                        if let Err(e) = self.copy_records(pack, &live_records) {
+                            tracing::warn!("GC could not rewrite {}: {e}", backend.describe(pack));
+                            report.packs_unreadable += 1;
+                            continue;
+                        }
+                    }
+                    condemn.insert(pack.0);
+                    report.packs_rewritten += 1;
+                    report.bytes_deleted += pack_len;
+                    report.bytes_rewritten += live;
+                }
+            }
+        }
+        marks.release();
+        if opts.dry_run {
+            report.sweep_ms = sweep_started.elapsed().as_millis() as u64;
+            report.total_ms = started.elapsed().as_millis() as u64;
+            return Ok(report);
+        }
+        // The copies are durable before any original is condemned.
+        let sealed = inner.packs.seal()?;
+        self.index_sealed(sealed);
+        crate::durable::failpoint!("gc::rewritten", &inner.root);
+
+        // 6. Condemn.
+        let mut tombs = read_tombstones(&inner.root)?;
+        {
+            let _gate = self.gate_write();
+            for &p in &condemn {
+                if inner.pins.gc_protects(PackId(p)) {
+                    // Pinned while GC was planning: spared, whole.
+                    report.packs_protected += 1;
+                } else {
+                    tombs.packs.insert(p);
+                }
+            }
+            write_tombstones(&inner.root, &tombs)?;
+            index.set_tombstones(tombs.clone());
+        }
+        crate::durable::failpoint!("gc::condemned", &inner.root);
+
+        // 7. Delete.
+        let present: BTreeSet<u64> = backend.list()?.iter().map(|p| p.0).collect();
+        for &p in tombs.packs.iter().filter(|p| present.contains(p)) {
+            backend.delete(PackId(p))?;
+            crate::durable::failpoint!("gc::deleted", &inner.root);
+        }
+
+        // 8. Compact, then forget pack tombstones no run refers to any more.
+        report.index_entries_dropped = index.compact(&marks.runs)?;
+        crate::durable::failpoint!("gc::compacted", &inner.root);
+        {
+            let _gate = self.gate_write();
+            let present: BTreeSet<u64> = backend.list()?.iter().map(|p| p.0).collect();
+            tombs.packs.clear();
+            tombs.records.retain(|(_, pack, _)| present.contains(pack));
+            write_tombstones(&inner.root, &tombs)?;
+            index.set_tombstones(tombs);
+        }
+        report.sweep_ms = sweep_started.elapsed().as_millis() as u64;
+        report.total_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(
+            deleted = report.packs_deleted,
+            rewritten = report.packs_rewritten,
+            protected = report.packs_protected,
+            reclaimed = report.bytes_reclaimed(),
+            ms = report.total_ms,
+            "GC finished"
+        );
+        Ok(report)
+    }
+
+    /// Copies records of `pack` into the open pack, verified, and points
+    /// the index at the copies.
+    fn copy_records(
+        &self,
+        pack: PackId,
+        records: &[crate::format::pack::TrailerEntry],
+    ) -> Result<()> {
+        let inner = &*self.inner;
+        let read: Vec<Result<(crate::format::pack::Codec, Vec<u8>)>> = records
+            .par_iter()
+            .map(|e| {
+                let loc = e.index_entry(pack).1;
+                let (codec, stored) = inner.packs.read_record(&e.id, &loc)?;
+                let raw =
+                    decompress(codec, stored.clone(), e.raw_len as usize).map_err(|reason| {
+                        Error::Corrupt {
+                            file: inner.packs.backend().describe(pack),
+                            pack: Some(pack),
+                            offset: Some(e.offset),
+                            chunk: Some(e.id),
+                            reason,
+                        }
+                    })?;
+                if ChunkId::of(&raw) != e.id {
+                    return Err(Error::Corrupt {
+                        file: inner.packs.backend().describe(pack),
+                        pack: Some(pack),
+                        offset: Some(e.offset),
+                        chunk: Some(e.id),
+                        reason: "chunk bytes do not match their BLAKE3 id".into(),
+                    });
+                }
+                Ok((codec, stored))
+            })
+            .collect();
+        let read: Vec<(crate::format::pack::Codec, Vec<u8>)> =
+            read.into_iter().collect::<Result<_>>()?;
+        let new: Vec<NewRecord<'_>> = records
+            .iter()
+            .zip(&read)
+            .map(|(e, (codec, stored))| NewRecord {
+                id: e.id,
+                raw_len: e.raw_len,
+                codec: *codec,
+                stored,
+            })
+            .collect();
+        let (locations, sealed) = inner.packs.append(&new)?;
+        for (e, loc) in records.iter().zip(locations) {
+            inner.index.relocate(&e.id, loc);
+        }
+        self.index_sealed(sealed);
+        Ok(())
+    }
+}
+
+/// What to do with one pack, and its live bytes.
+fn plan_pack(
+    repo: &Repository,
+    marks: &Marks,
+    pack: PackId,
+    pack_len: u64,
+    rewrite_below: f64,
+) -> Result<(Fate, u64)> {
+    let entries = read_trailer(repo.inner.packs.backend(), pack)?;
+    let live: Vec<_> = entries
+        .into_iter()
+        .filter(|e| marks.is_live(&e.id, pack, e.offset))
+        .collect();
+    let live_bytes: u64 = live
+        .iter()
+        .map(|e| (crate::format::pack::RECORD_HEADER_LEN as u64) + u64::from(e.stored_len))
+        .sum();
+    let fate = if live.is_empty() {
+        Fate::Delete
+    } else if (live_bytes as f64) < rewrite_below * pack_len as f64 {
+        Fate::Rewrite(live)
+    } else {
+        Fate::Keep
+    };
+    Ok((fate, live_bytes))
+}
