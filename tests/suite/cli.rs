@@ -714,3 +714,82 @@ fn verify_names_damage_and_repair_rebuilds_a_lost_index() {
     assert!(!ra.exists(), "a failed restore leaves no file");
     drop(a_data);
 }
+
+#[test]
+fn gc_frees_what_pruned_snapshots_held_and_only_admins_run_it() {
+    let s = setup();
+    let img = s.root.join("img");
+    let old = bunker_tests::noise(50, 3 << 20);
+    let new = bunker_tests::noise(51, 3 << 20);
+    std::fs::write(&img, &old).unwrap();
+    ok(&bunker(
+        &s.server,
+        &s.token,
+        &["backup", "vol", img.to_str().unwrap()],
+    ));
+    std::fs::write(&img, &new).unwrap();
+    ok(&bunker(
+        &s.server,
+        &s.token,
+        &["backup", "vol", img.to_str().unwrap()],
+    ));
+    ok(&bunker(
+        &s.server,
+        &s.token,
+        &["prune", "vol", "--keep-last", "1"],
+    ));
+    let before = json(&bunker(&s.server, &s.token, &["--json", "stats"]));
+
+    let dry = json(&bunker(&s.server, &s.token, &["--json", "gc", "--dry-run"]));
+    assert_eq!(dry["dry_run"], true);
+    // The old image is random: its 3 MiB do not compress.
+    let would = dry["bytes_reclaimed"].as_u64().unwrap();
+    assert!(would >= 3 << 20, "{dry}");
+    assert_eq!(
+        json(&bunker(&s.server, &s.token, &["--json", "stats"]))["stored_bytes"],
+        before["stored_bytes"],
+        "a dry run frees nothing"
+    );
+    let done = json(&bunker(&s.server, &s.token, &["--json", "gc"]));
+    assert_eq!(done["bytes_reclaimed"].as_u64().unwrap(), would, "{done}");
+    let after = json(&bunker(&s.server, &s.token, &["--json", "stats"]));
+    assert_eq!(
+        before["stored_bytes"].as_u64().unwrap() - after["stored_bytes"].as_u64().unwrap(),
+        would
+    );
+    let out = s.root.join("out");
+    ok(&bunker(
+        &s.server,
+        &s.token,
+        &["restore", "vol", out.to_str().unwrap()],
+    ));
+    assert!(std::fs::read(&out).unwrap() == new);
+    let text = ok(&bunker(&s.server, &s.token, &["gc"]));
+    assert!(text.starts_with("freed 0 B"), "{text}");
+    let admin = std::fs::read_to_string(&s.token).unwrap();
+    let metrics = ureq::get(format!("{}/metrics", s.server.url))
+        .header("authorization", format!("Bearer {}", admin.trim()))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert!(metrics.contains("bunker_gc_runs_total 2"), "{metrics}");
+    assert!(
+        metrics.contains(&format!("bunker_gc_reclaimed_bytes_total {would}")),
+        "{metrics}"
+    );
+
+    let o = bunker(&s.server, &s.token, &["gc", "--rewrite-below", "2"]);
+    assert_eq!(o.status.code(), Some(2), "a bad fraction is a usage error");
+    let w = s.root.join("w.token");
+    let out = ok(&bunker(
+        &s.server,
+        &s.token,
+        &["token", "create", "--role", "writer"],
+    ));
+    std::fs::write(&w, out.trim().lines().last().unwrap()).unwrap();
+    let o = bunker(&s.server, &w, &["gc"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not allowed"));
+}

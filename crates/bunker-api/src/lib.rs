@@ -35,6 +35,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     Timeout,
     Conflict,
+    /// Another GC or verify is running.
+    Busy,
     PayloadTooLarge,
     HeadersTooLarge,
     RangeNotSatisfiable,
@@ -56,7 +58,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Timeout => 408,
-            ErrorCode::Conflict => 409,
+            ErrorCode::Conflict | ErrorCode::Busy => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::RangeNotSatisfiable => 416,
             ErrorCode::HashMismatch | ErrorCode::MissingChunk => 422,
@@ -77,6 +79,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::Busy => "busy",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::HeadersTooLarge => "headers_too_large",
             ErrorCode::RangeNotSatisfiable => "range_not_satisfiable",
@@ -326,6 +329,39 @@ pub struct DamagedSnapshot {
     pub id: u64,
     pub bad_chunks: u64,
     pub reason: String,
+}
+
+/// `POST /v1/gc` body; every field optional.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcRequest {
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Rewrite packs whose live fraction is below this (0..=1; default 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite_below: Option<f64>,
+}
+
+/// What a GC did (or, dry, would do). Bytes are pack-file bytes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub snapshots: u64,
+    pub references: u64,
+    pub packs_examined: u64,
+    pub packs_deleted: u64,
+    pub packs_rewritten: u64,
+    pub packs_protected: u64,
+    pub packs_unreadable: u64,
+    pub bytes_deleted: u64,
+    pub bytes_rewritten: u64,
+    pub bytes_reclaimed: u64,
+    pub live_bytes: u64,
+    pub index_entries_dropped: u64,
+    pub mark_bytes: u64,
+    pub mark_seconds: f64,
+    pub sweep_seconds: f64,
+    pub seconds: f64,
 }
 
 /// `POST /v1/verify`: every record of every pack, the index, every manifest.

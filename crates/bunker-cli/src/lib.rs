@@ -70,6 +70,9 @@ enum Command {
     Drill(cmd::drill::Args),
     /// Apply a retention policy (admin); removes manifests only.
     Prune(cmd::prune::Args),
+    /// Garbage collection (admin): free the space of chunks no snapshot
+    /// references; runs beside backups.
+    Gc(cmd::gc::Args),
     /// Repository figures: sizes, dedup and compression.
     Stats,
     /// Scrub: verify every chunk, the index and every manifest (admin);
@@ -125,6 +128,7 @@ pub fn main() -> ExitCode {
         Command::Snapshots(args) => cmd::snapshots::run(&g, args),
         Command::Drill(args) => cmd::drill::run(&g, args),
         Command::Prune(args) => cmd::prune::run(&g, args),
+        Command::Gc(args) => cmd::gc::run(&g, args),
         Command::Stats => cmd::snapshots::stats(&g),
         Command::Verify => cmd::verify::verify(&g),
         Command::Repair(args) => cmd::verify::repair(&g, args),

@@ -268,6 +268,10 @@ impl Client {
         self.json(self.post("/v1/prune").send_json(req))
     }
 
+    pub fn gc(&self, req: &bunker_api::GcRequest) -> Result<bunker_api::GcReport> {
+        self.json(self.post("/v1/gc").send_json(req))
+    }
+
     pub fn stats(&self) -> Result<bunker_api::Stats> {
         self.json(self.get("/v1/stats").call())
     }

@@ -34,6 +34,10 @@ pub struct Config {
     pub session_idle_secs: u64,
     /// Open connections at once; more wait to be accepted.
     pub max_connections: usize,
+    /// Run GC every this many seconds (0: never; `bunker gc` still works).
+    pub gc_interval_secs: u64,
+    /// Scheduled GCs rewrite packs whose live fraction is below this.
+    pub gc_rewrite_below: f64,
 }
 
 impl Default for Config {
@@ -50,6 +54,8 @@ impl Default for Config {
             grace_secs: 30,
             session_idle_secs: 900,
             max_connections: 512,
+            gc_interval_secs: 0,
+            gc_rewrite_below: bunker_store::DEFAULT_REWRITE_BELOW,
         }
     }
 }

@@ -55,6 +55,7 @@ impl ApiError {
                 "the repository's disk is full; nothing acknowledged was affected, free space or delete snapshots you no longer need".to_string(),
             ),
             E::Corrupt { .. } => (ErrorCode::CorruptData, e.to_string()),
+            E::Busy(m) => (ErrorCode::Busy, m.clone()),
             E::Source(io) => (ErrorCode::BadRequest, format!("upload interrupted: {io}")),
             E::Io { source, .. } => {
                 tracing::error!("{e}");

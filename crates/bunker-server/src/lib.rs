@@ -182,6 +182,8 @@ pub async fn run(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(state.config.max_connections.max(1)));
     let reaper = tokio::spawn(reap_sessions(state.clone()));
+    let collector =
+        (state.config.gc_interval_secs > 0).then(|| tokio::spawn(scheduled_gc(state.clone())));
     let header_timeout = Duration::from_secs(state.config.header_timeout_secs.max(1));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -240,6 +242,9 @@ pub async fn run(
     }
     drop(listener);
     reaper.abort();
+    if let Some(c) = collector {
+        c.abort();
+    }
     state.shutting_down.store(true, Ordering::Relaxed);
     tracing::info!(
         "shutting down: waiting up to {:?} for in-flight requests",
@@ -250,6 +255,29 @@ pub async fn run(
         _ = tokio::time::sleep(state.config.grace()) => tracing::warn!("grace period over: aborting the requests still running"),
     }
     Ok(())
+}
+
+/// Runs GC every `gc_interval_secs` (a run already in progress, from
+/// `POST /v1/gc`, makes this one skip).
+async fn scheduled_gc(state: Arc<State>) {
+    let every = Duration::from_secs(state.config.gc_interval_secs);
+    loop {
+        tokio::time::sleep(every).await;
+        let st = state.clone();
+        let opts = bunker_store::GcOptions {
+            rewrite_below: state.config.gc_rewrite_below,
+            dry_run: false,
+        };
+        match tokio::task::spawn_blocking(move || routes::run_gc(&st, &opts)).await {
+            Ok(Ok(r)) => tracing::info!(
+                reclaimed = r.bytes_reclaimed,
+                seconds = r.seconds,
+                "scheduled GC finished"
+            ),
+            Ok(Err(e)) => tracing::warn!("scheduled GC: {e}"),
+            Err(e) => tracing::error!("scheduled GC task failed: {e}"),
+        }
+    }
 }
 
 async fn reap_sessions(state: Arc<State>) {

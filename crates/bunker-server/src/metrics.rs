@@ -24,6 +24,12 @@ pub struct Metrics {
     pub chunks_stored: AtomicU64,
     pub active_streams: AtomicI64,
     pub restore_bytes: AtomicU64,
+    pub gc_runs: AtomicU64,
+    pub gc_reclaimed_bytes: AtomicU64,
+    /// Unix seconds of the last finished GC (0: none yet).
+    pub gc_last_unix: AtomicU64,
+    /// Milliseconds the last GC took.
+    pub gc_last_ms: AtomicU64,
     requests: Mutex<BTreeMap<(&'static str, u16), RouteStats>>,
     errors: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -86,6 +92,24 @@ impl Metrics {
             "bunker_restore_bytes_total",
             "Bytes of snapshots sent.",
             self.restore_bytes.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "bunker_gc_runs_total",
+            "Garbage collections finished.",
+            self.gc_runs.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "bunker_gc_reclaimed_bytes_total",
+            "Pack bytes freed by GC, net of rewritten bytes.",
+            self.gc_reclaimed_bytes.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bunker_gc_last_finished_seconds Unix time the last GC finished (0: none).\n# TYPE bunker_gc_last_finished_seconds gauge\nbunker_gc_last_finished_seconds {}\n# HELP bunker_gc_last_duration_seconds How long the last GC took.\n# TYPE bunker_gc_last_duration_seconds gauge\nbunker_gc_last_duration_seconds {}",
+            self.gc_last_unix.load(Ordering::Relaxed),
+            self.gc_last_ms.load(Ordering::Relaxed) as f64 / 1000.0
         );
         let _ = writeln!(
             out,

@@ -6,6 +6,8 @@
 //! directory.
 
 mod admin;
+mod gc;
+pub(crate) use gc::run_gc;
 mod prune;
 mod sessions;
 mod snapshots;
@@ -70,6 +72,7 @@ pub(crate) async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'s
         ),
         ["v1", "verify"] => ("verify", verify::verify(state, &principal, req).await),
         ["v1", "prune"] => ("prune", prune::prune(state, &principal, req).await),
+        ["v1", "gc"] => ("gc", gc::gc(state, &principal, req).await),
         ["v1", "sessions"] => ("open_session", sessions::open(state, &principal, req).await),
         ["v1", "sessions", sid] => ("session", sessions::abort(state, &principal, &method, sid)),
         ["v1", "sessions", sid, "missing"] => (
