@@ -687,6 +687,24 @@ fn verify_names_damage_and_repair_rebuilds_a_lost_index() {
     bytes[200] ^= 0x20;
     std::fs::write(first, &bytes).unwrap();
     let server = Server::start(BIN, &data_dir, &[]);
+    // b's chunks alone are intact; a sample reads part of the packs.
+    let only_b = json(&bunker(
+        &server,
+        &token,
+        &["--json", "verify", "--snapshot", "b"],
+    ));
+    assert_eq!(only_b["clean"], true, "{only_b}");
+    let o = bunker(&server, &token, &["--json", "verify", "--sample", "100"]);
+    assert_eq!(o.status.code(), Some(4));
+    let sample: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(sample["sample_percent"], 100.0);
+    assert_eq!(sample["newly_quarantined"], 1, "{sample}");
+    let o = bunker(&server, &token, &["verify", "--sample", "0"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a bad percentage is a usage error"
+    );
     let o = bunker(&server, &token, &["verify"]);
     assert_eq!(
         o.status.code(),
@@ -696,7 +714,7 @@ fn verify_names_damage_and_repair_rebuilds_a_lost_index() {
     );
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
-        out.contains("DAMAGED packs/") && out.contains("SNAPSHOT a@1"),
+        out.contains("1 record(s) quarantined earlier") && out.contains("SNAPSHOT a@1"),
         "{out}"
     );
     assert!(!out.contains("SNAPSHOT b@"), "b is intact: {out}");
@@ -712,7 +730,21 @@ fn verify_names_damage_and_repair_rebuilds_a_lost_index() {
     let o = bunker(&server, &token, &["restore", "a", ra.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(4));
     assert!(!ra.exists(), "a failed restore leaves no file");
-    drop(a_data);
+    // Backing up the same image again stores the quarantined chunk anew
+    // and heals a@1.
+    ok(&bunker(
+        &server,
+        &token,
+        &["backup", "a", a.to_str().unwrap()],
+    ));
+    let healed = json(&bunker(&server, &token, &["--json", "verify"]));
+    assert_eq!(healed["clean"], true, "{healed}");
+    ok(&bunker(
+        &server,
+        &token,
+        &["restore", "a@1", ra.to_str().unwrap()],
+    ));
+    assert!(std::fs::read(&ra).unwrap() == a_data);
 }
 
 #[test]

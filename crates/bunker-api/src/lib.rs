@@ -331,6 +331,10 @@ pub struct DamagedSnapshot {
     pub reason: String,
 }
 
+fn hundred() -> f64 {
+    100.0
+}
+
 /// `POST /v1/gc` body; every field optional.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -364,10 +368,34 @@ pub struct GcReport {
     pub seconds: f64,
 }
 
+/// `POST /v1/verify` body; every field optional (an empty body verifies
+/// everything).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// `NAME` (its latest snapshot) or `NAME@ID`: read only its chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Read this percentage of the packs (or of the snapshot's chunks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_percent: Option<f64>,
+}
+
 /// `POST /v1/verify`: every record of every pack, the index, every manifest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VerifyReport {
     pub clean: bool,
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    #[serde(default = "hundred")]
+    pub sample_percent: f64,
+    /// Damaged records taken out of the index by this verify: the next
+    /// backup of the same data stores them again.
+    #[serde(default)]
+    pub newly_quarantined: u64,
+    /// Damaged records quarantined earlier (not listed as damage again).
+    #[serde(default)]
+    pub quarantined: u64,
     pub packs: u64,
     pub chunks: u64,
     pub stored_bytes: u64,

@@ -77,7 +77,7 @@ enum Command {
     Stats,
     /// Scrub: verify every chunk, the index and every manifest (admin);
     /// names damaged chunks and the snapshots they break. Exit 4 on damage.
-    Verify,
+    Verify(cmd::verify::Args),
     /// Offline repairs on a data directory (stop the server first).
     Repair(cmd::verify::RepairArgs),
     /// Create, list and revoke API tokens (admin).
@@ -130,7 +130,7 @@ pub fn main() -> ExitCode {
         Command::Prune(args) => cmd::prune::run(&g, args),
         Command::Gc(args) => cmd::gc::run(&g, args),
         Command::Stats => cmd::snapshots::stats(&g),
-        Command::Verify => cmd::verify::verify(&g),
+        Command::Verify(args) => cmd::verify::verify(&g, args),
         Command::Repair(args) => cmd::verify::repair(&g, args),
         Command::Token(c) => cmd::token::run(&g, c),
         Command::Demo(args) => cmd::demo::run(args),

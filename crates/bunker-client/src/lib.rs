@@ -260,8 +260,8 @@ impl Client {
             .map(|_| ())
     }
 
-    pub fn verify(&self) -> Result<bunker_api::VerifyReport> {
-        self.json(self.post("/v1/verify").send_empty())
+    pub fn verify(&self, req: &bunker_api::VerifyRequest) -> Result<bunker_api::VerifyReport> {
+        self.json(self.post("/v1/verify").send_json(req))
     }
 
     pub fn prune(&self, req: &bunker_api::PruneRequest) -> Result<bunker_api::PruneResult> {

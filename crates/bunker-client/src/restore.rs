@@ -278,6 +278,12 @@ impl Client {
                         e.id, e.start, e.end
                     ))
                 }
+                // The manifest lists it, so a missing chunk is damage (lost
+                // or quarantined), not a wrong name.
+                Error::NotFound { message } => Error::Verification(format!(
+                    "chunk {} (bytes {}..{}) is missing from the repository: {message}",
+                    e.id, e.start, e.end
+                )),
                 other => other,
             })?;
         let mut data = Vec::with_capacity((e.end - e.start) as usize);

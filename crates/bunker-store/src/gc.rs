@@ -201,11 +201,15 @@ impl Repository {
         index.pause_merges(true);
         let _resume = Resume(self);
         index.flush()?;
-        let marks = Marks::new(index.runs(), index.current_tombstones());
+        let (runs, covered) = index.freeze();
+        let marks = Marks::new(runs, index.current_tombstones());
         let candidates: Vec<PackId> = backend
             .list()?
             .into_iter()
-            .filter(|p| index.is_covered(*p) && !marks.tombs.packs.contains(&p.0))
+            .filter(|p| {
+                covered.iter().any(|&(lo, hi)| lo <= p.0 && p.0 <= hi)
+                    && !marks.tombs.packs.contains(&p.0)
+            })
             .collect();
         // 2. Protect.
         {
@@ -243,7 +247,9 @@ impl Repository {
 
         // 4. Plan, 5. rewrite.
         let sweep_started = Instant::now();
-        let mut condemn: BTreeSet<u64> = BTreeSet::new();
+        // Pack -> (rewritten, length), to undo the figures of any pack
+        // spared at the last moment.
+        let mut condemn: std::collections::BTreeMap<u64, (bool, u64)> = Default::default();
         for &pack in &candidates {
             report.packs_examined += 1;
             if inner.pins.gc_protects(pack) {
@@ -263,7 +269,7 @@ impl Repository {
             match fate {
                 Fate::Keep => {}
                 Fate::Delete => {
-                    condemn.insert(pack.0);
+                    condemn.insert(pack.0, (false, pack_len));
                     report.packs_deleted += 1;
                     report.bytes_deleted += pack_len;
                 }
@@ -275,7 +281,7 @@ impl Repository {
                             continue;
                         }
                     }
-                    condemn.insert(pack.0);
+                    condemn.insert(pack.0, (true, pack_len));
                     report.packs_rewritten += 1;
                     report.bytes_deleted += pack_len;
                     report.bytes_rewritten += live;
@@ -297,10 +303,18 @@ impl Repository {
         let mut tombs = read_tombstones(&inner.root)?;
         {
             let _gate = self.gate_write();
-            for &p in &condemn {
+            for (&p, &(rewritten, len)) in &condemn {
                 if inner.pins.gc_protects(PackId(p)) {
-                    // Pinned while GC was planning: spared, whole.
+                    // Pinned while GC was planning: spared, whole (the
+                    // copies of a rewrite stay as duplicates until a later
+                    // GC finds the originals dead).
                     report.packs_protected += 1;
+                    report.bytes_deleted -= len;
+                    if rewritten {
+                        report.packs_rewritten -= 1;
+                    } else {
+                        report.packs_deleted -= 1;
+                    }
                 } else {
                     tombs.packs.insert(p);
                 }

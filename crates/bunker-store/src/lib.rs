@@ -52,7 +52,7 @@ pub use pins::Pins;
 pub use repo::{CreateOptions, OpenOptions, Repository, Stats};
 pub use restore::{Piece, SnapshotReader};
 pub use snapshot::{validate_name, ManifestEntry, SnapshotInfo};
-pub use verify::{Damage, DamagedSnapshot, VerifyReport};
+pub use verify::{Damage, DamagedSnapshot, VerifyOptions, VerifyReport};
 
 /// Replaces a small file atomically and durably (temp file, sync, rename,
 /// sync directory): for servers keeping their own state next to a

@@ -212,7 +212,12 @@ impl Repository {
         let tombstones = read_tombstones(path)?;
         let backend = finish_condemned(backend, &tombstones)?;
         index.set_tombstones(tombstones);
-        let (next_pack, recovered) = recover_packs(&backend, &index, config.repo_id)?;
+        let (mut next_pack, recovered) = recover_packs(&backend, &index, config.repo_id)?;
+        // Never reuse the id of a tombstoned pack (after an index rebuild
+        // the covered ranges that would prevent it are gone).
+        let tombs = index.current_tombstones();
+        let tombstoned = tombs.packs.iter().chain(tombs.records.iter().map(|r| &r.1));
+        next_pack = next_pack.max(tombstoned.max().map_or(0, |m| m + 1));
         if recovered > 0 {
             tracing::info!(packs = recovered, "indexed packs the index did not cover");
         }

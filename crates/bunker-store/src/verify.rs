@@ -1,11 +1,19 @@
-//! Verifying a repository: every record of every pack, the index runs, and
-//! every manifest against what is stored.
+//! Verifying a repository: every record of every pack (or a sample of the
+//! packs, or the chunks of one snapshot), the index runs, and every manifest
+//! against what is stored.
 //!
 //! Packs are read in id order with their records decoded and BLAKE3-checked
 //! in parallel. Damage is reported by location (pack, offset, chunk), then
 //! mapped to the snapshots that reference it, exactly: a snapshot is listed
 //! if and only if it references a damaged or missing chunk or its manifest
 //! is itself damaged.
+//!
+//! A damaged record the index points at is quarantined (a record tombstone,
+//! docs/FORMAT.md): lookups stop returning it, so the next backup of the
+//! same data stores the chunk again, and every snapshot that needs it reads
+//! the new copy. A quarantined record is reported once as damage; later
+//! verifies count it under `quarantined` and report only the snapshots that
+//! still lack the chunk.
 
 use std::collections::HashSet;
 
@@ -69,6 +77,50 @@ pub struct VerifyReport {
     pub snapshots: u64,
     pub damage: Vec<Damage>,
     pub damaged_snapshots: Vec<DamagedSnapshot>,
+    /// Damaged records taken out of the index by this verify.
+    pub newly_quarantined: u64,
+    /// Damaged records quarantined by an earlier verify (not counted as
+    /// damage again; the snapshots still lacking them are).
+    pub quarantined: u64,
+}
+
+/// What to verify.
+#[derive(Clone, Debug)]
+pub struct VerifyOptions {
+    /// Only the chunks of this snapshot (latest of the name when no id);
+    /// every manifest is still checked for the damage found.
+    pub snapshot: Option<(String, Option<SnapshotId>)>,
+    /// Read this percentage of the packs (or of the snapshot's chunks),
+    /// chosen at random by `seed`; 100 reads everything.
+    pub sample_percent: f64,
+    pub seed: u64,
+    /// Take damaged records out of the index (default).
+    pub quarantine: bool,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            snapshot: None,
+            sample_percent: 100.0,
+            seed: 0,
+            quarantine: true,
+        }
+    }
+}
+
+impl VerifyOptions {
+    /// Whether the item keyed `key` is in the sample.
+    fn sampled(&self, key: u64) -> bool {
+        if self.sample_percent >= 100.0 {
+            return true;
+        }
+        let mut h = key ^ self.seed.rotate_left(17);
+        h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h = (h ^ (h >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^= h >> 33;
+        ((h % 1_000_000) as f64) < self.sample_percent * 10_000.0
+    }
 }
 
 impl VerifyReport {
@@ -80,6 +132,16 @@ impl VerifyReport {
 impl Repository {
     /// Checks everything; see the module documentation.
     pub fn verify(&self) -> Result<VerifyReport> {
+        self.verify_with(&VerifyOptions::default())
+    }
+
+    pub fn verify_with(&self, opts: &VerifyOptions) -> Result<VerifyReport> {
+        if !(opts.sample_percent > 0.0 && opts.sample_percent <= 100.0) {
+            return Err(Error::Invalid(format!(
+                "sample percentage {} is outside (0, 100]",
+                opts.sample_percent
+            )));
+        }
         // Not beside a GC: it deletes packs this reads.
         let _one = self
             .inner
@@ -92,7 +154,16 @@ impl Repository {
         let present: HashSet<PackId> = packs.iter().copied().collect();
         let mut damaged_chunks: HashSet<ChunkId> = HashSet::new();
         let mut bad_trailers: HashSet<PackId> = HashSet::new();
-        for &pack in &packs {
+        let mut bad_records: Vec<(ChunkId, Location)> = Vec::new();
+        let tombs = self.inner.index.current_tombstones();
+        let only = match &opts.snapshot {
+            Some((name, id)) => Some(self.snapshot(name, *id)?),
+            None => None,
+        };
+        if let Some(info) = &only {
+            self.verify_snapshot_chunks(&info.name, info.id, opts, &mut report, &mut bad_records)?;
+        }
+        for &pack in packs.iter().filter(|p| only.is_none() && opts.sampled(p.0)) {
             report.packs += 1;
             let entries = match read_trailer(backend, pack) {
                 Ok(e) => e,
@@ -118,10 +189,24 @@ impl Repository {
                 report.chunks += 1;
                 report.stored_bytes += stored;
                 if let Err(err) = r {
-                    damaged_chunks.insert(e.id);
-                    report.damage.push(Damage::from_error(err));
+                    bad_records.push(e.index_entry(pack));
+                    if tombs.buries(&e.id, &e.index_entry(pack).1) {
+                        report.quarantined += 1;
+                    } else {
+                        report.damage.push(Damage::from_error(err));
+                    }
                 }
             }
+        }
+        for (id, loc) in &bad_records {
+            // Only the copy lookups would use counts; a stray damaged copy
+            // of a chunk stored intact elsewhere breaks no snapshot.
+            if self.locate(id).is_none_or(|now| now == *loc) {
+                damaged_chunks.insert(*id);
+            }
+        }
+        if opts.quarantine {
+            report.newly_quarantined = self.quarantine(&bad_records)?;
         }
         for e in self.inner.index.verify_runs() {
             report.damage.push(Damage::from_error(e));
@@ -172,6 +257,14 @@ impl Repository {
             if entry.id.is_zero() {
                 continue;
             }
+            if damaged.contains(&entry.id) {
+                bad += 1;
+                first_reason.get_or_insert(format!(
+                    "chunk {} is damaged (quarantined: a backup of the same data heals it)",
+                    entry.id
+                ));
+                continue;
+            }
             let problem = match self.locate(&entry.id) {
                 None => Some(format!("chunk {} is not in the repository", entry.id)),
                 Some(loc) if !present.contains(&loc.pack) => Some(format!(
@@ -180,9 +273,6 @@ impl Repository {
                 )),
                 Some(loc) if u64::from(loc.raw_len) != entry.end - entry.start => {
                     Some(format!("chunk {} has the wrong length", entry.id))
-                }
-                Some(_) if damaged.contains(&entry.id) => {
-                    Some(format!("chunk {} is damaged", entry.id))
                 }
                 Some(loc) if bad_trailers.contains(&loc.pack) => {
                     self.read_at(&entry.id, &loc).err().map(|e| e.to_string())
@@ -195,5 +285,77 @@ impl Repository {
             }
         }
         Ok(first_reason.map(|r| damaged_snapshot(bad, r)))
+    }
+}
+
+impl Repository {
+    /// Reads the chunks of one snapshot (or a sample of them), a window of
+    /// the manifest at a time in pack order, decoding in parallel.
+    fn verify_snapshot_chunks(
+        &self,
+        name: &str,
+        id: SnapshotId,
+        opts: &VerifyOptions,
+        report: &mut VerifyReport,
+        bad: &mut Vec<(ChunkId, Location)>,
+    ) -> Result<()> {
+        const WINDOW: usize = 1 << 16;
+        let mut packs: HashSet<PackId> = HashSet::new();
+        let mut window: Vec<(ChunkId, Location)> = Vec::with_capacity(WINDOW);
+        let mut entries = self.manifest(name, id)?.entries_from(0)?.peekable();
+        while entries.peek().is_some() {
+            window.clear();
+            for e in entries.by_ref() {
+                let e = e?;
+                if e.id.is_zero() || !opts.sampled(e.id.prefix_u64()) {
+                    continue;
+                }
+                // A missing chunk is reported with the manifest check.
+                if let Some(loc) = self.locate(&e.id) {
+                    window.push((e.id, loc));
+                }
+                if window.len() == WINDOW {
+                    break;
+                }
+            }
+            window.sort_unstable_by_key(|(_, l)| (l.pack, l.offset));
+            window.dedup_by_key(|(id, _)| *id);
+            let results: Vec<Result<Vec<u8>>> = window
+                .par_iter()
+                .map(|(id, loc)| self.read_at(id, loc))
+                .collect();
+            for ((id, loc), r) in window.iter().zip(results) {
+                packs.insert(loc.pack);
+                report.chunks += 1;
+                report.stored_bytes += u64::from(loc.stored_len);
+                if let Err(e) = r {
+                    bad.push((*id, *loc));
+                    report.damage.push(Damage::from_error(e));
+                }
+            }
+        }
+        report.packs = packs.len() as u64;
+        Ok(())
+    }
+
+    /// Takes damaged records out of the index; returns how many were not
+    /// quarantined before.
+    fn quarantine(&self, records: &[(ChunkId, Location)]) -> Result<u64> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let _gate = self.gate_write();
+        let mut t = crate::repo::read_tombstones(self.root())?;
+        let before = t.records.len();
+        for (id, loc) in records {
+            t.records.insert((*id, loc.pack.0, loc.offset));
+        }
+        let added = (t.records.len() - before) as u64;
+        if added > 0 {
+            crate::repo::write_tombstones(self.root(), &t)?;
+            tracing::warn!(records = added, "quarantined damaged chunk records");
+            self.inner.index.set_tombstones(t);
+        }
+        Ok(added)
     }
 }

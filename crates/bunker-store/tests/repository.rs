@@ -2,7 +2,6 @@
 //! recovery, corruption and bad input.
 
 use std::io::Read;
-use std::path::Path;
 
 use bunker_store::{Error, IngestOptions, Piece, Repository};
 
@@ -175,19 +174,6 @@ fn stream_hash_mismatch_and_source_errors_commit_nothing() {
         ..Default::default()
     };
     repo.ingest("v", &data[..], &ok, &mut |_| {}).unwrap();
-}
-
-fn packs(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for a in std::fs::read_dir(dir.join("packs")).unwrap().flatten() {
-        for b in std::fs::read_dir(a.path()).unwrap().flatten() {
-            for f in std::fs::read_dir(b.path()).unwrap().flatten() {
-                out.push(f.path());
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 #[test]

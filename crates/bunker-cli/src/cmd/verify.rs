@@ -8,13 +8,46 @@ use anyhow::Context;
 use crate::output::bytes;
 use crate::{CmdResult, Failure, Global};
 
-pub fn verify(g: &Global) -> CmdResult {
-    let r = g.client()?.verify()?;
+#[derive(clap::Args)]
+pub struct Args {
+    /// Read only the chunks of this snapshot (NAME for its latest, or
+    /// NAME@ID); every manifest is still checked for the damage found.
+    #[arg(long, value_parser = super::parse_ref)]
+    snapshot: Option<super::SnapRef>,
+    /// Read this percentage of the packs (or of the snapshot's chunks),
+    /// chosen at random on each run.
+    #[arg(long, value_parser = parse_percent)]
+    sample: Option<f64>,
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
+        _ => Err(format!(
+            "{s:?}: expected a percentage above 0 and at most 100"
+        )),
+    }
+}
+
+pub fn verify(g: &Global, a: Args) -> CmdResult {
+    let r = g.client()?.verify(&bunker_api::VerifyRequest {
+        snapshot: a.snapshot.map(|s| match s.id {
+            Some(id) => format!("{}@{id}", s.name),
+            None => s.name,
+        }),
+        sample_percent: a.sample,
+    })?;
     if g.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
+        let scope = match (&r.snapshot, r.sample_percent < 100.0) {
+            (Some(s), true) => format!(" ({}% sample of {s})", r.sample_percent),
+            (Some(s), false) => format!(" (the chunks of {s})"),
+            (None, true) => format!(" ({}% sample)", r.sample_percent),
+            (None, false) => String::new(),
+        };
         println!(
-            "verified {} packs, {} chunks, {} in {:.1} s ({:.2} GB/s); {} snapshots checked",
+            "verified {} packs{scope}, {} chunks, {} in {:.1} s ({:.2} GB/s); {} snapshots checked",
             r.packs,
             r.chunks,
             bytes(r.stored_bytes),
@@ -39,6 +72,15 @@ pub fn verify(g: &Global) -> CmdResult {
                 "SNAPSHOT {}@{} cannot be restored bit for bit: {} bad chunk(s); {}",
                 s.name, s.id, s.bad_chunks, s.reason
             );
+        }
+        if r.newly_quarantined > 0 {
+            println!(
+                "quarantined {} damaged record(s): the next backup of the same data heals the snapshots above",
+                r.newly_quarantined
+            );
+        }
+        if r.quarantined > 0 {
+            println!("{} record(s) quarantined earlier", r.quarantined);
         }
         if r.clean {
             println!("clean");

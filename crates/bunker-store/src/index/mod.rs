@@ -238,12 +238,18 @@ impl Index {
             .clone()
     }
 
-    /// The runs of every shard, newest first: what GC marks against.
-    pub(crate) fn runs(&self) -> Vec<Vec<Arc<Run>>> {
-        self.shards
+    /// The runs of every shard (newest first) and the pack ranges they
+    /// cover, taken together under the flush lock: what GC marks against,
+    /// and the packs it may sweep. (Taken apart, a flush in between could
+    /// make a pack a candidate whose entries are not in the runs marked.)
+    pub(crate) fn freeze(&self) -> (Vec<Vec<Arc<Run>>>, Vec<(u64, u64)>) {
+        let state = lock(&self.state);
+        let runs = self
+            .shards
             .iter()
             .map(|s| s.read().unwrap_or_else(|p| p.into_inner()).clone())
-            .collect()
+            .collect();
+        (runs, state.covered.clone())
     }
 
     /// While paused, flushes add runs but never merge: the runs GC marked

@@ -59,3 +59,17 @@ pub fn read_all(
         })?;
     Ok(out)
 }
+
+/// The pack files of the repository at `dir`, in id order.
+pub fn packs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for a in std::fs::read_dir(dir.join("packs")).unwrap().flatten() {
+        for b in std::fs::read_dir(a.path()).unwrap().flatten() {
+            for f in std::fs::read_dir(b.path()).unwrap().flatten() {
+                out.push(f.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
