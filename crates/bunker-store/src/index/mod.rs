@@ -117,6 +117,9 @@ impl Tombstones {
     }
 }
 
+/// Inclusive ranges of pack ids whose records are all in the runs.
+pub(crate) type CoveredRanges = Vec<(u64, u64)>;
+
 /// The records of one sealed pack, waiting for a flush.
 type SealedEntries = (PackId, Vec<(ChunkId, Location)>);
 
@@ -242,7 +245,7 @@ impl Index {
     /// cover, taken together under the flush lock: what GC marks against,
     /// and the packs it may sweep. (Taken apart, a flush in between could
     /// make a pack a candidate whose entries are not in the runs marked.)
-    pub(crate) fn freeze(&self) -> (Vec<Vec<Arc<Run>>>, Vec<(u64, u64)>) {
+    pub(crate) fn freeze(&self) -> (Vec<Vec<Arc<Run>>>, CoveredRanges) {
         let state = lock(&self.state);
         let runs = self
             .shards
