@@ -59,12 +59,29 @@ fn gc_loop(path: &str, seed: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One GC (rewriting packs under 90% live) with the FAILPOINTS active;
+/// prints `GC OK` or `GC ERR <message>`, then exits without a clean close.
+fn gc_once(path: &str) -> anyhow::Result<()> {
+    let repo = open(path)?;
+    let scenario = fail::FailScenario::setup();
+    match repo.gc(&GcOptions {
+        rewrite_below: 0.9,
+        dry_run: false,
+    }) {
+        Ok(_) => say("GC OK"),
+        Err(e) => say(&format!("GC ERR {e}")),
+    }
+    scenario.teardown();
+    std::process::exit(0);
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (repo, seed, once) = match &args[..] {
         [_, repo, seed] => (repo, seed, false),
         [_, repo, seed, mode] if mode == "once" => (repo, seed, true),
         [_, repo, seed, mode] if mode == "gc" => return gc_loop(repo, seed),
+        [_, repo, _, mode] if mode == "gc-once" => return gc_once(repo),
         _ => anyhow::bail!("usage: bunker-crash-child REPO SEED [once|gc]"),
     };
     let seed: u64 = seed.parse().context("SEED must be a number")?;
