@@ -39,3 +39,26 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// Lists the pack files (sealed `.pack` and staging `.open`) by path.
+pub fn pack_files(repo: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for a in std::fs::read_dir(repo.join("packs")).unwrap().flatten() {
+        for b in std::fs::read_dir(a.path()).unwrap().flatten() {
+            for f in std::fs::read_dir(b.path()).unwrap().flatten() {
+                if f.path().extension().is_some_and(|e| e == ext) {
+                    out.push(f.path());
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// BLAKE3 of everything a reader yields, and its length.
+pub fn hash_reader(mut r: impl std::io::Read) -> ([u8; 32], u64) {
+    let mut h = blake3::Hasher::new();
+    let n = std::io::copy(&mut r, &mut h).expect("read");
+    (*h.finalize().as_bytes(), n)
+}

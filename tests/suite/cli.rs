@@ -673,15 +673,7 @@ fn verify_names_damage_and_repair_rebuilds_a_lost_index() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("rebuilt the index"));
     // Damage snapshot a's data: the pack holding its first chunk.
-    let mut packs = Vec::new();
-    for x in std::fs::read_dir(data_dir.join("packs")).unwrap().flatten() {
-        for y in std::fs::read_dir(x.path()).unwrap().flatten() {
-            for f in std::fs::read_dir(y.path()).unwrap().flatten() {
-                packs.push(f.path());
-            }
-        }
-    }
-    packs.sort();
+    let packs = bunker_tests::pack_files(&data_dir, "pack");
     let first = &packs[0];
     let mut bytes = std::fs::read(first).unwrap();
     bytes[200] ^= 0x20;

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bunker_store::{Repository, SnapshotId};
-use bunker_tests::snapshot_data;
+use bunker_tests::{pack_files, snapshot_data};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -167,22 +167,6 @@ fn kill_during_ingest_loses_nothing_acknowledged() {
         "too few commits ({}) to test anything",
         acked.len()
     );
-}
-
-/// Lists the pack files (sealed `.pack` and staging `.open`) by path.
-fn pack_files(repo: &Path, ext: &str) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for a in std::fs::read_dir(repo.join("packs")).unwrap().flatten() {
-        for b in std::fs::read_dir(a.path()).unwrap().flatten() {
-            for f in std::fs::read_dir(b.path()).unwrap().flatten() {
-                if f.path().extension().is_some_and(|e| e == ext) {
-                    out.push(f.path());
-                }
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 #[test]

@@ -139,6 +139,16 @@ fn a_gc_failing_at_any_step_leaves_a_repository_that_verifies() {
             let repo = Repository::open(&repo_dir).unwrap();
             let s = repo.list(Some("f1")).unwrap();
             repo.delete("f1", s[0].id).unwrap();
+            let plan = repo
+                .gc(&bunker_store::GcOptions {
+                    rewrite_below: 0.9,
+                    dry_run: true,
+                })
+                .unwrap();
+            assert!(
+                plan.packs_deleted > 0 && plan.packs_rewritten > 0,
+                "the GC must both delete and rewrite: {plan:?}"
+            );
         }
         let out = Command::new(env!("CARGO_BIN_EXE_bunker-crash-child"))
             .arg(&repo_dir)
@@ -148,8 +158,9 @@ fn a_gc_failing_at_any_step_leaves_a_repository_that_verifies() {
             .output()
             .expect("run child");
         let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        // Every GC phase failpoint must fire, so fail the GC.
         match said.as_str() {
-            "GC OK" => finished += 1,
+            "GC OK" if !case.starts_with("gc::") => finished += 1,
             s if s.starts_with("GC ERR") => failed += 1,
             other => panic!("child said {other:?}; {reproduce}"),
         }
@@ -178,9 +189,5 @@ fn a_gc_failing_at_any_step_leaves_a_repository_that_verifies() {
     println!(
         "GC failpoint cases: {}, failed: {failed}, finished: {finished}",
         cases.len()
-    );
-    assert!(
-        failed >= GC_POINTS.len(),
-        "every GC phase failpoint must fire"
     );
 }

@@ -1,25 +1,9 @@
 //! Round trips of SAN-like images (tools' generator): day 0, then day 1
 //! stores only a small fraction of its size, both read back bit-exactly.
 
-use std::io::Read;
-
 use bunker_store::{CreateOptions, IngestOptions, Repository};
+use bunker_tests::hash_reader;
 use bunker_tools::image::{Image, ImageSpec};
-
-/// BLAKE3 of everything a reader yields, and its length.
-fn hash_reader(mut r: impl Read) -> ([u8; 32], u64) {
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0;
-    loop {
-        let got = r.read(&mut buf).unwrap();
-        if got == 0 {
-            return (*h.finalize().as_bytes(), n);
-        }
-        h.update(&buf[..got]);
-        n += got as u64;
-    }
-}
 
 #[test]
 fn day0_then_day1_round_trip_and_day1_costs_little() {

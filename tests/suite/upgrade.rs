@@ -21,18 +21,9 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn restored_hash(repo: &Repository, name: &str, id: u64) -> (u64, String) {
-    let mut r = repo.reader(name, Some(SnapshotId(id)), None).unwrap();
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0;
-    loop {
-        let got = r.read(&mut buf).unwrap();
-        if got == 0 {
-            return (n, h.finalize().to_hex().to_string());
-        }
-        h.update(&buf[..got]);
-        n += got as u64;
-    }
+    let (hash, n) =
+        bunker_tests::hash_reader(repo.reader(name, Some(SnapshotId(id)), None).unwrap());
+    (n, blake3::Hash::from_bytes(hash).to_hex().to_string())
 }
 
 #[test]

@@ -24,7 +24,6 @@
 //! the deletes and lookups skip tombstoned entries until the next GC's
 //! compaction.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,10 +31,9 @@ use std::time::Instant;
 use bunker_chunk::ChunkId;
 use rayon::prelude::*;
 
-use crate::compress::decompress;
-use crate::index::{shard_of, Run, Tombstones};
+use crate::index::{find_in, shard_of, Run, Tombstones};
 use crate::pack::{read_trailer, NewRecord};
-use crate::repo::{read_tombstones, write_tombstones};
+use crate::repo::write_tombstones;
 use crate::{Error, Location, PackId, Repository, Result};
 
 /// Packs whose live bytes are below this fraction of their size are
@@ -128,15 +126,9 @@ impl Marks {
         self.bits.iter().flatten().map(|v| v.len() as u64 * 8).sum()
     }
 
-    /// The entry lookups would answer for `id` from these runs: (run, index,
-    /// location), skipping tombstoned entries as lookups do.
+    /// The entry lookups would answer for `id` from these runs.
     fn find(&self, id: &ChunkId) -> Option<(usize, usize, Location)> {
-        let shard = shard_of(id);
-        self.runs[shard].iter().enumerate().find_map(|(r, run)| {
-            let i = run.position(id)?;
-            let loc = run.get(i).1;
-            (!self.tombs.buries(id, &loc)).then_some((r, i, loc))
-        })
+        find_in(&self.runs[shard_of(id)], id, Some(&self.tombs))
     }
 
     fn mark(&self, id: &ChunkId) {
@@ -294,15 +286,19 @@ impl Repository {
             report.total_ms = started.elapsed().as_millis() as u64;
             return Ok(report);
         }
-        // The copies are durable before any original is condemned.
-        let sealed = inner.packs.seal()?;
-        self.index_sealed(sealed);
+        // The copies are durable before any original is condemned. (No
+        // rewrite, no seal: it would cut ingest's open pack short.)
+        if report.packs_rewritten > 0 {
+            let sealed = inner.packs.seal()?;
+            self.index_sealed(sealed);
+        }
         crate::durable::failpoint!("gc::rewritten", &inner.root);
 
         // 6. Condemn.
-        let mut tombs = read_tombstones(&inner.root)?;
+        let mut tombs = index.current_tombstones();
         {
             let _gate = self.gate_write();
+            let before = tombs.packs.len();
             for (&p, &(rewritten, len)) in &condemn {
                 if inner.pins.gc_protects(PackId(p)) {
                     // Pinned while GC was planning: spared, whole (the
@@ -319,26 +315,35 @@ impl Repository {
                     tombs.packs.insert(p);
                 }
             }
-            write_tombstones(&inner.root, &tombs)?;
-            index.set_tombstones(tombs.clone());
+            if tombs.packs.len() > before {
+                write_tombstones(&inner.root, &tombs)?;
+                index.set_tombstones(tombs.clone());
+            }
         }
         crate::durable::failpoint!("gc::condemned", &inner.root);
+        if tombs.packs.is_empty() {
+            // Nothing condemned, now or by an interrupted GC: the index
+            // holds no entry to drop.
+            report.sweep_ms = sweep_started.elapsed().as_millis() as u64;
+            report.total_ms = started.elapsed().as_millis() as u64;
+            return Ok(report);
+        }
 
-        // 7. Delete.
-        let present: BTreeSet<u64> = backend.list()?.iter().map(|p| p.0).collect();
-        for &p in tombs.packs.iter().filter(|p| present.contains(p)) {
+        // 7. Delete (also what an earlier failed GC of this process left).
+        let exists = |p: u64| backend.pack_len(PackId(p)).is_ok();
+        for &p in tombs.packs.iter().filter(|&&p| exists(p)) {
             backend.delete(PackId(p))?;
             crate::durable::failpoint!("gc::deleted", &inner.root);
         }
 
-        // 8. Compact, then forget pack tombstones no run refers to any more.
+        // 8. Compact, then forget pack tombstones no run refers to any more,
+        //    and record tombstones whose pack is gone.
         report.index_entries_dropped = index.compact(&marks.runs)?;
         crate::durable::failpoint!("gc::compacted", &inner.root);
         {
             let _gate = self.gate_write();
-            let present: BTreeSet<u64> = backend.list()?.iter().map(|p| p.0).collect();
             tombs.packs.clear();
-            tombs.records.retain(|(_, pack, _)| present.contains(pack));
+            tombs.records.retain(|(_, pack, _)| exists(*pack));
             write_tombstones(&inner.root, &tombs)?;
             index.set_tombstones(tombs);
         }
@@ -368,25 +373,7 @@ impl Repository {
             .map(|e| {
                 let loc = e.index_entry(pack).1;
                 let (codec, stored) = inner.packs.read_record(&e.id, &loc)?;
-                let raw =
-                    decompress(codec, stored.clone(), e.raw_len as usize).map_err(|reason| {
-                        Error::Corrupt {
-                            file: inner.packs.backend().describe(pack),
-                            pack: Some(pack),
-                            offset: Some(e.offset),
-                            chunk: Some(e.id),
-                            reason,
-                        }
-                    })?;
-                if ChunkId::of(&raw) != e.id {
-                    return Err(Error::Corrupt {
-                        file: inner.packs.backend().describe(pack),
-                        pack: Some(pack),
-                        offset: Some(e.offset),
-                        chunk: Some(e.id),
-                        reason: "chunk bytes do not match their BLAKE3 id".into(),
-                    });
-                }
+                self.decode_verified(&e.id, &loc, codec, stored.clone())?;
                 Ok((codec, stored))
             })
             .collect();

@@ -385,7 +385,7 @@ impl Repository {
     ) -> Result<(u64, u64, Vec<ChunkId>)> {
         use rayon::prelude::*;
         let inner = &*self.inner;
-        let _gate = self.gate_read();
+        let gate = self.gate_read();
         let mut mine = Vec::new();
         let mut pending = Vec::new();
         let mut known = Vec::new();
@@ -423,6 +423,8 @@ impl Repository {
                     new_bytes += u64::from(loc.stored_len);
                     inner.index.publish(&r.id, *loc);
                 }
+                // Pinned: an index flush (fsyncs) need not hold GC back.
+                drop(gate);
                 self.index_sealed(sealed);
                 Ok((mine.len() as u64, new_bytes, pending))
             }
@@ -461,10 +463,20 @@ impl Repository {
     }
 
     pub(crate) fn read_at(&self, id: &ChunkId, loc: &Location) -> Result<Vec<u8>> {
-        let packs = &self.inner.packs;
-        let (codec, stored) = packs.read_record(id, loc)?;
+        let (codec, stored) = self.inner.packs.read_record(id, loc)?;
+        self.decode_verified(id, loc, codec, stored)
+    }
+
+    /// Decodes a record's stored bytes and checks length and BLAKE3.
+    pub(crate) fn decode_verified(
+        &self,
+        id: &ChunkId,
+        loc: &Location,
+        codec: crate::format::pack::Codec,
+        stored: Vec<u8>,
+    ) -> Result<Vec<u8>> {
         let corrupt = |reason: String| Error::Corrupt {
-            file: packs.backend().describe(loc.pack),
+            file: self.inner.packs.backend().describe(loc.pack),
             pack: Some(loc.pack),
             offset: Some(loc.offset),
             chunk: Some(*id),
@@ -700,7 +712,7 @@ fn concurrent_writer_failed(id: &ChunkId) -> Error {
 }
 
 /// The repository's tombstones (an empty set when there is no file).
-pub(crate) fn read_tombstones(root: &Path) -> Result<Tombstones> {
+fn read_tombstones(root: &Path) -> Result<Tombstones> {
     let path = root.join(TOMBSTONES);
     match std::fs::read(&path) {
         Ok(b) => crate::format::tombstones::decode(TOMBSTONES, &b),

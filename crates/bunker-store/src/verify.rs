@@ -189,8 +189,9 @@ impl Repository {
                 report.chunks += 1;
                 report.stored_bytes += stored;
                 if let Err(err) = r {
-                    bad_records.push(e.index_entry(pack));
-                    if tombs.buries(&e.id, &e.index_entry(pack).1) {
+                    let (id, loc) = e.index_entry(pack);
+                    bad_records.push((id, loc));
+                    if tombs.buries(&id, &loc) {
                         report.quarantined += 1;
                     } else {
                         report.damage.push(Damage::from_error(err));
@@ -345,7 +346,7 @@ impl Repository {
             return Ok(0);
         }
         let _gate = self.gate_write();
-        let mut t = crate::repo::read_tombstones(self.root())?;
+        let mut t = self.inner.index.current_tombstones();
         let before = t.records.len();
         for (id, loc) in records {
             t.records.insert((*id, loc.pack.0, loc.offset));

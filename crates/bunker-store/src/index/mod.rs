@@ -209,11 +209,7 @@ impl Index {
         let runs = self.shards[shard_of(id)]
             .read()
             .unwrap_or_else(|p| p.into_inner());
-        let tombs = self.tombstones();
-        runs.iter().find_map(|r| {
-            let loc = r.get(r.position(id)?).1;
-            (!tombs.as_ref().is_some_and(|t| t.buries(id, &loc))).then_some(loc)
-        })
+        find_in(&runs, id, self.tombstones().as_deref()).map(|(_, _, loc)| loc)
     }
 
     /// The tombstones, or None when there are none (the common case).
@@ -640,6 +636,22 @@ impl Index {
             }
         }
     }
+}
+
+/// The entry lookups answer with for `id` from `runs` (newest first):
+/// which run, the entry's index in it, and its location; buried entries
+/// are skipped. GC marks through this too, so it marks exactly the entries
+/// lookups return.
+pub(crate) fn find_in(
+    runs: &[Arc<Run>],
+    id: &ChunkId,
+    tombs: Option<&Tombstones>,
+) -> Option<(usize, usize, Location)> {
+    runs.iter().enumerate().find_map(|(r, run)| {
+        let i = run.position(id)?;
+        let loc = run.get(i).1;
+        (!tombs.is_some_and(|t| t.buries(id, &loc))).then_some((r, i, loc))
+    })
 }
 
 /// Evicts a just-written (and synced) run from the page cache. Lookups then
