@@ -55,9 +55,18 @@ fn check(
     }
 }
 
-fn kill_child_after(repo: &Path, child_seed: u64, delay: Duration) -> Vec<(String, u64)> {
+/// When a child is killed: `delay` after it starts, or `delay` after it
+/// first prints a line starting with `after` (so a kill point that needs a
+/// state, such as an open staging pack, does not depend on machine speed).
+#[derive(Clone, Copy)]
+struct KillAt<'a> {
+    after: Option<&'a str>,
+    delay: Duration,
+}
+
+fn kill_child_after(repo: &Path, child_seed: u64, at: KillAt<'_>) -> Vec<(String, u64)> {
     let mut acked = Vec::new();
-    for line in child_lines_until_killed(repo, &[&child_seed.to_string()], delay) {
+    for line in child_lines_until_killed(repo, &[&child_seed.to_string()], at) {
         if let ["ACK", name, id] = line.split_whitespace().collect::<Vec<_>>()[..] {
             acked.push((name.to_string(), id.parse().expect("id")));
         }
@@ -65,9 +74,9 @@ fn kill_child_after(repo: &Path, child_seed: u64, delay: Duration) -> Vec<(Strin
     acked
 }
 
-/// Runs the crash child with `args` after REPO, SIGKILLs it after `delay`,
-/// and returns what it printed.
-fn child_lines_until_killed(repo: &Path, args: &[&str], delay: Duration) -> Vec<String> {
+/// Runs the crash child with `args` after REPO, SIGKILLs it at `at`, and
+/// returns everything it printed.
+fn child_lines_until_killed(repo: &Path, args: &[&str], at: KillAt<'_>) -> Vec<String> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_bunker-crash-child"))
         .arg(repo)
         .args(args)
@@ -75,13 +84,40 @@ fn child_lines_until_killed(repo: &Path, args: &[&str], delay: Duration) -> Vec<
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn child");
-    std::thread::sleep(delay);
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.expect("utf-8")).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    if let Some(prefix) = at.after {
+        loop {
+            match rx.recv_timeout(Duration::from_secs(120)) {
+                Ok(line) => {
+                    let armed = line.starts_with(prefix);
+                    lines.push(line);
+                    if armed {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("child {args:?} never printed {prefix:?} ({e}); it printed {lines:?}");
+                }
+            }
+        }
+    }
+    std::thread::sleep(at.delay);
     child.kill().expect("SIGKILL");
     child.wait().expect("reap child");
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .lines()
-        .map(|l| l.expect("utf-8"))
-        .collect()
+    reader.join().expect("reader thread");
+    lines.extend(rx.try_iter());
+    lines
 }
 
 /// GC killed at seeded random points while a backup loop commits and
@@ -101,8 +137,12 @@ fn kill_during_gc_leaves_a_repository_that_verifies() {
     let mut checked = HashSet::new();
     let (mut in_gc, mut gcs_finished) = (0, 0);
     for trial in 0..GC_TRIALS {
-        let delay = Duration::from_millis(rng.random_range(50..600));
-        let lines = child_lines_until_killed(dir.path(), &[&trial.to_string(), "gc"], delay);
+        // Armed at the first GC start: the child runs GCs back to back.
+        let at = KillAt {
+            after: Some("GC start"),
+            delay: Duration::from_millis(rng.random_range(0..500)),
+        };
+        let lines = child_lines_until_killed(dir.path(), &[&trial.to_string(), "gc"], at);
         let mut gc_running = false;
         for line in &lines {
             match line.split_whitespace().collect::<Vec<_>>()[..] {
@@ -147,10 +187,14 @@ fn kill_during_ingest_loses_nothing_acknowledged() {
     let mut acked: Vec<(String, u64)> = Vec::new();
     let mut checked = HashSet::new();
     for trial in 0..TRIALS {
-        // Kill points spread over opening/recovery, chunk appends, pack
-        // seals and manifest commits: each snapshot takes a few ms.
-        let delay = Duration::from_millis(rng.random_range(5..250));
-        acked.extend(kill_child_after(dir.path(), trial, delay));
+        // Kill points spread over opening/recovery (even trials count from
+        // the start), chunk appends, pack seals and manifest commits (odd
+        // trials count from the first commit): a snapshot takes a few ms.
+        let at = KillAt {
+            after: (trial % 2 == 1).then_some("ACK"),
+            delay: Duration::from_millis(rng.random_range(5..250)),
+        };
+        acked.extend(kill_child_after(dir.path(), trial, at));
         let repo = Repository::open(dir.path())
             .unwrap_or_else(|e| panic!("reopen after kill {trial}: {e}; reproduce: {reproduce}"));
         check(&repo, &acked, &mut checked, &reproduce);
@@ -181,11 +225,13 @@ fn torn_staging_pack_tails_are_cut_on_open() {
     let mut checked = HashSet::new();
     let mut torn = 0;
     for trial in 0..20 {
-        acked.extend(kill_child_after(
-            dir.path(),
-            1000 + trial,
-            Duration::from_millis(rng.random_range(40..200)),
-        ));
+        // Armed at the first commit: from then on a staging pack holding
+        // that snapshot's last records is open until the next seal.
+        let at = KillAt {
+            after: Some("ACK"),
+            delay: Duration::from_millis(rng.random_range(0..100)),
+        };
+        acked.extend(kill_child_after(dir.path(), 1000 + trial, at));
         for open in pack_files(dir.path(), "open") {
             let len = std::fs::metadata(&open).unwrap().len();
             let cut = rng.random_range(0..=len);
@@ -207,6 +253,7 @@ fn torn_staging_pack_tails_are_cut_on_open() {
     }
     let repo = Repository::open(dir.path()).unwrap();
     assert!(repo.verify().unwrap().is_clean());
+    println!("torn staging packs cut on open: {torn} in 20 kills");
     assert!(
         torn > 0,
         "no staging pack was ever caught open; reproduce: {reproduce}"
