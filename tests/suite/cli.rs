@@ -36,6 +36,43 @@ fn json(o: &Output) -> serde_json::Value {
     serde_json::from_str(ok(o).trim()).expect("JSON output")
 }
 
+/// The server's `/metrics` text.
+fn metrics(server: &Server) -> String {
+    ureq::get(format!("{}/metrics", server.url))
+        .header("authorization", format!("Bearer {}", server.admin))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap()
+}
+
+/// Per snapshot (`name@id`): its last verify (passed, detail) and whether
+/// its last drill passed, from `bunker --json snapshots`.
+type CheckRow = (String, Option<(bool, String)>, Option<bool>);
+
+fn checks(server: &Server, token: &Path) -> Vec<CheckRow> {
+    let list = json(&bunker(server, token, &["--json", "snapshots"]));
+    list["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let verify = s["last_verify"].as_object().map(|c| {
+                (
+                    c["ok"].as_bool().unwrap(),
+                    c["detail"].as_str().unwrap().to_string(),
+                )
+            });
+            (
+                format!("{}@{}", s["name"].as_str().unwrap(), s["id"]),
+                verify,
+                s["last_drill"]["ok"].as_bool(),
+            )
+        })
+        .collect()
+}
+
 fn write_image(path: &Path, spec: &ImageSpec, day: u32) -> Vec<u8> {
     let mut data = Vec::new();
     Image::new(spec, day).write_to(&mut data).unwrap();
@@ -650,9 +687,27 @@ fn verify_names_damage_and_repair_rebuilds_a_lost_index() {
             &token,
             &["backup", "b", b.to_str().unwrap()],
         ));
+        assert_eq!(
+            checks(&server, &token),
+            vec![("a@1".into(), None, None), ("b@2".into(), None, None)]
+        );
         let clean = json(&bunker(&server, &token, &["--json", "verify"]));
         assert_eq!(clean["clean"], true, "{clean}");
         assert!(clean["chunks"].as_u64().unwrap() > 10);
+        ok(&bunker(&server, &token, &["drill", "b"]));
+        let v = Some((true, "full verify: clean".to_string()));
+        assert_eq!(
+            checks(&server, &token),
+            vec![
+                ("a@1".into(), v.clone(), None),
+                ("b@2".into(), v.clone(), Some(true)),
+            ]
+        );
+        let table = ok(&bunker(&server, &token, &["snapshots"]));
+        assert!(
+            table.contains("VERIFIED") && table.contains("never") && table.contains(" ago"),
+            "{table}"
+        );
         // Repair needs the server stopped: the repository is locked.
         let o = Command::new(BIN)
             .args(["repair", "--rebuild-index", "--data"])
@@ -710,6 +765,32 @@ fn verify_names_damage_and_repair_rebuilds_a_lost_index() {
         "{out}"
     );
     assert!(!out.contains("SNAPSHOT b@"), "b is intact: {out}");
+    // Each snapshot's last check is what the last verify said of it; the
+    // history survived the restart.
+    let after = checks(&server, &token);
+    assert_eq!(after[0].1.as_ref().map(|c| c.0), Some(false), "{after:?}");
+    assert!(
+        after[0].1.as_ref().unwrap().1.contains("damaged"),
+        "{after:?}"
+    );
+    assert_eq!(after[1].1.as_ref().map(|c| c.0), Some(true), "{after:?}");
+    assert_eq!(after[1].2, Some(true), "b's drill before the restart");
+    let o = bunker(&server, &token, &["drill", "a"]);
+    assert_eq!(o.status.code(), Some(4));
+    assert_eq!(
+        checks(&server, &token)[0].2,
+        Some(false),
+        "a's failed drill"
+    );
+    let metrics = metrics(&server);
+    for series in [
+        "bunker_last_verify_ok{name=\"a\"} 0",
+        "bunker_last_verify_ok{name=\"b\"} 1",
+        "bunker_last_drill_ok{name=\"a\"} 0",
+        "bunker_last_drill_ok{name=\"b\"} 1",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
     // b still restores; a is refused loudly.
     let rb = dir.path().join("rb");
     ok(&bunker(
@@ -731,6 +812,12 @@ fn verify_names_damage_and_repair_rebuilds_a_lost_index() {
     ));
     let healed = json(&bunker(&server, &token, &["--json", "verify"]));
     assert_eq!(healed["clean"], true, "{healed}");
+    assert!(
+        checks(&server, &token)
+            .iter()
+            .all(|(_, v, _)| v.as_ref().is_some_and(|v| v.0)),
+        "every snapshot verified clean after the heal"
+    );
     ok(&bunker(
         &server,
         &token,
@@ -790,14 +877,7 @@ fn gc_frees_what_pruned_snapshots_held_and_only_admins_run_it() {
     assert!(std::fs::read(&out).unwrap() == new);
     let text = ok(&bunker(&s.server, &s.token, &["gc"]));
     assert!(text.starts_with("freed 0 B"), "{text}");
-    let admin = std::fs::read_to_string(&s.token).unwrap();
-    let metrics = ureq::get(format!("{}/metrics", s.server.url))
-        .header("authorization", format!("Bearer {}", admin.trim()))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_string()
-        .unwrap();
+    let metrics = metrics(&s.server);
     assert!(metrics.contains("bunker_gc_runs_total 2"), "{metrics}");
     assert!(
         metrics.contains(&format!("bunker_gc_reclaimed_bytes_total {would}")),

@@ -1034,6 +1034,40 @@ fn roles_and_scopes_are_enforced() {
             .snapshot(),
         web
     );
+    // Drill reports: from whoever may read the snapshot, consistent with it.
+    let drill = |c: &Client, name: &str, id: u64, body: String| {
+        c.post(&format!("/v1/snapshots/{name}/{id}/drill"), body.as_bytes())
+    };
+    let passed = |bytes: usize| format!(r#"{{"ok":true,"bytes":{bytes},"seconds":0.5}}"#);
+    drill(&w, "db-2", other.id, passed(4096)).expect_error(
+        ErrorCode::NotFound,
+        "writer reports a drill of another's snapshot",
+    );
+    drill(&r, "web-1", web.id, passed(100))
+        .expect_error(ErrorCode::BadRequest, "a passed drill of too few bytes");
+    drill(&r, "web-1", web.id, "{".into()).expect_error(ErrorCode::BadRequest, "bad JSON");
+    drill(&r, "web-1", web.id, passed(4096)).expect(200, "reader reports a drill");
+    drill(
+        &w,
+        "db-1",
+        own.id,
+        r#"{"ok":false,"bytes":0,"seconds":0,"error":"chunk 1f.. failed"}"#.into(),
+    )
+    .expect(200, "writer reports a failed drill of its own");
+    let shown = |name: &str, id: u64| {
+        admin
+            .get(&format!("/v1/snapshots/{name}/{id}"))
+            .expect(200, "metadata")
+            .snapshot()
+            .last_drill
+            .map(|c| (c.ok, c.detail))
+    };
+    assert!(matches!(shown("web-1", web.id), Some((true, d)) if d.contains("4096 bytes")));
+    assert_eq!(
+        shown("db-1", own.id),
+        Some((false, "chunk 1f.. failed".into()))
+    );
+    assert_eq!(shown("db-2", other.id), None);
     r.put("/v1/snapshots/db-9", &small)
         .expect_error(ErrorCode::Forbidden, "reader uploads");
     r.post("/v1/sessions", br#"{"name":"db-9"}"#)

@@ -155,6 +155,35 @@ pub struct Snapshot {
     pub source: String,
     /// Id of the token that created it, if any.
     pub creator: Option<String>,
+    /// The last verify that covered this snapshot, as the server recorded it.
+    #[serde(default)]
+    pub last_verify: Option<Check>,
+    /// The last restore drill of this snapshot reported to the server.
+    #[serde(default)]
+    pub last_drill: Option<Check>,
+}
+
+/// The outcome of one verify or drill of a snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    /// When the server recorded it, unix milliseconds (server clock).
+    pub at_unix_ms: i64,
+    pub ok: bool,
+    /// What was checked and how it went, for people: "full verify",
+    /// "sample 10%", "4.0 GiB at 1.52 GB/s", or the error.
+    pub detail: String,
+}
+
+/// `POST /v1/snapshots/{name}/{id}/drill`: what a client-side drill found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DrillResult {
+    pub ok: bool,
+    /// Bytes restored and verified.
+    pub bytes: u64,
+    pub seconds: f64,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -59,6 +59,21 @@ pub fn time(unix_ms: i64) -> String {
     )
 }
 
+/// A recorded check in a table cell: "ok 3h ago", "FAILED 2d ago", "never".
+pub fn check(c: Option<&bunker_api::Check>, now_unix_ms: i64) -> String {
+    let Some(c) = c else {
+        return "never".into();
+    };
+    let secs = (now_unix_ms - c.at_unix_ms).max(0) / 1000;
+    let age = match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    };
+    format!("{} {age} ago", if c.ok { "ok" } else { "FAILED" })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -67,5 +82,17 @@ mod tests {
         assert_eq!(super::bytes(3 << 30), "3.00 GiB");
         assert_eq!(super::time(0), "1970-01-01 00:00:00Z");
         assert_eq!(super::time(1_763_771_696_000), "2025-11-22 00:34:56Z");
+        let c = |at, ok| bunker_api::Check {
+            at_unix_ms: at,
+            ok,
+            detail: String::new(),
+        };
+        assert_eq!(super::check(None, 0), "never");
+        assert_eq!(super::check(Some(&c(0, true)), 30_000), "ok 30s ago");
+        assert_eq!(
+            super::check(Some(&c(0, false)), 3 * 3_600_000),
+            "FAILED 3h ago"
+        );
+        assert_eq!(super::check(Some(&c(0, true)), 5 * 86_400_000), "ok 5d ago");
     }
 }

@@ -272,6 +272,19 @@ impl Client {
         self.json(self.post("/v1/gc").send_json(req))
     }
 
+    /// Reports a restore drill of `name@id` for the server to record.
+    pub fn report_drill(
+        &self,
+        name: &str,
+        id: u64,
+        result: &bunker_api::DrillResult,
+    ) -> Result<Option<bunker_api::Check>> {
+        self.json(
+            self.post(&format!("/v1/snapshots/{name}/{id}/drill"))
+                .send_json(result),
+        )
+    }
+
     pub fn stats(&self) -> Result<bunker_api::Stats> {
         self.json(self.get("/v1/stats").call())
     }

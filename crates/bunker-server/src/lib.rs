@@ -19,6 +19,7 @@
 //! that failed verification (the response is aborted instead); no error
 //! message carries a filesystem path.
 
+pub mod checks;
 pub mod config;
 pub mod error;
 pub mod metrics;
@@ -59,6 +60,8 @@ pub struct State {
     pub config: Config,
     pub repo: bunker_store::Repository,
     pub tokens: TokenStore,
+    /// Last verify and drill per snapshot.
+    pub checks: checks::Checks,
     pub sessions: Sessions,
     pub metrics: Metrics,
     streams: Arc<Semaphore>,
@@ -77,6 +80,7 @@ impl State {
         )
         .map_err(|e| format!("opening the repository at {}: {e}", config.data.display()))?;
         let (tokens, first) = TokenStore::open(&config.data.join("server"))?;
+        let checks = checks::Checks::open(&config.data.join("server"))?;
         let admin_file = match first {
             Some(secret) => Some(write_admin_token(&config.data, &secret)?),
             None => None,
@@ -90,6 +94,7 @@ impl State {
                 config,
                 repo,
                 tokens,
+                checks,
                 sessions: Sessions::default(),
                 metrics: Metrics::default(),
                 shutting_down: AtomicBool::new(false),
@@ -128,6 +133,14 @@ impl State {
             )
         })
     }
+}
+
+/// The server's wall clock, unix milliseconds (0 before 1970).
+pub(crate) fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn write_admin_token(data: &Path, secret: &str) -> Result<PathBuf, String> {

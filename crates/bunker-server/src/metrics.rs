@@ -55,7 +55,13 @@ impl Metrics {
         }
     }
 
-    pub fn render(&self, sessions: usize) -> String {
+    /// The metrics in Prometheus text format; `checks` are the newest
+    /// verify and drill per snapshot name.
+    pub fn render(
+        &self,
+        sessions: usize,
+        checks: &std::collections::BTreeMap<String, crate::checks::Latest>,
+    ) -> String {
         let mut out = String::new();
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(
@@ -116,6 +122,50 @@ impl Metrics {
             "# HELP bunker_active_streams Ingest streams in progress.\n# TYPE bunker_active_streams gauge\nbunker_active_streams {}",
             self.active_streams.load(Ordering::Relaxed)
         );
+        for (kind, help) in [
+            (
+                "verify",
+                "the newest verify that covered a snapshot of the name",
+            ),
+            (
+                "drill",
+                "the newest restore drill of a snapshot of the name",
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP bunker_last_{kind}_timestamp_seconds Unix time of {help}.\n# TYPE bunker_last_{kind}_timestamp_seconds gauge"
+            );
+            let pick = |l: &crate::checks::Latest| {
+                if kind == "verify" {
+                    l.verify.clone()
+                } else {
+                    l.drill.clone()
+                }
+            };
+            for (name, l) in checks {
+                if let Some(c) = pick(l) {
+                    let _ = writeln!(
+                        out,
+                        "bunker_last_{kind}_timestamp_seconds{{name=\"{name}\"}} {}",
+                        c.at_unix_ms as f64 / 1000.0
+                    );
+                }
+            }
+            let _ = writeln!(
+                out,
+                "# HELP bunker_last_{kind}_ok Whether {help} passed (1) or found damage (0).\n# TYPE bunker_last_{kind}_ok gauge"
+            );
+            for (name, l) in checks {
+                if let Some(c) = pick(l) {
+                    let _ = writeln!(
+                        out,
+                        "bunker_last_{kind}_ok{{name=\"{name}\"}} {}",
+                        u8::from(c.ok)
+                    );
+                }
+            }
+        }
         let _ = writeln!(out, "# HELP bunker_sessions Open chunk-protocol sessions.\n# TYPE bunker_sessions gauge\nbunker_sessions {sessions}");
         let _ = writeln!(out, "# HELP bunker_requests_total Requests by route and status.\n# TYPE bunker_requests_total counter");
         if let Ok(m) = self.requests.lock() {

@@ -65,13 +65,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl TokenStore {
     /// Opens `<dir>/tokens.json`. When there is no token at all, creates an
     /// admin token and returns its secret too.
@@ -146,7 +139,7 @@ impl TokenStore {
             role,
             scope,
             name,
-            created_unix_ms: now_ms(),
+            created_unix_ms: crate::now_unix_ms(),
             blake3: blake3::hash(secret.as_bytes()).to_hex().to_string(),
         };
         let info = info(&stored);

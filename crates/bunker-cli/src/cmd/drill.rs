@@ -46,7 +46,39 @@ pub fn run(g: &Global, args: Args) -> CmdResult {
     let mut results = Vec::new();
     let mut worst: Option<Failure> = None;
     for (name, id) in targets {
-        match client.restore(&name, id, Target::Null, &mut |_| {}) {
+        let outcome = client.restore(&name, id, Target::Null, &mut |_| {});
+        // The server keeps each snapshot's last drill; a drill still counts
+        // (and still fails) when this report cannot be delivered.
+        let reported = match &outcome {
+            Ok(r) => Some((
+                r.snapshot.id,
+                bunker_api::DrillResult {
+                    ok: true,
+                    bytes: r.bytes,
+                    seconds: r.seconds,
+                    error: None,
+                },
+            )),
+            Err(e) => id
+                .or_else(|| client.snapshot(&name, None).ok().map(|s| s.id))
+                .map(|id| {
+                    (
+                        id,
+                        bunker_api::DrillResult {
+                            ok: false,
+                            bytes: 0,
+                            seconds: 0.0,
+                            error: Some(e.to_string()),
+                        },
+                    )
+                }),
+        };
+        if let Some((id, result)) = reported {
+            if let Err(e) = client.report_drill(&name, id, &result) {
+                eprintln!("warning: the server did not record the drill of {name}@{id}: {e}");
+            }
+        }
+        match outcome {
             Ok(r) => {
                 let gbps = rate(r.bytes, r.seconds);
                 results.push(Drill {

@@ -1,6 +1,6 @@
 //! `bunker snapshots [NAME]` and `bunker stats`.
 
-use crate::output::{bytes, time};
+use crate::output::{bytes, check, time};
 use crate::{CmdResult, Global};
 
 #[derive(clap::Args)]
@@ -18,18 +18,23 @@ pub fn run(g: &Global, args: Args) -> CmdResult {
         );
         return Ok(());
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     println!(
-        "{:<24} {:>8} {:<21} {:>12} {:>12}",
-        "NAME", "ID", "TIME (UTC)", "SIZE", "NEW BYTES"
+        "{:<24} {:>8} {:<21} {:>12} {:>12}  {:<16} {:<16}",
+        "NAME", "ID", "TIME (UTC)", "SIZE", "NEW BYTES", "VERIFIED", "DRILLED"
     );
     for s in &list {
         println!(
-            "{:<24} {:>8} {:<21} {:>12} {:>12}",
+            "{:<24} {:>8} {:<21} {:>12} {:>12}  {:<16} {:<16}",
             s.name,
             s.id,
             time(s.created_unix_ms),
             bytes(s.size_bytes),
-            bytes(s.new_bytes)
+            bytes(s.new_bytes),
+            check(s.last_verify.as_ref(), now),
+            check(s.last_drill.as_ref(), now)
         );
     }
     Ok(())

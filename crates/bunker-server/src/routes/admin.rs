@@ -19,7 +19,11 @@ pub(super) fn health(method: &Method) -> Reply {
 
 pub(super) fn metrics(state: &State, method: &Method) -> Reply {
     method_is(method, &Method::GET)?;
-    let mut r = Response::new(full(state.metrics.render(state.sessions.len())));
+    let mut r = Response::new(full(
+        state
+            .metrics
+            .render(state.sessions.len(), &state.checks.latest_per_name()),
+    ));
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -62,6 +62,10 @@ pub(crate) async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'s
             "get_data",
             snapshots::data(state, &principal, req, name, id).await,
         ),
+        ["v1", "snapshots", name, id, "drill"] => (
+            "post_drill",
+            snapshots::drill(state, &principal, req, name, id).await,
+        ),
         ["v1", "snapshots", name, id, "manifest"] => (
             "get_manifest",
             snapshots::manifest(state, &principal, req, name, id).await,
@@ -181,7 +185,12 @@ fn method_is(method: &Method, allowed: &Method) -> Result<(), ApiError> {
     }
 }
 
-pub(crate) fn to_api(s: &bunker_store::SnapshotInfo) -> bunker_api::Snapshot {
+/// The API view of a snapshot, with its recorded checks.
+pub(crate) fn to_api(
+    checks: &crate::checks::Checks,
+    s: &bunker_store::SnapshotInfo,
+) -> bunker_api::Snapshot {
+    let (last_verify, last_drill) = checks.get(&s.name, s.id.0);
     bunker_api::Snapshot {
         name: s.name.clone(),
         id: s.id.0,
@@ -195,6 +204,8 @@ pub(crate) fn to_api(s: &bunker_store::SnapshotInfo) -> bunker_api::Snapshot {
         blake3: s.stream_hash_hex(),
         source: s.source.clone(),
         creator: (s.creator != 0).then(|| format!("{:016x}", s.creator)),
+        last_verify,
+        last_drill,
     }
 }
 

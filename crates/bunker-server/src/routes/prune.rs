@@ -70,6 +70,14 @@ pub(super) async fn prune(state: &Arc<State>, p: &Principal, req: Request<Incomi
             let removed = decisions.iter().filter(|d| !d.keep).count();
             if !dry_run && removed > 0 {
                 tracing::info!(name, removed, "pruned snapshots");
+                let gone: Vec<(String, u64)> = decisions
+                    .iter()
+                    .filter(|d| !d.keep)
+                    .map(|d| (name.clone(), d.id.0))
+                    .collect();
+                if let Err(e) = st.checks.forget(&gone) {
+                    tracing::warn!("{e}");
+                }
             }
             out.push(PruneName {
                 name,

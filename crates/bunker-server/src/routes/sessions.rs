@@ -251,7 +251,10 @@ pub(super) async fn commit(
     m.bytes_deduplicated
         .fetch_add(info.size.saturating_sub(info.new_bytes), Ordering::Relaxed);
     tracing::info!(name = %info.name, id = info.id.0, bytes = info.size, "snapshot committed by chunk protocol");
-    Ok(json_response(StatusCode::CREATED, &to_api(&info)))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &to_api(&state.checks, &info),
+    ))
 }
 
 fn commit_entries(

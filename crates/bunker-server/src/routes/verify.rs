@@ -41,7 +41,18 @@ pub(super) async fn verify(state: &Arc<State>, p: &Principal, req: Request<Incom
     let st = state.clone();
     let started = Instant::now();
     let o = opts.clone();
-    let r = blocking(move || st.repo.verify_with(&o).map_err(|e| st.store_error(e))).await?;
+    let (r, covered) = blocking(move || {
+        // The snapshots this verify speaks for: listed before it starts (a
+        // snapshot committed during it is not covered).
+        let covered = match &o.snapshot {
+            Some((name, id)) => vec![st.repo.snapshot(name, *id).map_err(|e| st.store_error(e))?],
+            None => st.repo.list(None).map_err(|e| st.store_error(e))?,
+        };
+        let r = st.repo.verify_with(&o).map_err(|e| st.store_error(e))?;
+        Ok((r, covered))
+    })
+    .await?;
+    record_checks(state, &opts, &r, &covered).await;
     let report = bunker_api::VerifyReport {
         clean: r.is_clean(),
         snapshot: q.snapshot.clone(),
@@ -89,6 +100,65 @@ pub(super) async fn verify(state: &Arc<State>, p: &Principal, req: Request<Incom
         );
     }
     Ok(json_response(StatusCode::OK, &report))
+}
+
+/// Records this verify as the last one of every snapshot it covered (and
+/// of every snapshot it found damaged). A failure to save is logged: the
+/// verify's own answer matters more than its history.
+async fn record_checks(
+    state: &Arc<State>,
+    opts: &bunker_store::VerifyOptions,
+    r: &bunker_store::VerifyReport,
+    covered: &[bunker_store::SnapshotInfo],
+) {
+    let at_unix_ms = crate::now_unix_ms();
+    let scope = match (&opts.snapshot, opts.sample_percent >= 100.0) {
+        (Some(_), true) => "verify of this snapshot".to_string(),
+        (Some(_), false) => format!(
+            "verify of a {}% sample of this snapshot",
+            opts.sample_percent
+        ),
+        (None, true) => "full verify".to_string(),
+        (None, false) => format!("verify of a {}% sample", opts.sample_percent),
+    };
+    let mut results: Vec<((String, u64), bunker_api::Check)> = covered
+        .iter()
+        .filter(|s| {
+            !r.damaged_snapshots
+                .iter()
+                .any(|d| d.name == s.name && d.id == s.id)
+        })
+        .map(|s| {
+            (
+                (s.name.clone(), s.id.0),
+                bunker_api::Check {
+                    at_unix_ms,
+                    ok: true,
+                    detail: format!("{scope}: clean"),
+                },
+            )
+        })
+        .collect();
+    results.extend(r.damaged_snapshots.iter().map(|d| {
+        (
+            (d.name.clone(), d.id.0),
+            bunker_api::Check {
+                at_unix_ms,
+                ok: false,
+                detail: format!("{scope}: {} damaged chunks ({})", d.bad_chunks, d.reason),
+            },
+        )
+    }));
+    let st = state.clone();
+    let saved = blocking(move || {
+        st.checks
+            .record(crate::checks::Kind::Verify, results)
+            .map_err(crate::error::ApiError::internal)
+    })
+    .await;
+    if let Err(e) = saved {
+        tracing::warn!("recording verify results: {}", e.message);
+    }
 }
 
 /// `NAME` or `NAME@ID` (`NAME@latest` too).
