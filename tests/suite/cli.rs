@@ -868,6 +868,22 @@ fn gc_frees_what_pruned_snapshots_held_and_only_admins_run_it() {
         before["stored_bytes"].as_u64().unwrap() - after["stored_bytes"].as_u64().unwrap(),
         would
     );
+    // Space per name, measured by the GC: the kept image's 3 MiB are vol's
+    // alone (what deleting it would free).
+    assert!(before["accounted_unix_ms"].is_null(), "{before}");
+    assert!(after["accounted_unix_ms"].as_i64().unwrap() > 0, "{after}");
+    let vol = &after["names"][0];
+    assert_eq!(
+        (&vol["name"], &vol["snapshots"], &vol["unique_bytes"]),
+        (&"vol".into(), &1.into(), &(3u64 << 20).into()),
+        "{after}"
+    );
+    assert_eq!(after["unique_bytes"], 3u64 << 20);
+    let table = ok(&bunker(&s.server, &s.token, &["stats"]));
+    assert!(
+        table.contains("FREES (STORED)") && table.contains("3.00 MiB"),
+        "{table}"
+    );
     let out = s.root.join("out");
     ok(&bunker(
         &s.server,

@@ -212,17 +212,44 @@ pub struct Stats {
     pub snapshots: u64,
     /// Sum of all snapshot sizes.
     pub logical_bytes: u64,
-    /// Raw bytes of all stored chunks (after dedup, before compression).
+    /// Raw bytes of the distinct chunks the snapshots reference (after
+    /// dedup, before compression).
     pub unique_bytes: u64,
-    /// Bytes of all pack files.
+    /// Those chunks' bytes in packs (after compression).
+    #[serde(default)]
+    pub referenced_stored_bytes: u64,
+    /// Bytes of all pack files (referenced data, garbage awaiting GC,
+    /// record headers and trailers).
     pub stored_bytes: u64,
     /// logical / unique.
     pub dedup_ratio: f64,
-    /// unique / stored.
+    /// unique / referenced stored.
     pub compression_ratio: f64,
     pub chunks: u64,
     pub packs: u64,
     pub index_bytes: u64,
+    /// When the last GC measured the shared part of these figures (unix
+    /// ms); what came after is added from the snapshot headers. `None`
+    /// before the first GC.
+    #[serde(default)]
+    pub accounted_unix_ms: Option<i64>,
+    #[serde(default)]
+    pub names: Vec<NameStats>,
+}
+
+/// Space of one snapshot name.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NameStats {
+    pub name: String,
+    pub snapshots: u64,
+    pub logical_bytes: u64,
+    /// Chunks only this name's snapshots reference: what deleting all of
+    /// them (and a GC) would free.
+    pub unique_chunks: u64,
+    pub unique_bytes: u64,
+    pub unique_stored_bytes: u64,
+    /// Snapshots deleted since the last GC; their chunks count until it runs.
+    pub deleted_since_gc: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,6 +23,7 @@ pub struct Session {
     last_used: Mutex<Instant>,
     pub new_chunks: AtomicU64,
     pub new_bytes: AtomicU64,
+    pub new_raw_bytes: AtomicU64,
     pub committing: AtomicBool,
     /// Packs of the chunks this session was told are present, or stored:
     /// GC spares them until the session ends.
@@ -46,9 +47,20 @@ impl Session {
             .unwrap_or_default()
     }
 
-    pub fn add_stored(&self, chunks: u64, bytes: u64) {
-        self.new_chunks.fetch_add(chunks, Ordering::Relaxed);
-        self.new_bytes.fetch_add(bytes, Ordering::Relaxed);
+    /// Counts one chunk this session stored.
+    pub fn add_stored(&self, raw_bytes: u64, stored_bytes: u64) {
+        self.new_chunks.fetch_add(1, Ordering::Relaxed);
+        self.new_raw_bytes.fetch_add(raw_bytes, Ordering::Relaxed);
+        self.new_bytes.fetch_add(stored_bytes, Ordering::Relaxed);
+    }
+
+    /// What this session stored so far.
+    pub fn new_data(&self) -> bunker_store::NewData {
+        bunker_store::NewData {
+            chunks: self.new_chunks.load(Ordering::Relaxed),
+            raw_bytes: self.new_raw_bytes.load(Ordering::Relaxed),
+            stored_bytes: self.new_bytes.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -76,6 +88,7 @@ impl Sessions {
             last_used: Mutex::new(Instant::now()),
             new_chunks: AtomicU64::new(0),
             new_bytes: AtomicU64::new(0),
+            new_raw_bytes: AtomicU64::new(0),
             committing: AtomicBool::new(false),
             pins,
             _slot: slot,

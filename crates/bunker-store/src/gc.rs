@@ -31,10 +31,14 @@ use std::time::Instant;
 use bunker_chunk::ChunkId;
 use rayon::prelude::*;
 
+use crate::format::space::{NameSpace, Space, Usage};
 use crate::index::{find_in, shard_of, Run, Tombstones};
 use crate::pack::{read_trailer, NewRecord};
 use crate::repo::write_tombstones;
 use crate::{Error, Location, PackId, Repository, Result};
+
+/// The space accounting file GC writes (docs/FORMAT.md).
+pub(crate) const SPACE_FILE: &str = "space";
 
 /// Packs whose live bytes are below this fraction of their size are
 /// rewritten: copying at most half a pack to free at least half of it.
@@ -97,43 +101,132 @@ impl GcReport {
     }
 }
 
-/// One bit per entry of the frozen runs.
+/// Bits per entry of the frozen runs, one vector of words per run.
+struct Bitmap<const BITS: usize>(Vec<Vec<Vec<AtomicU64>>>);
+
+impl<const BITS: usize> Bitmap<BITS> {
+    const PER_WORD: usize = 64 / BITS;
+    const MASK: u64 = (1 << BITS) - 1;
+
+    fn new(runs: &[Vec<Arc<Run>>]) -> Self {
+        Bitmap(
+            runs.iter()
+                .map(|shard| {
+                    shard
+                        .iter()
+                        .map(|r| {
+                            (0..r.count.div_ceil(Self::PER_WORD))
+                                .map(|_| AtomicU64::new(0))
+                                .collect()
+                        })
+                        .collect()
+                })
+                .collect(),
+        )
+    }
+
+    fn bytes(&self) -> u64 {
+        self.0.iter().flatten().map(|v| v.len() as u64 * 8).sum()
+    }
+
+    fn word(&self, (shard, run, i): (usize, usize, usize)) -> (&AtomicU64, u32) {
+        (
+            &self.0[shard][run][i / Self::PER_WORD],
+            ((i % Self::PER_WORD) * BITS) as u32,
+        )
+    }
+
+    fn get(&self, at: (usize, usize, usize)) -> u64 {
+        let (w, shift) = self.word(at);
+        (w.load(Ordering::Relaxed) >> shift) & Self::MASK
+    }
+
+    /// Replaces the value at `at` by `f(old)` atomically; returns the old.
+    fn update(&self, at: (usize, usize, usize), f: impl Fn(u64) -> u64) -> u64 {
+        let (w, shift) = self.word(at);
+        let old = w
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
+                let v = (word >> shift) & Self::MASK;
+                Some((word & !(Self::MASK << shift)) | ((f(v) & Self::MASK) << shift))
+            })
+            .unwrap_or_else(|w| w);
+        (old >> shift) & Self::MASK
+    }
+
+    fn clear(&self) {
+        for w in self.0.iter().flatten().flatten() {
+            w.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Who references an entry, 2 bits each: nobody, the snapshots of one
+/// name, several names; then "counted" once the accounting pass has added
+/// it up. Any non-zero state is live.
+const NOBODY: u64 = 0;
+const ONE_NAME: u64 = 1;
+const SHARED: u64 = 2;
+const COUNTED: u64 = 3;
+
+/// The mark state of the frozen runs: 3 bits per index entry, no set of
+/// chunk hashes in memory.
 struct Marks {
     runs: Vec<Vec<Arc<Run>>>,
-    bits: Vec<Vec<Vec<AtomicU64>>>,
+    owners: Bitmap<2>,
+    /// Entries the name being marked has already visited.
+    seen: Bitmap<1>,
     tombs: Tombstones,
 }
 
 impl Marks {
     fn new(runs: Vec<Vec<Arc<Run>>>, tombs: Tombstones) -> Marks {
-        let bits = runs
-            .iter()
-            .map(|shard| {
-                shard
-                    .iter()
-                    .map(|r| {
-                        (0..r.count.div_ceil(64))
-                            .map(|_| AtomicU64::new(0))
-                            .collect()
-                    })
-                    .collect()
-            })
-            .collect();
-        Marks { runs, bits, tombs }
+        Marks {
+            owners: Bitmap::new(&runs),
+            seen: Bitmap::new(&runs),
+            runs,
+            tombs,
+        }
     }
 
     fn bytes(&self) -> u64 {
-        self.bits.iter().flatten().map(|v| v.len() as u64 * 8).sum()
+        self.owners.bytes() + self.seen.bytes()
     }
 
     /// The entry lookups would answer for `id` from these runs.
-    fn find(&self, id: &ChunkId) -> Option<(usize, usize, Location)> {
-        find_in(&self.runs[shard_of(id)], id, Some(&self.tombs))
+    fn find(&self, id: &ChunkId) -> Option<((usize, usize, usize), Location)> {
+        let shard = shard_of(id);
+        find_in(&self.runs[shard], id, Some(&self.tombs)).map(|(r, i, loc)| ((shard, r, i), loc))
     }
 
-    fn mark(&self, id: &ChunkId) {
-        if let Some((r, i, _)) = self.find(id) {
-            self.bits[shard_of(id)][r][i / 64].fetch_or(1 << (i % 64), Ordering::Relaxed);
+    /// Marks `id` as referenced by the name being marked; false when the
+    /// runs do not hold it (stored after the freeze).
+    fn mark(&self, id: &ChunkId) -> bool {
+        let Some((at, _)) = self.find(id) else {
+            return false;
+        };
+        if self.seen.update(at, |_| 1) == 0 {
+            self.owners
+                .update(at, |o| if o == NOBODY { ONE_NAME } else { SHARED });
+        }
+        true
+    }
+
+    /// Counts `id` once: into `unique` too when only this name holds it.
+    fn count(&self, id: &ChunkId, unique: &mut Usage, all: &mut Usage) {
+        let Some((at, loc)) = self.find(id) else {
+            return;
+        };
+        let (raw, stored) = (u64::from(loc.raw_len), u64::from(loc.stored_len));
+        match self
+            .owners
+            .update(at, |o| if o == NOBODY { NOBODY } else { COUNTED })
+        {
+            ONE_NAME => {
+                unique.add(raw, stored);
+                all.add(raw, stored);
+            }
+            SHARED => all.add(raw, stored),
+            _ => {}
         }
     }
 
@@ -141,8 +234,8 @@ impl Marks {
     /// answers with, and a snapshot references it.
     fn is_live(&self, id: &ChunkId, pack: PackId, offset: u64) -> bool {
         match self.find(id) {
-            Some((r, i, loc)) if loc.pack == pack && loc.offset == offset => {
-                self.bits[shard_of(id)][r][i / 64].load(Ordering::Relaxed) & (1 << (i % 64)) != 0
+            Some((at, loc)) if loc.pack == pack && loc.offset == offset => {
+                self.owners.get(at) != NOBODY
             }
             _ => false,
         }
@@ -210,28 +303,77 @@ impl Repository {
         }
         crate::durable::failpoint!("gc::marked", &inner.root);
 
-        // 3. Mark.
+        // 3. Mark, a name at a time (its snapshots in parallel), then count
+        //    what each name alone references for the space accounting.
         report.mark_bytes = marks.bytes();
         let snapshots = self.list(None)?;
+        let groups: Vec<&[crate::SnapshotInfo]> =
+            snapshots.chunk_by(|a, b| a.name == b.name).collect();
         let references = AtomicU64::new(0);
-        snapshots.par_iter().try_for_each(|s| -> Result<()> {
-            let entries = match self.manifest_entries(&s.name, s.id) {
-                Ok(e) => e,
-                // Deleted since it was listed: nothing to keep for it.
-                Err(Error::NotFound { .. }) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            let mut n = 0;
-            for e in entries {
-                let e = e?;
-                if !e.id.is_zero() {
-                    marks.mark(&e.id);
-                    n += 1;
-                }
-            }
-            references.fetch_add(n, Ordering::Relaxed);
-            Ok(())
-        })?;
+        let mut complete = Vec::with_capacity(groups.len());
+        for group in &groups {
+            marks.seen.clear();
+            // Per snapshot: whether every chunk was in the frozen runs (the
+            // accounting includes only those; `stats` adds the others).
+            let found: Vec<bool> = group
+                .par_iter()
+                .map(|s| -> Result<bool> {
+                    let entries = match self.manifest_entries(&s.name, s.id) {
+                        Ok(e) => e,
+                        // Deleted since it was listed: nothing to keep for it.
+                        Err(Error::NotFound { .. }) => return Ok(false),
+                        Err(e) => return Err(e),
+                    };
+                    let (mut n, mut all) = (0, true);
+                    for e in entries {
+                        let e = e?;
+                        if !e.id.is_zero() {
+                            all &= marks.mark(&e.id);
+                            n += 1;
+                        }
+                    }
+                    references.fetch_add(n, Ordering::Relaxed);
+                    Ok(all)
+                })
+                .collect::<Result<_>>()?;
+            complete.push(found);
+        }
+        let mut space = Space {
+            written_unix_ms: crate::repo::now_unix_ms(),
+            ..Space::default()
+        };
+        for (group, found) in groups.iter().zip(&complete) {
+            let zero = || (Usage::default(), Usage::default());
+            let (unique, all) = group
+                .par_iter()
+                .map(|s| -> Result<(Usage, Usage)> {
+                    let mut u = zero();
+                    let entries = match self.manifest_entries(&s.name, s.id) {
+                        Ok(e) => e,
+                        Err(Error::NotFound { .. }) => return Ok(u),
+                        Err(e) => return Err(e),
+                    };
+                    for e in entries {
+                        let e = e?;
+                        if !e.id.is_zero() {
+                            marks.count(&e.id, &mut u.0, &mut u.1);
+                        }
+                    }
+                    Ok(u)
+                })
+                .try_reduce(zero, |a, b| Ok((a.0.plus(b.0), a.1.plus(b.1))))?;
+            space.referenced = space.referenced.plus(all);
+            space.names.push(NameSpace {
+                name: group[0].name.clone(),
+                unique,
+                snapshots: group
+                    .iter()
+                    .zip(found)
+                    .filter(|(_, &f)| f)
+                    .map(|(s, _)| s.id.0)
+                    .collect(),
+            });
+        }
         report.snapshots = snapshots.len() as u64;
         report.references = references.into_inner();
         report.mark_ms = started.elapsed().as_millis() as u64;
@@ -324,6 +466,7 @@ impl Repository {
         if tombs.packs.is_empty() {
             // Nothing condemned, now or by an interrupted GC: the index
             // holds no entry to drop.
+            self.write_space(space);
             report.sweep_ms = sweep_started.elapsed().as_millis() as u64;
             report.total_ms = started.elapsed().as_millis() as u64;
             return Ok(report);
@@ -347,6 +490,7 @@ impl Repository {
             write_tombstones(&inner.root, &tombs)?;
             index.set_tombstones(tombs);
         }
+        self.write_space(space);
         report.sweep_ms = sweep_started.elapsed().as_millis() as u64;
         report.total_ms = started.elapsed().as_millis() as u64;
         tracing::info!(
@@ -358,6 +502,29 @@ impl Repository {
             "GC finished"
         );
         Ok(report)
+    }
+
+    /// Completes the space accounting with the packs as they are now and
+    /// replaces the `space` file. A failure is logged, not returned: the
+    /// GC's work stands, and `stats` is only less exact until the next GC.
+    fn write_space(&self, mut space: Space) {
+        let backend = self.inner.packs.backend();
+        // Read before listing: a pack sealed meanwhile is either below
+        // `next_pack` and listed, or counted by `stats` as new, never both.
+        space.next_pack = self.inner.packs.next_id();
+        let result = backend.list().and_then(|packs| {
+            for p in packs.into_iter().filter(|p| p.0 < space.next_pack) {
+                space.pack_bytes += backend.pack_len(p)?;
+                space.packs += 1;
+            }
+            crate::durable::replace_file(
+                &self.inner.root.join(SPACE_FILE),
+                &crate::format::space::encode(&space),
+            )
+        });
+        if let Err(e) = result {
+            tracing::warn!("GC could not update the space accounting: {e}");
+        }
     }
 
     /// Copies records of `pack` into the open pack, verified, and points

@@ -20,6 +20,7 @@ use crate::compress::{compress, decompress};
 use crate::error::IoContext;
 use crate::format::config::RepoConfig;
 use crate::format::manifest::ManifestHeader;
+use crate::format::space::{Space, Usage};
 use crate::format::Le;
 use crate::index::{Index, Reservation, Tombstones};
 use crate::pack::{read_trailer, recover_staged, NewRecord, Packs, SealedPack};
@@ -73,19 +74,42 @@ impl Default for OpenOptions {
 }
 
 /// Space and content figures of a repository.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Stats {
     pub snapshots: u64,
     /// Sum of the sizes of all snapshots.
     pub logical_bytes: u64,
-    /// Raw bytes of all stored chunks (after dedup, before compression).
+    /// Raw bytes of the distinct chunks the snapshots reference (after
+    /// dedup, before compression); chunks of snapshots deleted since the
+    /// last GC count until that GC runs.
     pub unique_bytes: u64,
+    /// The same chunks' bytes in packs (after compression).
+    pub referenced_stored_bytes: u64,
     /// Bytes of all pack files.
     pub stored_bytes: u64,
     pub packs: u64,
     /// Index entries (stored chunks).
     pub chunks: u64,
     pub index_bytes: u64,
+    /// When the last GC measured the shared part of these figures; `None`
+    /// before the first GC.
+    pub accounted_unix_ms: Option<i64>,
+    /// Per snapshot name, by name.
+    pub names: Vec<NameStats>,
+}
+
+/// The space of one name's snapshots.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NameStats {
+    pub name: String,
+    pub snapshots: u64,
+    pub logical_bytes: u64,
+    /// Chunks no other name references: what deleting all of this name's
+    /// snapshots (and a GC) would free.
+    pub unique: Usage,
+    /// Snapshots deleted since the last GC, whose chunks still count here
+    /// until it runs.
+    pub deleted_since_gc: u64,
 }
 
 impl Stats {
@@ -96,6 +120,24 @@ impl Stats {
         } else {
             self.logical_bytes as f64 / self.stored_bytes as f64
         }
+    }
+}
+
+/// Chunks a backup stored that the repository did not hold before.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NewData {
+    pub chunks: u64,
+    /// Their uncompressed bytes.
+    pub raw_bytes: u64,
+    /// Their bytes in packs (after compression, record headers excluded).
+    pub stored_bytes: u64,
+}
+
+impl NewData {
+    pub fn add(&mut self, raw_bytes: u64, stored_bytes: u64) {
+        self.chunks += 1;
+        self.raw_bytes += raw_bytes;
+        self.stored_bytes += stored_bytes;
     }
 }
 
@@ -123,7 +165,7 @@ pub(crate) struct Inner {
     _lock: File,
 }
 
-fn now_unix_ms() -> i64 {
+pub(crate) fn now_unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -289,6 +331,7 @@ impl Repository {
             pins: self.pins(),
             new_chunks: 0,
             new_bytes: 0,
+            new_raw_bytes: 0,
             zero_chunks: 0,
             started: Instant::now(),
         })
@@ -366,23 +409,23 @@ impl Repository {
                 actual,
             });
         }
-        let (_, bytes, pending) = self.store_chunks(&[(*id, raw)], pins)?;
+        let (new, pending) = self.store_chunks(&[(*id, raw)], pins)?;
         for id in pending {
             self.locate_pinned(&id, pins)
                 .ok_or_else(|| concurrent_writer_failed(&id))?;
         }
-        Ok(bytes)
+        Ok(new.stored_bytes)
     }
 
-    /// Stores chunks that are not stored yet; returns (new chunks, new
-    /// stored bytes) and the ids another stream is storing right now. The
+    /// Stores chunks that are not stored yet; returns what was stored
+    /// and the ids another stream is storing right now. The
     /// packs of all the others are pinned in `pins`: the GC gate is held
     /// from the lookups to the pins, across the appends.
     pub(crate) fn store_chunks(
         &self,
         chunks: &[(ChunkId, &[u8])],
         pins: &Pins,
-    ) -> Result<(u64, u64, Vec<ChunkId>)> {
+    ) -> Result<(NewData, Vec<ChunkId>)> {
         use rayon::prelude::*;
         let inner = &*self.inner;
         let gate = self.gate_read();
@@ -398,7 +441,7 @@ impl Repository {
         }
         pins.add(known);
         if mine.is_empty() {
-            return Ok((0, 0, pending));
+            return Ok((NewData::default(), pending));
         }
         let level = inner.config.zstd_level;
         let stored: Vec<_> = mine
@@ -418,15 +461,15 @@ impl Repository {
         match inner.packs.append(&records) {
             Ok((locations, sealed)) => {
                 pins.add(locations.iter().map(|l| l.pack));
-                let mut new_bytes = 0;
+                let mut new = NewData::default();
                 for (r, loc) in records.iter().zip(&locations) {
-                    new_bytes += u64::from(loc.stored_len);
+                    new.add(u64::from(loc.raw_len), u64::from(loc.stored_len));
                     inner.index.publish(&r.id, *loc);
                 }
                 // Pinned: an index flush (fsyncs) need not hold GC back.
                 drop(gate);
                 self.index_sealed(sealed);
-                Ok((mine.len() as u64, new_bytes, pending))
+                Ok((new, pending))
             }
             Err(e) => {
                 for r in &records {
@@ -619,27 +662,87 @@ impl Repository {
         self.inner.index.flush()
     }
 
+    /// Space figures without a scan: what the last GC measured (the
+    /// `space` file), plus the new data recorded in the headers of the
+    /// snapshots committed since and the packs written since. Without a
+    /// GC yet, every figure comes from the snapshot headers and packs.
     pub fn stats(&self) -> Result<Stats> {
         let list = self.list(None)?;
+        let space = self.read_space();
         let backend = self.inner.packs.backend();
         let packs = backend.list()?;
-        let (mut stored_bytes, mut unique_bytes) = (0, 0);
-        for p in &packs {
-            stored_bytes += backend.pack_len(*p)?;
-            // A damaged trailer is verify's business; stats skip it.
-            if let Ok(entries) = read_trailer(backend, *p) {
-                unique_bytes += entries.iter().map(|e| u64::from(e.raw_len)).sum::<u64>();
+        let mut stored_bytes = space.pack_bytes;
+        for p in packs.iter().filter(|p| p.0 >= space.next_pack) {
+            // One GC may be deleting right now: a vanished pack holds nothing.
+            stored_bytes += backend.pack_len(*p).unwrap_or(0);
+        }
+        let included: std::collections::HashSet<(&str, u64)> = space
+            .names
+            .iter()
+            .flat_map(|n| n.snapshots.iter().map(move |&id| (n.name.as_str(), id)))
+            .collect();
+        let mut names: std::collections::BTreeMap<String, NameStats> = Default::default();
+        let mut referenced = space.referenced;
+        for s in &list {
+            let n = names.entry(s.name.clone()).or_insert_with(|| NameStats {
+                name: s.name.clone(),
+                ..NameStats::default()
+            });
+            n.snapshots += 1;
+            n.logical_bytes += s.size;
+            if !included.contains(&(s.name.as_str(), s.id.0)) {
+                let new = Usage {
+                    chunks: s.new_chunks,
+                    raw_bytes: s.new_raw_bytes,
+                    stored_bytes: s.new_bytes,
+                };
+                n.unique = n.unique.plus(new);
+                referenced = referenced.plus(new);
             }
+        }
+        let current: std::collections::HashSet<(&str, u64)> =
+            list.iter().map(|s| (s.name.as_str(), s.id.0)).collect();
+        for m in &space.names {
+            let n = names.entry(m.name.clone()).or_insert_with(|| NameStats {
+                name: m.name.clone(),
+                ..NameStats::default()
+            });
+            n.unique = n.unique.plus(m.unique);
+            n.deleted_since_gc = m
+                .snapshots
+                .iter()
+                .filter(|&&id| !current.contains(&(m.name.as_str(), id)))
+                .count() as u64;
         }
         Ok(Stats {
             snapshots: list.len() as u64,
             logical_bytes: list.iter().map(|s| s.size).sum(),
-            unique_bytes,
+            unique_bytes: referenced.raw_bytes,
+            referenced_stored_bytes: referenced.stored_bytes,
             stored_bytes,
             packs: packs.len() as u64,
             chunks: self.inner.index.entry_count(),
             index_bytes: self.inner.index.disk_bytes(),
+            accounted_unix_ms: (space.written_unix_ms != 0).then_some(space.written_unix_ms),
+            names: names.into_values().collect(),
         })
+    }
+
+    /// The last GC's space accounting; empty when there is none (or it
+    /// cannot be read: it holds figures, not data, so that is logged).
+    fn read_space(&self) -> Space {
+        let path = self.inner.root.join(crate::gc::SPACE_FILE);
+        match std::fs::read(&path) {
+            Ok(b) => crate::format::space::decode(crate::gc::SPACE_FILE, &b).unwrap_or_else(|e| {
+                tracing::warn!("ignoring the space accounting: {e}");
+                Space::default()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Space::default(),
+            Err(e) => {
+                tracing::warn!("ignoring the space accounting: {}: {e}", path.display());
+                Space::default()
+            }
+        }
     }
 
     /// Drops mapped index pages from this process's resident set.
@@ -844,6 +947,7 @@ pub struct SnapshotWriter {
     pins: Pins,
     new_chunks: u64,
     new_bytes: u64,
+    new_raw_bytes: u64,
     zero_chunks: u64,
     started: Instant,
 }
@@ -896,9 +1000,10 @@ impl SnapshotWriter {
             .filter(|(_, z)| !**z)
             .map(|(c, _)| *c)
             .collect();
-        let (n, bytes, pending) = self.repo.store_chunks(&to_store, &self.pins)?;
-        self.new_chunks += n;
-        self.new_bytes += bytes;
+        let (new, pending) = self.repo.store_chunks(&to_store, &self.pins)?;
+        self.new_chunks += new.chunks;
+        self.new_bytes += new.stored_bytes;
+        self.new_raw_bytes += new.raw_bytes;
         // Chunks another stream is storing right now: wait for them here,
         // while that stream's pins still cover them, and pin them too.
         for id in pending {
@@ -924,9 +1029,10 @@ impl SnapshotWriter {
 
     /// Counts chunks stored for this snapshot outside [`Self::push_data`]
     /// (uploaded one by one in the chunk protocol) in its new-data figures.
-    pub fn add_new(&mut self, chunks: u64, bytes: u64) {
-        self.new_chunks += chunks;
-        self.new_bytes += bytes;
+    pub fn add_new(&mut self, new: NewData) {
+        self.new_chunks += new.chunks;
+        self.new_bytes += new.stored_bytes;
+        self.new_raw_bytes += new.raw_bytes;
     }
 
     pub fn len(&self) -> u64 {
@@ -984,6 +1090,7 @@ impl SnapshotWriter {
             stream_hash,
             new_chunks: self.new_chunks,
             new_bytes: self.new_bytes,
+            new_raw_bytes: self.new_raw_bytes,
             ingest_ms: self.started.elapsed().as_millis() as u64,
             zero_chunks: self.zero_chunks,
             name: self.name.clone(),

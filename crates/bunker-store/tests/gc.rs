@@ -273,3 +273,121 @@ fn gc_races_four_backups() {
     assert_eq!(assert_all_restore(&repo), 8);
     assert_clean(&repo);
 }
+
+/// Per name, the raw bytes of the distinct chunks only that name's
+/// snapshots reference, and of all distinct chunks: by brute force.
+fn expected_space(repo: &Repository) -> (std::collections::BTreeMap<String, u64>, u64) {
+    use std::collections::{BTreeMap, HashMap, HashSet};
+    let mut owners: HashMap<bunker_store::ChunkId, (HashSet<String>, u64)> = HashMap::new();
+    for s in repo.list(None).unwrap() {
+        for e in repo.manifest_entries(&s.name, s.id).unwrap() {
+            let e = e.unwrap();
+            if !e.id.is_zero() {
+                let o = owners.entry(e.id).or_default();
+                o.0.insert(s.name.clone());
+                o.1 = e.end - e.start;
+            }
+        }
+    }
+    let mut unique: BTreeMap<String, u64> = BTreeMap::new();
+    for (names, len) in owners.values() {
+        if names.len() == 1 {
+            *unique
+                .entry(names.iter().next().unwrap().clone())
+                .or_default() += len;
+        }
+    }
+    (unique, owners.values().map(|o| o.1).sum())
+}
+
+fn unique_raw(st: &bunker_store::Stats) -> std::collections::BTreeMap<String, u64> {
+    st.names
+        .iter()
+        .filter(|n| n.unique.raw_bytes > 0)
+        .map(|n| (n.name.clone(), n.unique.raw_bytes))
+        .collect()
+}
+
+#[test]
+fn stats_per_name_are_exact_after_gc_and_follow_backups_and_deletes_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::create(dir.path(), small_opts()).unwrap();
+    let base = volume(11, 4 << 20);
+    let mut a1 = base.clone();
+    a1[3 << 20..].copy_from_slice(&noise(12, 1 << 20));
+    let mut c0 = base.clone();
+    c0[..1 << 20].copy_from_slice(&noise(13, 1 << 20));
+    ingest(&repo, "a", &base);
+    ingest(&repo, "a", &a1);
+    for seed in [14, 15] {
+        ingest(&repo, "b", &volume(seed, 2 << 20));
+    }
+    ingest(&repo, "c", &c0);
+
+    // Before any GC: every chunk counts for the backup that stored it.
+    let st = repo.stats().unwrap();
+    assert_eq!(st.accounted_unix_ms, None);
+    let (_, total) = expected_space(&repo);
+    assert_eq!(st.unique_bytes, total, "new raw bytes of all backups");
+    assert!(st.referenced_stored_bytes > 0 && st.referenced_stored_bytes <= st.stored_bytes);
+
+    // After a GC: exactly what only each name references.
+    gc(&repo);
+    let st = repo.stats().unwrap();
+    assert!(st.accounted_unix_ms.is_some());
+    let (unique, total) = expected_space(&repo);
+    assert_eq!(unique_raw(&st), unique);
+    assert_eq!(st.unique_bytes, total);
+    assert!(unique["a"] > 0 && unique["b"] > 0 && unique["c"] > 0);
+    let names: Vec<(&str, u64, u64)> = st
+        .names
+        .iter()
+        .map(|n| (n.name.as_str(), n.snapshots, n.deleted_since_gc))
+        .collect();
+    assert_eq!(names, [("a", 2, 0), ("b", 2, 0), ("c", 1, 0)]);
+
+    // A backup after the GC is added from its header, without a scan.
+    let d = ingest(&repo, "d", &noise(16, 1 << 20));
+    let st2 = repo.stats().unwrap();
+    let dn = st2.names.iter().find(|n| n.name == "d").unwrap();
+    assert_eq!(
+        (
+            dn.unique.chunks,
+            dn.unique.raw_bytes,
+            dn.unique.stored_bytes
+        ),
+        (d.new_chunks, d.new_raw_bytes, d.new_bytes)
+    );
+    assert_eq!(st2.unique_bytes, st.unique_bytes + d.new_raw_bytes);
+    assert_eq!(st2.accounted_unix_ms, st.accounted_unix_ms);
+
+    // Deleting all of b frees what stats said b alone holds.
+    let b_frees = st2.names.iter().find(|n| n.name == "b").unwrap().unique;
+    for s in repo.list(Some("b")).unwrap() {
+        repo.delete("b", s.id).unwrap();
+    }
+    let pending = repo.stats().unwrap();
+    let bn = pending.names.iter().find(|n| n.name == "b").unwrap();
+    assert_eq!((bn.snapshots, bn.deleted_since_gc), (0, 2));
+    assert_eq!(bn.unique, b_frees, "b's data counts until the GC runs");
+    repo.gc(&GcOptions {
+        rewrite_below: 1.0,
+        ..GcOptions::default()
+    })
+    .unwrap();
+    let after = repo.stats().unwrap();
+    assert!(after.names.iter().all(|n| n.name != "b"), "{after:?}");
+    assert_eq!(
+        after.referenced_stored_bytes,
+        st2.referenced_stored_bytes - b_frees.stored_bytes
+    );
+    let freed = st2.stored_bytes - after.stored_bytes;
+    assert!(
+        freed >= b_frees.stored_bytes,
+        "freed {freed} < b's unique {b_frees:?}"
+    );
+    let (unique, total) = expected_space(&repo);
+    assert_eq!(unique_raw(&after), unique);
+    assert_eq!(after.unique_bytes, total);
+    assert_eq!(assert_all_restore(&repo), 4);
+}

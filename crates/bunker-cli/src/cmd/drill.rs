@@ -59,6 +59,14 @@ pub fn run(g: &Global, args: Args) -> CmdResult {
                     error: None,
                 },
             )),
+            // A drill that never reached the data (no such snapshot, no
+            // server, a refused token) says nothing about the snapshot.
+            Err(
+                bunker_client::Error::NotFound { .. }
+                | bunker_client::Error::Unreachable { .. }
+                | bunker_client::Error::Unauthorized { .. }
+                | bunker_client::Error::Forbidden { .. },
+            ) => None,
             Err(e) => id
                 .or_else(|| client.snapshot(&name, None).ok().map(|s| s.id))
                 .map(|id| {

@@ -48,11 +48,44 @@ pub fn stats(g: &Global) -> CmdResult {
     }
     println!("snapshots          {}", s.snapshots);
     println!("logical bytes      {}", bytes(s.logical_bytes));
-    println!("unique bytes       {}", bytes(s.unique_bytes));
-    println!("stored bytes       {}", bytes(s.stored_bytes));
+    println!("unique bytes       {} (after dedup)", bytes(s.unique_bytes));
+    println!(
+        "referenced stored  {} (after compression)",
+        bytes(s.referenced_stored_bytes)
+    );
+    println!(
+        "pack files         {} in {} packs",
+        bytes(s.stored_bytes),
+        s.packs
+    );
     println!("dedup ratio        {:.2}x", s.dedup_ratio);
     println!("compression ratio  {:.2}x", s.compression_ratio);
     println!("chunks             {}", s.chunks);
-    println!("packs              {}", s.packs);
+    match s.accounted_unix_ms {
+        Some(at) => println!("accounted by GC    {} (+ backups since)", time(at)),
+        None => println!("accounted by GC    never (figures from backup headers)"),
+    }
+    if !s.names.is_empty() {
+        println!();
+        println!(
+            "{:<24} {:>9} {:>12} {:>14} {:>14}",
+            "NAME", "SNAPSHOTS", "LOGICAL", "UNIQUE", "FREES (STORED)"
+        );
+        for n in &s.names {
+            let pending = if n.deleted_since_gc > 0 {
+                format!("  ({} deleted, awaiting GC)", n.deleted_since_gc)
+            } else {
+                String::new()
+            };
+            println!(
+                "{:<24} {:>9} {:>12} {:>14} {:>14}{pending}",
+                n.name,
+                n.snapshots,
+                bytes(n.logical_bytes),
+                bytes(n.unique_bytes),
+                bytes(n.unique_stored_bytes)
+            );
+        }
+    }
     Ok(())
 }

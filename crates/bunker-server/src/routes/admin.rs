@@ -60,12 +60,27 @@ pub(super) async fn stats(state: &Arc<State>, method: &Method) -> Reply {
             snapshots: s.snapshots,
             logical_bytes: s.logical_bytes,
             unique_bytes: s.unique_bytes,
+            referenced_stored_bytes: s.referenced_stored_bytes,
             stored_bytes: s.stored_bytes,
             dedup_ratio: ratio(s.logical_bytes, s.unique_bytes),
-            compression_ratio: ratio(s.unique_bytes, s.stored_bytes),
+            compression_ratio: ratio(s.unique_bytes, s.referenced_stored_bytes),
             chunks: s.chunks,
             packs: s.packs,
             index_bytes: s.index_bytes,
+            accounted_unix_ms: s.accounted_unix_ms,
+            names: s
+                .names
+                .iter()
+                .map(|n| bunker_api::NameStats {
+                    name: n.name.clone(),
+                    snapshots: n.snapshots,
+                    logical_bytes: n.logical_bytes,
+                    unique_chunks: n.unique.chunks,
+                    unique_bytes: n.unique.raw_bytes,
+                    unique_stored_bytes: n.unique.stored_bytes,
+                    deleted_since_gc: n.deleted_since_gc,
+                })
+                .collect(),
         },
     ))
 }

@@ -163,7 +163,7 @@ pub(super) async fn put_chunk(
     let body = read_small_body(req.into_body(), max + max / 64 + 4096).await?;
     let st = state.clone();
     let session = s.clone();
-    let stored = blocking(move || {
+    let (stored, raw_len) = blocking(move || {
         let raw = if zstd {
             zstd::bulk::decompress(&body, max).map_err(|e| {
                 ApiError::bad_request(format!(
@@ -173,13 +173,15 @@ pub(super) async fn put_chunk(
         } else {
             body.to_vec()
         };
-        st.repo
+        let stored = st
+            .repo
             .store_chunk(&id, &raw, &session.pins)
-            .map_err(|e| st.store_error(e))
+            .map_err(|e| st.store_error(e))?;
+        Ok((stored, raw.len() as u64))
     })
     .await?;
     if stored > 0 {
-        s.add_stored(1, stored);
+        s.add_stored(raw_len, stored);
         state.metrics.chunks_stored.fetch_add(1, Ordering::Relaxed);
         state
             .metrics
@@ -298,10 +300,7 @@ fn commit_entries(
         })?;
         i += 1;
     }
-    w.add_new(
-        s.new_chunks.load(Ordering::Relaxed),
-        s.new_bytes.load(Ordering::Relaxed),
-    );
+    w.add_new(s.new_data());
     w.commit(stream_hash, None)
         .map_err(|e| state.store_error(e))
 }

@@ -31,7 +31,8 @@
 //! | 152 | 128 | name (UTF-8, zero padded) |
 //! | 280 | 192 | source description (UTF-8, zero padded) |
 //! | 472 | 8 | creator: id of the API token that wrote it, 0 if none |
-//! | 480 | 24 | reserved, zero |
+//! | 480 | 8 | raw bytes of the chunks newly stored (0 in manifests written before this field) |
+//! | 488 | 16 | reserved, zero |
 //! | 504 | 8 | xxh3-64 of bytes 0..504 |
 //!
 //! Footer (24 bytes): xxh3-64 of all entry bytes, entry count, magic
@@ -63,6 +64,8 @@ pub struct ManifestHeader {
     pub stream_hash: [u8; 32],
     pub new_chunks: u64,
     pub new_bytes: u64,
+    /// Raw (uncompressed) bytes of the chunks newly stored; 0 when unknown.
+    pub new_raw_bytes: u64,
     pub ingest_ms: u64,
     pub zero_chunks: u64,
     pub name: String,
@@ -94,6 +97,7 @@ impl ManifestHeader {
         Le::put(&mut b, 152, name.as_bytes());
         Le::put(&mut b, 280, source.as_bytes());
         Le::put_u64(&mut b, 472, self.creator);
+        Le::put_u64(&mut b, 480, self.new_raw_bytes);
         let sum = checksum(&[&b[..504]]);
         Le::put_u64(&mut b, 504, sum);
         b
@@ -133,6 +137,7 @@ impl ManifestHeader {
             name: text(152, name_len)?,
             source: text(280, source_len)?,
             creator: Le::u64(b, 472),
+            new_raw_bytes: Le::u64(b, 480),
         })
     }
 
@@ -198,6 +203,7 @@ mod tests {
             stream_hash: [9; 32],
             new_chunks: 5,
             new_bytes: 1234,
+            new_raw_bytes: 777,
             ingest_ms: 99,
             zero_chunks: 3,
             name: "vol-1.db".into(),

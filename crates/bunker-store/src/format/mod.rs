@@ -10,6 +10,7 @@ pub mod config;
 pub mod index;
 pub mod manifest;
 pub mod pack;
+pub mod space;
 pub mod tombstones;
 
 /// xxh3-64: the fast checksum used for torn-write and bit-rot detection of

@@ -111,6 +111,12 @@ impl Packs {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The id the next new pack will get: every pack created so far has a
+    /// smaller one.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.lock().next_id
+    }
+
     /// Appends records to the open pack, sealing and rolling over when it
     /// reaches its target length. Returns each record's location, and the
     /// packs sealed along the way (for the index).

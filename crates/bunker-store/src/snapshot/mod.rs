@@ -25,6 +25,8 @@ pub struct SnapshotInfo {
     pub zero_chunks: u64,
     pub new_chunks: u64,
     pub new_bytes: u64,
+    /// Raw bytes of the chunks newly stored (0 in older manifests).
+    pub new_raw_bytes: u64,
     pub ingest_ms: u64,
     pub stream_hash: [u8; 32],
     pub source: String,
@@ -43,6 +45,7 @@ impl SnapshotInfo {
             zero_chunks: h.zero_chunks,
             new_chunks: h.new_chunks,
             new_bytes: h.new_bytes,
+            new_raw_bytes: h.new_raw_bytes,
             ingest_ms: h.ingest_ms,
             stream_hash: h.stream_hash,
             source: h.source.clone(),
