@@ -77,7 +77,14 @@ fn main() -> anyhow::Result<()> {
     let gc_s = t.elapsed().as_secs_f64();
     let (gc_peak, _) = rss::peak_and_current();
     let again = repo.gc(&GcOptions::default())?;
+    let t = Instant::now();
     let after = repo.stats()?;
+    let stats_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let per_name: Vec<String> = after
+        .names
+        .iter()
+        .map(|n| format!("{} {:.0} MiB", n.name, mib(n.unique.stored_bytes)))
+        .collect();
     repo.release_memory();
     let t = Instant::now();
     let v = repo.verify()?;
@@ -99,7 +106,8 @@ fn main() -> anyhow::Result<()> {
          | GC: mark bitmap, RSS before, peak RSS during | {} B, {:.0} MiB, {:.0} MiB |\n\
          | second GC: packs deleted + rewritten | {} |\n\
          | verify: stored bytes read, time, rate | {:.0} MiB, {verify_s:.2} s, {:.2} GB/s |\n\
-         | verify: raw bytes checked per second | {:.2} GB/s |",
+         | verify: raw bytes checked per second | {:.2} GB/s |\n\
+         | stats after GC (no scan): time; unique stored per name | {stats_ms:.1} ms; {} |",
         before.snapshots,
         after.snapshots,
         gib(before.logical_bytes),
@@ -120,6 +128,7 @@ fn main() -> anyhow::Result<()> {
         mib(v.stored_bytes),
         v.stored_bytes as f64 / verify_s / 1e9,
         after.unique_bytes as f64 / verify_s / 1e9,
+        per_name.join(", "),
     );
     Ok(())
 }
