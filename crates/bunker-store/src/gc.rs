@@ -306,7 +306,7 @@ impl Repository {
         // 3. Mark, a name at a time (its snapshots in parallel), then count
         //    what each name alone references for the space accounting.
         report.mark_bytes = marks.bytes();
-        let snapshots = self.list(None)?;
+        let snapshots = self.list_strict()?;
         let groups: Vec<&[crate::SnapshotInfo]> =
             snapshots.chunk_by(|a, b| a.name == b.name).collect();
         let references = AtomicU64::new(0);

@@ -250,7 +250,20 @@ impl Repository {
         }
         clear_tmp(&path.join("tmp"))?;
         let backend = LocalPacks::new(path.join("packs"), opts.read_mode);
-        let index = Index::open(&path.join("index"), opts.index_flush_at)?;
+        let index = Index::open(&path.join("index"), opts.index_flush_at).map_err(|e| match e {
+            Error::Corrupt { .. } | Error::NotBunkerFile { .. } | Error::UnsupportedVersion { .. } => {
+                Error::Corrupt {
+                    file: "index".into(),
+                    pack: None,
+                    offset: None,
+                    chunk: None,
+                    reason: format!(
+                        "{e} (the index is a cache of the packs: `bunker repair --rebuild-index` rebuilds it)"
+                    ),
+                }
+            }
+            other => other,
+        })?;
         let tombstones = read_tombstones(path)?;
         let backend = finish_condemned(backend, &tombstones)?;
         index.set_tombstones(tombstones);
@@ -549,7 +562,41 @@ impl Repository {
     }
 
     /// Snapshots of `name`, or of every name, oldest first within a name.
+    /// The snapshots (of `name`), by name then id. A snapshot whose
+    /// manifest cannot be read is left out and logged (verify names it);
+    /// one deleted while listing is left out.
     pub fn list(&self, name: Option<&str>) -> Result<Vec<SnapshotInfo>> {
+        let mut out = Vec::new();
+        for (n, id) in self.snapshot_keys(name)? {
+            match self.manifest(&n, id) {
+                Ok(m) => out.push(SnapshotInfo::from_header(&m.header)),
+                Err(Error::NotFound { .. }) => {}
+                Err(e @ Error::Corrupt { .. }) => {
+                    tracing::error!("snapshot {n}@{id} left out of the listing: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Like [`Repository::list`], but a damaged manifest is an error: for
+    /// GC, which must not sweep what a snapshot it cannot read references.
+    pub(crate) fn list_strict(&self) -> Result<Vec<SnapshotInfo>> {
+        let mut out = Vec::new();
+        for (n, id) in self.snapshot_keys(None)? {
+            match self.manifest(&n, id) {
+                Ok(m) => out.push(SnapshotInfo::from_header(&m.header)),
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// (name, id) of every snapshot file, by name then id, without reading
+    /// the manifests.
+    pub(crate) fn snapshot_keys(&self, name: Option<&str>) -> Result<Vec<(String, SnapshotId)>> {
         let root = self.snapshots_dir();
         let names = match name {
             Some(n) => {
@@ -561,7 +608,7 @@ impl Repository {
         let mut out = Vec::new();
         for n in names {
             for id in snapshot::ids(&root, &n)? {
-                out.push(SnapshotInfo::from_header(&self.manifest(&n, id)?.header));
+                out.push((n.clone(), id));
             }
         }
         Ok(out)

@@ -209,17 +209,20 @@ impl Repository {
         if opts.quarantine {
             report.newly_quarantined = self.quarantine(&bad_records)?;
         }
+        let mut index_damaged = false;
         for e in self.inner.index.verify_runs() {
             report.damage.push(Damage::from_error(e));
+            index_damaged = true;
         }
-        for info in self.list(None)? {
+        for (name, id) in self.snapshot_keys(None)? {
             report.snapshots += 1;
             if let Some(d) = self.check_snapshot(
-                &info.name,
-                info.id,
+                &name,
+                id,
                 &present,
                 &damaged_chunks,
                 &bad_trailers,
+                index_damaged,
             )? {
                 report.damaged_snapshots.push(d);
             }
@@ -234,6 +237,7 @@ impl Repository {
         present: &HashSet<PackId>,
         damaged: &HashSet<ChunkId>,
         bad_trailers: &HashSet<PackId>,
+        index_damaged: bool,
     ) -> Result<Option<DamagedSnapshot>> {
         let damaged_snapshot = |bad_chunks, reason: String| DamagedSnapshot {
             name: name.to_string(),
@@ -243,6 +247,8 @@ impl Repository {
         };
         let manifest = match self.manifest(name, id) {
             Ok(m) => m,
+            // Deleted while verify ran.
+            Err(Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Ok(Some(damaged_snapshot(0, e.to_string()))),
         };
         if let Err(e) = manifest.verify_entries() {
@@ -275,8 +281,12 @@ impl Repository {
                 Some(loc) if u64::from(loc.raw_len) != entry.end - entry.start => {
                     Some(format!("chunk {} has the wrong length", entry.id))
                 }
-                Some(loc) if bad_trailers.contains(&loc.pack) => {
-                    self.read_at(&entry.id, &loc).err().map(|e| e.to_string())
+                // A damaged index may answer with a wrong location, and a
+                // damaged trailer leaves records unchecked: read them.
+                Some(loc) if index_damaged || bad_trailers.contains(&loc.pack) => {
+                    self.read_at(&entry.id, &loc).err().map(|e| {
+                        format!("{e} (if the index is damaged, `bunker repair --rebuild-index`)")
+                    })
                 }
                 Some(_) => None,
             };

@@ -161,7 +161,9 @@ impl Run {
         });
         let filter_ok =
             (0..self.count).all(|i| self.may_contain(&ChunkId(Le::bytes(self.entry(i), 0))));
-        if Le::u64(bytes, end) != sum || !sorted || !shard_ok || !filter_ok {
+        let end_magic =
+            bytes.get(end + 8..end + 16) == Some(&crate::format::index::RUN_END_MAGIC[..]);
+        if Le::u64(bytes, end) != sum || !end_magic || !sorted || !shard_ok || !filter_ok {
             return Err(Error::corrupt(
                 self.path.display().to_string(),
                 "index run entries do not match their checksum or order",
