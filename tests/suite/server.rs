@@ -1068,6 +1068,15 @@ fn roles_and_scopes_are_enforced() {
         Some((false, "chunk 1f.. failed".into()))
     );
     assert_eq!(shown("db-2", other.id), None);
+    // Per-name figures: readers see names in scope, writers none.
+    let stat_names =
+        |c: &Client| -> Vec<String> { c.stats().names.into_iter().map(|n| n.name).collect() };
+    assert_eq!(stat_names(&r), ["db-1", "db-2", "web-1"]);
+    assert!(stat_names(&w).is_empty());
+    assert!(!w.metrics().contains("name=\"web-1\""));
+    assert!(r
+        .metrics()
+        .contains("bunker_last_drill_ok{name=\"web-1\"} 1"));
     r.put("/v1/snapshots/db-9", &small)
         .expect_error(ErrorCode::Forbidden, "reader uploads");
     r.post("/v1/sessions", br#"{"name":"db-9"}"#)

@@ -5,8 +5,9 @@
 //!    covers now are the candidates, its runs the mark space.
 //! 2. Protect: under the GC gate, every pack a writer or session has
 //!    pinned, or pins from now on, is protected ([`crate::pins`]).
-//! 3. Mark: every chunk of every committed manifest sets one bit, keyed by
-//!    its entry's position in the runs (1 bit per index entry, no set of
+//! 3. Mark: every chunk of every committed manifest marks its entry, keyed
+//!    by its position in the runs (3 bits per index entry: owner
+//!    state for the space accounting and "seen by this name"; no set of
 //!    chunk hashes in memory).
 //! 4. Plan: per candidate pack (trailer only), live bytes = records whose
 //!    index entry is marked and points at that record.
@@ -18,6 +19,8 @@
 //! 7. Delete the condemned pack files.
 //! 8. Compact the marked runs without tombstoned entries; clear the pack
 //!    tombstones.
+//! 9. Account: write the `space` file (referenced data, per name what only
+//!    that name references, pack bytes) that `stats` starts from.
 //!
 //! A crash anywhere leaves a repository that opens and verifies: before 6
 //! nothing is lost (at worst chunks exist twice), after 6 opening finishes

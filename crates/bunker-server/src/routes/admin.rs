@@ -17,13 +17,11 @@ pub(super) fn health(method: &Method) -> Reply {
     Ok(Response::new(full("ok\n")))
 }
 
-pub(super) fn metrics(state: &State, method: &Method) -> Reply {
+pub(super) fn metrics(state: &State, p: &Principal, method: &Method) -> Reply {
     method_is(method, &Method::GET)?;
-    let mut r = Response::new(full(
-        state
-            .metrics
-            .render(state.sessions.len(), &state.checks.latest_per_name()),
-    ));
+    let mut checks = state.checks.latest_per_name();
+    checks.retain(|name, _| super::sees_name(p, name));
+    let mut r = Response::new(full(state.metrics.render(state.sessions.len(), &checks)));
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -49,7 +47,7 @@ pub(super) fn info(state: &State, method: &Method) -> Reply {
     ))
 }
 
-pub(super) async fn stats(state: &Arc<State>, method: &Method) -> Reply {
+pub(super) async fn stats(state: &Arc<State>, p: &Principal, method: &Method) -> Reply {
     method_is(method, &Method::GET)?;
     let st = state.clone();
     let s = blocking(move || st.repo.stats().map_err(|e| st.store_error(e))).await?;
@@ -71,6 +69,7 @@ pub(super) async fn stats(state: &Arc<State>, method: &Method) -> Reply {
             names: s
                 .names
                 .iter()
+                .filter(|n| super::sees_name(p, &n.name))
                 .map(|n| bunker_api::NameStats {
                     name: n.name.clone(),
                     snapshots: n.snapshots,

@@ -35,9 +35,9 @@ pub(crate) async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'s
         Err(e) => return ("auth", Err(e)),
     };
     match segs.as_slice() {
-        ["metrics"] => ("metrics", admin::metrics(state, &method)),
+        ["metrics"] => ("metrics", admin::metrics(state, &principal, &method)),
         ["v1", "info"] => ("info", admin::info(state, &method)),
-        ["v1", "stats"] => ("stats", admin::stats(state, &method).await),
+        ["v1", "stats"] => ("stats", admin::stats(state, &principal, &method).await),
         ["v1", "tokens"] => ("tokens", admin::tokens(state, &principal, req).await),
         ["v1", "tokens", id] => ("token", admin::token(state, &principal, &method, id)),
         ["v1", "snapshots"] => (
@@ -166,6 +166,12 @@ fn can_read(p: &Principal, name: &str, creator: u64) -> bool {
             Role::Admin | Role::Reader => true,
             Role::Writer => creator == p.id,
         }
+}
+
+/// Whether per-name figures (stats, metrics) of `name` are shown to `p`:
+/// admins and readers in scope; writers see only their own snapshots.
+fn sees_name(p: &Principal, name: &str) -> bool {
+    p.in_scope(name) && p.role != Role::Writer
 }
 
 /// Runs blocking store work off the async threads.
