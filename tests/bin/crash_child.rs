@@ -11,6 +11,14 @@
 //! `bunker-crash-child REPO SEED gc`: the backup loop, deleting all but the
 //! newest two of its snapshots (`DEL <name> <id>` before each delete), with
 //! GC running in a loop on a second thread (`GC start` / `GC end`).
+//!
+//! `bunker-crash-child REPO SEED gc-race ROUNDS`: 4 backup streams of
+//! overlapping, changing images (each keeping its newest 2 snapshots)
+//! while GC is paused at each phase boundary in turn (or one stream is
+//! paused inside its commit while whole GCs run), until every stream has
+//! committed again; then checks that every kept snapshot restores exactly,
+//! and at the end that two GCs leave nothing to reclaim. Prints `RACE ...`
+//! with the figures, or panics.
 
 use std::io::Write;
 
@@ -75,6 +83,210 @@ fn gc_once(path: &str) -> anyhow::Result<()> {
     std::process::exit(0);
 }
 
+/// Failpoints the GC race pauses at, in turn: GC's phase boundaries, and
+/// a backup's commit after its chunks are sealed but before its manifest.
+const PAUSE_POINTS: [&str; 7] = [
+    "gc::marked",
+    "gc::mark",
+    "gc::rewritten",
+    "gc::condemned",
+    "gc::deleted",
+    "gc::compacted",
+    "commit::sealed",
+];
+
+/// Stream `s`, backup `k`: a base shared by all streams with a 256 KiB
+/// window that moves every backup.
+fn race_data(stream: u64, k: u64) -> Vec<u8> {
+    let mut data = snapshot_data("race-base");
+    let at = ((stream * 7 + k) as usize * (192 << 10)) % (data.len() - (256 << 10));
+    data[at..at + (256 << 10)].copy_from_slice(&bunker_tests::noise(stream << 32 | k, 256 << 10));
+    data
+}
+
+/// A pause at one failpoint: the first thread to reach it says so and
+/// waits until released.
+struct Pause {
+    reached: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+fn gc_race(path: &str, seed: u64, rounds: u64) -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{mpsc, Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    let repo = open(path)?;
+    let _scenario = fail::FailScenario::setup();
+    let commits = Arc::new(AtomicU64::new(0));
+    // (name, id) -> BLAKE3 of the data the stream sent.
+    let kept: Arc<Mutex<HashMap<(String, u64), [u8; 32]>>> = Arc::default();
+    let deletes = Arc::new(AtomicU64::new(0));
+    // Each stream backs up once per grant (so a round's work is bounded)
+    // and stops when its grant channel closes.
+    let (grants, streams): (Vec<mpsc::Sender<()>>, Vec<_>) = (0..4u64)
+        .map(|stream| {
+            let (grant, granted) = mpsc::channel::<()>();
+            let (repo, commits, kept, deletes) =
+                (repo.clone(), commits.clone(), kept.clone(), deletes.clone());
+            let handle = std::thread::spawn(move || {
+                let name = format!("race{seed}-{stream}");
+                let mut k = 0;
+                while granted.recv().is_ok() {
+                    let data = race_data(stream + seed * 4, k);
+                    let info = repo
+                        .ingest(&name, &data[..], &IngestOptions::default(), &mut |_| {})
+                        .unwrap_or_else(|e| panic!("backup {name} #{k}: {e}"));
+                    kept.lock()
+                        .unwrap()
+                        .insert((name.clone(), info.id.0), *blake3::hash(&data).as_bytes());
+                    let list = repo.list(Some(&name)).unwrap();
+                    for s in &list[..list.len().saturating_sub(2)] {
+                        kept.lock().unwrap().remove(&(name.clone(), s.id.0));
+                        repo.delete(&name, s.id).unwrap();
+                        deletes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    commits.fetch_add(1, Ordering::SeqCst);
+                    k += 1;
+                }
+            });
+            (grant, handle)
+        })
+        .unzip();
+    let grant_all = || {
+        for g in &grants {
+            g.send(()).expect("stream alive");
+        }
+    };
+    let wait_for = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    let check = |repo: &Repository, round: u64| {
+        let kept = kept.lock().unwrap().clone();
+        for ((name, id), hash) in &kept {
+            let mut r = match repo.reader(name, Some(bunker_store::SnapshotId(*id)), None) {
+                Ok(r) => r,
+                // Deleted by its stream after the copy of the map was taken.
+                Err(bunker_store::Error::NotFound { .. }) => continue,
+                Err(e) => panic!("round {round}: {name}@{id}: {e}"),
+            };
+            let mut h = blake3::Hasher::new();
+            std::io::copy(&mut r, &mut h)
+                .unwrap_or_else(|e| panic!("round {round}: {name}@{id} does not restore: {e}"));
+            assert_eq!(
+                h.finalize().as_bytes(),
+                hash,
+                "round {round}: {name}@{id} wrong bytes"
+            );
+        }
+    };
+    let mut paused = [0u64; PAUSE_POINTS.len()];
+    let mut gcs = 0u64;
+    for round in 0..rounds {
+        let i = (round as usize) % PAUSE_POINTS.len();
+        let point = PAUSE_POINTS[i];
+        let (reached_tx, reached_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        let pause = Arc::new(Pause {
+            reached: Mutex::new(reached_tx),
+            release: Mutex::new(release_rx),
+            armed: AtomicBool::new(true),
+        });
+        let p = pause.clone();
+        fail::cfg_callback(point, move || {
+            if p.armed.swap(false, Ordering::SeqCst) {
+                let _ = p.reached.lock().unwrap().send(());
+                let _ = p.release.lock().unwrap().recv();
+            }
+        })
+        .map_err(anyhow::Error::msg)?;
+        let before = commits.load(Ordering::SeqCst);
+        let all_committed = || commits.load(Ordering::SeqCst) >= before + 4;
+        if point == "commit::sealed" {
+            // A stream stops between sealing its chunks and publishing its
+            // manifest; whole GCs run meanwhile and must keep its chunks.
+            grant_all();
+            reached_rx.recv_timeout(Duration::from_secs(120))?;
+            for _ in 0..2 {
+                repo.gc(&GcOptions::default())?;
+                gcs += 1;
+            }
+            paused[i] += 1;
+            fail::remove(point);
+            release_tx.send(())?;
+            wait_for("4 commits", &all_committed);
+        } else {
+            let gc_repo = repo.clone();
+            let gc = std::thread::spawn(move || gc_repo.gc(&GcOptions::default()));
+            // Some points are only on the way when there is something to
+            // delete: the GC may finish without reaching this one.
+            let hit = loop {
+                match reached_rx.recv_timeout(Duration::from_millis(5)) {
+                    Ok(()) => break true,
+                    Err(_) if gc.is_finished() => break false,
+                    Err(_) => {}
+                }
+            };
+            // Every stream commits (and prunes) while the GC waits.
+            grant_all();
+            if hit {
+                wait_for("4 commits during a paused GC", &all_committed);
+                paused[i] += 1;
+            }
+            fail::remove(point);
+            let _ = release_tx.send(());
+            gc.join().expect("GC thread")?;
+            gcs += 1;
+            wait_for("4 commits", &all_committed);
+        }
+        check(&repo, round);
+        if round % 10 == 9 {
+            let v = repo.verify()?;
+            assert!(v.is_clean(), "round {round}: verify {v:?}");
+        }
+    }
+    drop(grants);
+    for s in streams {
+        s.join().expect("backup stream");
+    }
+    check(&repo, rounds);
+    // Garbage is gone within two GCs: a dry run then finds nothing.
+    for _ in 0..2 {
+        repo.gc(&GcOptions::default())?;
+        gcs += 1;
+    }
+    let dry = repo.gc(&GcOptions {
+        dry_run: true,
+        ..GcOptions::default()
+    })?;
+    assert_eq!(
+        (dry.packs_deleted, dry.packs_rewritten),
+        (0, 0),
+        "garbage left after two GCs: {dry:?}"
+    );
+    let v = repo.verify()?;
+    assert!(v.is_clean(), "final verify {v:?}");
+    let paused: Vec<String> = PAUSE_POINTS
+        .iter()
+        .zip(paused)
+        .map(|(p, n)| format!("{p}={n}"))
+        .collect();
+    say(&format!(
+        "RACE rounds={rounds} commits={} deletes={} gcs={gcs} kept={} paused {}",
+        commits.load(Ordering::SeqCst),
+        deletes.load(Ordering::Relaxed),
+        kept.lock().unwrap().len(),
+        paused.join(" ")
+    ));
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (repo, seed, once) = match &args[..] {
@@ -82,7 +294,10 @@ fn main() -> anyhow::Result<()> {
         [_, repo, seed, mode] if mode == "once" => (repo, seed, true),
         [_, repo, seed, mode] if mode == "gc" => return gc_loop(repo, seed),
         [_, repo, _, mode] if mode == "gc-once" => return gc_once(repo),
-        _ => anyhow::bail!("usage: bunker-crash-child REPO SEED [once|gc]"),
+        [_, repo, seed, mode, rounds] if mode == "gc-race" => {
+            return gc_race(repo, seed.parse()?, rounds.parse()?)
+        }
+        _ => anyhow::bail!("usage: bunker-crash-child REPO SEED [once|gc|gc-once|gc-race ROUNDS]"),
     };
     let seed: u64 = seed.parse().context("SEED must be a number")?;
     let repo = open(repo)?;

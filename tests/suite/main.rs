@@ -7,6 +7,7 @@ mod cli;
 mod corruption;
 mod crash;
 mod faults;
+mod races;
 mod san;
 mod server;
 mod tls;

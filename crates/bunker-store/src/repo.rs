@@ -900,6 +900,10 @@ static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 /// with a snapshot directory.
 const DELETED_HWM: &str = ".deleted-hwm";
 
+/// Takes the repository's exclusive lock (`flock` on `<repo>/lock`),
+/// waiting up to [`LOCK_WAIT`] for it: a process that is exiting, or a
+/// child another thread has forked and not yet exec'd (it shares the lock
+/// until its exec closes the descriptor), holds it for a moment.
 fn lock_repository(path: &Path) -> Result<File> {
     let lock_path = path.join("lock");
     let f = File::options()
@@ -908,13 +912,25 @@ fn lock_repository(path: &Path) -> Result<File> {
         .write(true)
         .open(&lock_path)
         .at(&lock_path)?;
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-        Error::Locked {
-            path: path.to_path_buf(),
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(f),
+            Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(Error::Locked {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(e) => return Err(Error::io(&lock_path, e.into())),
         }
-    })?;
-    Ok(f)
+    }
 }
+
+/// How long opening waits for another holder of the repository lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn clear_tmp(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).at(dir)?.flatten() {
@@ -1125,6 +1141,7 @@ impl SnapshotWriter {
         //    sealed pack.
         let sealed = inner.packs.seal()?;
         self.repo.index_sealed(sealed);
+        durable::failpoint!("commit::sealed", &inner.root);
         // 3. Publish the manifest: write, sync, rename, sync directory.
         let id = SnapshotId(inner.next_snapshot.fetch_add(1, Ordering::SeqCst));
         let header = ManifestHeader {
