@@ -104,6 +104,9 @@ fn race_data(stream: u64, k: u64) -> Vec<u8> {
     data
 }
 
+/// (name, id) of each kept snapshot -> BLAKE3 of the data sent.
+type Kept = std::collections::HashMap<(String, u64), [u8; 32]>;
+
 /// A pause at one failpoint: the first thread to reach it says so and
 /// waits until released.
 struct Pause {
@@ -113,7 +116,6 @@ struct Pause {
 }
 
 fn gc_race(path: &str, seed: u64, rounds: u64) -> anyhow::Result<()> {
-    use std::collections::HashMap;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::{mpsc, Arc, Mutex};
     use std::time::{Duration, Instant};
@@ -122,7 +124,7 @@ fn gc_race(path: &str, seed: u64, rounds: u64) -> anyhow::Result<()> {
     let _scenario = fail::FailScenario::setup();
     let commits = Arc::new(AtomicU64::new(0));
     // (name, id) -> BLAKE3 of the data the stream sent.
-    let kept: Arc<Mutex<HashMap<(String, u64), [u8; 32]>>> = Arc::default();
+    let kept: Arc<Mutex<Kept>> = Arc::default();
     let deletes = Arc::new(AtomicU64::new(0));
     // Each stream backs up once per grant (so a round's work is bounded)
     // and stops when its grant channel closes.
