@@ -19,6 +19,10 @@
 //! committed again; then checks that every kept snapshot restores exactly,
 //! and at the end that two GCs leave nothing to reclaim. Prints `RACE ...`
 //! with the figures, or panics.
+//!
+//! `bunker-crash-child REPO SEED clock`: backups, retention and GC with this
+//! process's clock set 10 years ahead, 30 days behind, and jumping between
+//! the two during backups and inside a GC. Prints `CLOCK ...` or panics.
 
 use std::io::Write;
 
@@ -289,6 +293,133 @@ fn gc_race(path: &str, seed: u64, rounds: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn clock_skew(path: &str, seed: u64) -> anyhow::Result<()> {
+    use bunker_store::clock::set_offset_ms;
+    use bunker_store::retention::Policy;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    const DAY: i64 = 86_400_000;
+    const AHEAD: i64 = 3653 * DAY;
+    const BEHIND: i64 = -30 * DAY;
+    let repo = open(path)?;
+    let _scenario = fail::FailScenario::setup();
+    let name = format!("clk{seed}");
+    let backup = |k: u64| -> anyhow::Result<(bunker_store::SnapshotInfo, [u8; 32])> {
+        let data = race_data(seed, k);
+        let info = repo.ingest(&name, &data[..], &IngestOptions::default(), &mut |_| {})?;
+        // The backup just committed is the latest, whatever its date.
+        let latest = repo.snapshot(&name, None)?;
+        assert_eq!(latest.id, info.id, "backup #{k} is not the latest");
+        Ok((info, *blake3::hash(&data).as_bytes()))
+    };
+    let mut kept = Vec::new();
+    for (k, offset) in [(0, 0), (1, AHEAD), (2, BEHIND)] {
+        set_offset_ms(offset);
+        kept.push(backup(k)?);
+    }
+    assert!(kept[1].0.created_unix_ms > kept[0].0.created_unix_ms + 3000 * DAY);
+    assert!(kept[2].0.created_unix_ms < kept[0].0.created_unix_ms - 29 * DAY);
+    // Every rule keeps the newest (by commit): the one dated 30 days back.
+    let newest = kept[2].0.id;
+    let mut policies = 0;
+    for policy in [
+        Policy {
+            last: 1,
+            ..Policy::default()
+        },
+        Policy {
+            hourly: 1,
+            ..Policy::default()
+        },
+        Policy {
+            daily: 1,
+            ..Policy::default()
+        },
+        Policy {
+            yearly: 1,
+            ..Policy::default()
+        },
+        Policy {
+            within_ms: Some(3_600_000),
+            ..Policy::default()
+        },
+    ] {
+        for offset in [0, AHEAD, BEHIND] {
+            set_offset_ms(offset);
+            let d = repo.prune(&name, &policy, true)?;
+            assert!(
+                d.iter().any(|d| d.id == newest && d.keep),
+                "{policy:?} at offset {offset} drops the newest: {d:?}"
+            );
+            policies += 1;
+        }
+    }
+    // Clock jumps during backups: a thread swings it back and forth.
+    let stop = Arc::new(AtomicBool::new(false));
+    let jumps = Arc::new(AtomicU64::new(0));
+    let jumper = {
+        let (stop, jumps) = (stop.clone(), jumps.clone());
+        std::thread::spawn(move || {
+            let mut ahead = true;
+            while !stop.load(Ordering::Relaxed) {
+                set_offset_ms(if ahead { AHEAD } else { BEHIND });
+                ahead = !ahead;
+                jumps.fetch_add(1, Ordering::Relaxed);
+                std::thread::yield_now();
+            }
+        })
+    };
+    for k in 3..23 {
+        kept.push(backup(k)?);
+    }
+    stop.store(true, Ordering::Relaxed);
+    jumper.join().expect("clock thread");
+    // Clock jumps inside a GC, after pruning to the newest 3 (by commit).
+    fail::cfg_callback("gc::mark", || set_offset_ms(AHEAD)).map_err(anyhow::Error::msg)?;
+    fail::cfg_callback("gc::condemned", || set_offset_ms(BEHIND)).map_err(anyhow::Error::msg)?;
+    let d = repo.prune(
+        &name,
+        &Policy {
+            last: 3,
+            ..Policy::default()
+        },
+        false,
+    )?;
+    assert_eq!(d.iter().filter(|d| d.keep).count(), 3);
+    let kept: Vec<_> = kept[kept.len() - 3..].to_vec();
+    let gc = repo.gc(&GcOptions::default())?;
+    assert!(gc.packs_deleted + gc.packs_rewritten > 0, "{gc:?}");
+    fail::remove("gc::mark");
+    fail::remove("gc::condemned");
+    set_offset_ms(0);
+    repo.gc(&GcOptions::default())?;
+    let dry = repo.gc(&GcOptions {
+        dry_run: true,
+        ..GcOptions::default()
+    })?;
+    assert_eq!((dry.packs_deleted, dry.packs_rewritten), (0, 0), "{dry:?}");
+    for (info, hash) in &kept {
+        let mut h = blake3::Hasher::new();
+        std::io::copy(&mut repo.reader(&name, Some(info.id), None)?, &mut h)?;
+        assert_eq!(
+            h.finalize().as_bytes(),
+            hash,
+            "{name}@{} wrong bytes",
+            info.id
+        );
+    }
+    let v = repo.verify()?;
+    assert!(v.is_clean(), "{v:?}");
+    say(&format!(
+        "CLOCK backups=23 clock_jumps={} retention_checks={policies} gc_reclaimed={} kept={}",
+        jumps.load(Ordering::Relaxed),
+        gc.bytes_reclaimed(),
+        kept.len()
+    ));
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (repo, seed, once) = match &args[..] {
@@ -296,10 +427,13 @@ fn main() -> anyhow::Result<()> {
         [_, repo, seed, mode] if mode == "once" => (repo, seed, true),
         [_, repo, seed, mode] if mode == "gc" => return gc_loop(repo, seed),
         [_, repo, _, mode] if mode == "gc-once" => return gc_once(repo),
+        [_, repo, seed, mode] if mode == "clock" => return clock_skew(repo, seed.parse()?),
         [_, repo, seed, mode, rounds] if mode == "gc-race" => {
             return gc_race(repo, seed.parse()?, rounds.parse()?)
         }
-        _ => anyhow::bail!("usage: bunker-crash-child REPO SEED [once|gc|gc-once|gc-race ROUNDS]"),
+        _ => anyhow::bail!(
+            "usage: bunker-crash-child REPO SEED [once|gc|gc-once|clock|gc-race ROUNDS]"
+        ),
     };
     let seed: u64 = seed.parse().context("SEED must be a number")?;
     let repo = open(repo)?;

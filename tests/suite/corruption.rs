@@ -93,7 +93,7 @@ fn flipped_bits_fail_exactly_the_chunk_that_holds_them() {
         ids,
         "every referenced chunk has exactly one record"
     );
-    for trial in 0..25 {
+    for trial in 0..crate::scaled(25) {
         let rec = &recs[rng.random_range(0..recs.len())];
         let at = rng.random_range(rec.start..rec.end);
         let bit = rng.random_range(0..8);
@@ -129,15 +129,6 @@ fn flipped_bits_fail_exactly_the_chunk_that_holds_them() {
         }
         std::fs::write(&rec.pack, &original).unwrap();
     }
-}
-
-/// Trials of the bit-rot test: `BUNKER_BITROT_TRIALS`, or 1,000 (the CI
-/// minimum; the soak tier runs 10,000).
-fn bitrot_trials() -> u64 {
-    std::env::var("BUNKER_BITROT_TRIALS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000)
 }
 
 /// Day `day` of volume `name`: the name's base image with a 128 KiB window
@@ -197,8 +188,10 @@ type Snap = (String, u64);
 #[test]
 fn bit_rot_is_always_detected_and_names_exactly_the_damaged_snapshots() {
     let seed = crate::seed(0xB17_2070);
-    let trials = bitrot_trials();
-    let reproduce = format!("BUNKER_SEED={seed} BUNKER_BITROT_TRIALS={trials} cargo test --release -p bunker-tests --test suite corruption::bit_rot");
+    let trials = crate::scaled(1000);
+    let reproduce = format!(
+        "BUNKER_SEED={seed} cargo test --release -p bunker-tests --test suite corruption::bit_rot"
+    );
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();

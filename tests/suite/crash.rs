@@ -15,8 +15,6 @@ use bunker_tests::{pack_files, snapshot_data};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-const TRIALS: u64 = 50;
-
 fn read_all(repo: &Repository, name: &str, id: SnapshotId) -> Vec<u8> {
     let mut out = Vec::new();
     repo.reader(name, Some(id), None)
@@ -126,7 +124,7 @@ fn child_lines_until_killed(repo: &Path, args: &[&str], at: KillAt<'_>) -> Vec<S
 /// completes.
 #[test]
 fn kill_during_gc_leaves_a_repository_that_verifies() {
-    const GC_TRIALS: u64 = 20;
+    let gc_trials = crate::scaled(20);
     let seed = crate::seed(0x6C_0DE);
     let reproduce = format!(
         "BUNKER_SEED={seed} cargo test --release -p bunker-tests --test suite crash::kill_during_gc"
@@ -136,7 +134,7 @@ fn kill_during_gc_leaves_a_repository_that_verifies() {
     let mut live: Vec<(String, u64)> = Vec::new();
     let mut checked = HashSet::new();
     let (mut in_gc, mut gcs_finished) = (0, 0);
-    for trial in 0..GC_TRIALS {
+    for trial in 0..gc_trials {
         // Armed at the first GC start: the child runs GCs back to back.
         let at = KillAt {
             after: Some("GC start"),
@@ -171,10 +169,10 @@ fn kill_during_gc_leaves_a_repository_that_verifies() {
     }
     let repo = Repository::open(dir.path()).unwrap();
     assert!(repo.verify().unwrap().is_clean());
-    println!("GC kill trials: {GC_TRIALS}, killed inside a GC: {in_gc}, GCs finished in children: {gcs_finished}");
+    println!("GC kill trials: {gc_trials}, killed inside a GC: {in_gc}, GCs finished in children: {gcs_finished}");
     assert!(
-        in_gc >= GC_TRIALS / 4,
-        "only {in_gc} of {GC_TRIALS} kills landed inside a GC; reproduce: {reproduce}"
+        in_gc >= gc_trials / 4,
+        "only {in_gc} of {gc_trials} kills landed inside a GC; reproduce: {reproduce}"
     );
 }
 
@@ -186,7 +184,8 @@ fn kill_during_ingest_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let mut acked: Vec<(String, u64)> = Vec::new();
     let mut checked = HashSet::new();
-    for trial in 0..TRIALS {
+    let trials = crate::scaled(50);
+    for trial in 0..trials {
         // Kill points spread over opening/recovery (even trials count from
         // the start), chunk appends, pack seals and manifest commits (odd
         // trials count from the first commit): a snapshot takes a few ms.
@@ -198,7 +197,7 @@ fn kill_during_ingest_loses_nothing_acknowledged() {
         let repo = Repository::open(dir.path())
             .unwrap_or_else(|e| panic!("reopen after kill {trial}: {e}; reproduce: {reproduce}"));
         check(&repo, &acked, &mut checked, &reproduce);
-        if trial % 10 == 9 || trial == TRIALS - 1 {
+        if trial % 10 == 9 || trial == trials - 1 {
             let report = repo.verify().unwrap();
             assert!(
                 report.is_clean(),
@@ -207,7 +206,7 @@ fn kill_during_ingest_loses_nothing_acknowledged() {
         }
     }
     assert!(
-        acked.len() as u64 >= TRIALS / 2,
+        acked.len() as u64 >= trials / 2,
         "too few commits ({}) to test anything",
         acked.len()
     );
@@ -224,7 +223,8 @@ fn torn_staging_pack_tails_are_cut_on_open() {
     let mut acked = Vec::new();
     let mut checked = HashSet::new();
     let mut torn = 0;
-    for trial in 0..20 {
+    let kills = crate::scaled(20);
+    for trial in 0..kills {
         // Armed at the first commit: from then on a staging pack holding
         // that snapshot's last records is open until the next seal.
         let at = KillAt {
@@ -253,7 +253,7 @@ fn torn_staging_pack_tails_are_cut_on_open() {
     }
     let repo = Repository::open(dir.path()).unwrap();
     assert!(repo.verify().unwrap().is_clean());
-    println!("torn staging packs cut on open: {torn} in 20 kills");
+    println!("torn staging packs cut on open: {torn} in {kills} kills");
     assert!(
         torn > 0,
         "no staging pack was ever caught open; reproduce: {reproduce}"

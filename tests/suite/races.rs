@@ -1,4 +1,4 @@
-//! GC races: backups, deletes and GCs interleaved at every GC phase
+//! GC races and clock skew: backups, deletes and GCs interleaved at every GC phase
 //! boundary and inside a backup's commit, with the pauses held until every
 //! backup stream has committed again (longer than any window a clock-based
 //! design would rely on: there is none). Runs in a child process, because
@@ -6,18 +6,10 @@
 
 use std::process::Command;
 
-/// Rounds: `BUNKER_RACE_ROUNDS`, or 100 (the CI minimum; soak: 1,000).
-fn rounds() -> u64 {
-    std::env::var("BUNKER_RACE_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100)
-}
-
 #[test]
 fn gc_paused_at_every_phase_and_commit_loses_nothing_and_reclaims_within_two_runs() {
     let seed = crate::seed(0x6ACE);
-    let rounds = rounds();
+    let rounds = crate::scaled(100);
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_bunker-crash-child"))
         .arg(dir.path())
@@ -27,7 +19,7 @@ fn gc_paused_at_every_phase_and_commit_loses_nothing_and_reclaims_within_two_run
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "race failed ({}): {}\n{}\nreproduce: BUNKER_SEED={seed} BUNKER_RACE_ROUNDS={rounds} cargo test --release -p bunker-tests --test suite races::",
+        "race failed ({}): {}\n{}\nreproduce: BUNKER_SEED={seed} cargo test --release -p bunker-tests --test suite races::",
         out.status,
         stdout,
         String::from_utf8_lossy(&out.stderr)
@@ -55,4 +47,31 @@ fn gc_paused_at_every_phase_and_commit_loses_nothing_and_reclaims_within_two_run
             assert_eq!(n, turns, "{point} not held on each of its turns: {line}");
         }
     }
+}
+
+/// Clock skew: backups under a clock 10 years ahead and 30 days behind,
+/// and jumping between the two during backups and inside a GC. The last
+/// backup committed is always the latest, retention never drops the newest
+/// (by commit), and GC loses nothing and still reclaims.
+#[test]
+fn clock_jumps_never_reorder_snapshots_or_lose_data() {
+    let seed = crate::seed(0xC10C);
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bunker-crash-child"))
+        .arg(dir.path())
+        .args([&seed.to_string(), "clock"])
+        .output()
+        .expect("run the clock child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "clock skew run failed ({}): {stdout}\n{}\nreproduce: BUNKER_SEED={seed} cargo test --release -p bunker-tests --test suite races::clock",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("CLOCK "))
+        .unwrap_or_else(|| panic!("no summary in {stdout:?}"));
+    println!("{line}");
 }

@@ -342,7 +342,7 @@ impl Repository {
             complete.push(found);
         }
         let mut space = Space {
-            written_unix_ms: crate::repo::now_unix_ms(),
+            written_unix_ms: crate::clock::now_unix_ms(),
             ..Space::default()
         };
         for (group, found) in groups.iter().zip(&complete) {

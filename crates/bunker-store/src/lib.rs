@@ -27,6 +27,7 @@
 //!   `format/` is bytes only.
 
 pub mod backend;
+pub mod clock;
 mod compress;
 mod durable;
 mod error;

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bunker_chunk::{ChunkId, Chunker, ChunkerParams};
 
@@ -165,13 +165,6 @@ pub(crate) struct Inner {
     _lock: File,
 }
 
-pub(crate) fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl Repository {
     /// Creates a new repository at `path` (an empty or missing directory).
     pub fn create(path: &Path, opts: CreateOptions) -> Result<Repository> {
@@ -194,13 +187,13 @@ impl Repository {
             });
         }
         let mut seed = blake3::Hasher::new();
-        seed.update(&now_unix_ms().to_le_bytes());
+        seed.update(&crate::clock::now_unix_ms().to_le_bytes());
         seed.update(&std::process::id().to_le_bytes());
         seed.update(path.as_os_str().as_encoded_bytes());
         seed.update(&format!("{:?}", Instant::now()).into_bytes());
         let config = RepoConfig {
             repo_id: Le::bytes(seed.finalize().as_bytes(), 0),
-            created_unix: now_unix_ms() / 1000,
+            created_unix: crate::clock::now_unix_ms() / 1000,
             chunker: opts.chunker,
             zstd_level: opts.zstd_level,
             pack_target_len: opts.pack_target_len,
@@ -1147,7 +1140,7 @@ impl SnapshotWriter {
         let header = ManifestHeader {
             repo_id: inner.config.repo_id,
             id,
-            created_unix_ms: now_unix_ms(),
+            created_unix_ms: crate::clock::now_unix_ms(),
             size: 0,
             entries: 0,
             chunker: inner.config.chunker,
