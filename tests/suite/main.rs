@@ -9,6 +9,7 @@ mod cli;
 mod corruption;
 mod crash;
 mod faults;
+mod hostile;
 mod races;
 mod san;
 mod server;

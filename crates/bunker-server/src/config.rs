@@ -53,7 +53,7 @@ impl Default for Config {
             header_timeout_secs: 10,
             grace_secs: 30,
             session_idle_secs: 900,
-            max_connections: 512,
+            max_connections: 4096,
             gc_interval_secs: 0,
             gc_rewrite_below: bunker_store::DEFAULT_REWRITE_BELOW,
         }

@@ -135,6 +135,33 @@ impl State {
     }
 }
 
+/// Connections served at once: `configured`, within the open-file limit
+/// (raised to its hard maximum first: every connection is a file, and
+/// idle or slow clients must not starve the rest), less 256 files for
+/// packs, index runs and manifests.
+fn connection_limit(configured: usize) -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut files = getrlimit(Resource::Nofile);
+    // No hard maximum: ask for what Linux allows by default (nr_open).
+    let target = files.maximum.unwrap_or(1 << 20);
+    if files.current.is_some_and(|c| c < target) {
+        files.current = Some(target);
+        if let Err(e) = setrlimit(Resource::Nofile, files) {
+            tracing::debug!("cannot raise the open-file limit: {e}");
+        }
+    }
+    let files = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let fit = usize::try_from(files.saturating_sub(256)).unwrap_or(usize::MAX);
+    if fit < configured {
+        tracing::warn!(
+            configured,
+            serving = fit.max(1),
+            "the open-file limit allows fewer connections than max_connections"
+        );
+    }
+    configured.min(fit).max(1)
+}
+
 /// The server's wall clock, unix milliseconds (0 before 1970).
 pub(crate) fn now_unix_ms() -> i64 {
     std::time::SystemTime::now()
@@ -193,7 +220,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(state.config.max_connections.max(1)));
+    let connections = Arc::new(Semaphore::new(connection_limit(
+        state.config.max_connections,
+    )));
     let reaper = tokio::spawn(reap_sessions(state.clone()));
     let collector =
         (state.config.gc_interval_secs > 0).then(|| tokio::spawn(scheduled_gc(state.clone())));
