@@ -32,6 +32,8 @@ mod compress;
 mod durable;
 mod error;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzz;
 mod gc;
 pub mod index;
 pub mod ingest;
