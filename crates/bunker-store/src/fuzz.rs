@@ -47,7 +47,9 @@ pub fn pack_file(scratch: &Path, bytes: &[u8]) -> Result<usize> {
 pub fn index_run(scratch: &Path, bytes: &[u8]) -> Result<usize> {
     // The shard and run id the state file would name: those of the header.
     let shard = bytes.get(16).copied().unwrap_or(0);
-    let id = bytes.get(24..32).map_or(1, |b| crate::format::Le::u64(b, 0));
+    let id = bytes
+        .get(24..32)
+        .map_or(1, |b| crate::format::Le::u64(b, 0));
     let path = scratch.join("fuzz.run");
     write(&path, bytes)?;
     let run = crate::index::Run::open(&path, shard, id)?;
