@@ -62,3 +62,21 @@ pub fn hash_reader(mut r: impl std::io::Read) -> ([u8; 32], u64) {
     let n = std::io::copy(&mut r, &mut h).expect("read");
     (*h.finalize().as_bytes(), n)
 }
+
+/// How many trials a randomised fault test runs: `ci` in CI, ten times as
+/// many in the soak tier (`BUNKER_SOAK=1`).
+pub fn scaled(ci: u64) -> u64 {
+    if std::env::var("BUNKER_SOAK").is_ok_and(|v| v == "1") {
+        ci * 10
+    } else {
+        ci
+    }
+}
+
+/// The seed of a randomised test: `BUNKER_SEED` or the given default.
+pub fn seed(default: u64) -> u64 {
+    std::env::var("BUNKER_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}

@@ -223,10 +223,10 @@ impl Hostile<'_> {
 
 #[test]
 fn twenty_thousand_hostile_requests_and_a_thousand_slow_sockets_change_nothing() {
-    let seed = crate::seed(0x0405_711E);
-    let total = crate::scaled(20_000);
+    let seed = bunker_tests::seed(0x0405_711E);
+    let total = bunker_tests::scaled(20_000);
     let reproduce =
-        format!("BUNKER_SEED={seed} cargo test --release -p bunker-tests --test suite hostile::");
+        format!("BUNKER_SEED={seed} cargo test --release -p bunker-tests --test hostile");
     // The test holds 1,000 slow sockets and the flood's connections.
     {
         use rustix::process::{getrlimit, setrlimit, Resource};
