@@ -11,6 +11,7 @@
 mod cli;
 mod corruption;
 mod crash;
+mod disk;
 mod faults;
 mod races;
 mod san;

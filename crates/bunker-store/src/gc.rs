@@ -269,8 +269,17 @@ enum Fate {
 
 impl Repository {
     /// Runs one garbage collection (see the module documentation). Fails
-    /// with `Busy` while another GC or a verify runs.
+    /// with `Busy` while another GC or a verify runs. Works on a full disk:
+    /// it releases the space reserve if it must, and puts it back after.
     pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        let report = crate::reserve::retry_with(self.root(), || self.gc_once(opts))?;
+        if !opts.dry_run {
+            crate::reserve::ensure(self.root());
+        }
+        Ok(report)
+    }
+
+    fn gc_once(&self, opts: &GcOptions) -> Result<GcReport> {
         let started = Instant::now();
         let _one = self
             .inner

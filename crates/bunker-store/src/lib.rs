@@ -41,6 +41,7 @@ mod mmap;
 mod pack;
 mod pins;
 mod repo;
+pub mod reserve;
 mod restore;
 pub mod retention;
 pub mod snapshot;

@@ -291,6 +291,7 @@ impl Repository {
                 _lock: lock,
             }),
         })
+        .inspect(|r| crate::reserve::ensure(r.root()))
     }
 
     pub fn root(&self) -> &Path {
@@ -675,8 +676,13 @@ impl Repository {
         Ok(decisions)
     }
 
-    /// Removes a snapshot's manifest. Its chunks stay until GC.
+    /// Removes a snapshot's manifest. Its chunks stay until GC. Works on a
+    /// full disk (through the space reserve, [`crate::reserve`]).
     pub fn delete(&self, name: &str, id: SnapshotId) -> Result<()> {
+        crate::reserve::retry_with(self.root(), || self.delete_once(name, id))
+    }
+
+    fn delete_once(&self, name: &str, id: SnapshotId) -> Result<()> {
         snapshot::validate_name(name)?;
         let root = self.snapshots_dir();
         let path = snapshot::manifest_path(&root, name, id);
