@@ -35,13 +35,49 @@ pub(crate) use failpoint;
 /// Flushes a file's data (and the metadata needed to read it back).
 pub(crate) fn sync_data(file: &File, path: &Path) -> Result<()> {
     failpoint!("durable::sync_data", path);
+    #[cfg(feature = "failpoints")]
+    observe::step(observe::Step::SyncData(path));
     file.sync_data().at(path)
 }
 
 /// Makes the entries of a directory (creations, renames, deletions) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     failpoint!("durable::sync_dir", dir);
+    #[cfg(feature = "failpoints")]
+    observe::step(observe::Step::SyncDir(dir));
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// An observer of every durability step, for the power-loss tests
+/// (feature `failpoints`): called just before each sync, so it can model
+/// what a crash at that moment would leave on disk.
+#[cfg(feature = "failpoints")]
+pub mod observe {
+    use std::path::Path;
+    use std::sync::OnceLock;
+
+    /// A durability step about to happen.
+    #[derive(Clone, Copy, Debug)]
+    pub enum Step<'a> {
+        /// The file at this path: its contents become durable.
+        SyncData(&'a Path),
+        /// This directory: its entries become durable.
+        SyncDir(&'a Path),
+    }
+
+    type Hook = Box<dyn Fn(Step<'_>) + Send + Sync>;
+    static HOOK: OnceLock<Hook> = OnceLock::new();
+
+    /// Installs the observer (once per process).
+    pub fn set(hook: impl Fn(Step<'_>) + Send + Sync + 'static) {
+        let _ = HOOK.set(Box::new(hook));
+    }
+
+    pub(crate) fn step(s: Step<'_>) {
+        if let Some(h) = HOOK.get() {
+            h(s);
+        }
+    }
 }
 
 /// Renames `from` to `to` within one filesystem and syncs `to`'s directory.

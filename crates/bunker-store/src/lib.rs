@@ -30,6 +30,8 @@ pub mod backend;
 pub mod clock;
 mod compress;
 mod durable;
+#[cfg(feature = "failpoints")]
+pub use durable::observe;
 mod error;
 pub mod format;
 #[doc(hidden)]
