@@ -23,7 +23,7 @@ use crate::format::manifest::ManifestHeader;
 use crate::format::space::{Space, Usage};
 use crate::format::Le;
 use crate::index::{Index, Reservation, Tombstones};
-use crate::pack::{read_trailer, recover_staged, NewRecord, Packs, SealedPack};
+use crate::pack::{read_trailer, recover_staged, NewRecord, Packs, SealedPack, TornTail};
 use crate::pins::{PinBoard, Pins};
 use crate::snapshot::manifest::{ManifestReader, ManifestWriter};
 use crate::snapshot::{self, SnapshotInfo};
@@ -162,7 +162,24 @@ pub(crate) struct Inner {
     pub(crate) maintenance: Mutex<()>,
     /// Serializes deletes (read-modify-write of the deleted-id mark).
     deletes: Mutex<()>,
+    recovery: Recovery,
     _lock: File,
+}
+
+/// What opening a repository found and repaired after a crash, a power cut
+/// or damage. Every item is also logged when it happens.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Staging packs whose torn tail (or whole file) was cut; the records
+    /// before the cut were sealed into a pack.
+    pub torn_tails: Vec<TornTail>,
+    /// The index was damaged (this says how) and was rebuilt from the packs.
+    pub index_rebuilt: Option<String>,
+    /// Sealed or recovered packs the index did not cover, now indexed.
+    pub packs_indexed: usize,
+    /// Sealed packs the index did not cover whose trailer could not be read
+    /// (verify names the snapshots that need them).
+    pub unindexable_packs: Vec<String>,
 }
 
 impl Repository {
@@ -243,9 +260,22 @@ impl Repository {
         }
         clear_tmp(&path.join("tmp"))?;
         let backend = LocalPacks::new(path.join("packs"), opts.read_mode);
-        let index = Index::open(&path.join("index"), opts.index_flush_at).map_err(|e| match e {
-            Error::Corrupt { .. } | Error::NotBunkerFile { .. } | Error::UnsupportedVersion { .. } => {
-                Error::Corrupt {
+        let mut recovery = Recovery::default();
+        let index_dir = path.join("index");
+        let index = match Index::open(&index_dir, opts.index_flush_at) {
+            Ok(index) => index,
+            // The index is a cache of the packs: a damaged one (torn, bit
+            // rot, a run missing) is dropped and rebuilt from them, so a
+            // restart needs no manual step.
+            Err(e @ (Error::Corrupt { .. } | Error::NotBunkerFile { .. })) => {
+                tracing::warn!("the index is damaged ({e}); rebuilding it from the packs");
+                recovery.index_rebuilt = Some(e.to_string());
+                std::fs::remove_dir_all(&index_dir).at(&index_dir)?;
+                Index::open(&index_dir, opts.index_flush_at)?
+            }
+            // Written by a newer build: not ours to throw away.
+            Err(e @ Error::UnsupportedVersion { .. }) => {
+                return Err(Error::Corrupt {
                     file: "index".into(),
                     pack: None,
                     offset: None,
@@ -253,14 +283,15 @@ impl Repository {
                     reason: format!(
                         "{e} (the index is a cache of the packs: `bunker repair --rebuild-index` rebuilds it)"
                     ),
-                }
+                })
             }
-            other => other,
-        })?;
+            Err(e) => return Err(e),
+        };
         let tombstones = read_tombstones(path)?;
         let backend = finish_condemned(backend, &tombstones)?;
         index.set_tombstones(tombstones);
-        let (mut next_pack, recovered) = recover_packs(&backend, &index, config.repo_id)?;
+        let (mut next_pack, recovered) =
+            recover_packs(&backend, &index, config.repo_id, &mut recovery)?;
         // Never reuse the id of a tombstoned pack (after an index rebuild
         // the covered ranges that would prevent it are gone).
         let tombs = index.current_tombstones();
@@ -269,6 +300,7 @@ impl Repository {
         if recovered > 0 {
             tracing::info!(packs = recovered, "indexed packs the index did not cover");
         }
+        recovery.packs_indexed = recovered;
         index.flush()?;
         let next_snapshot = next_snapshot_id(&path.join("snapshots"))?;
         Ok(Repository {
@@ -288,6 +320,7 @@ impl Repository {
                 pins: Arc::new(PinBoard::default()),
                 maintenance: Mutex::new(()),
                 deletes: Mutex::new(()),
+                recovery,
                 _lock: lock,
             }),
         })
@@ -296,6 +329,11 @@ impl Repository {
 
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// What opening found and repaired (each item was also logged).
+    pub fn recovery(&self) -> &Recovery {
+        &self.inner.recovery
     }
 
     pub fn chunker_params(&self) -> ChunkerParams {
@@ -941,7 +979,12 @@ fn clear_tmp(dir: &Path) -> Result<()> {
 
 /// Seals staging packs left by a crash and queues sealed packs the index
 /// does not cover. Returns the next free pack id and how many were queued.
-fn recover_packs(backend: &LocalPacks, index: &Index, repo_id: [u8; 16]) -> Result<(u64, usize)> {
+fn recover_packs(
+    backend: &LocalPacks,
+    index: &Index,
+    repo_id: [u8; 16],
+    recovery: &mut Recovery,
+) -> Result<(u64, usize)> {
     let staged = backend.list_staged()?;
     let sealed = backend.list()?;
     let mut next = sealed
@@ -953,10 +996,12 @@ fn recover_packs(backend: &LocalPacks, index: &Index, repo_id: [u8; 16]) -> Resu
     next = next.max(index.max_covered().map_or(1, |m| m + 1));
     let mut queued = 0;
     for pack in staged {
-        if let Some(s) = recover_staged(backend, repo_id, pack)? {
+        let (sealed, torn) = recover_staged(backend, repo_id, pack)?;
+        if let Some(s) = sealed {
             index.add_sealed(s.pack, s.index_entries());
             queued += 1;
         }
+        recovery.torn_tails.extend(torn);
     }
     for pack in sealed {
         if index.is_covered(pack) {
@@ -969,7 +1014,10 @@ fn recover_packs(backend: &LocalPacks, index: &Index, repo_id: [u8; 16]) -> Resu
             }
             // A damaged sealed pack is reported, not rewritten: verify names
             // the snapshots that need it.
-            Err(e) => tracing::error!("cannot index {}: {e}", backend.describe(pack)),
+            Err(e) => {
+                tracing::error!("cannot index {}: {e}", backend.describe(pack));
+                recovery.unindexable_packs.push(e.to_string());
+            }
         }
         if index.needs_flush() {
             index.flush()?;

@@ -27,6 +27,7 @@ use crate::format::pack::{
 };
 use crate::{durable, Error, Location, PackId, Result};
 
+pub use recover::TornTail;
 pub(crate) use recover::{read_trailer, recover_staged};
 
 /// A record ready to append: compressed (or not) outside the writer lock.

@@ -68,14 +68,28 @@ pub(crate) fn read_trailer(backend: &dyn PackBackend, pack: PackId) -> Result<Ve
     Ok(entries)
 }
 
+/// A torn tail cut from a staging pack on open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// The staging file.
+    pub file: String,
+    /// Where the cut was made (the file's length afterwards; 0 when the
+    /// whole file went).
+    pub offset: u64,
+    /// How many bytes were cut.
+    pub cut_bytes: u64,
+    /// Why the bytes from `offset` on were not a valid record.
+    pub reason: String,
+}
+
 /// Recovers the staging file of `pack`: keeps the valid prefix of records,
-/// cuts the rest (logged), seals and publishes it. Returns `None` when no
-/// record survived (the file is removed).
+/// cuts the rest (logged, and returned), seals and publishes it. The pack is
+/// `None` when no record survived (the file is removed).
 pub(crate) fn recover_staged(
     backend: &dyn PackBackend,
     repo_id: [u8; 16],
     pack: PackId,
-) -> Result<Option<SealedPack>> {
+) -> Result<(Option<SealedPack>, Option<TornTail>)> {
     let path = backend.staging_path(pack);
     let file = OpenOptions::new()
         .read(true)
@@ -95,7 +109,13 @@ pub(crate) fn recover_staged(
             "removing staging pack without a valid header"
         );
         durable::remove_file(&path)?;
-        return Ok(None);
+        let torn = TornTail {
+            file: path.display().to_string(),
+            offset: 0,
+            cut_bytes: file_len,
+            reason: "no valid pack header".into(),
+        };
+        return Ok((None, Some(torn)));
     }
     let mut entries = Vec::new();
     let mut offset = HEADER_LEN as u64;
@@ -132,7 +152,7 @@ pub(crate) fn recover_staged(
         });
         offset = end;
     };
-    if let Some(reason) = cut_reason {
+    let torn = cut_reason.map(|reason| {
         tracing::warn!(
             pack = pack.0,
             offset,
@@ -140,10 +160,16 @@ pub(crate) fn recover_staged(
             kept_records = entries.len(),
             "cut torn tail of staging pack: {reason}"
         );
-    }
+        TornTail {
+            file: path.display().to_string(),
+            offset,
+            cut_bytes: file_len - offset,
+            reason,
+        }
+    });
     if entries.is_empty() {
         durable::remove_file(&path)?;
-        return Ok(None);
+        return Ok((None, torn));
     }
     write_seal(&file, offset, &entries).at(&path)?;
     durable::sync_data(&file, &path)?;
@@ -153,5 +179,5 @@ pub(crate) fn recover_staged(
         records = entries.len(),
         "recovered and sealed staging pack"
     );
-    Ok(Some(SealedPack { pack, entries }))
+    Ok((Some(SealedPack { pack, entries }), torn))
 }
