@@ -1,11 +1,13 @@
 //! Verified restore and restore drills.
 //!
-//! The manifest is streamed from the server; chunks are fetched by several
-//! threads at once (a bounded window ahead of the writer), each checked
-//! against its BLAKE3 id on arrival, then handed to the writer in order:
-//! it hashes the whole image and writes with positioned writes. Zero chunks
-//! are never fetched: on a regular file they stay holes. At the end the
-//! whole-image BLAKE3 must equal the snapshot's, or the restore fails.
+//! The manifest is streamed from the server; runs of consecutive chunks are
+//! fetched as byte ranges of the image by several threads at once (a
+//! bounded window ahead of the writer). Each chunk is checked against its
+//! BLAKE3 id on arrival, then handed to the writer in order: it hashes the
+//! whole image and writes with positioned writes. A run that fails is
+//! fetched again chunk by chunk, so a damaged chunk is named exactly. Zero
+//! chunks are never fetched: on a regular file they stay holes. At the end
+//! the whole-image BLAKE3 must equal the snapshot's, or the restore fails.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -20,11 +22,15 @@ use bunker_chunk::ChunkId;
 
 use crate::{Client, Error, Result};
 
-/// Parallel chunk fetches.
+/// Parallel fetches.
 const FETCHERS: usize = 4;
 /// Chunks fetched ahead of the writer, at most (bounds memory to about
 /// WINDOW x max chunk length).
-const WINDOW: u64 = 64;
+const WINDOW: u64 = 80;
+/// A run fetched in one request: at most this many chunks and bytes. One
+/// request per chunk cost a fifth of a drill's time in HTTP overhead.
+const RUN_CHUNKS: usize = 16;
+const RUN_BYTES: u64 = 4 << 20;
 
 /// Where a restore goes.
 pub enum Target<'a> {
@@ -103,13 +109,11 @@ impl Client {
             failed: false,
         });
         let cv = Condvar::new();
-        let queue = Mutex::new(
-            entries
-                .iter()
-                .filter(|e| !e.id.is_zero())
-                .map(|e| e.index)
-                .collect::<std::collections::VecDeque<_>>(),
-        );
+        // Chunk buffers go back here after the writer is done with them:
+        // a fresh 256 KiB allocation per chunk cost a quarter of a drill's
+        // time in page faults and zeroing.
+        let pool: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+        let queue = Mutex::new(runs(&entries));
         let mut hasher = blake3::Hasher::new();
         let mut report = RestoreReport {
             snapshot: snap.clone(),
@@ -120,7 +124,7 @@ impl Client {
         };
         let write_result = std::thread::scope(|scope| -> Result<()> {
             for _ in 0..FETCHERS {
-                scope.spawn(|| self.fetch_loop(&snap, &entries, &queue, &window, &cv));
+                scope.spawn(|| self.fetch_loop(&snap, &entries, &queue, &window, &cv, &pool));
             }
             let result = (|| -> Result<()> {
                 for e in &entries {
@@ -152,6 +156,9 @@ impl Client {
                         }
                         hasher.update(&data);
                         out.write(e.start, &data)?;
+                        if let Ok(mut p) = pool.lock() {
+                            p.push(data);
+                        }
                         report.chunks_verified += 1;
                     }
                     report.bytes = e.end;
@@ -229,17 +236,20 @@ impl Client {
         &self,
         snap: &Snapshot,
         entries: &[Entry],
-        queue: &Mutex<std::collections::VecDeque<u64>>,
+        queue: &Mutex<std::collections::VecDeque<std::ops::Range<usize>>>,
         window: &Mutex<Window>,
         cv: &Condvar,
+        pool: &Mutex<Vec<Vec<u8>>>,
     ) {
         loop {
-            let Some(index) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+            let Some(run) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
                 return;
             };
+            let run = &entries[run];
             {
+                let last = run[run.len() - 1].index;
                 let Ok(mut w) = window.lock() else { return };
-                while index >= w.next_to_write + WINDOW && !w.failed {
+                while last >= w.next_to_write + WINDOW && !w.failed {
                     w = match cv.wait(w) {
                         Ok(w) => w,
                         Err(_) => return,
@@ -249,17 +259,62 @@ impl Client {
                     return;
                 }
             }
-            let e = &entries[index as usize];
-            let result = self.fetch_chunk(snap, e);
-            let stop = result.is_err();
+            let results = match self.fetch_run(snap, run, pool) {
+                Some(chunks) => chunks.into_iter().map(Ok).collect(),
+                // Again chunk by chunk: names exactly what is wrong.
+                None => run.iter().map(|e| self.fetch_chunk(snap, e)).collect(),
+            };
+            let results: Vec<Result<Vec<u8>>> = results;
+            let stop = results.iter().any(|r| r.is_err());
             if let Ok(mut w) = window.lock() {
-                w.done.insert(index, result);
+                for (e, r) in run.iter().zip(results) {
+                    w.done.insert(e.index, r);
+                }
             }
             cv.notify_all();
             if stop {
                 return;
             }
         }
+    }
+
+    /// The chunks of `run` (consecutive entries) as one range of the image;
+    /// `None` if anything at all went wrong. The server checks every chunk
+    /// against its id as it reads it and cuts the response at the first bad
+    /// one; what crosses the wire is covered by the whole-image hash.
+    fn fetch_run(
+        &self,
+        snap: &Snapshot,
+        run: &[Entry],
+        pool: &Mutex<Vec<Vec<u8>>>,
+    ) -> Option<Vec<Vec<u8>>> {
+        let (start, end) = (run[0].start, run[run.len() - 1].end);
+        let resp = self
+            .get(&format!("/v1/snapshots/{}/{}/data", snap.name, snap.id))
+            .header("Range", &format!("bytes={start}-{}", end - 1))
+            .call()
+            .ok()?;
+        if resp.status().as_u16() != 206 {
+            return None;
+        }
+        let mut body = resp.into_body().into_reader();
+        let mut out = Vec::with_capacity(run.len());
+        for e in run {
+            let len = (e.end - e.start) as usize;
+            let mut data = pool
+                .lock()
+                .ok()
+                .and_then(|mut p| p.pop())
+                .unwrap_or_default();
+            data.clear();
+            data.reserve(len);
+            (&mut body).take(len as u64).read_to_end(&mut data).ok()?;
+            if data.len() != len {
+                return None;
+            }
+            out.push(data);
+        }
+        Some(out)
     }
 
     fn fetch_chunk(&self, snap: &Snapshot, e: &Entry) -> Result<Vec<u8>> {
@@ -299,6 +354,29 @@ impl Client {
         }
         Ok(data)
     }
+}
+
+/// The non-zero entries in runs of consecutive chunks, each fetched in one
+/// request.
+fn runs(entries: &[Entry]) -> std::collections::VecDeque<std::ops::Range<usize>> {
+    let mut out = std::collections::VecDeque::new();
+    let mut i = 0;
+    while i < entries.len() {
+        if entries[i].id.is_zero() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < entries.len()
+            && !entries[i].id.is_zero()
+            && i - start < RUN_CHUNKS
+            && (i == start || entries[i].end - entries[start].start <= RUN_BYTES)
+        {
+            i += 1;
+        }
+        out.push_back(start..i);
+    }
+    out
 }
 
 /// The restore's destination.
