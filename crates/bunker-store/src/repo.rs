@@ -177,9 +177,6 @@ pub struct Recovery {
     pub index_rebuilt: Option<String>,
     /// Sealed or recovered packs the index did not cover, now indexed.
     pub packs_indexed: usize,
-    /// Sealed packs the index did not cover whose trailer could not be read
-    /// (verify names the snapshots that need them).
-    pub unindexable_packs: Vec<String>,
 }
 
 impl Repository {
@@ -290,17 +287,18 @@ impl Repository {
         let tombstones = read_tombstones(path)?;
         let backend = finish_condemned(backend, &tombstones)?;
         index.set_tombstones(tombstones);
-        let (mut next_pack, recovered) =
-            recover_packs(&backend, &index, config.repo_id, &mut recovery)?;
+        let mut next_pack = recover_packs(&backend, &index, config.repo_id, &mut recovery)?;
         // Never reuse the id of a tombstoned pack (after an index rebuild
         // the covered ranges that would prevent it are gone).
         let tombs = index.current_tombstones();
         let tombstoned = tombs.packs.iter().chain(tombs.records.iter().map(|r| &r.1));
         next_pack = next_pack.max(tombstoned.max().map_or(0, |m| m + 1));
-        if recovered > 0 {
-            tracing::info!(packs = recovered, "indexed packs the index did not cover");
+        if recovery.packs_indexed > 0 {
+            tracing::info!(
+                packs = recovery.packs_indexed,
+                "indexed packs the index did not cover"
+            );
         }
-        recovery.packs_indexed = recovered;
         index.flush()?;
         let next_snapshot = next_snapshot_id(&path.join("snapshots"))?;
         Ok(Repository {
@@ -978,13 +976,14 @@ fn clear_tmp(dir: &Path) -> Result<()> {
 }
 
 /// Seals staging packs left by a crash and queues sealed packs the index
-/// does not cover. Returns the next free pack id and how many were queued.
+/// does not cover (both counted, and torn tails listed, in `recovery`).
+/// Returns the next free pack id.
 fn recover_packs(
     backend: &LocalPacks,
     index: &Index,
     repo_id: [u8; 16],
     recovery: &mut Recovery,
-) -> Result<(u64, usize)> {
+) -> Result<u64> {
     let staged = backend.list_staged()?;
     let sealed = backend.list()?;
     let mut next = sealed
@@ -994,12 +993,11 @@ fn recover_packs(
         .max()
         .unwrap_or(1);
     next = next.max(index.max_covered().map_or(1, |m| m + 1));
-    let mut queued = 0;
     for pack in staged {
         let (sealed, torn) = recover_staged(backend, repo_id, pack)?;
         if let Some(s) = sealed {
             index.add_sealed(s.pack, s.index_entries());
-            queued += 1;
+            recovery.packs_indexed += 1;
         }
         recovery.torn_tails.extend(torn);
     }
@@ -1010,20 +1008,17 @@ fn recover_packs(
         match read_trailer(backend, pack) {
             Ok(entries) => {
                 index.add_sealed(pack, entries.iter().map(|e| e.index_entry(pack)).collect());
-                queued += 1;
+                recovery.packs_indexed += 1;
             }
             // A damaged sealed pack is reported, not rewritten: verify names
             // the snapshots that need it.
-            Err(e) => {
-                tracing::error!("cannot index {}: {e}", backend.describe(pack));
-                recovery.unindexable_packs.push(e.to_string());
-            }
+            Err(e) => tracing::error!("cannot index {}: {e}", backend.describe(pack)),
         }
         if index.needs_flush() {
             index.flush()?;
         }
     }
-    Ok((next, queued))
+    Ok(next)
 }
 
 fn read_deleted_hwm(root: &Path) -> Result<u64> {
