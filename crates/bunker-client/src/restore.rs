@@ -27,8 +27,9 @@ const FETCHERS: usize = 4;
 /// Chunks fetched ahead of the writer, at most (bounds memory to about
 /// WINDOW x max chunk length).
 const WINDOW: u64 = 80;
-/// A run fetched in one request: at most this many chunks and bytes. One
-/// request per chunk cost a fifth of a drill's time in HTTP overhead.
+/// A run fetched in one request: at most this many chunks and bytes (one
+/// request per chunk bounds a restore over a link with latency to 4 chunks
+/// per round trip).
 const RUN_CHUNKS: usize = 16;
 const RUN_BYTES: u64 = 4 << 20;
 
@@ -110,8 +111,8 @@ impl Client {
         });
         let cv = Condvar::new();
         // Chunk buffers go back here after the writer is done with them:
-        // a fresh 256 KiB allocation per chunk cost a quarter of a drill's
-        // time in page faults and zeroing.
+        // fresh 256 KiB allocations per chunk were a quarter of the
+        // client's CPU samples (page faults and zeroing).
         let pool: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
         let queue = Mutex::new(runs(&entries));
         let mut hasher = blake3::Hasher::new();
@@ -259,12 +260,11 @@ impl Client {
                     return;
                 }
             }
-            let results = match self.fetch_run(snap, run, pool) {
+            let results: Vec<Result<Vec<u8>>> = match self.fetch_run(snap, run, pool) {
                 Some(chunks) => chunks.into_iter().map(Ok).collect(),
                 // Again chunk by chunk: names exactly what is wrong.
                 None => run.iter().map(|e| self.fetch_chunk(snap, e)).collect(),
             };
-            let results: Vec<Result<Vec<u8>>> = results;
             let stop = results.iter().any(|r| r.is_err());
             if let Ok(mut w) = window.lock() {
                 for (e, r) in run.iter().zip(results) {
