@@ -73,19 +73,13 @@ fn bearer(token: &str) -> String {
 
 /// Every file under `dir` with the BLAKE3 of its contents.
 fn tree(dir: &Path) -> BTreeMap<String, [u8; 32]> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(b) = std::fs::read(&p) {
-                out.insert(p.display().to_string(), *blake3::hash(&b).as_bytes());
-            }
-        }
-    }
-    out
+    bunker_tests::files_under(dir)
+        .into_iter()
+        .filter_map(|p| {
+            let b = std::fs::read(&p).ok()?;
+            Some((p.display().to_string(), *blake3::hash(&b).as_bytes()))
+        })
+        .collect()
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {

@@ -8,6 +8,11 @@
 //! the FAILPOINTS environment variable active; prints `ACK <name> <id>` or
 //! `ERR <message>`.
 //!
+//! `bunker-crash-child REPO SEED staging`: one backup (`ACK ...`), then a
+//! backup in progress: a few new chunks written to the staging pack, no
+//! commit. Prints `OPEN` and waits to be killed, so the kill always finds
+//! a staging pack with records.
+//!
 //! `bunker-crash-child REPO SEED gc`: the backup loop, deleting all but the
 //! newest two of its snapshots (`DEL <name> <id>` before each delete), with
 //! GC running in a loop on a second thread (`GC start` / `GC end`).
@@ -74,6 +79,24 @@ fn gc_loop(path: &str, seed: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn staging(path: &str, seed: u64) -> anyhow::Result<()> {
+    let repo = open(path)?;
+    let name = format!("s{seed}");
+    let data = snapshot_data(&name);
+    let info = repo.ingest(&name, &data[..], &IngestOptions::default(), &mut |_| {})?;
+    say(&format!("ACK {name} {}", info.id));
+    // Less than a pack, so nothing is sealed behind the test's back.
+    let pins = repo.pins();
+    for i in 0..1 + seed % 5 {
+        let raw = bunker_tests::noise(seed << 8 | i, (48 << 10) + i as usize * 1000);
+        repo.store_chunk(&bunker_store::ChunkId::of(&raw), &raw, &pins)?;
+    }
+    say("OPEN");
+    loop {
+        std::thread::park();
+    }
 }
 
 /// One GC (rewriting packs under 90% live) with the FAILPOINTS active;
@@ -556,7 +579,7 @@ fn power_cut(path: &str, seed: u64, n: u64, out: &str) -> anyhow::Result<()> {
     for k in 0.. {
         let data = power_data(seed, k);
         let info = repo.ingest(&name, &data[..], &IngestOptions::default(), &mut |_| {})?;
-        say(&format!("ACK {name} {} {}", info.id, k));
+        say(&format!("ACK {name} {}", info.id));
         let list = repo.list(Some(&name))?;
         for s in &list[..list.len().saturating_sub(3)] {
             say(&format!("DEL {name} {}", s.id));
@@ -576,6 +599,7 @@ fn main() -> anyhow::Result<()> {
         [_, repo, seed, mode] if mode == "once" => (repo, seed, true),
         [_, repo, seed, mode] if mode == "gc" => return gc_loop(repo, seed),
         [_, repo, _, mode] if mode == "gc-once" => return gc_once(repo),
+        [_, repo, seed, mode] if mode == "staging" => return staging(repo, seed.parse()?),
         [_, repo, seed, mode] if mode == "clock" => return clock_skew(repo, seed.parse()?),
         [_, repo, seed, mode, n, out] if mode == "power" => {
             return power_cut(repo, seed.parse()?, n.parse()?, out)
@@ -584,7 +608,7 @@ fn main() -> anyhow::Result<()> {
             return gc_race(repo, seed.parse()?, rounds.parse()?)
         }
         _ => anyhow::bail!(
-            "usage: bunker-crash-child REPO SEED [once|gc|gc-once|clock|gc-race ROUNDS|power N OUT]"
+            "usage: bunker-crash-child REPO SEED [once|gc|gc-once|staging|clock|gc-race ROUNDS|power N OUT]"
         ),
     };
     let seed: u64 = seed.parse().context("SEED must be a number")?;

@@ -56,6 +56,79 @@ pub fn pack_files(repo: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> 
     out
 }
 
+/// Every file under `dir`, at any depth, sorted.
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Copies the tree at `from` to `to` (a repository image).
+pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    for src in files_under(from) {
+        let dst = to.join(src.strip_prefix(from).unwrap());
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(&src, &dst).unwrap();
+    }
+}
+
+/// Cuts the file at `path` to `len` bytes.
+pub fn truncate(path: &std::path::Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+/// A record of a pack file, found by parsing it per docs/FORMAT.md.
+#[derive(Clone, Copy, Debug)]
+pub struct PackRecord {
+    pub start: u64,
+    pub end: u64,
+    pub id: bunker_chunk::ChunkId,
+}
+
+/// The whole records of a pack's `bytes` before `limit`: a 64-byte pack
+/// header, then records of a 64-byte header (magic `BREC`, stored length
+/// at 12, chunk id at 16) and the stored bytes. Stops at the first one
+/// that is not whole.
+pub fn pack_records(bytes: &[u8], limit: usize) -> Vec<PackRecord> {
+    let mut out = Vec::new();
+    let mut at = 64;
+    while at + 64 <= limit && &bytes[at..at + 4] == b"BREC" {
+        let stored = u32::from_le_bytes(bytes[at + 12..at + 16].try_into().unwrap()) as usize;
+        let end = at + 64 + stored;
+        if end > limit {
+            break;
+        }
+        out.push(PackRecord {
+            start: at as u64,
+            end: end as u64,
+            id: bunker_chunk::ChunkId(bytes[at + 16..at + 48].try_into().unwrap()),
+        });
+        at = end;
+    }
+    out
+}
+
+/// Where a sealed pack's trailer starts, as its footer says.
+pub fn trailer_offset(pack: &[u8]) -> u64 {
+    u64::from_le_bytes(pack[pack.len() - 48..pack.len() - 40].try_into().unwrap())
+}
+
 /// BLAKE3 of everything a reader yields, and its length.
 pub fn hash_reader(mut r: impl std::io::Read) -> ([u8; 32], u64) {
     let mut h = blake3::Hasher::new();

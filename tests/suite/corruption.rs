@@ -18,42 +18,25 @@ struct Record {
     id: ChunkId,
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-
-/// Walks the records of every sealed pack: header (64), then records of a
-/// 64-byte header with the stored length at offset 12 and the id at 16.
+/// The records of every sealed pack, which must fill it up to its trailer.
 fn records(repo: &Path) -> Vec<Record> {
     let mut out = Vec::new();
-    let mut packs = Vec::new();
-    for a in std::fs::read_dir(repo.join("packs")).unwrap().flatten() {
-        for b in std::fs::read_dir(a.path()).unwrap().flatten() {
-            for f in std::fs::read_dir(b.path()).unwrap().flatten() {
-                packs.push(f.path());
-            }
-        }
-    }
-    for pack in packs {
+    for pack in bunker_tests::pack_files(repo, "pack") {
         let bytes = std::fs::read(&pack).unwrap();
-        let trailer = u64::from_le_bytes(
-            bytes[bytes.len() - 48..bytes.len() - 40]
-                .try_into()
-                .unwrap(),
+        let trailer = bunker_tests::trailer_offset(&bytes);
+        let recs = bunker_tests::pack_records(&bytes, trailer as usize);
+        assert_eq!(
+            recs.last().map_or(64, |r| r.end),
+            trailer,
+            "{}: records do not reach the trailer",
+            pack.display()
         );
-        let mut at = 64u64;
-        while at < trailer {
-            let h = at as usize;
-            assert_eq!(&bytes[h..h + 4], b"BREC", "{} at {at}", pack.display());
-            let end = at + 64 + u64::from(u32_at(&bytes, h + 12));
-            out.push(Record {
-                pack: pack.clone(),
-                start: at,
-                end,
-                id: ChunkId(bytes[h + 16..h + 48].try_into().unwrap()),
-            });
-            at = end;
-        }
+        out.extend(recs.into_iter().map(|r| Record {
+            pack: pack.clone(),
+            start: r.start,
+            end: r.end,
+            id: r.id,
+        }));
     }
     out
 }
@@ -147,21 +130,11 @@ fn day_data(name: &str, day: u64) -> Vec<u8> {
     data
 }
 
+/// The files under `dir`, less hidden ones (`.deleted-hwm`).
 fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if !p.file_name().unwrap().to_str().unwrap().starts_with('.') {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
+    let mut files = bunker_tests::files_under(dir);
+    files.retain(|p| !p.file_name().unwrap().to_str().unwrap().starts_with('.'));
+    files
 }
 
 fn flip(path: &Path, at: u64, bit: u8) {
@@ -273,6 +246,19 @@ fn bit_rot_is_always_detected_and_names_exactly_the_damaged_snapshots() {
             ..Default::default()
         })
     };
+    // A rebuilt index equals the original, and the repository verifies.
+    let check_rebuilt = |repo: &Repository, what: &str| {
+        assert_eq!(
+            repo.index_digest(),
+            digest,
+            "{what}: the rebuilt index differs"
+        );
+        assert!(repo.verify().unwrap().is_clean(), "{what}: after rebuild");
+    };
+    let rebuild = |what: &str| {
+        Repository::rebuild_index(root).unwrap_or_else(|e| panic!("{what}: rebuild: {e}"));
+        check_rebuilt(&Repository::open(root).unwrap(), what);
+    };
     let mut counts = [0u64; 5];
     let (mut rebuilt, mut rebuilt_on_open) = (0, 0);
     for trial in 0..trials {
@@ -347,13 +333,8 @@ fn bit_rot_is_always_detected_and_names_exactly_the_damaged_snapshots() {
                             && e.to_string().contains("--rebuild-index"),
                         "{what}: open: {e}"
                     );
-                    Repository::rebuild_index(root)
-                        .unwrap_or_else(|e| panic!("{what}: rebuild: {e}"));
-                    let repo = Repository::open(root).unwrap();
-                    assert_eq!(repo.index_digest(), digest, "{what}: rebuilt index differs");
-                    assert!(repo.verify().unwrap().is_clean(), "{what}: after rebuild");
+                    rebuild(&what);
                     rebuilt += 1;
-                    drop(repo);
                     restore_index();
                     continue;
                 }
@@ -361,12 +342,7 @@ fn bit_rot_is_always_detected_and_names_exactly_the_damaged_snapshots() {
             // Damage found on open: the index is rebuilt from the packs
             // there and then, with no manual step.
             if repo.recovery().index_rebuilt.is_some() {
-                assert_eq!(
-                    repo.index_digest(),
-                    digest,
-                    "{what}: the index rebuilt on open differs"
-                );
-                assert!(repo.verify().unwrap().is_clean(), "{what}: after rebuild");
+                check_rebuilt(&repo, &what);
                 rebuilt_on_open += 1;
                 drop(repo);
                 restore_index();
@@ -391,14 +367,7 @@ fn bit_rot_is_always_detected_and_names_exactly_the_damaged_snapshots() {
         assert_eq!(named, expected, "{what}: {report:?}");
         if kind == 3 {
             if counts[3] % 5 == 1 {
-                Repository::rebuild_index(root).unwrap_or_else(|e| panic!("{what}: rebuild: {e}"));
-                let repo = Repository::open(root).unwrap();
-                assert_eq!(
-                    repo.index_digest(),
-                    digest,
-                    "{what}: the rebuilt index differs"
-                );
-                assert!(repo.verify().unwrap().is_clean(), "{what}: after rebuild");
+                rebuild(&what);
                 rebuilt += 1;
             }
             restore_index();

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bunker_store::{Repository, SnapshotId};
-use bunker_tests::{pack_files, snapshot_data};
+use bunker_tests::{copy_tree, pack_files, pack_records, snapshot_data, trailer_offset, truncate};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -66,8 +66,17 @@ struct KillAt<'a> {
 }
 
 fn kill_child_after(repo: &Path, child_seed: u64, at: KillAt<'_>) -> Vec<(String, u64)> {
+    acks(&child_lines_until_killed(
+        repo,
+        &[&child_seed.to_string()],
+        at,
+    ))
+}
+
+/// The snapshots a child acknowledged (`ACK <name> <id>` lines).
+fn acks(lines: &[String]) -> Vec<(String, u64)> {
     let mut acked = Vec::new();
-    for line in child_lines_until_killed(repo, &[&child_seed.to_string()], at) {
+    for line in lines {
         if let ["ACK", name, id] = line.split_whitespace().collect::<Vec<_>>()[..] {
             acked.push((name.to_string(), id.parse().expect("id")));
         }
@@ -228,22 +237,21 @@ fn torn_staging_pack_tails_are_cut_on_open() {
     let mut torn = 0;
     let kills = crate::scaled(20);
     for trial in 0..kills {
-        // Armed at the first commit: from then on a staging pack holding
-        // that snapshot's last records is open until the next seal.
+        // The child stops with a backup in progress: its staging pack holds
+        // records and no commit sealed it.
         let at = KillAt {
-            after: Some("ACK"),
-            delay: Duration::from_millis(rng.random_range(0..100)),
+            after: Some("OPEN"),
+            delay: Duration::ZERO,
         };
-        acked.extend(kill_child_after(dir.path(), 1000 + trial, at));
+        let seed_arg = (1000 + trial).to_string();
+        acked.extend(acks(&child_lines_until_killed(
+            dir.path(),
+            &[&seed_arg, "staging"],
+            at,
+        )));
         for open in pack_files(dir.path(), "open") {
             let len = std::fs::metadata(&open).unwrap().len();
-            let cut = rng.random_range(0..=len);
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&open)
-                .unwrap()
-                .set_len(cut)
-                .unwrap();
+            truncate(&open, rng.random_range(0..=len));
             torn += 1;
         }
         let repo = Repository::open(dir.path())
@@ -257,9 +265,9 @@ fn torn_staging_pack_tails_are_cut_on_open() {
     let repo = Repository::open(dir.path()).unwrap();
     assert!(repo.verify().unwrap().is_clean());
     println!("torn staging packs cut on open: {torn} in {kills} kills");
-    assert!(
-        torn > 0,
-        "no staging pack was ever caught open; reproduce: {reproduce}"
+    assert_eq!(
+        torn, kills,
+        "each kill leaves one staging pack; reproduce: {reproduce}"
     );
 }
 
@@ -288,12 +296,7 @@ fn truncated_sealed_pack_is_named_and_spares_other_snapshots() {
         }
         let newest = pack_files(dir.path(), "pack").pop().unwrap();
         let len = std::fs::metadata(&newest).unwrap().len();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&newest)
-            .unwrap()
-            .set_len(rng.random_range(0..len))
-            .unwrap();
+        truncate(&newest, rng.random_range(0..len));
         let repo = Repository::open(dir.path())
             .expect("a damaged pack must not stop the repository from opening");
         let report = repo.verify().unwrap();
@@ -537,7 +540,6 @@ fn power_cut_at_any_sync_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let mut repo_dir = dir.path().join("img-0");
     let mut live: Vec<(String, u64)> = Vec::new();
-    let mut checked = HashSet::new();
     let (mut cuts, mut acks) = (0, 0);
     for run in 0..runs {
         let n: u64 = rng.random_range(1..60);
@@ -557,7 +559,7 @@ fn power_cut_at_any_sync_loses_nothing_acknowledged() {
         );
         for line in stdout.lines() {
             match line.split_whitespace().collect::<Vec<_>>()[..] {
-                ["ACK", name, id, _] => {
+                ["ACK", name, id] => {
                     live.push((name.to_string(), id.parse().unwrap()));
                     acks += 1;
                 }
@@ -582,16 +584,16 @@ fn power_cut_at_any_sync_loses_nothing_acknowledged() {
                 .unwrap_or_else(|| {
                     panic!("acknowledged {name}@{id} lost at cut {run} (step {n}); {reproduce}")
                 });
-            if checked.insert((name.clone(), *id)) {
-                let mut h = blake3::Hasher::new();
-                std::io::copy(&mut repo.reader(name, Some(s.id), None).unwrap(), &mut h)
-                    .unwrap_or_else(|e| panic!("{name}@{id} after cut {run}: {e}; {reproduce}"));
-                assert_eq!(
-                    h.finalize().as_bytes(),
-                    &s.stream_hash,
-                    "{name}@{id} wrong bytes after cut {run}; {reproduce}"
-                );
-            }
+            // Every cut, every one: a later cut (a GC rewriting its pack)
+            // must not damage what an earlier one left intact.
+            let mut h = blake3::Hasher::new();
+            std::io::copy(&mut repo.reader(name, Some(s.id), None).unwrap(), &mut h)
+                .unwrap_or_else(|e| panic!("{name}@{id} after cut {run}: {e}; {reproduce}"));
+            assert_eq!(
+                h.finalize().as_bytes(),
+                &s.stream_hash,
+                "{name}@{id} wrong bytes after cut {run}; {reproduce}"
+            );
         }
         if run % 25 == 24 || run + 1 == runs {
             let v = repo.verify().unwrap();
@@ -601,7 +603,7 @@ fn power_cut_at_any_sync_loses_nothing_acknowledged() {
             );
         }
     }
-    println!("power cuts: {cuts} of {runs} runs cut at a random sync (1..60); {acks} backups acknowledged; every image opened, nothing acknowledged lost, verify clean every 25 cuts");
+    println!("power cuts: {cuts} of {runs} runs cut at a random sync (1..60); {acks} backups acknowledged; every image opened, every acknowledged snapshot not deleted restored exactly after every cut, verify clean every 25 cuts");
 }
 
 /// The newest file of each kind a crash or bad disk could leave torn.
@@ -611,46 +613,6 @@ enum Newest {
     SealedPack,
     IndexFile,
     Manifest,
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let (src, dst) = (e.path(), to.join(e.file_name()));
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&src, &dst);
-        } else {
-            std::fs::copy(&src, &dst).unwrap();
-        }
-    }
-}
-
-/// Records of a pack's bytes (64-byte header, then records of a 64-byte
-/// header with the stored length at 12 and the chunk id at 16) up to
-/// `limit`: (start, end, id).
-fn pack_records(bytes: &[u8], limit: usize) -> Vec<(u64, u64, bunker_store::ChunkId)> {
-    let mut out = Vec::new();
-    let mut at = 64;
-    while at + 64 <= limit && &bytes[at..at + 4] == b"BREC" {
-        let stored = u32::from_le_bytes(bytes[at + 12..at + 16].try_into().unwrap()) as usize;
-        let end = at + 64 + stored;
-        if end > limit {
-            break;
-        }
-        let id = bunker_store::ChunkId(bytes[at + 16..at + 48].try_into().unwrap());
-        out.push((at as u64, end as u64, id));
-        at = end;
-    }
-    out
-}
-
-fn truncate(path: &Path, len: u64) {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_len(len)
-        .unwrap();
 }
 
 /// 1,000 seeded truncations of the newest staging pack, sealed pack, index
@@ -718,7 +680,7 @@ fn truncations_of_the_newest_files_are_detected_cut_or_named() {
         .chain(
             pack_records(&staging_bytes, staging_bytes.len())
                 .iter()
-                .map(|r| r.1),
+                .map(|r| r.end),
         )
         .collect();
     assert_eq!(*boundaries.last().unwrap(), staging_bytes.len() as u64);
@@ -727,12 +689,7 @@ fn truncations_of_the_newest_files_are_detected_cut_or_named() {
         .max_by_key(|p| u64::from_str_radix(p.file_stem().unwrap().to_str().unwrap(), 16).unwrap())
         .unwrap();
     let sealed_bytes = std::fs::read(&sealed).unwrap();
-    let trailer_at = u64::from_le_bytes(
-        sealed_bytes[sealed_bytes.len() - 48..sealed_bytes.len() - 40]
-            .try_into()
-            .unwrap(),
-    );
-    let sealed_records = pack_records(&sealed_bytes, trailer_at as usize);
+    let sealed_records = pack_records(&sealed_bytes, trailer_offset(&sealed_bytes) as usize);
     let sealed = sealed.strip_prefix(&base).unwrap().to_path_buf();
     let newest_run = std::fs::read_dir(base.join("index"))
         .unwrap()
@@ -834,17 +791,14 @@ fn truncations_of_the_newest_files_are_detected_cut_or_named() {
             }
             Newest::SealedPack => {
                 // Every record the cut reached is lost, and no other.
-                for (start, end, id) in &sealed_records {
-                    if let (Some(o), true) = (owners.get(id), *end > cut) {
-                        assert!(
-                            o.is_subset(&broken),
-                            "{what}: record {start}..{end} owned by {o:?}"
-                        );
+                for r in &sealed_records {
+                    if let (Some(o), true) = (owners.get(&r.id), r.end > cut) {
+                        assert!(o.is_subset(&broken), "{what}: {r:?} owned by {o:?}");
                     }
                     assert_eq!(
-                        repo.read_chunk(id).is_ok(),
-                        *end <= cut,
-                        "{what}: record {start}..{end}"
+                        repo.read_chunk(&r.id).is_ok(),
+                        r.end <= cut,
+                        "{what}: {r:?}"
                     );
                 }
             }

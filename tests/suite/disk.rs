@@ -97,6 +97,23 @@ fn put(server: &Server, name: &str, data: &[u8]) -> Result<u64, (u16, String)> {
     }
 }
 
+/// Every snapshot of `snaps` restores to its hash, and verify is clean.
+fn assert_intact<'a>(
+    client: &bunker_client::Client,
+    snaps: impl IntoIterator<Item = &'a (String, u64, [u8; 32])>,
+    what: &str,
+) {
+    for (name, id, hash) in snaps {
+        assert_eq!(
+            &restore_hash(client, name, *id),
+            hash,
+            "{what}: {name}@{id}"
+        );
+    }
+    let v = client.verify(&Default::default()).unwrap();
+    assert!(v.clean, "{what}: verify: {v:?}");
+}
+
 fn restore_hash(client: &bunker_client::Client, name: &str, id: u64) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     client
@@ -179,17 +196,10 @@ fn a_full_disk_gets_clean_errors_loses_nothing_and_recovers_when_space_is_freed(
         );
         // Alive, nothing acknowledged lost, clean.
         client.health().expect("server alive on a full disk");
-        for (name, id, hash) in &acked {
-            assert_eq!(
-                &restore_hash(&client, name, *id),
-                hash,
-                "trial {trial}: {name}@{id}; {reproduce}"
-            );
-        }
-        let v = client.verify(&Default::default()).unwrap();
-        assert!(
-            v.clean,
-            "trial {trial}: verify on a full disk: {v:?}; {reproduce}"
+        assert_intact(
+            &client,
+            &acked,
+            &format!("trial {trial}, disk full; {reproduce}"),
         );
         // Freeing space works with zero bytes free: delete half, GC.
         let (go, keep): (Vec<_>, Vec<_>) = acked.iter().enumerate().partition(|(i, _)| i % 2 == 0);
@@ -214,17 +224,10 @@ fn a_full_disk_gets_clean_errors_loses_nothing_and_recovers_when_space_is_freed(
             restore_hash(&client, "after", id),
             *blake3::hash(&image).as_bytes()
         );
-        for (_, (name, id, hash)) in &keep {
-            assert_eq!(
-                &restore_hash(&client, name, *id),
-                hash,
-                "trial {trial}: {name}@{id}"
-            );
-        }
-        let v = client.verify(&Default::default()).unwrap();
-        assert!(
-            v.clean,
-            "trial {trial}: verify after freeing: {v:?}; {reproduce}"
+        assert_intact(
+            &client,
+            keep.iter().map(|(_, s)| *s),
+            &format!("trial {trial}, after freeing; {reproduce}"),
         );
         server.stop();
         drop(fs);
