@@ -187,6 +187,31 @@ fn write_admin_token(data: &Path, secret: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
+/// Connections the kernel queues for us before `accept` (it clamps this to
+/// `net.core.somaxconn`). std and tokio ask for 128 and 1024: a burst of
+/// clients larger than that has SYNs dropped and retried a second later.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds a non-blocking listening socket on `addr` with `LISTEN_BACKLOG`.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use rustix::net::{sockopt, AddressFamily, SocketFlags, SocketType};
+    let family = if addr.is_ipv6() {
+        AddressFamily::INET6
+    } else {
+        AddressFamily::INET
+    };
+    let fd = rustix::net::socket_with(
+        family,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, LISTEN_BACKLOG)?;
+    Ok(std::net::TcpListener::from(fd))
+}
+
 /// Loads a rustls server config from PEM files.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
     use rustls_pki_types::pem::PemObject;
@@ -539,10 +564,9 @@ pub struct Background {
 /// Opens the repository and serves it on `config.listen` (port 0 picks
 /// one) in the background.
 pub fn spawn(config: Config) -> Result<Background, String> {
-    let listener = std::net::TcpListener::bind(config.listen)
-        .map_err(|e| format!("listening on {}: {e}", config.listen))?;
+    let listener =
+        listen(config.listen).map_err(|e| format!("listening on {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let (state, admin_file) = State::open(config)?;
     let admin_token = match admin_file {
         Some(f) => Some(

@@ -10,7 +10,7 @@
 //! same pool as data arrives.
 //!
 //! Memory per stream is bounded by two buffers of `max_len + BLOCK_LEN`
-//! bytes plus the compressed output of one block: with the default 1 MiB
+//! bytes (grown as data arrives) plus the compressed output of one block: with the default 1 MiB
 //! maximum chunk, 2 x 17 MiB + 16 MiB = 50 MiB at most, whatever the size
 //! of the stream.
 
@@ -71,7 +71,8 @@ impl Repository {
         let (full_tx, full_rx) = bounded::<std::io::Result<Block>>(1);
         let (free_tx, free_rx) = bounded::<Vec<u8>>(2);
         for _ in 0..2 {
-            let _ = free_tx.send(vec![0u8; max + BLOCK_LEN]);
+            // Grown by `fill` as data arrives.
+            let _ = free_tx.send(Vec::new());
         }
         let mut stats = Progress::default();
         let started = Instant::now();
@@ -86,10 +87,11 @@ impl Repository {
                 // here, overlapped with the processing of the previous block.
                 let mut hasher = blake3::Hasher::new();
                 while let Ok(mut buf) = free_rx.recv() {
-                    let block = fill(&mut source, &mut buf[max..]).map(|(filled, eof)| {
-                        hasher.update(&buf[max..max + filled]);
-                        Block { buf, filled, eof }
-                    });
+                    let block =
+                        fill(&mut source, &mut buf, max, max + BLOCK_LEN).map(|(filled, eof)| {
+                            hasher.update(&buf[max..max + filled]);
+                            Block { buf, filled, eof }
+                        });
                     let stop = !matches!(block, Ok(Block { eof: false, .. }));
                     if full_tx.send(block).is_err() || stop {
                         break;
@@ -147,16 +149,33 @@ impl Repository {
     }
 }
 
-/// Reads until `buf` is full or the source ends: `(bytes, eof)`.
-fn fill(source: &mut impl Read, buf: &mut [u8]) -> std::io::Result<(usize, bool)> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match source.read(&mut buf[filled..]) {
-            Ok(0) => return Ok((filled, true)),
-            Ok(n) => filled += n,
+/// Reads into `buf[from..end]` until it is full or the source ends:
+/// `(bytes, eof)`. `buf` is grown (and zeroed) only as far as data arrives,
+/// so a stream that ends or fails early, such as a refused upload, costs
+/// what it sent rather than two whole blocks; recycled buffers are full
+/// size already.
+fn fill(
+    source: &mut impl Read,
+    buf: &mut Vec<u8>,
+    from: usize,
+    end: usize,
+) -> std::io::Result<(usize, bool)> {
+    if buf.len() < from {
+        buf.reserve_exact(end - buf.len());
+        buf.resize(from, 0);
+    }
+    let mut at = from;
+    while at < end {
+        if at == buf.len() {
+            let grow = (at - from).max(64 << 10);
+            buf.resize((at + grow).min(end), 0);
+        }
+        match source.read(&mut buf[at..]) {
+            Ok(0) => return Ok((at - from, true)),
+            Ok(n) => at += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok((filled, false))
+    Ok((at - from, false))
 }

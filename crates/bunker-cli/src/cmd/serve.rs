@@ -90,8 +90,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
+        let listener = bunker_server::listen(listen)
+            .and_then(tokio::net::TcpListener::from_std)
             .with_context(|| format!("listening on {listen}"))?;
         let addr = listener.local_addr()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
