@@ -147,6 +147,8 @@ struct Run {
     rss_server_ingest: Option<u64>,
     rss_server: Option<u64>,
     rss_client: Option<u64>,
+    /// The raw run used curl (else ureq in this process).
+    via_curl: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -281,8 +283,10 @@ fn limits(image: &Path, work: &Path) -> anyhow::Result<Limits> {
     })
 }
 
-/// Raw `curl -T`-style uploads, then a GET of the latest to a file and to
-/// nowhere.
+/// Raw uploads, then a GET of the latest to a file and to nowhere: with
+/// `curl -T` and `curl -o` when curl is installed (what storage teams run),
+/// else through ureq in this process (which then shares the cores with the
+/// server and costs more CPU per byte than curl).
 fn bunker_raw(
     bunker: &Path,
     work: &Path,
@@ -292,38 +296,76 @@ fn bunker_raw(
     let server = Server::start(bunker, &work.join("raw"))?;
     let mut watch = RssWatch::start(server.child.id());
     let mut run = Run::default();
+    let auth = format!("Authorization: Bearer {}", server.token);
+    let url = format!("{}/v1/snapshots/vol", server.url);
+    let curl = which("curl");
+    // `curl -sS -o OUT -w %{http_code} ARGS...`: the HTTP status.
+    let curl_status = |out: &Path, args: &[&str]| -> anyhow::Result<u16> {
+        let o = Command::new("curl")
+            .args(["-sS", "-H", &auth, "-w", "%{http_code}", "-o"])
+            .arg(out)
+            .args(args)
+            .output()
+            .context("running curl")?;
+        if !o.status.success() {
+            bail!(
+                "curl {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).trim().parse()?)
+    };
     for img in images {
-        let mut f = File::open(img)?;
         let t = Instant::now();
-        let r = agent
-            .put(&format!("{}/v1/snapshots/vol", server.url))
-            .header("authorization", &format!("Bearer {}", server.token))
-            .send(ureq::SendBody::from_reader(&mut f))?;
-        if r.status() != 201 {
-            bail!("raw upload of {} answered {}", img.display(), r.status());
+        let status = if curl {
+            curl_status(
+                Path::new("/dev/null"),
+                &["-T", &img.to_string_lossy(), &url],
+            )?
+        } else {
+            let mut f = File::open(img)?;
+            agent
+                .put(&url)
+                .header("authorization", &format!("Bearer {}", server.token))
+                .send(ureq::SendBody::from_reader(&mut f))?
+                .status()
+                .as_u16()
+        };
+        if status != 201 {
+            bail!("raw upload of {} answered {status}", img.display());
         }
         run.ingest_s.push(t.elapsed().as_secs_f64());
         run.stored_after
             .push(server.stats(agent)?["stored_bytes"].as_u64().unwrap_or(0));
     }
     run.rss_server_ingest = status_field(server.child.id(), "VmHWM:");
-    let get = |to: &mut dyn Write| -> anyhow::Result<f64> {
+    let latest = format!("{url}/latest/data");
+    let get = |to: &Path| -> anyhow::Result<f64> {
         let t = Instant::now();
-        let r = agent
-            .get(&format!("{}/v1/snapshots/vol/latest/data", server.url))
-            .header("authorization", &format!("Bearer {}", server.token))
-            .call()?;
-        std::io::copy(&mut r.into_body().into_reader(), to)?;
+        if curl {
+            let status = curl_status(to, &[&latest])?;
+            if status != 200 {
+                bail!("restore answered {status}");
+            }
+        } else {
+            let r = agent
+                .get(&latest)
+                .header("authorization", &format!("Bearer {}", server.token))
+                .call()?;
+            let mut f = File::create(to)?;
+            std::io::copy(&mut r.into_body().into_reader(), &mut f)?;
+        }
+        if to != Path::new("/dev/null") {
+            File::options().write(true).open(to)?.sync_data()?;
+        }
         Ok(t.elapsed().as_secs_f64())
     };
     let out = work.join("raw-restore.img");
-    let mut f = File::create(&out)?;
-    let s = get(&mut f)?;
-    f.sync_data()?;
-    run.restore_s = Some(s);
+    run.restore_s = Some(get(&out)?);
     std::fs::remove_file(&out)?;
-    run.drill_s = Some(get(&mut std::io::sink())?);
+    run.drill_s = Some(get(Path::new("/dev/null"))?);
     run.rss_server = Some(watch.peak());
+    run.via_curl = curl;
     server.stop();
     Ok(run)
 }
@@ -491,7 +533,10 @@ fn print_table(
         "bunker benchmark: SAN-like image {} bytes (seed {}), day 0 + {} next days; 2-core machine limits measured in the same run\n",
         sizes[0], args.seed, args.days
     );
-    println!("| measurement | bunker raw HTTP | bunker client | limit | restic | borg | ratios |");
+    let raw_via = if raw.via_curl { "curl" } else { "ureq" };
+    println!(
+        "| measurement | bunker raw HTTP ({raw_via}) | bunker client | limit | restic | borg | ratios |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for i in 0..sizes.len() {
         let what = if i == 0 {

@@ -80,8 +80,14 @@ struct OpenPack {
     file: File,
     path: PathBuf,
     len: u64,
+    /// Where the last early writeback ended (see `WRITEBACK_STEP`).
+    written_back: u64,
     entries: Vec<TrailerEntry>,
 }
+
+/// Appended bytes after which their writeback to disk is started, so the
+/// fdatasync of a seal waits for at most this much rather than a whole pack.
+const WRITEBACK_STEP: u64 = 8 << 20;
 
 impl Packs {
     pub(crate) fn new(
@@ -166,6 +172,14 @@ impl Packs {
                 raw_len: r.raw_len,
                 stored_len: r.stored.len() as u32,
             });
+            if open.len - open.written_back >= WRITEBACK_STEP {
+                durable::start_writeback(
+                    &open.file,
+                    open.written_back,
+                    open.len - open.written_back,
+                );
+                open.written_back = open.len;
+            }
             if open.len >= self.target_len {
                 self.seal_in_background(&mut w)?;
             }
@@ -279,6 +293,7 @@ impl Packs {
             file,
             path,
             len: HEADER_LEN as u64,
+            written_back: 0,
             entries: Vec::new(),
         })
     }
