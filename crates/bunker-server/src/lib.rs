@@ -12,7 +12,7 @@
 //! store's ingest pipeline on a blocking thread (the socket is not read
 //! while the pipeline is behind); restores stream verified pieces from a
 //! blocking reader through a bounded channel into the response. Memory per
-//! ingest stream: the store's 50 MiB plus at most 32 body frames.
+//! ingest stream: the store's 67 MiB plus at most 32 body frames.
 //!
 //! Guarantees: an upload that does not finish (disconnect, timeout, shutdown,
 //! a hash mismatch) commits nothing; restores never send a byte of a chunk

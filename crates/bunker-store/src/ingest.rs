@@ -1,18 +1,19 @@
 //! Ingesting a stream as a snapshot: read, chunk, hash, deduplicate,
 //! compress, append, commit.
 //!
-//! One reader thread fills fixed buffers from the source while the calling
-//! thread processes the previous buffer in parallel stages on the rayon
-//! pool: content-defined cuts (the buffer split into segments chunked on
-//! all cores, see `bunker_chunk::seams`), BLAKE3 of each chunk, one
-//! reservation per chunk in the index, zstd for the new ones, and one
-//! append of the new records. The whole-stream BLAKE3 is computed on the
-//! same pool as data arrives.
+//! Three stages run at once on consecutive blocks of the stream: a reader
+//! thread fills block k + 2 and feeds it to the whole-stream BLAKE3; a
+//! cutting thread finds the content-defined cuts of block k + 1 and hashes
+//! its chunks (both on all cores, see `bunker_chunk::seams`); the calling
+//! thread stores block k: one reservation per chunk in the index, zstd for
+//! the new ones (on the rayon pool), one append of the new records, the
+//! manifest entries. Overlapping the stages keeps both cores busy while a
+//! block's serial parts (appends, manifest) run.
 //!
-//! Memory per stream is bounded by two buffers of `max_len + BLOCK_LEN`
-//! bytes (grown as data arrives) plus the compressed output of one block: with the default 1 MiB
-//! maximum chunk, 2 x 17 MiB + 16 MiB = 50 MiB at most, whatever the size
-//! of the stream.
+//! Memory per stream is bounded by three buffers of `max_len + BLOCK_LEN`
+//! bytes (grown as data arrives) plus the compressed output of one block:
+//! with the default 1 MiB maximum chunk, 3 x 17 MiB + 16 MiB = 67 MiB at
+//! most, whatever the size of the stream.
 
 use std::io::Read;
 use std::time::Instant;
@@ -47,8 +48,22 @@ pub struct Progress {
     pub new_bytes: u64,
 }
 
+/// Block buffers per stream: one being filled, one being cut, one being
+/// stored.
+const BUFFERS: usize = 3;
+
 struct Block {
     buf: Vec<u8>,
+    filled: usize,
+    eof: bool,
+}
+
+/// A block with its chunk boundaries and ids: `spans` are relative to
+/// `buf[start..]`, which begins with the bytes carried from the block before.
+struct CutBlock {
+    buf: Vec<u8>,
+    start: usize,
+    spans: Vec<seams::Span>,
     filled: usize,
     eof: bool,
 }
@@ -69,8 +84,9 @@ impl Repository {
         let chunker = self.inner.chunker;
         let max = chunker.params().max_len as usize;
         let (full_tx, full_rx) = bounded::<std::io::Result<Block>>(1);
-        let (free_tx, free_rx) = bounded::<Vec<u8>>(2);
-        for _ in 0..2 {
+        let (cut_tx, cut_rx) = bounded::<std::io::Result<CutBlock>>(1);
+        let (free_tx, free_rx) = bounded::<Vec<u8>>(BUFFERS);
+        for _ in 0..BUFFERS {
             // Grown by `fill` as data arrives.
             let _ = free_tx.send(Vec::new());
         }
@@ -78,13 +94,14 @@ impl Repository {
         let started = Instant::now();
         let result = std::thread::scope(|scope| -> Result<blake3::Hash> {
             // Owned by this closure, so an early return drops them and
-            // unblocks the reader thread before the scope joins it.
-            let (full_rx, free_tx) = (full_rx, free_tx);
+            // unblocks the other stages before the scope joins them.
+            let (cut_rx, free_tx) = (cut_rx, free_tx);
             let mut source = source;
             let reader = scope.spawn(move || {
-                // Ends when the source ends or fails, or when the consumer
+                // Ends when the source ends or fails, or when the next stage
                 // hangs up (error or done). The whole-stream hash is computed
-                // here, overlapped with the processing of the previous block.
+                // here, overlapped with the cutting and storing of earlier
+                // blocks.
                 let mut hasher = blake3::Hasher::new();
                 while let Ok(mut buf) = free_rx.recv() {
                     let block =
@@ -99,9 +116,49 @@ impl Repository {
                 }
                 hasher.finalize()
             });
-            let mut carry: Vec<u8> = Vec::with_capacity(max);
+            // Cuts block k + 1 while this thread stores block k. The
+            // incomplete chunk at the end of a block is carried to the front
+            // of the next one (the `max` bytes reserved before its data).
+            let cutter = scope.spawn(move || {
+                let mut carry: Vec<u8> = Vec::with_capacity(max);
+                while let Ok(block) = full_rx.recv() {
+                    let cut = block.map(
+                        |Block {
+                             mut buf,
+                             filled,
+                             eof,
+                         }| {
+                            let start = max - carry.len();
+                            buf[start..max].copy_from_slice(&carry);
+                            let data = &buf[start..max + filled];
+                            let spans = seams::chunk_parallel(&chunker, data, eof);
+                            let at = spans.last().map_or(0, |s| s.end);
+                            carry.clear();
+                            carry.extend_from_slice(&data[at..]);
+                            debug_assert!(!eof || carry.is_empty());
+                            CutBlock {
+                                buf,
+                                start,
+                                spans,
+                                filled,
+                                eof,
+                            }
+                        },
+                    );
+                    let stop = !matches!(cut, Ok(CutBlock { eof: false, .. }));
+                    if cut_tx.send(cut).is_err() || stop {
+                        break;
+                    }
+                }
+            });
             loop {
-                let block = match full_rx.recv() {
+                let CutBlock {
+                    buf,
+                    start,
+                    spans,
+                    filled,
+                    eof,
+                } = match cut_rx.recv() {
                     Ok(Ok(b)) => b,
                     Ok(Err(e)) => return Err(Error::Source(e)),
                     Err(_) => {
@@ -110,24 +167,13 @@ impl Repository {
                         )))
                     }
                 };
-                let Block {
-                    mut buf,
-                    filled,
-                    eof,
-                } = block;
-                let start = max - carry.len();
-                buf[start..max].copy_from_slice(&carry);
-                let data = &buf[start..max + filled];
-                let spans = seams::chunk_parallel(&chunker, data, eof);
-                let at = spans.last().map_or(0, |s| s.end);
+                let data = &buf[start..];
                 let chunks: Vec<(ChunkId, &[u8])> = spans
                     .iter()
                     .map(|s| (s.id, &data[s.start..s.end]))
                     .collect();
                 let zero: Vec<bool> = spans.iter().map(|s| s.zero).collect();
                 writer.push_data(&chunks, &zero)?;
-                carry.clear();
-                carry.extend_from_slice(&data[at..]);
                 stats.bytes_read += filled as u64;
                 stats.chunks = writer.chunks();
                 stats.new_chunks = writer.new_chunks();
@@ -135,7 +181,9 @@ impl Repository {
                 progress(&stats);
                 let _ = free_tx.send(buf);
                 if eof {
-                    debug_assert!(carry.is_empty());
+                    cutter.join().map_err(|_| {
+                        Error::Source(std::io::Error::other("cutting thread panicked"))
+                    })?;
                     return reader.join().map_err(|_| {
                         Error::Source(std::io::Error::other("reader thread panicked"))
                     });

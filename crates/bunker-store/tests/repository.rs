@@ -332,3 +332,53 @@ fn dropping_the_last_handle_releases_the_lock_even_right_after_a_read() {
         assert_eq!(first, data[..10]);
     }
 }
+
+/// The ingest pipeline cuts a stream in 16 MiB blocks on three threads and
+/// carries each block's incomplete chunk to the next: the chunks it records
+/// must be exactly those of the sequential chunker over the whole stream
+/// (else raw uploads and client-side dedup would stop sharing chunks), with
+/// the source read in odd pieces.
+#[test]
+fn ingest_cuts_across_blocks_equal_the_sequential_chunker() {
+    struct Pieces<'a>(&'a [u8]);
+    impl Read for Pieces<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.0.len()).min(77_777);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small_opts();
+    let chunker = bunker_chunk::Chunker::new(opts.chunker);
+    let repo = Repository::create(dir.path(), opts).unwrap();
+    // Three block seams and a short last block.
+    let data = volume(11, (40 << 20) + 12_345);
+    let info = repo
+        .ingest("v", Pieces(&data), &IngestOptions::default(), &mut |_| {})
+        .unwrap();
+    let got: Vec<(u64, bunker_store::ChunkId)> = repo
+        .manifest_entries("v", info.id)
+        .unwrap()
+        .map(|e| e.map(|e| (e.end, e.id)).unwrap())
+        .collect();
+    let mut start = 0;
+    let want: Vec<(u64, bunker_store::ChunkId)> = chunker
+        .cuts(&data, true)
+        .iter()
+        .map(|c| {
+            let slice = &data[start..c.end];
+            start = c.end;
+            let id = if c.zero {
+                bunker_store::ChunkId::ZERO
+            } else {
+                bunker_store::ChunkId::of(slice)
+            };
+            (c.end as u64, id)
+        })
+        .collect();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "ingest cut the stream differently");
+    assert_eq!(read_all(&repo, "v", None).unwrap(), data);
+}
