@@ -1,13 +1,16 @@
 //! Verified restore and restore drills.
 //!
-//! The manifest is streamed from the server; runs of consecutive chunks are
-//! fetched as byte ranges of the image by several threads at once (a
-//! bounded window ahead of the writer). Each chunk is checked against its
-//! BLAKE3 id on arrival, then handed to the writer in order: it hashes the
-//! whole image and writes with positioned writes. A run that fails is
-//! fetched again chunk by chunk, so a damaged chunk is named exactly. Zero
+//! The manifest is streamed from the server as the restore goes (never held
+//! whole: a 100 TB image has 400 million entries) and cut into runs of
+//! consecutive chunks, which several threads fetch at once as byte ranges of
+//! the image, within a bounded window ahead of the writer. The server checks
+//! every chunk against its BLAKE3 id as it reads it and cuts the response at
+//! a bad one; a run that fails is fetched again chunk by chunk, each checked
+//! here, so a damaged chunk is named exactly. The writer takes chunks in
+//! order, hashes the whole image and writes with positioned writes. Zero
 //! chunks are never fetched: on a regular file they stay holes. At the end
-//! the whole-image BLAKE3 must equal the snapshot's, or the restore fails.
+//! the whole-image BLAKE3 must equal the snapshot's, or the restore fails;
+//! it covers every byte that crossed the wire.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -19,6 +22,7 @@ use std::time::Instant;
 
 use bunker_api::Snapshot;
 use bunker_chunk::ChunkId;
+use crossbeam_channel::{bounded, Receiver};
 
 use crate::{Client, Error, Result};
 
@@ -32,6 +36,10 @@ const WINDOW: u64 = 80;
 /// per round trip).
 const RUN_CHUNKS: usize = 16;
 const RUN_BYTES: u64 = 4 << 20;
+/// Runs read from the manifest ahead of the writer, at most: enough to fill
+/// the window with runs of 4 chunks (1 MiB chunks), small enough that a
+/// 256 MiB restore already fills the queues.
+const QUEUED_RUNS: usize = 32;
 
 /// Where a restore goes.
 pub enum Target<'a> {
@@ -59,6 +67,7 @@ pub struct RestoreReport {
     pub seconds: f64,
 }
 
+#[derive(Clone)]
 struct Entry {
     index: u64,
     start: u64,
@@ -103,7 +112,6 @@ impl Client {
         progress: &mut dyn FnMut(&RestoreProgress),
     ) -> Result<RestoreReport> {
         let snap = snap.clone();
-        let entries = self.manifest(&snap)?;
         let window = Mutex::new(Window {
             next_to_write: 0,
             done: BTreeMap::new(),
@@ -114,7 +122,11 @@ impl Client {
         // fresh 256 KiB allocations per chunk were a quarter of the
         // client's CPU samples (page faults and zeroing).
         let pool: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-        let queue = Mutex::new(runs(&entries));
+        // The manifest is read as the restore goes: each run goes to the
+        // fetchers and, in order, to the writer. Both queues are bounded, so
+        // memory does not grow with the snapshot.
+        let (order_tx, order_rx) = bounded::<Result<Vec<Entry>>>(QUEUED_RUNS);
+        let (fetch_tx, fetch_rx) = bounded::<Vec<Entry>>(QUEUED_RUNS);
         let mut hasher = blake3::Hasher::new();
         let mut report = RestoreReport {
             snapshot: snap.clone(),
@@ -124,53 +136,74 @@ impl Client {
             seconds: 0.0,
         };
         let write_result = std::thread::scope(|scope| -> Result<()> {
+            let snap = &snap;
+            scope.spawn(move || {
+                let planned = self.plan(snap, &mut |run| {
+                    // To the writer first: a run is never fetched before
+                    // the writer knows of it.
+                    if order_tx.send(Ok(run.clone())).is_err() {
+                        return false;
+                    }
+                    run[0].id.is_zero() || fetch_tx.send(run).is_ok()
+                });
+                if let Err(e) = planned {
+                    let _ = order_tx.send(Err(e));
+                }
+            });
             for _ in 0..FETCHERS {
-                scope.spawn(|| self.fetch_loop(&snap, &entries, &queue, &window, &cv, &pool));
+                let runs = fetch_rx.clone();
+                let (window, cv, pool) = (&window, &cv, &pool);
+                scope.spawn(move || self.fetch_loop(snap, runs, window, cv, pool));
             }
+            // Only the fetchers hold the run queue: when they all stop, the
+            // planner's sends fail instead of blocking.
+            drop(fetch_rx);
             let result = (|| -> Result<()> {
-                for e in &entries {
-                    let len = (e.end - e.start) as usize;
-                    if e.id.is_zero() {
-                        out.write_zero(e.start, len, &mut hasher)?;
-                        report.zero_bytes += len as u64;
-                    } else {
-                        let data = {
-                            let mut w = window.lock().map_err(|_| {
-                                Error::Interrupted("restore worker panicked".into())
-                            })?;
-                            loop {
-                                if let Some(d) = w.done.remove(&e.index) {
-                                    break d;
-                                }
-                                w = cv.wait(w).map_err(|_| {
+                for run in order_rx {
+                    for e in run? {
+                        let len = (e.end - e.start) as usize;
+                        if e.id.is_zero() {
+                            out.write_zero(e.start, len, &mut hasher)?;
+                            report.zero_bytes += len as u64;
+                        } else {
+                            let data = {
+                                let mut w = window.lock().map_err(|_| {
                                     Error::Interrupted("restore worker panicked".into())
                                 })?;
+                                loop {
+                                    if let Some(d) = w.done.remove(&e.index) {
+                                        break d;
+                                    }
+                                    w = cv.wait(w).map_err(|_| {
+                                        Error::Interrupted("restore worker panicked".into())
+                                    })?;
+                                }
+                            }?;
+                            if data.len() != len {
+                                return Err(Error::Verification(format!(
+                                    "chunk {} at byte {} is {} bytes, the manifest says {len}",
+                                    e.id,
+                                    e.start,
+                                    data.len()
+                                )));
                             }
-                        }?;
-                        if data.len() != len {
-                            return Err(Error::Verification(format!(
-                                "chunk {} at byte {} is {} bytes, the manifest says {len}",
-                                e.id,
-                                e.start,
-                                data.len()
-                            )));
+                            hasher.update(&data);
+                            out.write(e.start, &data)?;
+                            if let Ok(mut p) = pool.lock() {
+                                p.push(data);
+                            }
+                            report.chunks_verified += 1;
                         }
-                        hasher.update(&data);
-                        out.write(e.start, &data)?;
-                        if let Ok(mut p) = pool.lock() {
-                            p.push(data);
+                        report.bytes = e.end;
+                        if let Ok(mut w) = window.lock() {
+                            w.next_to_write = e.index + 1;
                         }
-                        report.chunks_verified += 1;
+                        cv.notify_all();
+                        progress(&RestoreProgress {
+                            bytes: e.end,
+                            total: snap.size_bytes,
+                        });
                     }
-                    report.bytes = e.end;
-                    if let Ok(mut w) = window.lock() {
-                        w.next_to_write = e.index + 1;
-                    }
-                    cv.notify_all();
-                    progress(&RestoreProgress {
-                        bytes: e.end,
-                        total: snap.size_bytes,
-                    });
                 }
                 Ok(())
             })();
@@ -198,16 +231,19 @@ impl Client {
         Ok(report)
     }
 
-    /// The snapshot's entries, streamed from the server.
-    fn manifest(&self, snap: &Snapshot) -> Result<Vec<Entry>> {
+    /// Streams the manifest of `snap` from the server and hands it to
+    /// `emit` in order as runs: one zero entry, or up to `RUN_CHUNKS`
+    /// consecutive non-zero entries spanning at most `RUN_BYTES`. Stops
+    /// early, without error, when `emit` returns false.
+    fn plan(&self, snap: &Snapshot, emit: &mut dyn FnMut(Vec<Entry>) -> bool) -> Result<()> {
         let resp = self.check(
             self.get(&format!("/v1/snapshots/{}/{}/manifest", snap.name, snap.id))
                 .call(),
         )?;
         let mut reader = BufReader::with_capacity(1 << 20, resp.into_body().into_reader());
-        let mut out = Vec::with_capacity(snap.chunks as usize);
         let mut buf = [0u8; 40];
         let mut start = 0u64;
+        let mut run: Vec<Entry> = Vec::with_capacity(RUN_CHUNKS);
         for index in 0..snap.chunks {
             reader
                 .read_exact(&mut buf)
@@ -222,31 +258,43 @@ impl Client {
                     "manifest entry {index} ends at {end}, after {start}"
                 )));
             }
-            out.push(Entry {
+            let e = Entry {
                 index,
                 start,
                 end,
                 id: ChunkId(id),
-            });
+            };
             start = end;
+            let joins = !e.id.is_zero()
+                && run.len() < RUN_CHUNKS
+                && run.first().is_none_or(|f| e.end - f.start <= RUN_BYTES);
+            if !joins && !run.is_empty() && !emit(std::mem::take(&mut run)) {
+                return Ok(());
+            }
+            if e.id.is_zero() {
+                if !emit(vec![e]) {
+                    return Ok(());
+                }
+            } else {
+                run.push(e);
+            }
         }
-        Ok(out)
+        if !run.is_empty() {
+            emit(run);
+        }
+        Ok(())
     }
 
     fn fetch_loop(
         &self,
         snap: &Snapshot,
-        entries: &[Entry],
-        queue: &Mutex<std::collections::VecDeque<std::ops::Range<usize>>>,
+        runs: Receiver<Vec<Entry>>,
         window: &Mutex<Window>,
         cv: &Condvar,
         pool: &Mutex<Vec<Vec<u8>>>,
     ) {
-        loop {
-            let Some(run) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
-                return;
-            };
-            let run = &entries[run];
+        while let Ok(run) = runs.recv() {
+            let run = &run[..];
             {
                 let last = run[run.len() - 1].index;
                 let Ok(mut w) = window.lock() else { return };
@@ -354,29 +402,6 @@ impl Client {
         }
         Ok(data)
     }
-}
-
-/// The non-zero entries in runs of consecutive chunks, each fetched in one
-/// request.
-fn runs(entries: &[Entry]) -> std::collections::VecDeque<std::ops::Range<usize>> {
-    let mut out = std::collections::VecDeque::new();
-    let mut i = 0;
-    while i < entries.len() {
-        if entries[i].id.is_zero() {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < entries.len()
-            && !entries[i].id.is_zero()
-            && i - start < RUN_CHUNKS
-            && (i == start || entries[i].end - entries[start].start <= RUN_BYTES)
-        {
-            i += 1;
-        }
-        out.push_back(start..i);
-    }
-    out
 }
 
 /// The restore's destination.
