@@ -36,6 +36,9 @@ const WINDOW: u64 = 80;
 /// per round trip).
 const RUN_CHUNKS: usize = 16;
 const RUN_BYTES: u64 = 4 << 20;
+/// Chunk buffers kept for reuse, at most: what the window and the fetchers
+/// can hold at once.
+const POOL_MAX: usize = WINDOW as usize + FETCHERS * RUN_CHUNKS;
 /// Runs read from the manifest ahead of the writer, at most: enough to fill
 /// the window with runs of 4 chunks (1 MiB chunks), small enough that a
 /// 256 MiB restore already fills the queues.
@@ -190,7 +193,12 @@ impl Client {
                             hasher.update(&data);
                             out.write(e.start, &data)?;
                             if let Ok(mut p) = pool.lock() {
-                                p.push(data);
+                                // Chunks fetched one by one (after a failed
+                                // run) come from fresh buffers: never keep
+                                // more than can be in flight.
+                                if p.len() < POOL_MAX {
+                                    p.push(data);
+                                }
                             }
                             report.chunks_verified += 1;
                         }

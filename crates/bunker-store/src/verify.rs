@@ -173,7 +173,9 @@ impl Repository {
                     continue;
                 }
             };
-            let results: Vec<(u64, Result<Vec<u8>>)> = entries
+            // Decoded bytes are dropped as soon as they are checked: a pack
+            // of 256 MiB can hold gigabytes of raw data.
+            let results: Vec<(u64, Result<()>)> = entries
                 .par_iter()
                 .map(|e| {
                     let loc = Location {
@@ -182,7 +184,7 @@ impl Repository {
                         raw_len: e.raw_len,
                         stored_len: e.stored_len,
                     };
-                    (u64::from(e.stored_len), self.read_at(&e.id, &loc))
+                    (u64::from(e.stored_len), self.read_at(&e.id, &loc).map(drop))
                 })
                 .collect();
             for ((stored, r), e) in results.into_iter().zip(&entries) {
@@ -331,9 +333,11 @@ impl Repository {
             }
             window.sort_unstable_by_key(|(_, l)| (l.pack, l.offset));
             window.dedup_by_key(|(id, _)| *id);
-            let results: Vec<Result<Vec<u8>>> = window
+            // Only the outcome is kept: the window's decoded bytes would be
+            // up to 65,536 chunks (16 GiB at the default chunk size).
+            let results: Vec<Result<()>> = window
                 .par_iter()
-                .map(|(id, loc)| self.read_at(id, loc))
+                .map(|(id, loc)| self.read_at(id, loc).map(drop))
                 .collect();
             for ((id, loc), r) in window.iter().zip(results) {
                 packs.insert(loc.pack);

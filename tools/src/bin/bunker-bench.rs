@@ -48,6 +48,9 @@ struct Args {
 /// Peak resident set of a process, polled from /proc while it runs.
 struct RssWatch {
     peak: Arc<AtomicU64>,
+    /// Peak of the anonymous (heap) part, sampled: mapped pack and index
+    /// pages are page cache the kernel can take back, the heap is not.
+    heap: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -55,31 +58,39 @@ struct RssWatch {
 impl RssWatch {
     fn start(pid: u32) -> RssWatch {
         let peak = Arc::new(AtomicU64::new(0));
+        let heap = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (p, s) = (peak.clone(), stop.clone());
+        let (p, h, s) = (peak.clone(), heap.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                if let Some(hwm) = status_field(pid, "VmHWM:") {
-                    p.fetch_max(hwm, Ordering::Relaxed);
-                } else {
+                let Some(hwm) = status_field(pid, "VmHWM:") else {
                     break;
+                };
+                p.fetch_max(hwm, Ordering::Relaxed);
+                if let Some(anon) = status_field(pid, "RssAnon:") {
+                    h.fetch_max(anon, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
         RssWatch {
             peak,
+            heap,
             stop,
             thread: Some(thread),
         }
     }
 
-    fn peak(&mut self) -> u64 {
+    /// Stops sampling: (peak RSS, sampled peak of its anonymous part).
+    fn peak(&mut self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.peak.load(Ordering::Relaxed)
+        (
+            self.peak.load(Ordering::Relaxed),
+            self.heap.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -145,7 +156,8 @@ struct Run {
     drill_s: Option<f64>,
     /// Server peak during the uploads only (before any restore).
     rss_server_ingest: Option<u64>,
-    rss_server: Option<u64>,
+    /// (peak RSS, peak of its heap part) over uploads and restores.
+    rss_server: Option<(u64, u64)>,
     rss_client: Option<u64>,
     /// The raw run used curl (else ureq in this process).
     via_curl: bool,
@@ -393,7 +405,7 @@ fn bunker_client(
             .spawn()?;
         let mut w = RssWatch::start(child.id());
         let out = child.wait_with_output()?;
-        client_peak = client_peak.max(w.peak());
+        client_peak = client_peak.max(w.peak().0);
         if !out.status.success() {
             bail!("bunker {args:?} failed");
         }
@@ -633,10 +645,15 @@ fn print_table(
         rss(raw.rss_server_ingest),
         rss(cli.rss_server_ingest)
     );
+    let both = |v: Option<(u64, u64)>| {
+        v.map_or("-".into(), |(all, heap)| {
+            format!("{} (heap {})", mib(all), mib(heap))
+        })
+    };
     println!(
         "| peak RSS, server, uploads and restores | {} | {} | | | | |",
-        rss(raw.rss_server),
-        rss(cli.rss_server)
+        both(raw.rss_server),
+        both(cli.rss_server)
     );
     println!("| peak RSS, client | | {} | | | | |", rss(cli.rss_client));
 }
@@ -675,6 +692,8 @@ fn scale(bunker: &Path, bin_dir: &Path, work: &Path, skip_index: bool) -> anyhow
                 samples.push((
                     started.elapsed().as_secs_f64(),
                     status_field(pid, "VmRSS:").unwrap_or(0),
+                    status_field(pid, "RssAnon:").unwrap_or(0),
+                    status_field(pid, "RssFile:").unwrap_or(0),
                 ));
             }
             samples
@@ -699,9 +718,14 @@ fn scale(bunker: &Path, bin_dir: &Path, work: &Path, skip_index: bool) -> anyhow
             gbps(image.len(), secs),
             mib(peak)
         );
-        println!("| seconds | server RSS |\n|---|---|");
-        for (t, rss) in samples.iter().step_by((samples.len() / 12).max(1)) {
-            println!("| {t:.0} | {} |", mib(*rss));
+        println!("| seconds | server RSS | heap (anonymous) | mapped files |\n|---|---|---|---|");
+        for (t, rss, anon, file) in samples.iter().step_by((samples.len() / 12).max(1)) {
+            println!(
+                "| {t:.0} | {} | {} | {} |",
+                mib(*rss),
+                mib(*anon),
+                mib(*file)
+            );
         }
         peaks.push(peak);
     }

@@ -202,9 +202,15 @@ pub(crate) fn write_run(
         }
         count += 1;
     }
-    let bloom_bytes: Vec<u8> = bloom.iter().flat_map(|w| w.to_le_bytes()).collect();
-    hasher.update(&bloom_bytes);
-    w.write_all(&bloom_bytes).at(path)?;
+    // Encoded a slice at a time: a second copy of a large shard's filter
+    // would double the merge's memory.
+    let mut bytes = Vec::with_capacity(64 << 10);
+    for words in bloom.chunks(8 << 10) {
+        bytes.clear();
+        bytes.extend(words.iter().flat_map(|w| w.to_le_bytes()));
+        hasher.update(&bytes);
+        w.write_all(&bytes).at(path)?;
+    }
     w.write_all(&encode_run_footer(hasher.digest())).at(path)?;
     w.flush().at(path)?;
     let header = RunHeader {
