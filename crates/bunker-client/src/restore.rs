@@ -7,7 +7,9 @@
 //! every chunk against its BLAKE3 id as it reads it and cuts the response at
 //! a bad one; a run that fails is fetched again chunk by chunk, each checked
 //! here, so a damaged chunk is named exactly. The writer takes chunks in
-//! order, hashes the whole image and writes with positioned writes. Zero
+//! order, hashes the whole image and writes with positioned writes, starting
+//! the writeback of every 8 MiB behind it so the disk works during the
+//! restore rather than all in the final sync. Zero
 //! chunks are never fetched: on a regular file they stay holes. At the end
 //! the whole-image BLAKE3 must equal the snapshot's, or the restore fails;
 //! it covers every byte that crossed the wire.
@@ -36,6 +38,8 @@ const WINDOW: u64 = 80;
 /// per round trip).
 const RUN_CHUNKS: usize = 16;
 const RUN_BYTES: u64 = 4 << 20;
+/// Bytes written to a file after which their writeback is started.
+const WRITEBACK_STEP: u64 = 8 << 20;
 /// Chunk buffers kept for reuse, at most: what the window and the fetchers
 /// can hold at once.
 const POOL_MAX: usize = WINDOW as usize + FETCHERS * RUN_CHUNKS;
@@ -419,6 +423,8 @@ enum Output<'a> {
         file: File,
         path: PathBuf,
         sparse: bool,
+        /// Where the last started writeback ended (see `WRITEBACK_STEP`).
+        written_back: u64,
     },
     Stream(&'a mut dyn Write),
     Null,
@@ -440,6 +446,7 @@ impl<'a> Output<'a> {
                             file,
                             path,
                             sparse: false,
+                            written_back: 0,
                         })
                     }
                     Ok(m) if m.is_file() && !force => Err(Error::io(
@@ -461,6 +468,7 @@ impl<'a> Output<'a> {
                             file,
                             path,
                             sparse: true,
+                            written_back: 0,
                         })
                     }
                 }
@@ -470,9 +478,29 @@ impl<'a> Output<'a> {
 
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         match self {
-            Output::File { file, path, .. } => file
-                .write_all_at(data, offset)
-                .map_err(|e| write_error(path, e)),
+            Output::File {
+                file,
+                path,
+                written_back,
+                ..
+            } => {
+                file.write_all_at(data, offset)
+                    .map_err(|e| write_error(path, e))?;
+                let end = offset + data.len() as u64;
+                if end >= *written_back + WRITEBACK_STEP {
+                    // Starts writing the range back now (and drops its pages
+                    // from the cache once clean), so the disk works while
+                    // the restore goes on instead of all at the final sync.
+                    let _ = rustix::fs::fadvise(
+                        &*file,
+                        *written_back,
+                        std::num::NonZeroU64::new(end - *written_back),
+                        rustix::fs::Advice::DontNeed,
+                    );
+                    *written_back = end;
+                }
+                Ok(())
+            }
             Output::Stream(w) => w
                 .write_all(data)
                 .map_err(|e| write_error(std::path::Path::new("the output stream"), e)),
