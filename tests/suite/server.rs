@@ -1712,3 +1712,42 @@ fn a_snapshot_may_be_named_like_the_stores_own_files() {
     assert!(b.id > s.id, "id {} reused", b.id);
     stop(server);
 }
+
+/// A restore whose writer panics (here: the progress callback) must end,
+/// with the panic, instead of leaving fetchers waiting for room in the
+/// window forever; and a normal drill of the same snapshot still passes.
+#[test]
+fn a_panicking_restore_ends_instead_of_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = start(&dir.path().join("data"), &[]);
+    let client = bunker_client::Client::new(&server.url, Some(server.admin.clone()));
+    // Random data: about 256 chunks in runs of up to 16, far more than the
+    // 80-chunk window, so fetchers are waiting for room when it panics.
+    let data = noise(77, 64 * MIB);
+    client
+        .backup("p", &data[..], &Default::default(), &mut |_| {})
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let url = server.url.clone();
+    let admin = server.admin.clone();
+    std::thread::spawn(move || {
+        let client = bunker_client::Client::new(&url, Some(admin));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut calls = 0;
+            client.restore("p", None, bunker_client::Target::Null, &mut |_| {
+                calls += 1;
+                assert!(calls < 3, "progress callback gives up");
+            })
+        }));
+        let _ = tx.send(outcome.is_err());
+    });
+    let panicked = rx
+        .recv_timeout(DEADLINE)
+        .expect("the restore hung after its writer panicked");
+    assert!(panicked, "the panic was not passed to the caller");
+    let report = client
+        .restore("p", None, bunker_client::Target::Null, &mut |_| {})
+        .unwrap();
+    assert_eq!(report.bytes, data.len() as u64);
+    stop(server);
+}

@@ -165,6 +165,9 @@ impl Client {
             // Only the fetchers hold the run queue: when they all stop, the
             // planner's sends fail instead of blocking.
             drop(fetch_rx);
+            // Releases the fetchers when the writer stops, even by a panic
+            // (a panicking progress callback), so the scope can end.
+            let _stop = Stop(&window, &cv);
             let result = (|| -> Result<()> {
                 for run in order_rx {
                     for e in run? {
@@ -219,10 +222,6 @@ impl Client {
                 }
                 Ok(())
             })();
-            if let Ok(mut w) = window.lock() {
-                w.failed = true;
-            }
-            cv.notify_all();
             result
         });
         write_result?;
@@ -320,12 +319,21 @@ impl Client {
                     return;
                 }
             }
+            // A fetcher that panics still answers for its run: the writer
+            // would otherwise wait for it forever.
+            let mut pending = Pending {
+                run,
+                window,
+                cv,
+                armed: true,
+            };
             let results: Vec<Result<Vec<u8>>> = match self.fetch_run(snap, run, pool) {
                 Some(chunks) => chunks.into_iter().map(Ok).collect(),
                 // Again chunk by chunk: names exactly what is wrong.
                 None => run.iter().map(|e| self.fetch_chunk(snap, e)).collect(),
             };
             let stop = results.iter().any(|r| r.is_err());
+            pending.armed = false;
             if let Ok(mut w) = window.lock() {
                 for (e, r) in run.iter().zip(results) {
                     w.done.insert(e.index, r);
@@ -413,6 +421,47 @@ impl Client {
             )));
         }
         Ok(data)
+    }
+}
+
+/// Marks the window failed and wakes every waiter when dropped: the writer
+/// holds one, so fetchers waiting for room stop whatever way it ends.
+struct Stop<'a>(&'a Mutex<Window>, &'a Condvar);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        let mut w = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        w.failed = true;
+        drop(w);
+        self.1.notify_all();
+    }
+}
+
+/// A run a fetcher has taken; if the fetcher unwinds before answering for
+/// it, its entries are answered with an error.
+struct Pending<'a> {
+    run: &'a [Entry],
+    window: &'a Mutex<Window>,
+    cv: &'a Condvar,
+    armed: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        for e in self.run {
+            w.done.entry(e.index).or_insert_with(|| {
+                Err(Error::Interrupted(format!(
+                    "the thread fetching chunk {} panicked",
+                    e.id
+                )))
+            });
+        }
+        drop(w);
+        self.cv.notify_all();
     }
 }
 
