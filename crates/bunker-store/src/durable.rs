@@ -32,23 +32,19 @@ macro_rules! failpoint {
 }
 pub(crate) use failpoint;
 
-/// Starts writing `file[offset..offset + len]` back to disk without waiting
-/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so the sync at the next seal
-/// finds little left to write and the disk works while ingest goes on. Not a
+/// Starts writing `file[offset..offset + len]` back to disk without waiting,
+/// so a later sync finds little left to write and the disk works meanwhile.
+/// `POSIX_FADV_DONTNEED` starts asynchronous writeback of the range's dirty
+/// pages (those stay cached until written; clean ones are dropped). Not a
 /// durability step: nothing may rely on it, and failures only cost speed.
-#[allow(unsafe_code)]
 pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
-    };
-    // SAFETY: plain syscall on a file descriptor `file` keeps open for the
-    // duration of the call; no memory is passed.
-    let r = unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
-    };
-    if r != 0 {
-        tracing::debug!("sync_file_range: {}", std::io::Error::last_os_error());
+    if let Err(e) = rustix::fs::fadvise(
+        file,
+        offset,
+        std::num::NonZeroU64::new(len),
+        rustix::fs::Advice::DontNeed,
+    ) {
+        tracing::debug!("fadvise: {e}");
     }
 }
 

@@ -23,8 +23,7 @@
 //!   damage is an error naming pack, offset and chunk, never wrong bytes;
 //! - memory per ingest stream is bounded (see [`ingest`]) and nothing holds
 //!   the index or a manifest in heap memory;
-//! - durability goes through `durable.rs`; `unsafe` lives in `mmap.rs` and
-//!   one syscall in `durable.rs`;
+//! - durability goes through `durable.rs`; `unsafe` lives in `mmap.rs`;
 //!   `format/` is bytes only.
 
 pub mod backend;
