@@ -458,5 +458,10 @@ pub struct VerifyReport {
     pub snapshots: u64,
     pub seconds: f64,
     pub damage: Vec<Damage>,
+    /// Records that could not be read (an I/O error) or read corrupt once
+    /// and intact on a second read: not proven damaged, so nothing was
+    /// quarantined. Verify again once the disk answers.
+    #[serde(default)]
+    pub unreadable: Vec<Damage>,
     pub damaged_snapshots: Vec<DamagedSnapshot>,
 }

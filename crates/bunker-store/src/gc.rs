@@ -2,15 +2,20 @@
 //! beside running backups. Protocol and safety argument: docs/GC.md.
 //!
 //! 1. Freeze: flush the index and pause its merges; the packs the index
-//!    covers now are the candidates, its runs the mark space.
+//!    covers now are the candidates, its runs the mark space. Every frozen
+//!    run's checksum is checked first: a flipped pack id or offset would
+//!    make a live record look dead, so a mismatch aborts the GC.
 //! 2. Protect: under the GC gate, every pack a writer or session has
 //!    pinned, or pins from now on, is protected ([`crate::pins`]).
 //! 3. Mark: every chunk of every committed manifest marks its entry, keyed
 //!    by its position in the runs (3 bits per index entry: owner
 //!    state for the space accounting and "seen by this name"; no set of
-//!    chunk hashes in memory).
+//!    chunk hashes in memory). Manifests are checked against their
+//!    checksum as they are read; a mismatch aborts the GC.
 //! 4. Plan: per candidate pack (trailer only), live bytes = records whose
-//!    index entry is marked and points at that record.
+//!    index entry is marked and points at that record, and records the
+//!    frozen runs do not locate at all (only a damaged index loses an
+//!    entry; a quarantined record is the one known-dead exception).
 //! 5. Rewrite packs below the live threshold: copy their live records
 //!    (verified) into new packs, seal them, point the index at the copies.
 //! 6. Condemn, under the gate: unprotected packs with no live record and
@@ -233,14 +238,18 @@ impl Marks {
         }
     }
 
-    /// Whether the record of `id` at `pack`/`offset` is the one the index
-    /// answers with, and a snapshot references it.
+    /// Whether the record of `id` at `pack`/`offset` may be referenced:
+    /// it is the one the index answers with and a snapshot references it,
+    /// or the runs do not locate `id` at all. Every record of a candidate
+    /// pack has a run entry, so a missing one means damage GC cannot see
+    /// (the runs' checksums passed): keep the record, unless it is a
+    /// quarantined one, which verify proved corrupt.
     fn is_live(&self, id: &ChunkId, pack: PackId, offset: u64) -> bool {
         match self.find(id) {
-            Some((at, loc)) if loc.pack == pack && loc.offset == offset => {
-                self.owners.get(at) != NOBODY
+            Some((at, loc)) => {
+                loc.pack == pack && loc.offset == offset && self.owners.get(at) != NOBODY
             }
-            _ => false,
+            None => !self.tombs.records.contains(&(*id, pack.0, offset)),
         }
     }
 
@@ -299,6 +308,7 @@ impl Repository {
         let _resume = Resume(self);
         index.flush()?;
         let (runs, covered) = index.freeze();
+        check_runs(&runs)?;
         let marks = Marks::new(runs, index.current_tombstones());
         let candidates: Vec<PackId> = backend
             .list()?
@@ -330,7 +340,7 @@ impl Repository {
             let found: Vec<bool> = group
                 .par_iter()
                 .map(|s| -> Result<bool> {
-                    let entries = match self.manifest_entries(&s.name, s.id) {
+                    let entries = match self.manifest_checked(&s.name, s.id) {
                         Ok(e) => e,
                         // Deleted since it was listed: nothing to keep for it.
                         Err(Error::NotFound { .. }) => return Ok(false),
@@ -360,7 +370,7 @@ impl Repository {
                 .par_iter()
                 .map(|s| -> Result<(Usage, Usage)> {
                     let mut u = zero();
-                    let entries = match self.manifest_entries(&s.name, s.id) {
+                    let entries = match self.manifest_checked(&s.name, s.id) {
                         Ok(e) => e,
                         Err(Error::NotFound { .. }) => return Ok(u),
                         Err(e) => return Err(e),
@@ -485,7 +495,9 @@ impl Repository {
         }
 
         // 7. Delete (also what an earlier failed GC of this process left).
-        let exists = |p: u64| backend.pack_len(PackId(p)).is_ok();
+        //    Only NotFound means a pack is gone: after any other error
+        //    (EIO, EMFILE) its damage markers must stay.
+        let exists = |p: u64| !matches!(backend.pack_len(PackId(p)), Err(Error::NotFound { .. }));
         for &p in tombs.packs.iter().filter(|&&p| exists(p)) {
             backend.delete(PackId(p))?;
             crate::durable::failpoint!("gc::deleted", &inner.root);
@@ -575,6 +587,29 @@ impl Repository {
         self.index_sealed(sealed);
         Ok(())
     }
+}
+
+/// Checks every frozen run against its checksum, order and filter (a full
+/// read of the index, in parallel); the first mismatch aborts the GC.
+fn check_runs(runs: &[Vec<Arc<Run>>]) -> Result<()> {
+    let all: Vec<&Arc<Run>> = runs.iter().flatten().collect();
+    let result = all.par_iter().try_for_each(|run| {
+        let checked = run.verify();
+        run.release();
+        checked
+    });
+    result.map_err(|e| match e {
+        Error::Corrupt { file, reason, .. } => Error::Corrupt {
+            file,
+            pack: None,
+            offset: None,
+            chunk: None,
+            reason: format!(
+                "{reason}; GC stopped before deleting anything (`bunker repair --rebuild-index` rebuilds the index from the packs)"
+            ),
+        },
+        other => other,
+    })
 }
 
 /// What to do with one pack, and its live bytes.

@@ -689,6 +689,17 @@ impl Repository {
         self.manifest(name, id)?.entries_from(0)
     }
 
+    /// Like [`Self::manifest_entries`], with the entries checked against
+    /// the manifest's checksum: a mismatch comes as a last `Corrupt` item.
+    pub(crate) fn manifest_checked(
+        &self,
+        name: &str,
+        id: SnapshotId,
+    ) -> Result<impl Iterator<Item = Result<crate::ManifestEntry>>> {
+        snapshot::validate_name(name)?;
+        self.manifest(name, id)?.entries_checked()
+    }
+
     /// Applies a retention policy to the snapshots of `name`: returns the
     /// decisions (newest first) and, unless `dry_run`, deletes the manifests
     /// of the snapshots that go. Their chunks stay until GC.

@@ -14,6 +14,13 @@
 //! the new copy. A quarantined record is reported once as damage; later
 //! verifies count it under `quarantined` and report only the snapshots that
 //! still lack the chunk.
+//!
+//! Only a record proven corrupt is quarantined: its checksum or BLAKE3
+//! mismatches on two reads. GC treats a quarantined record as dead, so a
+//! quarantine on a transient error (EIO, EMFILE, ENOMEM, a pack briefly
+//! missing) would delete the only good copy. A record that cannot be read,
+//! or reads corrupt once and intact the second time, is reported as
+//! `unreadable` with its pack and offset and changes nothing stored.
 
 use std::collections::HashSet;
 
@@ -76,6 +83,9 @@ pub struct VerifyReport {
     pub stored_bytes: u64,
     pub snapshots: u64,
     pub damage: Vec<Damage>,
+    /// Records (or trailers) that could not be read, or read differently
+    /// twice: not proven damaged, so nothing was quarantined.
+    pub unreadable: Vec<Damage>,
     pub damaged_snapshots: Vec<DamagedSnapshot>,
     /// Damaged records taken out of the index by this verify.
     pub newly_quarantined: u64,
@@ -125,8 +135,24 @@ impl VerifyOptions {
 
 impl VerifyReport {
     pub fn is_clean(&self) -> bool {
-        self.damage.is_empty() && self.damaged_snapshots.is_empty()
+        self.damage.is_empty() && self.damaged_snapshots.is_empty() && self.unreadable.is_empty()
     }
+}
+
+/// What reading one record found.
+enum Check {
+    Intact,
+    /// Checksum, header or BLAKE3 mismatch, seen on two reads.
+    Corrupt(Error),
+    /// An I/O error, or a mismatch a second read did not confirm.
+    Unreadable(Error),
+}
+
+/// Records found bad, by kind.
+#[derive(Default)]
+struct Findings {
+    corrupt: Vec<(ChunkId, Location)>,
+    unreadable: Vec<(ChunkId, Location)>,
 }
 
 impl Repository {
@@ -153,54 +179,73 @@ impl Repository {
         let packs = backend.list()?;
         let present: HashSet<PackId> = packs.iter().copied().collect();
         let mut damaged_chunks: HashSet<ChunkId> = HashSet::new();
+        let mut unreadable_chunks: HashSet<ChunkId> = HashSet::new();
         let mut bad_trailers: HashSet<PackId> = HashSet::new();
-        let mut bad_records: Vec<(ChunkId, Location)> = Vec::new();
+        let mut found = Findings::default();
         let tombs = self.inner.index.current_tombstones();
         let only = match &opts.snapshot {
             Some((name, id)) => Some(self.snapshot(name, *id)?),
             None => None,
         };
         if let Some(info) = &only {
-            self.verify_snapshot_chunks(&info.name, info.id, opts, &mut report, &mut bad_records)?;
+            self.verify_snapshot_chunks(&info.name, info.id, opts, &mut report, &mut found)?;
         }
         for &pack in packs.iter().filter(|p| only.is_none() && opts.sampled(p.0)) {
             report.packs += 1;
             let entries = match read_trailer(backend, pack) {
                 Ok(e) => e,
                 Err(e) => {
-                    report.damage.push(Damage::from_error(e));
+                    if e.is_corrupt() {
+                        report.damage.push(Damage::from_error(e));
+                    } else {
+                        report.unreadable.push(Damage {
+                            file: backend.describe(pack),
+                            pack: Some(pack),
+                            offset: None,
+                            chunk: None,
+                            reason: format!("trailer unreadable: {e}"),
+                        });
+                    }
                     bad_trailers.insert(pack);
                     continue;
                 }
             };
             // Decoded bytes are dropped as soon as they are checked: a pack
             // of 256 MiB can hold gigabytes of raw data.
-            let results: Vec<(u64, Result<()>)> = entries
+            let results: Vec<Check> = entries
                 .par_iter()
                 .map(|e| {
-                    let loc = Location {
-                        pack,
-                        offset: e.offset,
-                        raw_len: e.raw_len,
-                        stored_len: e.stored_len,
-                    };
-                    (u64::from(e.stored_len), self.read_at(&e.id, &loc).map(drop))
+                    let (id, loc) = e.index_entry(pack);
+                    self.check_record(&id, &loc)
                 })
                 .collect();
-            for ((stored, r), e) in results.into_iter().zip(&entries) {
+            for (r, e) in results.into_iter().zip(&entries) {
                 report.chunks += 1;
-                report.stored_bytes += stored;
-                if let Err(err) = r {
-                    let (id, loc) = e.index_entry(pack);
-                    bad_records.push((id, loc));
-                    if tombs.buries(&id, &loc) {
-                        report.quarantined += 1;
-                    } else {
-                        report.damage.push(Damage::from_error(err));
+                report.stored_bytes += u64::from(e.stored_len);
+                let (id, loc) = e.index_entry(pack);
+                match r {
+                    Check::Intact => {}
+                    Check::Corrupt(err) => {
+                        found.corrupt.push((id, loc));
+                        if tombs.buries(&id, &loc) {
+                            report.quarantined += 1;
+                        } else {
+                            report.damage.push(Damage::from_error(err));
+                        }
+                    }
+                    Check::Unreadable(err) => {
+                        found.unreadable.push((id, loc));
+                        report.unreadable.push(self.unreadable(&id, &loc, err));
                     }
                 }
             }
         }
+        for (id, loc) in &found.unreadable {
+            if self.locate(id) == Some(*loc) {
+                unreadable_chunks.insert(*id);
+            }
+        }
+        let bad_records = found.corrupt;
         for (id, loc) in &bad_records {
             // Only the copy lookups would use counts; a stray damaged copy
             // of a chunk stored intact elsewhere breaks no snapshot.
@@ -223,6 +268,7 @@ impl Repository {
                 id,
                 &present,
                 &damaged_chunks,
+                &unreadable_chunks,
                 &bad_trailers,
                 index_damaged,
             )? {
@@ -238,6 +284,7 @@ impl Repository {
         id: SnapshotId,
         present: &HashSet<PackId>,
         damaged: &HashSet<ChunkId>,
+        unreadable: &HashSet<ChunkId>,
         bad_trailers: &HashSet<PackId>,
         index_damaged: bool,
     ) -> Result<Option<DamagedSnapshot>> {
@@ -270,6 +317,14 @@ impl Repository {
                 bad += 1;
                 first_reason.get_or_insert(format!(
                     "chunk {} is damaged (quarantined: a backup of the same data heals it)",
+                    entry.id
+                ));
+                continue;
+            }
+            if unreadable.contains(&entry.id) {
+                bad += 1;
+                first_reason.get_or_insert(format!(
+                    "chunk {} could not be read (not proven damaged, nothing quarantined: verify again once the disk answers)",
                     entry.id
                 ));
                 continue;
@@ -310,7 +365,7 @@ impl Repository {
         id: SnapshotId,
         opts: &VerifyOptions,
         report: &mut VerifyReport,
-        bad: &mut Vec<(ChunkId, Location)>,
+        found: &mut Findings,
     ) -> Result<()> {
         const WINDOW: usize = 1 << 16;
         let mut packs: HashSet<PackId> = HashSet::new();
@@ -335,22 +390,55 @@ impl Repository {
             window.dedup_by_key(|(id, _)| *id);
             // Only the outcome is kept: the window's decoded bytes would be
             // up to 65,536 chunks (16 GiB at the default chunk size).
-            let results: Vec<Result<()>> = window
+            let results: Vec<Check> = window
                 .par_iter()
-                .map(|(id, loc)| self.read_at(id, loc).map(drop))
+                .map(|(id, loc)| self.check_record(id, loc))
                 .collect();
             for ((id, loc), r) in window.iter().zip(results) {
                 packs.insert(loc.pack);
                 report.chunks += 1;
                 report.stored_bytes += u64::from(loc.stored_len);
-                if let Err(e) = r {
-                    bad.push((*id, *loc));
-                    report.damage.push(Damage::from_error(e));
+                match r {
+                    Check::Intact => {}
+                    Check::Corrupt(e) => {
+                        found.corrupt.push((*id, *loc));
+                        report.damage.push(Damage::from_error(e));
+                    }
+                    Check::Unreadable(e) => {
+                        found.unreadable.push((*id, *loc));
+                        report.unreadable.push(self.unreadable(id, loc, e));
+                    }
                 }
             }
         }
         report.packs = packs.len() as u64;
         Ok(())
+    }
+
+    /// Reads one record, twice when the first read finds it corrupt: only a
+    /// mismatch seen both times is damage.
+    fn check_record(&self, id: &ChunkId, loc: &Location) -> Check {
+        match self.read_at(id, loc) {
+            Ok(_) => Check::Intact,
+            Err(first) if first.is_corrupt() => match self.read_at(id, loc) {
+                Err(second) if second.is_corrupt() => Check::Corrupt(second),
+                Err(other) => Check::Unreadable(other),
+                Ok(_) => Check::Unreadable(Error::Invalid(format!(
+                    "read corrupt once ({first}) and intact on a second read: a flaky disk, controller or memory"
+                ))),
+            },
+            Err(e) => Check::Unreadable(e),
+        }
+    }
+
+    fn unreadable(&self, id: &ChunkId, loc: &Location, e: Error) -> Damage {
+        Damage {
+            file: self.inner.packs.backend().describe(loc.pack),
+            pack: Some(loc.pack),
+            offset: Some(loc.offset),
+            chunk: Some(*id),
+            reason: format!("unreadable: {e}"),
+        }
     }
 
     /// Takes damaged records out of the index; returns how many were not

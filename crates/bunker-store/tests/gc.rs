@@ -391,3 +391,89 @@ fn stats_per_name_are_exact_after_gc_and_follow_backups_and_deletes_after() {
     assert_eq!(after.unique_bytes, total);
     assert_eq!(assert_all_restore(&repo), 4);
 }
+
+/// Flips `mask` into byte `at` of every entry of every index run (count at
+/// header offset 32, 56-byte entries after the 64-byte header,
+/// docs/FORMAT.md "Index run").
+fn flip_run_entries(dir: &std::path::Path, at: usize, mask: u8) -> usize {
+    let mut flipped = 0;
+    for f in std::fs::read_dir(dir.join("index")).unwrap().flatten() {
+        if f.path().extension().is_none_or(|e| e != "run") {
+            continue;
+        }
+        let mut b = std::fs::read(f.path()).unwrap();
+        let count = u64::from_le_bytes(b[32..40].try_into().unwrap()) as usize;
+        for i in 0..count {
+            b[64 + i * 56 + at] ^= mask;
+            flipped += 1;
+        }
+        std::fs::write(f.path(), b).unwrap();
+    }
+    flipped
+}
+
+/// Regression (issue 12, item 2): GC marked through index runs without
+/// checking their checksums, so a flipped pack id in a run entry made the
+/// record it names look dead, and GC deleted the only copy.
+#[test]
+fn gc_refuses_index_runs_that_fail_their_checksum_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = noise(21, 3 << 20);
+    {
+        let repo = Repository::create(dir.path(), small_opts()).unwrap();
+        ingest(&repo, "a", &a);
+    }
+    let packs_before = packs(dir.path());
+    // The pack id's high byte: every entry now names a pack that does not
+    // exist, and every real record is unreferenced by the runs.
+    assert!(flip_run_entries(dir.path(), 32 + 7, 0x80) > 0);
+    let repo = Repository::open(dir.path()).unwrap();
+    let err = repo.gc(&GcOptions::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        err.is_corrupt() && text.contains("index/") && text.contains("GC stopped"),
+        "{text}"
+    );
+    assert_eq!(packs(dir.path()), packs_before, "GC deleted packs");
+    drop(repo);
+    Repository::rebuild_index(dir.path()).unwrap();
+    let repo = Repository::open(dir.path()).unwrap();
+    assert_eq!(read_all(&repo, "a", None).unwrap(), a);
+    gc(&repo);
+    assert_eq!(assert_all_restore(&repo), 1);
+    assert_clean(&repo);
+}
+
+/// Regression (issue 12, item 2): a flipped chunk id in a manifest entry
+/// marked a chunk nobody stores and left the real one unmarked: GC
+/// deleted it. The manifest's checksum now stops the GC.
+#[test]
+fn gc_refuses_a_manifest_that_fails_its_checksum_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = noise(22, 3 << 20);
+    {
+        let repo = Repository::create(dir.path(), small_opts()).unwrap();
+        ingest(&repo, "a", &a);
+    }
+    let snap = std::fs::read_dir(dir.path().join("snapshots/a"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "snap"))
+        .unwrap();
+    let mut b = std::fs::read(&snap).unwrap();
+    // Entries follow the 512-byte header: 8 bytes of end, then the id.
+    let entries = (b.len() - 512 - 24) / 40;
+    for i in 0..entries {
+        b[512 + i * 40 + 8] ^= 0x01;
+    }
+    std::fs::write(&snap, b).unwrap();
+    let packs_before = packs(dir.path());
+    let repo = Repository::open(dir.path()).unwrap();
+    let err = repo.gc(&GcOptions::default()).unwrap_err();
+    assert!(
+        err.is_corrupt() && err.to_string().contains("a@"),
+        "{err}"
+    );
+    assert_eq!(packs(dir.path()), packs_before, "GC deleted packs");
+}

@@ -67,6 +67,13 @@ pub fn verify(g: &Global, a: Args) -> CmdResult {
                 .unwrap_or_default();
             println!("DAMAGED {}{at}{chunk}: {}", d.file, d.reason);
         }
+        for d in &r.unreadable {
+            let at = d
+                .offset
+                .map(|o| format!(" at offset {o}"))
+                .unwrap_or_default();
+            println!("UNREADABLE {}{at}: {} (nothing quarantined)", d.file, d.reason);
+        }
         for s in &r.damaged_snapshots {
             println!(
                 "SNAPSHOT {}@{} cannot be restored bit for bit: {} bad chunk(s); {}",
@@ -92,8 +99,9 @@ pub fn verify(g: &Global, a: Args) -> CmdResult {
         Err(Failure::with_code(
             4,
             anyhow::anyhow!(
-                "verify found {} damaged item(s) affecting {} snapshot(s)",
+                "verify found {} damaged and {} unreadable item(s) affecting {} snapshot(s)",
                 r.damage.len(),
+                r.unreadable.len(),
                 r.damaged_snapshots.len()
             ),
         ))

@@ -64,17 +64,8 @@ pub(super) async fn verify(state: &Arc<State>, p: &Principal, req: Request<Incom
         stored_bytes: r.stored_bytes,
         snapshots: r.snapshots,
         seconds: started.elapsed().as_secs_f64(),
-        damage: r
-            .damage
-            .into_iter()
-            .map(|d| bunker_api::Damage {
-                file: d.file,
-                pack: d.pack.map(|p| p.0),
-                offset: d.offset,
-                chunk: d.chunk.map(|c| c.to_hex()),
-                reason: d.reason,
-            })
-            .collect(),
+        damage: r.damage.into_iter().map(api_damage).collect(),
+        unreadable: r.unreadable.into_iter().map(api_damage).collect(),
         damaged_snapshots: r
             .damaged_snapshots
             .into_iter()
@@ -100,6 +91,16 @@ pub(super) async fn verify(state: &Arc<State>, p: &Principal, req: Request<Incom
         );
     }
     Ok(json_response(StatusCode::OK, &report))
+}
+
+fn api_damage(d: bunker_store::Damage) -> bunker_api::Damage {
+    bunker_api::Damage {
+        file: d.file,
+        pack: d.pack.map(|p| p.0),
+        offset: d.offset,
+        chunk: d.chunk.map(|c| c.to_hex()),
+        reason: d.reason,
+    }
 }
 
 /// Records this verify as the last one of every snapshot it covered (and

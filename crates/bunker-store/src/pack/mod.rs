@@ -66,9 +66,19 @@ struct Writer {
     next_id: u64,
     poisoned: Option<String>,
     /// Full packs being synced and published on background threads.
-    sealing: Vec<std::thread::JoinHandle<Result<SealedPack>>>,
+    sealing: Vec<Sealing>,
     /// Background seals joined but not yet handed to the caller.
     ready: Vec<SealedPack>,
+}
+
+/// A full pack on its way to the backend. Until its thread is joined, its
+/// records are read through `file` (the staging file's handle, which stays
+/// valid across the rename): the sealed name may not exist yet.
+struct Sealing {
+    pack: PackId,
+    file: File,
+    path: PathBuf,
+    thread: std::thread::JoinHandle<Result<SealedPack>>,
 }
 
 /// Background seals in flight at most; a fuller writer waits for the oldest
@@ -192,7 +202,7 @@ impl Packs {
     /// publication to a background thread.
     fn seal_in_background(&self, w: &mut Writer) -> Result<()> {
         while w.sealing.len() >= MAX_BACKGROUND_SEALS {
-            let oldest = w.sealing.remove(0);
+            let oldest = w.sealing.remove(0).thread;
             let sealed = finish_seal(w, oldest)?;
             w.ready.push(sealed);
         }
@@ -204,10 +214,20 @@ impl Packs {
             w.open = Some(open);
             return Err(err);
         }
+        let reader = match open.file.try_clone() {
+            Ok(f) => f,
+            Err(e) => {
+                let err = Error::io(&open.path, e);
+                w.open = Some(open);
+                return Err(err);
+            }
+        };
+        let (pack, path) = (open.id, open.path.clone());
         let backend = self.backend.clone();
         let handle = std::thread::Builder::new()
             .name("bunker-seal".into())
             .spawn(move || -> Result<SealedPack> {
+                durable::failpoint!("pack::background_seal", &open.path);
                 durable::sync_data(&open.file, &open.path)?;
                 backend.store_sealed(open.id, &open.path)?;
                 tracing::debug!(
@@ -221,7 +241,12 @@ impl Packs {
                 })
             })
             .map_err(|e| Error::io("seal thread", e))?;
-        w.sealing.push(handle);
+        w.sealing.push(Sealing {
+            pack,
+            file: reader,
+            path,
+            thread: handle,
+        });
         Ok(())
     }
 
@@ -309,6 +334,7 @@ impl Packs {
             chunk: Some(*id),
             reason,
         };
+        durable::failpoint!("pack::read", self.backend.describe(loc.pack));
         let (head, stored) = match self.read_open(loc)? {
             Some(pair) => pair,
             None => {
@@ -326,6 +352,7 @@ impl Packs {
             loc.offset,
             RECORD_HEADER_LEN + loc.stored_len as usize,
         );
+        let stored = injected_flip(stored);
         let header = RecordHeader::decode(&head).map_err(corrupt)?;
         if header.id != *id || header.raw_len != loc.raw_len || header.stored_len != loc.stored_len
         {
@@ -339,22 +366,42 @@ impl Packs {
         Ok((header.codec, stored))
     }
 
-    /// Reads from the open (unsealed) pack, which has no map yet.
+    /// Reads from the open pack or one being sealed in the background:
+    /// neither is the backend's yet.
     fn read_open(&self, loc: &Location) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         let w = self.lock();
-        let Some(open) = w.open.as_ref().filter(|o| o.id == loc.pack) else {
+        let (file, path) = if let Some(open) = w.open.as_ref().filter(|o| o.id == loc.pack) {
+            (&open.file, &open.path)
+        } else if let Some(s) = w.sealing.iter().find(|s| s.pack == loc.pack) {
+            (&s.file, &s.path)
+        } else {
             return Ok(None);
         };
         let mut head = vec![0u8; RECORD_HEADER_LEN];
         let mut stored = vec![0u8; loc.stored_len as usize];
-        open.file
-            .read_exact_at(&mut head, loc.offset)
-            .at(&open.path)?;
-        open.file
-            .read_exact_at(&mut stored, loc.offset + RECORD_HEADER_LEN as u64)
-            .at(&open.path)?;
+        file.read_exact_at(&mut head, loc.offset).at(path)?;
+        file.read_exact_at(&mut stored, loc.offset + RECORD_HEADER_LEN as u64)
+            .at(path)?;
         Ok(Some((head, stored)))
     }
+}
+
+/// A bit flipped in what was read, when the failpoint `pack::read_flip`
+/// says so (tests only): a read that goes wrong once, as a flaky disk or
+/// bus would, while the bytes at rest are intact.
+#[cfg(feature = "failpoints")]
+fn injected_flip(mut stored: Vec<u8>) -> Vec<u8> {
+    if fail::eval("pack::read_flip", |_| ()).is_some() {
+        if let Some(b) = stored.first_mut() {
+            *b ^= 1;
+        }
+    }
+    stored
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn injected_flip(stored: Vec<u8>) -> Vec<u8> {
+    stored
 }
 
 /// Joins background seals: all of them when `wait`, else the finished
@@ -363,8 +410,8 @@ fn collect_seals(w: &mut Writer, wait: bool) -> Result<Vec<SealedPack>> {
     let mut done = std::mem::take(&mut w.ready);
     let mut i = 0;
     while i < w.sealing.len() {
-        if wait || w.sealing[i].is_finished() {
-            let h = w.sealing.remove(i);
+        if wait || w.sealing[i].thread.is_finished() {
+            let h = w.sealing.remove(i).thread;
             done.push(finish_seal(w, h)?);
         } else {
             i += 1;

@@ -213,7 +213,26 @@ impl ManifestReader {
             count: self.header.entries,
             start,
             size: self.header.size,
+            checksum: None,
         })
+    }
+
+    /// All entries, read sequentially and checked against the footer's
+    /// checksum on the way: after the last entry, a mismatch is yielded as
+    /// one more item, a `Corrupt` error. For callers that act on every
+    /// entry (GC's mark) and must not act on a flipped one.
+    pub(crate) fn entries_checked(&self) -> Result<Entries> {
+        let mut foot = [0u8; FOOTER_LEN];
+        self.file
+            .read_exact_at(
+                &mut foot,
+                HEADER_LEN as u64 + self.header.entries * ENTRY_LEN as u64,
+            )
+            .at(&self.path)?;
+        let (sum, _) = decode_footer(&foot).map_err(|r| self.corrupt(r))?;
+        let mut entries = self.entries_from(0)?;
+        entries.checksum = Some((xxhash_rust::xxh3::Xxh3::new(), sum));
+        Ok(entries)
     }
 
     /// Reads all entries and checks them against the footer's checksum,
@@ -260,6 +279,9 @@ pub(crate) struct Entries {
     count: u64,
     start: u64,
     size: u64,
+    /// With [`ManifestReader::entries_checked`]: the running checksum and
+    /// the footer's, taken (and compared) after the last entry.
+    checksum: Option<(xxhash_rust::xxh3::Xxh3, u64)>,
 }
 
 impl Iterator for Entries {
@@ -267,15 +289,28 @@ impl Iterator for Entries {
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.next >= self.count {
-            return None;
+            let (hasher, footer) = self.checksum.take()?;
+            if hasher.digest() == footer && self.start == self.size {
+                return None;
+            }
+            return Some(Err(Error::corrupt(
+                self.name.clone(),
+                "manifest entries do not match their checksum",
+            )));
         }
         let mut b = [0u8; ENTRY_LEN];
         if let Err(e) = self.reader.read_exact(&mut b) {
+            self.next = self.count;
+            self.checksum = None;
             return Some(Err(Error::io(&self.path, e)));
+        }
+        if let Some((hasher, _)) = &mut self.checksum {
+            hasher.update(&b);
         }
         let (end, id) = decode_entry(&b);
         if end <= self.start || end > self.size {
             self.next = self.count;
+            self.checksum = None;
             return Some(Err(Error::corrupt(
                 self.name.clone(),
                 format!("entry {} ends at {end}, out of order", self.next),
