@@ -191,3 +191,50 @@ fn a_gc_failing_at_any_step_leaves_a_repository_that_verifies() {
         cases.len()
     );
 }
+
+/// Runs a scenario of `bunker-fault-child` on a new repository and returns
+/// its `OK ...` line.
+fn fault_child(mode: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bunker-fault-child"))
+        .arg(mode)
+        .arg(dir.path().join("repo"))
+        .output()
+        .expect("run fault child");
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success() && stdout.starts_with("OK "),
+        "{mode}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{mode}: {stdout}");
+    stdout
+}
+
+/// Regression (issue 12, item 1): verify quarantined every record it could
+/// not read, and GC then deleted the only good copies.
+#[test]
+fn read_errors_during_verify_quarantine_nothing_and_gc_keeps_every_chunk() {
+    fault_child("verify-eio");
+}
+
+/// Regression (issue 12, item 1): a mismatch that a second read does not
+/// confirm is reported unreadable, not quarantined; damage at rest still is.
+#[test]
+fn a_mismatch_seen_once_is_not_quarantined_but_damage_at_rest_is() {
+    fault_child("verify-flaky");
+}
+
+/// Regression (issue 12, item 4): GC's last step dropped the quarantine of
+/// every pack whose length it could not read, not only of packs gone.
+#[test]
+fn gc_keeps_quarantine_markers_when_a_pack_length_read_fails() {
+    fault_child("gc-markers");
+}
+
+/// Regression (issue 12, item 13): a chunk in a pack being sealed in the
+/// background was NotFound until the rename.
+#[test]
+fn chunks_in_a_pack_being_sealed_stay_readable() {
+    fault_child("sealing-read");
+}

@@ -198,6 +198,7 @@ impl PackBackend for LocalPacks {
     }
 
     fn pack_len(&self, pack: PackId) -> Result<u64> {
+        durable::failpoint!("pack::len", self.sealed_path(pack));
         match &*self.opened(pack)? {
             Opened::Map(map) => Ok(map.bytes().len() as u64),
             Opened::File(f) => Ok(f.metadata().at(self.sealed_path(pack))?.len()),
