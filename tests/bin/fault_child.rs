@@ -15,6 +15,11 @@
 //!   must survive.
 //! - `sealing-read`: a chunk in a pack being sealed in the background is
 //!   read while the seal is held before its rename.
+//! - `first-commits`: two first commits to one new name; the first is held
+//!   just before it syncs `snapshots/` (the new name's entry), the second
+//!   commits, and the power is cut (the power-cut model, every unsynced
+//!   directory entry lost): the acknowledged second snapshot must be in
+//!   the image.
 
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -200,10 +205,74 @@ fn sealing_read(path: &str) -> anyhow::Result<String> {
     Ok(format!("read during seal ok; sealed packs after release={sealed}"))
 }
 
+fn first_commits(path: &str) -> anyhow::Result<String> {
+    use bunker_store::observe::Step;
+    use bunker_tests::power::PowerModel;
+    use rand::SeedableRng;
+
+    let root = std::path::PathBuf::from(path);
+    let repo = create(path)?;
+    let model = Arc::new(Mutex::new(PowerModel::default()));
+    model.lock().unwrap().snapshot_all(&root);
+    // (held: the first sync of snapshots/ is waiting, released: go on)
+    let gate = Arc::new((Mutex::new((false, false)), Condvar::new()));
+    let snapshots = root.join("snapshots");
+    let (m, g) = (model.clone(), gate.clone());
+    let first = std::sync::atomic::AtomicBool::new(true);
+    bunker_store::observe::set(move |step| {
+        if matches!(step, Step::SyncDir(d) if d == snapshots)
+            && first.swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            let (lock, cv) = &*g;
+            let mut s = lock.lock().unwrap();
+            s.0 = true;
+            cv.notify_all();
+            while !s.1 {
+                s = cv.wait(s).unwrap();
+            }
+        }
+        // The hook runs just before the sync: record it as done.
+        m.lock().unwrap().step(step);
+    });
+    let a = noise(501, 200 << 10);
+    let b = noise(502, 200 << 10);
+    let repo_a = repo.clone();
+    let a_thread = std::thread::spawn(move || {
+        repo_a.ingest("n", &a[..], &IngestOptions::default(), &mut |_| {})
+    });
+    {
+        let (lock, cv) = &*gate;
+        let mut s = lock.lock().unwrap();
+        while !s.0 {
+            s = cv.wait(s).unwrap();
+        }
+    }
+    let acked = repo.ingest("n", &b[..], &IngestOptions::default(), &mut |_| {})?;
+    let image = root.with_extension("cut");
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(1);
+    model.lock().unwrap().cut(&root, &image, &mut rng, 0.0);
+    {
+        let (lock, cv) = &*gate;
+        lock.lock().unwrap().1 = true;
+        cv.notify_all();
+    }
+    a_thread.join().expect("first commit thread")?;
+    let after = Repository::open(&image)?;
+    let listed = after.list(Some("n"))?;
+    ensure!(
+        listed.iter().any(|s| s.id == acked.id),
+        "snapshot n@{} was acknowledged but a power cut loses it (listed after the cut: {:?})",
+        acked.id,
+        listed.iter().map(|s| s.id).collect::<Vec<_>>()
+    );
+    ensure!(restore(&after, "n")? == b, "n@{} restores wrong bytes", acked.id);
+    Ok(format!("n@{} survives the cut", acked.id))
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let [_, mode, repo] = &args[..] else {
-        bail!("usage: bunker-fault-child verify-eio|verify-flaky|gc-markers|sealing-read REPO");
+        bail!("usage: bunker-fault-child verify-eio|verify-flaky|gc-markers|sealing-read|first-commits REPO");
     };
     let scenario = fail::FailScenario::setup();
     let out = match mode.as_str() {
@@ -211,6 +280,7 @@ fn main() -> anyhow::Result<()> {
         "verify-flaky" => verify_flaky(repo)?,
         "gc-markers" => gc_markers(repo)?,
         "sealing-read" => sealing_read(repo)?,
+        "first-commits" => first_commits(repo)?,
         other => bail!("unknown mode {other}"),
     };
     scenario.teardown();

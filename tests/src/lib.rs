@@ -1,5 +1,6 @@
 //! Helpers shared by the suite and its child processes.
 
+pub mod power;
 pub mod server;
 
 /// The deterministic contents of the crash-test snapshot called `name`:

@@ -238,3 +238,11 @@ fn gc_keeps_quarantine_markers_when_a_pack_length_read_fails() {
 fn chunks_in_a_pack_being_sealed_stay_readable() {
     fault_child("sealing-read");
 }
+
+/// Regression (issue 12, item 3): of two first commits to one new name, the
+/// second was acknowledged before the first had synced the name's entry in
+/// `snapshots/`, so a power cut lost an acknowledged snapshot.
+#[test]
+fn two_first_commits_to_one_name_survive_a_power_cut() {
+    fault_child("first-commits");
+}

@@ -1751,3 +1751,61 @@ fn a_panicking_restore_ends_instead_of_hanging() {
     assert_eq!(report.bytes, data.len() as u64);
     stop(server);
 }
+
+/// Regression (issue 12, item 5): zero-chunk lengths in a chunk-protocol
+/// commit were unchecked and summed with a wrapping `+=`: two entries of
+/// 2^63 bytes made a snapshot of 0 bytes whose manifest failed every later
+/// GC, and one of 2^60 a 1 EiB "image". Both are refused with 400 before
+/// anything is renamed into place, and GC still runs.
+#[test]
+fn wrapping_or_oversized_zero_entries_are_refused_and_gc_still_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let (server, c) = start(&data_dir, &[]);
+    let zero_hash = hex_hash(b"");
+    let cases: [(&str, Vec<(u64, ChunkId)>); 3] = [
+        ("wrap", vec![(1 << 63, ChunkId::ZERO), (1 << 63, ChunkId::ZERO)]),
+        ("huge", vec![(1 << 60, ChunkId::ZERO)]),
+        ("edge", vec![(bunker_store::MAX_IMAGE_LEN, ChunkId::ZERO), (1, ChunkId::ZERO)]),
+    ];
+    for (name, entries) in cases {
+        let s = open_session(&c, name);
+        let r = c.send(
+            "POST",
+            &format!("/v1/sessions/{}/commit", s.id),
+            &[(HEADER_STREAM_HASH, &zero_hash)],
+            Some(&commit_body(entries)),
+        );
+        r.expect_error(ErrorCode::BadRequest, &format!("commit {name}"));
+        assert!(
+            r.error().message.contains("larger than"),
+            "{name}: {}",
+            r.error().message
+        );
+        assert!(c.list(name).is_empty(), "{name} was committed");
+    }
+    let left: Vec<_> = bunker_tests::files_under(&data_dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+        .collect();
+    assert!(left.is_empty(), "refused commits left manifests: {left:?}");
+    // A snapshot of exactly the limit is fine (a thin volume), and GC runs.
+    let s = open_session(&c, "thin");
+    let hash = {
+        let mut h = blake3::Hasher::new();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..4 {
+            h.update(&zeros);
+        }
+        h.finalize().to_hex().to_string()
+    };
+    c.send(
+        "POST",
+        &format!("/v1/sessions/{}/commit", s.id),
+        &[(HEADER_STREAM_HASH, &hash)],
+        Some(&commit_body([(4 << 20, ChunkId::ZERO)])),
+    )
+    .expect(201, "commit of a 4 MiB zero run");
+    c.post("/v1/gc", b"{}").expect(200, "GC after refused commits");
+    stop(server);
+}

@@ -124,21 +124,28 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
     rename(&tmp, path)
 }
 
-/// `mkdir -p` that syncs the parent of every directory it creates, so a
-/// file later published inside it cannot vanish with its directory.
+/// `mkdir -p` that syncs the parent of every directory it creates, and of
+/// `dir` itself always, so a file later published inside it cannot vanish
+/// with its directory.
 pub(crate) fn create_dir_all(dir: &Path) -> Result<()> {
     // The parent of a relative single-component path is "": the cwd.
-    if dir.as_os_str().is_empty() || dir.is_dir() {
+    if dir.as_os_str().is_empty() {
         return Ok(());
     }
-    if let Some(p) = dir.parent() {
-        create_dir_all(p)?;
+    if !dir.is_dir() {
+        if let Some(p) = dir.parent() {
+            create_dir_all(p)?;
+        }
+        match std::fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(crate::Error::io(dir, e)),
+        }
     }
-    match std::fs::create_dir(dir) {
-        Ok(()) => sync_dir(parent(dir)),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(crate::Error::io(dir, e)),
-    }
+    // Even when it exists: another thread may have created it and not yet
+    // synced its entry, and what goes inside may be acknowledged first (two
+    // first commits to one name). A failed sync fails the caller.
+    sync_dir(parent(dir))
 }
 
 /// Removes a file and syncs its directory.
