@@ -52,6 +52,7 @@ mod verify;
 pub use backend::{LocalPacks, PackBackend, ReadMode};
 pub use bunker_chunk::{ChunkId, ChunkerParams};
 pub use error::{Error, Result};
+pub use format::manifest::MAX_IMAGE_LEN;
 pub use format::space::Usage;
 pub use gc::{GcOptions, GcReport, DEFAULT_REWRITE_BELOW};
 pub use ingest::{IngestOptions, Progress};

@@ -767,7 +767,7 @@ impl Repository {
         let mut stored_bytes = space.pack_bytes;
         for p in packs.iter().filter(|p| p.0 >= space.next_pack) {
             // One GC may be deleting right now: a vanished pack holds nothing.
-            stored_bytes += backend.pack_len(*p).unwrap_or(0);
+            stored_bytes = stored_bytes.saturating_add(backend.pack_len(*p).unwrap_or(0));
         }
         let included: std::collections::HashSet<(&str, u64)> = space
             .names
@@ -782,7 +782,7 @@ impl Repository {
                 ..NameStats::default()
             });
             n.snapshots += 1;
-            n.logical_bytes += s.size;
+            n.logical_bytes = n.logical_bytes.saturating_add(s.size);
             if !included.contains(&(s.name.as_str(), s.id.0)) {
                 let new = Usage {
                     chunks: s.new_chunks,
@@ -809,7 +809,7 @@ impl Repository {
         }
         Ok(Stats {
             snapshots: list.len() as u64,
-            logical_bytes: list.iter().map(|s| s.size).sum(),
+            logical_bytes: list.iter().fold(0u64, |t, s| t.saturating_add(s.size)),
             unique_bytes: referenced.raw_bytes,
             referenced_stored_bytes: referenced.stored_bytes,
             stored_bytes,

@@ -51,6 +51,10 @@ pub const HEADER_LEN: usize = 512;
 pub const ENTRY_LEN: usize = 40;
 pub const FOOTER_LEN: usize = 24;
 pub const MAX_NAME_LEN: usize = 128;
+/// The largest image a snapshot may hold, 2^56 bytes (64 PiB): far beyond
+/// any volume, and far enough below 2^64 that sums of sizes and offsets
+/// across snapshots cannot wrap.
+pub const MAX_IMAGE_LEN: u64 = 1 << 56;
 pub const MAX_SOURCE_LEN: usize = 192;
 
 #[derive(Clone, Debug, PartialEq, Eq)]

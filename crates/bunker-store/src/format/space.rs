@@ -32,17 +32,19 @@ pub struct Usage {
 
 impl Usage {
     pub fn plus(self, o: Usage) -> Usage {
+        // Saturating: the figures come from files a damaged or hostile
+        // manifest may have written; a wrapped sum would be silently wrong.
         Usage {
-            chunks: self.chunks + o.chunks,
-            raw_bytes: self.raw_bytes + o.raw_bytes,
-            stored_bytes: self.stored_bytes + o.stored_bytes,
+            chunks: self.chunks.saturating_add(o.chunks),
+            raw_bytes: self.raw_bytes.saturating_add(o.raw_bytes),
+            stored_bytes: self.stored_bytes.saturating_add(o.stored_bytes),
         }
     }
 
     pub fn add(&mut self, raw_bytes: u64, stored_bytes: u64) {
-        self.chunks += 1;
-        self.raw_bytes += raw_bytes;
-        self.stored_bytes += stored_bytes;
+        self.chunks = self.chunks.saturating_add(1);
+        self.raw_bytes = self.raw_bytes.saturating_add(raw_bytes);
+        self.stored_bytes = self.stored_bytes.saturating_add(stored_bytes);
     }
 }
 

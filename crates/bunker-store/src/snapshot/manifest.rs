@@ -17,7 +17,7 @@ use bunker_chunk::ChunkId;
 use crate::error::IoContext;
 use crate::format::manifest::{
     decode_entry, decode_footer, encode_entry, encode_footer, ManifestHeader, ENTRY_LEN,
-    FOOTER_LEN, HEADER_LEN,
+    FOOTER_LEN, HEADER_LEN, MAX_IMAGE_LEN,
 };
 use crate::{durable, Error, Result};
 
@@ -47,9 +47,26 @@ impl ManifestWriter {
         })
     }
 
-    /// Appends the next chunk, `len` bytes long.
+    /// Appends the next chunk, `len` bytes long (at least 1; the image may
+    /// not grow past [`MAX_IMAGE_LEN`]). A refused chunk leaves the writer
+    /// as it was.
     pub(crate) fn push(&mut self, len: u64, id: &ChunkId) -> Result<()> {
-        self.end += len;
+        if len == 0 {
+            return Err(Error::Invalid(format!(
+                "chunk {id} has length 0 (entry {})",
+                self.count
+            )));
+        }
+        self.end = self
+            .end
+            .checked_add(len)
+            .filter(|&end| end <= MAX_IMAGE_LEN)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "entry {} would make the image larger than {MAX_IMAGE_LEN} bytes, the largest snapshot bunker stores",
+                    self.count
+                ))
+            })?;
         let e = encode_entry(self.end, id);
         self.hasher.update(&e);
         self.count += 1;
