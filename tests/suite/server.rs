@@ -1778,9 +1778,9 @@ fn wrapping_or_oversized_zero_entries_are_refused_and_gc_still_runs() {
         );
         r.expect_error(ErrorCode::BadRequest, &format!("commit {name}"));
         assert!(
-            r.error().message.contains("larger than"),
+            r.error().error.message.contains("larger than"),
             "{name}: {}",
-            r.error().message
+            r.error().error.message
         );
         assert!(c.list(name).is_empty(), "{name} was committed");
     }
