@@ -128,7 +128,10 @@ fn verify_flaky(path: &str) -> anyhow::Result<String> {
         r.newly_quarantined == 1 && r.damage.len() == 1 && r.damage[0].chunk == Some(flipped),
         "real damage not quarantined: {r:?}"
     );
-    Ok(format!("unreadable=1 then quarantined={}", r.newly_quarantined))
+    Ok(format!(
+        "unreadable=1 then quarantined={}",
+        r.newly_quarantined
+    ))
 }
 
 fn gc_markers(path: &str) -> anyhow::Result<String> {
@@ -163,7 +166,10 @@ fn gc_markers(path: &str) -> anyhow::Result<String> {
         r.quarantined == 1 && r.newly_quarantined == 0 && r.damage.is_empty(),
         "the quarantine of {flipped} was dropped by GC: {r:?}"
     );
-    Ok(format!("packs_deleted={} quarantine kept", gc.packs_deleted))
+    Ok(format!(
+        "packs_deleted={} quarantine kept",
+        gc.packs_deleted
+    ))
 }
 
 fn sealing_read(path: &str) -> anyhow::Result<String> {
@@ -202,7 +208,9 @@ fn sealing_read(path: &str) -> anyhow::Result<String> {
         Err(e) => bail!("a chunk in a pack being sealed could not be read: {e}"),
     }
     let sealed = pack_files(path.as_ref(), "pack").len();
-    Ok(format!("read during seal ok; sealed packs after release={sealed}"))
+    Ok(format!(
+        "read during seal ok; sealed packs after release={sealed}"
+    ))
 }
 
 fn first_commits(path: &str) -> anyhow::Result<String> {
@@ -265,7 +273,11 @@ fn first_commits(path: &str) -> anyhow::Result<String> {
         acked.id,
         listed.iter().map(|s| s.id).collect::<Vec<_>>()
     );
-    ensure!(restore(&after, "n")? == b, "n@{} restores wrong bytes", acked.id);
+    ensure!(
+        restore(&after, "n")? == b,
+        "n@{} restores wrong bytes",
+        acked.id
+    );
     Ok(format!("n@{} survives the cut", acked.id))
 }
 

@@ -18,7 +18,13 @@ impl Server {
     /// Starts `bin serve --data DATA --listen 127.0.0.1:0 EXTRA...` and waits
     /// for its `bunker listening on ...` line.
     pub fn start(bin: &str, data: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(bin, data, extra, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables (`FAILPOINTS`).
+    pub fn start_with_env(bin: &str, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(bin)
+            .envs(env.iter().copied())
             .args(["serve", "--data"])
             .arg(data)
             .args(["--listen", "127.0.0.1:0"])

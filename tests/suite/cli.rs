@@ -290,6 +290,127 @@ fn drill_fails_and_names_the_chunk_when_a_pack_byte_flips() {
     assert_eq!(r.status.code(), Some(4));
 }
 
+/// The text a command printed, both streams.
+fn said(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Regression (issue 12, item 12): packs were read through memory maps, so
+/// a pack truncated underneath the running server (or a bad sector) was
+/// SIGBUS on the next read: the server died, and restarted into the same
+/// crash. Now restore, drill and verify fail naming the chunk or the
+/// snapshot, and the server stays up; an I/O error (failpoint) is reported
+/// unreadable and quarantines nothing.
+#[test]
+fn a_pack_truncated_or_failing_under_a_running_server_fails_requests_not_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    let out = dir.path().join("out");
+    write_image(&img, &ImageSpec::new(29, 16 << 20), 0);
+    let biggest_pack = |data: &Path| {
+        let mut packs: Vec<(u64, std::path::PathBuf)> =
+            bunker_tests::files_under(&data.join("packs"))
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+                .map(|p| (p.metadata().unwrap().len(), p))
+                .collect();
+        packs.sort();
+        packs.pop().unwrap()
+    };
+
+    // Truncated while serving.
+    let data_dir = dir.path().join("data");
+    let token = data_dir.join("admin.token");
+    let mut server = Server::start(BIN, &data_dir, &[]);
+    ok(&bunker(
+        &server,
+        &token,
+        &["backup", "vol", img.to_str().unwrap()],
+    ));
+    // A drill first, so the server has the pack open (mapped, before).
+    ok(&bunker(&server, &token, &["drill", "vol"]));
+    let (len, pack) = biggest_pack(&data_dir);
+    bunker_tests::truncate(&pack, len / 2);
+    for args in [
+        vec!["restore", "vol", out.to_str().unwrap()],
+        vec!["drill", "vol"],
+    ] {
+        let o = bunker(&server, &token, &args);
+        assert_eq!(o.status.code(), Some(4), "{args:?}: {}", said(&o));
+        assert!(
+            said(&o).contains("chunk"),
+            "{args:?} names no chunk: {}",
+            said(&o)
+        );
+        assert!(
+            server.child.try_wait().unwrap().is_none(),
+            "the server died during {args:?}"
+        );
+    }
+    let o = bunker(&server, &token, &["verify"]);
+    assert_eq!(o.status.code(), Some(4), "verify: {}", said(&o));
+    assert!(
+        said(&o).contains("SNAPSHOT vol@"),
+        "verify names no snapshot: {}",
+        said(&o)
+    );
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server died during verify"
+    );
+    ok(&bunker(
+        &server,
+        &token,
+        &["backup", "other", img.to_str().unwrap()],
+    ));
+    server.stop();
+
+    // Every pack read fails with EIO.
+    let data_dir = dir.path().join("data-eio");
+    let token = data_dir.join("admin.token");
+    let server = Server::start(BIN, &data_dir, &[]);
+    ok(&bunker(
+        &server,
+        &token,
+        &["backup", "vol", img.to_str().unwrap()],
+    ));
+    server.stop();
+    let mut server =
+        Server::start_with_env(BIN, &data_dir, &[], &[("FAILPOINTS", "pack::read=return")]);
+    let o = bunker(&server, &token, &["drill", "vol"]);
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "drill passed on EIO: {}",
+        said(&o)
+    );
+    assert!(
+        said(&o).contains("chunk"),
+        "drill names no chunk: {}",
+        said(&o)
+    );
+    let o = bunker(&server, &token, &["verify"]);
+    assert_eq!(o.status.code(), Some(4), "verify: {}", said(&o));
+    assert!(
+        said(&o).contains("UNREADABLE") && !said(&o).contains("quarantined "),
+        "verify on EIO: {}",
+        said(&o)
+    );
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server died on EIO"
+    );
+    server.stop();
+    // Nothing was quarantined: once reads work, the drill passes.
+    let server = Server::start(BIN, &data_dir, &[]);
+    ok(&bunker(&server, &token, &["drill", "vol"]));
+    server.stop();
+}
+
 #[test]
 fn user_errors_have_clear_messages_and_exit_codes() {
     let s = setup();

@@ -1764,9 +1764,18 @@ fn wrapping_or_oversized_zero_entries_are_refused_and_gc_still_runs() {
     let (server, c) = start(&data_dir, &[]);
     let zero_hash = hex_hash(b"");
     let cases: [(&str, Vec<(u64, ChunkId)>); 3] = [
-        ("wrap", vec![(1 << 63, ChunkId::ZERO), (1 << 63, ChunkId::ZERO)]),
+        (
+            "wrap",
+            vec![(1 << 63, ChunkId::ZERO), (1 << 63, ChunkId::ZERO)],
+        ),
         ("huge", vec![(1 << 60, ChunkId::ZERO)]),
-        ("edge", vec![(bunker_store::MAX_IMAGE_LEN, ChunkId::ZERO), (1, ChunkId::ZERO)]),
+        (
+            "edge",
+            vec![
+                (bunker_store::MAX_IMAGE_LEN, ChunkId::ZERO),
+                (1, ChunkId::ZERO),
+            ],
+        ),
     ];
     for (name, entries) in cases {
         let s = open_session(&c, name);
@@ -1806,6 +1815,7 @@ fn wrapping_or_oversized_zero_entries_are_refused_and_gc_still_runs() {
         Some(&commit_body([(4 << 20, ChunkId::ZERO)])),
     )
     .expect(201, "commit of a 4 MiB zero run");
-    c.post("/v1/gc", b"{}").expect(200, "GC after refused commits");
+    c.post("/v1/gc", b"{}")
+        .expect(200, "GC after refused commits");
     stop(server);
 }

@@ -24,6 +24,18 @@ pub trait PackBackend: Send + Sync {
     fn store_sealed(&self, pack: PackId, staged: &Path) -> Result<()>;
     /// `len` bytes of sealed pack `pack` at `offset`, owned.
     fn read(&self, pack: PackId, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// A record at `offset`: its header into `head` and the `stored_len`
+    /// bytes after it, in one request where the backend can.
+    fn read_record(
+        &self,
+        pack: PackId,
+        offset: u64,
+        head: &mut [u8],
+        stored_len: usize,
+    ) -> Result<Vec<u8>> {
+        head.copy_from_slice(&self.read(pack, offset, head.len())?);
+        self.read(pack, offset + head.len() as u64, stored_len)
+    }
     /// Length of sealed pack `pack`.
     fn pack_len(&self, pack: PackId) -> Result<u64>;
     /// Ids of all sealed packs.
@@ -42,10 +54,14 @@ pub trait PackBackend: Send + Sync {
 /// How [`LocalPacks`] reads sealed packs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadMode {
-    /// Read-only memory maps, one per recently used pack (the default).
+    /// Read-only memory maps, one per recently used pack. A bad sector or
+    /// a pack truncated underneath the process is SIGBUS on access, which
+    /// kills it: for benchmarks and comparison only.
     Mmap,
-    /// `pread` on a file handle: no mapping, for comparison and for
-    /// filesystems where mapping misbehaves.
+    /// `pread` on a file handle (the default): a bad sector is an I/O error
+    /// and a truncated pack a short read, each reported for the record it
+    /// hit, and the process stays up. Restores run at the same speed
+    /// within noise (docs/BENCHMARKS.md).
     Pread,
 }
 
@@ -181,6 +197,54 @@ impl PackBackend for LocalPacks {
                 Ok(buf)
             }
         }
+    }
+
+    fn read_record(
+        &self,
+        pack: PackId,
+        offset: u64,
+        head: &mut [u8],
+        stored_len: usize,
+    ) -> Result<Vec<u8>> {
+        durable::failpoint!("pack::read", self.sealed_path(pack));
+        let opened = self.opened(pack)?;
+        let Opened::File(file) = &*opened else {
+            head.copy_from_slice(&self.read(pack, offset, head.len())?);
+            return self.read(pack, offset + head.len() as u64, stored_len);
+        };
+        let mut stored = vec![0u8; stored_len];
+        let want = head.len() + stored_len;
+        // One preadv for both; a short read (rare: a signal, or the end
+        // of a truncated pack) is finished piece by piece.
+        let got = rustix::io::preadv(
+            file,
+            &mut [
+                std::io::IoSliceMut::new(head),
+                std::io::IoSliceMut::new(&mut stored),
+            ],
+            offset,
+        )
+        .map_err(|e| Error::io(self.sealed_path(pack), e.into()))?;
+        if got < want {
+            let short = |e: std::io::Error| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => Error::Corrupt {
+                    file: self.describe(pack),
+                    pack: Some(pack),
+                    offset: Some(offset),
+                    chunk: None,
+                    reason: format!("record of {want} bytes runs beyond the end of the pack"),
+                },
+                _ => Error::io(self.sealed_path(pack), e),
+            };
+            if got < head.len() {
+                file.read_exact_at(&mut head[got..], offset + got as u64)
+                    .map_err(short)?;
+            }
+            let done = got.saturating_sub(head.len());
+            file.read_exact_at(&mut stored[done..], offset + (head.len() + done) as u64)
+                .map_err(short)?;
+        }
+        Ok(stored)
     }
 
     fn done_with(&self, pack: PackId, offset: u64, len: usize) {

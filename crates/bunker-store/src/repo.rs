@@ -67,7 +67,7 @@ pub struct OpenOptions {
 impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
-            read_mode: ReadMode::Mmap,
+            read_mode: ReadMode::Pread,
             index_flush_at: 16 * 1024,
         }
     }

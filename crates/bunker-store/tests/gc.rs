@@ -471,9 +471,6 @@ fn gc_refuses_a_manifest_that_fails_its_checksum_and_deletes_nothing() {
     let packs_before = packs(dir.path());
     let repo = Repository::open(dir.path()).unwrap();
     let err = repo.gc(&GcOptions::default()).unwrap_err();
-    assert!(
-        err.is_corrupt() && err.to_string().contains("a@"),
-        "{err}"
-    );
+    assert!(err.is_corrupt() && err.to_string().contains("a@"), "{err}");
     assert_eq!(packs(dir.path()), packs_before, "GC deleted packs");
 }

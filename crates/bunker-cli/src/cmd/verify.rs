@@ -72,7 +72,10 @@ pub fn verify(g: &Global, a: Args) -> CmdResult {
                 .offset
                 .map(|o| format!(" at offset {o}"))
                 .unwrap_or_default();
-            println!("UNREADABLE {}{at}: {} (nothing quarantined)", d.file, d.reason);
+            println!(
+                "UNREADABLE {}{at}: {} (nothing quarantined)",
+                d.file, d.reason
+            );
         }
         for s in &r.damaged_snapshots {
             println!(

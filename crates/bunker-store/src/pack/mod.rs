@@ -334,16 +334,14 @@ impl Packs {
             chunk: Some(*id),
             reason,
         };
-        durable::failpoint!("pack::read", self.backend.describe(loc.pack));
         let (head, stored) = match self.read_open(loc)? {
             Some(pair) => pair,
             None => {
-                let head = self.backend.read(loc.pack, loc.offset, RECORD_HEADER_LEN)?;
-                let stored = self.backend.read(
-                    loc.pack,
-                    loc.offset + RECORD_HEADER_LEN as u64,
-                    loc.stored_len as usize,
-                )?;
+                let mut head = vec![0u8; RECORD_HEADER_LEN];
+                let stored = self
+                    .backend
+                    .read_record(loc.pack, loc.offset, &mut head, loc.stored_len as usize)
+                    .map_err(|e| naming(e, id, loc))?;
                 (head, stored)
             }
         };
@@ -383,6 +381,34 @@ impl Packs {
         file.read_exact_at(&mut stored, loc.offset + RECORD_HEADER_LEN as u64)
             .at(path)?;
         Ok(Some((head, stored)))
+    }
+}
+
+/// Adds the chunk and offset to an error reading its record, so whoever
+/// sees it (a restore, a drill, verify's report) can tell which one.
+fn naming(e: Error, id: &ChunkId, loc: &Location) -> Error {
+    match e {
+        Error::Corrupt {
+            file,
+            pack,
+            offset,
+            chunk: None,
+            reason,
+        } => Error::Corrupt {
+            file,
+            pack,
+            offset: offset.or(Some(loc.offset)),
+            chunk: Some(*id),
+            reason,
+        },
+        Error::Io { path, source } => Error::Io {
+            path,
+            source: std::io::Error::new(
+                source.kind(),
+                format!("{source} (chunk {id}, record at offset {})", loc.offset),
+            ),
+        },
+        other => other,
     }
 }
 
