@@ -665,7 +665,8 @@ fn drop_from_page_cache(path: &Path) {
 }
 
 /// File-backed resident bytes of this process (`shared` of
-/// /proc/self/statm); 0 where that is not available.
+/// /proc/self/statm, counted in pages of the kernel's size); 0 where that
+/// is not available.
 fn resident_file_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
@@ -674,7 +675,7 @@ fn resident_file_bytes() -> u64 {
                 .nth(2)
                 .and_then(|v| v.parse::<u64>().ok())
         })
-        .map_or(0, |pages| pages * 4096)
+        .map_or(0, |pages| pages * rustix::param::page_size() as u64)
 }
 
 fn run_path(dir: &Path, r: RunRef) -> PathBuf {
