@@ -1713,6 +1713,51 @@ fn a_snapshot_may_be_named_like_the_stores_own_files() {
     stop(server);
 }
 
+/// Regression: a crash while the server replaced `server/tokens.json` or
+/// `server/checks.json` left the temp file (`NAME.PID.SEQ.tmp`) forever.
+/// Starting removes exactly those and nothing else; the tokens still work.
+#[test]
+fn the_server_removes_the_temp_files_of_its_interrupted_replaces_on_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let (server, c) = start(data, &[]);
+    c.upload("vol", &noise(145, 1000));
+    stop(server);
+    let stale = [
+        "server/tokens.json.4242.0.tmp",
+        "server/checks.json.17.3.tmp",
+    ];
+    let kept = [
+        "server/tokens.json.tmp",
+        "server/tokens.json.1.2.tmp.bak",
+        "server/tokens.json.x.2.tmp",
+        "server/checks.json.1.2.3.tmp",
+        "server/admin.token.1.2.tmp",
+        "server/notes.1.2.tmp",
+        "tokens.json.5.6.tmp",
+        "admin.token.5.6.tmp",
+    ];
+    for (i, f) in stale.iter().chain(&kept).enumerate() {
+        std::fs::write(data.join(f), format!("planted {i}")).unwrap();
+    }
+    let tokens = std::fs::read(data.join("server/tokens.json")).unwrap();
+    let (server, c) = start(data, &[]);
+    for f in stale {
+        assert!(!data.join(f).exists(), "{f} is still there");
+    }
+    for (i, f) in kept.iter().enumerate() {
+        let planted = format!("planted {}", i + stale.len());
+        assert_eq!(
+            std::fs::read_to_string(data.join(f)).ok().as_deref(),
+            Some(planted.as_str()),
+            "{f} was touched"
+        );
+    }
+    assert!(std::fs::read(data.join("server/tokens.json")).unwrap() == tokens);
+    assert_eq!(c.list("vol").len(), 1, "the admin token still works");
+    stop(server);
+}
+
 /// A restore whose writer panics (here: the progress callback) must end,
 /// with the panic, instead of leaving fetchers waiting for room in the
 /// window forever; and a normal drill of the same snapshot still passes.

@@ -79,6 +79,11 @@ impl State {
             bunker_store::CreateOptions::default(),
         )
         .map_err(|e| format!("opening the repository at {}: {e}", config.data.display()))?;
+        // The repository lock is ours: no other server writes these now.
+        for file in ["tokens.json", "checks.json"] {
+            bunker_store::remove_stale_temps_of(&config.data.join("server").join(file))
+                .map_err(|e| format!("removing stale temp files of {file}: {e}"))?;
+        }
         let (tokens, first) = TokenStore::open(&config.data.join("server"))?;
         let checks = checks::Checks::open(&config.data.join("server"))?;
         let admin_file = match first {

@@ -109,19 +109,69 @@ pub(crate) fn rename(from: &Path, to: &Path) -> Result<()> {
 /// last rename wins; callers serialize read-modify-write cycles).
 pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(
-        ".{}.{}.tmp",
-        std::process::id(),
-        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let tmp = path.with_file_name(name);
+    let tmp = temp_path(path, SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     {
         let mut f = File::create(&tmp).at(&tmp)?;
         f.write_all(bytes).at(&tmp)?;
         sync_data(&f, &tmp)?;
     }
     rename(&tmp, path)
+}
+
+/// The temp file [`replace_file`] writes `path` through: `NAME.PID.SEQ.tmp`
+/// beside it (PID and SEQ in decimal).
+fn temp_path(path: &Path, seq: u64) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.{seq}.tmp", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Whether `name` is exactly a temp name [`replace_file`] gives a file
+/// called `target` (any process, any sequence number).
+fn is_temp_of(name: &str, target: &str) -> bool {
+    let decimal = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    name.strip_prefix(target)
+        .and_then(|r| r.strip_prefix('.'))
+        .and_then(|r| r.strip_suffix(".tmp"))
+        .and_then(|r| r.split_once('.'))
+        .is_some_and(|(pid, seq)| {
+            decimal(pid) && pid.parse::<u32>().is_ok() && decimal(seq) && seq.parse::<u64>().is_ok()
+        })
+}
+
+/// Removes from `dir` the temp files that an interrupted [`replace_file`]
+/// of one of `targets` (file names in `dir`) left: regular files whose name
+/// is exactly `TARGET.PID.SEQ.tmp`, nothing else. Only for a directory no
+/// other process writes (the caller holds the repository lock). A temp
+/// file that cannot be removed is logged and left: it holds nothing anyone
+/// reads. Returns the paths removed.
+pub(crate) fn remove_stale_temps(dir: &Path, targets: &[&str]) -> Result<Vec<std::path::PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(crate::Error::io(dir, e)),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry.at(dir)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !targets.iter().any(|t| is_temp_of(name, t))
+            || !entry.file_type().is_ok_and(|t| t.is_file())
+        {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(file = %path.display(), "removed the temp file of an interrupted write");
+                removed.push(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("cannot remove the stale temp file {}: {e}", path.display()),
+        }
+    }
+    Ok(removed)
 }
 
 /// `mkdir -p` that syncs the parent of every directory it creates, and of
@@ -168,5 +218,34 @@ fn parent(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names_are_recognised_exactly() {
+        let made = temp_path(Path::new("/r/index/state"), 17);
+        let made = made.file_name().unwrap().to_str().unwrap();
+        assert!(is_temp_of(made, "state"), "{made}");
+        assert!(is_temp_of(".deleted-hwm.4242.0.tmp", ".deleted-hwm"));
+        for other in [
+            "state",
+            "state.tmp",
+            "state.1.tmp",
+            "state.1.2.3.tmp",
+            "state.x.2.tmp",
+            "state.1.+2.tmp",
+            "state..2.tmp",
+            "state.1.2.TMP",
+            "state.1.2.tmp.bak",
+            "state.99999999999.2.tmp",
+            "xstate.1.2.tmp",
+            "tombstones.1.2.tmp",
+        ] {
+            assert!(!is_temp_of(other, "state"), "{other}");
+        }
     }
 }

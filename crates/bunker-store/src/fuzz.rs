@@ -90,9 +90,11 @@ pub fn manifest_file(scratch: &Path, bytes: &[u8]) -> Result<u64> {
     Ok(n)
 }
 
-/// The `tombstones` and `space` files, and `config`.
+/// The `tombstones`, `space` and `snapshots/.deleted-hwm` files, and
+/// `config`.
 pub fn small_files(bytes: &[u8]) -> usize {
     usize::from(crate::format::tombstones::decode("tombstones", bytes).is_ok())
+        + usize::from(crate::format::deleted_hwm::decode(".deleted-hwm", bytes).is_ok())
         + usize::from(crate::format::space::decode("space", bytes).is_ok())
         + usize::from(crate::format::config::RepoConfig::decode("config", bytes).is_ok())
 }

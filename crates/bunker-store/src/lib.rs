@@ -70,6 +70,20 @@ pub fn write_file_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()>
     durable::replace_file(path, bytes)
 }
 
+/// Removes the temp files that interrupted [`write_file_atomically`]s of
+/// `path` left beside it: regular files named exactly `NAME.PID.SEQ.tmp`,
+/// nothing else. Call it while holding the repository open, so no other
+/// process is writing them. Returns the paths removed.
+pub fn remove_stale_temps_of(path: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Err(Error::Invalid(format!(
+            "{} is not a file name in a directory",
+            path.display()
+        )));
+    };
+    durable::remove_stale_temps(dir, &[name])
+}
+
 /// A pack file's number, unique in its repository, never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PackId(pub u64);

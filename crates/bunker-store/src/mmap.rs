@@ -60,20 +60,14 @@ impl SealedMap {
     /// Drops the pages holding a range from this process's page tables
     /// after it was copied out, so resident memory stays flat while
     /// streaming through packs many times larger than RAM. The range is
-    /// widened to whole pages: dropping a page another reader still uses
+    /// widened to whole pages of the running kernel (4 KiB on x86-64, 16 or
+    /// 64 KiB on some arm64 and ppc64 kernels, where an unaligned start
+    /// makes `madvise` fail): dropping a page another reader still uses
     /// only makes it fault in again. The page cache keeps the data.
     pub(crate) fn release(&self, offset: u64, len: usize) {
-        const PAGE: u64 = 4096;
-        let map_len = self.map.len() as u64;
-        let start = offset / PAGE * PAGE;
-        let end = offset
-            .saturating_add(len as u64)
-            .div_ceil(PAGE)
-            .saturating_mul(PAGE)
-            .min(map_len);
-        if end <= start {
+        let Some(span) = page_span(offset, len, self.map.len(), rustix::param::page_size()) else {
             return;
-        }
+        };
         // SAFETY: MADV_DONTNEED on a read-only file mapping only discards
         // this process's page table entries; the next access faults the same
         // file bytes back in from the page cache. A read-only map has no
@@ -83,8 +77,8 @@ impl SealedMap {
         let result = unsafe {
             self.map.unchecked_advise_range(
                 memmap2::UncheckedAdvice::DontNeed,
-                start as usize,
-                (end - start) as usize,
+                span.start,
+                span.len(),
             )
         };
         if let Err(e) = result {
@@ -95,5 +89,65 @@ impl SealedMap {
     /// Drops all resident pages of the map (see [`Self::release`]).
     pub(crate) fn release_all(&self) {
         self.release(0, self.map.len());
+    }
+}
+
+/// `offset..offset + len` widened to whole pages of `page` bytes and cut at
+/// `map_len`: what `madvise` accepts (a page-aligned start). `None` when
+/// nothing of the range lies in the map.
+fn page_span(
+    offset: u64,
+    len: usize,
+    map_len: usize,
+    page: usize,
+) -> Option<std::ops::Range<usize>> {
+    let page = page as u64;
+    let start = offset / page * page;
+    let end = offset
+        .saturating_add(len as u64)
+        .div_ceil(page)
+        .saturating_mul(page)
+        .min(map_len as u64);
+    (start < end).then_some(start as usize..end as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: `release` assumed 4 KiB pages, so on a 16 or 64 KiB
+    /// page kernel most ranges started unaligned and `madvise` refused them.
+    #[test]
+    fn release_spans_start_on_the_kernels_page_size() {
+        for page in [4096usize, 16 << 10, 64 << 10] {
+            let map_len = 10 * page + 123;
+            for (offset, len) in [
+                (0, 1),
+                (4096, 100),
+                (page as u64 + 5, 3 * page),
+                (9 * page as u64 + 7, page),
+            ] {
+                let span = page_span(offset, len, map_len, page).unwrap();
+                assert_eq!(span.start % page, 0, "page {page}, offset {offset}");
+                assert!(span.start as u64 <= offset);
+                assert!(span.end as u64 >= (offset + len as u64).min(map_len as u64));
+                assert!(span.end <= map_len);
+            }
+            assert_eq!(page_span(11 * page as u64, 10, map_len, page), None);
+        }
+    }
+
+    #[test]
+    fn release_of_a_real_map_keeps_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let map = SealedMap::open(&std::fs::File::open(&path).unwrap()).unwrap();
+        let page = rustix::param::page_size();
+        assert!(page.is_power_of_two() && page >= 4096, "{page}");
+        map.release(page as u64 + 17, 3 * page);
+        map.release_all();
+        assert_eq!(map.copy(0, bytes.len()).unwrap(), bytes);
     }
 }

@@ -19,6 +19,7 @@ use crate::backend::{LocalPacks, PackBackend, ReadMode};
 use crate::compress::{compress, decompress};
 use crate::error::IoContext;
 use crate::format::config::RepoConfig;
+use crate::format::deleted_hwm::DeletedHwm;
 use crate::format::manifest::ManifestHeader;
 use crate::format::space::{Space, Usage};
 use crate::format::Le;
@@ -177,6 +178,10 @@ pub struct Recovery {
     pub index_rebuilt: Option<String>,
     /// Sealed or recovered packs the index did not cover, now indexed.
     pub packs_indexed: usize,
+    /// Temp files of interrupted atomic replaces (`NAME.PID.SEQ.tmp` of
+    /// `config`, `tombstones`, `space`, `index/state`,
+    /// `snapshots/.deleted-hwm`) that were removed, relative to the root.
+    pub temp_files_removed: Vec<PathBuf>,
 }
 
 impl Repository {
@@ -256,8 +261,11 @@ impl Repository {
             durable::create_dir_all(&path.join(dir))?;
         }
         clear_tmp(&path.join("tmp"))?;
+        let mut recovery = Recovery {
+            temp_files_removed: remove_replace_temps(path)?,
+            ..Recovery::default()
+        };
         let backend = LocalPacks::new(path.join("packs"), opts.read_mode);
-        let mut recovery = Recovery::default();
         let index_dir = path.join("index");
         let index = match Index::open(&index_dir, opts.index_flush_at) {
             Ok(index) => index,
@@ -741,8 +749,9 @@ impl Repository {
         // Ids are never reused: remember the highest id ever deleted.
         let _one = self.inner.deletes.lock().unwrap_or_else(|p| p.into_inner());
         let hwm = read_deleted_hwm(&root)?;
-        if id.0 > hwm {
-            durable::replace_file(&root.join(DELETED_HWM), &id.0.to_le_bytes())?;
+        if id.0 > hwm.id || hwm.legacy {
+            let mark = crate::format::deleted_hwm::encode(id.0.max(hwm.id));
+            durable::replace_file(&root.join(DELETED_HWM), &mark)?;
         }
         durable::remove_file(&path)
     }
@@ -986,6 +995,27 @@ fn clear_tmp(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The files replaced whole through `durable::replace_file`, by directory
+/// under the root: a crash can leave their temp files beside them.
+const REPLACED_FILES: [(&str, &[&str]); 3] = [
+    ("", &["config", TOMBSTONES, crate::gc::SPACE_FILE]),
+    ("index", &["state"]),
+    ("snapshots", &[DELETED_HWM]),
+];
+
+/// Removes the temp files interrupted replaces of [`REPLACED_FILES`] left
+/// (exactly their `NAME.PID.SEQ.tmp` names, in their directories); returns
+/// them relative to `root`.
+fn remove_replace_temps(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for (dir, names) in REPLACED_FILES {
+        for p in durable::remove_stale_temps(&root.join(dir), names)? {
+            removed.push(p.strip_prefix(root).map_or(p.clone(), Path::to_path_buf));
+        }
+    }
+    Ok(removed)
+}
+
 /// Seals staging packs left by a crash and queues sealed packs the index
 /// does not cover (both counted, and torn tails listed, in `recovery`).
 /// Returns the next free pack id.
@@ -1004,26 +1034,33 @@ fn recover_packs(
         .max()
         .unwrap_or(1);
     next = next.max(index.max_covered().map_or(1, |m| m + 1));
-    for pack in staged {
-        let (sealed, torn) = recover_staged(backend, repo_id, pack)?;
-        if let Some(s) = sealed {
-            index.add_sealed(s.pack, s.index_entries());
-            recovery.packs_indexed += 1;
-        }
-        recovery.torn_tails.extend(torn);
-    }
-    for pack in sealed {
-        if index.is_covered(pack) {
-            continue;
-        }
-        match read_trailer(backend, pack) {
-            Ok(entries) => {
-                index.add_sealed(pack, entries.iter().map(|e| e.index_entry(pack)).collect());
+    // Staging and sealed packs together in id order: of a chunk stored
+    // twice, the highest pack's copy is indexed last and wins wherever the
+    // flushes fall (docs/FORMAT.md, "Index").
+    let mut packs: Vec<(crate::PackId, bool)> = sealed
+        .into_iter()
+        .map(|p| (p, false))
+        .chain(staged.into_iter().map(|p| (p, true)))
+        .collect();
+    packs.sort();
+    for (pack, staging) in packs {
+        if staging {
+            let (sealed, torn) = recover_staged(backend, repo_id, pack)?;
+            if let Some(s) = sealed {
+                index.add_sealed(s.pack, s.index_entries());
                 recovery.packs_indexed += 1;
             }
-            // A damaged sealed pack is reported, not rewritten: verify names
-            // the snapshots that need it.
-            Err(e) => tracing::error!("cannot index {}: {e}", backend.describe(pack)),
+            recovery.torn_tails.extend(torn);
+        } else if !index.is_covered(pack) {
+            match read_trailer(backend, pack) {
+                Ok(entries) => {
+                    index.add_sealed(pack, entries.iter().map(|e| e.index_entry(pack)).collect());
+                    recovery.packs_indexed += 1;
+                }
+                // A damaged sealed pack is reported, not rewritten: verify names
+                // the snapshots that need it.
+                Err(e) => tracing::error!("cannot index {}: {e}", backend.describe(pack)),
+            }
         }
         if index.needs_flush() {
             index.flush()?;
@@ -1032,17 +1069,21 @@ fn recover_packs(
     Ok(next)
 }
 
-fn read_deleted_hwm(root: &Path) -> Result<u64> {
+/// The deleted-id mark in the snapshots directory `root` (id 0 when no
+/// snapshot was ever deleted).
+fn read_deleted_hwm(root: &Path) -> Result<DeletedHwm> {
     match std::fs::read(root.join(DELETED_HWM)) {
-        Ok(b) if b.len() == 8 => Ok(Le::u64(&b, 0)),
-        Ok(_) => Err(Error::corrupt("snapshots/.deleted-hwm", "expected 8 bytes")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Ok(b) => crate::format::deleted_hwm::decode("snapshots/.deleted-hwm", &b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DeletedHwm {
+            id: 0,
+            legacy: false,
+        }),
         Err(e) => Err(Error::io(root.join(DELETED_HWM), e)),
     }
 }
 
 fn next_snapshot_id(root: &Path) -> Result<u64> {
-    let mut max = read_deleted_hwm(root)?;
+    let mut max = read_deleted_hwm(root)?.id;
     for name in snapshot::names(root)? {
         if let Some(id) = snapshot::ids(root, &name)?.last() {
             max = max.max(id.0);

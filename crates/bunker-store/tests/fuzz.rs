@@ -15,7 +15,7 @@ mod common;
 use common::*;
 
 /// Real files of a small repository, by target: pack, run, state,
-/// manifest, small (tombstones, space, config).
+/// manifest, small (tombstones, space, deleted-id mark, config).
 fn seeds() -> &'static Vec<(&'static str, Vec<u8>)> {
     static SEEDS: OnceLock<Vec<(&'static str, Vec<u8>)>> = OnceLock::new();
     SEEDS.get_or_init(|| {
@@ -48,7 +48,7 @@ fn seeds() -> &'static Vec<(&'static str, Vec<u8>)> {
         {
             add("manifest", &e.path());
         }
-        for f in ["space", "config"] {
+        for f in ["space", "config", "snapshots/.deleted-hwm"] {
             if dir.path().join(f).exists() {
                 add("small", &dir.path().join(f));
             }

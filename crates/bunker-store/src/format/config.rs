@@ -1,19 +1,6 @@
-//! `config`: the repository's identity and fixed parameters (128 bytes).
-//!
-//! | offset | width | field |
-//! |---|---|---|
-//! | 0 | 8 | magic `BNKRREPO` |
-//! | 8 | 4 | version (1) |
-//! | 12 | 4 | header length (128) |
-//! | 16 | 16 | repository id |
-//! | 32 | 8 | created, unix seconds (i64) |
-//! | 40 | 4 | chunk min_len |
-//! | 44 | 4 | chunk avg_len |
-//! | 48 | 4 | chunk max_len |
-//! | 52 | 4 | zstd level (i32) |
-//! | 56 | 8 | pack target length |
-//! | 64 | 56 | reserved, zero |
-//! | 120 | 8 | xxh3-64 of bytes 0..120 |
+//! `config`: the repository's identity and the parameters fixed at its
+//! creation (chunker sizes, zstd level, pack length), 128 bytes, checked
+//! whole on every open. Layout: docs/FORMAT.md, "config".
 
 use bunker_chunk::ChunkerParams;
 

@@ -1,43 +1,12 @@
-//! Index files: sorted runs of fixed-size entries, and the state file that
-//! says which runs are live and which packs they cover.
+//! Index files: sorted runs of fixed-size entries, each with a blocked
+//! Bloom filter, and the state file that says which runs are live and which
+//! packs they cover.
 //!
-//! A run file (`index/<shard>-<run>.run`, shard in hex, run id as 16 hex
-//! digits) holds the entries of one shard (the top 4 bits of the chunk id)
-//! sorted by id:
-//!
-//! | offset | width | field |
-//! |---|---|---|
-//! | 0 | 8 | magic `BNKRIRUN` |
-//! | 8 | 4 | version (1) |
-//! | 12 | 4 | header length (64) |
-//! | 16 | 1 | shard |
-//! | 17 | 7 | reserved, zero |
-//! | 24 | 8 | run id |
-//! | 32 | 8 | entry count N |
-//! | 40 | 8 | Bloom filter blocks B |
-//! | 48 | 8 | reserved, zero |
-//! | 56 | 8 | xxh3-64 of bytes 0..56 |
-//! | 64 | 56·N | entries |
-//! | 64+56·N | 64·B | blocked Bloom filter of the entries' ids |
-//! | 64+56·N+64·B | 8 | xxh3-64 of the entries and the filter |
-//! | 72+56·N+64·B | 8 | magic `BNKRIEND` |
-//!
-//! An entry (56 bytes): chunk id (32), pack id (8), record offset (8), raw
-//! length (4), stored length (4).
-//!
-//! The filter: B blocks of 64 bytes (eight u64 words). For an id, `h1` and
-//! `h2` are the little-endian u64s at bytes 8 and 16 of the id; the block is
-//! `h1 % B`, and bits `(h2 >> 9·i) & 511` for `i` in 0..7 of that block are
-//! set (bit `b` is bit `b % 64` of word `b / 64`). About 10 bits per entry:
-//! a lookup skips a run that does not hold the id after one cache line, with
-//! a false positive rate near 1%.
-//!
-//! The state file (`index/state`): a 64-byte header (magic `BNKRIDXS`,
-//! version, header length, generation u64 at 16, next run id u64 at 24, run
-//! count u32 at 32, covered-range count u32 at 36, reserved), then 16 bytes
-//! per live run (shard u8, 7 reserved, run id u64), then 16 bytes per range
-//! of covered pack ids (first, last, inclusive), then xxh3-64 of all
-//! preceding bytes.
+//! A run (`index/<shard>-<run>.run`, shard in hex, run id as 16 hex digits)
+//! holds the entries of one shard (the top 4 bits of the chunk id) sorted by
+//! id, so a lookup searches it in place; its filter lets a lookup skip a
+//! run that does not hold the id after one cache line. Layout:
+//! docs/FORMAT.md, "Index".
 
 use bunker_chunk::ChunkId;
 

@@ -1,42 +1,9 @@
-//! Snapshot manifests: a header, fixed-size entries, a footer.
+//! Snapshot manifests: a 512-byte header, fixed-size entries, a footer.
 //!
-//! Entries are `(end offset, chunk id)`, 40 bytes each, in stream order, so
-//! the chunk holding byte `x` is the first entry with `end > x` (binary
-//! search, no need to load the manifest). Chunk `i` spans
-//! `end[i-1]..end[i]`; a chunk id of all zeros is an all-zero chunk that was
-//! never stored.
-//!
-//! Header (512 bytes):
-//!
-//! | offset | width | field |
-//! |---|---|---|
-//! | 0 | 8 | magic `BNKRSNAP` |
-//! | 8 | 4 | version (1) |
-//! | 12 | 4 | header length (512) |
-//! | 16 | 16 | repository id |
-//! | 32 | 8 | snapshot id |
-//! | 40 | 8 | created, unix milliseconds (server clock, i64) |
-//! | 48 | 8 | logical size in bytes |
-//! | 56 | 8 | entry count |
-//! | 64 | 12 | chunker min, avg, max (u32 each) |
-//! | 76 | 4 | reserved, zero |
-//! | 80 | 32 | BLAKE3 of the whole stream |
-//! | 112 | 8 | chunks newly stored by this backup |
-//! | 120 | 8 | bytes newly stored (after compression) |
-//! | 128 | 8 | ingest duration, milliseconds |
-//! | 136 | 8 | zero chunks |
-//! | 144 | 2 | name length |
-//! | 146 | 2 | source length |
-//! | 148 | 4 | reserved, zero |
-//! | 152 | 128 | name (UTF-8, zero padded) |
-//! | 280 | 192 | source description (UTF-8, zero padded) |
-//! | 472 | 8 | creator: id of the API token that wrote it, 0 if none |
-//! | 480 | 8 | raw bytes of the chunks newly stored (0 in manifests written before this field) |
-//! | 488 | 16 | reserved, zero |
-//! | 504 | 8 | xxh3-64 of bytes 0..504 |
-//!
-//! Footer (24 bytes): xxh3-64 of all entry bytes, entry count, magic
-//! `BNKRMEND`.
+//! Entries are `(end offset, chunk id)` in stream order, so the chunk
+//! holding byte `x` is the first entry with `end > x` (binary search, no
+//! need to load the manifest). A chunk id of all zeros is an all-zero chunk
+//! that was never stored. Layout: docs/FORMAT.md, "Manifest".
 
 use bunker_chunk::{ChunkId, ChunkerParams};
 

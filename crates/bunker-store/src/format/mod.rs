@@ -7,6 +7,7 @@
 //! All integers are little-endian. The specification is docs/FORMAT.md.
 
 pub mod config;
+pub mod deleted_hwm;
 pub mod index;
 pub mod manifest;
 pub mod pack;

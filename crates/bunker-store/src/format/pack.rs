@@ -1,14 +1,10 @@
-//! Pack files: a header, chunk records, and (once sealed) a trailer and footer.
+//! Pack files: a header, chunk records, and (once sealed) a trailer and
+//! footer.
 //!
-//! ```text
-//! +--------------+----------+----------+-----+----------------------+--------+
-//! | header (64)  | record 0 | record 1 | ... | trailer: N x 56      | footer |
-//! +--------------+----------+----------+-----+----------------------+ (48)   |
-//! ```
-//! A record is a 64-byte header followed by `stored_len` bytes. Its checksum
-//! covers the header and the stored bytes, so a torn or flipped record is
-//! found without decompressing. The trailer repeats each record's id and
-//! location so sealing and re-indexing read a few KiB instead of the pack.
+//! A record's checksum covers its header and stored bytes, so a torn or
+//! flipped record is found without decompressing. The trailer repeats each
+//! record's id and location so sealing and re-indexing read a few KiB
+//! instead of the pack. Layout: docs/FORMAT.md, "Pack".
 
 use bunker_chunk::ChunkId;
 
@@ -44,15 +40,7 @@ impl TryFrom<u8> for Codec {
     }
 }
 
-/// | offset | width | field |
-/// |---|---|---|
-/// | 0 | 8 | magic `BNKRPACK` |
-/// | 8 | 4 | version (1) |
-/// | 12 | 4 | header length (64) |
-/// | 16 | 16 | repository id |
-/// | 32 | 8 | pack id |
-/// | 40 | 16 | reserved, zero |
-/// | 56 | 8 | xxh3-64 of bytes 0..56 |
+/// The first 64 bytes of a pack: which repository and pack it belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PackHeader {
     pub repo_id: [u8; 16],
@@ -82,16 +70,7 @@ impl PackHeader {
     }
 }
 
-/// | offset | width | field |
-/// |---|---|---|
-/// | 0 | 4 | magic `BREC` |
-/// | 4 | 1 | codec (0 raw, 1 zstd) |
-/// | 5 | 3 | reserved, zero |
-/// | 8 | 4 | raw length |
-/// | 12 | 4 | stored length |
-/// | 16 | 32 | chunk id (BLAKE3 of the raw bytes) |
-/// | 48 | 8 | reserved, zero |
-/// | 56 | 8 | xxh3-64 of bytes 0..56 and the stored bytes |
+/// The 64-byte header before a record's stored bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
     pub codec: Codec,
@@ -162,13 +141,13 @@ impl RecordHeader {
 /// The largest raw chunk any repository may hold (the chunker's limit).
 pub const MAX_RAW_LEN: u32 = 16 << 20;
 
-/// zstd's worst-case expansion bound, rounded up generously.
+/// The largest stored length a record of `raw_len` bytes may have: zstd's
+/// worst-case expansion, rounded up generously (more can only be damage).
 pub fn max_stored_len(raw_len: u32) -> u32 {
     raw_len.saturating_add(raw_len / 128).saturating_add(1024)
 }
 
-/// One trailer entry (56 bytes): id (32), record offset (8), raw length (4),
-/// stored length (4), codec (1), reserved (7).
+/// One trailer entry (56 bytes): a record's id, place and lengths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TrailerEntry {
     pub id: ChunkId,
@@ -213,16 +192,8 @@ impl TrailerEntry {
     }
 }
 
-/// The last 48 bytes of a sealed pack.
-///
-/// | offset | width | field |
-/// |---|---|---|
-/// | 0 | 8 | trailer offset (end of the last record) |
-/// | 8 | 8 | record count |
-/// | 16 | 8 | xxh3-64 of the trailer entries |
-/// | 24 | 8 | reserved, zero |
-/// | 32 | 8 | xxh3-64 of bytes 0..32 |
-/// | 40 | 8 | magic `BNKRSEAL` |
+/// The last 48 bytes of a sealed pack: where its trailer is and its
+/// checksum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Footer {
     pub trailer_offset: u64,

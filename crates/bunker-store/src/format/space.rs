@@ -2,19 +2,13 @@
 //! and per name, pack bytes), so `stats` adds only what came after it
 //! instead of scanning the repository. Replaced atomically by each GC; a
 //! missing or damaged file costs accuracy of the figures, never data.
-//!
-//! Layout: header (32 bytes: magic `BNKRSPAC`, version, header length,
-//! written unix ms (i64) at 16, name count (u64) at 24); totals (64 bytes:
-//! referenced chunks, raw bytes, stored bytes, pack bytes, packs, next pack
-//! id, 16 reserved); per name: name length (u16), 6 reserved, name,
-//! unique chunks, raw bytes, stored bytes, snapshot count (u64 each), then
-//! the ids of the snapshots the figures include (u64 each); xxh3-64 of
-//! everything before it.
+//! Layout: docs/FORMAT.md, "Space accounting".
 
 use super::{check_magic_version, checksum, put_prefix, Le};
 use crate::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"BNKRSPAC";
+/// Version history: 1 — new file, written by GC (2026-11).
 pub const VERSION: u32 = 1;
 pub const HEADER_LEN: usize = 32;
 const TOTALS_LEN: usize = 64;

@@ -2,6 +2,7 @@
 //! condemned (deleted, or about to be: the decision is durable before the
 //! first pack goes) and records verify quarantined. Replaced atomically;
 //! small, because GC's compaction removes what no run refers to any more.
+//! Layout: docs/FORMAT.md, "Tombstones".
 
 use bunker_chunk::ChunkId;
 
@@ -10,6 +11,7 @@ use crate::index::Tombstones;
 use crate::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"BNKRTOMB";
+/// Version history: 1 — new file, written by GC (2026-11).
 pub const VERSION: u32 = 1;
 pub const HEADER_LEN: usize = 32;
 pub const RECORD_LEN: usize = 48;

@@ -23,6 +23,7 @@
 
 mod run;
 
+use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
@@ -361,9 +362,17 @@ impl Index {
             entries.retain(|(id, loc)| !t.buries(id, loc));
         }
         for (id, loc) in &entries {
-            lock(&self.stripe(id).slots)
-                .entry(*id)
-                .or_insert(Slot::Stored(*loc));
+            let mut slots = lock(&self.stripe(id).slots);
+            match slots.get(id) {
+                // The same choice between copies a flush makes.
+                Some(Slot::Stored(old))
+                    if (old.pack, old.offset) >= (loc.pack, loc.offset)
+                        && !self.is_buried(id, old) => {}
+                Some(Slot::Pending) => {}
+                _ => {
+                    slots.insert(*id, Slot::Stored(*loc));
+                }
+            }
         }
         self.queued_entries
             .fetch_add(entries.len(), Ordering::Relaxed);
@@ -432,7 +441,12 @@ impl Index {
                 if entries.is_empty() {
                     continue;
                 }
-                entries.sort_unstable_by_key(|e| e.0);
+                // A chunk stored twice (docs/FORMAT.md, "Index"): the
+                // highest (pack, offset) wins, as across runs, where newer
+                // runs hold later packs; never whatever the sort left first.
+                entries.sort_unstable_by_key(|(id, loc)| {
+                    (*id, Reverse(loc.pack), Reverse(loc.offset))
+                });
                 entries.dedup_by(|a, b| a.0 == b.0);
                 let r = new_state.allocate_run(shard as u8);
                 let path = run_path(&self.dir, r);
@@ -665,7 +679,8 @@ fn drop_from_page_cache(path: &Path) {
 }
 
 /// File-backed resident bytes of this process (`shared` of
-/// /proc/self/statm); 0 where that is not available.
+/// /proc/self/statm, counted in pages of the kernel's size); 0 where that
+/// is not available.
 fn resident_file_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
@@ -674,7 +689,7 @@ fn resident_file_bytes() -> u64 {
                 .nth(2)
                 .and_then(|v| v.parse::<u64>().ok())
         })
-        .map_or(0, |pages| pages * 4096)
+        .map_or(0, |pages| pages * rustix::param::page_size() as u64)
 }
 
 fn run_path(dir: &Path, r: RunRef) -> PathBuf {
