@@ -18,6 +18,12 @@ impl Server {
     /// Starts `bin serve --data DATA --listen 127.0.0.1:0 EXTRA...` and waits
     /// for its `bunker listening on ...` line.
     pub fn start(bin: &str, data: &Path, extra: &[&str]) -> Server {
+        Server::start_as(bin, data, extra, None)
+    }
+
+    /// Like [`Server::start`], with the admin token given rather than read
+    /// from `<data>/admin.token`.
+    pub fn start_as(bin: &str, data: &Path, extra: &[&str], admin: Option<&str>) -> Server {
         let mut child = Command::new(bin)
             .args(["serve", "--data"])
             .arg(data)
@@ -36,10 +42,13 @@ impl Server {
             .strip_prefix("bunker listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_string();
-        let admin = std::fs::read_to_string(data.join("admin.token"))
-            .expect("admin.token")
-            .trim()
-            .to_string();
+        let admin = match admin {
+            Some(a) => a.to_string(),
+            None => std::fs::read_to_string(data.join("admin.token"))
+                .expect("admin.token")
+                .trim()
+                .to_string(),
+        };
         Server {
             child,
             url,

@@ -39,7 +39,7 @@ pub(crate) async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'s
         ["v1", "info"] => ("info", admin::info(state, &method)),
         ["v1", "stats"] => ("stats", admin::stats(state, &principal, &method).await),
         ["v1", "tokens"] => ("tokens", admin::tokens(state, &principal, req).await),
-        ["v1", "tokens", id] => ("token", admin::token(state, &principal, &method, id)),
+        ["v1", "tokens", id] => ("token", admin::token(state, &principal, &method, id).await),
         ["v1", "snapshots"] => (
             "list_snapshots",
             snapshots::list(state, &principal, &method, None).await,

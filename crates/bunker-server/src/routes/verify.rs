@@ -1,6 +1,7 @@
 //! `POST /v1/verify` (admin): reads every record of every pack, checks the
 //! index runs and every manifest, and names damaged chunks and exactly the
-//! snapshots that reference them.
+//! snapshots that reference them. A scoped admin may verify one snapshot
+//! in its scope; the whole repository needs an unscoped admin.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,6 +31,15 @@ pub(super) async fn verify(state: &Arc<State>, p: &Principal, req: Request<Incom
         None => None,
         Some(s) => Some(parse_snapshot_ref(s)?),
     };
+    match (&p.scope, &snapshot) {
+        (Some(scope), None) => {
+            return Err(ApiError::forbidden(format!(
+                "a token scoped to {scope:?} may verify only a snapshot in its scope; verifying the whole repository needs an unscoped admin token"
+            )))
+        }
+        (Some(_), Some((name, _))) => super::check_name(p, name)?,
+        (None, _) => {}
+    }
     let opts = bunker_store::VerifyOptions {
         snapshot,
         sample_percent: q.sample_percent.unwrap_or(100.0),
