@@ -66,6 +66,8 @@ pub struct State {
     pub sessions: Sessions,
     pub metrics: Metrics,
     streams: Arc<Semaphore>,
+    /// One server-side drill at a time: it reads on every core.
+    server_drills: Semaphore,
     shutting_down: AtomicBool,
     data_dir: String,
 }
@@ -90,6 +92,7 @@ impl State {
         Ok((
             Arc::new(State {
                 streams: Arc::new(Semaphore::new(config.max_streams.max(1))),
+                server_drills: Semaphore::new(1),
                 config,
                 repo,
                 tokens,

@@ -26,6 +26,8 @@ pub struct Principal {
     pub id: u64,
     pub role: Role,
     pub scope: Option<String>,
+    /// The token's label, if it has one.
+    pub name: Option<String>,
 }
 
 /// Bytes after which a scope's name may continue: scope `db` covers
@@ -197,6 +199,7 @@ impl TokenStore {
             id: u64::from_str_radix(&t.id, 16).unwrap_or(0),
             role: t.role,
             scope: t.scope.clone(),
+            name: t.name.clone(),
         })
     }
 
@@ -356,6 +359,7 @@ mod tests {
             id: 1,
             role,
             scope: scope.map(str::to_string),
+            name: None,
         }
     }
 

@@ -1,7 +1,8 @@
 //! Tokens and scopes end to end: a scope covers a name and what continues
 //! it after a separator, never a longer name; a scoped admin reaches no
 //! token, session or snapshot outside its scope; the first start writes the
-//! admin secret safely.
+//! admin secret safely; a drill records who reported it, and the server's
+//! own drill finds damage that no client report can paper over.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
@@ -288,4 +289,188 @@ fn first_start_refuses_a_link_at_admin_token_and_replaces_a_stale_secret() {
         .tokens;
     assert_eq!(tokens.len(), 1, "no second admin was created");
     stop(server);
+}
+
+/// `bunker-e2e ARGS` against `server` with `token`: exit code and stdout.
+fn cli(server: &Server, token: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let o = Command::new(BIN)
+        .args(args)
+        .env("BUNKER_SERVER", &server.url)
+        .env("BUNKER_TOKEN", token)
+        .output()
+        .expect("run bunker");
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_drill_records_who_reported_it_and_the_servers_own_drill_finds_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin) = start(dir.path(), &[]);
+    // Random data is stored raw, so a byte in the middle of its pack is
+    // chunk data; zeros make the image sparse.
+    let mut data = noise(crate::seed(96), 6 * MIB);
+    data[MIB..2 * MIB].fill(0);
+    let damaged = admin.upload("vol-1", &data);
+    // The same chunks under a name outside the scope used below.
+    let sharing = admin.upload("web-1", &data);
+    stop(server);
+    let pack = bunker_tests::pack_files(dir.path(), "pack")
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a sealed pack");
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&pack, &bytes).unwrap();
+
+    let (server, admin) = start(dir.path(), &[]);
+    let intact_data = noise(97, 3 * MIB);
+    let intact = admin.upload("vol-2", &intact_data);
+    let r = admin.post(
+        "/v1/tokens",
+        br#"{"role":"reader","scope":"vol","name":"monitoring"}"#,
+    );
+    r.expect(201, "create the reader");
+    let reader: TokenCreated = serde_json::from_slice(&r.body).unwrap();
+    let rc = admin.with_token(Some(&reader.token));
+    let drill_path = |s: &Snapshot| format!("/v1/snapshots/{}/{}/drill", s.name, s.id);
+    let recorded = |s: &Snapshot| {
+        admin
+            .get(&format!("/v1/snapshots/{}/{}", s.name, s.id))
+            .expect(200, "metadata")
+            .snapshot()
+    };
+
+    // A reader's claim is recorded as its claim: by whom, not verified.
+    let claim = format!(r#"{{"ok":true,"bytes":{},"seconds":0.5}}"#, data.len());
+    rc.post(&drill_path(&damaged), claim.as_bytes())
+        .expect(200, "a reader reports a passed drill");
+    let d = recorded(&damaged).last_drill.expect("a drill");
+    assert!(d.ok);
+    assert_eq!(d.verified_by, bunker_api::Verifier::Client);
+    assert_eq!(d.token.as_deref(), Some(reader.info.id.as_str()));
+    assert_eq!(d.token_name.as_deref(), Some("monitoring"));
+    assert_eq!(recorded(&damaged).last_server_drill, None);
+
+    // The server's own drill reads the data and finds the damage.
+    rc.post(&drill_path(&damaged), br#"{"verify":"bogus"}"#)
+        .expect_error(ErrorCode::BadRequest, "an unknown verifier");
+    let r = rc.post(&drill_path(&damaged), br#"{"verify":"server"}"#);
+    r.expect(200, "a server drill of the damaged snapshot");
+    let sd: bunker_api::ServerDrill = serde_json::from_slice(&r.body).unwrap();
+    assert!(!sd.ok && !sd.check.ok, "{sd:?}");
+    let why = sd.error.clone().expect("why it failed");
+    assert!(why.contains("pack"), "the error names the damage: {why}");
+    assert!(sd.bytes < data.len() as u64);
+    assert_eq!(sd.check.verified_by, bunker_api::Verifier::Server);
+    assert_eq!(sd.check.token.as_deref(), Some(reader.info.id.as_str()));
+    let after = recorded(&damaged);
+    assert_eq!(after.last_drill.as_ref(), Some(&sd.check));
+    assert_eq!(after.last_server_drill.as_ref(), Some(&sd.check));
+
+    // A later claim is the last drill, but never replaces the server's.
+    rc.post(&drill_path(&damaged), claim.as_bytes())
+        .expect(200, "the reader claims success again");
+    let after = recorded(&damaged);
+    assert!(after
+        .last_drill
+        .as_ref()
+        .is_some_and(|d| d.ok && d.verified_by == bunker_api::Verifier::Client));
+    assert_eq!(after.last_server_drill.as_ref(), Some(&sd.check));
+    let m = admin.metrics();
+    assert_eq!(
+        metric(&m, "bunker_last_drill_ok{name=\"vol-1\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "bunker_last_server_drill_ok{name=\"vol-1\"}"),
+        Some(0.0)
+    );
+
+    // An intact snapshot passes the server's drill, zeros and all.
+    let r = rc.post(
+        "/v1/snapshots/vol-2/latest/drill",
+        br#"{"verify":"server"}"#,
+    );
+    r.expect(200, "a server drill of the intact snapshot");
+    let sd: bunker_api::ServerDrill = serde_json::from_slice(&r.body).unwrap();
+    assert!(sd.ok && sd.check.ok && sd.error.is_none(), "{sd:?}");
+    assert_eq!((sd.name.as_str(), sd.id), ("vol-2", intact.id));
+    assert_eq!(sd.bytes, intact_data.len() as u64);
+    assert_eq!(recorded(&intact).last_server_drill, Some(sd.check));
+
+    // Not a way around scopes and roles.
+    let other = root_scoped_reader(&admin, "web");
+    admin
+        .with_token(Some(&other))
+        .post(&drill_path(&intact), br#"{"verify":"server"}"#)
+        .expect_error(ErrorCode::Forbidden, "a reader out of scope");
+
+    // The CLI: `drill --server-side`, and the kind in `snapshots`.
+    let (code, out, err) = cli(&server, &reader.token, &["drill", "--server-side", "vol-2"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("drill vol-2@") && out.contains("read and verified by the server"),
+        "{out}"
+    );
+    let (code, out, err) = cli(&server, &reader.token, &["drill", "--server-side", "vol-1"]);
+    assert_eq!(code, Some(4), "{out}{err}");
+    assert!(out.contains("(server): FAILED"), "{out}");
+    let (code, out, err) = cli(
+        &server,
+        &reader.token,
+        &["--json", "drill", "--server-side", "vol-2"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let j: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(j["verified_by"], "server");
+    assert_eq!(j["verified"], true);
+    assert_eq!(j["bytes"], intact_data.len() as u64);
+    let (code, out, _) = cli(&server, &reader.token, &["drill", "vol-2"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, table, _) = cli(&server, &reader.token, &["snapshots"]);
+    assert_eq!(code, Some(0));
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{table}"))
+            .to_string()
+    };
+    assert!(
+        row("vol-1").contains("FAILED") && row("vol-1").ends_with("(server)"),
+        "{table}"
+    );
+    assert!(
+        row("vol-2").contains(" ok ") && row("vol-2").ends_with("(client)"),
+        "{table}"
+    );
+
+    // A scoped admin's verify of the damaged snapshot names and records
+    // only what is in its scope, though web-1 shares the damage.
+    let vol_admin = admin.create_token("admin", Some("vol"));
+    let r = admin
+        .with_token(Some(&vol_admin.token))
+        .post("/v1/verify", br#"{"snapshot":"vol-1"}"#);
+    r.expect(200, "scope vol verifies vol-1");
+    let report: bunker_api::VerifyReport = serde_json::from_slice(&r.body).unwrap();
+    assert!(!report.clean);
+    let named: Vec<&str> = report
+        .damaged_snapshots
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
+    assert_eq!(named, ["vol-1"]);
+    assert!(recorded(&damaged).last_verify.is_some_and(|v| !v.ok));
+    assert_eq!(recorded(&sharing).last_verify, None);
+    stop(server);
+}
+
+/// A reader token scoped to `scope`.
+fn root_scoped_reader(admin: &Client, scope: &str) -> String {
+    admin.create_token("reader", Some(scope)).token
 }

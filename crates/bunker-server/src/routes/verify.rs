@@ -62,7 +62,11 @@ pub(super) async fn verify(state: &Arc<State>, p: &Principal, req: Request<Incom
         Ok((r, covered))
     })
     .await?;
-    record_checks(state, &opts, &r, &covered).await;
+    let mut r = r;
+    // A scoped admin's verify speaks only for snapshots in its scope: the
+    // others sharing a damaged chunk are neither named nor recorded here.
+    r.damaged_snapshots.retain(|d| p.in_scope(&d.name));
+    record_checks(state, p, &opts, &r, &covered).await;
     let report = bunker_api::VerifyReport {
         clean: r.is_clean(),
         snapshot: q.snapshot.clone(),
@@ -117,11 +121,20 @@ pub(super) async fn verify(state: &Arc<State>, p: &Principal, req: Request<Incom
 /// verify's own answer matters more than its history.
 async fn record_checks(
     state: &Arc<State>,
+    p: &Principal,
     opts: &bunker_store::VerifyOptions,
     r: &bunker_store::VerifyReport,
     covered: &[bunker_store::SnapshotInfo],
 ) {
     let at_unix_ms = crate::now_unix_ms();
+    let check = |ok: bool, detail: String| bunker_api::Check {
+        at_unix_ms,
+        ok,
+        detail,
+        verified_by: bunker_api::Verifier::Server,
+        token: Some(p.id_hex()),
+        token_name: p.name.clone(),
+    };
     let scope = match (&opts.snapshot, opts.sample_percent >= 100.0) {
         (Some(_), true) => "verify of this snapshot".to_string(),
         (Some(_), false) => format!(
@@ -141,22 +154,17 @@ async fn record_checks(
         .map(|s| {
             (
                 (s.name.clone(), s.id.0),
-                bunker_api::Check {
-                    at_unix_ms,
-                    ok: true,
-                    detail: format!("{scope}: clean"),
-                },
+                check(true, format!("{scope}: clean")),
             )
         })
         .collect();
     results.extend(r.damaged_snapshots.iter().map(|d| {
         (
             (d.name.clone(), d.id.0),
-            bunker_api::Check {
-                at_unix_ms,
-                ok: false,
-                detail: format!("{scope}: {} damaged chunks ({})", d.bad_chunks, d.reason),
-            },
+            check(
+                false,
+                format!("{scope}: {} damaged chunks ({})", d.bad_chunks, d.reason),
+            ),
         )
     }));
     let st = state.clone();
