@@ -18,11 +18,27 @@ impl Server {
     /// Starts `bin serve --data DATA --listen 127.0.0.1:0 EXTRA...` and waits
     /// for its `bunker listening on ...` line.
     pub fn start(bin: &str, data: &Path, extra: &[&str]) -> Server {
-        Server::start_with_env(bin, data, extra, &[])
+        Server::launch(bin, data, extra, None, &[])
     }
 
     /// [`Server::start`] with extra environment variables (`FAILPOINTS`).
     pub fn start_with_env(bin: &str, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::launch(bin, data, extra, None, env)
+    }
+
+    /// Like [`Server::start`], with the admin token given rather than read
+    /// from `<data>/admin.token`.
+    pub fn start_as(bin: &str, data: &Path, extra: &[&str], admin: Option<&str>) -> Server {
+        Server::launch(bin, data, extra, admin, &[])
+    }
+
+    fn launch(
+        bin: &str,
+        data: &Path,
+        extra: &[&str],
+        admin: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut child = Command::new(bin)
             .envs(env.iter().copied())
             .args(["serve", "--data"])
@@ -42,10 +58,13 @@ impl Server {
             .strip_prefix("bunker listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_string();
-        let admin = std::fs::read_to_string(data.join("admin.token"))
-            .expect("admin.token")
-            .trim()
-            .to_string();
+        let admin = match admin {
+            Some(a) => a.to_string(),
+            None => std::fs::read_to_string(data.join("admin.token"))
+                .expect("admin.token")
+                .trim()
+                .to_string(),
+        };
         Server {
             child,
             url,

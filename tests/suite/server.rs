@@ -29,6 +29,8 @@ const MIB: usize = 1 << 20;
 /// The longest anything is waited for (server exits, metrics settling).
 const DEADLINE: Duration = Duration::from_secs(30);
 
+mod auth;
+
 // ---------------------------------------------------------------- helpers
 
 /// A complete HTTP response.

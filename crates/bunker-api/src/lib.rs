@@ -35,7 +35,7 @@ pub enum ErrorCode {
     MethodNotAllowed,
     Timeout,
     Conflict,
-    /// Another GC or verify is running.
+    /// Another GC or verify, or another server-side drill, is running.
     Busy,
     PayloadTooLarge,
     HeadersTooLarge,
@@ -158,9 +158,14 @@ pub struct Snapshot {
     /// The last verify that covered this snapshot, as the server recorded it.
     #[serde(default)]
     pub last_verify: Option<Check>,
-    /// The last restore drill of this snapshot reported to the server.
+    /// The last restore drill of this snapshot, of either kind: reported
+    /// by a client or run by the server (`verified_by` says which).
     #[serde(default)]
     pub last_drill: Option<Check>,
+    /// The last drill the server ran itself (`"verify": "server"`): no
+    /// client report can replace it.
+    #[serde(default)]
+    pub last_server_drill: Option<Check>,
 }
 
 /// The outcome of one verify or drill of a snapshot.
@@ -172,9 +177,43 @@ pub struct Check {
     /// What was checked and how it went, for people: "full verify",
     /// "sample 10%", "4.0 GiB at 1.52 GB/s", or the error.
     pub detail: String,
+    /// Who read and checked the data: the server itself (every verify, a
+    /// server-side drill), or a client whose report the server recorded
+    /// without being able to check it.
+    #[serde(default)]
+    pub verified_by: Verifier,
+    /// Id of the token that ran or reported it (`null` in records made
+    /// before the server kept it).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// That token's label, if it has one.
+    #[serde(default)]
+    pub token_name: Option<String>,
 }
 
-/// `POST /v1/snapshots/{name}/{id}/drill`: what a client-side drill found.
+/// Who verified a check's data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verifier {
+    /// A client (a drill report); the default of older records.
+    #[default]
+    Client,
+    /// The server.
+    Server,
+}
+
+impl Verifier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verifier::Client => "client",
+            Verifier::Server => "server",
+        }
+    }
+}
+
+/// `POST /v1/snapshots/{name}/{id}/drill`: what a client-side drill found,
+/// or, with `"verify": "server"` alone, a request that the server drill
+/// the snapshot itself.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DrillResult {
     pub ok: bool,
@@ -184,6 +223,30 @@ pub struct DrillResult {
     /// Why it failed.
     #[serde(default)]
     pub error: Option<String>,
+    /// `client` (the default): this is a report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verifier>,
+}
+
+/// The body asking for a server-side drill: `{"verify": "server"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerDrillRequest {
+    pub verify: Verifier,
+}
+
+/// The answer to a server-side drill: what the server read and how it
+/// went, and the check it recorded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerDrill {
+    pub name: String,
+    pub id: u64,
+    pub ok: bool,
+    /// Bytes of the image read and verified (zero chunks included).
+    pub bytes: u64,
+    pub seconds: f64,
+    #[serde(default)]
+    pub error: Option<String>,
+    pub check: Check,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -255,7 +318,8 @@ pub struct NameStats {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRequest {
     pub role: Role,
-    /// Only snapshot names starting with this prefix.
+    /// Only this snapshot name and names continuing it after a separator
+    /// (`-`, `.`, `_`, `/`): `db` covers `db` and `db-1`, not `db2`.
     #[serde(default)]
     pub scope: Option<String>,
     /// A label for people.

@@ -74,6 +74,15 @@ pub fn check(c: Option<&bunker_api::Check>, now_unix_ms: i64) -> String {
     format!("{} {age} ago", if c.ok { "ok" } else { "FAILED" })
 }
 
+/// A recorded drill in a table cell, with who verified it: "ok 3h ago
+/// (server)", "FAILED 2d ago (client)", "never".
+pub fn drill_check(c: Option<&bunker_api::Check>, now_unix_ms: i64) -> String {
+    match c {
+        None => check(None, now_unix_ms),
+        Some(d) => format!("{} ({})", check(c, now_unix_ms), d.verified_by.as_str()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -86,6 +95,9 @@ mod tests {
             at_unix_ms: at,
             ok,
             detail: String::new(),
+            verified_by: bunker_api::Verifier::Server,
+            token: None,
+            token_name: None,
         };
         assert_eq!(super::check(None, 0), "never");
         assert_eq!(super::check(Some(&c(0, true)), 30_000), "ok 30s ago");
@@ -94,5 +106,18 @@ mod tests {
             "FAILED 3h ago"
         );
         assert_eq!(super::check(Some(&c(0, true)), 5 * 86_400_000), "ok 5d ago");
+        assert_eq!(super::drill_check(None, 0), "never");
+        assert_eq!(
+            super::drill_check(Some(&c(0, true)), 30_000),
+            "ok 30s ago (server)"
+        );
+        let reported = bunker_api::Check {
+            verified_by: bunker_api::Verifier::Client,
+            ..c(0, false)
+        };
+        assert_eq!(
+            super::drill_check(Some(&reported), 30_000),
+            "FAILED 30s ago (client)"
+        );
     }
 }

@@ -285,6 +285,20 @@ impl Client {
         )
     }
 
+    /// Asks the server to drill `name@id` (the latest when `id` is None)
+    /// itself: it reads and verifies every chunk and the image's BLAKE3,
+    /// and records the result as verified by the server. Takes as long as
+    /// reading the snapshot on the server.
+    pub fn server_drill(&self, name: &str, id: Option<u64>) -> Result<bunker_api::ServerDrill> {
+        let id = id.map_or("latest".to_string(), |i| i.to_string());
+        self.json(
+            self.post(&format!("/v1/snapshots/{name}/{id}/drill"))
+                .send_json(&bunker_api::ServerDrillRequest {
+                    verify: bunker_api::Verifier::Server,
+                }),
+        )
+    }
+
     pub fn stats(&self) -> Result<bunker_api::Stats> {
         self.json(self.get("/v1/stats").call())
     }

@@ -1,6 +1,11 @@
 //! The last verify and the last restore drill of every snapshot, so that
 //! the API, `bunker snapshots` and `/metrics` can say when each backup was
-//! last proven readable.
+//! last proven readable, and by whom.
+//!
+//! Each check says whether the server read the data itself (a verify, a
+//! server-side drill) or recorded a client's report. The last server-side
+//! drill is kept apart from the last drill of either kind, so no report a
+//! client makes can replace what the server found.
 //!
 //! Kept in `<data>/server/checks.json` (format in docs/FORMAT.md), replaced
 //! atomically after every change; a damaged or missing file loses only this
@@ -12,13 +17,23 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use bunker_api::Check;
+use bunker_api::{Check, Verifier};
 use serde::{Deserialize, Serialize};
 
 const VERSION: u32 = 1;
 
-/// (name, id) -> (last verify, last drill).
-type Map = BTreeMap<(String, u64), (Option<Check>, Option<Check>)>;
+/// The checks recorded for one snapshot.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Recorded {
+    pub verify: Option<Check>,
+    /// The last drill of either kind.
+    pub drill: Option<Check>,
+    /// The last drill the server ran itself.
+    pub server_drill: Option<Check>,
+}
+
+/// (name, id) -> its checks.
+type Map = BTreeMap<(String, u64), Recorded>;
 
 #[derive(Default, Serialize, Deserialize)]
 struct ChecksFile {
@@ -34,12 +49,17 @@ struct Entry {
     verify: Option<Check>,
     #[serde(default)]
     drill: Option<Check>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    server_drill: Option<Check>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Verify,
+    /// A drill a client reported.
     Drill,
+    /// A drill the server ran: the last drill, and the last server drill.
+    ServerDrill,
 }
 
 /// The recorded checks, in memory (one small entry per snapshot) and on disk.
@@ -49,11 +69,7 @@ pub struct Checks {
 }
 
 /// Per name: the newest check of each kind over its snapshots.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Latest {
-    pub verify: Option<Check>,
-    pub drill: Option<Check>,
-}
+pub type Latest = Recorded;
 
 impl Checks {
     /// Opens `<dir>/checks.json`. A file this build cannot read is set
@@ -84,10 +100,24 @@ impl Checks {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => ChecksFile::default(),
             Err(e) => return Err(format!("reading checks.json: {e}")),
         };
+        // Verifies were always the server's own, also before checks said so.
+        let by_server = |c: Option<Check>| {
+            c.map(|c| Check {
+                verified_by: Verifier::Server,
+                ..c
+            })
+        };
         let map = file
             .snapshots
             .into_iter()
-            .map(|e| ((e.name, e.id), (e.verify, e.drill)))
+            .map(|e| {
+                let recorded = Recorded {
+                    verify: by_server(e.verify),
+                    drill: e.drill,
+                    server_drill: by_server(e.server_drill),
+                };
+                ((e.name, e.id), recorded)
+            })
             .collect();
         Ok(Checks {
             path,
@@ -99,8 +129,8 @@ impl Checks {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The last verify and drill of `name@id`.
-    pub fn get(&self, name: &str, id: u64) -> (Option<Check>, Option<Check>) {
+    /// The checks of `name@id`.
+    pub fn get(&self, name: &str, id: u64) -> Recorded {
         self.lock()
             .get(&(name.to_string(), id))
             .cloned()
@@ -117,8 +147,12 @@ impl Checks {
         for (key, check) in results {
             let slot = map.entry(key).or_default();
             match kind {
-                Kind::Verify => slot.0 = Some(check),
-                Kind::Drill => slot.1 = Some(check),
+                Kind::Verify => slot.verify = Some(check),
+                Kind::Drill => slot.drill = Some(check),
+                Kind::ServerDrill => {
+                    slot.drill = Some(check.clone());
+                    slot.server_drill = Some(check);
+                }
             }
         }
         self.save(&map)
@@ -148,10 +182,11 @@ impl Checks {
                 }
             }
         };
-        for ((name, _), (verify, drill)) in map.iter() {
+        for ((name, _), r) in map.iter() {
             let l = out.entry(name.clone()).or_default();
-            newer(&mut l.verify, verify);
-            newer(&mut l.drill, drill);
+            newer(&mut l.verify, &r.verify);
+            newer(&mut l.drill, &r.drill);
+            newer(&mut l.server_drill, &r.server_drill);
         }
         out
     }
@@ -161,11 +196,12 @@ impl Checks {
             version: VERSION,
             snapshots: map
                 .iter()
-                .map(|((name, id), (verify, drill))| Entry {
+                .map(|((name, id), r)| Entry {
                     name: name.clone(),
                     id: *id,
-                    verify: verify.clone(),
-                    drill: drill.clone(),
+                    verify: r.verify.clone(),
+                    drill: r.drill.clone(),
+                    server_drill: r.server_drill.clone(),
                 })
                 .collect(),
         };
@@ -184,6 +220,24 @@ mod tests {
             at_unix_ms: at,
             ok,
             detail: format!("at {at}"),
+            verified_by: Verifier::Server,
+            token: Some("00000000000000aa".into()),
+            token_name: None,
+        }
+    }
+
+    fn reported(at: i64, ok: bool) -> Check {
+        Check {
+            verified_by: Verifier::Client,
+            ..check(at, ok)
+        }
+    }
+
+    fn recorded(verify: Option<Check>, drill: Option<Check>) -> Recorded {
+        Recorded {
+            verify,
+            drill,
+            server_drill: None,
         }
     }
 
@@ -199,17 +253,17 @@ mod tests {
             ],
         )
         .unwrap();
-        c.record(Kind::Drill, [(("b".into(), 3), check(30, true))])
+        c.record(Kind::Drill, [(("b".into(), 3), reported(30, true))])
             .unwrap();
         let c = Checks::open(dir.path()).unwrap();
-        assert_eq!(c.get("a", 1), (Some(check(10, true)), None));
-        assert_eq!(c.get("b", 3), (None, Some(check(30, true))));
+        assert_eq!(c.get("a", 1), recorded(Some(check(10, true)), None));
+        assert_eq!(c.get("b", 3), recorded(None, Some(reported(30, true))));
         let latest = c.latest_per_name();
         assert_eq!(latest["a"].verify, Some(check(20, false)));
-        assert_eq!(latest["b"].drill, Some(check(30, true)));
+        assert_eq!(latest["b"].drill, Some(reported(30, true)));
         c.forget(&[("a".into(), 2)]).unwrap();
         let c = Checks::open(dir.path()).unwrap();
-        assert_eq!(c.get("a", 2), (None, None));
+        assert_eq!(c.get("a", 2), Recorded::default());
         assert_eq!(c.latest_per_name()["a"].verify, Some(check(10, true)));
     }
 
@@ -218,7 +272,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("checks.json"), b"{not json").unwrap();
         let c = Checks::open(dir.path()).unwrap();
-        assert_eq!(c.get("a", 1), (None, None));
+        assert_eq!(c.get("a", 1), Recorded::default());
         assert!(dir.path().join("checks.json.damaged").exists());
         std::fs::write(
             dir.path().join("checks.json"),
@@ -227,5 +281,42 @@ mod tests {
         .unwrap();
         let err = Checks::open(dir.path()).err().unwrap();
         assert!(err.contains("version 9"), "{err}");
+    }
+
+    #[test]
+    fn a_client_report_never_replaces_the_servers_drill() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Checks::open(dir.path()).unwrap();
+        let key = || ("db".to_string(), 1);
+        c.record(Kind::ServerDrill, [(key(), check(10, false))])
+            .unwrap();
+        c.record(Kind::Drill, [(key(), reported(20, true))])
+            .unwrap();
+        let c = Checks::open(dir.path()).unwrap();
+        let r = c.get("db", 1);
+        assert_eq!(r.drill, Some(reported(20, true)));
+        assert_eq!(r.server_drill, Some(check(10, false)));
+        assert_eq!(
+            c.latest_per_name()["db"].server_drill,
+            Some(check(10, false))
+        );
+    }
+
+    #[test]
+    fn records_from_before_provenance_read_as_client_drills_and_server_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("checks.json"),
+            br#"{"version":1,"snapshots":[{"name":"vol1","id":9,
+                "verify":{"at_unix_ms":1,"ok":true,"detail":"full verify: clean"},
+                "drill":{"at_unix_ms":2,"ok":true,"detail":"restored"}}]}"#,
+        )
+        .unwrap();
+        let r = Checks::open(dir.path()).unwrap().get("vol1", 9);
+        let verify = r.verify.unwrap();
+        assert_eq!(verify.verified_by, Verifier::Server);
+        assert_eq!(verify.token, None);
+        assert_eq!(r.drill.unwrap().verified_by, Verifier::Client);
+        assert_eq!(r.server_drill, None);
     }
 }

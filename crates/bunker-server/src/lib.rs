@@ -19,6 +19,7 @@
 //! that failed verification (the response is aborted instead); no error
 //! message carries a filesystem path.
 
+pub mod admin_token;
 pub mod checks;
 pub mod config;
 pub mod error;
@@ -65,6 +66,8 @@ pub struct State {
     pub sessions: Sessions,
     pub metrics: Metrics,
     streams: Arc<Semaphore>,
+    /// One server-side drill at a time: it reads on every core.
+    server_drills: Semaphore,
     shutting_down: AtomicBool,
     data_dir: String,
 }
@@ -72,7 +75,8 @@ pub struct State {
 impl State {
     /// Opens the repository at `config.data` (creating it on first start)
     /// and the token store in `<data>/server/`. On first start writes an
-    /// admin token to `<data>/admin.token` (mode 0600) and returns its path.
+    /// admin token to `<data>/admin.token` (mode 0600) and returns its path
+    /// (see [`admin_token`]).
     pub fn open(config: Config) -> Result<(Arc<State>, Option<PathBuf>), String> {
         let repo = bunker_store::Repository::open_or_create(
             &config.data,
@@ -84,18 +88,16 @@ impl State {
             bunker_store::remove_stale_temps_of(&config.data.join("server").join(file))
                 .map_err(|e| format!("removing stale temp files of {file}: {e}"))?;
         }
-        let (tokens, first) = TokenStore::open(&config.data.join("server"))?;
+        let (tokens, admin_file) = admin_token::open_or_init(&config.data)?;
+        tokens.warn_narrowed_scopes(&repo);
         let checks = checks::Checks::open(&config.data.join("server"))?;
-        let admin_file = match first {
-            Some(secret) => Some(write_admin_token(&config.data, &secret)?),
-            None => None,
-        };
         let data_dir = std::fs::canonicalize(&config.data)
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| config.data.display().to_string());
         Ok((
             Arc::new(State {
                 streams: Arc::new(Semaphore::new(config.max_streams.max(1))),
+                server_drills: Semaphore::new(1),
                 config,
                 repo,
                 tokens,
@@ -173,23 +175,6 @@ pub(crate) fn now_unix_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-fn write_admin_token(data: &Path, secret: &str) -> Result<PathBuf, String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = data.join("admin.token");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| format!("writing {}: {e}", path.display()))?;
-    writeln!(f, "{secret}").map_err(|e| format!("writing {}: {e}", path.display()))?;
-    f.sync_all()
-        .map_err(|e| format!("syncing {}: {e}", path.display()))?;
-    Ok(path)
 }
 
 /// Connections the kernel queues for us before `accept` (it clamps this to

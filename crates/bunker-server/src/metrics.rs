@@ -129,19 +129,21 @@ impl Metrics {
             ),
             (
                 "drill",
-                "the newest restore drill of a snapshot of the name",
+                "the newest restore drill of a snapshot of the name, reported by a client or run by the server",
+            ),
+            (
+                "server_drill",
+                "the newest restore drill the server ran itself on a snapshot of the name",
             ),
         ] {
             let _ = writeln!(
                 out,
                 "# HELP bunker_last_{kind}_timestamp_seconds Unix time of {help}.\n# TYPE bunker_last_{kind}_timestamp_seconds gauge"
             );
-            let pick = |l: &crate::checks::Latest| {
-                if kind == "verify" {
-                    l.verify.clone()
-                } else {
-                    l.drill.clone()
-                }
+            let pick = |l: &crate::checks::Latest| match kind {
+                "verify" => l.verify.clone(),
+                "drill" => l.drill.clone(),
+                _ => l.server_drill.clone(),
             };
             for (name, l) in checks {
                 if let Some(c) = pick(l) {

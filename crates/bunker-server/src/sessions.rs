@@ -8,10 +8,14 @@
 //! the server's ingest stream slots (`max_streams`) until it ends. Sessions
 //! live in memory: a restarted server has none, and a client starts over
 //! (the chunks it uploaded are stored and deduplicate).
+//!
+//! The session map stays usable after a thread panicked while holding its
+//! lock (the map is a plain `HashMap` that a panic cannot leave half
+//! updated), so an opened session is always registered.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub struct Session {
@@ -70,6 +74,10 @@ pub struct Sessions {
 }
 
 impl Sessions {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn open(
         &self,
         id: String,
@@ -93,35 +101,73 @@ impl Sessions {
             pins,
             _slot: slot,
         });
-        if let Ok(mut m) = self.map.lock() {
-            m.insert(id, s.clone());
-        }
+        self.lock().insert(id, s.clone());
         s
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Session>> {
-        let s = self.map.lock().ok()?.get(id).cloned()?;
+        let s = self.lock().get(id).cloned()?;
         s.touch();
         Some(s)
     }
 
     pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
-        self.map.lock().ok()?.remove(id)
+        self.lock().remove(id)
     }
 
     /// Ends sessions idle for longer than `idle`; returns how many.
     pub fn expire(&self, idle: Duration) -> usize {
-        let Ok(mut m) = self.map.lock() else { return 0 };
+        let mut m = self.lock();
         let before = m.len();
         m.retain(|_, s| s.committing.load(Ordering::Relaxed) || s.idle_for() < idle);
         before - m.len()
     }
 
     pub fn len(&self) -> usize {
-        self.map.lock().map(|m| m.len()).unwrap_or(0)
+        self.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poisoned_map_still_registers_and_finds_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = bunker_store::Repository::create(dir.path(), Default::default()).unwrap();
+        let sessions = Sessions::default();
+        std::thread::scope(|t| {
+            let held = t.spawn(|| {
+                let _guard = sessions.map.lock().unwrap();
+                panic!("a handler panics while holding the session map");
+            });
+            assert!(held.join().is_err());
+        });
+        assert!(sessions.map.is_poisoned());
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let slot = slots.clone().try_acquire_owned().unwrap();
+        let opened = sessions.open(
+            "s1".into(),
+            "db-1".into(),
+            "test".into(),
+            7,
+            slot,
+            repo.pins(),
+        );
+        let found = sessions
+            .get("s1")
+            .expect("the opened session is registered");
+        assert!(Arc::ptr_eq(&opened, &found));
+        assert_eq!(sessions.len(), 1);
+        drop((opened, found));
+        assert_eq!(sessions.expire(Duration::ZERO), 1);
+        assert!(sessions.remove("s1").is_none());
+        // Its slot went with it.
+        assert_eq!(slots.available_permits(), 1);
     }
 }

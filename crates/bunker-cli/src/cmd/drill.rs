@@ -1,5 +1,8 @@
-//! `bunker drill NAME[@ID] | --all`: a restore to nowhere with full
-//! verification, timed. Exit code 0 only if everything verified.
+//! `bunker drill NAME[@ID] | --all [--server-side]`: a restore to nowhere with
+//! full verification, timed, here (the result is reported to the server,
+//! which records it as a client's report) or, with `--server-side`, on the
+//! server (which reads every chunk itself and records a server-verified
+//! result). Exit code 0 only if everything verified.
 
 use bunker_client::Target;
 use serde::Serialize;
@@ -16,6 +19,10 @@ pub struct Args {
     /// Drill the latest snapshot of every name.
     #[arg(long)]
     all: bool,
+    /// Have the server read and verify the snapshot itself, and record
+    /// the result as verified by the server (no image crosses the network).
+    #[arg(long)]
+    server_side: bool,
 }
 
 #[derive(Serialize)]
@@ -26,9 +33,12 @@ struct Drill {
     seconds: f64,
     gb_per_s: f64,
     estimated_restore_seconds: f64,
-    chunks_verified: u64,
+    /// Unknown for a server drill.
+    chunks_verified: Option<u64>,
     verified: bool,
     error: Option<String>,
+    /// `client` (this drill ran here) or `server`.
+    verified_by: bunker_api::Verifier,
 }
 
 pub fn run(g: &Global, args: Args) -> CmdResult {
@@ -46,6 +56,48 @@ pub fn run(g: &Global, args: Args) -> CmdResult {
     let mut results = Vec::new();
     let mut worst: Option<Failure> = None;
     for (name, id) in targets {
+        if args.server_side {
+            let outcome = client.server_drill(&name, id);
+            let d = match outcome {
+                Ok(d) => d,
+                Err(e) => {
+                    results.push(failed(
+                        name,
+                        id,
+                        e.to_string(),
+                        bunker_api::Verifier::Server,
+                    ));
+                    let f = Failure::from(e);
+                    if worst.as_ref().is_none_or(|w| w.code < f.code) {
+                        worst = Some(f);
+                    }
+                    continue;
+                }
+            };
+            if let Some(e) = &d.error {
+                let f = Failure::with_code(
+                    4,
+                    anyhow::anyhow!("the server's drill of {}@{} failed: {e}", d.name, d.id),
+                );
+                if worst.as_ref().is_none_or(|w| w.code < f.code) {
+                    worst = Some(f);
+                }
+            }
+            let gbps = rate(d.bytes, d.seconds);
+            results.push(Drill {
+                name: d.name,
+                id: Some(d.id),
+                bytes: d.bytes,
+                seconds: d.seconds,
+                gb_per_s: gbps,
+                estimated_restore_seconds: d.seconds,
+                chunks_verified: None,
+                verified: d.ok,
+                error: d.error,
+                verified_by: bunker_api::Verifier::Server,
+            });
+            continue;
+        }
         let outcome = client.restore(&name, id, Target::Null, &mut |_| {});
         // The server keeps each snapshot's last drill; a drill still counts
         // (and still fails) when this report cannot be delivered.
@@ -57,6 +109,7 @@ pub fn run(g: &Global, args: Args) -> CmdResult {
                     bytes: r.bytes,
                     seconds: r.seconds,
                     error: None,
+                    verify: None,
                 },
             )),
             // A drill that never reached the data (no such snapshot, no
@@ -77,6 +130,7 @@ pub fn run(g: &Global, args: Args) -> CmdResult {
                             bytes: 0,
                             seconds: 0.0,
                             error: Some(e.to_string()),
+                            verify: None,
                         },
                     )
                 }),
@@ -100,23 +154,19 @@ pub fn run(g: &Global, args: Args) -> CmdResult {
                     } else {
                         0.0
                     },
-                    chunks_verified: r.chunks_verified,
+                    chunks_verified: Some(r.chunks_verified),
                     verified: true,
                     error: None,
+                    verified_by: bunker_api::Verifier::Client,
                 });
             }
             Err(e) => {
-                results.push(Drill {
+                results.push(failed(
                     name,
                     id,
-                    bytes: 0,
-                    seconds: 0.0,
-                    gb_per_s: 0.0,
-                    estimated_restore_seconds: 0.0,
-                    chunks_verified: 0,
-                    verified: false,
-                    error: Some(e.to_string()),
-                });
+                    e.to_string(),
+                    bunker_api::Verifier::Client,
+                ));
                 let f = Failure::from(e);
                 if worst.as_ref().is_none_or(|w| w.code < f.code) {
                     worst = Some(f);
@@ -133,23 +183,59 @@ pub fn run(g: &Global, args: Args) -> CmdResult {
         }
     } else {
         for d in &results {
-            match &d.error {
-                None => println!(
+            match (&d.error, d.chunks_verified) {
+                (None, Some(chunks)) => println!(
                     "drill {}@{}: OK, {} verified in {:.1} s ({:.2} GB/s, {} chunks); estimated full restore at this rate: {:.1} s",
                     d.name,
                     d.id.unwrap_or_default(),
                     bytes(d.bytes),
                     d.seconds,
                     d.gb_per_s,
-                    d.chunks_verified,
+                    chunks,
                     d.estimated_restore_seconds
                 ),
-                Some(e) => println!("drill {}: FAILED: {e}", d.name),
+                (None, None) => println!(
+                    "drill {}@{}: OK, {} read and verified by the server in {:.1} s ({:.2} GB/s)",
+                    d.name,
+                    d.id.unwrap_or_default(),
+                    bytes(d.bytes),
+                    d.seconds,
+                    d.gb_per_s,
+                ),
+                (Some(e), _) => match (d.verified_by, d.id) {
+                    (bunker_api::Verifier::Server, Some(id)) => {
+                        println!("drill {}@{id} (server): FAILED: {e}", d.name)
+                    }
+                    _ => println!("drill {}: FAILED: {e}", d.name),
+                },
             }
         }
     }
     match worst {
         Some(f) => Err(f),
         None => Ok(()),
+    }
+}
+
+fn failed(
+    name: String,
+    id: Option<u64>,
+    error: String,
+    verified_by: bunker_api::Verifier,
+) -> Drill {
+    Drill {
+        name,
+        id,
+        bytes: 0,
+        seconds: 0.0,
+        gb_per_s: 0.0,
+        estimated_restore_seconds: 0.0,
+        chunks_verified: match verified_by {
+            bunker_api::Verifier::Client => Some(0),
+            bunker_api::Verifier::Server => None,
+        },
+        verified: false,
+        error: Some(error),
+        verified_by,
     }
 }

@@ -1,6 +1,6 @@
 //! `bunker snapshots [NAME]` and `bunker stats`.
 
-use crate::output::{bytes, check, time};
+use crate::output::{bytes, check, drill_check, time};
 use crate::{CmdResult, Global};
 
 #[derive(clap::Args)]
@@ -22,19 +22,19 @@ pub fn run(g: &Global, args: Args) -> CmdResult {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     println!(
-        "{:<24} {:>8} {:<21} {:>12} {:>12}  {:<16} {:<16}",
-        "NAME", "ID", "TIME (UTC)", "SIZE", "NEW BYTES", "VERIFIED", "DRILLED"
+        "{:<24} {:>8} {:<21} {:>12} {:>12}  {:<16} DRILLED",
+        "NAME", "ID", "TIME (UTC)", "SIZE", "NEW BYTES", "VERIFIED"
     );
     for s in &list {
         println!(
-            "{:<24} {:>8} {:<21} {:>12} {:>12}  {:<16} {:<16}",
+            "{:<24} {:>8} {:<21} {:>12} {:>12}  {:<16} {}",
             s.name,
             s.id,
             time(s.created_unix_ms),
             bytes(s.size_bytes),
             bytes(s.new_bytes),
             check(s.last_verify.as_ref(), now),
-            check(s.last_drill.as_ref(), now)
+            drill_check(s.last_drill.as_ref(), now)
         );
     }
     Ok(())

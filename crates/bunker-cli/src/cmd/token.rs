@@ -11,7 +11,8 @@ pub enum Command {
     Create {
         #[arg(long, value_parser = ["admin", "writer", "reader"])]
         role: String,
-        /// Only snapshot names starting with this prefix.
+        /// Only this snapshot name and the names continuing it after
+        /// `-`, `.`, `_` or `/` (`db` covers `db-1`, not `db2`).
         #[arg(long)]
         scope: Option<String>,
         /// A label for people.

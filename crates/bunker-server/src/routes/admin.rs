@@ -84,14 +84,16 @@ pub(super) async fn stats(state: &Arc<State>, p: &Principal, method: &Method) ->
     ))
 }
 
-/// `GET /v1/tokens` lists, `POST /v1/tokens` creates (admin only).
-pub(super) async fn tokens(state: &State, p: &Principal, req: Request<Incoming>) -> Reply {
+/// `GET /v1/tokens` lists, `POST /v1/tokens` creates (admin only). A
+/// scoped admin sees and creates only tokens whose scope lies inside its
+/// own.
+pub(super) async fn tokens(state: &Arc<State>, p: &Principal, req: Request<Incoming>) -> Reply {
     require(p, &[Role::Admin], "manage tokens")?;
     match *req.method() {
         Method::GET => Ok(json_response(
             StatusCode::OK,
             &TokenList {
-                tokens: state.tokens.list(),
+                tokens: state.tokens.list_for(p),
             },
         )),
         Method::POST => {
@@ -106,24 +108,20 @@ pub(super) async fn tokens(state: &State, p: &Principal, req: Request<Incoming>)
                         .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
                 {
                     return Err(ApiError::bad_request(
-                        "a scope is a name prefix of 1 to 128 characters of [A-Za-z0-9._-]",
+                        "a scope is a snapshot name (or name prefix ending in - . or _) of 1 to 128 characters of [A-Za-z0-9._-]",
                     ));
                 }
             }
-            // A scoped admin may only hand out tokens inside its own scope.
-            if let Some(own) = &p.scope {
-                if !r
-                    .scope
-                    .as_deref()
-                    .is_some_and(|s| s.starts_with(own.as_str()))
-                {
-                    return Err(ApiError::forbidden(format!(
-                        "a token scoped to {own:?} may only create tokens scoped inside it"
-                    )));
-                }
+            if !p.reaches(r.scope.as_deref()) {
+                return Err(ApiError::forbidden(format!(
+                    "a token scoped to {:?} may only create tokens scoped inside it",
+                    p.scope.as_deref().unwrap_or_default()
+                )));
             }
-            let (token, info) = state.tokens.create(r.role, r.scope, r.name)?;
-            tracing::info!(id = %info.id, role = r.role.as_str(), "token created");
+            let st = state.clone();
+            let (role, scope, name) = (r.role, r.scope, r.name);
+            let (token, info) = blocking(move || st.tokens.create(role, scope, name)).await?;
+            tracing::info!(id = %info.id, role = role.as_str(), "token created");
             Ok(json_response(
                 StatusCode::CREATED,
                 &bunker_api::TokenCreated { token, info },
@@ -133,11 +131,14 @@ pub(super) async fn tokens(state: &State, p: &Principal, req: Request<Incoming>)
     }
 }
 
-/// `DELETE /v1/tokens/{id}` revokes (admin only).
-pub(super) fn token(state: &State, p: &Principal, method: &Method, id: &str) -> Reply {
+/// `DELETE /v1/tokens/{id}` revokes (admin only; a scoped admin only the
+/// tokens it can list).
+pub(super) async fn token(state: &Arc<State>, p: &Principal, method: &Method, id: &str) -> Reply {
     require(p, &[Role::Admin], "manage tokens")?;
     method_is(method, &Method::DELETE)?;
-    if state.tokens.revoke(id)? {
+    let st = state.clone();
+    let (principal, victim) = (p.clone(), id.to_string());
+    if blocking(move || st.tokens.revoke(&principal, &victim)).await? {
         tracing::info!(%id, "token revoked");
         let mut r = Response::new(full(""));
         *r.status_mut() = StatusCode::NO_CONTENT;

@@ -1,4 +1,4 @@
-//! `POST /v1/gc` (admin): one garbage collection, beside running backups
+//! `POST /v1/gc` (unscoped admin): one garbage collection, beside running backups
 //! (docs/GC.md). 409 `busy` while another GC or a verify runs.
 
 use std::sync::atomic::Ordering;
@@ -19,6 +19,11 @@ pub(super) async fn gc(state: &Arc<State>, p: &Principal, req: Request<Incoming>
         return Err(not_allowed());
     }
     require(p, &[Role::Admin], "run GC")?;
+    if let Some(scope) = &p.scope {
+        return Err(ApiError::forbidden(format!(
+            "GC works on the whole repository: it needs an unscoped admin token, not one scoped to {scope:?}"
+        )));
+    }
     let body = read_small_body(req.into_body(), 4096).await?;
     let r: GcRequest = if body.iter().all(u8::is_ascii_whitespace) {
         GcRequest::default()

@@ -6,6 +6,7 @@
 //! directory.
 
 mod admin;
+mod drill;
 mod gc;
 pub(crate) use gc::run_gc;
 mod prune;
@@ -39,7 +40,7 @@ pub(crate) async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'s
         ["v1", "info"] => ("info", admin::info(state, &method)),
         ["v1", "stats"] => ("stats", admin::stats(state, &principal, &method).await),
         ["v1", "tokens"] => ("tokens", admin::tokens(state, &principal, req).await),
-        ["v1", "tokens", id] => ("token", admin::token(state, &principal, &method, id)),
+        ["v1", "tokens", id] => ("token", admin::token(state, &principal, &method, id).await),
         ["v1", "snapshots"] => (
             "list_snapshots",
             snapshots::list(state, &principal, &method, None).await,
@@ -64,7 +65,7 @@ pub(crate) async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'s
         ),
         ["v1", "snapshots", name, id, "drill"] => (
             "post_drill",
-            snapshots::drill(state, &principal, req, name, id).await,
+            drill::drill(state, &principal, req, name, id).await,
         ),
         ["v1", "snapshots", name, id, "manifest"] => (
             "get_manifest",
@@ -196,7 +197,7 @@ pub(crate) fn to_api(
     checks: &crate::checks::Checks,
     s: &bunker_store::SnapshotInfo,
 ) -> bunker_api::Snapshot {
-    let (last_verify, last_drill) = checks.get(&s.name, s.id.0);
+    let recorded = checks.get(&s.name, s.id.0);
     bunker_api::Snapshot {
         name: s.name.clone(),
         id: s.id.0,
@@ -210,8 +211,9 @@ pub(crate) fn to_api(
         blake3: s.stream_hash_hex(),
         source: s.source.clone(),
         creator: (s.creator != 0).then(|| format!("{:016x}", s.creator)),
-        last_verify,
-        last_drill,
+        last_verify: recorded.verify,
+        last_drill: recorded.drill,
+        last_server_drill: recorded.server_drill,
     }
 }
 

@@ -29,7 +29,11 @@ fn session(state: &State, p: &Principal, sid: &str) -> Result<Arc<Session>, ApiE
     let s = state.sessions.get(sid).ok_or_else(|| {
         ApiError::not_found("no such upload session (it may have expired or been committed)")
     })?;
-    if s.creator != p.id && p.role != Role::Admin {
+    // An admin may drive the sessions of tokens it can see (all of them
+    // when unscoped), for names in its scope.
+    let admin_may = p.role == Role::Admin
+        && (p.scope.is_none() || (p.in_scope(&s.name) && state.tokens.sees(p, s.creator)));
+    if s.creator != p.id && !admin_may {
         return Err(ApiError::forbidden(
             "this upload session belongs to another token",
         ));

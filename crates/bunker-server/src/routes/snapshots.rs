@@ -69,7 +69,7 @@ fn parse_id(id: &str) -> Result<Option<SnapshotId>, ApiError> {
 
 /// Looks a snapshot up and checks that `p` may read it. A snapshot the
 /// caller may not read is reported as absent.
-async fn readable(
+pub(super) async fn readable(
     state: &Arc<State>,
     p: &Principal,
     name: &str,
@@ -242,71 +242,6 @@ pub(super) async fn data(
         *r.status_mut() = StatusCode::PARTIAL_CONTENT;
     }
     Ok(r)
-}
-
-/// `POST .../drill`: a client reports a restore drill of a snapshot it may
-/// read; the server records it as that snapshot's last drill.
-pub(super) async fn drill(
-    state: &Arc<State>,
-    p: &Principal,
-    req: Request<Incoming>,
-    name: &str,
-    id: &str,
-) -> Reply {
-    if req.method() != Method::POST {
-        return Err(not_allowed());
-    }
-    let info = readable(state, p, name, id).await?;
-    let body = super::admin::read_small_body(req.into_body(), 16 << 10).await?;
-    let r: bunker_api::DrillResult = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("drill result: {e}")))?;
-    if r.ok && r.bytes != info.size {
-        return Err(ApiError::bad_request(format!(
-            "a drill that restored {} of the snapshot's {} bytes did not pass",
-            r.bytes, info.size
-        )));
-    }
-    if !r.seconds.is_finite() || r.seconds < 0.0 {
-        return Err(ApiError::bad_request(
-            "drill seconds must be a finite number >= 0",
-        ));
-    }
-    let detail = if r.ok {
-        format!(
-            "restored and verified {} bytes in {:.1} s ({:.2} GB/s)",
-            r.bytes,
-            r.seconds,
-            if r.seconds > 0.0 {
-                r.bytes as f64 / r.seconds / 1e9
-            } else {
-                0.0
-            }
-        )
-    } else {
-        let why = r.error.unwrap_or_else(|| "failed".into());
-        why.chars().take(500).collect()
-    };
-    let check = bunker_api::Check {
-        at_unix_ms: crate::now_unix_ms(),
-        ok: r.ok,
-        detail,
-    };
-    let st = state.clone();
-    let key = (info.name.clone(), info.id.0);
-    blocking(move || {
-        st.checks
-            .record(crate::checks::Kind::Drill, [(key, check)])
-            .map_err(ApiError::internal)
-    })
-    .await?;
-    let (_, last_drill) = state.checks.get(&info.name, info.id.0);
-    tracing::info!(
-        name = info.name,
-        id = info.id.0,
-        ok = r.ok,
-        "drill recorded"
-    );
-    Ok(json_response(StatusCode::OK, &last_drill))
 }
 
 /// `GET .../manifest`: the snapshot's chunks in stream order, 40 bytes

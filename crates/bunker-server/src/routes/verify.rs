@@ -1,6 +1,7 @@
 //! `POST /v1/verify` (admin): reads every record of every pack, checks the
 //! index runs and every manifest, and names damaged chunks and exactly the
-//! snapshots that reference them.
+//! snapshots that reference them. A scoped admin may verify one snapshot
+//! in its scope; the whole repository needs an unscoped admin.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,6 +31,15 @@ pub(super) async fn verify(state: &Arc<State>, p: &Principal, req: Request<Incom
         None => None,
         Some(s) => Some(parse_snapshot_ref(s)?),
     };
+    match (&p.scope, &snapshot) {
+        (Some(scope), None) => {
+            return Err(ApiError::forbidden(format!(
+                "a token scoped to {scope:?} may verify only a snapshot in its scope; verifying the whole repository needs an unscoped admin token"
+            )))
+        }
+        (Some(_), Some((name, _))) => super::check_name(p, name)?,
+        (None, _) => {}
+    }
     let opts = bunker_store::VerifyOptions {
         snapshot,
         sample_percent: q.sample_percent.unwrap_or(100.0),
@@ -52,7 +62,11 @@ pub(super) async fn verify(state: &Arc<State>, p: &Principal, req: Request<Incom
         Ok((r, covered))
     })
     .await?;
-    record_checks(state, &opts, &r, &covered).await;
+    let mut r = r;
+    // A scoped admin's verify speaks only for snapshots in its scope: the
+    // others sharing a damaged chunk are neither named nor recorded here.
+    r.damaged_snapshots.retain(|d| p.in_scope(&d.name));
+    record_checks(state, p, &opts, &r, &covered).await;
     let report = bunker_api::VerifyReport {
         clean: r.is_clean(),
         snapshot: q.snapshot.clone(),
@@ -108,11 +122,20 @@ fn api_damage(d: bunker_store::Damage) -> bunker_api::Damage {
 /// verify's own answer matters more than its history.
 async fn record_checks(
     state: &Arc<State>,
+    p: &Principal,
     opts: &bunker_store::VerifyOptions,
     r: &bunker_store::VerifyReport,
     covered: &[bunker_store::SnapshotInfo],
 ) {
     let at_unix_ms = crate::now_unix_ms();
+    let check = |ok: bool, detail: String| bunker_api::Check {
+        at_unix_ms,
+        ok,
+        detail,
+        verified_by: bunker_api::Verifier::Server,
+        token: Some(p.id_hex()),
+        token_name: p.name.clone(),
+    };
     let scope = match (&opts.snapshot, opts.sample_percent >= 100.0) {
         (Some(_), true) => "verify of this snapshot".to_string(),
         (Some(_), false) => format!(
@@ -132,22 +155,17 @@ async fn record_checks(
         .map(|s| {
             (
                 (s.name.clone(), s.id.0),
-                bunker_api::Check {
-                    at_unix_ms,
-                    ok: true,
-                    detail: format!("{scope}: clean"),
-                },
+                check(true, format!("{scope}: clean")),
             )
         })
         .collect();
     results.extend(r.damaged_snapshots.iter().map(|d| {
         (
             (d.name.clone(), d.id.0),
-            bunker_api::Check {
-                at_unix_ms,
-                ok: false,
-                detail: format!("{scope}: {} damaged chunks ({})", d.bad_chunks, d.reason),
-            },
+            check(
+                false,
+                format!("{scope}: {} damaged chunks ({})", d.bad_chunks, d.reason),
+            ),
         )
     }));
     let st = state.clone();
