@@ -276,6 +276,19 @@ fn a_block_device_needs_force_and_room_for_the_image() {
     let o = run(&["restore", "vol", big_dev]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     untouched(&big);
+    // Held exclusively (as a mounted filesystem holds its device): refused.
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _held = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+            .open(&big.dev)
+            .unwrap();
+        let o = run(&["restore", "--force", "vol", big_dev]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains("is in use"), "{}", stderr(&o));
+        untouched(&big);
+    }
     ok(&run(&["restore", "--force", "vol", big_dev]));
     let written = std::fs::read(&big.dev).unwrap();
     assert!(
@@ -649,6 +662,18 @@ fn a_killed_restore_leaves_the_target_alone_and_the_next_replaces_its_partial_fi
     fake.stalls
         .recv_timeout(BOUND)
         .expect("the restore never reached the image bytes");
+    // A second restore to the same target meanwhile is refused.
+    let (o, _) = bunker(
+        &fake.url,
+        "bkr_fake",
+        &["restore", "--force", "vol", target.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is being written by another restore"),
+        "{}",
+        stderr(&o)
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
