@@ -184,6 +184,13 @@ fn links_are_never_followed_to_files() {
         !exists(&nowhere2),
         "the restore wrote through a planted link"
     );
+    // A hard link there is a stale partial file like any other: removed,
+    // not reused.
+    let out3 = root.join("out3.img");
+    std::fs::hard_link(&victim, partial(&out3)).unwrap();
+    ok(&run(&["restore", "vol", out3.to_str().unwrap()]));
+    assert!(std::fs::read(&out3).unwrap() == image);
+    assert!(std::fs::read(&victim).unwrap() == victim_bytes);
 }
 
 /// A loop device over a file, detached when dropped.
@@ -688,7 +695,7 @@ fn a_killed_restore_leaves_the_target_alone_and_the_next_replaces_its_partial_fi
         "the killed restore's partial file, full size, beside the target"
     );
     drop(fake);
-    // The next restore takes the stale partial file over.
+    // The next restore removes the stale partial file and starts afresh.
     let image = bunker_tests::noise(201, 3 << 20);
     let server = server_with(dir.path(), &image);
     let (o, _) = bunker(

@@ -2,8 +2,8 @@
 //! nowhere.
 //!
 //! A regular file is never written under its own name. The image goes to
-//! `TARGET.bunker-partial` (created exclusively, or a stale one from a
-//! killed restore taken over under a lock) and is renamed over TARGET only
+//! `TARGET.bunker-partial` (created exclusively and locked; a stale one from
+//! a killed restore is removed first) and is renamed over TARGET only
 //! after the whole-image hash matched, the file was fsynced, and then the
 //! directory is fsynced. So TARGET is either the old file, untouched, or the
 //! complete verified image; a failed restore removes its partial file.
@@ -302,9 +302,11 @@ fn open_partial<'a>(target: PathBuf, force: bool, size: u64) -> Result<Output<'a
     })
 }
 
-/// Opens `partial` for this restore alone: created new, or a stale one (a
-/// killed restore's) taken over once locked. A link there is removed, never
-/// followed; a partial file another restore holds is refused.
+/// Creates `partial` for this restore alone (`O_EXCL`: never through a
+/// link, never an existing file, which could be a hard link to anything or
+/// readable by others). What is already there goes first: a link, or a
+/// stale partial file of a killed restore once its lock is free; a partial
+/// file another restore holds is refused.
 fn claim(partial: &Path) -> Result<File> {
     let what = |e| Error::io(format!("creating {}", partial.display()), e);
     for _ in 0..8 {
@@ -322,41 +324,41 @@ fn claim(partial: &Path) -> Result<File> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(what(e)),
         };
-        if m.file_type().is_symlink() {
-            match std::fs::remove_file(partial) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(what(e)),
-                _ => continue,
+        // Locked while it is removed, so a running restore's file is never
+        // taken from under it.
+        let mut _stale = None;
+        if m.is_file() {
+            let stale = match OpenOptions::new()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(partial)
+            {
+                Ok(f) => lock(f, partial)?,
+                // Removed, or replaced by a link, since we looked.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(what(e)),
+            };
+            let held = stale.metadata().map_err(what)?;
+            if (held.dev(), held.ino()) != (m.dev(), m.ino()) {
+                continue;
             }
-        }
-        if !m.is_file() {
+            _stale = Some(stale);
+        } else if !m.file_type().is_symlink() {
             return Err(refused(
                 partial,
                 "exists and is not a regular file: remove it to restore here",
             ));
         }
-        let f = match OpenOptions::new()
-            .write(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(partial)
-        {
-            Ok(f) => f,
-            // Removed, or replaced by a link, since we looked.
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    || e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) =>
-            {
-                continue
+        match std::fs::remove_file(partial) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(format!("removing {}", partial.display()), e))
             }
-            Err(e) => return Err(what(e)),
-        };
-        let f = lock(f, partial)?;
-        // Still the file under that name (not one a finishing restore just
-        // renamed away)?
-        let (held, named) = (f.metadata(), std::fs::symlink_metadata(partial));
-        if let (Ok(a), Ok(b)) = (held, named) {
-            if (a.dev(), a.ino()) == (b.dev(), b.ino()) {
-                return Ok(f);
-            }
+            _ => {}
         }
     }
     Err(refused(
