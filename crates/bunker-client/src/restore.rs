@@ -6,7 +6,8 @@
 //! the image, within a bounded window ahead of the writer. The server checks
 //! every chunk against its BLAKE3 id as it reads it and cuts the response at
 //! a bad one; a run that fails is fetched again chunk by chunk, each checked
-//! here, so a damaged chunk is named exactly. The writer takes chunks in
+//! here, so a damaged chunk is named exactly (a run that stalled is not: it
+//! would only stall again). The writer takes chunks in
 //! order, hashes the whole image and writes with positioned writes, starting
 //! the writeback of every 8 MiB behind it so the disk works during the
 //! restore rather than all in the final sync. Zero
