@@ -14,6 +14,7 @@ mod crash;
 mod disk;
 mod faults;
 mod races;
+mod restore;
 mod san;
 mod server;
 mod tls;

@@ -20,7 +20,7 @@ mod id;
 pub mod seams;
 mod zero;
 
-pub use chunker::{Chunker, ChunkerParams, Cut};
+pub use chunker::{Chunker, ChunkerParams, Cut, MAX_MAX_LEN};
 pub use id::ChunkId;
 pub use zero::is_zero;
 

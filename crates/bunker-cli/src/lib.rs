@@ -54,6 +54,17 @@ pub struct Global {
     /// Print one JSON object instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Seconds the server may send nothing before a command gives up (0:
+    /// wait forever). verify, gc and prune wait for the server's work
+    /// without limit.
+    #[arg(
+        long,
+        global = true,
+        env = "BUNKER_TIMEOUT",
+        default_value_t = bunker_client::DEFAULT_READ_TIMEOUT.as_secs(),
+        value_name = "SECS"
+    )]
+    timeout: u64,
 }
 
 #[derive(Subcommand)]
@@ -158,16 +169,20 @@ impl Global {
             ),
             (None, None) => None,
         };
-        match &self.ca_cert {
-            None => Ok(bunker_client::Client::new(&self.server, token)),
+        let mut client = match &self.ca_cert {
+            None => bunker_client::Client::new(&self.server, token),
             Some(ca) => {
                 let pem = std::fs::read(ca).map_err(|e| {
                     anyhow::anyhow!("reading the CA certificate {}: {e}", ca.display())
                 })?;
                 bunker_client::Client::with_ca(&self.server, token, &pem)
-                    .map_err(anyhow::Error::msg)
+                    .map_err(anyhow::Error::msg)?
             }
-        }
+        };
+        client.set_read_timeout(
+            (self.timeout > 0).then(|| std::time::Duration::from_secs(self.timeout)),
+        );
+        Ok(client)
     }
 }
 

@@ -8,12 +8,20 @@
 //! - [`Client::restore`] fetches a snapshot in parallel byte ranges, writes
 //!   them with positioned writes (zero runs become holes in files), and
 //!   checks the whole-image BLAKE3 at the end; the server has already
-//!   checked every chunk's BLAKE3 before sending it.
+//!   checked every chunk's BLAKE3 before sending it. A file target is
+//!   written beside its name and renamed into place only once verified.
+//!
+//! The server is not trusted with sizes: every allocation is bounded by the
+//! repository's largest chunk or by what was asked for, and every read
+//! gives up when the server sends nothing for the read timeout
+//! ([`DEFAULT_READ_TIMEOUT`]), except the answers of verify, gc and prune,
+//! which come only when the server's work is done.
 //!
 //! Errors say what is wrong and what to do; [`Error::kind`] classifies them
 //! for exit codes.
 
 mod backup;
+mod output;
 mod restore;
 
 use std::time::Duration;
@@ -22,6 +30,9 @@ use bunker_api::{ErrorBody, Info, Snapshot, SnapshotList};
 
 pub use backup::{BackupOptions, BackupProgress, BackupReport};
 pub use restore::{RestoreProgress, RestoreReport, Target};
+
+/// How long a read may wait for the server to send anything, by default.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What went wrong, by what the user does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +72,9 @@ pub enum Error {
     },
     #[error("the transfer was interrupted: {0} (run the command again; a backup does not send again the chunks the server already has)")]
     Interrupted(String),
+    /// The server sent nothing for the read timeout.
+    #[error("the server sent nothing for {} s while {what} (it may be overloaded or stuck: run the command again, or allow longer with --timeout)", .after.as_secs_f64())]
+    TimedOut { what: String, after: Duration },
 }
 
 impl Error {
@@ -91,6 +105,7 @@ pub struct Client {
     agent: ureq::Agent,
     base: String,
     token: Option<String>,
+    read_timeout: Option<Duration>,
 }
 
 impl Client {
@@ -106,7 +121,14 @@ impl Client {
             agent,
             base: server.trim_end_matches('/').to_string(),
             token: token.map(|t| t.trim().to_string()),
+            read_timeout: Some(DEFAULT_READ_TIMEOUT),
         }
+    }
+
+    /// How long any read may wait for the server to send something (`None`:
+    /// forever). Applies to every request but verify, gc and prune.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.read_timeout = timeout;
     }
 
     /// Like [`Client::new`], trusting the PEM certificates in `ca_pem`
@@ -152,20 +174,54 @@ impl Client {
         }
     }
 
+    /// With the read timeout: a server that stops sending is an error, not
+    /// a hang.
+    fn timed<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        self.auth(req)
+            .config()
+            .timeout_per_read(self.read_timeout)
+            .build()
+    }
+
     pub(crate) fn get(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
-        self.auth(self.agent.get(&self.url(path)))
+        self.timed(self.agent.get(&self.url(path)))
     }
 
     pub(crate) fn post(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        self.timed(self.agent.post(&self.url(path)))
+    }
+
+    /// A request whose answer comes only when the server's work is done
+    /// (verify, gc, prune): it may take hours, so no read timeout.
+    fn post_untimed(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
         self.auth(self.agent.post(&self.url(path)))
     }
 
     pub(crate) fn put(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
-        self.auth(self.agent.put(&self.url(path)))
+        self.timed(self.agent.put(&self.url(path)))
     }
 
     pub(crate) fn delete(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
-        self.auth(self.agent.delete(&self.url(path)))
+        self.timed(self.agent.delete(&self.url(path)))
+    }
+
+    /// A read of a response body that failed: the server stalled past the
+    /// read timeout, or the transfer was cut.
+    pub(crate) fn read_error(&self, what: &str, e: std::io::Error) -> Error {
+        match ureq::Error::from(e) {
+            ureq::Error::Timeout(ureq::Timeout::PerRead) => self.timed_out(what),
+            ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                self.timed_out(what)
+            }
+            other => Error::Interrupted(format!("{what}: {other}")),
+        }
+    }
+
+    pub(crate) fn timed_out(&self, what: &str) -> Error {
+        Error::TimedOut {
+            what: what.to_string(),
+            after: self.read_timeout.unwrap_or_default(),
+        }
     }
 
     /// Turns a transport error or an error status into an [`Error`].
@@ -216,6 +272,7 @@ impl Client {
                 url: self.base.clone(),
                 reason: e.to_string(),
             },
+            ureq::Error::Timeout(ureq::Timeout::PerRead) => self.timed_out("answering"),
             ureq::Error::Io(io) => Error::Interrupted(io.to_string()),
             other => Error::Interrupted(other.to_string()),
         }
@@ -226,9 +283,10 @@ impl Client {
         r: Result<http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<T> {
         let mut resp = self.check(r)?;
-        resp.body_mut()
-            .read_json()
-            .map_err(|e| Error::Interrupted(format!("reading the server's answer: {e}")))
+        resp.body_mut().read_json().map_err(|e| match e {
+            ureq::Error::Timeout(ureq::Timeout::PerRead) => self.timed_out("sending its answer"),
+            e => Error::Interrupted(format!("reading the server's answer: {e}")),
+        })
     }
 
     pub fn info(&self) -> Result<Info> {
@@ -261,15 +319,15 @@ impl Client {
     }
 
     pub fn verify(&self, req: &bunker_api::VerifyRequest) -> Result<bunker_api::VerifyReport> {
-        self.json(self.post("/v1/verify").send_json(req))
+        self.json(self.post_untimed("/v1/verify").send_json(req))
     }
 
     pub fn prune(&self, req: &bunker_api::PruneRequest) -> Result<bunker_api::PruneResult> {
-        self.json(self.post("/v1/prune").send_json(req))
+        self.json(self.post_untimed("/v1/prune").send_json(req))
     }
 
     pub fn gc(&self, req: &bunker_api::GcRequest) -> Result<bunker_api::GcReport> {
-        self.json(self.post("/v1/gc").send_json(req))
+        self.json(self.post_untimed("/v1/gc").send_json(req))
     }
 
     /// Reports a restore drill of `name@id` for the server to record.

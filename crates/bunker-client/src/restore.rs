@@ -6,18 +6,23 @@
 //! the image, within a bounded window ahead of the writer. The server checks
 //! every chunk against its BLAKE3 id as it reads it and cuts the response at
 //! a bad one; a run that fails is fetched again chunk by chunk, each checked
-//! here, so a damaged chunk is named exactly. The writer takes chunks in
+//! here, so a damaged chunk is named exactly (a run that stalled is not: it
+//! would only stall again). The writer takes chunks in
 //! order, hashes the whole image and writes with positioned writes, starting
 //! the writeback of every 8 MiB behind it so the disk works during the
 //! restore rather than all in the final sync. Zero
 //! chunks are never fetched: on a regular file they stay holes. At the end
 //! the whole-image BLAKE3 must equal the snapshot's, or the restore fails;
-//! it covers every byte that crossed the wire.
+//! it covers every byte that crossed the wire. Only then is a file put in
+//! place under its name (`output`).
+//!
+//! Nothing the server says sizes an allocation unchecked: a manifest entry
+//! longer than the repository's largest chunk is refused before anything
+//! is fetched, a body longer than what was asked for is an error, and a
+//! server that sends nothing for the read timeout fails the restore.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{BufReader, Read, Write};
-use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
@@ -26,6 +31,7 @@ use bunker_api::Snapshot;
 use bunker_chunk::ChunkId;
 use crossbeam_channel::{bounded, Receiver};
 
+use crate::output::Output;
 use crate::{Client, Error, Result};
 
 /// Parallel fetches.
@@ -38,8 +44,6 @@ const WINDOW: u64 = 80;
 /// per round trip).
 const RUN_CHUNKS: usize = 16;
 const RUN_BYTES: u64 = 4 << 20;
-/// Bytes written to a file after which their writeback is started.
-const WRITEBACK_STEP: u64 = 8 << 20;
 /// Chunk buffers kept for reuse, at most: what the window and the fetchers
 /// can hold at once.
 const POOL_MAX: usize = WINDOW as usize + FETCHERS * RUN_CHUNKS;
@@ -50,7 +54,9 @@ const QUEUED_RUNS: usize = 32;
 
 /// Where a restore goes.
 pub enum Target<'a> {
-    /// A regular file (refused if it exists, unless `force`) or a block device.
+    /// A regular file, replaced only once the image is complete and
+    /// verified (an existing one only with `force`); or a block device,
+    /// written in place, only with `force`, only if it holds the image.
     File { path: PathBuf, force: bool },
     /// A stream such as stdout (written in order, zeros included).
     Stream(&'a mut dyn Write),
@@ -101,10 +107,14 @@ impl Client {
     ) -> Result<RestoreReport> {
         let started = Instant::now();
         let snap = self.snapshot(name, id)?;
+        check_snapshot(&snap)?;
+        let limits = Limits {
+            max_chunk_len: self.max_chunk_len()?,
+        };
         let mut out = Output::open(target, snap.size_bytes)?;
-        let result = self.restore_into(&snap, &mut out, progress);
+        let result = self.restore_into(&snap, limits, &mut out, progress);
         if result.is_err() {
-            // A half-written image is worse than none: remove what we created.
+            // Only the partial file goes: the target was never touched.
             out.discard();
         }
         let mut report = result?;
@@ -112,9 +122,17 @@ impl Client {
         Ok(report)
     }
 
+    /// The longest chunk the repository can hold: its chunker's maximum,
+    /// and never more than any repository allows.
+    fn max_chunk_len(&self) -> Result<u64> {
+        let max = self.info()?.chunker.max_bytes;
+        Ok(u64::from(max.min(bunker_chunk::MAX_MAX_LEN)))
+    }
+
     fn restore_into(
         &self,
         snap: &Snapshot,
+        limits: Limits,
         out: &mut Output<'_>,
         progress: &mut dyn FnMut(&RestoreProgress),
     ) -> Result<RestoreReport> {
@@ -145,7 +163,7 @@ impl Client {
         let write_result = std::thread::scope(|scope| -> Result<()> {
             let snap = &snap;
             scope.spawn(move || {
-                let planned = self.plan(snap, &mut |run| {
+                let planned = self.plan(snap, limits, &mut |run| {
                     // To the writer first: a run is never fetched before
                     // the writer knows of it.
                     if order_tx.send(Ok(run.clone())).is_err() {
@@ -225,7 +243,6 @@ impl Client {
             result
         });
         write_result?;
-        out.finish()?;
         let actual = hasher.finalize().to_hex().to_string();
         if report.bytes != snap.size_bytes {
             return Err(Error::Verification(format!(
@@ -239,6 +256,7 @@ impl Client {
                 snap.blake3
             )));
         }
+        out.finish()?;
         Ok(report)
     }
 
@@ -246,19 +264,42 @@ impl Client {
     /// `emit` in order as runs: one zero entry, or up to `RUN_CHUNKS`
     /// consecutive non-zero entries spanning at most `RUN_BYTES`. Stops
     /// early, without error, when `emit` returns false.
-    fn plan(&self, snap: &Snapshot, emit: &mut dyn FnMut(Vec<Entry>) -> bool) -> Result<()> {
-        let resp = self.check(
-            self.get(&format!("/v1/snapshots/{}/{}/manifest", snap.name, snap.id))
-                .call(),
-        )?;
-        let mut reader = BufReader::with_capacity(1 << 20, resp.into_body().into_reader());
+    fn plan(
+        &self,
+        snap: &Snapshot,
+        limits: Limits,
+        emit: &mut dyn FnMut(Vec<Entry>) -> bool,
+    ) -> Result<()> {
+        let resp = self
+            .check(
+                self.get(&format!("/v1/snapshots/{}/{}/manifest", snap.name, snap.id))
+                    .call(),
+            )
+            .map_err(|e| match e {
+                Error::TimedOut { after, .. } => Error::TimedOut {
+                    what: "sending the manifest".into(),
+                    after,
+                },
+                e => e,
+            })?;
+        let expected = snap.chunks.saturating_mul(MANIFEST_ENTRY_LEN);
+        if let Some(len) = content_length(&resp) {
+            if len != expected {
+                return Err(Error::Verification(format!(
+                    "the server sends a manifest of {len} bytes for {}@{}, which has {} chunks ({expected} bytes)",
+                    snap.name, snap.id, snap.chunks
+                )));
+            }
+        }
+        let mut reader =
+            BufReader::with_capacity(1 << 20, resp.into_body().into_reader().take(expected));
         let mut buf = [0u8; 40];
         let mut start = 0u64;
         let mut run: Vec<Entry> = Vec::with_capacity(RUN_CHUNKS);
         for index in 0..snap.chunks {
             reader
                 .read_exact(&mut buf)
-                .map_err(|e| Error::Interrupted(format!("reading the manifest: {e}")))?;
+                .map_err(|e| self.read_error("sending the manifest", e))?;
             let mut end = [0u8; 8];
             end.copy_from_slice(&buf[..8]);
             let end = u64::from_le_bytes(end);
@@ -275,6 +316,14 @@ impl Client {
                 end,
                 id: ChunkId(id),
             };
+            // Zero chunks are never fetched or held, so any length is fine.
+            if !e.id.is_zero() && end - start > limits.max_chunk_len {
+                return Err(Error::Verification(format!(
+                    "manifest entry {index} is a chunk of {} bytes (bytes {start}..{end}); the repository's chunks are at most {} bytes",
+                    end - start,
+                    limits.max_chunk_len
+                )));
+            }
             start = end;
             let joins = !e.id.is_zero()
                 && run.len() < RUN_CHUNKS
@@ -328,9 +377,24 @@ impl Client {
                 armed: true,
             };
             let results: Vec<Result<Vec<u8>>> = match self.fetch_run(snap, run, pool) {
-                Some(chunks) => chunks.into_iter().map(Ok).collect(),
-                // Again chunk by chunk: names exactly what is wrong.
-                None => run.iter().map(|e| self.fetch_chunk(snap, e)).collect(),
+                Ok(Some(chunks)) => chunks.into_iter().map(Ok).collect(),
+                // Again chunk by chunk: names exactly what is wrong. The
+                // writer stops at the first error, so the rest can wait.
+                Ok(None) => {
+                    let mut results = Vec::with_capacity(run.len());
+                    for e in run {
+                        let r = self.fetch_chunk(snap, e);
+                        let failed = r.is_err();
+                        results.push(r);
+                        if failed {
+                            break;
+                        }
+                    }
+                    results
+                }
+                // A stalled server: asking again chunk by chunk would only
+                // wait that long again for each.
+                Err(e) => vec![Err(e)],
             };
             let stop = results.iter().any(|r| r.is_err());
             pending.armed = false;
@@ -347,23 +411,37 @@ impl Client {
     }
 
     /// The chunks of `run` (consecutive entries) as one range of the image;
-    /// `None` if anything at all went wrong. The server checks every chunk
-    /// against its id as it reads it and cuts the response at the first bad
-    /// one; what crosses the wire is covered by the whole-image hash.
+    /// `None` if anything went wrong but a stall (an error: the server sent
+    /// nothing for the read timeout). The server checks every chunk against
+    /// its id as it reads it and cuts the response at the first bad one;
+    /// what crosses the wire is covered by the whole-image hash.
     fn fetch_run(
         &self,
         snap: &Snapshot,
         run: &[Entry],
         pool: &Mutex<Vec<Vec<u8>>>,
-    ) -> Option<Vec<Vec<u8>>> {
+    ) -> Result<Option<Vec<Vec<u8>>>> {
         let (start, end) = (run[0].start, run[run.len() - 1].end);
-        let resp = self
+        let what = format!("sending bytes {start}..{end} of {}@{}", snap.name, snap.id);
+        let stalled = |e: Error| match e {
+            Error::TimedOut { after, .. } => Err(Error::TimedOut {
+                what: what.clone(),
+                after,
+            }),
+            _ => Ok(None),
+        };
+        let resp = match self
             .get(&format!("/v1/snapshots/{}/{}/data", snap.name, snap.id))
             .header("Range", &format!("bytes={start}-{}", end - 1))
             .call()
-            .ok()?;
-        if resp.status().as_u16() != 206 {
-            return None;
+        {
+            Ok(resp) => resp,
+            Err(e) => return stalled(self.transport(e)),
+        };
+        // Anything but exactly the range asked for is not used.
+        if resp.status().as_u16() != 206 || content_length(&resp).is_some_and(|n| n != end - start)
+        {
+            return Ok(None);
         }
         let mut body = resp.into_body().into_reader();
         let mut out = Vec::with_capacity(run.len());
@@ -376,13 +454,15 @@ impl Client {
                 .unwrap_or_default();
             data.clear();
             data.reserve(len);
-            (&mut body).take(len as u64).read_to_end(&mut data).ok()?;
+            if let Err(err) = (&mut body).take(len as u64).read_to_end(&mut data) {
+                return stalled(self.read_error(&what, err));
+            }
             if data.len() != len {
-                return None;
+                return Ok(None);
             }
             out.push(data);
         }
-        Some(out)
+        Ok(Some(out))
     }
 
     fn fetch_chunk(&self, snap: &Snapshot, e: &Entry) -> Result<Vec<u8>> {
@@ -392,6 +472,8 @@ impl Client {
             snap.id,
             e.id.to_hex()
         );
+        let what = format!("sending chunk {} (bytes {}..{})", e.id, e.start, e.end);
+        let len = e.end - e.start;
         let resp = self
             .check(self.get(&path).call())
             .map_err(|err| match err {
@@ -407,13 +489,40 @@ impl Client {
                     "chunk {} (bytes {}..{}) is missing from the repository: {message}",
                     e.id, e.start, e.end
                 )),
+                Error::TimedOut { after, .. } => Error::TimedOut {
+                    what: what.clone(),
+                    after,
+                },
                 other => other,
             })?;
-        let mut data = Vec::with_capacity((e.end - e.start) as usize);
+        if let Some(n) = content_length(&resp).filter(|&n| n != len) {
+            return Err(Error::Verification(format!(
+                "the server announces {n} bytes for chunk {} (bytes {}..{}), which has {len}",
+                e.id, e.start, e.end
+            )));
+        }
+        // One byte more than the chunk tells a longer body from a whole one.
+        let mut data = Vec::with_capacity(len as usize + 1);
         resp.into_body()
             .into_reader()
+            .take(len + 1)
             .read_to_end(&mut data)
-            .map_err(|err| Error::Interrupted(format!("receiving chunk {}: {err}", e.id)))?;
+            .map_err(|err| self.read_error(&what, err))?;
+        if data.len() as u64 > len {
+            return Err(Error::Verification(format!(
+                "the server sends more than the {len} bytes of chunk {} (bytes {}..{})",
+                e.id, e.start, e.end
+            )));
+        }
+        if (data.len() as u64) < len {
+            return Err(Error::Verification(format!(
+                "chunk {} (bytes {}..{}) arrived with only {} of its {len} bytes",
+                e.id,
+                e.start,
+                e.end,
+                data.len()
+            )));
+        }
         if ChunkId::of(&data) != e.id {
             return Err(Error::Verification(format!(
                 "chunk {} (bytes {}..{}) arrived with different contents",
@@ -422,6 +531,37 @@ impl Client {
         }
         Ok(data)
     }
+}
+
+/// What the repository allows, as the server says (`/v1/info`).
+#[derive(Clone, Copy)]
+struct Limits {
+    max_chunk_len: u64,
+}
+
+/// Bytes of one manifest entry: end offset (u64) and chunk id.
+const MANIFEST_ENTRY_LEN: u64 = 40;
+
+/// A snapshot the server describes impossibly is refused before anything
+/// is read or created.
+fn check_snapshot(snap: &Snapshot) -> Result<()> {
+    if snap.chunks > snap.size_bytes || (snap.chunks == 0) != (snap.size_bytes == 0) {
+        return Err(Error::Verification(format!(
+            "the server describes {}@{} as {} chunks in {} bytes, which cannot be (a chunk has 1 byte or more)",
+            snap.name, snap.id, snap.chunks, snap.size_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// The `Content-Length` the server announced, if any.
+fn content_length(resp: &http::Response<ureq::Body>) -> Option<u64> {
+    resp.headers()
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Marks the window failed and wakes every waiter when dropped: the writer
@@ -463,146 +603,4 @@ impl Drop for Pending<'_> {
         drop(w);
         self.cv.notify_all();
     }
-}
-
-/// The restore's destination.
-enum Output<'a> {
-    /// `sparse`: a regular file pre-sized with holes, zero chunks skipped.
-    File {
-        file: File,
-        path: PathBuf,
-        sparse: bool,
-        /// Where the last started writeback ended (see `WRITEBACK_STEP`).
-        written_back: u64,
-    },
-    Stream(&'a mut dyn Write),
-    Null,
-}
-
-static ZEROS: [u8; 1 << 20] = [0u8; 1 << 20];
-
-impl<'a> Output<'a> {
-    fn open(target: Target<'a>, size: u64) -> Result<Output<'a>> {
-        match target {
-            Target::Null => Ok(Output::Null),
-            Target::Stream(w) => Ok(Output::Stream(w)),
-            Target::File { path, force } => {
-                let what = |e: std::io::Error| Error::io(format!("opening {}", path.display()), e);
-                match std::fs::metadata(&path) {
-                    Ok(m) if m.file_type().is_block_device() => {
-                        let file = File::options().write(true).open(&path).map_err(what)?;
-                        Ok(Output::File {
-                            file,
-                            path,
-                            sparse: false,
-                            written_back: 0,
-                        })
-                    }
-                    Ok(m) if m.is_file() && !force => Err(Error::io(
-                        format!("{} exists", path.display()),
-                        std::io::Error::new(
-                            std::io::ErrorKind::AlreadyExists,
-                            "refusing to overwrite it; pass --force to replace it",
-                        ),
-                    )),
-                    Ok(m) if !m.is_file() => Err(Error::io(
-                        format!("{}", path.display()),
-                        std::io::Error::other("is neither a regular file nor a block device"),
-                    )),
-                    _ => {
-                        let file = File::create(&path).map_err(what)?;
-                        file.set_len(size)
-                            .map_err(|e| Error::io(format!("sizing {}", path.display()), e))?;
-                        Ok(Output::File {
-                            file,
-                            path,
-                            sparse: true,
-                            written_back: 0,
-                        })
-                    }
-                }
-            }
-        }
-    }
-
-    fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        match self {
-            Output::File {
-                file,
-                path,
-                written_back,
-                ..
-            } => {
-                file.write_all_at(data, offset)
-                    .map_err(|e| write_error(path, e))?;
-                let end = offset + data.len() as u64;
-                if end >= *written_back + WRITEBACK_STEP {
-                    // Starts writing the range back now (and drops its pages
-                    // from the cache once clean), so the disk works while
-                    // the restore goes on instead of all at the final sync.
-                    let _ = rustix::fs::fadvise(
-                        &*file,
-                        *written_back,
-                        std::num::NonZeroU64::new(end - *written_back),
-                        rustix::fs::Advice::DontNeed,
-                    );
-                    *written_back = end;
-                }
-                Ok(())
-            }
-            Output::Stream(w) => w
-                .write_all(data)
-                .map_err(|e| write_error(std::path::Path::new("the output stream"), e)),
-            Output::Null => Ok(()),
-        }
-    }
-
-    fn write_zero(&mut self, offset: u64, len: usize, hasher: &mut blake3::Hasher) -> Result<()> {
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(ZEROS.len());
-            hasher.update(&ZEROS[..n]);
-            match self {
-                Output::File { sparse: true, .. } | Output::Null => {}
-                _ => self.write(offset + done as u64, &ZEROS[..n])?,
-            }
-            done += n;
-        }
-        Ok(())
-    }
-
-    /// Removes a regular file this restore created or replaced.
-    fn discard(&mut self) {
-        if let Output::File {
-            path, sparse: true, ..
-        } = self
-        {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-
-    fn finish(&mut self) -> Result<()> {
-        match self {
-            Output::File { file, path, .. } => file.sync_all().map_err(|e| write_error(path, e)),
-            Output::Stream(w) => w
-                .flush()
-                .map_err(|e| write_error(std::path::Path::new("the output stream"), e)),
-            Output::Null => Ok(()),
-        }
-    }
-}
-
-fn write_error(path: &std::path::Path, e: std::io::Error) -> Error {
-    let full = e.raw_os_error() == Some(28);
-    Error::io(
-        if full {
-            format!(
-                "writing {}: the disk is full (free space or restore elsewhere)",
-                path.display()
-            )
-        } else {
-            format!("writing {}", path.display())
-        },
-        e,
-    )
 }

@@ -1,4 +1,5 @@
-//! `bunker restore NAME[@ID] TARGET`: parallel, verified, sparse.
+//! `bunker restore NAME[@ID] TARGET`: parallel, verified, sparse; a file
+//! appears under its name only complete and verified.
 
 use std::path::PathBuf;
 
@@ -16,7 +17,8 @@ pub struct Args {
     snapshot: super::SnapRef,
     /// File, block device, or - for stdout.
     target: PathBuf,
-    /// Overwrite an existing regular file.
+    /// Replace an existing regular file (once the new image is complete
+    /// and verified), or write over a block device.
     #[arg(long)]
     force: bool,
 }
