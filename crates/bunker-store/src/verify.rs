@@ -148,6 +148,15 @@ enum Check {
     Unreadable(Error),
 }
 
+/// What the scan found, for mapping damage to the snapshots it breaks.
+struct Known {
+    present: HashSet<PackId>,
+    damaged: HashSet<ChunkId>,
+    unreadable: HashSet<ChunkId>,
+    bad_trailers: HashSet<PackId>,
+    index_damaged: bool,
+}
+
 /// Records found bad, by kind.
 #[derive(Default)]
 struct Findings {
@@ -261,17 +270,16 @@ impl Repository {
             report.damage.push(Damage::from_error(e));
             index_damaged = true;
         }
+        let known = Known {
+            present,
+            damaged: damaged_chunks,
+            unreadable: unreadable_chunks,
+            bad_trailers,
+            index_damaged,
+        };
         for (name, id) in self.snapshot_keys(None)? {
             report.snapshots += 1;
-            if let Some(d) = self.check_snapshot(
-                &name,
-                id,
-                &present,
-                &damaged_chunks,
-                &unreadable_chunks,
-                &bad_trailers,
-                index_damaged,
-            )? {
+            if let Some(d) = self.check_snapshot(&name, id, &known)? {
                 report.damaged_snapshots.push(d);
             }
         }
@@ -282,11 +290,7 @@ impl Repository {
         &self,
         name: &str,
         id: SnapshotId,
-        present: &HashSet<PackId>,
-        damaged: &HashSet<ChunkId>,
-        unreadable: &HashSet<ChunkId>,
-        bad_trailers: &HashSet<PackId>,
-        index_damaged: bool,
+        known: &Known,
     ) -> Result<Option<DamagedSnapshot>> {
         let damaged_snapshot = |bad_chunks, reason: String| DamagedSnapshot {
             name: name.to_string(),
@@ -313,7 +317,7 @@ impl Repository {
             if entry.id.is_zero() {
                 continue;
             }
-            if damaged.contains(&entry.id) {
+            if known.damaged.contains(&entry.id) {
                 bad += 1;
                 first_reason.get_or_insert(format!(
                     "chunk {} is damaged (quarantined: a backup of the same data heals it)",
@@ -321,7 +325,7 @@ impl Repository {
                 ));
                 continue;
             }
-            if unreadable.contains(&entry.id) {
+            if known.unreadable.contains(&entry.id) {
                 bad += 1;
                 first_reason.get_or_insert(format!(
                     "chunk {} could not be read (not proven damaged, nothing quarantined: verify again once the disk answers)",
@@ -331,7 +335,7 @@ impl Repository {
             }
             let problem = match self.locate(&entry.id) {
                 None => Some(format!("chunk {} is not in the repository", entry.id)),
-                Some(loc) if !present.contains(&loc.pack) => Some(format!(
+                Some(loc) if !known.present.contains(&loc.pack) => Some(format!(
                     "chunk {} is in missing pack {}",
                     entry.id, loc.pack.0
                 )),
@@ -340,7 +344,7 @@ impl Repository {
                 }
                 // A damaged index may answer with a wrong location, and a
                 // damaged trailer leaves records unchecked: read them.
-                Some(loc) if index_damaged || bad_trailers.contains(&loc.pack) => {
+                Some(loc) if known.index_damaged || known.bad_trailers.contains(&loc.pack) => {
                     self.read_at(&entry.id, &loc).err().map(|e| {
                         format!("{e} (if the index is damaged, `bunker repair --rebuild-index`)")
                     })
