@@ -42,7 +42,7 @@ use rayon::prelude::*;
 use crate::format::space::{NameSpace, Space, Usage};
 use crate::index::{find_in, shard_of, Run, Tombstones};
 use crate::pack::{read_trailer, NewRecord};
-use crate::repo::write_tombstones;
+use crate::tombstones::write_tombstones;
 use crate::{Error, Location, PackId, Repository, Result};
 
 /// The space accounting file GC writes (docs/FORMAT.md).
@@ -265,8 +265,8 @@ struct Resume<'a>(&'a Repository);
 
 impl Drop for Resume<'_> {
     fn drop(&mut self) {
-        self.0.inner.index.pause_merges(false);
-        self.0.inner.pins.gc_end();
+        self.0.index().pause_merges(false);
+        self.0.pin_board().gc_end();
     }
 }
 
@@ -290,14 +290,9 @@ impl Repository {
 
     fn gc_once(&self, opts: &GcOptions) -> Result<GcReport> {
         let started = Instant::now();
-        let _one = self
-            .inner
-            .maintenance
-            .try_lock()
-            .map_err(|_| Error::Busy("a GC or verify is running".into()))?;
-        let inner = &*self.inner;
-        let index = &inner.index;
-        let backend = inner.packs.backend();
+        let _one = self.try_lock_maintenance()?;
+        let index = self.index();
+        let backend = self.packs().backend();
         let mut report = GcReport {
             dry_run: opts.dry_run,
             ..GcReport::default()
@@ -321,9 +316,9 @@ impl Repository {
         // 2. Protect.
         {
             let _gate = self.gate_write();
-            inner.pins.gc_begin();
+            self.pin_board().gc_begin();
         }
-        crate::durable::failpoint!("gc::marked", &inner.root);
+        crate::durable::failpoint!("gc::marked", self.root());
 
         // 3. Mark, a name at a time (its snapshots in parallel), then count
         //    what each name alone references for the space accounting.
@@ -399,7 +394,7 @@ impl Repository {
         report.snapshots = snapshots.len() as u64;
         report.references = references.into_inner();
         report.mark_ms = started.elapsed().as_millis() as u64;
-        crate::durable::failpoint!("gc::mark", &inner.root);
+        crate::durable::failpoint!("gc::mark", self.root());
 
         // 4. Plan, 5. rewrite.
         let sweep_started = Instant::now();
@@ -408,7 +403,7 @@ impl Repository {
         let mut condemn: std::collections::BTreeMap<u64, (bool, u64)> = Default::default();
         for &pack in &candidates {
             report.packs_examined += 1;
-            if inner.pins.gc_protects(pack) {
+            if self.pin_board().gc_protects(pack) {
                 report.packs_protected += 1;
                 continue;
             }
@@ -453,10 +448,10 @@ impl Repository {
         // The copies are durable before any original is condemned. (No
         // rewrite, no seal: it would cut ingest's open pack short.)
         if report.packs_rewritten > 0 {
-            let sealed = inner.packs.seal()?;
+            let sealed = self.packs().seal()?;
             self.index_sealed(sealed);
         }
-        crate::durable::failpoint!("gc::rewritten", &inner.root);
+        crate::durable::failpoint!("gc::rewritten", self.root());
 
         // 6. Condemn.
         let mut tombs = index.current_tombstones();
@@ -464,7 +459,7 @@ impl Repository {
             let _gate = self.gate_write();
             let before = tombs.packs.len();
             for (&p, &(rewritten, len)) in &condemn {
-                if inner.pins.gc_protects(PackId(p)) {
+                if self.pin_board().gc_protects(PackId(p)) {
                     // Pinned while GC was planning: spared, whole (the
                     // copies of a rewrite stay as duplicates until a later
                     // GC finds the originals dead).
@@ -480,11 +475,11 @@ impl Repository {
                 }
             }
             if tombs.packs.len() > before {
-                write_tombstones(&inner.root, &tombs)?;
+                write_tombstones(self.root(), &tombs)?;
                 index.set_tombstones(tombs.clone());
             }
         }
-        crate::durable::failpoint!("gc::condemned", &inner.root);
+        crate::durable::failpoint!("gc::condemned", self.root());
         if tombs.packs.is_empty() {
             // Nothing condemned, now or by an interrupted GC: the index
             // holds no entry to drop.
@@ -500,18 +495,18 @@ impl Repository {
         let exists = |p: u64| !matches!(backend.pack_len(PackId(p)), Err(Error::NotFound { .. }));
         for &p in tombs.packs.iter().filter(|&&p| exists(p)) {
             backend.delete(PackId(p))?;
-            crate::durable::failpoint!("gc::deleted", &inner.root);
+            crate::durable::failpoint!("gc::deleted", self.root());
         }
 
         // 8. Compact, then forget pack tombstones no run refers to any more,
         //    and record tombstones whose pack is gone.
         report.index_entries_dropped = index.compact(&marks.runs)?;
-        crate::durable::failpoint!("gc::compacted", &inner.root);
+        crate::durable::failpoint!("gc::compacted", self.root());
         {
             let _gate = self.gate_write();
             tombs.packs.clear();
             tombs.records.retain(|(_, pack, _)| exists(*pack));
-            write_tombstones(&inner.root, &tombs)?;
+            write_tombstones(self.root(), &tombs)?;
             index.set_tombstones(tombs);
         }
         self.write_space(space);
@@ -532,17 +527,17 @@ impl Repository {
     /// replaces the `space` file. A failure is logged, not returned: the
     /// GC's work stands, and `stats` is only less exact until the next GC.
     fn write_space(&self, mut space: Space) {
-        let backend = self.inner.packs.backend();
+        let backend = self.packs().backend();
         // Read before listing: a pack sealed meanwhile is either below
         // `next_pack` and listed, or counted by `stats` as new, never both.
-        space.next_pack = self.inner.packs.next_id();
+        space.next_pack = self.packs().next_id();
         let result = backend.list().and_then(|packs| {
             for p in packs.into_iter().filter(|p| p.0 < space.next_pack) {
                 space.pack_bytes += backend.pack_len(p)?;
                 space.packs += 1;
             }
             crate::durable::replace_file(
-                &self.inner.root.join(SPACE_FILE),
+                &self.root().join(SPACE_FILE),
                 &crate::format::space::encode(&space),
             )
         });
@@ -558,12 +553,11 @@ impl Repository {
         pack: PackId,
         records: &[crate::format::pack::TrailerEntry],
     ) -> Result<()> {
-        let inner = &*self.inner;
         let read: Vec<Result<(crate::format::pack::Codec, Vec<u8>)>> = records
             .par_iter()
             .map(|e| {
                 let loc = e.index_entry(pack).1;
-                let (codec, stored) = inner.packs.read_record(&e.id, &loc)?;
+                let (codec, stored) = self.packs().read_record(&e.id, &loc)?;
                 self.decode_verified(&e.id, &loc, codec, stored.clone())?;
                 Ok((codec, stored))
             })
@@ -580,9 +574,9 @@ impl Repository {
                 stored,
             })
             .collect();
-        let (locations, sealed) = inner.packs.append(&new)?;
+        let (locations, sealed) = self.packs().append(&new)?;
         for (e, loc) in records.iter().zip(locations) {
-            inner.index.relocate(&e.id, loc);
+            self.index().relocate(&e.id, loc);
         }
         self.index_sealed(sealed);
         Ok(())
@@ -620,7 +614,7 @@ fn plan_pack(
     pack_len: u64,
     rewrite_below: f64,
 ) -> Result<(Fate, u64)> {
-    let entries = read_trailer(repo.inner.packs.backend(), pack)?;
+    let entries = read_trailer(repo.packs().backend(), pack)?;
     let live: Vec<_> = entries
         .into_iter()
         .filter(|e| marks.is_live(&e.id, pack, e.offset))

@@ -81,7 +81,7 @@ impl Repository {
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<SnapshotInfo> {
         let mut writer = self.begin_snapshot(name, &opts.source, opts.creator)?;
-        let chunker = self.inner.chunker;
+        let chunker = self.chunker();
         let max = chunker.params().max_len as usize;
         let (full_tx, full_rx) = bounded::<std::io::Result<Block>>(1);
         let (cut_tx, cut_rx) = bounded::<std::io::Result<CutBlock>>(1);

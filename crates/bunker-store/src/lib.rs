@@ -47,6 +47,8 @@ pub mod reserve;
 mod restore;
 pub mod retention;
 pub mod snapshot;
+mod stats;
+mod tombstones;
 mod verify;
 
 pub use backend::{LocalPacks, PackBackend, ReadMode};
@@ -58,9 +60,10 @@ pub use gc::{GcOptions, GcReport, DEFAULT_REWRITE_BELOW};
 pub use ingest::{IngestOptions, Progress};
 pub use pack::TornTail;
 pub use pins::Pins;
-pub use repo::{CreateOptions, NameStats, NewData, OpenOptions, Recovery, Repository, Stats};
+pub use repo::{CreateOptions, NewData, OpenOptions, Recovery, Repository};
 pub use restore::{Piece, SnapshotReader};
 pub use snapshot::{validate_name, ManifestEntry, SnapshotInfo};
+pub use stats::{NameStats, Stats};
 pub use verify::{Damage, DamagedSnapshot, VerifyOptions, VerifyReport};
 
 /// Replaces a small file atomically and durably (temp file, sync, rename,

@@ -169,7 +169,7 @@ impl Repository {
         })?;
         if u64::from(loc.raw_len) != len {
             return Err(Error::Corrupt {
-                file: self.inner.packs.backend().describe(loc.pack),
+                file: self.packs().backend().describe(loc.pack),
                 pack: Some(loc.pack),
                 offset: Some(loc.offset),
                 chunk: Some(e.id),

@@ -178,12 +178,8 @@ impl Repository {
             )));
         }
         // Not beside a GC: it deletes packs this reads.
-        let _one = self
-            .inner
-            .maintenance
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let backend = self.inner.packs.backend();
+        let _one = self.lock_maintenance();
+        let backend = self.packs().backend();
         let mut report = VerifyReport::default();
         let packs = backend.list()?;
         let present: HashSet<PackId> = packs.iter().copied().collect();
@@ -191,7 +187,7 @@ impl Repository {
         let mut unreadable_chunks: HashSet<ChunkId> = HashSet::new();
         let mut bad_trailers: HashSet<PackId> = HashSet::new();
         let mut found = Findings::default();
-        let tombs = self.inner.index.current_tombstones();
+        let tombs = self.index().current_tombstones();
         let only = match &opts.snapshot {
             Some((name, id)) => Some(self.snapshot(name, *id)?),
             None => None,
@@ -266,7 +262,7 @@ impl Repository {
             report.newly_quarantined = self.quarantine(&bad_records)?;
         }
         let mut index_damaged = false;
-        for e in self.inner.index.verify_runs() {
+        for e in self.index().verify_runs() {
             report.damage.push(Damage::from_error(e));
             index_damaged = true;
         }
@@ -437,7 +433,7 @@ impl Repository {
 
     fn unreadable(&self, id: &ChunkId, loc: &Location, e: Error) -> Damage {
         Damage {
-            file: self.inner.packs.backend().describe(loc.pack),
+            file: self.packs().backend().describe(loc.pack),
             pack: Some(loc.pack),
             offset: Some(loc.offset),
             chunk: Some(*id),
@@ -452,16 +448,16 @@ impl Repository {
             return Ok(0);
         }
         let _gate = self.gate_write();
-        let mut t = self.inner.index.current_tombstones();
+        let mut t = self.index().current_tombstones();
         let before = t.records.len();
         for (id, loc) in records {
             t.records.insert((*id, loc.pack.0, loc.offset));
         }
         let added = (t.records.len() - before) as u64;
         if added > 0 {
-            crate::repo::write_tombstones(self.root(), &t)?;
+            crate::tombstones::write_tombstones(self.root(), &t)?;
             tracing::warn!(records = added, "quarantined damaged chunk records");
-            self.inner.index.set_tombstones(t);
+            self.index().set_tombstones(t);
         }
         Ok(added)
     }

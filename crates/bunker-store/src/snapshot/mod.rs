@@ -6,6 +6,7 @@
 //! commit order, so "latest" is the highest id whatever the clock says.
 
 pub(crate) mod manifest;
+mod writer;
 
 use std::path::{Path, PathBuf};
 

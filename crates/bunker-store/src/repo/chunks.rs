@@ -1,0 +1,245 @@
+//! Storing chunks and reading them back.
+//!
+//! A chunk is stored once: the index reservation decides which stream
+//! stores it, the others wait for it or reference it. Every pack a stored
+//! or found chunk lives in is pinned for the caller while the GC gate is
+//! held, so GC cannot condemn it before the snapshot that needs it commits
+//! (docs/GC.md). Every read checks the record, decompresses and compares
+//! the BLAKE3 with the chunk id: damage is an error naming pack, offset
+//! and chunk, never wrong bytes.
+
+use bunker_chunk::ChunkId;
+
+use super::Repository;
+use crate::compress::{compress, decompress};
+use crate::index::Reservation;
+use crate::pack::{NewRecord, SealedPack};
+use crate::pins::Pins;
+use crate::{Error, Location, Result};
+
+/// Chunks a backup stored that the repository did not hold before.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NewData {
+    pub chunks: u64,
+    /// Their uncompressed bytes.
+    pub raw_bytes: u64,
+    /// Their bytes in packs (after compression, record headers excluded).
+    pub stored_bytes: u64,
+}
+
+impl NewData {
+    pub fn add(&mut self, raw_bytes: u64, stored_bytes: u64) {
+        self.chunks += 1;
+        self.raw_bytes += raw_bytes;
+        self.stored_bytes += stored_bytes;
+    }
+}
+
+impl Repository {
+    /// Which of `ids` the repository does not have (pending chunks count as
+    /// present: another stream is storing them). The packs of those present
+    /// are pinned in `pins`, so GC keeps them for the session's commit.
+    pub fn missing(&self, ids: &[ChunkId], pins: &Pins) -> Vec<bool> {
+        let _gate = self.gate_read();
+        let mut packs = Vec::new();
+        let out = ids
+            .iter()
+            .map(|id| {
+                if id.is_zero() {
+                    return false;
+                }
+                match self.inner.index.lookup(id) {
+                    Some(loc) => {
+                        packs.push(loc.pack);
+                        false
+                    }
+                    None => !self.is_pending(id),
+                }
+            })
+            .collect();
+        pins.add(packs);
+        out
+    }
+
+    /// Looks `id` up and pins its pack: for a chunk a writer was told was
+    /// pending, once its writer has published it.
+    pub(crate) fn locate_pinned(&self, id: &ChunkId, pins: &Pins) -> Option<Location> {
+        self.inner.index.wait(id)?;
+        let _gate = self.gate_read();
+        let loc = self.inner.index.lookup(id)?;
+        pins.add([loc.pack]);
+        Some(loc)
+    }
+
+    pub(crate) fn is_pending(&self, id: &ChunkId) -> bool {
+        matches!(
+            self.inner.index.reserve_peek(id),
+            Some(Reservation::Pending)
+        )
+    }
+
+    /// Stores one chunk given its raw bytes, after checking that they hash
+    /// to `id`. Returns the bytes added to packs (0: it was stored already).
+    pub fn store_chunk(&self, id: &ChunkId, raw: &[u8], pins: &Pins) -> Result<u64> {
+        if raw.is_empty() || raw.len() > self.inner.config.chunker.max_len as usize {
+            return Err(Error::Invalid(format!(
+                "chunk of {} bytes is outside 1..=max_len",
+                raw.len()
+            )));
+        }
+        let actual = ChunkId::of(raw);
+        if actual != *id {
+            return Err(Error::ChunkHashMismatch {
+                claimed: *id,
+                actual,
+            });
+        }
+        let (new, pending) = self.store_chunks(&[(*id, raw)], pins)?;
+        for id in pending {
+            self.locate_pinned(&id, pins)
+                .ok_or_else(|| concurrent_writer_failed(&id))?;
+        }
+        Ok(new.stored_bytes)
+    }
+
+    /// Stores chunks that are not stored yet; returns what was stored
+    /// and the ids another stream is storing right now. The
+    /// packs of all the others are pinned in `pins`: the GC gate is held
+    /// from the lookups to the pins, across the appends.
+    pub(crate) fn store_chunks(
+        &self,
+        chunks: &[(ChunkId, &[u8])],
+        pins: &Pins,
+    ) -> Result<(NewData, Vec<ChunkId>)> {
+        use rayon::prelude::*;
+        let inner = &*self.inner;
+        let gate = self.gate_read();
+        let mut mine = Vec::new();
+        let mut pending = Vec::new();
+        let mut known = Vec::new();
+        for (i, (id, _)) in chunks.iter().enumerate() {
+            match inner.index.reserve(id) {
+                Reservation::Mine => mine.push(i),
+                Reservation::Pending => pending.push(*id),
+                Reservation::Known(loc) => known.push(loc.pack),
+            }
+        }
+        pins.add(known);
+        if mine.is_empty() {
+            return Ok((NewData::default(), pending));
+        }
+        let level = inner.config.zstd_level;
+        let stored: Vec<_> = mine
+            .par_iter()
+            .map(|&i| compress(chunks[i].1, level))
+            .collect();
+        let records: Vec<NewRecord<'_>> = mine
+            .iter()
+            .zip(&stored)
+            .map(|(&i, s)| NewRecord {
+                id: chunks[i].0,
+                raw_len: chunks[i].1.len() as u32,
+                codec: s.codec(),
+                stored: s.bytes(),
+            })
+            .collect();
+        match inner.packs.append(&records) {
+            Ok((locations, sealed)) => {
+                pins.add(locations.iter().map(|l| l.pack));
+                let mut new = NewData::default();
+                for (r, loc) in records.iter().zip(&locations) {
+                    new.add(u64::from(loc.raw_len), u64::from(loc.stored_len));
+                    inner.index.publish(&r.id, *loc);
+                }
+                // Pinned: an index flush (fsyncs) need not hold GC back.
+                drop(gate);
+                self.index_sealed(sealed);
+                Ok((new, pending))
+            }
+            Err(e) => {
+                for r in &records {
+                    inner.index.abandon(&r.id);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Hands sealed packs to the index, flushing it when its in-memory
+    /// part is full: during one long stream too, so memory does not grow
+    /// with the size of a backup. A failed flush loses nothing (the index
+    /// is a cache; the entries stay queued) and is retried at the next one.
+    pub(crate) fn index_sealed(&self, sealed: impl IntoIterator<Item = SealedPack>) {
+        let index = &self.inner.index;
+        for s in sealed {
+            index.add_sealed(s.pack, s.index_entries());
+        }
+        if index.needs_flush() {
+            if let Err(e) = index.flush() {
+                tracing::warn!("index flush failed (will retry): {e}");
+            }
+        }
+    }
+
+    /// Reads one chunk, verified: record checksum, decompression, length
+    /// and BLAKE3 against `id`.
+    pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let loc = self.inner.index.lookup(id).ok_or_else(|| Error::NotFound {
+            what: format!("chunk {id}"),
+        })?;
+        self.read_at(id, &loc)
+    }
+
+    pub(crate) fn read_at(&self, id: &ChunkId, loc: &Location) -> Result<Vec<u8>> {
+        let (codec, stored) = self.inner.packs.read_record(id, loc)?;
+        self.decode_verified(id, loc, codec, stored)
+    }
+
+    /// Decodes a record's stored bytes and checks length and BLAKE3.
+    pub(crate) fn decode_verified(
+        &self,
+        id: &ChunkId,
+        loc: &Location,
+        codec: crate::format::pack::Codec,
+        stored: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let corrupt = |reason: String| Error::Corrupt {
+            file: self.inner.packs.backend().describe(loc.pack),
+            pack: Some(loc.pack),
+            offset: Some(loc.offset),
+            chunk: Some(*id),
+            reason,
+        };
+        let raw = decompress(codec, stored, loc.raw_len as usize).map_err(corrupt)?;
+        if ChunkId::of(&raw) != *id {
+            return Err(corrupt("chunk bytes do not match their BLAKE3 id".into()));
+        }
+        Ok(raw)
+    }
+
+    /// Reads a chunk at `loc`, or where the index says it is now if the
+    /// read fails and the chunk has moved meanwhile (GC rewrote its pack).
+    pub(crate) fn read_moved(&self, id: &ChunkId, loc: &Location) -> Result<Vec<u8>> {
+        match self.read_at(id, loc) {
+            Err(e) => match self.locate(id) {
+                Some(now) if now != *loc => self.read_at(id, &now),
+                _ => Err(e),
+            },
+            ok => ok,
+        }
+    }
+
+    pub(crate) fn locate(&self, id: &ChunkId) -> Option<Location> {
+        self.inner.index.lookup(id)
+    }
+}
+
+pub(crate) fn concurrent_writer_failed(id: &ChunkId) -> Error {
+    Error::Corrupt {
+        file: "index".into(),
+        pack: None,
+        offset: None,
+        chunk: Some(*id),
+        reason: "a concurrent writer failed to store this chunk".into(),
+    }
+}

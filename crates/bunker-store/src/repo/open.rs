@@ -1,0 +1,395 @@
+//! Creating and opening a repository, with crash recovery.
+//!
+//! Opening recovers from any crash without a manual step: temp files are
+//! removed, staging packs have their torn tails cut and are sealed, sealed
+//! packs the index does not cover are re-indexed from their trailers, packs
+//! an interrupted GC condemned are deleted, and a damaged index is rebuilt
+//! from the packs. The repository lock (`flock` on `<repo>/lock`) is held
+//! from before the first change until the handle is dropped.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use bunker_chunk::{Chunker, ChunkerParams};
+
+use super::snapshots::{read_deleted_hwm, DELETED_HWM};
+use super::{Inner, Repository};
+use crate::backend::{LocalPacks, PackBackend, ReadMode};
+use crate::error::IoContext;
+use crate::format::config::RepoConfig;
+use crate::format::Le;
+use crate::index::{Index, Tombstones};
+use crate::pack::{read_trailer, recover_staged, Packs, TornTail};
+use crate::pins::PinBoard;
+use crate::tombstones::{read_tombstones, TOMBSTONES};
+use crate::{durable, snapshot, Error, Result};
+
+/// Parameters fixed when a repository is created.
+#[derive(Clone, Copy, Debug)]
+pub struct CreateOptions {
+    pub chunker: ChunkerParams,
+    /// zstd level for chunks worth compressing (1..=19). Default 1: on
+    /// SAN-like images level 3 saved under 1% more space and cost 11% of
+    /// day-0 ingest speed (docs/BENCHMARKS.md).
+    pub zstd_level: i32,
+    /// A pack is sealed once it reaches this length.
+    pub pack_target_len: u64,
+}
+
+/// Default pack length, 256 MiB: 100 TB of unique data is ~400 000 packs,
+/// which the two-level fan-out lists quickly; a pack is still a reasonable
+/// unit to rewrite in GC and to move to object storage.
+pub const DEFAULT_PACK_LEN: u64 = 256 << 20;
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            chunker: ChunkerParams::DEFAULT,
+            zstd_level: 1,
+            pack_target_len: DEFAULT_PACK_LEN,
+        }
+    }
+}
+
+/// Choices of this process, not stored in the repository.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenOptions {
+    pub read_mode: ReadMode,
+    /// Index entries kept in memory before they are flushed to runs.
+    pub index_flush_at: usize,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            read_mode: ReadMode::Pread,
+            index_flush_at: 16 * 1024,
+        }
+    }
+}
+
+/// What opening a repository found and repaired after a crash, a power cut
+/// or damage. Every item is also logged when it happens.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Staging packs whose torn tail (or whole file) was cut; the records
+    /// before the cut were sealed into a pack.
+    pub torn_tails: Vec<TornTail>,
+    /// The index was damaged (this says how) and was rebuilt from the packs.
+    pub index_rebuilt: Option<String>,
+    /// Sealed or recovered packs the index did not cover, now indexed.
+    pub packs_indexed: usize,
+    /// Temp files of interrupted atomic replaces (`NAME.PID.SEQ.tmp` of
+    /// `config`, `tombstones`, `space`, `index/state`,
+    /// `snapshots/.deleted-hwm`) that were removed, relative to the root.
+    pub temp_files_removed: Vec<PathBuf>,
+}
+
+impl Repository {
+    /// Creates a new repository at `path` (an empty or missing directory).
+    pub fn create(path: &Path, opts: CreateOptions) -> Result<Repository> {
+        if !(1..=19).contains(&opts.zstd_level) {
+            return Err(Error::Invalid(format!(
+                "zstd level {} is outside 1..=19",
+                opts.zstd_level
+            )));
+        }
+        if opts.pack_target_len < 1 << 20 {
+            return Err(Error::Invalid(
+                "pack target length must be at least 1 MiB".into(),
+            ));
+        }
+        durable::create_dir_all(path)?;
+        let config_path = path.join("config");
+        if config_path.exists() {
+            return Err(Error::AlreadyExists {
+                what: format!("a repository at {}", path.display()),
+            });
+        }
+        let mut seed = blake3::Hasher::new();
+        seed.update(&crate::clock::now_unix_ms().to_le_bytes());
+        seed.update(&std::process::id().to_le_bytes());
+        seed.update(path.as_os_str().as_encoded_bytes());
+        seed.update(&format!("{:?}", Instant::now()).into_bytes());
+        let config = RepoConfig {
+            repo_id: Le::bytes(seed.finalize().as_bytes(), 0),
+            created_unix: crate::clock::now_unix_ms() / 1000,
+            chunker: opts.chunker,
+            zstd_level: opts.zstd_level,
+            pack_target_len: opts.pack_target_len,
+        };
+        for dir in ["packs", "index", "snapshots", "tmp"] {
+            durable::create_dir_all(&path.join(dir))?;
+        }
+        durable::replace_file(&config_path, &config.encode())?;
+        Self::open_with(path, OpenOptions::default())
+    }
+
+    pub fn open(path: &Path) -> Result<Repository> {
+        Self::open_with(path, OpenOptions::default())
+    }
+
+    /// Opens the repository at `path`, creating it with `create` if there is none.
+    pub fn open_or_create(path: &Path, create: CreateOptions) -> Result<Repository> {
+        if path.join("config").exists() {
+            Self::open(path)
+        } else {
+            Self::create(path, create)
+        }
+    }
+
+    pub fn open_with(path: &Path, opts: OpenOptions) -> Result<Repository> {
+        if !path.join("config").exists() {
+            return Err(Error::NotFound {
+                what: format!("bunker repository at {} (no config file)", path.display()),
+            });
+        }
+        let lock = lock_repository(path)?;
+        Self::open_locked(path, opts, lock)
+    }
+
+    /// Opens the repository whose lock the caller already holds.
+    fn open_locked(path: &Path, opts: OpenOptions, lock: File) -> Result<Repository> {
+        let config_path = path.join("config");
+        let bytes = std::fs::read(&config_path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound {
+                what: format!("bunker repository at {} (no config file)", path.display()),
+            },
+            _ => Error::io(&config_path, e),
+        })?;
+        let config = RepoConfig::decode("config", &bytes)?;
+        for dir in ["packs", "index", "snapshots", "tmp"] {
+            durable::create_dir_all(&path.join(dir))?;
+        }
+        clear_tmp(&path.join("tmp"))?;
+        let mut recovery = Recovery {
+            temp_files_removed: remove_replace_temps(path)?,
+            ..Recovery::default()
+        };
+        let backend = LocalPacks::new(path.join("packs"), opts.read_mode);
+        let index_dir = path.join("index");
+        let index = match Index::open(&index_dir, opts.index_flush_at) {
+            Ok(index) => index,
+            // The index is a cache of the packs: a damaged one (torn, bit
+            // rot, a run missing) is dropped and rebuilt from them, so a
+            // restart needs no manual step.
+            Err(e @ (Error::Corrupt { .. } | Error::NotBunkerFile { .. })) => {
+                tracing::warn!("the index is damaged ({e}); rebuilding it from the packs");
+                recovery.index_rebuilt = Some(e.to_string());
+                std::fs::remove_dir_all(&index_dir).at(&index_dir)?;
+                Index::open(&index_dir, opts.index_flush_at)?
+            }
+            // Written by a newer build: not ours to throw away.
+            Err(e @ Error::UnsupportedVersion { .. }) => {
+                return Err(Error::Corrupt {
+                    file: "index".into(),
+                    pack: None,
+                    offset: None,
+                    chunk: None,
+                    reason: format!(
+                        "{e} (the index is a cache of the packs: `bunker repair --rebuild-index` rebuilds it)"
+                    ),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let tombstones = read_tombstones(path)?;
+        let backend = finish_condemned(backend, &tombstones)?;
+        index.set_tombstones(tombstones);
+        let mut next_pack = recover_packs(&backend, &index, config.repo_id, &mut recovery)?;
+        // Never reuse the id of a tombstoned pack (after an index rebuild
+        // the covered ranges that would prevent it are gone).
+        let tombs = index.current_tombstones();
+        let tombstoned = tombs.packs.iter().chain(tombs.records.iter().map(|r| &r.1));
+        next_pack = next_pack.max(tombstoned.max().map_or(0, |m| m + 1));
+        if recovery.packs_indexed > 0 {
+            tracing::info!(
+                packs = recovery.packs_indexed,
+                "indexed packs the index did not cover"
+            );
+        }
+        index.flush()?;
+        let next_snapshot = next_snapshot_id(&path.join("snapshots"))?;
+        Ok(Repository {
+            inner: Arc::new(Inner {
+                root: path.to_path_buf(),
+                chunker: Chunker::new(config.chunker),
+                packs: Packs::new(
+                    Box::new(backend),
+                    config.repo_id,
+                    config.pack_target_len,
+                    next_pack,
+                ),
+                index,
+                config,
+                next_snapshot: AtomicU64::new(next_snapshot),
+                gate: RwLock::new(()),
+                pins: Arc::new(PinBoard::default()),
+                maintenance: Mutex::new(()),
+                deletes: Mutex::new(()),
+                recovery,
+                _lock: lock,
+            }),
+        })
+        .inspect(|r| crate::reserve::ensure(r.root()))
+    }
+
+    /// Deletes the index and rebuilds it from the packs alone.
+    /// The repository lock is taken first: a repository in use by another
+    /// process is refused before anything is touched.
+    pub fn rebuild_index(path: &Path) -> Result<()> {
+        if !path.join("config").exists() {
+            return Err(Error::NotFound {
+                what: format!("bunker repository at {} (no config file)", path.display()),
+            });
+        }
+        let lock = lock_repository(path)?;
+        let index_dir = path.join("index");
+        if index_dir.exists() {
+            std::fs::remove_dir_all(&index_dir).at(&index_dir)?;
+        }
+        Repository::open_locked(path, OpenOptions::default(), lock)?.close()
+    }
+}
+
+/// Deletes condemned packs a GC did not get to before it stopped: the
+/// decision was durable, and no reader can depend on them (lookups never
+/// hand out a tombstoned location).
+fn finish_condemned(backend: LocalPacks, t: &Tombstones) -> Result<LocalPacks> {
+    if t.packs.is_empty() {
+        return Ok(backend);
+    }
+    let present: std::collections::HashSet<u64> = backend.list()?.iter().map(|p| p.0).collect();
+    for &p in t.packs.iter().filter(|p| present.contains(p)) {
+        tracing::info!(pack = p, "deleting a pack an interrupted GC condemned");
+        backend.delete(crate::PackId(p))?;
+    }
+    Ok(backend)
+}
+
+/// Takes the repository's exclusive lock (`flock` on `<repo>/lock`),
+/// waiting up to [`LOCK_WAIT`] for it: a process that is exiting, or a
+/// child another thread has forked and not yet exec'd (it shares the lock
+/// until its exec closes the descriptor), holds it for a moment.
+fn lock_repository(path: &Path) -> Result<File> {
+    let lock_path = path.join("lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .at(&lock_path)?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(f),
+            Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(Error::Locked {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(e) => return Err(Error::io(&lock_path, e.into())),
+        }
+    }
+}
+
+/// How long opening waits for another holder of the repository lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn clear_tmp(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).at(dir)?.flatten() {
+        tracing::info!(file = %entry.path().display(), "removing temp file of an unfinished operation");
+        let _ = std::fs::remove_file(entry.path());
+    }
+    Ok(())
+}
+
+/// The files replaced whole through `durable::replace_file`, by directory
+/// under the root: a crash can leave their temp files beside them.
+const REPLACED_FILES: [(&str, &[&str]); 3] = [
+    ("", &["config", TOMBSTONES, crate::gc::SPACE_FILE]),
+    ("index", &["state"]),
+    ("snapshots", &[DELETED_HWM]),
+];
+
+/// Removes the temp files interrupted replaces of [`REPLACED_FILES`] left
+/// (exactly their `NAME.PID.SEQ.tmp` names, in their directories); returns
+/// them relative to `root`.
+fn remove_replace_temps(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for (dir, names) in REPLACED_FILES {
+        for p in durable::remove_stale_temps(&root.join(dir), names)? {
+            removed.push(p.strip_prefix(root).map_or(p.clone(), Path::to_path_buf));
+        }
+    }
+    Ok(removed)
+}
+
+/// Seals staging packs left by a crash and queues sealed packs the index
+/// does not cover (both counted, and torn tails listed, in `recovery`).
+/// Returns the next free pack id.
+fn recover_packs(
+    backend: &LocalPacks,
+    index: &Index,
+    repo_id: [u8; 16],
+    recovery: &mut Recovery,
+) -> Result<u64> {
+    let staged = backend.list_staged()?;
+    let sealed = backend.list()?;
+    let mut next = sealed
+        .iter()
+        .chain(&staged)
+        .map(|p| p.0 + 1)
+        .max()
+        .unwrap_or(1);
+    next = next.max(index.max_covered().map_or(1, |m| m + 1));
+    // Staging and sealed packs together in id order: of a chunk stored
+    // twice, the highest pack's copy is indexed last and wins wherever the
+    // flushes fall (docs/FORMAT.md, "Index").
+    let mut packs: Vec<(crate::PackId, bool)> = sealed
+        .into_iter()
+        .map(|p| (p, false))
+        .chain(staged.into_iter().map(|p| (p, true)))
+        .collect();
+    packs.sort();
+    for (pack, staging) in packs {
+        if staging {
+            let (sealed, torn) = recover_staged(backend, repo_id, pack)?;
+            if let Some(s) = sealed {
+                index.add_sealed(s.pack, s.index_entries());
+                recovery.packs_indexed += 1;
+            }
+            recovery.torn_tails.extend(torn);
+        } else if !index.is_covered(pack) {
+            match read_trailer(backend, pack) {
+                Ok(entries) => {
+                    index.add_sealed(pack, entries.iter().map(|e| e.index_entry(pack)).collect());
+                    recovery.packs_indexed += 1;
+                }
+                // A damaged sealed pack is reported, not rewritten: verify names
+                // the snapshots that need it.
+                Err(e) => tracing::error!("cannot index {}: {e}", backend.describe(pack)),
+            }
+        }
+        if index.needs_flush() {
+            index.flush()?;
+        }
+    }
+    Ok(next)
+}
+
+fn next_snapshot_id(root: &Path) -> Result<u64> {
+    let mut max = read_deleted_hwm(root)?.id;
+    for name in snapshot::names(root)? {
+        if let Some(id) = snapshot::ids(root, &name)?.last() {
+            max = max.max(id.0);
+        }
+    }
+    Ok(max + 1)
+}

@@ -1,0 +1,228 @@
+//! A snapshot being written, and the commit protocol that makes it
+//! visible (docs/FORMAT.md, "Commit protocol").
+//!
+//! The manifest is written to a temp file in `tmp/` as chunks are pushed;
+//! nothing is visible until [`SnapshotWriter::commit`] has sealed the open
+//! pack (every referenced chunk durable) and renamed the synced manifest
+//! into place. Every pack a pushed chunk lives in is pinned until then, so
+//! GC running beside it keeps them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bunker_chunk::ChunkId;
+
+use super::manifest::ManifestWriter;
+use super::SnapshotInfo;
+use crate::format::manifest::ManifestHeader;
+use crate::pins::Pins;
+use crate::repo::{concurrent_writer_failed, NewData};
+use crate::{durable, snapshot, Error, Repository, Result};
+
+impl Repository {
+    /// Starts a snapshot of `name` that the caller fills chunk by chunk
+    /// (the chunk protocol; [`Repository::ingest`] uses it too).
+    pub fn begin_snapshot(&self, name: &str, source: &str, creator: u64) -> Result<SnapshotWriter> {
+        snapshot::validate_name(name)?;
+        let tmp = self.root().join("tmp").join(format!(
+            "{}-{}-{}.snap.tmp",
+            name,
+            std::process::id(),
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        Ok(SnapshotWriter {
+            repo: self.clone(),
+            name: name.to_string(),
+            source: source.to_string(),
+            creator,
+            manifest: ManifestWriter::create(tmp)?,
+            pins: self.pins(),
+            new_chunks: 0,
+            new_bytes: 0,
+            new_raw_bytes: 0,
+            zero_chunks: 0,
+            started: Instant::now(),
+        })
+    }
+}
+
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A snapshot being written. Chunks are added in stream order; nothing is
+/// visible until [`SnapshotWriter::commit`] returns. Dropping it without a
+/// commit removes the partial manifest (its chunks stay for GC).
+pub struct SnapshotWriter {
+    repo: Repository,
+    name: String,
+    source: String,
+    creator: u64,
+    manifest: ManifestWriter,
+    pins: Pins,
+    new_chunks: u64,
+    new_bytes: u64,
+    new_raw_bytes: u64,
+    zero_chunks: u64,
+    started: Instant,
+}
+
+impl SnapshotWriter {
+    /// Adds an all-zero chunk of `len` bytes.
+    pub fn push_zero(&mut self, len: u64) -> Result<()> {
+        self.zero_chunks += 1;
+        self.manifest.push(len, &ChunkId::ZERO)
+    }
+
+    /// Adds a chunk that the repository holds (or another stream is
+    /// storing). Fails with `NotFound` for an unknown chunk, and for a
+    /// known one whose stored length is not `len`.
+    pub fn push_stored(&mut self, id: &ChunkId, len: u64) -> Result<()> {
+        if id.is_zero() {
+            return self.push_zero(len);
+        }
+        let found = {
+            let _gate = self.repo.gate_read();
+            let found = self.repo.locate(id);
+            if let Some(loc) = found {
+                self.pins.add([loc.pack]);
+            }
+            found
+        };
+        let loc = match found {
+            Some(loc) => Some(loc),
+            None if self.repo.is_pending(id) => self.repo.locate_pinned(id, &self.pins),
+            None => None,
+        };
+        match loc {
+            Some(loc) if u64::from(loc.raw_len) != len => Err(Error::Invalid(format!(
+                "chunk {id} is {} bytes, not {len}",
+                loc.raw_len
+            ))),
+            Some(_) => self.manifest.push(len, id),
+            None => Err(Error::NotFound {
+                what: format!("chunk {id}"),
+            }),
+        }
+    }
+
+    /// Adds chunks by content: stores those that are new. `zero` marks
+    /// all-zero chunks, which are not stored.
+    pub(crate) fn push_data(&mut self, chunks: &[(ChunkId, &[u8])], zero: &[bool]) -> Result<()> {
+        let to_store: Vec<(ChunkId, &[u8])> = chunks
+            .iter()
+            .zip(zero)
+            .filter(|(_, z)| !**z)
+            .map(|(c, _)| *c)
+            .collect();
+        let (new, pending) = self.repo.store_chunks(&to_store, &self.pins)?;
+        self.new_chunks += new.chunks;
+        self.new_bytes += new.stored_bytes;
+        self.new_raw_bytes += new.raw_bytes;
+        // Chunks another stream is storing right now: wait for them here,
+        // while that stream's pins still cover them, and pin them too.
+        for id in pending {
+            self.repo
+                .locate_pinned(&id, &self.pins)
+                .ok_or_else(|| concurrent_writer_failed(&id))?;
+        }
+        for ((id, data), z) in chunks.iter().zip(zero) {
+            if *z {
+                self.push_zero(data.len() as u64)?;
+            } else {
+                self.manifest.push(data.len() as u64, id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// When the backup began (default: when the writer was created); the
+    /// snapshot records the time from then to the commit.
+    pub fn set_started(&mut self, started: Instant) {
+        self.started = started;
+    }
+
+    /// Counts chunks stored for this snapshot outside [`Self::push_data`]
+    /// (uploaded one by one in the chunk protocol) in its new-data figures.
+    pub fn add_new(&mut self, new: NewData) {
+        self.new_chunks += new.chunks;
+        self.new_bytes += new.stored_bytes;
+        self.new_raw_bytes += new.raw_bytes;
+    }
+
+    pub fn len(&self) -> u64 {
+        self.manifest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.manifest.len() == 0
+    }
+
+    pub fn new_bytes(&self) -> u64 {
+        self.new_bytes
+    }
+
+    pub fn new_chunks(&self) -> u64 {
+        self.new_chunks
+    }
+
+    pub fn chunks(&self) -> u64 {
+        self.manifest.count()
+    }
+
+    /// Makes the snapshot durable and visible (docs/FORMAT.md, "Commit
+    /// protocol"). With `expected_hash`, refuses a stream whose BLAKE3
+    /// differs.
+    pub fn commit(
+        self,
+        stream_hash: [u8; 32],
+        expected_hash: Option<[u8; 32]>,
+    ) -> Result<SnapshotInfo> {
+        if let Some(expected) = expected_hash {
+            if expected != stream_hash {
+                return Err(Error::StreamHashMismatch {
+                    expected: blake3::Hash::from_bytes(expected).to_hex().to_string(),
+                    actual: blake3::Hash::from_bytes(stream_hash).to_hex().to_string(),
+                });
+            }
+        }
+        // Steps as numbered in docs/FORMAT.md, "Commit protocol".
+        // 1. (Chunks were appended and manifest entries written by the
+        //    `push_*` calls.)
+        // 2. (Chunks other streams were storing were waited for when they
+        //    were pushed.)
+        // 3. Seal the open pack: every referenced chunk is now in a synced,
+        //    sealed pack.
+        let sealed = self.repo.packs().seal()?;
+        self.repo.index_sealed(sealed);
+        durable::failpoint!("commit::sealed", self.repo.root());
+        // 4. Publish the manifest: write, sync, rename, sync directory.
+        let id = self.repo.take_snapshot_id();
+        let header = ManifestHeader {
+            repo_id: self.repo.repo_id(),
+            id,
+            created_unix_ms: crate::clock::now_unix_ms(),
+            size: 0,
+            entries: 0,
+            chunker: self.repo.chunker_params(),
+            stream_hash,
+            new_chunks: self.new_chunks,
+            new_bytes: self.new_bytes,
+            new_raw_bytes: self.new_raw_bytes,
+            ingest_ms: self.started.elapsed().as_millis() as u64,
+            zero_chunks: self.zero_chunks,
+            name: self.name.clone(),
+            source: self.source.clone(),
+            creator: self.creator,
+        };
+        let dest = snapshot::manifest_path(&self.repo.snapshots_dir(), &self.name, id);
+        let mut info_header = header.clone();
+        info_header.size = self.manifest.len();
+        info_header.entries = self.manifest.count();
+        self.manifest.finish(header, &dest)?;
+        self.pins.committed();
+        // 5. Acknowledge. Index entries were queued when the pack was
+        //    sealed (step 3) and are flushed by `index_sealed` when due:
+        //    the index is a cache.
+        tracing::info!(name = %self.name, id = id.0, bytes = info_header.size, new_bytes = self.new_bytes, "committed snapshot");
+        Ok(SnapshotInfo::from_header(&info_header))
+    }
+}
