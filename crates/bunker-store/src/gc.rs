@@ -107,6 +107,13 @@ impl GcReport {
     pub fn bytes_reclaimed(&self) -> u64 {
         self.bytes_deleted.saturating_sub(self.bytes_rewritten)
     }
+
+    /// Sets the sweep and total times, at the end of a run.
+    fn timed(mut self, started: Instant, sweep_started: Instant) -> GcReport {
+        self.sweep_ms = sweep_started.elapsed().as_millis() as u64;
+        self.total_ms = started.elapsed().as_millis() as u64;
+        self
+    }
 }
 
 /// Bits per entry of the frozen runs, one vector of words per run.
@@ -270,6 +277,9 @@ impl Drop for Resume<'_> {
     }
 }
 
+/// The packs to condemn: pack -> (rewritten, length).
+type Condemn = std::collections::BTreeMap<u64, (bool, u64)>;
+
 enum Fate {
     Keep,
     Delete,
@@ -288,24 +298,89 @@ impl Repository {
         Ok(report)
     }
 
+    /// The phases in order (numbered as in the module documentation). The
+    /// failpoints between them are where the crash and race tests pause
+    /// and kill a GC: keep each between the same two phases.
     fn gc_once(&self, opts: &GcOptions) -> Result<GcReport> {
         let started = Instant::now();
         let _one = self.try_lock_maintenance()?;
-        let index = self.index();
-        let backend = self.packs().backend();
         let mut report = GcReport {
             dry_run: opts.dry_run,
             ..GcReport::default()
         };
 
-        // 1. Freeze.
-        index.pause_merges(true);
+        // 1. Freeze (merges stay paused, and pins protected, until `_resume`
+        //    drops, on every way out).
+        self.index().pause_merges(true);
         let _resume = Resume(self);
+        let (marks, candidates) = self.freeze()?;
+        // 2. Protect.
+        self.protect();
+        crate::durable::failpoint!("gc::marked", self.root());
+
+        // 3. Mark, then count what each name alone references.
+        report.mark_bytes = marks.bytes();
+        let snapshots = self.list_strict()?;
+        let groups: Vec<&[crate::SnapshotInfo]> =
+            snapshots.chunk_by(|a, b| a.name == b.name).collect();
+        let (references, complete) = self.mark(&marks, &groups)?;
+        let space = self.count(&marks, &groups, &complete)?;
+        report.snapshots = snapshots.len() as u64;
+        report.references = references;
+        report.mark_ms = started.elapsed().as_millis() as u64;
+        crate::durable::failpoint!("gc::mark", self.root());
+
+        // 4. Plan, 5. rewrite.
+        let sweep_started = Instant::now();
+        let condemn = self.plan_and_rewrite(&marks, &candidates, opts, &mut report)?;
+        marks.release();
+        if opts.dry_run {
+            return Ok(report.timed(started, sweep_started));
+        }
+        self.seal_copies(&report)?;
+        crate::durable::failpoint!("gc::rewritten", self.root());
+
+        // 6. Condemn.
+        let tombs = self.condemn(&condemn, &mut report)?;
+        crate::durable::failpoint!("gc::condemned", self.root());
+        if tombs.packs.is_empty() {
+            // Nothing condemned, now or by an interrupted GC: the index
+            // holds no entry to drop.
+            self.write_space(space);
+            return Ok(report.timed(started, sweep_started));
+        }
+
+        // 7. Delete (failpoint `gc::deleted` after each pack).
+        self.delete_condemned(&tombs)?;
+        // 8. Compact (failpoint `gc::compacted` before the tombstones are
+        //    cleared).
+        report.index_entries_dropped = self.compact(&marks, tombs)?;
+        // 9. Account.
+        self.write_space(space);
+        let report = report.timed(started, sweep_started);
+        tracing::info!(
+            deleted = report.packs_deleted,
+            rewritten = report.packs_rewritten,
+            protected = report.packs_protected,
+            reclaimed = report.bytes_reclaimed(),
+            ms = report.total_ms,
+            "GC finished"
+        );
+        Ok(report)
+    }
+
+    /// Phase 1: flushes the index and freezes its runs (the mark space), after
+    /// checking every run's checksum; returns the marks and the candidate
+    /// packs: those the frozen runs cover, less the tombstoned ones.
+    fn freeze(&self) -> Result<(Marks, Vec<PackId>)> {
+        let index = self.index();
         index.flush()?;
         let (runs, covered) = index.freeze();
         check_runs(&runs)?;
         let marks = Marks::new(runs, index.current_tombstones());
-        let candidates: Vec<PackId> = backend
+        let candidates: Vec<PackId> = self
+            .packs()
+            .backend()
             .list()?
             .into_iter()
             .filter(|p| {
@@ -313,25 +388,28 @@ impl Repository {
                     && !marks.tombs.packs.contains(&p.0)
             })
             .collect();
-        // 2. Protect.
-        {
-            let _gate = self.gate_write();
-            self.pin_board().gc_begin();
-        }
-        crate::durable::failpoint!("gc::marked", self.root());
+        Ok((marks, candidates))
+    }
 
-        // 3. Mark, a name at a time (its snapshots in parallel), then count
-        //    what each name alone references for the space accounting.
-        report.mark_bytes = marks.bytes();
-        let snapshots = self.list_strict()?;
-        let groups: Vec<&[crate::SnapshotInfo]> =
-            snapshots.chunk_by(|a, b| a.name == b.name).collect();
+    /// Phase 2: from now on, every pack pinned (before or after) is protected.
+    fn protect(&self) {
+        let _gate = self.gate_write();
+        self.pin_board().gc_begin();
+    }
+
+    /// Phase 3: marks every chunk of every committed snapshot, a name at a time
+    /// (its snapshots in parallel). Returns the references marked and, per
+    /// name and snapshot, whether every chunk was in the frozen runs (the
+    /// accounting includes only those; `stats` adds the others).
+    fn mark(
+        &self,
+        marks: &Marks,
+        groups: &[&[crate::SnapshotInfo]],
+    ) -> Result<(u64, Vec<Vec<bool>>)> {
         let references = AtomicU64::new(0);
         let mut complete = Vec::with_capacity(groups.len());
-        for group in &groups {
+        for group in groups {
             marks.seen.clear();
-            // Per snapshot: whether every chunk was in the frozen runs (the
-            // accounting includes only those; `stats` adds the others).
             let found: Vec<bool> = group
                 .par_iter()
                 .map(|s| -> Result<bool> {
@@ -355,11 +433,23 @@ impl Repository {
                 .collect::<Result<_>>()?;
             complete.push(found);
         }
+        Ok((references.into_inner(), complete))
+    }
+
+    /// Phase 3, continued: counts each marked chunk once: into the referenced
+    /// total, and into its name's unique figures when only one name holds
+    /// it. The `space` file's content, written in phase 9.
+    fn count(
+        &self,
+        marks: &Marks,
+        groups: &[&[crate::SnapshotInfo]],
+        complete: &[Vec<bool>],
+    ) -> Result<Space> {
         let mut space = Space {
             written_unix_ms: crate::clock::now_unix_ms(),
             ..Space::default()
         };
-        for (group, found) in groups.iter().zip(&complete) {
+        for (group, found) in groups.iter().zip(complete) {
             let zero = || (Usage::default(), Usage::default());
             let (unique, all) = group
                 .par_iter()
@@ -391,24 +481,30 @@ impl Repository {
                     .collect(),
             });
         }
-        report.snapshots = snapshots.len() as u64;
-        report.references = references.into_inner();
-        report.mark_ms = started.elapsed().as_millis() as u64;
-        crate::durable::failpoint!("gc::mark", self.root());
+        Ok(space)
+    }
 
-        // 4. Plan, 5. rewrite.
-        let sweep_started = Instant::now();
-        // Pack -> (rewritten, length), to undo the figures of any pack
-        // spared at the last moment.
-        let mut condemn: std::collections::BTreeMap<u64, (bool, u64)> = Default::default();
-        for &pack in &candidates {
+    /// Phases 4 and 5: decides each candidate's fate and, unless dry, copies the
+    /// live records of the packs to rewrite. Returns the packs to condemn:
+    /// pack -> (rewritten, length), to undo the figures of any pack spared
+    /// at the last moment.
+    fn plan_and_rewrite(
+        &self,
+        marks: &Marks,
+        candidates: &[PackId],
+        opts: &GcOptions,
+        report: &mut GcReport,
+    ) -> Result<Condemn> {
+        let backend = self.packs().backend();
+        let mut condemn = Condemn::default();
+        for &pack in candidates {
             report.packs_examined += 1;
             if self.pin_board().gc_protects(pack) {
                 report.packs_protected += 1;
                 continue;
             }
             let pack_len = backend.pack_len(pack)?;
-            let (fate, live) = match plan_pack(self, &marks, pack, pack_len, opts.rewrite_below) {
+            let (fate, live) = match plan_pack(self, marks, pack, pack_len, opts.rewrite_below) {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!("GC leaves {} alone: {e}", backend.describe(pack));
@@ -439,88 +535,83 @@ impl Repository {
                 }
             }
         }
-        marks.release();
-        if opts.dry_run {
-            report.sweep_ms = sweep_started.elapsed().as_millis() as u64;
-            report.total_ms = started.elapsed().as_millis() as u64;
-            return Ok(report);
-        }
-        // The copies are durable before any original is condemned. (No
-        // rewrite, no seal: it would cut ingest's open pack short.)
+        Ok(condemn)
+    }
+
+    /// End of phase 5: the copies are durable before any original is condemned.
+    /// (No rewrite, no seal: it would cut ingest's open pack short.)
+    fn seal_copies(&self, report: &GcReport) -> Result<()> {
         if report.packs_rewritten > 0 {
             let sealed = self.packs().seal()?;
             self.index_sealed(sealed);
         }
-        crate::durable::failpoint!("gc::rewritten", self.root());
+        Ok(())
+    }
 
-        // 6. Condemn.
+    /// Phase 6: under the gate, tombstones the planned packs no one pinned
+    /// meanwhile, durably, and stops lookups handing them out. Returns the
+    /// tombstones now in force (with any an interrupted GC left).
+    fn condemn(&self, condemn: &Condemn, report: &mut GcReport) -> Result<Tombstones> {
+        let index = self.index();
         let mut tombs = index.current_tombstones();
-        {
-            let _gate = self.gate_write();
-            let before = tombs.packs.len();
-            for (&p, &(rewritten, len)) in &condemn {
-                if self.pin_board().gc_protects(PackId(p)) {
-                    // Pinned while GC was planning: spared, whole (the
-                    // copies of a rewrite stay as duplicates until a later
-                    // GC finds the originals dead).
-                    report.packs_protected += 1;
-                    report.bytes_deleted -= len;
-                    if rewritten {
-                        report.packs_rewritten -= 1;
-                    } else {
-                        report.packs_deleted -= 1;
-                    }
+        let _gate = self.gate_write();
+        let before = tombs.packs.len();
+        for (&p, &(rewritten, len)) in condemn {
+            if self.pin_board().gc_protects(PackId(p)) {
+                // Pinned while GC was planning: spared, whole (the
+                // copies of a rewrite stay as duplicates until a later
+                // GC finds the originals dead).
+                report.packs_protected += 1;
+                report.bytes_deleted -= len;
+                if rewritten {
+                    report.packs_rewritten -= 1;
                 } else {
-                    tombs.packs.insert(p);
+                    report.packs_deleted -= 1;
                 }
-            }
-            if tombs.packs.len() > before {
-                write_tombstones(self.root(), &tombs)?;
-                index.set_tombstones(tombs.clone());
+            } else {
+                tombs.packs.insert(p);
             }
         }
-        crate::durable::failpoint!("gc::condemned", self.root());
-        if tombs.packs.is_empty() {
-            // Nothing condemned, now or by an interrupted GC: the index
-            // holds no entry to drop.
-            self.write_space(space);
-            report.sweep_ms = sweep_started.elapsed().as_millis() as u64;
-            report.total_ms = started.elapsed().as_millis() as u64;
-            return Ok(report);
+        if tombs.packs.len() > before {
+            write_tombstones(self.root(), &tombs)?;
+            index.set_tombstones(tombs.clone());
         }
+        Ok(tombs)
+    }
 
-        // 7. Delete (also what an earlier failed GC of this process left).
-        //    Only NotFound means a pack is gone: after any other error
-        //    (EIO, EMFILE) its damage markers must stay.
-        let exists = |p: u64| !matches!(backend.pack_len(PackId(p)), Err(Error::NotFound { .. }));
-        for &p in tombs.packs.iter().filter(|&&p| exists(p)) {
-            backend.delete(PackId(p))?;
+    /// Phase 7: deletes the condemned packs (also what an earlier failed GC of
+    /// this process left).
+    fn delete_condemned(&self, tombs: &Tombstones) -> Result<()> {
+        for &p in tombs.packs.iter().filter(|&&p| self.pack_exists(p)) {
+            self.packs().backend().delete(PackId(p))?;
             crate::durable::failpoint!("gc::deleted", self.root());
         }
+        Ok(())
+    }
 
-        // 8. Compact, then forget pack tombstones no run refers to any more,
-        //    and record tombstones whose pack is gone.
-        report.index_entries_dropped = index.compact(&marks.runs)?;
+    /// Phase 8: compacts the frozen runs without tombstoned entries, then forgets
+    /// pack tombstones no run refers to any more, and record tombstones
+    /// whose pack is gone. Returns the index entries dropped.
+    fn compact(&self, marks: &Marks, mut tombs: Tombstones) -> Result<u64> {
+        let index = self.index();
+        let dropped = index.compact(&marks.runs)?;
         crate::durable::failpoint!("gc::compacted", self.root());
-        {
-            let _gate = self.gate_write();
-            tombs.packs.clear();
-            tombs.records.retain(|(_, pack, _)| exists(*pack));
-            write_tombstones(self.root(), &tombs)?;
-            index.set_tombstones(tombs);
-        }
-        self.write_space(space);
-        report.sweep_ms = sweep_started.elapsed().as_millis() as u64;
-        report.total_ms = started.elapsed().as_millis() as u64;
-        tracing::info!(
-            deleted = report.packs_deleted,
-            rewritten = report.packs_rewritten,
-            protected = report.packs_protected,
-            reclaimed = report.bytes_reclaimed(),
-            ms = report.total_ms,
-            "GC finished"
-        );
-        Ok(report)
+        let _gate = self.gate_write();
+        tombs.packs.clear();
+        tombs.records.retain(|(_, pack, _)| self.pack_exists(*pack));
+        write_tombstones(self.root(), &tombs)?;
+        index.set_tombstones(tombs);
+        Ok(dropped)
+    }
+
+    /// Whether pack `p` may still exist. Only NotFound means a pack is
+    /// gone: after any other error (EIO, EMFILE) its damage markers must
+    /// stay.
+    fn pack_exists(&self, p: u64) -> bool {
+        !matches!(
+            self.packs().backend().pack_len(PackId(p)),
+            Err(Error::NotFound { .. })
+        )
     }
 
     /// Completes the space accounting with the packs as they are now and

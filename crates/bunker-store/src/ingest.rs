@@ -18,9 +18,10 @@
 use std::io::Read;
 use std::time::Instant;
 
-use bunker_chunk::{seams, ChunkId};
-use crossbeam_channel::bounded;
+use bunker_chunk::{seams, ChunkId, Chunker};
+use crossbeam_channel::{bounded, Receiver, Sender};
 
+use crate::snapshot::SnapshotWriter;
 use crate::{Error, Repository, Result, SnapshotInfo};
 
 /// Bytes read from the source per block.
@@ -73,6 +74,9 @@ impl Repository {
     /// unless this returns `Ok`; on error (including a source that fails
     /// mid-stream) no snapshot exists and the chunks written are garbage for
     /// GC.
+    ///
+    /// The stages: `read_blocks` and `cut_blocks` on their own threads,
+    /// `store_blocks` on this one, then `SnapshotWriter::commit`.
     pub fn ingest(
         &self,
         name: &str,
@@ -90,110 +94,135 @@ impl Repository {
             // Grown by `fill` as data arrives.
             let _ = free_tx.send(Vec::new());
         }
-        let mut stats = Progress::default();
         let started = Instant::now();
         let result = std::thread::scope(|scope| -> Result<blake3::Hash> {
             // Owned by this closure, so an early return drops them and
             // unblocks the other stages before the scope joins them.
             let (cut_rx, free_tx) = (cut_rx, free_tx);
-            let mut source = source;
-            let reader = scope.spawn(move || {
-                // Ends when the source ends or fails, or when the next stage
-                // hangs up (error or done). The whole-stream hash is computed
-                // here, overlapped with the cutting and storing of earlier
-                // blocks.
-                let mut hasher = blake3::Hasher::new();
-                while let Ok(mut buf) = free_rx.recv() {
-                    let block =
-                        fill(&mut source, &mut buf, max, max + BLOCK_LEN).map(|(filled, eof)| {
-                            hasher.update(&buf[max..max + filled]);
-                            Block { buf, filled, eof }
-                        });
-                    let stop = !matches!(block, Ok(Block { eof: false, .. }));
-                    if full_tx.send(block).is_err() || stop {
-                        break;
-                    }
-                }
-                hasher.finalize()
-            });
-            // Cuts block k + 1 while this thread stores block k. The
-            // incomplete chunk at the end of a block is carried to the front
-            // of the next one (the `max` bytes reserved before its data).
-            let cutter = scope.spawn(move || {
-                let mut carry: Vec<u8> = Vec::with_capacity(max);
-                while let Ok(block) = full_rx.recv() {
-                    let cut = block.map(
-                        |Block {
-                             mut buf,
-                             filled,
-                             eof,
-                         }| {
-                            let start = max - carry.len();
-                            buf[start..max].copy_from_slice(&carry);
-                            let data = &buf[start..max + filled];
-                            let spans = seams::chunk_parallel(&chunker, data, eof);
-                            let at = spans.last().map_or(0, |s| s.end);
-                            carry.clear();
-                            carry.extend_from_slice(&data[at..]);
-                            debug_assert!(!eof || carry.is_empty());
-                            CutBlock {
-                                buf,
-                                start,
-                                spans,
-                                filled,
-                                eof,
-                            }
-                        },
-                    );
-                    let stop = !matches!(cut, Ok(CutBlock { eof: false, .. }));
-                    if cut_tx.send(cut).is_err() || stop {
-                        break;
-                    }
-                }
-            });
-            loop {
-                let CutBlock {
-                    buf,
-                    start,
-                    spans,
-                    filled,
-                    eof,
-                } = match cut_rx.recv() {
-                    Ok(Ok(b)) => b,
-                    Ok(Err(e)) => return Err(Error::Source(e)),
-                    Err(_) => {
-                        return Err(Error::Source(std::io::Error::other(
-                            "reader thread stopped",
-                        )))
-                    }
-                };
-                let data = &buf[start..];
-                let chunks: Vec<(ChunkId, &[u8])> = spans
-                    .iter()
-                    .map(|s| (s.id, &data[s.start..s.end]))
-                    .collect();
-                let zero: Vec<bool> = spans.iter().map(|s| s.zero).collect();
-                writer.push_data(&chunks, &zero)?;
-                stats.bytes_read += filled as u64;
-                stats.chunks = writer.chunks();
-                stats.new_chunks = writer.new_chunks();
-                stats.new_bytes = writer.new_bytes();
-                progress(&stats);
-                let _ = free_tx.send(buf);
-                if eof {
-                    cutter.join().map_err(|_| {
-                        Error::Source(std::io::Error::other("cutting thread panicked"))
-                    })?;
-                    return reader.join().map_err(|_| {
-                        Error::Source(std::io::Error::other("reader thread panicked"))
-                    });
-                }
-            }
+            let reader = scope.spawn(move || read_blocks(source, free_rx, full_tx, max));
+            let cutter = scope.spawn(move || cut_blocks(&chunker, full_rx, cut_tx, max));
+            store_blocks(&mut writer, &cut_rx, &free_tx, progress)?;
+            cutter
+                .join()
+                .map_err(|_| Error::Source(std::io::Error::other("cutting thread panicked")))?;
+            reader
+                .join()
+                .map_err(|_| Error::Source(std::io::Error::other("reader thread panicked")))
         });
         let stream_hash = result?;
         let info = writer.commit(*stream_hash.as_bytes(), opts.expected_hash)?;
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "ingest done");
         Ok(info)
+    }
+}
+
+/// Stage 1 (its own thread): fills free buffers from `source` and hands
+/// them on; returns the whole-stream BLAKE3, computed here, overlapped with
+/// the cutting and storing of earlier blocks. Ends when the source ends or
+/// fails, or when the next stage hangs up (error or done).
+fn read_blocks(
+    mut source: impl Read,
+    free_rx: Receiver<Vec<u8>>,
+    full_tx: Sender<std::io::Result<Block>>,
+    max: usize,
+) -> blake3::Hash {
+    let mut hasher = blake3::Hasher::new();
+    while let Ok(mut buf) = free_rx.recv() {
+        let block = fill(&mut source, &mut buf, max, max + BLOCK_LEN).map(|(filled, eof)| {
+            hasher.update(&buf[max..max + filled]);
+            Block { buf, filled, eof }
+        });
+        let stop = !matches!(block, Ok(Block { eof: false, .. }));
+        if full_tx.send(block).is_err() || stop {
+            break;
+        }
+    }
+    hasher.finalize()
+}
+
+/// Stage 2 (its own thread): cuts block k + 1 while the caller stores
+/// block k. The incomplete chunk at the end of a block is carried to the
+/// front of the next one (the `max` bytes reserved before its data).
+fn cut_blocks(
+    chunker: &Chunker,
+    full_rx: Receiver<std::io::Result<Block>>,
+    cut_tx: Sender<std::io::Result<CutBlock>>,
+    max: usize,
+) {
+    let mut carry: Vec<u8> = Vec::with_capacity(max);
+    while let Ok(block) = full_rx.recv() {
+        let cut = block.map(
+            |Block {
+                 mut buf,
+                 filled,
+                 eof,
+             }| {
+                let start = max - carry.len();
+                buf[start..max].copy_from_slice(&carry);
+                let data = &buf[start..max + filled];
+                let spans = seams::chunk_parallel(chunker, data, eof);
+                let at = spans.last().map_or(0, |s| s.end);
+                carry.clear();
+                carry.extend_from_slice(&data[at..]);
+                debug_assert!(!eof || carry.is_empty());
+                CutBlock {
+                    buf,
+                    start,
+                    spans,
+                    filled,
+                    eof,
+                }
+            },
+        );
+        let stop = !matches!(cut, Ok(CutBlock { eof: false, .. }));
+        if cut_tx.send(cut).is_err() || stop {
+            break;
+        }
+    }
+}
+
+/// Stage 3 (the caller's thread): stores each cut block through
+/// `SnapshotWriter::push_data` (dedup, compress, append, manifest entries),
+/// reports progress and recycles the buffer; returns at the last block.
+fn store_blocks(
+    writer: &mut SnapshotWriter,
+    cut_rx: &Receiver<std::io::Result<CutBlock>>,
+    free_tx: &Sender<Vec<u8>>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<()> {
+    let mut stats = Progress::default();
+    loop {
+        let CutBlock {
+            buf,
+            start,
+            spans,
+            filled,
+            eof,
+        } = match cut_rx.recv() {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return Err(Error::Source(e)),
+            Err(_) => {
+                return Err(Error::Source(std::io::Error::other(
+                    "reader thread stopped",
+                )))
+            }
+        };
+        let data = &buf[start..];
+        let chunks: Vec<(ChunkId, &[u8])> = spans
+            .iter()
+            .map(|s| (s.id, &data[s.start..s.end]))
+            .collect();
+        let zero: Vec<bool> = spans.iter().map(|s| s.zero).collect();
+        writer.push_data(&chunks, &zero)?;
+        stats.bytes_read += filled as u64;
+        stats.chunks = writer.chunks();
+        stats.new_chunks = writer.new_chunks();
+        stats.new_bytes = writer.new_bytes();
+        progress(&stats);
+        let _ = free_tx.send(buf);
+        if eof {
+            return Ok(());
+        }
     }
 }
 

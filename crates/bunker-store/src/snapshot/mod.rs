@@ -11,6 +11,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 
 pub use manifest::ManifestEntry;
+pub(crate) use writer::SnapshotWriter;
 
 use crate::format::manifest::ManifestHeader;
 use crate::{Error, Result, SnapshotId};
