@@ -4,7 +4,7 @@
 //! A repository is a directory holding:
 //! - `config`: identity and fixed parameters (chunker sizes, zstd level);
 //! - `packs/`: append-only pack files of compressed chunk records, sealed
-//!   and then immutable, read through memory maps ([`backend`]);
+//!   and then immutable, read with `pread` (or memory maps, [`backend`]);
 //! - `index/`: the chunk index, chunk id -> record location, as sorted
 //!   memory-mapped runs sharded by id prefix (a cache of the packs);
 //! - `snapshots/<name>/<id>.snap`: one manifest per backup, the ordered
@@ -25,6 +25,9 @@
 //!   the index or a manifest in heap memory;
 //! - durability goes through `durable.rs`; `unsafe` lives in `mmap.rs`;
 //!   `format/` is bytes only.
+//!
+//! Where each operation lives, and the ingest and restore paths step by
+//! step: docs/ARCHITECTURE.md.
 
 pub mod backend;
 pub mod clock;
