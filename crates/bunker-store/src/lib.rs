@@ -58,7 +58,7 @@ pub use ingest::{IngestOptions, Progress};
 pub use pack::TornTail;
 pub use pins::Pins;
 pub use repo::{CreateOptions, NameStats, NewData, OpenOptions, Recovery, Repository, Stats};
-pub use restore::{Piece, SnapshotReader};
+pub use restore::{ManifestCursor, Piece, SnapshotReader};
 pub use snapshot::{validate_name, ManifestEntry, SnapshotInfo};
 pub use verify::{Damage, DamagedSnapshot, VerifyOptions, VerifyReport};
 
