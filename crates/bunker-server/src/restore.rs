@@ -117,6 +117,7 @@ pub(crate) struct Stream {
     /// Bytes the client accepted since it last stalled.
     accepted: u64,
     read_ahead: u64,
+    decoders: usize,
     /// Next byte to send, and the end of the range.
     pos: u64,
     end: u64,
@@ -144,6 +145,7 @@ pub(crate) fn stream(
         slots: VecDeque::new(),
         ahead: 0,
         accepted: 0,
+        decoders: std::thread::available_parallelism().map_or(2, |n| n.get()),
         read_ahead: state.config.restore_read_ahead_bytes.max(max_chunk),
         pos: range.start,
         end: range.end,
@@ -233,6 +235,16 @@ impl Stream {
                     chunk: Chunk::Zero,
                 });
                 continue;
+            }
+            // As many decodes at once as there are cores: more would only
+            // take turns on them.
+            let decoding = self
+                .slots
+                .iter()
+                .filter(|s| matches!(&s.chunk, Chunk::Decoding(job) if !job.is_finished()))
+                .count();
+            if decoding >= self.decoders {
+                return Ok(());
             }
             let len = e.end - e.start;
             // One chunk always fits, whatever the read-ahead.
