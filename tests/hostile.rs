@@ -610,29 +610,25 @@ fn small_window(server: &Server) -> TcpStream {
     TcpStream::from(fd)
 }
 
-/// 1,000 restores of random data whose clients read the response head and
-/// nothing more. Before: each held a blocking thread (the pool's 512 ran
-/// out and every route that reads the repository hung) and about 30 MiB of
-/// decoded chunks. Now each holds no thread and at most a few MiB, all of
-/// them together at most `restore_memory_bytes`; a token beyond
-/// `max_restores_per_token` gets 503 with Retry-After.
-#[test]
-fn a_thousand_stalled_readers_hold_bounded_memory_and_block_nothing() {
-    let _alone = alone();
-    raise_file_limit();
-    let readers: usize = std::env::var("BUNKER_STALLED_READERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
-    let image_mib: usize = std::env::var("BUNKER_STALLED_IMAGE_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
+/// What a server did with stalled readers open.
+struct Stalled {
+    /// /healthz, listing, a 1 MiB upload: worst ms over 5 rounds.
+    worst: [u64; 3],
+    rss_idle_mib: u64,
+    rss_open_mib: u64,
+    rss_peak_mib: u64,
+    opened_s: f64,
+}
+
+/// Starts a server with `toml`, opens `readers` restores of an
+/// `image_mib` MiB random image that read the response head and nothing
+/// more (16 per token, the default quota), probes the rest of the server,
+/// checks the quota's 503, measures the server's memory, then lets them go
+/// and restores the image whole.
+fn hold_stalled_readers(toml: &str, readers: usize, image_mib: usize) -> Stalled {
     let per_token = 16; // max_restores_per_token's default
     let dir = tempfile::tempdir().unwrap();
-    // A long write timeout: the readers must stay open however long the
-    // test takes (by default a client that reads nothing for 60 s is cut).
-    let server = start_configured(dir.path(), "write_timeout_secs = 600\n");
+    let server = start_configured(dir.path(), toml);
     let pid = server.child.id();
     let admin = bunker_client::Client::new(&server.url, Some(server.admin.clone()));
     let image = bunker_tests::noise(0x57A11, image_mib << 20);
@@ -653,7 +649,7 @@ fn a_thousand_stalled_readers_hold_bounded_memory_and_block_nothing() {
                 .token
         })
         .collect();
-    let rss_idle = rss_kib(pid) / 1024;
+    let rss_idle_mib = rss_kib(pid) / 1024;
     let get = |token: &str| {
         format!(
             "GET /v1/snapshots/r/{id}/data HTTP/1.1\r\nHost: bunker\r\n{}\r\n\r\n",
@@ -700,27 +696,8 @@ fn a_thousand_stalled_readers_hold_bounded_memory_and_block_nothing() {
         Duration::from_secs(60),
         || gauge(&server, "bunker_active_restores") == readers as f64,
     );
-
-    let rss_now = rss_kib(pid) / 1024;
-    let rss_peak = peak_rss_kib(pid) / 1024;
-    println!(
-        "{readers} stalled readers of a {image_mib} MiB random image (opened in {opened_s:.1} s): \
-         /healthz {} ms, listing {} ms, 1 MiB upload {} ms at worst over 5 rounds; \
-         server RSS {rss_idle} MiB idle, {rss_now} MiB with them open, peak {rss_peak} MiB",
-        worst[0], worst[1], worst[2]
-    );
-    for (what, ms) in ["/healthz", "listing", "a new upload"].iter().zip(worst) {
-        assert!(
-            ms < 1000,
-            "{what} took {ms} ms with {readers} stalled readers"
-        );
-    }
-    // restore_memory_bytes (256 MiB) plus the server's own: a generous
-    // bound. Before, each reader held about 30 MiB.
-    assert!(
-        rss_peak < 1024,
-        "server peak RSS {rss_peak} MiB with {readers} stalled readers"
-    );
+    let rss_open_mib = rss_kib(pid) / 1024;
+    let rss_peak_mib = peak_rss_kib(pid) / 1024;
 
     // Gone readers give everything back; a whole restore still works.
     drop(stalled);
@@ -737,6 +714,77 @@ fn a_thousand_stalled_readers_hold_bounded_memory_and_block_nothing() {
         )
         .unwrap();
     assert!(out == image, "the image restored differently");
+    Stalled {
+        worst,
+        rss_idle_mib,
+        rss_open_mib,
+        rss_peak_mib,
+        opened_s,
+    }
+}
+
+/// 1,000 restores of random data whose clients read the response head and
+/// nothing more. Before: each held a blocking thread (the pool's 512 ran
+/// out and every route that reads the repository hung) and about 30 MiB of
+/// decoded chunks. Now each holds no thread and at most a few MiB (shown
+/// with a memory budget too large to bind), all of them together at most
+/// `restore_memory_bytes` (the default); a token beyond
+/// `max_restores_per_token` gets 503 with Retry-After.
+#[test]
+fn a_thousand_stalled_readers_hold_bounded_memory_and_block_nothing() {
+    let _alone = alone();
+    raise_file_limit();
+    let readers: usize = std::env::var("BUNKER_STALLED_READERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let image_mib: usize = std::env::var("BUNKER_STALLED_IMAGE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    // A long write timeout: the readers must stay open however long the
+    // test takes (by default a client that reads nothing for 60 s is cut).
+    let capped = hold_stalled_readers("write_timeout_secs = 600\n", readers, image_mib);
+    let uncapped = hold_stalled_readers(
+        "write_timeout_secs = 600\nrestore_memory_bytes = 17179869184\n",
+        readers,
+        image_mib,
+    );
+    for (run, f) in [("256 MiB budget", &capped), ("16 GiB budget", &uncapped)] {
+        println!(
+            "{readers} stalled readers of a {image_mib} MiB random image, {run} (opened in \
+             {:.1} s): /healthz {} ms, listing {} ms, 1 MiB upload {} ms at worst over 5 \
+             rounds; server RSS {} MiB idle, {} MiB with them open, peak {} MiB",
+            f.opened_s,
+            f.worst[0],
+            f.worst[1],
+            f.worst[2],
+            f.rss_idle_mib,
+            f.rss_open_mib,
+            f.rss_peak_mib
+        );
+        for (what, ms) in ["/healthz", "listing", "a new upload"].iter().zip(f.worst) {
+            assert!(
+                ms < 1000,
+                "{run}: {what} took {ms} ms with {readers} stalled readers"
+            );
+        }
+    }
+    // restore_memory_bytes (256 MiB) plus the server's own: a generous
+    // bound. Before, each reader held about 30 MiB.
+    assert!(
+        capped.rss_peak_mib < 1024,
+        "server peak RSS {} MiB with {readers} stalled readers",
+        capped.rss_peak_mib
+    );
+    // Unbounded by the budget, a reader that does not read holds a chunk
+    // or two and its first read-ahead (1 MiB) for a second, not more.
+    let per_reader_kib = (uncapped.rss_peak_mib - uncapped.rss_idle_mib) * 1024 / readers as u64;
+    println!("without the budget binding: {per_reader_kib} KiB per stalled reader at peak");
+    assert!(
+        per_reader_kib < 4096,
+        "{per_reader_kib} KiB per stalled reader at peak"
+    );
 }
 
 /// 4,000 connections each start a chunk upload (1 MiB announced) or a

@@ -12,11 +12,11 @@
 //! store's ingest pipeline on a blocking thread (the socket is not read
 //! while the pipeline is behind); restores decode chunks ahead of the
 //! client within a memory budget and hold no thread while it is slow
-//! ([`restore`]). Memory per ingest stream: the store's 67 MiB plus at
+//! (`restore`). Memory per ingest stream: the store's 67 MiB plus at
 //! most 32 body frames; buffered chunk uploads and `missing` queries share
 //! `body_memory_bytes`, restores `restore_memory_bytes`. What one token may
 //! hold at once is capped ([`limits`]), and a client that accepts no
-//! response bytes for `write_timeout_secs` is disconnected ([`deadline`]).
+//! response bytes for `write_timeout_secs` is disconnected (`deadline`).
 //!
 //! Guarantees: an upload that does not finish (disconnect, timeout, shutdown,
 //! a hash mismatch) commits nothing; restores never send a byte of a chunk
