@@ -5,7 +5,9 @@
 //! as a raw upload, concurrent uploads must dedup, nothing unfinished may
 //! ever be committed (disconnects, SIGTERM, oversized bodies, hash
 //! mismatches), roles and scopes must hold, hostile names must never touch
-//! the filesystem, and a damaged pack must never yield a complete restore.
+//! the filesystem, a damaged pack must never yield a complete restore, one
+//! token must not hold every ingest slot, and a client that vanishes or
+//! stops reading must leave no slot, session or gauge behind.
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::{Read, Write};
