@@ -6,13 +6,21 @@
 //! nothing hostile with 2xx, writes nothing outside its data directory,
 //! changes no stored pack, stays under 256 MiB and answers `/healthz` in
 //! under a second throughout.
+//!
+//! Clients that hold on: 1,000 restores that never read, and 4,000 chunk
+//! uploads and `missing` queries that stop sending. The server stays
+//! within its memory budgets, answers what it cannot take with 503 and
+//! `Retry-After`, and `/healthz`, listing and a new upload answer within a
+//! second meanwhile.
+//!
+//! The tests take the machine one at a time ([`alone`]).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bunker_tests::server::Server;
@@ -83,12 +91,35 @@ fn tree(dir: &Path) -> BTreeMap<String, [u8; 32]> {
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// The tests of this binary measure latency and memory under load, so
+/// they run one at a time, not on the harness's parallel threads.
+fn alone() -> MutexGuard<'static, ()> {
+    static ALONE: Mutex<()> = Mutex::new(());
+    ALONE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The tests hold thousands of sockets.
+fn raise_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    l.current = l.maximum.or(Some(1 << 20));
+    let _ = setrlimit(Resource::Nofile, l);
 }
 
 /// One hostile request of kind `kind` (see the match), seeded by `rng`.
@@ -221,13 +252,9 @@ fn twenty_thousand_hostile_requests_and_a_thousand_slow_sockets_change_nothing()
     let total = bunker_tests::scaled(20_000);
     let reproduce =
         format!("BUNKER_SEED={seed} cargo test --release -p bunker-tests --test hostile");
+    let _alone = alone();
     // The test holds 1,000 slow sockets and the flood's connections.
-    {
-        use rustix::process::{getrlimit, setrlimit, Resource};
-        let mut l = getrlimit(Resource::Nofile);
-        l.current = l.maximum.or(Some(1 << 20));
-        let _ = setrlimit(Resource::Nofile, l);
-    }
+    raise_file_limit();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let max_body = MAX_BODY.to_string();
@@ -468,4 +495,476 @@ fn twenty_thousand_hostile_requests_and_a_thousand_slow_sockets_change_nothing()
 
 fn noise_image(seed: u64) -> Vec<u8> {
     bunker_tests::noise(seed, 1 << 20)
+}
+
+/// Starts the server with `toml` as its config file (beside the data
+/// directory), for the settings that have no flag.
+fn start_configured(dir: &Path, toml: &str) -> Server {
+    let file = dir.join("bunker.toml");
+    std::fs::write(&file, toml).unwrap();
+    Server::start(
+        BIN,
+        &dir.join("data"),
+        &["--config", file.to_str().unwrap()],
+    )
+}
+
+/// An agent that reports every status and gives up after `secs`.
+fn agent(secs: u64) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(secs)))
+        .build()
+        .into()
+}
+
+/// The value of the gauge `name` in the server's metrics.
+fn gauge(server: &Server, name: &str) -> f64 {
+    let text = agent(30)
+        .get(format!("{}/metrics", server.url))
+        .header("authorization", format!("Bearer {}", server.admin))
+        .call()
+        .expect("metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics"))
+}
+
+/// Polls `cond` every 20 ms until it holds; fails after `limit`.
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A response head read off `s` (and whatever part of the body came with
+/// it): the status and the head, or `None` if the connection ended first.
+fn read_head(s: &mut TcpStream) -> Option<(u16, String)> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let status = text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    Some((status, text))
+}
+
+/// The `Retry-After` seconds of a response head.
+fn retry_after(head: &str) -> Option<u64> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("retry-after")
+            .then(|| v.trim().parse().ok())?
+    })
+}
+
+/// How long each of `/healthz`, listing and a 1 MiB raw upload took, in
+/// ms, or a panic naming what failed.
+fn probe(server: &Server, round: u64) -> [u64; 3] {
+    let a = agent(30);
+    let auth = format!("Bearer {}", server.admin);
+    let timed = |what: &str, f: &mut dyn FnMut() -> Result<u16, ureq::Error>| {
+        let t = Instant::now();
+        let status = f().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!((200..300).contains(&status), "{what}: status {status}");
+        t.elapsed().as_millis() as u64
+    };
+    let health = timed("healthz", &mut || {
+        a.get(format!("{}/healthz", server.url))
+            .call()
+            .map(|r| r.status().as_u16())
+    });
+    let list = timed("listing", &mut || {
+        a.get(format!("{}/v1/snapshots", server.url))
+            .header("authorization", &auth)
+            .call()
+            .map(|r| r.status().as_u16())
+    });
+    let image = bunker_tests::noise(0xB0B0 + round, 1 << 20);
+    let upload = timed("upload", &mut || {
+        a.put(format!("{}/v1/snapshots/probe-{round}", server.url))
+            .header("authorization", &auth)
+            .send(&image[..])
+            .map(|r| r.status().as_u16())
+    });
+    [health, list, upload]
+}
+
+/// A connection with the smallest receive buffer the kernel allows, so a
+/// client that does not read stalls the server after a few KiB.
+fn small_window(server: &Server) -> TcpStream {
+    use rustix::net::{sockopt, AddressFamily, SocketType};
+    let addr: std::net::SocketAddr = host(server).parse().unwrap();
+    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    sockopt::set_socket_recv_buffer_size(&fd, 4096).unwrap();
+    rustix::net::connect(&fd, &addr).expect("connect");
+    TcpStream::from(fd)
+}
+
+/// What a server did with stalled readers open.
+struct Stalled {
+    /// /healthz, listing, a 1 MiB upload: worst ms over 5 rounds.
+    worst: [u64; 3],
+    rss_idle_mib: u64,
+    rss_open_mib: u64,
+    rss_peak_mib: u64,
+    opened_s: f64,
+}
+
+/// Starts a server with `toml`, opens `readers` restores of an
+/// `image_mib` MiB random image that read the response head and nothing
+/// more (16 per token, the default quota), probes the rest of the server,
+/// checks the quota's 503, measures the server's memory, then lets them go
+/// and restores the image whole.
+fn hold_stalled_readers(toml: &str, readers: usize, image_mib: usize) -> Stalled {
+    let per_token = 16; // max_restores_per_token's default
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_configured(dir.path(), toml);
+    let pid = server.child.id();
+    let admin = bunker_client::Client::new(&server.url, Some(server.admin.clone()));
+    let image = bunker_tests::noise(0x57A11, image_mib << 20);
+    let id = admin
+        .backup("r", &image[..], &Default::default(), &mut |_| {})
+        .expect("upload the image")
+        .snapshot
+        .id;
+    let tokens: Vec<String> = (0..readers.div_ceil(per_token))
+        .map(|_| {
+            admin
+                .create_token(&bunker_api::TokenRequest {
+                    role: bunker_api::Role::Reader,
+                    scope: None,
+                    name: None,
+                })
+                .unwrap()
+                .token
+        })
+        .collect();
+    let rss_idle_mib = rss_kib(pid) / 1024;
+    let get = |token: &str| {
+        format!(
+            "GET /v1/snapshots/r/{id}/data HTTP/1.1\r\nHost: bunker\r\n{}\r\n\r\n",
+            bearer(token)
+        )
+    };
+
+    let opening = Instant::now();
+    let mut stalled = Vec::with_capacity(readers);
+    for i in 0..readers {
+        let mut s = small_window(&server);
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(get(&tokens[i / per_token]).as_bytes()).unwrap();
+        let head = read_head(&mut s);
+        assert!(
+            head.as_ref().is_some_and(|(status, _)| *status == 200),
+            "reader {i}: {head:?}"
+        );
+        stalled.push(s);
+    }
+    let opened_s = opening.elapsed().as_secs_f64();
+
+    // The rest of the server answers, round after round.
+    let mut worst = [0u64; 3];
+    for round in 0..5 {
+        let took = probe(&server, round);
+        for (w, t) in worst.iter_mut().zip(took) {
+            *w = (*w).max(t);
+        }
+    }
+    // The token's quota is full: 503 with Retry-After, before any work.
+    let mut extra = small_window(&server);
+    extra.write_all(get(&tokens[0]).as_bytes()).unwrap();
+    let (status, head) = read_head(&mut extra).expect("an answer beyond the quota");
+    assert_eq!(status, 503, "a 17th restore of one token: {head}");
+    assert!(
+        retry_after(&head).is_some_and(|s| s > 0),
+        "503 without Retry-After: {head}"
+    );
+    drop(extra);
+    // And every reader is still open, streaming: none was cut.
+    wait_for(
+        "every reader to be streaming",
+        Duration::from_secs(60),
+        || gauge(&server, "bunker_active_restores") == readers as f64,
+    );
+    let rss_open_mib = rss_kib(pid) / 1024;
+    let rss_peak_mib = peak_rss_kib(pid) / 1024;
+
+    // Gone readers give everything back; a whole restore still works.
+    drop(stalled);
+    wait_for("the readers to be gone", Duration::from_secs(60), || {
+        gauge(&server, "bunker_active_restores") == 0.0
+    });
+    let mut out = Vec::new();
+    admin
+        .restore(
+            "r",
+            Some(id),
+            bunker_client::Target::Stream(&mut out),
+            &mut |_| {},
+        )
+        .unwrap();
+    assert!(out == image, "the image restored differently");
+    Stalled {
+        worst,
+        rss_idle_mib,
+        rss_open_mib,
+        rss_peak_mib,
+        opened_s,
+    }
+}
+
+/// 1,000 restores of random data whose clients read the response head and
+/// nothing more. Before: each held a blocking thread (the pool's 512 ran
+/// out and every route that reads the repository hung) and about 30 MiB of
+/// decoded chunks. Now each holds no thread and at most a few MiB (shown
+/// with a memory budget too large to bind), all of them together at most
+/// `restore_memory_bytes` (the default); a token beyond
+/// `max_restores_per_token` gets 503 with Retry-After.
+#[test]
+fn a_thousand_stalled_readers_hold_bounded_memory_and_block_nothing() {
+    let _alone = alone();
+    raise_file_limit();
+    let readers: usize = std::env::var("BUNKER_STALLED_READERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let image_mib: usize = std::env::var("BUNKER_STALLED_IMAGE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    // A long write timeout: the readers must stay open however long the
+    // test takes (by default a client that reads nothing for 60 s is cut).
+    let capped = hold_stalled_readers("write_timeout_secs = 600\n", readers, image_mib);
+    let uncapped = hold_stalled_readers(
+        "write_timeout_secs = 600\nrestore_memory_bytes = 17179869184\n",
+        readers,
+        image_mib,
+    );
+    for (run, f) in [("256 MiB budget", &capped), ("16 GiB budget", &uncapped)] {
+        println!(
+            "{readers} stalled readers of a {image_mib} MiB random image, {run} (opened in \
+             {:.1} s): /healthz {} ms, listing {} ms, 1 MiB upload {} ms at worst over 5 \
+             rounds; server RSS {} MiB idle, {} MiB with them open, peak {} MiB",
+            f.opened_s,
+            f.worst[0],
+            f.worst[1],
+            f.worst[2],
+            f.rss_idle_mib,
+            f.rss_open_mib,
+            f.rss_peak_mib
+        );
+        for (what, ms) in ["/healthz", "listing", "a new upload"].iter().zip(f.worst) {
+            assert!(
+                ms < 1000,
+                "{run}: {what} took {ms} ms with {readers} stalled readers"
+            );
+        }
+    }
+    // restore_memory_bytes (256 MiB) plus the server's own: a generous
+    // bound. Before, each reader held about 30 MiB.
+    assert!(
+        capped.rss_peak_mib < 1024,
+        "server peak RSS {} MiB with {readers} stalled readers",
+        capped.rss_peak_mib
+    );
+    // Unbounded by the budget, a reader that does not read holds a chunk
+    // or two and its first read-ahead (1 MiB) for a second, not more.
+    let per_reader_kib = (uncapped.rss_peak_mib - uncapped.rss_idle_mib) * 1024 / readers as u64;
+    println!("without the budget binding: {per_reader_kib} KiB per stalled reader at peak");
+    assert!(
+        per_reader_kib < 4096,
+        "{per_reader_kib} KiB per stalled reader at peak"
+    );
+}
+
+/// 4,000 connections each start a chunk upload (1 MiB announced) or a
+/// `missing` query (2 MiB of ids announced), send a little and stop. Before,
+/// every one of them buffered its body with no overall bound. Now they share
+/// `body_memory_bytes` (256 MiB): the rest wait a moment, then get 503
+/// `overloaded` with Retry-After, `/healthz` answers within a second, and
+/// the memory comes back when the stalled clients go.
+#[test]
+fn four_thousand_stalled_chunk_uploads_stay_within_the_body_budget() {
+    let _alone = alone();
+    raise_file_limit();
+    let conns = 4000;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_configured(dir.path(), "");
+    let pid = server.child.id();
+    let a = agent(30);
+    let auth = format!("Bearer {}", server.admin);
+    let session: serde_json::Value = a
+        .post(format!("{}/v1/sessions", server.url))
+        .header("authorization", &auth)
+        .send(br#"{"name":"held"}"#.as_slice())
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    let sid = session["id"].as_str().unwrap().to_string();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let worst_health = Arc::new(AtomicU64::new(0));
+    let health = {
+        let (stop, worst, url) = (stop.clone(), worst_health.clone(), server.url.clone());
+        std::thread::spawn(move || {
+            let a = agent(10);
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let ok = a
+                    .get(format!("{url}/healthz"))
+                    .call()
+                    .is_ok_and(|r| r.status() == 200);
+                let ms = if ok {
+                    t.elapsed().as_millis() as u64
+                } else {
+                    u64::MAX
+                };
+                worst.fetch_max(ms, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+
+    let some_body = bunker_tests::noise(0xB0D1, 64 << 10);
+    let mut open: Vec<TcpStream> = (0..conns)
+        .map(|i| {
+            let mut s = TcpStream::connect(host(&server)).expect("connect");
+            let head = if i % 4 == 3 {
+                format!(
+                    "POST /v1/sessions/{sid}/missing HTTP/1.1\r\nHost: bunker\r\n{}\r\n\
+                     Content-Length: {}\r\n\r\n",
+                    bearer(&server.admin),
+                    2 << 20
+                )
+            } else {
+                let id = blake3::hash(&(i as u64).to_le_bytes()).to_hex();
+                format!(
+                    "PUT /v1/sessions/{sid}/chunks/{id} HTTP/1.1\r\nHost: bunker\r\n{}\r\n\
+                     Content-Length: {}\r\n\r\n",
+                    bearer(&server.admin),
+                    1 << 20
+                )
+            };
+            s.write_all(head.as_bytes()).unwrap();
+            // As much of the body as the socket takes now, without waiting.
+            s.set_nonblocking(true).unwrap();
+            let _ = s.write(&some_body);
+            s
+        })
+        .collect();
+
+    // Each waits for body memory a moment; those that do not get it are
+    // answered 503, the others keep waiting for their bodies.
+    let mut answers: Vec<Option<(u16, String)>> = vec![None; conns];
+    let mut heads: Vec<Vec<u8>> = vec![Vec::new(); conns];
+    let budget_slots = 256; // 256 MiB of 1 MiB uploads at most
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut buf = [0u8; 4096];
+    loop {
+        for (i, s) in open.iter_mut().enumerate() {
+            if answers[i].is_some() {
+                continue;
+            }
+            match s.read(&mut buf) {
+                Ok(0) => answers[i] = Some((0, "closed without an answer".into())),
+                Ok(n) => {
+                    heads[i].extend_from_slice(&buf[..n]);
+                    if heads[i].windows(4).any(|w| w == b"\r\n\r\n") {
+                        let text = String::from_utf8_lossy(&heads[i]).into_owned();
+                        let status = text
+                            .strip_prefix("HTTP/1.1 ")
+                            .and_then(|r| r.get(..3))
+                            .and_then(|c| c.parse().ok())
+                            .unwrap_or(0);
+                        answers[i] = Some((status, text));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => answers[i] = Some((0, format!("read failed: {e}"))),
+            }
+        }
+        let answered = answers.iter().filter(|a| a.is_some()).count();
+        if answered >= conns - budget_slots {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {answered} of {conns} stalled uploads were answered within 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rss_peak = peak_rss_kib(pid) / 1024;
+    let answered: Vec<&(u16, String)> = answers.iter().flatten().collect();
+    for (status, head) in &answered {
+        assert_eq!(*status, 503, "a stalled upload was answered: {head}");
+        assert!(
+            head.contains("overloaded"),
+            "503 not for body memory: {head}"
+        );
+        assert!(
+            retry_after(head).is_some_and(|s| s > 0),
+            "503 without Retry-After: {head}"
+        );
+    }
+    let held = conns - answered.len();
+    // A newcomer waits its moment, then is refused too.
+    let chunk = bunker_tests::noise(0xC0FFEE, 100 << 10);
+    let chunk_id = blake3::hash(&chunk).to_hex();
+    let put_chunk = || {
+        a.put(format!(
+            "{}/v1/sessions/{sid}/chunks/{chunk_id}",
+            server.url
+        ))
+        .header("authorization", &auth)
+        .send(&chunk[..])
+        .expect("a chunk upload")
+    };
+    let t = Instant::now();
+    let r = put_chunk();
+    let waited = t.elapsed();
+    assert_eq!(r.status(), 503, "a chunk upload while the budget is held");
+    assert!(
+        r.headers().get("retry-after").is_some(),
+        "503 without Retry-After"
+    );
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(20),
+        "refused after {waited:?} (the server waits 2 s for body memory)"
+    );
+    stop.store(true, Ordering::Relaxed);
+    health.join().unwrap();
+    let worst = worst_health.load(Ordering::Relaxed);
+    println!(
+        "{conns} stalled chunk uploads and missing queries: {held} hold body memory, {} got 503 \
+         overloaded; a newcomer refused after {} ms; /healthz worst {worst} ms; server peak RSS \
+         {rss_peak} MiB",
+        answered.len(),
+        waited.as_millis()
+    );
+    assert!(
+        (1..=budget_slots).contains(&held),
+        "{held} uploads hold body memory"
+    );
+    assert!(
+        worst < 1000,
+        "/healthz took {worst} ms at worst (u64::MAX: failed)"
+    );
+    assert!(rss_peak < 512, "server peak RSS {rss_peak} MiB");
+
+    // The stalled clients go; their memory comes back.
+    drop(open.drain(..));
+    wait_for("body memory to come back", Duration::from_secs(60), || {
+        put_chunk().status() == 201
+    });
 }

@@ -5,7 +5,9 @@
 //! as a raw upload, concurrent uploads must dedup, nothing unfinished may
 //! ever be committed (disconnects, SIGTERM, oversized bodies, hash
 //! mismatches), roles and scopes must hold, hostile names must never touch
-//! the filesystem, and a damaged pack must never yield a complete restore.
+//! the filesystem, a damaged pack must never yield a complete restore, one
+//! token must not hold every ingest slot, and a client that vanishes or
+//! stops reading must leave no slot, session or gauge behind.
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::{Read, Write};
@@ -832,7 +834,10 @@ fn concurrent_uploads_of_overlapping_images_store_the_shared_base_once() {
             .iter()
             .enumerate()
             .map(|(i, img)| {
-                let c = c.clone();
+                // A token per host, as deployed: one token may hold only
+                // `max_streams_per_token` (4) of the 8 streams.
+                let token = c.create_token("writer", None).token;
+                let c = c.with_token(Some(&token));
                 let barrier = &barrier;
                 scope.spawn(move || {
                     barrier.wait();
@@ -1864,5 +1869,237 @@ fn wrapping_or_oversized_zero_entries_are_refused_and_gc_still_runs() {
     .expect(201, "commit of a 4 MiB zero run");
     c.post("/v1/gc", b"{}")
         .expect(200, "GC after refused commits");
+    stop(server);
+}
+
+/// Writes `toml` beside the data directory and starts the server with it
+/// (`--config`), for the settings that have no flag.
+fn start_configured(dir: &Path, toml: &str) -> (Server, Client) {
+    let file = dir.join("bunker.toml");
+    std::fs::write(&file, toml).unwrap();
+    start(&dir.join("data"), &["--config", file.to_str().unwrap()])
+}
+
+/// Sends the head of `method path` with `token` and a body of `len` bytes,
+/// plus `body` (all or the start of it); returns the open socket.
+fn send_head(
+    server: &Server,
+    method: &str,
+    path: &str,
+    token: &str,
+    headers: &[(&str, &str)],
+    len: usize,
+    body: &[u8],
+) -> TcpStream {
+    let mut s = connect(server);
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: {len}\r\n",
+        addr(server)
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).expect("send head");
+    s.write_all(body).expect("send body");
+    s.flush().unwrap();
+    s
+}
+
+/// One writer token may hold only `max_streams_per_token` ingest slots
+/// (sessions and raw uploads alike), so others still get one; and a commit
+/// body that trickles in steadily (never idle long enough for
+/// `idle_timeout_secs`) is ended by `commit_timeout_secs` with 408 and
+/// commits nothing, after which its session ends like any other.
+#[test]
+fn one_token_cannot_hold_every_ingest_slot_and_a_trickled_commit_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin) = start_configured(
+        dir.path(),
+        "max_streams = 3\nmax_streams_per_token = 2\ncommit_timeout_secs = 3\n",
+    );
+    let a_token = admin.create_token("writer", None).token;
+    let a = admin.with_token(Some(&a_token));
+    let b = admin.with_token(Some(&admin.create_token("writer", None).token));
+    let s1 = open_session(&a, "a1");
+    let _s2 = open_session(&a, "a2");
+    let r = a.post("/v1/sessions", br#"{"name":"a3"}"#);
+    r.expect_error(ErrorCode::TooManyStreams, "a third session of one token");
+    assert!(
+        r.error().error.message.contains("max_streams_per_token"),
+        "the refusal names the quota: {}",
+        r.text()
+    );
+    assert!(r.header("retry-after").is_some(), "503 without Retry-After");
+    a.put("/v1/snapshots/a4", &noise(160, 4096))
+        .expect_error(ErrorCode::TooManyStreams, "a raw upload beyond the quota");
+    let _s3 = open_session(&b, "b1");
+
+    // One zero-chunk entry every 200 ms: 1,000 of them would take 200 s.
+    let entries = 1000;
+    let entry = commit_body([(4096, ChunkId::ZERO)]);
+    let mut sock = send_head(
+        &server,
+        "POST",
+        &format!("/v1/sessions/{}/commit", s1.id),
+        &a_token,
+        &[(HEADER_STREAM_HASH, &hex_hash(b"never reached"))],
+        entries * COMMIT_ENTRY_LEN,
+        &entry,
+    );
+    let stop_trickle = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle = {
+        let mut w = sock.try_clone().unwrap();
+        let stop = stop_trickle.clone();
+        std::thread::spawn(move || {
+            for _ in 1..entries {
+                std::thread::sleep(Duration::from_millis(200));
+                if stop.load(std::sync::atomic::Ordering::Relaxed) || w.write_all(&entry).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let started = Instant::now();
+    let r = read_response(&mut sock);
+    let took = started.elapsed();
+    stop_trickle.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(sock);
+    trickle.join().unwrap();
+    let r = r.expect("an answer to the trickled commit within 20 s");
+    assert_eq!(r.status, 408, "trickled commit: {}", r.head);
+    assert_eq!(r.error_code(), Some(ErrorCode::Timeout));
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("commit_timeout_secs"),
+        "the 408 names the setting: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "the 3 s commit deadline answered after {took:?}"
+    );
+    assert!(a.list("a1").is_empty(), "a cut commit was committed");
+    // The session is no longer committing: it can be aborted, and its slot
+    // goes back to the token.
+    a.delete(&format!("/v1/sessions/{}", s1.id))
+        .expect(204, "abort the session of the cut commit");
+    open_session(&a, "a5");
+    stop(server);
+}
+
+/// A client that sends its whole upload and disconnects before the answer
+/// drops the request future inside the server (hyper sees the close while
+/// the ingest finishes). The stream gauge, the ingest slot and the session
+/// must still be given back; what was committed restores exactly.
+#[test]
+fn a_client_gone_after_its_last_byte_leaves_no_stream_or_session_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, c) = start_configured(dir.path(), "max_streams = 1\nsession_idle_secs = 2\n");
+    assert_eq!(active_streams(&c), 0.0);
+    // 48 MiB of random data: the ingest is still chunking and storing when
+    // the close is seen.
+    let data = noise(170, 48 * MIB);
+    drop(start_raw_upload(&server, "gone", data.len(), &data));
+    wait_for("the upload's stream gauge to fall back to 0", || {
+        active_streams(&c) == 0.0
+    });
+    // The body was whole, so it may have committed (a race with the close).
+    for s in c.list("gone") {
+        assert!(c.restore("gone", &s.id.to_string()) == data);
+    }
+
+    let data = noise(171, 8 * MIB);
+    let chunks = chunk_list(&data, ChunkerParams::DEFAULT);
+    let session = open_session(&c, "gone-cp");
+    for (range, id) in &chunks {
+        c.put(
+            &format!("/v1/sessions/{}/chunks/{}", session.id, id.to_hex()),
+            &data[range.clone()],
+        )
+        .expect(201, "chunk upload");
+    }
+    // Then 100,000 one-byte zero chunks: a 4 MB body, still being read
+    // (and the worker still busy) when the close is seen.
+    let zeros = 100_000;
+    let body = commit_body(
+        chunks
+            .iter()
+            .map(|(r, id)| ((r.end - r.start) as u64, *id))
+            .chain(std::iter::repeat_n((1, ChunkId::ZERO), zeros)),
+    );
+    let mut data = data;
+    data.resize(data.len() + zeros, 0);
+    let hash = hex_hash(&data);
+    drop(send_head(
+        &server,
+        "POST",
+        &format!("/v1/sessions/{}/commit", session.id),
+        &server.admin,
+        &[(HEADER_STREAM_HASH, &hash)],
+        body.len(),
+        &body,
+    ));
+    // Committed (the session ends) or cut (it expires 2 s later): either
+    // way it is gone, never stuck committing.
+    wait_for("the session to end", || {
+        metric(&c.metrics(), "bunker_sessions") == Some(0.0)
+    });
+    for s in c.list("gone-cp") {
+        assert!(c.restore("gone-cp", &s.id.to_string()) == data);
+    }
+    // The only ingest slot comes free again (the session's last holder may
+    // be finishing its answer to the gone client).
+    let after = noise(172, MIB);
+    wait_for("the ingest slot to be free", || {
+        c.put("/v1/snapshots/after", &after).status == 201
+    });
+    stop(server);
+}
+
+/// A restore whose client reads the head and then nothing: once it has
+/// accepted no bytes for `write_timeout_secs` the server closes the
+/// connection, and the restore gives back everything it held.
+#[test]
+fn a_reader_that_stops_reading_is_cut_after_the_write_timeout() {
+    use rustix::net::{sockopt, AddressFamily, SocketType};
+    let dir = tempfile::tempdir().unwrap();
+    let (server, c) = start_configured(dir.path(), "write_timeout_secs = 2\n");
+    let data = noise(180, 16 * MIB);
+    let snap = c.upload("slow", &data);
+    let restores = || metric(&c.metrics(), "bunker_active_restores");
+    assert_eq!(restores(), Some(0.0));
+    // The smallest receive buffer: the server is stalled after a few KiB.
+    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    sockopt::set_socket_recv_buffer_size(&fd, 4096).unwrap();
+    let to: std::net::SocketAddr = addr(&server).parse().unwrap();
+    rustix::net::connect(&fd, &to).unwrap();
+    let mut s = TcpStream::from(fd);
+    let head = format!(
+        "GET /v1/snapshots/slow/{}/data HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n",
+        snap.id,
+        addr(&server),
+        server.admin
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let started = Instant::now();
+    wait_for("the restore to start", || restores() == Some(1.0));
+    wait_for("the stalled restore to be cut", || restores() == Some(0.0));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500),
+        "cut after {took:?}, before the 2 s write timeout"
+    );
+    // What the client gets is a cut response, never the whole image.
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(
+        got.len() < data.len(),
+        "a cut restore delivered {} bytes",
+        got.len()
+    );
+    // The server is fine, and a reader that reads gets it all.
+    assert!(c.restore("slow", &snap.id.to_string()) == data);
     stop(server);
 }

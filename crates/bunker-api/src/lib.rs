@@ -43,6 +43,8 @@ pub enum ErrorCode {
     HashMismatch,
     MissingChunk,
     TooManyStreams,
+    /// A shared memory budget (request bodies) stayed full for a moment.
+    Overloaded,
     ShuttingDown,
     InsufficientStorage,
     CorruptData,
@@ -63,7 +65,7 @@ impl ErrorCode {
             ErrorCode::RangeNotSatisfiable => 416,
             ErrorCode::HashMismatch | ErrorCode::MissingChunk => 422,
             ErrorCode::HeadersTooLarge => 431,
-            ErrorCode::TooManyStreams | ErrorCode::ShuttingDown => 503,
+            ErrorCode::TooManyStreams | ErrorCode::Overloaded | ErrorCode::ShuttingDown => 503,
             ErrorCode::InsufficientStorage => 507,
             ErrorCode::CorruptData | ErrorCode::Internal => 500,
         }
@@ -86,6 +88,7 @@ impl ErrorCode {
             ErrorCode::HashMismatch => "hash_mismatch",
             ErrorCode::MissingChunk => "missing_chunk",
             ErrorCode::TooManyStreams => "too_many_streams",
+            ErrorCode::Overloaded => "overloaded",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::InsufficientStorage => "insufficient_storage",
             ErrorCode::CorruptData => "corrupt_data",

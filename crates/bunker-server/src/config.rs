@@ -21,6 +21,27 @@ pub struct Config {
     /// Concurrent ingest streams (raw uploads and open chunk-protocol
     /// sessions); beyond it, 503 with Retry-After.
     pub max_streams: usize,
+    /// Of those, how many one token may hold at once, so that one writer
+    /// cannot take them all.
+    pub max_streams_per_token: usize,
+    /// A chunk-protocol commit body must arrive within this long of its
+    /// request, however steadily it trickles (then 408, nothing committed).
+    pub commit_timeout_secs: u64,
+    /// Concurrent restore streams (snapshot data, manifests, single
+    /// chunks) per token; beyond it, 503 with Retry-After.
+    pub max_restores_per_token: usize,
+    /// Decoded chunks one restore may hold ahead of its client (at least
+    /// one chunk).
+    pub restore_read_ahead_bytes: u64,
+    /// Decoded chunks all restores together may hold; a restore waits for
+    /// room instead of going beyond it.
+    pub restore_memory_bytes: u64,
+    /// Chunk uploads and `missing` queries buffered in memory at once,
+    /// bytes; beyond it a request waits a moment, then gets 503.
+    pub body_memory_bytes: u64,
+    /// A client that accepts no response bytes for this long is
+    /// disconnected (a stalled reader frees what its response held).
+    pub write_timeout_secs: u64,
     /// Largest request body (a raw image upload), bytes.
     pub max_body_bytes: u64,
     /// A request whose body sends nothing for this long is cut.
@@ -48,6 +69,13 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             max_streams: 8,
+            max_streams_per_token: 4,
+            commit_timeout_secs: 3600,
+            max_restores_per_token: 16,
+            restore_read_ahead_bytes: 4 << 20,
+            restore_memory_bytes: 256 << 20,
+            body_memory_bytes: 256 << 20,
+            write_timeout_secs: 60,
             max_body_bytes: 1 << 50,
             idle_timeout_secs: 60,
             header_timeout_secs: 10,
@@ -72,6 +100,14 @@ impl Config {
 
     pub fn grace(&self) -> Duration {
         Duration::from_secs(self.grace_secs)
+    }
+
+    pub fn commit_timeout(&self) -> Duration {
+        Duration::from_secs(self.commit_timeout_secs.max(1))
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs.max(1))
     }
 }
 

@@ -10,20 +10,28 @@
 //!
 //! Raw uploads stream the request body through a bounded channel into the
 //! store's ingest pipeline on a blocking thread (the socket is not read
-//! while the pipeline is behind); restores stream verified pieces from a
-//! blocking reader through a bounded channel into the response. Memory per
-//! ingest stream: the store's 67 MiB plus at most 32 body frames.
+//! while the pipeline is behind); restores decode chunks ahead of the
+//! client within a memory budget and hold no thread while it is slow
+//! (`restore`). Memory per ingest stream: the store's 67 MiB plus at
+//! most 32 body frames; buffered chunk uploads and `missing` queries share
+//! `body_memory_bytes`, restores `restore_memory_bytes`. What one token may
+//! hold at once is capped ([`limits`]), and a client that accepts no
+//! response bytes for `write_timeout_secs` is disconnected (`deadline`).
 //!
 //! Guarantees: an upload that does not finish (disconnect, timeout, shutdown,
 //! a hash mismatch) commits nothing; restores never send a byte of a chunk
 //! that failed verification (the response is aborted instead); no error
-//! message carries a filesystem path.
+//! message carries a filesystem path; slots, quotas, budgets and gauges are
+//! held by guards, so a request dropped midway gives them back.
 
 pub mod admin_token;
 pub mod checks;
 pub mod config;
+mod deadline;
 pub mod error;
+pub mod limits;
 pub mod metrics;
+mod restore;
 mod routes;
 pub mod sessions;
 pub mod tokens;
@@ -49,6 +57,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 pub use config::Config;
 use error::ApiError;
+use limits::{Budget, Quota, QuotaGuard};
 use metrics::Metrics;
 use sessions::Sessions;
 use tokens::TokenStore;
@@ -68,6 +77,11 @@ pub struct State {
     streams: Arc<Semaphore>,
     /// One server-side drill at a time: it reads on every core.
     server_drills: Semaphore,
+    /// Ingest slots per token.
+    stream_quota: Arc<Quota>,
+    restores: restore::Restores,
+    /// Buffered chunk uploads and `missing` queries.
+    bodies: Budget,
     shutting_down: AtomicBool,
     data_dir: String,
 }
@@ -98,6 +112,16 @@ impl State {
             Arc::new(State {
                 streams: Arc::new(Semaphore::new(config.max_streams.max(1))),
                 server_drills: Semaphore::new(1),
+                stream_quota: Quota::new(config.max_streams_per_token),
+                restores: restore::Restores {
+                    budget: Budget::new(
+                        config
+                            .restore_memory_bytes
+                            .max(u64::from(repo.chunker_params().max_len)),
+                    ),
+                    quota: Quota::new(config.max_restores_per_token),
+                },
+                bodies: Budget::new(config.body_memory_bytes),
                 config,
                 repo,
                 tokens,
@@ -126,11 +150,21 @@ impl State {
         Ok(())
     }
 
-    /// An ingest slot (a raw upload or an open upload session), or 503 when
-    /// all are taken.
-    pub(crate) fn stream_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    /// An ingest slot (a raw upload or an open upload session) for token
+    /// `p`, or 503 when all are taken or `p` holds its share.
+    pub(crate) fn stream_permit(&self, p: &tokens::Principal) -> Result<IngestSlot, ApiError> {
         self.accepting()?;
-        self.streams.clone().try_acquire_owned().map_err(|_| {
+        let quota = self.stream_quota.take(p.id).ok_or_else(|| {
+            ApiError::new(
+                bunker_api::ErrorCode::TooManyStreams,
+                format!(
+                    "this token already holds {} ingest streams (max_streams_per_token); \
+                     retry when one ends",
+                    self.stream_quota.per_token()
+                ),
+            )
+        })?;
+        let stream = self.streams.clone().try_acquire_owned().map_err(|_| {
             ApiError::new(
                 bunker_api::ErrorCode::TooManyStreams,
                 format!(
@@ -138,7 +172,75 @@ impl State {
                     self.config.max_streams
                 ),
             )
+        })?;
+        Ok(IngestSlot {
+            _stream: stream,
+            _quota: quota,
         })
+    }
+
+    /// A place among `p`'s restores, or 503 when it has
+    /// `max_restores_per_token` running.
+    pub(crate) fn restore_permit(&self, p: &tokens::Principal) -> Result<QuotaGuard, ApiError> {
+        self.restores.quota.take(p.id).ok_or_else(|| {
+            ApiError::new(
+                bunker_api::ErrorCode::TooManyStreams,
+                format!(
+                    "this token already has {} restores in progress \
+                     (max_restores_per_token); retry when one ends",
+                    self.restores.quota.per_token()
+                ),
+            )
+        })
+    }
+
+    /// `n` bytes of the request-body budget, waiting a moment for them; 503
+    /// if they do not come free.
+    pub(crate) async fn body_memory(
+        &self,
+        n: u64,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.bodies.take(n, BODY_MEMORY_WAIT).await.ok_or_else(|| {
+            ApiError::new(
+                bunker_api::ErrorCode::Overloaded,
+                format!(
+                    "the server's {} bytes for request bodies (body_memory_bytes) are in use; \
+                     retry later",
+                    self.bodies.bytes()
+                ),
+            )
+        })
+    }
+}
+
+/// How long a chunk upload or `missing` query waits for body memory
+/// before it gets 503.
+pub const BODY_MEMORY_WAIT: Duration = Duration::from_secs(2);
+
+/// An ingest slot: one of `max_streams`, and one of its token's
+/// `max_streams_per_token`. Both are given back when it is dropped.
+pub struct IngestSlot {
+    _stream: tokio::sync::OwnedSemaphorePermit,
+    _quota: QuotaGuard,
+}
+
+/// `bunker_active_streams` while it lives: held by the ingest work itself,
+/// so the gauge falls back however the request ends.
+pub(crate) struct ActiveStream(Arc<State>);
+
+impl ActiveStream {
+    pub(crate) fn new(state: &Arc<State>) -> ActiveStream {
+        state.metrics.active_streams.fetch_add(1, Ordering::Relaxed);
+        ActiveStream(state.clone())
+    }
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.0
+            .metrics
+            .active_streams
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -242,6 +344,7 @@ pub async fn run(
     let collector =
         (state.config.gc_interval_secs > 0).then(|| tokio::spawn(scheduled_gc(state.clone())));
     let header_timeout = Duration::from_secs(state.config.header_timeout_secs.max(1));
+    let write_timeout = state.config.write_timeout();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -261,6 +364,7 @@ pub async fn run(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let stream = deadline::WriteDeadline::new(stream, write_timeout);
         let state = state.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();

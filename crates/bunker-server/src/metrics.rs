@@ -23,6 +23,8 @@ pub struct Metrics {
     pub bytes_stored: AtomicU64,
     pub chunks_stored: AtomicU64,
     pub active_streams: AtomicI64,
+    /// Restore streams (snapshot data, manifests) being sent.
+    pub active_restores: AtomicI64,
     pub restore_bytes: AtomicU64,
     pub gc_runs: AtomicU64,
     pub gc_reclaimed_bytes: AtomicU64,
@@ -121,6 +123,11 @@ impl Metrics {
             out,
             "# HELP bunker_active_streams Ingest streams in progress.\n# TYPE bunker_active_streams gauge\nbunker_active_streams {}",
             self.active_streams.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bunker_active_restores Restore streams (snapshot data, manifests) being sent.\n# TYPE bunker_active_restores gauge\nbunker_active_restores {}",
+            self.active_restores.load(Ordering::Relaxed)
         );
         for (kind, help) in [
             (

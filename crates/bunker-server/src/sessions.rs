@@ -5,7 +5,9 @@
 //! the ordered list of (length, id) with the whole-stream BLAKE3. A session
 //! ends at commit, at `DELETE`, or `session_idle_secs` after its last
 //! request (a reaper runs every few seconds). An open session holds one of
-//! the server's ingest stream slots (`max_streams`) until it ends. Sessions
+//! the server's ingest stream slots (`max_streams`, and one of its token's
+//! `max_streams_per_token`) until it ends. A commit's body must arrive
+//! within `commit_timeout_secs`, so a committing session ends too. Sessions
 //! live in memory: a restarted server has none, and a client starts over
 //! (the chunks it uploaded are stored and deduplicate).
 //!
@@ -34,7 +36,7 @@ pub struct Session {
     pub pins: bunker_store::Pins,
     /// The ingest slot, released when the last reference to the session
     /// goes (after commit, abort or expiry, and any request in flight).
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    _slot: crate::IngestSlot,
 }
 
 impl Session {
@@ -84,7 +86,7 @@ impl Sessions {
         name: String,
         source: String,
         creator: u64,
-        slot: tokio::sync::OwnedSemaphorePermit,
+        slot: crate::IngestSlot,
         pins: bunker_store::Pins,
     ) -> Arc<Session> {
         let s = Arc::new(Session {
@@ -150,7 +152,11 @@ mod tests {
         });
         assert!(sessions.map.is_poisoned());
         let slots = Arc::new(tokio::sync::Semaphore::new(1));
-        let slot = slots.clone().try_acquire_owned().unwrap();
+        let quota = crate::limits::Quota::new(1);
+        let slot = crate::IngestSlot {
+            _stream: slots.clone().try_acquire_owned().unwrap(),
+            _quota: quota.take(7).unwrap(),
+        };
         let opened = sessions.open(
             "s1".into(),
             "db-1".into(),

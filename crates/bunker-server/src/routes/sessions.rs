@@ -24,6 +24,34 @@ use crate::{full, json_response, not_allowed, pump_body, BodyItem, BodyReader, R
 /// Ids per `missing` request, at most.
 const MAX_IDS_PER_QUERY: usize = 65_536;
 
+/// The length a body of at most `max` bytes will have: its Content-Length,
+/// or `max` when it is sent chunked. 413 when it announces more.
+fn declared_len(req: &Request<Incoming>, max: usize) -> Result<u64, ApiError> {
+    let announced = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match announced {
+        Some(n) if n > max as u64 => Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("this request's body may be at most {max} bytes"),
+        )),
+        Some(n) => Ok(n),
+        None => Ok(max as u64),
+    }
+}
+
+/// Clears a session's `committing` flag when its commit worker ends,
+/// however the request went.
+struct Committing(Arc<Session>);
+
+impl Drop for Committing {
+    fn drop(&mut self) {
+        self.0.committing.store(false, Ordering::SeqCst);
+    }
+}
+
 fn session(state: &State, p: &Principal, sid: &str) -> Result<Arc<Session>, ApiError> {
     state.accepting()?;
     let s = state.sessions.get(sid).ok_or_else(|| {
@@ -59,7 +87,7 @@ pub(super) async fn open(state: &Arc<State>, p: &Principal, req: Request<Incomin
         .chars()
         .take(192)
         .collect();
-    let slot = state.stream_permit()?;
+    let slot = state.stream_permit(p)?;
     state.sessions.open(
         id.clone(),
         r.name.clone(),
@@ -101,7 +129,10 @@ pub(super) async fn missing(
         return Err(not_allowed());
     }
     let s = session(state, p, sid)?;
-    let body = read_small_body(req.into_body(), MAX_IDS_PER_QUERY * CHUNK_ID_LEN).await?;
+    let max = MAX_IDS_PER_QUERY * CHUNK_ID_LEN;
+    // The body, then as many ids again.
+    let memory = state.body_memory(2 * declared_len(&req, max)?).await?;
+    let body = read_small_body(req.into_body(), max).await?;
     if body.len() % CHUNK_ID_LEN != 0 {
         return Err(ApiError::bad_request(format!(
             "the body must be a sequence of {CHUNK_ID_LEN}-byte chunk ids"
@@ -109,6 +140,7 @@ pub(super) async fn missing(
     }
     let st = state.clone();
     let bitmap = blocking(move || {
+        let _memory = memory;
         let ids: Vec<ChunkId> = body
             .chunks_exact(CHUNK_ID_LEN)
             .map(|c| {
@@ -164,22 +196,29 @@ pub(super) async fn put_chunk(
             )))
         }
     };
-    let body = read_small_body(req.into_body(), max + max / 64 + 4096).await?;
+    let limit = max + max / 64 + 4096;
+    // The body, and the chunk it decompresses to.
+    let need = declared_len(&req, limit)? + if zstd { max as u64 } else { 0 };
+    let memory = state.body_memory(need).await?;
+    let body = read_small_body(req.into_body(), limit).await?;
     let st = state.clone();
     let session = s.clone();
     let (stored, raw_len) = blocking(move || {
-        let raw = if zstd {
-            zstd::bulk::decompress(&body, max).map_err(|e| {
+        let _memory = memory;
+        let decompressed;
+        let raw: &[u8] = if zstd {
+            decompressed = zstd::bulk::decompress(&body, max).map_err(|e| {
                 ApiError::bad_request(format!(
                     "chunk {id}: not a zstd frame of at most {max} bytes: {e}"
                 ))
-            })?
+            })?;
+            &decompressed
         } else {
-            body.to_vec()
+            &body
         };
         let stored = st
             .repo
-            .store_chunk(&id, &raw, &session.pins)
+            .store_chunk(&id, raw, &session.pins)
             .map_err(|e| st.store_error(e))?;
         Ok((stored, raw.len() as u64))
     })
@@ -231,31 +270,46 @@ pub(super) async fn commit(
             "this session is already committing",
         ));
     }
+    let committing = Committing(s.clone());
     let (tx, rx) = mpsc::channel::<BodyItem>(32);
     let st = state.clone();
     let sess = s.clone();
+    // The worker ends the session itself once committed: it may outlive
+    // this request (a client gone after its last byte).
     let work = tokio::task::spawn_blocking(move || {
-        commit_entries(&st, &sess, BodyReader::new(rx), stream_hash)
+        let _committing = committing;
+        let info = commit_entries(&st, &sess, BodyReader::new(rx), stream_hash)?;
+        sess.pins.committed();
+        st.sessions.remove(&sess.id);
+        let m = &st.metrics;
+        m.bytes_ingested.fetch_add(info.size, Ordering::Relaxed);
+        m.bytes_deduplicated
+            .fetch_add(info.size.saturating_sub(info.new_bytes), Ordering::Relaxed);
+        Ok(info)
     });
-    let pumped = pump_body(req.into_body(), tx, u64::MAX, state.config.idle_timeout()).await;
+    // However steadily it trickles, the body has `commit_timeout_secs`:
+    // a commit holds an ingest slot, and its session does not expire.
+    let deadline = state.config.commit_timeout();
+    let pump = pump_body(req.into_body(), tx, u64::MAX, state.config.idle_timeout());
+    let pumped = tokio::time::timeout(deadline, pump)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "the commit body did not arrive within {} s (commit_timeout_secs); \
+                     nothing was committed",
+                    deadline.as_secs()
+                ),
+            ))
+        });
     let result = work
         .await
         .map_err(|e| ApiError::internal(format!("commit worker failed: {e}")));
     let info = match (pumped, result) {
-        (_, Ok(Ok(info))) => {
-            s.pins.committed();
-            info
-        }
-        (Err(e), _) | (Ok(_), Ok(Err(e))) | (Ok(_), Err(e)) => {
-            s.committing.store(false, Ordering::SeqCst);
-            return Err(e);
-        }
+        (_, Ok(Ok(info))) => info,
+        (Err(e), _) | (Ok(_), Ok(Err(e))) | (Ok(_), Err(e)) => return Err(e),
     };
-    state.sessions.remove(sid);
-    let m = &state.metrics;
-    m.bytes_ingested.fetch_add(info.size, Ordering::Relaxed);
-    m.bytes_deduplicated
-        .fetch_add(info.size.saturating_sub(info.new_bytes), Ordering::Relaxed);
     tracing::info!(name = %info.name, id = info.id.0, bytes = info.size, "snapshot committed by chunk protocol");
     Ok(json_response(
         StatusCode::CREATED,

@@ -1,11 +1,11 @@
 //! Snapshots: list, metadata, delete, raw upload (`PUT`) and verified,
-//! streamed restore with `Range` support.
+//! streamed restore with `Range` support (`crate::restore`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bunker_api::{ErrorCode, Role, SnapshotList};
-use bunker_store::{IngestOptions, Piece, SnapshotId};
+use bunker_store::{IngestOptions, SnapshotId};
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{
@@ -16,13 +16,12 @@ use tokio::sync::mpsc;
 
 use super::{blocking, can_read, check_name, parse_hash, require, to_api};
 use crate::error::ApiError;
+use crate::restore::{Held, ENTRY_BATCH};
 use crate::tokens::Principal;
 use crate::{
-    channel_body, json_response, not_allowed, pump_body, BodyItem, BodyReader, Reply, State,
+    channel_body, json_response, not_allowed, pump_body, ActiveStream, BodyItem, BodyReader, Reply,
+    State,
 };
-
-/// Zeros served for zero chunks, a slice at a time.
-static ZEROS: [u8; 1 << 20] = [0u8; 1 << 20];
 
 pub(super) async fn list(
     state: &Arc<State>,
@@ -207,20 +206,22 @@ pub(super) async fn data(
     let info = readable(state, p, name, id).await?;
     let range = parse_range(req.headers().get(RANGE), info.size)?;
     let (start, end) = range.unwrap_or((0, info.size));
+    let quota = state.restore_permit(p)?;
     let st = state.clone();
     let n = info.name.clone();
     let sid = info.id;
-    let reader = blocking(move || {
-        st.repo
-            .reader(&n, Some(sid), Some(start..end))
-            .map_err(|e| st.store_error(e))
+    let (cursor, first) = blocking(move || {
+        let mut c = st
+            .repo
+            .manifest_cursor(&n, sid, start)
+            .map_err(|e| st.store_error(e))?;
+        let first = c.next_batch(ENTRY_BATCH).map_err(|e| st.store_error(e))?;
+        Ok((c, first))
     })
     .await?;
-    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
-    let st = state.clone();
     let label = format!("{}@{}", info.name, info.id);
-    tokio::task::spawn_blocking(move || stream_pieces(reader, tx, &st, &label));
-    let mut r = Response::new(channel_body(rx));
+    let body = crate::restore::stream(state, label, cursor, first, start..end, quota);
+    let mut r = Response::new(body);
     let h = r.headers_mut();
     h.insert(
         CONTENT_TYPE,
@@ -258,39 +259,50 @@ pub(super) async fn manifest(
         return Err(not_allowed());
     }
     let info = readable(state, p, name, id).await?;
+    let quota = state.restore_permit(p)?;
     let st = state.clone();
     let (n, sid) = (info.name.clone(), info.id);
-    let entries = blocking(move || {
+    let cursor = blocking(move || {
         st.repo
-            .manifest_entries(&n, sid)
+            .manifest_cursor(&n, sid, 0)
             .map_err(|e| st.store_error(e))
     })
     .await?;
-    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
-    tokio::task::spawn_blocking(move || {
-        let mut buf = Vec::with_capacity(40 * 4096);
-        for e in entries {
-            match e {
-                Ok(e) => {
-                    buf.extend_from_slice(&e.end.to_le_bytes());
-                    buf.extend_from_slice(&e.id.0);
+    // Batches are read on the blocking pool and sent from a task: a client
+    // that stops reading holds one batch and no thread.
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(1);
+    let st = state.clone();
+    tokio::spawn(async move {
+        let _quota = quota;
+        st.metrics.active_restores.fetch_add(1, Ordering::Relaxed);
+        let mut cursor = Some(cursor);
+        while let Some(mut c) = cursor.take() {
+            let read = tokio::task::spawn_blocking(move || {
+                let b = c.next_batch(ENTRY_BATCH);
+                (c, b)
+            })
+            .await;
+            let item = match read {
+                Ok((c, Ok(batch))) if !batch.is_empty() => {
+                    cursor = Some(c);
+                    let mut buf = Vec::with_capacity(40 * batch.len());
+                    for e in batch {
+                        buf.extend_from_slice(&e.end.to_le_bytes());
+                        buf.extend_from_slice(&e.id.0);
+                    }
+                    Ok(Bytes::from(buf))
                 }
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-                    return;
-                }
-            }
-            if buf.len() >= 40 * 4096
-                && tx
-                    .blocking_send(Ok(Bytes::from(std::mem::take(&mut buf))))
-                    .is_err()
-            {
-                return;
+                Ok((_, Ok(_))) => break,
+                Ok((_, Err(e))) => Err(std::io::Error::other(e.to_string())),
+                Err(e) => Err(std::io::Error::other(format!(
+                    "manifest reader failed: {e}"
+                ))),
+            };
+            if tx.send(item).await.is_err() {
+                break;
             }
         }
-        if !buf.is_empty() {
-            let _ = tx.blocking_send(Ok(Bytes::from(buf)));
-        }
+        st.metrics.active_restores.fetch_sub(1, Ordering::Relaxed);
     });
     let mut r = Response::new(channel_body(rx));
     r.headers_mut().insert(
@@ -318,6 +330,25 @@ pub(super) async fn chunk(
     let chunk =
         bunker_store::ChunkId::from_hex(chunk).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let info = readable(state, p, name, id).await?;
+    let quota = state.restore_permit(p)?;
+    // The chunk's length is known once it is read: take room for the
+    // longest and give back the rest.
+    let max = u64::from(state.repo.chunker_params().max_len);
+    let limit = state.config.write_timeout();
+    let mut budget = state
+        .restores
+        .budget
+        .take(max, limit)
+        .await
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "no restore memory came free within {} s; retry later",
+                    limit.as_secs()
+                ),
+            )
+        })?;
     let st = state.clone();
     let label = format!("{}@{}", info.name, info.id);
     let data = blocking(move || {
@@ -329,62 +360,20 @@ pub(super) async fn chunk(
         })
     })
     .await?;
+    let len = data.len().max(1);
+    if budget.num_permits() > len {
+        drop(budget.split(budget.num_permits() - len));
+    }
     state
         .metrics
         .restore_bytes
         .fetch_add(data.len() as u64, Ordering::Relaxed);
-    let mut r = Response::new(crate::full(data));
+    let mut r = Response::new(crate::full(Held::bytes(data, budget, Some(quota))));
     r.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
     Ok(r)
-}
-
-/// Sends verified pieces into the response. On the first error the body is
-/// aborted (the client sees a cut response, never wrong bytes) and the
-/// damage is logged with its pack and offset.
-fn stream_pieces(
-    mut reader: bunker_store::SnapshotReader,
-    tx: mpsc::Sender<std::io::Result<Bytes>>,
-    state: &State,
-    label: &str,
-) {
-    loop {
-        match reader.next_piece() {
-            Ok(Some(Piece::Data(d))) => {
-                state
-                    .metrics
-                    .restore_bytes
-                    .fetch_add(d.len() as u64, Ordering::Relaxed);
-                if tx.blocking_send(Ok(Bytes::from(d))).is_err() {
-                    return;
-                }
-            }
-            Ok(Some(Piece::Zero(mut n))) => {
-                state.metrics.restore_bytes.fetch_add(n, Ordering::Relaxed);
-                while n > 0 {
-                    let k = n.min(ZEROS.len() as u64) as usize;
-                    if tx
-                        .blocking_send(Ok(Bytes::from_static(&ZEROS[..k])))
-                        .is_err()
-                    {
-                        return;
-                    }
-                    n -= k as u64;
-                }
-            }
-            Ok(None) => return,
-            Err(e) => {
-                tracing::error!(snapshot = label, "restore aborted: {e}");
-                state.metrics.error("corrupt_data");
-                let _ = tx.blocking_send(Err(std::io::Error::other(format!(
-                    "restore of {label} aborted: {e}"
-                ))));
-                return;
-            }
-        }
-    }
 }
 
 /// `PUT /v1/snapshots/{name}`: the body is the image.
@@ -422,8 +411,8 @@ pub(super) async fn upload(
         .chars()
         .take(192)
         .collect::<String>();
-    let permit = state.stream_permit()?;
-    state.metrics.active_streams.fetch_add(1, Ordering::Relaxed);
+    let slot = state.stream_permit(p)?;
+    let active = ActiveStream::new(state);
     let (tx, rx) = mpsc::channel::<BodyItem>(32);
     let st = state.clone();
     let n = name.to_string();
@@ -432,7 +421,10 @@ pub(super) async fn upload(
         expected_hash: expected,
         creator: p.id,
     };
+    // The slot and the gauge go with the ingest, which may outlive this
+    // request (a client gone after its last byte).
     let ingest = tokio::task::spawn_blocking(move || {
+        let _held = (slot, active);
         let mut last = bunker_store::Progress::default();
         let r = st.repo.ingest(&n, BodyReader::new(rx), &opts, &mut |pr| {
             let m = &st.metrics;
@@ -450,8 +442,6 @@ pub(super) async fn upload(
     let result = ingest
         .await
         .map_err(|e| ApiError::internal(format!("ingest worker failed: {e}")));
-    state.metrics.active_streams.fetch_sub(1, Ordering::Relaxed);
-    drop(permit);
     // A body failure explains an ingest failure better than "cut off".
     let info = match (pumped, result) {
         (_, Ok(Ok(info))) => info,

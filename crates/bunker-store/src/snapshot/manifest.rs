@@ -252,6 +252,36 @@ impl ManifestReader {
         Ok(entries)
     }
 
+    /// Up to `max` entries from entry `first`, whose start is `start`, in
+    /// one positioned read: for readers that keep no buffer between
+    /// batches. Empty after the last entry.
+    pub(crate) fn entries_at(
+        &self,
+        first: u64,
+        start: u64,
+        max: usize,
+    ) -> Result<Vec<ManifestEntry>> {
+        let n = self.header.entries.saturating_sub(first).min(max as u64) as usize;
+        let mut buf = vec![0u8; n * ENTRY_LEN];
+        self.file
+            .read_exact_at(&mut buf, HEADER_LEN as u64 + first * ENTRY_LEN as u64)
+            .at(&self.path)?;
+        let mut out = Vec::with_capacity(n);
+        let mut start = start;
+        for (k, b) in buf.chunks_exact(ENTRY_LEN).enumerate() {
+            let (end, id) = decode_entry(b);
+            if end <= start || end > self.header.size {
+                return Err(self.corrupt(format!(
+                    "entry {} ends at {end}, out of order",
+                    first + k as u64
+                )));
+            }
+            out.push(ManifestEntry { start, end, id });
+            start = end;
+        }
+        Ok(out)
+    }
+
     /// Reads all entries and checks them against the footer's checksum,
     /// their order and the snapshot size.
     pub(crate) fn verify_entries(&self) -> Result<()> {
