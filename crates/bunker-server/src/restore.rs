@@ -160,13 +160,9 @@ pub(crate) fn stream(
 
 impl Stream {
     async fn run(mut self) {
-        let m = &self.state.metrics;
-        m.active_restores.fetch_add(1, Ordering::Relaxed);
+        let active = crate::Counted::new(&self.state, |m| &m.active_restores);
         let outcome = self.pump().await;
-        self.state
-            .metrics
-            .active_restores
-            .fetch_sub(1, Ordering::Relaxed);
+        drop(active);
         if let Err(Stop::Failed(why)) = outcome {
             tracing::error!(snapshot = self.label, "restore aborted: {why}");
             let _ = self
