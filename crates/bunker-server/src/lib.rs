@@ -224,23 +224,30 @@ pub struct IngestSlot {
     _quota: QuotaGuard,
 }
 
-/// `bunker_active_streams` while it lives: held by the ingest work itself,
-/// so the gauge falls back however the request ends.
-pub(crate) struct ActiveStream(Arc<State>);
+/// One unit of a metrics gauge while it lives: held by the work itself,
+/// so the gauge falls back however the work ends (a request future dropped
+/// midway included).
+pub(crate) struct Counted {
+    state: Arc<State>,
+    gauge: fn(&Metrics) -> &std::sync::atomic::AtomicI64,
+}
 
-impl ActiveStream {
-    pub(crate) fn new(state: &Arc<State>) -> ActiveStream {
-        state.metrics.active_streams.fetch_add(1, Ordering::Relaxed);
-        ActiveStream(state.clone())
+impl Counted {
+    pub(crate) fn new(
+        state: &Arc<State>,
+        gauge: fn(&Metrics) -> &std::sync::atomic::AtomicI64,
+    ) -> Counted {
+        gauge(&state.metrics).fetch_add(1, Ordering::Relaxed);
+        Counted {
+            state: state.clone(),
+            gauge,
+        }
     }
 }
 
-impl Drop for ActiveStream {
+impl Drop for Counted {
     fn drop(&mut self) {
-        self.0
-            .metrics
-            .active_streams
-            .fetch_sub(1, Ordering::Relaxed);
+        (self.gauge)(&self.state.metrics).fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::restore::{Held, ENTRY_BATCH};
 use crate::tokens::Principal;
 use crate::{
-    channel_body, json_response, not_allowed, pump_body, ActiveStream, BodyItem, BodyReader, Reply,
+    channel_body, json_response, not_allowed, pump_body, BodyItem, BodyReader, Counted, Reply,
     State,
 };
 
@@ -273,8 +273,7 @@ pub(super) async fn manifest(
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(1);
     let st = state.clone();
     tokio::spawn(async move {
-        let _quota = quota;
-        st.metrics.active_restores.fetch_add(1, Ordering::Relaxed);
+        let _held = (quota, Counted::new(&st, |m| &m.active_restores));
         let mut cursor = Some(cursor);
         while let Some(mut c) = cursor.take() {
             let read = tokio::task::spawn_blocking(move || {
@@ -302,7 +301,6 @@ pub(super) async fn manifest(
                 break;
             }
         }
-        st.metrics.active_restores.fetch_sub(1, Ordering::Relaxed);
     });
     let mut r = Response::new(channel_body(rx));
     r.headers_mut().insert(
@@ -412,7 +410,7 @@ pub(super) async fn upload(
         .take(192)
         .collect::<String>();
     let slot = state.stream_permit(p)?;
-    let active = ActiveStream::new(state);
+    let active = Counted::new(state, |m| &m.active_streams);
     let (tx, rx) = mpsc::channel::<BodyItem>(32);
     let st = state.clone();
     let n = name.to_string();
