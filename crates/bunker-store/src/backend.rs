@@ -6,6 +6,9 @@
 //! all an object store (S3 and the like) offers, so packs can move there
 //! without touching the rest of the engine. [`LocalPacks`] is the default:
 //! the staging file is already in place and sealing is a rename.
+//! [`MemPacks`] holds sealed packs in memory, for tests. Every backend must
+//! pass the suite in [`conformance`] (feature `conformance` outside this
+//! crate's tests).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -16,6 +19,11 @@ use std::sync::{Arc, Mutex};
 use crate::error::IoContext;
 use crate::mmap::SealedMap;
 use crate::{durable, Error, PackId, Result};
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+mod mem;
+pub use mem::MemPacks;
 
 pub trait PackBackend: Send + Sync {
     /// Where a new pack is staged while it is written.
@@ -292,5 +300,28 @@ impl PackBackend for LocalPacks {
             (pack.0 >> 8) & 0xff,
             pack.0
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_packs_pass_the_conformance_suite_with_pread() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance::run(&LocalPacks::new(dir.path().join("packs"), ReadMode::Pread));
+    }
+
+    #[test]
+    fn local_packs_pass_the_conformance_suite_with_mmap() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance::run(&LocalPacks::new(dir.path().join("packs"), ReadMode::Mmap));
+    }
+
+    #[test]
+    fn mem_packs_pass_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance::run(&MemPacks::new(dir.path().join("staging")));
     }
 }
