@@ -6,6 +6,9 @@
 //! all an object store (S3 and the like) offers, so packs can move there
 //! without touching the rest of the engine. [`LocalPacks`] is the default:
 //! the staging file is already in place and sealing is a rename.
+//! [`MemPacks`] holds sealed packs in memory, for tests. Every backend must
+//! pass the suite in [`conformance`] (feature `conformance` outside this
+//! crate's tests).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -16,6 +19,11 @@ use std::sync::{Arc, Mutex};
 use crate::error::IoContext;
 use crate::mmap::SealedMap;
 use crate::{durable, Error, PackId, Result};
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+mod mem;
+pub use mem::MemPacks;
 
 pub trait PackBackend: Send + Sync {
     /// Where a new pack is staged while it is written.
@@ -292,5 +300,97 @@ impl PackBackend for LocalPacks {
             (pack.0 >> 8) & 0xff,
             pack.0
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_packs_pass_the_conformance_suite_with_pread() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance::run(&LocalPacks::new(dir.path().join("packs"), ReadMode::Pread));
+    }
+
+    #[test]
+    fn local_packs_pass_the_conformance_suite_with_mmap() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance::run(&LocalPacks::new(dir.path().join("packs"), ReadMode::Mmap));
+    }
+
+    #[test]
+    fn mem_packs_pass_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance::run(&MemPacks::new(dir.path().join("staging")));
+    }
+
+    /// MemPacks with one broken promise, to show the suite catches it.
+    struct Broken {
+        inner: MemPacks,
+        gone_is_io: bool,
+        short_reads: bool,
+    }
+
+    impl PackBackend for Broken {
+        fn staging_path(&self, pack: PackId) -> PathBuf {
+            self.inner.staging_path(pack)
+        }
+        fn store_sealed(&self, pack: PackId, staged: &Path) -> Result<()> {
+            self.inner.store_sealed(pack, staged)
+        }
+        fn read(&self, pack: PackId, offset: u64, len: usize) -> Result<Vec<u8>> {
+            if self.short_reads {
+                let have = self.inner.pack_len(pack)?;
+                let len = len.min(have.saturating_sub(offset) as usize);
+                return self.inner.read(pack, offset.min(have), len);
+            }
+            self.inner.read(pack, offset, len)
+        }
+        fn pack_len(&self, pack: PackId) -> Result<u64> {
+            match self.inner.pack_len(pack) {
+                Err(Error::NotFound { .. }) if self.gone_is_io => Err(Error::io(
+                    self.staging_path(pack),
+                    std::io::Error::other("gone"),
+                )),
+                r => r,
+            }
+        }
+        fn list(&self) -> Result<Vec<PackId>> {
+            self.inner.list()
+        }
+        fn list_staged(&self) -> Result<Vec<PackId>> {
+            self.inner.list_staged()
+        }
+        fn delete(&self, pack: PackId) -> Result<()> {
+            self.inner.delete(pack)
+        }
+        fn describe(&self, pack: PackId) -> String {
+            self.inner.describe(pack)
+        }
+    }
+
+    fn broken(dir: &Path, gone_is_io: bool, short_reads: bool) -> Broken {
+        Broken {
+            inner: MemPacks::new(dir.join("staging")),
+            gone_is_io,
+            short_reads,
+        }
+    }
+
+    // GC would keep a pack it deleted as "may still exist" forever.
+    #[test]
+    #[should_panic(expected = "want NotFound")]
+    fn the_suite_rejects_a_backend_that_reports_a_deleted_pack_as_io() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance::deleted_pack_is_not_found(&broken(dir.path(), true, false));
+    }
+
+    // A short pack would hand back fewer bytes than the record needs.
+    #[test]
+    #[should_panic(expected = "want an error other than NotFound")]
+    fn the_suite_rejects_a_backend_whose_reads_past_the_end_are_short() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance::read_past_the_end_is_an_error(&broken(dir.path(), false, true));
     }
 }

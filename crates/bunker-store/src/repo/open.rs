@@ -148,11 +148,36 @@ impl Repository {
             });
         }
         let lock = lock_repository(path)?;
-        Self::open_locked(path, opts, lock)
+        Self::open_locked(path, opts, lock, None)
     }
 
-    /// Opens the repository whose lock the caller already holds.
-    fn open_locked(path: &Path, opts: OpenOptions, lock: File) -> Result<Repository> {
+    /// Opens the repository at `path` with its sealed packs in `backend`
+    /// instead of `<path>/packs` (`opts.read_mode` is then unused). The
+    /// index, manifests and config stay under `path`; the index must
+    /// describe the packs `backend` holds (an empty repository, or one whose
+    /// packs were always there), else reads fail as damage.
+    pub fn open_with_backend(
+        path: &Path,
+        opts: OpenOptions,
+        backend: Box<dyn PackBackend>,
+    ) -> Result<Repository> {
+        if !path.join("config").exists() {
+            return Err(Error::NotFound {
+                what: format!("bunker repository at {} (no config file)", path.display()),
+            });
+        }
+        let lock = lock_repository(path)?;
+        Self::open_locked(path, opts, lock, Some(backend))
+    }
+
+    /// Opens the repository whose lock the caller already holds, with its
+    /// packs in `backend` or, when None, under `<path>/packs`.
+    fn open_locked(
+        path: &Path,
+        opts: OpenOptions,
+        lock: File,
+        backend: Option<Box<dyn PackBackend>>,
+    ) -> Result<Repository> {
         let config_path = path.join("config");
         let bytes = std::fs::read(&config_path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::NotFound {
@@ -169,7 +194,8 @@ impl Repository {
             temp_files_removed: remove_replace_temps(path)?,
             ..Recovery::default()
         };
-        let backend = LocalPacks::new(path.join("packs"), opts.read_mode);
+        let backend = backend
+            .unwrap_or_else(|| Box::new(LocalPacks::new(path.join("packs"), opts.read_mode)));
         let index_dir = path.join("index");
         let index = match Index::open(&index_dir, opts.index_flush_at) {
             Ok(index) => index,
@@ -197,9 +223,9 @@ impl Repository {
             Err(e) => return Err(e),
         };
         let tombstones = read_tombstones(path)?;
-        let backend = finish_condemned(backend, &tombstones)?;
+        finish_condemned(&*backend, &tombstones)?;
         index.set_tombstones(tombstones);
-        let mut next_pack = recover_packs(&backend, &index, config.repo_id, &mut recovery)?;
+        let mut next_pack = recover_packs(&*backend, &index, config.repo_id, &mut recovery)?;
         // Never reuse the id of a tombstoned pack (after an index rebuild
         // the covered ranges that would prevent it are gone).
         let tombs = index.current_tombstones();
@@ -217,12 +243,7 @@ impl Repository {
             inner: Arc::new(Inner {
                 root: path.to_path_buf(),
                 chunker: Chunker::new(config.chunker),
-                packs: Packs::new(
-                    Box::new(backend),
-                    config.repo_id,
-                    config.pack_target_len,
-                    next_pack,
-                ),
+                packs: Packs::new(backend, config.repo_id, config.pack_target_len, next_pack),
                 index,
                 config,
                 next_snapshot: AtomicU64::new(next_snapshot),
@@ -251,23 +272,23 @@ impl Repository {
         if index_dir.exists() {
             std::fs::remove_dir_all(&index_dir).at(&index_dir)?;
         }
-        Repository::open_locked(path, OpenOptions::default(), lock)?.close()
+        Repository::open_locked(path, OpenOptions::default(), lock, None)?.close()
     }
 }
 
 /// Deletes condemned packs a GC did not get to before it stopped: the
 /// decision was durable, and no reader can depend on them (lookups never
 /// hand out a tombstoned location).
-fn finish_condemned(backend: LocalPacks, t: &Tombstones) -> Result<LocalPacks> {
+fn finish_condemned(backend: &dyn PackBackend, t: &Tombstones) -> Result<()> {
     if t.packs.is_empty() {
-        return Ok(backend);
+        return Ok(());
     }
     let present: std::collections::HashSet<u64> = backend.list()?.iter().map(|p| p.0).collect();
     for &p in t.packs.iter().filter(|p| present.contains(p)) {
         tracing::info!(pack = p, "deleting a pack an interrupted GC condemned");
         backend.delete(crate::PackId(p))?;
     }
-    Ok(backend)
+    Ok(())
 }
 
 /// Takes the repository's exclusive lock (`flock` on `<repo>/lock`),
@@ -335,7 +356,7 @@ fn remove_replace_temps(root: &Path) -> Result<Vec<PathBuf>> {
 /// does not cover (both counted, and torn tails listed, in `recovery`).
 /// Returns the next free pack id.
 fn recover_packs(
-    backend: &LocalPacks,
+    backend: &dyn PackBackend,
     index: &Index,
     repo_id: [u8; 16],
     recovery: &mut Recovery,
