@@ -4,7 +4,7 @@
 //! Every error response has the body `{"error": {"code": "...",
 //! "message": "..."}}`; codes are stable ([`ErrorCode`]), messages are for
 //! people and never contain filesystem paths. The routes are documented in
-//! the README ("HTTP API").
+//! docs/API.md.
 
 use serde::{Deserialize, Serialize};
 

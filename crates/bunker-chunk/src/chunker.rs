@@ -38,7 +38,7 @@ impl ChunkerParams {
     /// The default: average 256 KiB, min 64 KiB, max 1 MiB. Chosen by the
     /// chunk-size sweep in `tools` on SAN-like images: next days store 2.4%
     /// of their size against 6.5% at 1 MiB, for about 4 index entries
-    /// (230 bytes) per MiB of unique data (README, "Choosing the chunk
+    /// (230 bytes) per MiB of unique data (docs/OPERATIONS.md, "Chunk
     /// size").
     pub const DEFAULT: ChunkerParams = ChunkerParams {
         min_len: 64 << 10,

@@ -276,7 +276,7 @@ fn first_start_refuses_a_link_at_admin_token_and_replaces_a_stale_secret() {
     let first = server.admin.clone();
     stop(server);
 
-    // tokens.json without admin.token (moved away, as the README advises):
+    // tokens.json without admin.token (moved away, as docs/OPERATIONS.md advises):
     // the server starts, creates no other admin, and the secret works.
     std::fs::remove_file(&token_file).unwrap();
     let server = Server::start_as(BIN, &data, &[], Some(&first));

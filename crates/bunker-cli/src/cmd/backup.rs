@@ -111,3 +111,24 @@ fn source_size(f: &std::fs::File) -> Option<u64> {
     f.seek(SeekFrom::Start(0)).ok()?;
     Some(end)
 }
+
+/// The rest of `bunker backup --help`, after the options; also in docs/CLI.md.
+pub(crate) const LONG_HELP: &str = r##"Backs up a file, a block device, or stdin (-) as a new snapshot of NAME,
+with the chunk protocol: the client reads /v1/info, cuts chunks with the
+server's parameters on all cores, asks per 16 MiB block which chunk ids the
+server lacks, uploads those in parallel (zstd level 1 when it saves at least
+1/32), and commits the manifest with the whole-image BLAKE3. The manifest is
+spooled to a temporary file (TMPDIR), 40 bytes per chunk.
+
+On any error the session is deleted and nothing is committed. Chunks already
+uploaded stay in the repository, so a rerun sends only the rest.
+
+The source label kept in the snapshot is file:<path> or stdin.
+
+Prints on stdout:
+
+    vol1@1: 256.00 MiB in 0.8 s (0.36 GB/s), 641 chunks, 472 new (79.79 MiB stored, 79.32 MiB sent)
+
+stored is what the repository grew by (after dedup and compression); sent is
+what crossed the network. With --json:
+{"name","id","size_bytes","new_bytes","uploaded_bytes","chunks","new_chunks","seconds","gb_per_s","blake3"}."##;

@@ -119,3 +119,9 @@ pub fn run(args: Args) -> CmdResult {
     drop(server);
     Ok(())
 }
+
+/// The rest of `bunker demo --help`, after the options; also in docs/CLI.md.
+pub(crate) const LONG_HELP: &str = r##"Starts a server on 127.0.0.1:0 with its data in a temporary directory,
+generates a SAN-like image (--size, default 1G; seed default 1) and its next
+day, backs both up as demo-volume, restores the latest to a file, drills it,
+prints a table and the dedup and compression ratios, and deletes everything."##;

@@ -239,3 +239,38 @@ fn failed(
         verified_by,
     }
 }
+
+/// The rest of `bunker drill --help`, after the options; also in docs/CLI.md.
+pub(crate) const LONG_HELP: &str = r##"A restore to nowhere: fetches and verifies every non-zero chunk and the
+whole-image BLAKE3, writes nothing, reports the rate. --all drills the
+latest snapshot of every name the token may see. Prints on stdout, one line
+per snapshot:
+
+    drill vol1@2: OK, 257.28 MiB verified in 0.2 s (1.23 GB/s, 579 chunks); estimated full restore at this rate: 0.2 s
+    drill vol2: FAILED: verification failed: the restored image hashes to cac2…, the snapshot's BLAKE3 is 89fd…
+
+The exit code is the worst over all drilled snapshots (4 over 3 over 1).
+
+Each result is reported to the server (POST .../drill), which keeps it as
+the snapshot's last drill (bunker snapshots, /metrics). A drill that never
+reached the data (unknown snapshot, server unreachable, token refused or not
+allowed) is not reported: it says nothing about the snapshot. If the report
+itself fails, the drill's result and exit code stand and stderr says
+warning: the server did not record the drill of vol1@2: …. The server
+records such a report as the token's claim (verified_by: client, with the
+token's id and label): it cannot tell whether the drill ran.
+
+--server-side asks the server to drill the snapshot itself (POST .../drill
+with {"verify": "server"}): it reads every chunk, checks each one and the
+whole-image BLAKE3, and records the result as verified by the server, which
+no client report replaces (last_server_drill). Nothing crosses the network
+but the answer; the request takes as long as reading the snapshot on the
+server. One server drill runs at a time (another gets 409 busy).
+
+    drill vol1@2: OK, 257.28 MiB read and verified by the server in 0.2 s (1.31 GB/s)
+    drill vol2@5 (server): FAILED: after 8388608 bytes: corrupt data in packs/02/00/0000000000000002.pack at offset 4194432 (chunk 5be2…): record checksum mismatch
+
+With --json: one object
+{"name","id","bytes","seconds","gb_per_s","estimated_restore_seconds","chunks_verified","verified","error","verified_by"}
+(verified_by is client or server; chunks_verified is null for a server
+drill), or an array of them when more than one snapshot was drilled."##;

@@ -101,6 +101,29 @@ pub fn run(g: &Global, a: Args) -> CmdResult {
     Ok(())
 }
 
+/// The rest of `bunker prune --help`, after the options; also in docs/CLI.md.
+pub(crate) const LONG_HELP: &str = r##"Needs an admin token.
+
+Applies a retention policy to one name or to every name the token may see.
+Rules (any combination; a policy that keeps nothing is refused): --keep-last
+N, --keep-hourly N, --keep-daily N, --keep-weekly N, --keep-monthly N,
+--keep-yearly N (the newest snapshot of each of the N most recent UTC
+periods that have one; weeks start on Monday), and --keep-within DURATION
+(36h, 7d, 2w, 1y: everything committed at most that long before the newest
+snapshot). Times are the server's commit times; "newest" is the highest id
+(commit order), so a snapshot committed under a clock set ahead never
+outranks later ones. The newest snapshot of a name is always kept. --dry-run
+lists each snapshot with the rules that keep it, or what would be removed.
+Pruning removes manifests only; their chunks stay until garbage collection
+reclaims them (bunker gc).
+
+    $ bunker prune vol1 --keep-last 2 --dry-run
+    vol1: keep 2, would remove 3
+      vol1@5        2026-11-22 01:58:03Z  keep (last)
+      vol1@4        2026-11-22 01:58:03Z  keep (last)
+      vol1@3        2026-11-22 01:58:03Z  would remove
+      ..."##;
+
 #[cfg(test)]
 mod tests {
     #[test]

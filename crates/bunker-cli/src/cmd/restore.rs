@@ -83,3 +83,54 @@ pub fn run(g: &Global, args: Args) -> CmdResult {
     }
     Ok(())
 }
+
+/// The rest of `bunker restore --help`, after the options; also in docs/CLI.md.
+pub(crate) const LONG_HELP: &str = r##"Restores NAME@ID, or the latest snapshot of NAME (also NAME@latest), to a
+regular file, a block device, or stdout (-). Four threads fetch runs of up
+to 16 consecutive chunks (4 MiB) as byte ranges of the image, up to 80
+chunks ahead of the writer. The server verifies each chunk's BLAKE3 against
+its id before sending it and cuts the response at the first damaged one; the
+client then fetches that run again chunk by chunk, so the error names the
+damaged chunk and its byte range. At the end the BLAKE3 of the whole image
+must equal the snapshot's, which covers every byte that crossed the wire.
+
+- Regular file: refused if it exists, unless --force. The image is written
+  to TARGET.bunker-partial beside it (sized first, zero chunks left as
+  holes), fsynced, and renamed over TARGET only after the whole-image hash
+  matched; then the directory is fsynced. TARGET is therefore either
+  untouched or the complete, verified image; with --force the disk needs
+  room for both until the rename. The new file replaces the old one (a new
+  inode: the old file's permissions and other hard links are not carried
+  over). Without --force, a TARGET that appears during the restore is not
+  replaced.
+- Symbolic link: refused, unless it leads to a block device (as the names
+  under /dev/disk/by-id do). A restore never writes through a link to a
+  file, so a dangling link never creates or truncates what it names.
+- Block device: written in place, zeros included, only with --force; refused
+  if it is smaller than the image or in use (mounted: it is opened with
+  O_EXCL). It cannot be renamed into place, so a failed restore leaves it
+  partly written.
+- -: written in order to stdout, zeros included (the hash is checked after
+  the bytes went out).
+- Anything else (a directory, /dev/null, a FIFO) is refused. Use - or bunker
+  drill.
+
+A failed restore (damaged chunk, lost connection, stalled server, full disk,
+hash mismatch) exits non-zero, removes its .bunker-partial file and leaves
+TARGET as it was: the old file with --force, nothing otherwise. A restore
+that is killed leaves its .bunker-partial file (full size, possibly with
+holes where it had not written yet); the next restore to the same TARGET
+replaces it. Two restores to the same TARGET at once: the second is refused
+(the partial file is locked).
+
+Nothing the server sends sizes memory unchecked: a manifest entry longer
+than the repository's largest chunk (max_bytes of /v1/info) or a chunk
+answer longer than the chunk is refused (exit 4), and a server that sends
+nothing for --timeout seconds fails the restore (exit 1).
+
+The report goes to stderr, since stdout may carry the image:
+
+    restored vol1@2: 257.28 MiB in 0.5 s (0.55 GB/s), 579 chunks verified, 65.00 MiB as holes, BLAKE3 ea565576e30c453d ok
+
+With --json (also on stderr):
+{"name","id","bytes","seconds","gb_per_s","chunks_verified","blake3","verified"}."##;

@@ -125,3 +125,7 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
 }
+
+/// The rest of `bunker serve --help`, after the options; also in docs/CLI.md.
+pub(crate) const LONG_HELP: &str = r##"The TOML keys and defaults, TLS, shutdown and the data directory are in
+docs/OPERATIONS.md."##;

@@ -89,3 +89,75 @@ pub fn stats(g: &Global) -> CmdResult {
     }
     Ok(())
 }
+
+/// The rest of `bunker snapshots --help`, after the options; also in docs/CLI.md.
+pub(crate) const LONG_HELP: &str = r##"Lists the snapshots the token may see (all, or those of NAME), by name, then
+id. An unknown name gives an empty list and exit 0. VERIFIED and DRILLED are
+the last verify that covered the snapshot and its last restore drill, as the
+server recorded them: ok or FAILED and how long ago (seconds, minutes, hours
+or days), or never. DRILLED ends with who verified the data: (client) for a
+drill a client ran and reported (the server cannot check it), (server) for
+one the server ran itself (bunker drill --server-side).
+
+Three volumes, each backed up for two to four days (the day images of
+bunker-gen --days, backed up within seconds), and vol1-test, a copy of
+vol1's latest image; then bunker gc, vol1 pruned to its last 2, bunker gc
+again, bunker verify and, half a minute later, bunker drill --all (which
+drills the latest snapshot of each name):
+
+    NAME                           ID TIME (UTC)                    SIZE    NEW BYTES  VERIFIED         DRILLED
+    db1                             3 2026-11-22 04:05:37Z     32.00 MiB     7.51 MiB  ok 34s ago       never
+    db1                             6 2026-11-22 04:05:37Z     32.16 MiB     1.17 MiB  ok 34s ago       ok 0s ago
+    vol1                            7 2026-11-22 04:05:37Z     64.64 MiB     3.45 MiB  ok 34s ago       never
+    vol1                            9 2026-11-22 04:05:37Z     64.97 MiB     4.40 MiB  ok 34s ago       ok 0s ago
+    vol1-test                      10 2026-11-22 04:05:42Z     64.97 MiB          0 B  ok 34s ago       ok 0s ago
+    vol2                            2 2026-11-22 04:05:37Z     64.00 MiB    20.29 MiB  ok 34s ago       never
+    vol2                            5 2026-11-22 04:05:37Z     64.32 MiB     2.03 MiB  ok 34s ago       never
+    vol2                            8 2026-11-22 04:05:37Z     64.64 MiB     3.18 MiB  ok 34s ago       ok 0s ago
+
+With --json: the GET /v1/snapshots body, where the details are in
+last_verify, last_drill and last_server_drill."##;
+
+/// The rest of `bunker stats --help`, after the options; also in docs/CLI.md.
+pub(crate) const STATS_LONG_HELP: &str = r##"Repository figures, for any token, without a scan: the server reads the
+space file the last GC wrote, the snapshot headers and the list of pack
+files (docs/GC.md, "Space accounting"). The same repository as the example of
+bunker snapshots --help:
+
+    $ bunker stats
+    snapshots          8
+    logical bytes      451.71 MiB
+    unique bytes       164.14 MiB (after dedup)
+    referenced stored  58.56 MiB (after compression)
+    pack files         63.20 MiB in 9 packs
+    dedup ratio        2.75x
+    compression ratio  2.80x
+    chunks             459
+    accounted by GC    2026-11-22 04:05:45Z (+ backups since)
+
+    NAME                     SNAPSHOTS      LOGICAL         UNIQUE FREES (STORED)
+    db1                              2    64.16 MiB      34.26 MiB       8.68 MiB
+    vol1                             2   129.61 MiB       9.12 MiB       3.72 MiB
+    vol1-test                        1    64.97 MiB            0 B            0 B
+    vol2                             3   192.96 MiB      67.31 MiB      25.50 MiB
+- logical bytes: the sum of snapshot sizes;
+- unique bytes: raw bytes of the distinct chunks the snapshots reference
+  (after dedup, before compression);
+- referenced stored: the same chunks' bytes in packs (after compression);
+- pack files: the size of all pack files, which also holds garbage that GC
+  has not reclaimed (dead records in packs kept whole) and record headers
+  and trailers;
+- dedup ratio is logical/unique, compression ratio unique/referenced stored;
+- accounted by GC: when the last GC measured the data; snapshots and packs
+  written since are added from their headers and lengths. never before the
+  first GC: then every chunk counts for the backup that stored it.
+
+The table has one row per snapshot name. UNIQUE is the raw size of the
+chunks that only that name's snapshots reference; FREES (STORED) their
+stored size, what deleting all of the name's snapshots frees once GC
+reclaims it (at pack granularity). Data names share counts for none of them:
+vol1-test is a copy of vol1's latest image, so it frees nothing, and vol1
+frees only the chunks of vol1@7 that the copy does not hold. A name whose
+snapshots were deleted after the last GC shows (N deleted, awaiting GC):
+their data counts until the next GC. With --json: the GET /v1/stats body,
+which adds index_bytes."##;

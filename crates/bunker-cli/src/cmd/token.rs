@@ -73,3 +73,16 @@ pub fn run(g: &Global, c: Command) -> CmdResult {
     }
     Ok(())
 }
+
+/// The rest of `bunker token --help`, after the options; also in docs/CLI.md.
+pub(crate) const LONG_HELP: &str = r##"  token create --role admin|writer|reader [--scope SCOPE] [--name LABEL]
+      created <role> token <id> on stderr, then the secret alone on stdout.
+      --json: {"token", "info"}
+  token list
+      ID ROLE SCOPE CREATED (UTC) NAME, scope * for none; never secrets. A
+      scoped admin token lists only the tokens inside its scope
+  token revoke ID
+      revoked <id> on stderr; an unknown id (or one outside a scoped admin's
+      scope) exits 3
+
+The secret is shown once. Revocation takes effect on the next request."##;

@@ -144,3 +144,39 @@ pub fn repair(g: &Global, a: RepairArgs) -> CmdResult {
     }
     Ok(())
 }
+
+/// The rest of `bunker verify --help`, after the options; also in docs/CLI.md.
+pub(crate) const LONG_HELP: &str = r##"Needs an admin token. An admin token with a scope may only verify one snapshot in its scope
+(--snapshot); verifying the whole repository needs an unscoped admin.
+
+Scrubs the repository through the server: every record of every pack is
+read, decompressed and checked against its BLAKE3 id (in parallel), the
+index runs are checked against their checksums, and every manifest is read
+and its chunks looked up. --snapshot reads only the chunks of one snapshot
+(in pack order); --sample 10 reads a random 10% of the packs (or of the
+snapshot's chunks); every manifest is still checked against the damage
+found. Prints each damaged item (file, offset, chunk, reason) and each
+snapshot that cannot be restored bit for bit, exactly (no misses, no
+extras). A damaged record is quarantined (taken out of the index): the next
+backup of the same data stores the chunk again, which heals every snapshot
+that needs it; later verifies count it as quarantined, not as new damage,
+and list the snapshots until they are healed. Exit 0 when clean, 4 when
+anything is damaged; --json prints the VerifyReport. The server records the
+verify as the last one of every snapshot it covered (all of them, or the one
+of --snapshot; the detail says when it was a sample): clean, or failed for
+each snapshot it names (bunker snapshots, /metrics).
+
+    $ bunker verify
+    verified 3 packs, 57 chunks, 12.42 MiB in 0.0 s (0.61 GB/s); 2 snapshots checked
+    DAMAGED packs/01/00/0000000000000001.pack at offset 64 chunk 5be2…: record checksum mismatch
+    SNAPSHOT a@1 cannot be restored bit for bit: 1 bad chunk(s); chunk 5be2… is damaged
+    bunker: verify found 1 damaged item(s) affecting 1 snapshot(s)"##;
+
+/// The rest of `bunker repair --help`, after the options; also in docs/CLI.md.
+pub(crate) const REPAIR_LONG_HELP: &str = r##"Offline: rebuilds the chunk index of the data directory from the packs alone
+(the index is a cache of the packs). Opening the repository (the server's
+start) already does this by itself, with a warning in the log, when it finds
+the index torn, truncated or missing a file; this command is for damage only
+verify finds (a bad entry inside an intact index file). Stop the server
+first; a running server holds the repository lock and the repair is refused
+before anything is touched."##;

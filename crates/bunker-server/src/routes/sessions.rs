@@ -1,6 +1,6 @@
 //! The chunk protocol for clients that chunk and hash themselves: only
 //! missing chunks cross the wire. See `crate::sessions` for the lifecycle
-//! and the README for the wire formats.
+//! and docs/API.md, "Chunk protocol", for the wire formats.
 
 use std::io::Read;
 use std::sync::atomic::Ordering;
