@@ -299,6 +299,13 @@ fn said(o: &Output) -> String {
     )
 }
 
+fn assert_alive(server: &mut Server, during: &str) {
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server died during {during}"
+    );
+}
+
 /// Regression (issue 12, item 12): packs were read through memory maps, so
 /// a pack truncated underneath the running server (or a bad sector) was
 /// SIGBUS on the next read: the server died, and restarted into the same
@@ -346,10 +353,7 @@ fn a_pack_truncated_or_failing_under_a_running_server_fails_requests_not_the_ser
             "{args:?} names no chunk: {}",
             said(&o)
         );
-        assert!(
-            server.child.try_wait().unwrap().is_none(),
-            "the server died during {args:?}"
-        );
+        assert_alive(&mut server, &format!("{args:?}"));
     }
     let o = bunker(&server, &token, &["verify"]);
     assert_eq!(o.status.code(), Some(4), "verify: {}", said(&o));
@@ -358,10 +362,7 @@ fn a_pack_truncated_or_failing_under_a_running_server_fails_requests_not_the_ser
         "verify names no snapshot: {}",
         said(&o)
     );
-    assert!(
-        server.child.try_wait().unwrap().is_none(),
-        "the server died during verify"
-    );
+    assert_alive(&mut server, "verify");
     ok(&bunker(
         &server,
         &token,
@@ -400,10 +401,7 @@ fn a_pack_truncated_or_failing_under_a_running_server_fails_requests_not_the_ser
         "verify on EIO: {}",
         said(&o)
     );
-    assert!(
-        server.child.try_wait().unwrap().is_none(),
-        "the server died on EIO"
-    );
+    assert_alive(&mut server, "EIO");
     server.stop();
     // Nothing was quarantined: once reads work, the drill passes.
     let server = Server::start(BIN, &data_dir, &[]);

@@ -41,8 +41,7 @@ pub trait PackBackend: Send + Sync {
         head: &mut [u8],
         stored_len: usize,
     ) -> Result<Vec<u8>> {
-        head.copy_from_slice(&self.read(pack, offset, head.len())?);
-        self.read(pack, offset + head.len() as u64, stored_len)
+        read_record_in_two(self, pack, offset, head, stored_len)
     }
     /// Length of sealed pack `pack`.
     fn pack_len(&self, pack: PackId) -> Result<u64>;
@@ -57,6 +56,18 @@ pub trait PackBackend: Send + Sync {
     fn delete(&self, pack: PackId) -> Result<()>;
     /// A short name for error messages, e.g. `packs/3a/00/000000000000003a.pack`.
     fn describe(&self, pack: PackId) -> String;
+}
+
+/// A record read as two `read`s: its header, then its stored bytes.
+fn read_record_in_two(
+    backend: &(impl PackBackend + ?Sized),
+    pack: PackId,
+    offset: u64,
+    head: &mut [u8],
+    stored_len: usize,
+) -> Result<Vec<u8>> {
+    head.copy_from_slice(&backend.read(pack, offset, head.len())?);
+    backend.read(pack, offset + head.len() as u64, stored_len)
 }
 
 /// How [`LocalPacks`] reads sealed packs.
@@ -217,8 +228,7 @@ impl PackBackend for LocalPacks {
         durable::failpoint!("pack::read", self.sealed_path(pack));
         let opened = self.opened(pack)?;
         let Opened::File(file) = &*opened else {
-            head.copy_from_slice(&self.read(pack, offset, head.len())?);
-            return self.read(pack, offset + head.len() as u64, stored_len);
+            return read_record_in_two(self, pack, offset, head, stored_len);
         };
         let mut stored = vec![0u8; stored_len];
         let want = head.len() + stored_len;

@@ -234,11 +234,8 @@ impl ManifestReader {
         })
     }
 
-    /// All entries, read sequentially and checked against the footer's
-    /// checksum on the way: after the last entry, a mismatch is yielded as
-    /// one more item, a `Corrupt` error. For callers that act on every
-    /// entry (GC's mark) and must not act on a flipped one.
-    pub(crate) fn entries_checked(&self) -> Result<Entries> {
+    /// The entries' checksum the footer records.
+    fn footer_checksum(&self) -> Result<u64> {
         let mut foot = [0u8; FOOTER_LEN];
         self.file
             .read_exact_at(
@@ -247,6 +244,15 @@ impl ManifestReader {
             )
             .at(&self.path)?;
         let (sum, _) = decode_footer(&foot).map_err(|r| self.corrupt(r))?;
+        Ok(sum)
+    }
+
+    /// All entries, read sequentially and checked against the footer's
+    /// checksum on the way: after the last entry, a mismatch is yielded as
+    /// one more item, a `Corrupt` error. For callers that act on every
+    /// entry (GC's mark) and must not act on a flipped one.
+    pub(crate) fn entries_checked(&self) -> Result<Entries> {
+        let sum = self.footer_checksum()?;
         let mut entries = self.entries_from(0)?;
         entries.checksum = Some((xxhash_rust::xxh3::Xxh3::new(), sum));
         Ok(entries)
@@ -302,14 +308,7 @@ impl ManifestReader {
             }
             last = end;
         }
-        let mut foot = [0u8; FOOTER_LEN];
-        self.file
-            .read_exact_at(
-                &mut foot,
-                HEADER_LEN as u64 + self.header.entries * ENTRY_LEN as u64,
-            )
-            .at(&self.path)?;
-        let (sum, _) = decode_footer(&foot).map_err(|r| self.corrupt(r))?;
+        let sum = self.footer_checksum()?;
         if sum != hasher.digest() || last != self.header.size {
             return Err(self.corrupt("manifest entries do not match their checksum"));
         }
