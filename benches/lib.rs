@@ -2,7 +2,7 @@
 
 /// Deterministic pseudo-random bytes, incompressible.
 pub fn random(len: usize) -> Vec<u8> {
-    bunker_tests::noise(0x5EED, len)
+    bunker_testdata::noise(0x5EED, len)
 }
 
 /// Log-line text with varying numbers: compressible, but not trivially.

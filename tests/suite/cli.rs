@@ -5,8 +5,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use bunker_testdata::image::{Image, ImageSpec};
 use bunker_tests::server::Server;
-use bunker_tools::image::{Image, ImageSpec};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bunker-e2e");
 

@@ -2,8 +2,8 @@
 //! stores only a small fraction of its size, both read back bit-exactly.
 
 use bunker_store::{CreateOptions, IngestOptions, Repository};
+use bunker_testdata::image::{Image, ImageSpec};
 use bunker_tests::hash_reader;
-use bunker_tools::image::{Image, ImageSpec};
 
 #[test]
 fn day0_then_day1_round_trip_and_day1_costs_little() {

@@ -22,9 +22,9 @@ use bunker_api::{
 };
 use bunker_chunk::{ChunkId, Chunker, ChunkerParams};
 use bunker_store::{Repository, SnapshotId};
+use bunker_testdata::image::{Image, ImageSpec};
 use bunker_tests::noise;
 use bunker_tests::server::Server;
-use bunker_tools::image::{Image, ImageSpec};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bunker-e2e");
 const MIB: usize = 1 << 20;

@@ -1,8 +1,7 @@
-//! Data generators and benchmark drivers for bunker.
+//! Benchmark drivers and data tools for bunker.
 //!
-//! - [`image`]: deterministic, streamable SAN-like block-device images (day 0 plus
-//!   daily mutations) used to benchmark deduplication realistically. The
-//!   `bunker-gen` binary writes them to files or stdout.
+//! The images they generate come from `bunker-testdata` (the `bunker-gen`
+//! binary writes them to files or stdout); this crate holds what only the
+//! drivers need, such as [`rss`].
 
-pub mod image;
 pub mod rss;

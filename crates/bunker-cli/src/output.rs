@@ -46,17 +46,7 @@ pub fn bar(total: Option<u64>, message: &str) -> ProgressBar {
 }
 
 pub fn time(unix_ms: i64) -> String {
-    // UTC, without a calendar crate: days since the epoch to a civil date.
-    let secs = unix_ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = bunker_store::retention::civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    bunker_store::calendar::format_utc(unix_ms)
 }
 
 /// A recorded check in a table cell: "ok 3h ago", "FAILED 2d ago", "never".

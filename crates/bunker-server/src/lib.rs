@@ -278,14 +278,6 @@ fn connection_limit(configured: usize) -> usize {
     configured.min(fit).max(1)
 }
 
-/// The server's wall clock, unix milliseconds (0 before 1970).
-pub(crate) fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Connections the kernel queues for us before `accept` (it clamps this to
 /// `net.core.somaxconn`). std and tokio ask for 128 and 1024: a burst of
 /// clients larger than that has SYNs dropped and retried a second later.

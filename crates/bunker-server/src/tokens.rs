@@ -231,7 +231,7 @@ impl TokenStore {
             role,
             scope,
             name,
-            created_unix_ms: crate::now_unix_ms(),
+            created_unix_ms: bunker_store::clock::now_unix_ms(),
             blake3: blake3::hash(secret.as_bytes()).to_hex().to_string(),
         };
         let info = info(&stored);

@@ -1,4 +1,6 @@
-//! The wall clock the store stamps commits and accounting with.
+//! The one wall clock: the store stamps commits and accounting with it, the
+//! server its check, drill and token times and GC metric, the CLI the "ago"
+//! of its tables. Durations are measured with `Instant`, never with this.
 //!
 //! Nothing in the store depends on the clock being right: snapshot order is
 //! commit order (ids), retention measures from the newest snapshot, and GC

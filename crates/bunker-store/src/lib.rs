@@ -30,6 +30,7 @@
 //! step: docs/ARCHITECTURE.md.
 
 pub mod backend;
+pub mod calendar;
 pub mod clock;
 mod compress;
 mod durable;

@@ -14,6 +14,7 @@
 //! The newest snapshot is always kept, and a policy that keeps nothing is
 //! refused: pruning never empties a name by accident.
 
+use crate::calendar::civil_from_days;
 use crate::{Error, Result, SnapshotId};
 
 /// How many snapshots each rule keeps. All zero is refused.
@@ -128,21 +129,6 @@ pub fn plan(snapshots: &[(SnapshotId, i64)], policy: &Policy) -> Result<Vec<Deci
     Ok(out)
 }
 
-/// Civil (year, month 1..=12, day) of a day count since 1970-01-01
-/// (Howard Hinnant's algorithm).
-pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,14 +143,6 @@ mod tests {
             .filter(|d| d.keep)
             .map(|d| d.id.0)
             .collect()
-    }
-
-    #[test]
-    fn calendar() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_414), (2025, 11, 22));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
     }
 
     #[test]

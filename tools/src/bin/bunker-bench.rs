@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bunker_tools::image::{parse_size, Image, ImageSpec};
+use bunker_testdata::image::{parse_size, Image, ImageSpec};
 use clap::Parser;
 
 #[derive(Parser)]

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use bunker_store::{ChunkerParams, CreateOptions, IngestOptions, Repository};
-use bunker_tools::image::{parse_size, Image, ImageSpec};
+use bunker_testdata::image::{parse_size, Image, ImageSpec};
 use clap::Parser;
 
 #[derive(Parser)]

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use bunker_store::{CreateOptions, GcOptions, IngestOptions, Repository};
-use bunker_tools::image::{parse_size, Image, ImageSpec};
+use bunker_testdata::image::{parse_size, Image, ImageSpec};
 use bunker_tools::rss;
 use clap::Parser;
 

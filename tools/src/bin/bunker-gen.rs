@@ -1,5 +1,5 @@
 //! `bunker-gen`: writes deterministic SAN-like block-device images (see
-//! [`bunker_tools::image`]) for backup and deduplication benchmarks.
+//! [`bunker_testdata::image`]) for backup and deduplication benchmarks.
 //!
 //! ```text
 //! bunker-gen --seed 1 --size 4G --day 3 day3.img    # one image (`-` = stdout)
@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use bunker_tools::image::{parse_size, Image, ImageSpec};
+use bunker_testdata::image::{parse_size, Image, ImageSpec};
 use clap::Parser;
 
 #[derive(Debug, Parser)]

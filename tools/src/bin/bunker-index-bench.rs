@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use bunker_store::index::Index;
 use bunker_store::{ChunkId, Location, PackId};
-use bunker_tools::image::parse_size;
+use bunker_testdata::image::parse_size;
 use bunker_tools::rss;
 use clap::Parser;
 
@@ -32,15 +32,9 @@ struct Args {
 
 /// The n-th synthetic chunk id (uniform, like BLAKE3 output).
 fn id(n: u64) -> ChunkId {
-    let mut s = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED;
+    let seed = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED;
     let mut out = [0u8; 32];
-    for part in out.chunks_exact_mut(8) {
-        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        part.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
+    bunker_testdata::fill_noise(seed, &mut out);
     ChunkId(out)
 }
 

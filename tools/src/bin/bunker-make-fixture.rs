@@ -12,15 +12,7 @@ use anyhow::Context;
 use bunker_store::{ChunkerParams, CreateOptions, IngestOptions, Repository};
 
 fn data(seed: u64) -> Vec<u8> {
-    let mut s = seed;
-    let mut out = Vec::new();
-    while out.len() < 512 << 10 {
-        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
+    let mut out = bunker_testdata::noise(seed, 512 << 10);
     for i in 0..12_000 {
         out.extend_from_slice(format!("{i:06} fixture log line, seed {seed}\n").as_bytes());
     }

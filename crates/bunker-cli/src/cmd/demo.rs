@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use bunker_client::{BackupOptions, Client, Target};
-use bunker_tools::image::{parse_size, Image, ImageSpec};
+use bunker_testdata::image::{parse_size, Image, ImageSpec};
 
 use crate::output::{bar, bytes, rate};
 use crate::CmdResult;

@@ -18,9 +18,7 @@ pub fn run(g: &Global, args: Args) -> CmdResult {
         );
         return Ok(());
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = bunker_store::clock::now_unix_ms();
     println!(
         "{:<24} {:>8} {:<21} {:>12} {:>12}  {:<16} DRILLED",
         "NAME", "ID", "TIME (UTC)", "SIZE", "NEW BYTES", "VERIFIED"

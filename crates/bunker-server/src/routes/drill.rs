@@ -66,7 +66,7 @@ pub(super) async fn drill(
 
 fn check(p: &Principal, ok: bool, detail: String, verified_by: Verifier) -> Check {
     Check {
-        at_unix_ms: crate::now_unix_ms(),
+        at_unix_ms: bunker_store::clock::now_unix_ms(),
         ok,
         detail,
         verified_by,

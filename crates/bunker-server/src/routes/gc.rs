@@ -56,9 +56,7 @@ pub(crate) fn run_gc(state: &State, opts: &bunker_store::GcOptions) -> Result<Gc
             .fetch_add(r.bytes_reclaimed(), Ordering::Relaxed);
         m.gc_last_ms.store(r.total_ms, Ordering::Relaxed);
         m.gc_last_unix.store(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            (bunker_store::clock::now_unix_ms() / 1000).max(0) as u64,
             Ordering::Relaxed,
         );
     }

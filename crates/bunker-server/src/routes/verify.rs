@@ -43,6 +43,8 @@ pub(super) async fn verify(state: &Arc<State>, p: &Principal, req: Request<Incom
     let opts = bunker_store::VerifyOptions {
         snapshot,
         sample_percent: q.sample_percent.unwrap_or(100.0),
+        // A fresh sample each run, not a time anything records or compares:
+        // the wall clock's nanoseconds are only entropy here.
         seed: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64),
@@ -127,7 +129,7 @@ async fn record_checks(
     r: &bunker_store::VerifyReport,
     covered: &[bunker_store::SnapshotInfo],
 ) {
-    let at_unix_ms = crate::now_unix_ms();
+    let at_unix_ms = bunker_store::clock::now_unix_ms();
     let check = |ok: bool, detail: String| bunker_api::Check {
         at_unix_ms,
         ok,

@@ -10,7 +10,7 @@
 
 use bunker_chunk::ChunkId;
 
-use super::{check_magic_version, checksum, put_prefix, Le};
+use super::{append_checksum, check_magic_version, checked_body, checksum, put_prefix, Le};
 use crate::{Error, Location, PackId, Result};
 
 pub const RUN_MAGIC: &[u8; 8] = b"BNKRIRUN";
@@ -165,8 +165,7 @@ impl IndexState {
             Le::put_u64(&mut b, at + 8, hi);
             at += 16;
         }
-        let sum = checksum(&[&b]);
-        b.extend_from_slice(&sum.to_le_bytes());
+        append_checksum(&mut b);
         b
     }
 
@@ -175,10 +174,8 @@ impl IndexState {
         if b.len() < STATE_HEADER_LEN + 8 {
             return Err(Error::corrupt(file, "index state truncated"));
         }
-        let body = &b[..b.len() - 8];
-        if Le::u64(b, b.len() - 8) != checksum(&[body]) {
-            return Err(Error::corrupt(file, "index state checksum mismatch"));
-        }
+        let body =
+            checked_body(b).ok_or_else(|| Error::corrupt(file, "index state checksum mismatch"))?;
         let runs_n = Le::u32(b, 32) as usize;
         let ranges_n = Le::u32(b, 36) as usize;
         if body.len() != STATE_HEADER_LEN + 16 * (runs_n + ranges_n) {

@@ -24,6 +24,20 @@ pub fn checksum(parts: &[&[u8]]) -> u64 {
     h.digest()
 }
 
+/// Appends the [`checksum`] of `b` as its 8-byte trailer: the framing of the
+/// files that are a body and its checksum (index state, tombstones, space).
+pub(crate) fn append_checksum(b: &mut Vec<u8>) {
+    let sum = checksum(&[b.as_slice()]);
+    b.extend_from_slice(&sum.to_le_bytes());
+}
+
+/// The body of a file framed by [`append_checksum`], or `None` if it is
+/// shorter than the trailer or the trailer does not match.
+pub(crate) fn checked_body(b: &[u8]) -> Option<&[u8]> {
+    let (body, sum) = b.split_at_checked(b.len().checked_sub(8)?)?;
+    (Le::u64(sum, 0) == checksum(&[body])).then_some(body)
+}
+
 /// Little-endian field access on fixed-size buffers. Offsets are constants
 /// of the layouts below, so out-of-range access is a programming error that
 /// tests catch; decoders check buffer lengths before reading fields.

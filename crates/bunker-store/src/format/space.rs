@@ -4,7 +4,7 @@
 //! missing or damaged file costs accuracy of the figures, never data.
 //! Layout: docs/FORMAT.md, "Space accounting".
 
-use super::{check_magic_version, checksum, put_prefix, Le};
+use super::{append_checksum, check_magic_version, checked_body, put_prefix, Le};
 use crate::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"BNKRSPAC";
@@ -100,8 +100,7 @@ pub fn encode(s: &Space) -> Vec<u8> {
             b.extend_from_slice(&id.to_le_bytes());
         }
     }
-    let sum = checksum(&[&b]);
-    b.extend_from_slice(&sum.to_le_bytes());
+    append_checksum(&mut b);
     b
 }
 
@@ -110,10 +109,8 @@ pub fn decode(file: &str, b: &[u8]) -> Result<Space> {
     if b.len() < HEADER_LEN + TOTALS_LEN + 8 {
         return Err(Error::corrupt(file, "space file truncated"));
     }
-    let body = &b[..b.len() - 8];
-    if Le::u64(b, b.len() - 8) != checksum(&[body]) {
-        return Err(Error::corrupt(file, "space file checksum mismatch"));
-    }
+    let body =
+        checked_body(b).ok_or_else(|| Error::corrupt(file, "space file checksum mismatch"))?;
     let short = || Error::corrupt(file, "space file shorter than its counts");
     let t = HEADER_LEN;
     let mut s = Space {

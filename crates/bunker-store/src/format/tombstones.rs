@@ -6,7 +6,7 @@
 
 use bunker_chunk::ChunkId;
 
-use super::{check_magic_version, checksum, put_prefix, Le};
+use super::{append_checksum, check_magic_version, checked_body, put_prefix, Le};
 use crate::index::Tombstones;
 use crate::{Error, Result};
 
@@ -32,8 +32,7 @@ pub fn encode(t: &Tombstones) -> Vec<u8> {
         Le::put_u64(&mut b, at + 40, *offset);
         at += RECORD_LEN;
     }
-    let sum = checksum(&[&b]);
-    b.extend_from_slice(&sum.to_le_bytes());
+    append_checksum(&mut b);
     b
 }
 
@@ -42,10 +41,8 @@ pub fn decode(file: &str, b: &[u8]) -> Result<Tombstones> {
     if b.len() < HEADER_LEN + 8 {
         return Err(Error::corrupt(file, "tombstones file truncated"));
     }
-    let body = &b[..b.len() - 8];
-    if Le::u64(b, b.len() - 8) != checksum(&[body]) {
-        return Err(Error::corrupt(file, "tombstones checksum mismatch"));
-    }
+    let body =
+        checked_body(b).ok_or_else(|| Error::corrupt(file, "tombstones checksum mismatch"))?;
     let packs = Le::u64(b, 16);
     let records = Le::u64(b, 24);
     let expect = packs
