@@ -763,10 +763,19 @@ fn a_thousand_stalled_readers_hold_bounded_memory_and_block_nothing() {
             f.rss_open_mib,
             f.rss_peak_mib
         );
-        for (what, ms) in ["/healthz", "listing", "a new upload"].iter().zip(f.worst) {
+        // A new upload also waits for its commit's fsyncs, which are the
+        // disk's time, not the server's: it was 676 ms at worst in a CI
+        // run (1.5x from a one-second bound), so it gets 5 s; /healthz
+        // and listing (128 and 170 ms at worst) keep the one second.
+        let bounds = [1000, 1000, 5000];
+        for ((what, ms), bound) in ["/healthz", "listing", "a new upload"]
+            .iter()
+            .zip(f.worst)
+            .zip(bounds)
+        {
             assert!(
-                ms < 1000,
-                "{run}: {what} took {ms} ms with {readers} stalled readers"
+                ms < bound,
+                "{run}: {what} took {ms} ms with {readers} stalled readers (bound {bound} ms)"
             );
         }
     }
