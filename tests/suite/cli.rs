@@ -252,16 +252,7 @@ fn drill_fails_and_names_the_chunk_when_a_pack_byte_flips() {
         server.stop();
     }
     // Flip a byte in the middle of the biggest pack (inside a record).
-    let mut packs = Vec::new();
-    for a in std::fs::read_dir(data_dir.join("packs")).unwrap().flatten() {
-        for b in std::fs::read_dir(a.path()).unwrap().flatten() {
-            for f in std::fs::read_dir(b.path()).unwrap().flatten() {
-                packs.push((f.metadata().unwrap().len(), f.path()));
-            }
-        }
-    }
-    packs.sort();
-    let (len, pack) = packs.pop().unwrap();
+    let (len, pack) = biggest_pack(&data_dir);
     let mut bytes = std::fs::read(&pack).unwrap();
     bytes[(len / 2) as usize] ^= 0x01;
     std::fs::write(&pack, &bytes).unwrap();
@@ -288,6 +279,16 @@ fn drill_fails_and_names_the_chunk_when_a_pack_byte_flips() {
         &["restore", "vol", dir.path().join("out").to_str().unwrap()],
     );
     assert_eq!(r.status.code(), Some(4));
+}
+
+/// The largest sealed pack of the data directory `data`, with its length.
+fn biggest_pack(data: &Path) -> (u64, std::path::PathBuf) {
+    let mut packs: Vec<(u64, std::path::PathBuf)> = bunker_tests::pack_files(data, "pack")
+        .into_iter()
+        .map(|p| (p.metadata().unwrap().len(), p))
+        .collect();
+    packs.sort();
+    packs.pop().expect("a sealed pack")
 }
 
 /// The text a command printed, both streams.
@@ -318,17 +319,6 @@ fn a_pack_truncated_or_failing_under_a_running_server_fails_requests_not_the_ser
     let img = dir.path().join("img");
     let out = dir.path().join("out");
     write_image(&img, &ImageSpec::new(29, 16 << 20), 0);
-    let biggest_pack = |data: &Path| {
-        let mut packs: Vec<(u64, std::path::PathBuf)> =
-            bunker_tests::files_under(&data.join("packs"))
-                .into_iter()
-                .filter(|p| p.extension().is_some_and(|e| e == "pack"))
-                .map(|p| (p.metadata().unwrap().len(), p))
-                .collect();
-        packs.sort();
-        packs.pop().unwrap()
-    };
-
     // Truncated while serving.
     let data_dir = dir.path().join("data");
     let token = data_dir.join("admin.token");
