@@ -23,7 +23,9 @@ use crate::{durable, Error, PackId, Result};
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod mem;
+pub mod meta;
 pub use mem::MemPacks;
+pub use meta::{MemMeta, MetaBackend};
 
 pub trait PackBackend: Send + Sync {
     /// Where a new pack is staged while it is written.
@@ -52,10 +54,59 @@ pub trait PackBackend: Send + Sync {
     /// Tells the backend that `len` bytes at `offset` were consumed, so a
     /// mapped backend can drop those pages from the resident set.
     fn done_with(&self, _pack: PackId, _offset: u64, _len: usize) {}
+    /// Tells the backend that these records (pack, offset, header and
+    /// stored length together) will be read soon, in this order, so a
+    /// remote backend can fetch them with many requests in flight. Only a
+    /// hint: reads must work without it.
+    fn will_need(&self, _records: &[(PackId, u64, usize)]) {}
     /// Deletes sealed pack `pack` (durable on return).
     fn delete(&self, pack: PackId) -> Result<()>;
     /// A short name for error messages, e.g. `packs/3a/00/000000000000003a.pack`.
     fn describe(&self, pack: PackId) -> String;
+}
+
+/// A shared backend is a backend: tests hand one set of packs to two
+/// repositories in turn (a server lost, a new one on the same bucket).
+impl<T: PackBackend + ?Sized> PackBackend for Arc<T> {
+    fn staging_path(&self, pack: PackId) -> PathBuf {
+        (**self).staging_path(pack)
+    }
+    fn store_sealed(&self, pack: PackId, staged: &Path) -> Result<()> {
+        (**self).store_sealed(pack, staged)
+    }
+    fn read(&self, pack: PackId, offset: u64, len: usize) -> Result<Vec<u8>> {
+        (**self).read(pack, offset, len)
+    }
+    fn read_record(
+        &self,
+        pack: PackId,
+        offset: u64,
+        head: &mut [u8],
+        stored_len: usize,
+    ) -> Result<Vec<u8>> {
+        (**self).read_record(pack, offset, head, stored_len)
+    }
+    fn pack_len(&self, pack: PackId) -> Result<u64> {
+        (**self).pack_len(pack)
+    }
+    fn list(&self) -> Result<Vec<PackId>> {
+        (**self).list()
+    }
+    fn list_staged(&self) -> Result<Vec<PackId>> {
+        (**self).list_staged()
+    }
+    fn done_with(&self, pack: PackId, offset: u64, len: usize) {
+        (**self).done_with(pack, offset, len)
+    }
+    fn will_need(&self, records: &[(PackId, u64, usize)]) {
+        (**self).will_need(records)
+    }
+    fn delete(&self, pack: PackId) -> Result<()> {
+        (**self).delete(pack)
+    }
+    fn describe(&self, pack: PackId) -> String {
+        (**self).describe(pack)
+    }
 }
 
 /// A record read as two `read`s: its header, then its stored bytes.
@@ -327,6 +378,11 @@ mod tests {
     fn local_packs_pass_the_conformance_suite_with_mmap() {
         let dir = tempfile::tempdir().unwrap();
         conformance::run(&LocalPacks::new(dir.path().join("packs"), ReadMode::Mmap));
+    }
+
+    #[test]
+    fn mem_meta_passes_the_conformance_suite() {
+        conformance::meta::run(&MemMeta::new());
     }
 
     #[test]

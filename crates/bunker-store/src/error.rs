@@ -73,6 +73,15 @@ pub enum Error {
     /// Another process holds the repository lock.
     #[error("repository {path} is locked by another process")]
     Locked { path: PathBuf },
+    /// The object store did not answer, or kept refusing (503, SlowDown,
+    /// timeouts), through every configured retry. Nothing acknowledged is
+    /// affected; the same request may succeed later.
+    #[error("object store {store} is unavailable: {reason}")]
+    Unavailable { store: String, reason: String },
+    /// The object store refused for good: wrong credentials, no such
+    /// bucket, no permission. Retrying does not help; fix the setup.
+    #[error("object store {store} refused: {reason}")]
+    Remote { store: String, reason: String },
     /// The reader of an ingest stream failed (client went away, source
     /// unreadable). Nothing was committed.
     #[error("reading the backup source failed: {0}")]

@@ -55,7 +55,7 @@ mod stats;
 mod tombstones;
 mod verify;
 
-pub use backend::{LocalPacks, MemPacks, PackBackend, ReadMode};
+pub use backend::{LocalPacks, MemMeta, MemPacks, MetaBackend, PackBackend, ReadMode};
 pub use bunker_chunk::{ChunkId, ChunkerParams};
 pub use error::{Error, Result};
 pub use format::manifest::MAX_IMAGE_LEN;

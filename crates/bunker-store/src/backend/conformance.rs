@@ -307,3 +307,122 @@ fn fan_out_ids(behaviour: u64) -> Vec<PackId> {
     .map(|n| id(behaviour, n))
     .collect()
 }
+
+/// The behaviours every [`super::MetaBackend`] must have. Keys used here
+/// start with `conformance/`, so the suite can run against a bucket that
+/// holds a repository.
+pub mod meta {
+    use crate::backend::MetaBackend;
+
+    pub fn run(backend: &dyn MetaBackend) {
+        put_then_get(backend);
+        put_replaces(backend);
+        absent_is_none(backend);
+        files_round_trip(backend);
+        list_is_sorted_and_bounded_by_the_prefix(backend);
+        delete_is_idempotent(backend);
+        hostile_keys_are_refused(backend);
+        describe_is_not_empty(backend);
+    }
+
+    pub fn put_then_get(backend: &dyn MetaBackend) {
+        backend.put("conformance/a/one", b"first").unwrap();
+        assert_eq!(
+            backend.get("conformance/a/one").unwrap().as_deref(),
+            Some(&b"first"[..])
+        );
+        backend.put("conformance/a/empty", b"").unwrap();
+        assert_eq!(
+            backend.get("conformance/a/empty").unwrap().as_deref(),
+            Some(&b""[..])
+        );
+    }
+
+    pub fn put_replaces(backend: &dyn MetaBackend) {
+        backend.put("conformance/b/x", b"old").unwrap();
+        backend.put("conformance/b/x", b"new and longer").unwrap();
+        assert_eq!(
+            backend.get("conformance/b/x").unwrap().as_deref(),
+            Some(&b"new and longer"[..])
+        );
+    }
+
+    pub fn absent_is_none(backend: &dyn MetaBackend) {
+        assert_eq!(backend.get("conformance/c/never").unwrap(), None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        assert!(!backend.get_file("conformance/c/never", &path).unwrap());
+        assert!(!path.exists(), "get_file of an absent key created {path:?}");
+    }
+
+    /// Large enough that a remote backend must stream it in parts.
+    pub fn files_round_trip(backend: &dyn MetaBackend) {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("in");
+        let bytes: Vec<u8> = (0..13u64 << 20)
+            .map(|i| (i.wrapping_mul(0x9e37_79b9) >> 11) as u8)
+            .collect();
+        std::fs::write(&src, &bytes).unwrap();
+        backend.put_file("conformance/d/big", &src).unwrap();
+        let out = dir.path().join("out");
+        std::fs::write(&out, b"stale bytes that must go").unwrap();
+        assert!(backend.get_file("conformance/d/big", &out).unwrap());
+        let got = std::fs::read(&out).unwrap();
+        assert!(
+            got == bytes,
+            "get_file returned {} bytes, want the {} put",
+            got.len(),
+            bytes.len()
+        );
+        assert_eq!(
+            backend.get("conformance/d/big").unwrap().map(|b| b.len()),
+            Some(bytes.len())
+        );
+    }
+
+    pub fn list_is_sorted_and_bounded_by_the_prefix(backend: &dyn MetaBackend) {
+        for k in [
+            "conformance/e/b/2",
+            "conformance/e/a",
+            "conformance/e/b/1",
+            "conformance/ee",
+        ] {
+            backend.put(k, k.as_bytes()).unwrap();
+        }
+        assert_eq!(
+            backend.list("conformance/e/").unwrap(),
+            ["conformance/e/a", "conformance/e/b/1", "conformance/e/b/2"]
+        );
+        assert_eq!(backend.list("conformance/e/b/").unwrap().len(), 2);
+        assert!(backend.list("conformance/none/").unwrap().is_empty());
+    }
+
+    pub fn delete_is_idempotent(backend: &dyn MetaBackend) {
+        backend.put("conformance/f/x", b"x").unwrap();
+        backend.delete("conformance/f/x").unwrap();
+        assert_eq!(backend.get("conformance/f/x").unwrap(), None);
+        backend.delete("conformance/f/x").unwrap();
+        assert!(backend.list("conformance/f/").unwrap().is_empty());
+    }
+
+    pub fn hostile_keys_are_refused(backend: &dyn MetaBackend) {
+        for k in [
+            "",
+            "/abs",
+            "conformance/../x",
+            "conformance//x",
+            "conformance/./x",
+            "conformance/x/",
+        ] {
+            let r = backend.put(k, b"x");
+            assert!(
+                matches!(r, Err(crate::Error::Invalid(_))),
+                "put of key {k:?}: want Invalid, got {r:?}"
+            );
+        }
+    }
+
+    pub fn describe_is_not_empty(backend: &dyn MetaBackend) {
+        assert!(!backend.describe().is_empty());
+    }
+}
