@@ -27,12 +27,12 @@ use std::path::PathBuf;
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
-use bunker_api::Snapshot;
+use bunker_api::{ErrorCode, Snapshot};
 use bunker_chunk::ChunkId;
 use crossbeam_channel::{bounded, Receiver};
 
 use crate::output::Output;
-use crate::{Client, Error, Result};
+use crate::{Client, Error, Result, ServerCode};
 
 /// Parallel fetches.
 const FETCHERS: usize = 4;
@@ -477,12 +477,14 @@ impl Client {
         let resp = self
             .check(self.get(&path).call())
             .map_err(|err| match err {
-                Error::Api { code, message, .. } if code == "corrupt_data" => {
-                    Error::Verification(format!(
-                        "the server reports chunk {} (bytes {}..{}) damaged: {message}",
-                        e.id, e.start, e.end
-                    ))
-                }
+                Error::Api {
+                    code: ServerCode::Known(ErrorCode::CorruptData),
+                    message,
+                    ..
+                } => Error::Verification(format!(
+                    "the server reports chunk {} (bytes {}..{}) damaged: {message}",
+                    e.id, e.start, e.end
+                )),
                 // The manifest lists it, so a missing chunk is damage (lost
                 // or quarantined), not a wrong name.
                 Error::NotFound { message } => Error::Verification(format!(
