@@ -101,11 +101,15 @@ struct Entry {
     id: ChunkId,
 }
 
-/// Shared between fetchers and the writer.
+/// The chunks in flight: fetchers deliver at most `WINDOW` chunks ahead
+/// of the writer.
 struct Window {
     /// Index of the next chunk the writer needs.
     next_to_write: u64,
+    /// Delivered chunks (or their errors) by index, until the writer takes
+    /// them.
     done: BTreeMap<u64, Result<Vec<u8>>>,
+    /// The writer stopped: fetchers stop too.
     failed: bool,
 }
 
