@@ -404,6 +404,8 @@ fn user_errors_have_clear_messages_and_exit_codes() {
     let s = setup();
     let bad_token = s.root.join("bad.token");
     std::fs::write(&bad_token, "bkr_0000000000000000_nope\n").unwrap();
+    let bad_ca = s.root.join("bad-ca.pem");
+    std::fs::write(&bad_ca, "not a certificate\n").unwrap();
     // (args, token file, server override, exit code, message fragment)
     type Case<'a> = (Vec<String>, Option<&'a Path>, Option<&'a str>, i32, &'a str);
     let cases: Vec<Case> = vec![
@@ -457,6 +459,24 @@ fn user_errors_have_clear_messages_and_exit_codes() {
             None,
             1,
             "must not start with a dot",
+        ),
+        (
+            vec!["backup".into(), "bad name".into(), "/dev/null".into()],
+            Some(&s.token),
+            None,
+            1,
+            "server error 400 (invalid_name): ",
+        ),
+        (
+            vec![
+                "--ca-cert".into(),
+                bad_ca.display().to_string(),
+                "snapshots".into(),
+            ],
+            Some(&s.token),
+            None,
+            1,
+            "no certificate in the CA file",
         ),
         (
             vec!["restore".into(), "vol@x".into(), "-".into()],

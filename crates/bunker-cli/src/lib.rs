@@ -192,8 +192,7 @@ impl Global {
                 let pem = std::fs::read(ca).map_err(|e| {
                     anyhow::anyhow!("reading the CA certificate {}: {e}", ca.display())
                 })?;
-                bunker_client::Client::with_ca(&self.server, token, &pem)
-                    .map_err(anyhow::Error::msg)?
+                bunker_client::Client::with_ca(&self.server, token, &pem)?
             }
         };
         client.set_read_timeout(

@@ -7,6 +7,11 @@
 //! space; the server verifies and re-compresses), and the block's manifest
 //! entries appended to a temporary file. The commit streams that file.
 //! Memory: one block buffer plus the compressed chunks of one block.
+//!
+//! One function per phase, in order: `chunker` (the server's parameters),
+//! `open_session`, `upload_all` (per block: `send_missing`, which uploads
+//! with `put_chunk`, then `append_entries`), `commit`. A failure before
+//! the commit deletes the session; nothing is committed.
 
 use std::collections::HashSet;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
@@ -49,6 +54,15 @@ pub struct BackupReport {
     pub seconds: f64,
 }
 
+/// What `upload_all` leaves for the commit.
+struct Upload {
+    /// The commit body, written as the blocks went.
+    manifest: tempfile::NamedTempFile,
+    /// BLAKE3 of the whole source.
+    stream_hash: blake3::Hash,
+    stats: BackupProgress,
+}
+
 impl Client {
     /// Backs `source` up as a new snapshot of `name`. On error nothing is
     /// committed; chunks already uploaded stay and make a retry cheaper.
@@ -60,6 +74,26 @@ impl Client {
         progress: &mut dyn FnMut(&BackupProgress),
     ) -> Result<BackupReport> {
         let started = Instant::now();
+        let chunker = self.chunker()?;
+        let session = self.open_session(name, opts)?;
+        let upload = match self.upload_all(&session, &chunker, &mut source, opts, progress) {
+            Ok(u) => u,
+            Err(e) => {
+                let _ = self.delete(&format!("/v1/sessions/{}", session.id)).call();
+                return Err(e);
+            }
+        };
+        let snapshot = self.commit(&session, &upload)?;
+        Ok(BackupReport {
+            snapshot,
+            progress: upload.stats,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// A chunker with the server's parameters, so chunk ids match what it
+    /// stores.
+    fn chunker(&self) -> Result<Chunker> {
         let info = self.info()?;
         let params = ChunkerParams::new(
             info.chunker.min_bytes,
@@ -71,23 +105,24 @@ impl Client {
                 "the server announced unusable chunker parameters: {e}"
             ))
         })?;
-        let chunker = Chunker::new(params);
-        let session: Session = self.json_post(
+        Ok(Chunker::new(params))
+    }
+
+    fn open_session(&self, name: &str, opts: &BackupOptions) -> Result<Session> {
+        self.json_post(
             "/v1/sessions",
             &SessionRequest {
                 name: name.to_string(),
                 source: Some(opts.source.clone()),
             },
-        )?;
-        let result = self.upload_all(&session, &chunker, &mut source, opts, progress);
-        let (manifest, stream_hash, stats) = match result {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = self.delete(&format!("/v1/sessions/{}", session.id)).call();
-                return Err(e);
-            }
-        };
-        let mut file = manifest
+        )
+    }
+
+    /// Sends the manifest with the whole-stream hash; the server makes the
+    /// snapshot visible only once it is durable.
+    fn commit(&self, session: &Session, upload: &Upload) -> Result<Snapshot> {
+        let mut file = upload
+            .manifest
             .reopen()
             .map_err(|e| Error::io("reopening the temporary manifest", e))?;
         file.seek(SeekFrom::Start(0))
@@ -96,20 +131,14 @@ impl Client {
             .post(&format!("/v1/sessions/{}/commit", session.id))
             .header(
                 bunker_api::HEADER_STREAM_HASH,
-                &stream_hash.to_hex().to_string(),
+                &upload.stream_hash.to_hex().to_string(),
             )
             .header("content-type", "application/octet-stream")
             .send(ureq::SendBody::from_reader(&mut file));
         let mut resp = checked_in_session(self.check(resp))?;
-        let snapshot: Snapshot = resp
-            .body_mut()
+        resp.body_mut()
             .read_json()
-            .map_err(|e| Error::Interrupted(format!("reading the commit answer: {e}")))?;
-        Ok(BackupReport {
-            snapshot,
-            progress: stats,
-            seconds: started.elapsed().as_secs_f64(),
-        })
+            .map_err(|e| Error::Interrupted(format!("reading the commit answer: {e}")))
     }
 
     fn json_post<T: serde::de::DeserializeOwned>(
@@ -123,8 +152,8 @@ impl Client {
             .map_err(|e| Error::Interrupted(format!("reading the server's answer: {e}")))
     }
 
-    /// Reads, chunks, uploads; returns the manifest file, the stream hash
-    /// and the final figures.
+    /// Reads, chunks, uploads (`send_missing`), block by block; the
+    /// block's entries go to the temporary manifest.
     fn upload_all(
         &self,
         session: &Session,
@@ -132,7 +161,7 @@ impl Client {
         source: &mut impl Read,
         opts: &BackupOptions,
         progress: &mut dyn FnMut(&BackupProgress),
-    ) -> Result<(tempfile::NamedTempFile, blake3::Hash, BackupProgress)> {
+    ) -> Result<Upload> {
         let max = chunker.params().max_len as usize;
         let tmp = tempfile::NamedTempFile::new()
             .map_err(|e| Error::io("creating a temporary manifest", e))?;
@@ -156,14 +185,7 @@ impl Client {
             let spans = seams::chunk_parallel(chunker, data, eof);
             let at = spans.last().map_or(0, |s| s.end);
             self.send_missing(session, data, &spans, &mut stats)?;
-            for s in &spans {
-                let mut entry = [0u8; COMMIT_ENTRY_LEN];
-                entry[..8].copy_from_slice(&((s.end - s.start) as u64).to_le_bytes());
-                entry[8..].copy_from_slice(&s.id.0);
-                manifest
-                    .write_all(&entry)
-                    .map_err(|e| Error::io("writing the temporary manifest", e))?;
-            }
+            append_entries(&mut manifest, &spans)?;
             stats.bytes_read += filled as u64;
             stats.chunks += spans.len() as u64;
             progress(&stats);
@@ -177,7 +199,11 @@ impl Client {
         manifest
             .flush()
             .map_err(|e| Error::io("writing the temporary manifest", e))?;
-        Ok((tmp, hasher.finalize(), stats))
+        Ok(Upload {
+            manifest: tmp,
+            stream_hash: hasher.finalize(),
+            stats,
+        })
     }
 
     /// Asks which chunks of a block are missing and uploads them.
@@ -263,6 +289,20 @@ fn checked_in_session<T>(r: Result<T>) -> Result<T> {
         )),
         other => other,
     })
+}
+
+/// Appends the commit entries of `spans` (raw length, chunk id) to the
+/// temporary manifest.
+fn append_entries(manifest: &mut impl Write, spans: &[Span]) -> Result<()> {
+    for s in spans {
+        let mut entry = [0u8; COMMIT_ENTRY_LEN];
+        entry[..8].copy_from_slice(&((s.end - s.start) as u64).to_le_bytes());
+        entry[8..].copy_from_slice(&s.id.0);
+        manifest
+            .write_all(&entry)
+            .map_err(|e| Error::io("writing the temporary manifest", e))?;
+    }
+    Ok(())
 }
 
 /// Reads until `buf` is full or the source ends: `(bytes, eof)`.

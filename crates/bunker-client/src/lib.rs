@@ -17,87 +17,24 @@
 //! ([`DEFAULT_READ_TIMEOUT`]), except the answers of verify, gc and prune,
 //! which come only when the server's work is done.
 //!
-//! Errors say what is wrong and what to do; [`Error::kind`] classifies them
-//! for exit codes.
+//! Errors say what is wrong and what to do (`error.rs`); [`Error::kind`]
+//! classifies them for exit codes.
 
 mod backup;
+mod error;
 mod output;
 mod restore;
 
 use std::time::Duration;
 
-use bunker_api::{ErrorBody, Info, Snapshot, SnapshotList};
+use bunker_api::{Info, Snapshot, SnapshotList};
 
 pub use backup::{BackupOptions, BackupProgress, BackupReport};
+pub use error::{Error, ErrorKind, Result, ServerCode};
 pub use restore::{RestoreProgress, RestoreReport, Target};
 
 /// How long a read may wait for the server to send anything, by default.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// What went wrong, by what the user does next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    NotFound,
-    Verification,
-    Other,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    #[error("cannot reach the bunker server at {url}: {reason} (is it running? check --server or BUNKER_SERVER)")]
-    Unreachable { url: String, reason: String },
-    #[error(
-        "the server refused the token: {message} (check --token, --token-file or BUNKER_TOKEN)"
-    )]
-    Unauthorized { message: String },
-    #[error("not allowed: {message}")]
-    Forbidden { message: String },
-    #[error("{message}")]
-    NotFound { message: String },
-    #[error("server error {status} ({code}): {message}")]
-    Api {
-        status: u16,
-        code: String,
-        message: String,
-    },
-    #[error("verification failed: {0}")]
-    Verification(String),
-    /// Displays `what`; the cause is the error's source (printed by `{:#}`).
-    #[error("{what}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the transfer was interrupted: {0} (run the command again; a backup does not send again the chunks the server already has)")]
-    Interrupted(String),
-    /// The server sent nothing for the read timeout.
-    #[error("the server sent nothing for {} s while {what} (it may be overloaded or stuck: run the command again, or allow longer with --timeout)", .after.as_secs_f64())]
-    TimedOut { what: String, after: Duration },
-}
-
-impl Error {
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            Error::NotFound { .. } => ErrorKind::NotFound,
-            Error::Verification(_) => ErrorKind::Verification,
-            Error::Api { code, .. } if code == "corrupt_data" || code == "hash_mismatch" => {
-                ErrorKind::Verification
-            }
-            _ => ErrorKind::Other,
-        }
-    }
-
-    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Error {
-        Error::Io {
-            what: what.into(),
-            source,
-        }
-    }
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A connection to one server with one token.
 #[derive(Clone)]
@@ -134,16 +71,20 @@ impl Client {
     /// Like [`Client::new`], trusting the PEM certificates in `ca_pem`
     /// (a private CA or a self-signed server certificate) instead of the
     /// public roots.
-    pub fn with_ca(server: &str, token: Option<String>, ca_pem: &[u8]) -> Result<Client, String> {
+    pub fn with_ca(server: &str, token: Option<String>, ca_pem: &[u8]) -> Result<Client> {
         let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(ca_pem)
             .filter_map(|item| match item {
                 Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
                 Ok(_) => None,
-                Err(e) => Some(Err(e.to_string())),
+                Err(e) => Some(Err(Error::BadCaCertificate {
+                    reason: e.to_string(),
+                })),
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_>>()?;
         if certs.is_empty() {
-            return Err("no certificate in the CA file".into());
+            return Err(Error::BadCaCertificate {
+                reason: "no certificate in the CA file".into(),
+            });
         }
         let tls = ureq::tls::TlsConfig::builder()
             .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
@@ -234,21 +175,8 @@ impl Client {
         if status < 400 {
             return Ok(resp);
         }
-        let body: Option<ErrorBody> = resp.body_mut().read_json().ok();
-        let (code, message) = match body {
-            Some(b) => (b.error.code.as_str().to_string(), b.error.message),
-            None => ("unknown".to_string(), format!("HTTP {status}")),
-        };
-        Err(match status {
-            401 => Error::Unauthorized { message },
-            403 => Error::Forbidden { message },
-            404 => Error::NotFound { message },
-            _ => Error::Api {
-                status,
-                code,
-                message,
-            },
-        })
+        let body: Option<error::AnswerBody> = resp.body_mut().read_json().ok();
+        Err(Error::from_answer(status, body))
     }
 
     pub(crate) fn transport(&self, e: ureq::Error) -> Error {
@@ -374,5 +302,20 @@ impl Client {
     pub fn revoke_token(&self, id: &str) -> Result<()> {
         self.check(self.delete(&format!("/v1/tokens/{id}")).call())
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused() {
+        let e = Client::with_ca("https://127.0.0.1:1", None, b"not pem")
+            .err()
+            .unwrap();
+        assert!(matches!(&e, Error::BadCaCertificate { .. }));
+        assert_eq!(e.to_string(), "no certificate in the CA file");
+        assert_eq!(e.kind(), ErrorKind::Other);
     }
 }
