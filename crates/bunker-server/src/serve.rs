@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::error::StartError;
 use crate::maintenance::{reap_sessions, scheduled_gc};
 use crate::state::State;
 use crate::{deadline, routes};
@@ -77,24 +78,33 @@ pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListen
 }
 
 /// Loads a rustls server config from PEM files.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, StartError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("reading certificate {}: {e}", cert.display()))?;
+        .map_err(|source| StartError::Pem {
+            what: "certificate",
+            path: cert.to_path_buf(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(format!("no certificate in {}", cert.display()));
+        return Err(StartError::NoCertificate {
+            path: cert.to_path_buf(),
+        });
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("reading private key {}: {e}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| StartError::Pem {
+        what: "private key",
+        path: key.to_path_buf(),
+        source,
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|source| StartError::Tls { source })?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate and key do not fit: {e}"))?;
+        .map_err(|source| StartError::CertificateMismatch { source })?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -202,15 +212,18 @@ pub struct Background {
 
 /// Opens the repository and serves it on `config.listen` (port 0 picks
 /// one) in the background.
-pub fn spawn(config: Config) -> Result<Background, String> {
-    let listener =
-        listen(config.listen).map_err(|e| format!("listening on {}: {e}", config.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+pub fn spawn(config: Config) -> Result<Background, StartError> {
+    let listening = |source| StartError::Listen {
+        addr: config.listen,
+        source,
+    };
+    let listener = listen(config.listen).map_err(listening)?;
+    let addr = listener.local_addr().map_err(listening)?;
     let (state, admin_file) = State::open(config)?;
     let admin_token = match admin_file {
         Some(f) => Some(
             std::fs::read_to_string(&f)
-                .map_err(|e| format!("reading {}: {e}", f.display()))?
+                .map_err(|e| StartError::io("reading", &f, e))?
                 .trim()
                 .to_string(),
         ),
@@ -249,7 +262,7 @@ pub fn spawn(config: Config) -> Result<Background, String> {
                 tracing::warn!("closing the repository: {e}");
             }
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| StartError::Thread { source })?;
     Ok(Background {
         url: format!("http://{addr}"),
         admin_token,

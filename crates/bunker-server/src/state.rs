@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
-use crate::error::ApiError;
+use crate::error::{ApiError, StartError};
 use crate::limits::{Budget, Quota, QuotaGuard};
 use crate::metrics::Metrics;
 use crate::sessions::Sessions;
@@ -47,16 +47,22 @@ impl State {
     /// and the token store in `<data>/server/`. On first start writes an
     /// admin token to `<data>/admin.token` (mode 0600) and returns its path
     /// (see [`admin_token`]).
-    pub fn open(config: Config) -> Result<(Arc<State>, Option<PathBuf>), String> {
+    pub fn open(config: Config) -> Result<(Arc<State>, Option<PathBuf>), StartError> {
         let repo = bunker_store::Repository::open_or_create(
             &config.data,
             bunker_store::CreateOptions::default(),
         )
-        .map_err(|e| format!("opening the repository at {}: {e}", config.data.display()))?;
+        .map_err(|source| StartError::Repository {
+            path: config.data.clone(),
+            source: Box::new(source),
+        })?;
         // The repository lock is ours: no other server writes these now.
         for file in ["tokens.json", "checks.json"] {
-            bunker_store::remove_stale_temps_of(&config.data.join("server").join(file))
-                .map_err(|e| format!("removing stale temp files of {file}: {e}"))?;
+            let path = config.data.join("server").join(file);
+            bunker_store::remove_stale_temps_of(&path).map_err(|e| StartError::StaleTemps {
+                path,
+                source: Box::new(e),
+            })?;
         }
         let (tokens, admin_file) = admin_token::open_or_init(&config.data)?;
         tokens.warn_narrowed_scopes(&repo);

@@ -84,7 +84,7 @@ async fn save(
     blocking(move || {
         st.checks
             .record(kind, [(key, c)])
-            .map_err(ApiError::internal)
+            .map_err(|e| ApiError::internal(e.to_string()))
     })
     .await
 }
