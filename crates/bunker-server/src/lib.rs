@@ -60,5 +60,6 @@ pub mod tokens;
 
 pub use body::Body;
 pub use config::Config;
+pub use error::{SaveError, StartError};
 pub use serve::{listen, run, spawn, tls_acceptor, Background, LISTEN_BACKLOG};
 pub use state::{IngestSlot, State, BODY_MEMORY_WAIT};

@@ -11,7 +11,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -188,7 +187,7 @@ pub async fn run(
     if let Some(c) = collector {
         c.abort();
     }
-    state.shutting_down.store(true, Ordering::Relaxed);
+    state.begin_shutdown();
     tracing::info!(
         "shutting down: waiting up to {:?} for in-flight requests",
         state.config.grace()

@@ -30,16 +30,16 @@ pub struct State {
     pub checks: checks::Checks,
     pub sessions: Sessions,
     pub metrics: Metrics,
-    pub(crate) streams: Arc<Semaphore>,
+    streams: Arc<Semaphore>,
     /// One server-side drill at a time: it reads on every core.
     pub(crate) server_drills: Semaphore,
     /// Ingest slots per token.
-    pub(crate) stream_quota: Arc<Quota>,
+    stream_quota: Arc<Quota>,
     pub(crate) restores: restore::Restores,
     /// Buffered chunk uploads and `missing` queries.
-    pub(crate) bodies: Budget,
-    pub(crate) shutting_down: AtomicBool,
-    pub(crate) data_dir: String,
+    bodies: Budget,
+    shutting_down: AtomicBool,
+    data_dir: String,
 }
 
 impl State {
@@ -99,6 +99,11 @@ impl State {
 
     pub(crate) fn store_error(&self, e: bunker_store::Error) -> ApiError {
         ApiError::from_store(e, &self.data_dir)
+    }
+
+    /// From now on no new ingest work is started ([`State::accepting`]).
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
     }
 
     /// 503 once shutdown has begun: no new ingest work is started.
