@@ -280,3 +280,42 @@ impl Drop for Background {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreadable_or_empty_tls_files_say_which_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        let e = tls_acceptor(&cert, &key).err().unwrap();
+        assert!(
+            matches!(&e, StartError::Pem { what: "certificate", path, .. } if *path == cert),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("reading certificate "), "{e}");
+        std::fs::write(&cert, "no PEM here\n").unwrap();
+        let e = tls_acceptor(&cert, &key).err().unwrap();
+        assert!(
+            matches!(&e, StartError::NoCertificate { path } if *path == cert),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("no certificate in "), "{e}");
+    }
+
+    #[test]
+    fn a_busy_address_is_a_listen_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data: dir.path().join("data"),
+            listen: taken.local_addr().unwrap(),
+            ..Config::default()
+        };
+        let e = spawn(config).err().unwrap();
+        assert!(matches!(e, StartError::Listen { .. }), "{e}");
+        assert!(e.to_string().starts_with("listening on 127.0.0.1:"), "{e}");
+    }
+}
