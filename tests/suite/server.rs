@@ -2103,3 +2103,62 @@ fn a_reader_that_stops_reading_is_cut_after_the_write_timeout() {
     assert!(c.restore("slow", &snap.id.to_string()) == data);
     stop(server);
 }
+
+/// Regression guard for the route table (issue 13): every known path
+/// answers a method it does not take with 405 `method_not_allowed`, counted
+/// under that path's own route; the token routes check the role first (403),
+/// `/healthz` needs no token, and an unknown path is 404.
+#[test]
+fn a_known_path_refuses_other_methods_under_its_own_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, c) = start(dir.path(), &[]);
+    let cases = [
+        ("POST", "/metrics", "metrics"),
+        ("PUT", "/v1/info", "info"),
+        ("DELETE", "/v1/stats", "stats"),
+        ("PUT", "/v1/tokens", "tokens"),
+        ("GET", "/v1/tokens/0123456789abcdef", "token"),
+        ("POST", "/v1/snapshots", "list_snapshots"),
+        ("DELETE", "/v1/snapshots/vol", "list_name"),
+        ("PUT", "/v1/snapshots/vol/1", "snapshot"),
+        ("POST", "/v1/snapshots/vol/1/data", "get_data"),
+        ("GET", "/v1/snapshots/vol/1/drill", "post_drill"),
+        ("PUT", "/v1/snapshots/vol/1/manifest", "get_manifest"),
+        ("DELETE", "/v1/snapshots/vol/1/chunks/00", "get_chunk"),
+        ("GET", "/v1/verify", "verify"),
+        ("GET", "/v1/prune", "prune"),
+        ("GET", "/v1/gc", "gc"),
+        ("GET", "/v1/sessions", "open_session"),
+        ("GET", "/v1/sessions/abc", "session"),
+        ("GET", "/v1/sessions/abc/missing", "missing"),
+        ("GET", "/v1/sessions/abc/chunks/00", "put_chunk"),
+        ("GET", "/v1/sessions/abc/commit", "commit"),
+    ];
+    for (method, path, route) in cases {
+        let what = format!("{method} {path}");
+        let before = requests(&c.metrics(), route);
+        let r = c.send(method, path, &[], None);
+        r.expect_error(ErrorCode::MethodNotAllowed, &what);
+        assert_eq!(
+            r.error().error.message,
+            "method not allowed on this route",
+            "{what}"
+        );
+        // Reading /metrics counts under "metrics" too.
+        let own = if route == "metrics" { 2.0 } else { 1.0 };
+        assert_eq!(requests(&c.metrics(), route), before + own, "{what}");
+    }
+    c.with_token(None)
+        .send("POST", "/healthz", &[], None)
+        .expect_error(ErrorCode::MethodNotAllowed, "POST /healthz without a token");
+    let writer = c.with_token(Some(&c.create_token("writer", None).token));
+    writer
+        .send("PUT", "/v1/tokens", &[], None)
+        .expect_error(ErrorCode::Forbidden, "a writer's PUT /v1/tokens");
+    writer
+        .send("GET", "/v1/tokens/0123456789abcdef", &[], None)
+        .expect_error(ErrorCode::Forbidden, "a writer's GET /v1/tokens/{id}");
+    c.get("/v1/nothing")
+        .expect_error(ErrorCode::NotFound, "an unknown path");
+    stop(server);
+}

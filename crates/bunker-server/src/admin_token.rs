@@ -16,15 +16,16 @@ use std::path::{Path, PathBuf};
 
 use bunker_api::Role;
 
+use crate::error::StartError;
 use crate::tokens::TokenStore;
 
 /// Opens the token store in `<data>/server/`; on a first start (no token
 /// at all) creates the admin token and returns the path of its secret.
-pub fn open_or_init(data: &Path) -> Result<(TokenStore, Option<PathBuf>), String> {
+pub fn open_or_init(data: &Path) -> Result<(TokenStore, Option<PathBuf>), StartError> {
     let dir = data.join("server");
     if !dir.is_dir() {
         std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("creating the server state directory: {e}"))?;
+            .map_err(|e| StartError::io("creating the server state directory", &dir, e))?;
         sync_dir(data)?;
     }
     let store = TokenStore::open(&dir)?;
@@ -38,17 +39,18 @@ pub fn open_or_init(data: &Path) -> Result<(TokenStore, Option<PathBuf>), String
 }
 
 /// Writes a new admin secret to `path`, then saves its hash in `store`.
-pub(crate) fn init(store: &TokenStore, path: &Path) -> Result<(), String> {
-    let (id, secret) = crate::tokens::mint().map_err(|e| e.message)?;
+pub(crate) fn init(store: &TokenStore, path: &Path) -> Result<(), StartError> {
+    let first_admin = |source| StartError::FirstAdmin { source };
+    let (id, secret) = crate::tokens::mint().map_err(first_admin)?;
     write_secret(path, &format!("bkr_{id}_{secret}"))?;
     store
         .add(Role::Admin, None, Some("first admin".into()), &id, &secret)
-        .map_err(|e| e.message)?;
+        .map_err(first_admin)?;
     Ok(())
 }
 
 /// Replaces `path` with a 0600 file holding `text` and a newline, durably.
-fn write_secret(path: &Path, text: &str) -> Result<(), String> {
+fn write_secret(path: &Path, text: &str) -> Result<(), StartError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     refuse_unless_regular(path)?;
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
@@ -58,7 +60,7 @@ fn write_secret(path: &Path, text: &str) -> Result<(), String> {
     match std::fs::remove_file(&tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("removing {}: {e}", tmp.display())),
+        Err(e) => return Err(StartError::io("removing", tmp, e)),
     }
     let written = (|| {
         let mut f = std::fs::OpenOptions::new()
@@ -72,7 +74,7 @@ fn write_secret(path: &Path, text: &str) -> Result<(), String> {
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        return Err(format!("writing {}: {e}", tmp.display()));
+        return Err(StartError::io("writing", tmp, e));
     }
     // Checked again just before the rename, which replaces a link rather
     // than writing through it anyway.
@@ -80,23 +82,21 @@ fn write_secret(path: &Path, text: &str) -> Result<(), String> {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    std::fs::rename(&tmp, path).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| StartError::io("renaming", &tmp, e))?;
     sync_dir(dir)
 }
 
 /// An error unless `path` is absent or a regular file (not a link to one).
-fn refuse_unless_regular(path: &Path) -> Result<(), String> {
+fn refuse_unless_regular(path: &Path) -> Result<(), StartError> {
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("examining {}: {e}", path.display())),
-        Ok(m) if m.file_type().is_symlink() => Err(format!(
-            "{} is a symbolic link: refusing to write the admin secret through it; remove it and start again",
-            path.display()
-        )),
-        Ok(m) if !m.file_type().is_file() => Err(format!(
-            "{} is not a regular file: refusing to replace it with the admin secret; remove it and start again",
-            path.display()
-        )),
+        Err(e) => Err(StartError::io("examining", path, e)),
+        Ok(m) if m.file_type().is_symlink() => Err(StartError::AdminTokenIsLink {
+            path: path.to_path_buf(),
+        }),
+        Ok(m) if !m.file_type().is_file() => Err(StartError::AdminTokenNotFile {
+            path: path.to_path_buf(),
+        }),
         Ok(_) => Ok(()),
     }
 }
@@ -142,10 +142,10 @@ fn tighten(path: &Path) {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), String> {
+fn sync_dir(dir: &Path) -> Result<(), StartError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| format!("syncing directory {}: {e}", dir.display()))
+        .map_err(|e| StartError::io("syncing directory", dir, e))
 }
 
 #[cfg(test)]
@@ -173,8 +173,8 @@ mod tests {
         // The hash cannot be saved: the secret is already durable, and no
         // token exists that nobody holds.
         let store = TokenStore::open(&dir).unwrap();
-        store.set_before_save(|| Err("the disk went away".into()));
-        let err = init(&store, &path).unwrap_err();
+        store.set_before_save(|| Err(std::io::Error::other("the disk went away")));
+        let err = init(&store, &path).unwrap_err().to_string();
         assert!(err.contains("the disk went away"), "{err}");
         assert_eq!(mode(&path), 0o600);
         let stale = secret(&path);
@@ -206,7 +206,11 @@ mod tests {
         let path = data.path().join("admin.token");
         std::os::unix::fs::symlink(&victim, &path).unwrap();
         let err = open_or_init(data.path()).err().unwrap();
-        assert!(err.contains("admin.token is a symbolic link"), "{err}");
+        assert!(matches!(err, StartError::AdminTokenIsLink { .. }), "{err}");
+        assert!(
+            err.to_string().contains("admin.token is a symbolic link"),
+            "{err}"
+        );
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me\n");
         assert_eq!(mode(&victim), 0o644);
         assert!(!data.path().join("server/tokens.json").exists());
@@ -218,7 +222,8 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         std::fs::create_dir(&path).unwrap();
         let err = open_or_init(data.path()).err().unwrap();
-        assert!(err.contains("not a regular file"), "{err}");
+        assert!(matches!(err, StartError::AdminTokenNotFile { .. }), "{err}");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
         std::fs::remove_dir(&path).unwrap();
         let (_, written) = open_or_init(data.path()).unwrap();
         assert!(written.is_some());

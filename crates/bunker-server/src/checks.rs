@@ -20,6 +20,8 @@ use std::sync::Mutex;
 use bunker_api::{Check, Verifier};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{SaveError, StartError};
+
 const VERSION: u32 = 1;
 
 /// The checks recorded for one snapshot.
@@ -75,16 +77,17 @@ impl Checks {
     /// Opens `<dir>/checks.json`. A file this build cannot read is set
     /// aside (renamed `.damaged`) and the history starts again: it holds
     /// no backup data, and refusing to start over it would be worse.
-    pub fn open(dir: &Path) -> Result<Checks, String> {
+    pub fn open(dir: &Path) -> Result<Checks, StartError> {
         let path = dir.join("checks.json");
         let file: ChecksFile = match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<ChecksFile>(&bytes) {
                 Ok(f) if f.version <= VERSION => f,
                 Ok(f) => {
-                    return Err(format!(
-                        "checks.json has version {}, this build reads version {VERSION}",
-                        f.version
-                    ))
+                    return Err(StartError::UnsupportedVersion {
+                        path,
+                        found: f.version,
+                        supported: VERSION,
+                    })
                 }
                 Err(e) => {
                     let aside = dir.join("checks.json.damaged");
@@ -93,12 +96,12 @@ impl Checks {
                         aside.display()
                     );
                     std::fs::rename(&path, &aside)
-                        .map_err(|e| format!("setting aside a damaged checks.json: {e}"))?;
+                        .map_err(|e| StartError::io("setting aside the damaged", &path, e))?;
                     ChecksFile::default()
                 }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => ChecksFile::default(),
-            Err(e) => return Err(format!("reading checks.json: {e}")),
+            Err(e) => return Err(StartError::io("reading", path, e)),
         };
         // Verifies were always the server's own, also before checks said so.
         let by_server = |c: Option<Check>| {
@@ -142,7 +145,7 @@ impl Checks {
         &self,
         kind: Kind,
         results: impl IntoIterator<Item = ((String, u64), Check)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SaveError> {
         let mut map = self.lock();
         for (key, check) in results {
             let slot = map.entry(key).or_default();
@@ -159,7 +162,7 @@ impl Checks {
     }
 
     /// Drops the entries of deleted snapshots.
-    pub fn forget(&self, gone: &[(String, u64)]) -> Result<(), String> {
+    pub fn forget(&self, gone: &[(String, u64)]) -> Result<(), SaveError> {
         let mut map = self.lock();
         let before = map.len();
         for key in gone {
@@ -191,7 +194,7 @@ impl Checks {
         out
     }
 
-    fn save(&self, map: &Map) -> Result<(), String> {
+    fn save(&self, map: &Map) -> Result<(), SaveError> {
         let file = ChecksFile {
             version: VERSION,
             snapshots: map
@@ -205,9 +208,14 @@ impl Checks {
                 })
                 .collect(),
         };
-        let bytes = serde_json::to_vec(&file).map_err(|e| e.to_string())?;
-        bunker_store::write_file_atomically(&self.path, &bytes)
-            .map_err(|e| format!("saving checks.json: {e}"))
+        let bytes = serde_json::to_vec(&file).map_err(|source| SaveError::Encode {
+            file: "checks.json",
+            source,
+        })?;
+        bunker_store::write_file_atomically(&self.path, &bytes).map_err(|e| SaveError::Write {
+            file: "checks.json",
+            source: Box::new(e),
+        })
     }
 }
 
@@ -280,7 +288,11 @@ mod tests {
         )
         .unwrap();
         let err = Checks::open(dir.path()).err().unwrap();
-        assert!(err.contains("version 9"), "{err}");
+        assert!(
+            matches!(err, StartError::UnsupportedVersion { found: 9, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("version 9"), "{err}");
     }
 
     #[test]

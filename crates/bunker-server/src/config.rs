@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::error::StartError;
+
 /// Everything `bunker serve` can be told: each field is a key of the TOML
 /// config file, and the common ones also have a flag of the same name (with
 /// dashes).
@@ -90,8 +92,8 @@ impl Default for Config {
 
 impl Config {
     /// Reads a TOML file of the fields above; unknown keys are an error.
-    pub fn from_toml(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+    pub fn from_toml(text: &str) -> Result<Config, StartError> {
+        toml::from_str(text).map_err(|source| StartError::Config { source })
     }
 
     pub fn idle_timeout(&self) -> Duration {
@@ -121,8 +123,8 @@ mod tests {
         assert_eq!(c.max_streams, 3);
         assert_eq!(c.listen.port(), 0);
         assert_eq!(c.grace_secs, 30);
-        assert!(Config::from_toml("max_stream = 3")
-            .unwrap_err()
-            .contains("unknown field"));
+        let e = Config::from_toml("max_stream = 3").unwrap_err();
+        assert!(matches!(e, StartError::Config { .. }), "{e}");
+        assert!(e.to_string().contains("unknown field"), "{e}");
     }
 }

@@ -1,7 +1,26 @@
-//! Errors as the API reports them: a stable code, a status and a message
-//! for people. Store errors are mapped here and nowhere else; messages never
-//! carry filesystem paths (the data directory is replaced by `<data>`, and
-//! I/O errors are reported without their path and logged in full).
+//! The server's errors, by what the caller does next.
+//!
+//! - [`ApiError`]: a request failed. It goes back to the client as a stable
+//!   code, a status and a message for people (`crate::reply` builds the
+//!   response). Store errors are mapped here and nowhere else; messages
+//!   never carry filesystem paths (the data directory is replaced by
+//!   `<data>`, and I/O errors are reported without their path and logged in
+//!   full).
+//! - [`StartError`]: the server cannot start (repository, token store,
+//!   admin token, TLS files, configuration, listening socket). The operator
+//!   fixes what it names and starts again; it names paths, since only the
+//!   operator sees it.
+//! - [`SaveError`]: a server state file (`tokens.json`, `checks.json`)
+//!   could not be saved while serving; the caller reports it (500) or logs
+//!   it.
+//!
+//! Store errors are boxed: they are large, and these travel by `Result`.
+//! Like `bunker_store::Error`, each message includes its source's, and the
+//! source is kept too: print one or the other, not both (the CLI prints
+//! these with `anyhow::Error::msg`, which does not repeat the chain).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use bunker_api::ErrorCode;
 
@@ -77,4 +96,143 @@ impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.code.as_str(), self.message)
     }
+}
+
+impl std::error::Error for ApiError {}
+
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The repository cannot be opened or created.
+    #[error("opening the repository at {}: {source}", path.display())]
+    Repository {
+        path: PathBuf,
+        #[source]
+        source: Box<bunker_store::Error>,
+    },
+    /// Temp files left by a crash beside a server state file cannot be
+    /// removed.
+    #[error("removing stale temp files of {}: {source}", path.display())]
+    StaleTemps {
+        path: PathBuf,
+        #[source]
+        source: Box<bunker_store::Error>,
+    },
+    /// A file or directory the server needs cannot be read, written,
+    /// renamed or synced; `doing` says which ("reading", "syncing
+    /// directory", ...).
+    #[error("{doing} {}: {source}", path.display())]
+    Io {
+        doing: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A server state file is not valid JSON of its kind.
+    #[error("{} is damaged: {source}", path.display())]
+    Damaged {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A server state file written by a newer build.
+    #[error("{} has version {found}, this build reads version {supported}", path.display())]
+    UnsupportedVersion {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    /// A symbolic link where the admin secret goes: never followed.
+    #[error(
+        "{} is a symbolic link: refusing to write the admin secret through it; remove it and start again",
+        path.display()
+    )]
+    AdminTokenIsLink { path: PathBuf },
+    /// Something other than a regular file where the admin secret goes.
+    #[error(
+        "{} is not a regular file: refusing to replace it with the admin secret; remove it and start again",
+        path.display()
+    )]
+    AdminTokenNotFile { path: PathBuf },
+    /// The first admin token could not be made (no randomness, or its
+    /// hash could not be saved).
+    #[error("{}", source.message)]
+    FirstAdmin {
+        #[source]
+        source: ApiError,
+    },
+    /// A PEM file (certificate chain or private key) cannot be read.
+    #[error("reading {what} {}: {source}", path.display())]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("no certificate in {}", path.display())]
+    NoCertificate { path: PathBuf },
+    /// The certificate chain and private key do not make a TLS server.
+    #[error("certificate and key do not fit: {source}")]
+    CertificateMismatch {
+        #[source]
+        source: rustls::Error,
+    },
+    /// rustls refused its own defaults (a build without a usable crypto
+    /// provider).
+    #[error("{source}")]
+    Tls {
+        #[source]
+        source: rustls::Error,
+    },
+    /// The configuration file is not valid TOML of [`crate::Config`]'s keys.
+    #[error("{source}")]
+    Config {
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The thread of a [`crate::spawn`]ed server could not be started.
+    #[error("starting the server thread: {source}")]
+    Thread {
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    pub(crate) fn io(
+        doing: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> StartError {
+        StartError::Io {
+            doing,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// A server state file could not be saved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SaveError {
+    #[error("saving {file}: {source}")]
+    Write {
+        file: &'static str,
+        #[source]
+        source: Box<bunker_store::Error>,
+    },
+    #[error("encoding {file}: {source}")]
+    Encode {
+        file: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
 }

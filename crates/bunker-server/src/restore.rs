@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 
 use crate::limits::{Budget, QuotaGuard};
-use crate::State;
+use crate::state::State;
 
 /// Manifest entries read at a time.
 pub(crate) const ENTRY_BATCH: usize = 1024;
@@ -134,7 +134,7 @@ pub(crate) fn stream(
     first: Vec<ManifestEntry>,
     range: Range<u64>,
     quota: QuotaGuard,
-) -> crate::Body {
+) -> crate::body::Body {
     // Four frames queued for the connection: with one, the task and hyper
     // woke each other for every frame (about a tenth more CPU per GB).
     let (tx, rx) = mpsc::channel(4);
@@ -155,12 +155,12 @@ pub(crate) fn stream(
         _quota: quota,
     };
     tokio::spawn(s.run());
-    crate::channel_body(rx)
+    crate::body::channel_body(rx)
 }
 
 impl Stream {
     async fn run(mut self) {
-        let active = crate::Counted::new(&self.state, |m| &m.active_restores);
+        let active = crate::state::Counted::new(&self.state, |m| &m.active_restores);
         let outcome = self.pump().await;
         drop(active);
         if let Err(Stop::Failed(why)) = outcome {

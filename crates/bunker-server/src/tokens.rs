@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use bunker_api::{Role, TokenInfo};
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, StartError};
 
 /// The authenticated caller of a request.
 #[derive(Clone, Debug)]
@@ -103,8 +103,9 @@ pub struct TokenStore {
     before_save: Mutex<Option<SaveHook>>,
 }
 
+/// A test's stand-in for the disk: an error fails the save.
 #[cfg(test)]
-type SaveHook = Box<dyn FnMut() -> Result<(), String> + Send>;
+type SaveHook = Box<dyn FnMut() -> std::io::Result<()> + Send>;
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], ApiError> {
     let mut b = [0u8; N];
@@ -124,19 +125,22 @@ pub(crate) fn mint() -> Result<(String, String), ApiError> {
 impl TokenStore {
     /// Opens `<dir>/tokens.json` (none: no tokens). See [`open_or_init`]
     /// for the first start.
-    pub fn open(dir: &Path) -> Result<TokenStore, String> {
+    pub fn open(dir: &Path) -> Result<TokenStore, StartError> {
         let path = dir.join("tokens.json");
         let file: TokenFile = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| format!("tokens.json is damaged: {e}"))?,
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StartError::Damaged {
+                path: path.clone(),
+                source,
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => TokenFile::default(),
-            Err(e) => return Err(format!("reading tokens.json: {e}")),
+            Err(e) => return Err(StartError::io("reading", path, e)),
         };
         if file.version > 1 {
-            return Err(format!(
-                "tokens.json has version {}, this build reads version 1",
-                file.version
-            ));
+            return Err(StartError::UnsupportedVersion {
+                path,
+                found: file.version,
+                supported: 1,
+            });
         }
         Ok(TokenStore {
             path,
@@ -168,7 +172,7 @@ impl TokenStore {
             .unwrap_or_else(|p| p.into_inner())
             .as_mut()
         {
-            hook().map_err(ApiError::internal)?;
+            hook().map_err(|e| ApiError::internal(format!("saving tokens: {e}")))?;
         }
         let file = TokenFile {
             version: 1,
@@ -247,7 +251,7 @@ impl TokenStore {
     #[cfg(test)]
     pub(crate) fn set_before_save(
         &self,
-        hook: impl FnMut() -> Result<(), String> + Send + 'static,
+        hook: impl FnMut() -> std::io::Result<()> + Send + 'static,
     ) {
         *self.before_save.lock().unwrap() = Some(Box::new(hook));
     }

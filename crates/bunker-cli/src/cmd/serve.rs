@@ -72,6 +72,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(v) = args.grace_secs {
         config.grace_secs = v;
     }
+    // `bunker_server::StartError` names its cause in its message: `Error::msg`
+    // keeps `{:#}` from printing the cause a second time.
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(c), Some(k)) => Some(bunker_server::tls_acceptor(c, k).map_err(anyhow::Error::msg)?),
         (None, None) => None,

@@ -16,15 +16,16 @@ use std::time::Instant;
 use bunker_api::{Check, DrillResult, ErrorCode, ServerDrill, Verifier};
 use bunker_store::{Piece, SnapshotInfo};
 use hyper::body::Incoming;
-use hyper::{Method, Request, StatusCode};
+use hyper::{Request, StatusCode};
 
-use super::admin::read_small_body;
 use super::blocking;
 use super::snapshots::readable;
+use crate::body::read_small_body;
 use crate::checks::Kind;
 use crate::error::ApiError;
+use crate::reply::{json_response, Reply};
+use crate::state::State;
 use crate::tokens::Principal;
-use crate::{json_response, not_allowed, Reply, State};
 
 /// Zeros hashed for zero chunks, a slice at a time.
 static ZEROS: [u8; 64 << 10] = [0u8; 64 << 10];
@@ -39,9 +40,6 @@ pub(super) async fn drill(
     name: &str,
     id: &str,
 ) -> Reply {
-    if req.method() != Method::POST {
-        return Err(not_allowed());
-    }
     let info = readable(state, p, name, id).await?;
     let body = read_small_body(req.into_body(), 16 << 10).await?;
     let value: serde_json::Value =
@@ -86,7 +84,7 @@ async fn save(
     blocking(move || {
         st.checks
             .record(kind, [(key, c)])
-            .map_err(ApiError::internal)
+            .map_err(|e| ApiError::internal(e.to_string()))
     })
     .await
 }

@@ -1,23 +1,21 @@
 //! `POST /v1/gc` (unscoped admin): one garbage collection, beside running backups
 //! (docs/GC.md). 409 `busy` while another GC or a verify runs.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bunker_api::{GcReport, GcRequest, Role};
+use bunker_api::{GcRequest, Role};
 use hyper::body::Incoming;
-use hyper::{Method, Request, StatusCode};
+use hyper::{Request, StatusCode};
 
-use super::admin::read_small_body;
 use super::{blocking, require};
+use crate::body::read_small_body;
 use crate::error::ApiError;
+use crate::maintenance::run_gc;
+use crate::reply::{json_response, Reply};
+use crate::state::State;
 use crate::tokens::Principal;
-use crate::{json_response, not_allowed, Reply, State};
 
 pub(super) async fn gc(state: &Arc<State>, p: &Principal, req: Request<Incoming>) -> Reply {
-    if req.method() != Method::POST {
-        return Err(not_allowed());
-    }
     require(p, &[Role::Admin], "run GC")?;
     if let Some(scope) = &p.scope {
         return Err(ApiError::forbidden(format!(
@@ -44,39 +42,4 @@ pub(super) async fn gc(state: &Arc<State>, p: &Principal, req: Request<Incoming>
     let st = state.clone();
     let report = blocking(move || run_gc(&st, &opts)).await?;
     Ok(json_response(StatusCode::OK, &report))
-}
-
-/// Runs one GC and records it in the metrics.
-pub(crate) fn run_gc(state: &State, opts: &bunker_store::GcOptions) -> Result<GcReport, ApiError> {
-    let r = state.repo.gc(opts).map_err(|e| state.store_error(e))?;
-    let m = &state.metrics;
-    if !r.dry_run {
-        m.gc_runs.fetch_add(1, Ordering::Relaxed);
-        m.gc_reclaimed_bytes
-            .fetch_add(r.bytes_reclaimed(), Ordering::Relaxed);
-        m.gc_last_ms.store(r.total_ms, Ordering::Relaxed);
-        m.gc_last_unix.store(
-            (bunker_store::clock::now_unix_ms() / 1000).max(0) as u64,
-            Ordering::Relaxed,
-        );
-    }
-    Ok(GcReport {
-        dry_run: r.dry_run,
-        snapshots: r.snapshots,
-        references: r.references,
-        packs_examined: r.packs_examined,
-        packs_deleted: r.packs_deleted,
-        packs_rewritten: r.packs_rewritten,
-        packs_protected: r.packs_protected,
-        packs_unreadable: r.packs_unreadable,
-        bytes_deleted: r.bytes_deleted,
-        bytes_rewritten: r.bytes_rewritten,
-        bytes_reclaimed: r.bytes_reclaimed(),
-        live_bytes: r.live_bytes,
-        index_entries_dropped: r.index_entries_dropped,
-        mark_bytes: r.mark_bytes,
-        mark_seconds: r.mark_ms as f64 / 1000.0,
-        sweep_seconds: r.sweep_ms as f64 / 1000.0,
-        seconds: r.total_ms as f64 / 1000.0,
-    })
 }

@@ -1,5 +1,10 @@
 //! Routing, authentication and permissions.
 //!
+//! [`handle`] answers a request; `dispatch` is the route table, one arm per
+//! `(method, path)` calling one handler in this directory (one file per
+//! resource). Handlers check roles and names with `require`/`check_name`
+//! and run store work on the blocking pool (`blocking`).
+//!
 //! Paths are matched segment by segment with no percent-decoding: snapshot
 //! names may only contain `[A-Za-z0-9._-]`, so an encoded name is simply an
 //! invalid one (400), and no request can name a file outside the data
@@ -8,98 +13,165 @@
 mod admin;
 mod drill;
 mod gc;
-pub(crate) use gc::run_gc;
 mod prune;
 mod sessions;
 mod snapshots;
 mod verify;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bunker_api::{ErrorCode, Role};
 use hyper::body::Incoming;
-use hyper::{Method, Request};
+use hyper::{Method, Request, Response};
 
+use crate::body::Body;
 use crate::error::ApiError;
+use crate::reply::{error_response, Reply};
+use crate::state::State;
 use crate::tokens::Principal;
-use crate::{not_allowed, Reply, State};
 
-pub(crate) async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Reply) {
+/// Answers one request: routes it, turns its error into a JSON error
+/// response, and counts it in the metrics under its route's label.
+pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let (route, result) = dispatch(&state, req).await;
+    let resp = result.unwrap_or_else(|e| {
+        state.metrics.error(e.code.as_str());
+        if e.code.status() >= 500 {
+            tracing::warn!(route, "{e}");
+        }
+        error_response(&e)
+    });
+    state
+        .metrics
+        .observe(route, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+/// The route's metrics label and its answer. Every request but `/healthz`
+/// is authenticated first; a known path with a method it does not take is
+/// 405 `method_not_allowed` (the token routes check the role first).
+async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Reply) {
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
     if segs == ["healthz"] {
-        return ("healthz", admin::health(&method));
+        let reply = match method {
+            Method::GET => Ok(admin::health()),
+            _ => Err(not_allowed()),
+        };
+        return ("healthz", reply);
     }
-    let principal = match authenticate(state, &req) {
+    let p = &match authenticate(state, &req) {
         Ok(p) => p,
         Err(e) => return ("auth", Err(e)),
     };
-    match segs.as_slice() {
-        ["metrics"] => ("metrics", admin::metrics(state, &principal, &method)),
-        ["v1", "info"] => ("info", admin::info(state, &method)),
-        ["v1", "stats"] => ("stats", admin::stats(state, &principal, &method).await),
-        ["v1", "tokens"] => ("tokens", admin::tokens(state, &principal, req).await),
-        ["v1", "tokens", id] => ("token", admin::token(state, &principal, &method, id).await),
-        ["v1", "snapshots"] => (
-            "list_snapshots",
-            snapshots::list(state, &principal, &method, None).await,
+    match (&method, segs.as_slice()) {
+        (&Method::GET, ["metrics"]) => ("metrics", admin::metrics(state, p)),
+        (&Method::GET, ["v1", "info"]) => ("info", admin::info(state)),
+        (&Method::GET, ["v1", "stats"]) => ("stats", admin::stats(state, p).await),
+        (&Method::GET, ["v1", "tokens"]) => ("tokens", admin::list_tokens(state, p)),
+        (&Method::POST, ["v1", "tokens"]) => ("tokens", admin::create_token(state, p, req).await),
+        (&Method::DELETE, ["v1", "tokens", id]) => {
+            ("token", admin::revoke_token(state, p, id).await)
+        }
+        (&Method::GET, ["v1", "snapshots"]) => {
+            ("list_snapshots", snapshots::list(state, p, None).await)
+        }
+        (&Method::GET, ["v1", "snapshots", name]) => {
+            ("list_name", snapshots::list(state, p, Some(name)).await)
+        }
+        (&Method::PUT, ["v1", "snapshots", name]) => {
+            ("put_snapshot", snapshots::upload(state, p, name, req).await)
+        }
+        (&Method::GET, ["v1", "snapshots", name, id]) => {
+            ("snapshot", snapshots::one(state, p, name, id).await)
+        }
+        (&Method::DELETE, ["v1", "snapshots", name, id]) => {
+            ("snapshot", snapshots::delete(state, p, name, id).await)
+        }
+        (&Method::GET, ["v1", "snapshots", name, id, "data"]) => {
+            ("get_data", snapshots::data(state, p, req, name, id).await)
+        }
+        (&Method::POST, ["v1", "snapshots", name, id, "drill"]) => {
+            ("post_drill", drill::drill(state, p, req, name, id).await)
+        }
+        (&Method::GET, ["v1", "snapshots", name, id, "manifest"]) => (
+            "get_manifest",
+            snapshots::manifest(state, p, name, id).await,
         ),
-        ["v1", "snapshots", name] => match method {
-            Method::PUT => (
-                "put_snapshot",
-                snapshots::upload(state, &principal, name, req).await,
-            ),
-            _ => (
-                "list_name",
-                snapshots::list(state, &principal, &method, Some(name)).await,
+        (&Method::GET, ["v1", "snapshots", name, id, "chunks", chunk]) => (
+            "get_chunk",
+            snapshots::chunk(state, p, name, id, chunk).await,
+        ),
+        (&Method::POST, ["v1", "verify"]) => ("verify", verify::verify(state, p, req).await),
+        (&Method::POST, ["v1", "prune"]) => ("prune", prune::prune(state, p, req).await),
+        (&Method::POST, ["v1", "gc"]) => ("gc", gc::gc(state, p, req).await),
+        (&Method::POST, ["v1", "sessions"]) => {
+            ("open_session", sessions::open(state, p, req).await)
+        }
+        (&Method::DELETE, ["v1", "sessions", sid]) => ("session", sessions::abort(state, p, sid)),
+        (&Method::POST, ["v1", "sessions", sid, "missing"]) => {
+            ("missing", sessions::missing(state, p, req, sid).await)
+        }
+        (&Method::PUT, ["v1", "sessions", sid, "chunks", id]) => (
+            "put_chunk",
+            sessions::put_chunk(state, p, req, sid, id).await,
+        ),
+        (&Method::POST, ["v1", "sessions", sid, "commit"]) => {
+            ("commit", sessions::commit(state, p, req, sid).await)
+        }
+        // Known paths, other methods.
+        (_, ["v1", "tokens"]) => (
+            "tokens",
+            admin::may_manage_tokens(p).and(Err(not_allowed())),
+        ),
+        (_, ["v1", "tokens", _]) => ("token", admin::may_manage_tokens(p).and(Err(not_allowed()))),
+        (_, segs) => match known(segs) {
+            Some(route) => (route, Err(not_allowed())),
+            None => (
+                "unknown",
+                Err(ApiError::not_found(format!(
+                    "no route {method} {}",
+                    truncate(&path)
+                ))),
             ),
         },
-        ["v1", "snapshots", name, id] => (
-            "snapshot",
-            snapshots::one(state, &principal, &method, name, id).await,
-        ),
-        ["v1", "snapshots", name, id, "data"] => (
-            "get_data",
-            snapshots::data(state, &principal, req, name, id).await,
-        ),
-        ["v1", "snapshots", name, id, "drill"] => (
-            "post_drill",
-            drill::drill(state, &principal, req, name, id).await,
-        ),
-        ["v1", "snapshots", name, id, "manifest"] => (
-            "get_manifest",
-            snapshots::manifest(state, &principal, req, name, id).await,
-        ),
-        ["v1", "snapshots", name, id, "chunks", chunk] => (
-            "get_chunk",
-            snapshots::chunk(state, &principal, req, name, id, chunk).await,
-        ),
-        ["v1", "verify"] => ("verify", verify::verify(state, &principal, req).await),
-        ["v1", "prune"] => ("prune", prune::prune(state, &principal, req).await),
-        ["v1", "gc"] => ("gc", gc::gc(state, &principal, req).await),
-        ["v1", "sessions"] => ("open_session", sessions::open(state, &principal, req).await),
-        ["v1", "sessions", sid] => ("session", sessions::abort(state, &principal, &method, sid)),
-        ["v1", "sessions", sid, "missing"] => (
-            "missing",
-            sessions::missing(state, &principal, req, sid).await,
-        ),
-        ["v1", "sessions", sid, "chunks", id] => (
-            "put_chunk",
-            sessions::put_chunk(state, &principal, req, sid, id).await,
-        ),
-        ["v1", "sessions", sid, "commit"] => (
-            "commit",
-            sessions::commit(state, &principal, req, sid).await,
-        ),
-        _ => (
-            "unknown",
-            Err(ApiError::not_found(format!(
-                "no route {method} {}",
-                truncate(&path)
-            ))),
-        ),
     }
+}
+
+/// The label of a known path (any method), for the 405 of a method it
+/// does not take.
+fn known(segs: &[&str]) -> Option<&'static str> {
+    Some(match segs {
+        ["metrics"] => "metrics",
+        ["v1", "info"] => "info",
+        ["v1", "stats"] => "stats",
+        ["v1", "snapshots"] => "list_snapshots",
+        ["v1", "snapshots", _] => "list_name",
+        ["v1", "snapshots", _, _] => "snapshot",
+        ["v1", "snapshots", _, _, "data"] => "get_data",
+        ["v1", "snapshots", _, _, "drill"] => "post_drill",
+        ["v1", "snapshots", _, _, "manifest"] => "get_manifest",
+        ["v1", "snapshots", _, _, "chunks", _] => "get_chunk",
+        ["v1", "verify"] => "verify",
+        ["v1", "prune"] => "prune",
+        ["v1", "gc"] => "gc",
+        ["v1", "sessions"] => "open_session",
+        ["v1", "sessions", _] => "session",
+        ["v1", "sessions", _, "missing"] => "missing",
+        ["v1", "sessions", _, "chunks", _] => "put_chunk",
+        ["v1", "sessions", _, "commit"] => "commit",
+        _ => return None,
+    })
+}
+
+fn not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this route",
+    )
 }
 
 fn truncate(s: &str) -> String {
@@ -182,39 +254,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
-}
-
-fn method_is(method: &Method, allowed: &Method) -> Result<(), ApiError> {
-    if method == allowed {
-        Ok(())
-    } else {
-        Err(not_allowed())
-    }
-}
-
-/// The API view of a snapshot, with its recorded checks.
-pub(crate) fn to_api(
-    checks: &crate::checks::Checks,
-    s: &bunker_store::SnapshotInfo,
-) -> bunker_api::Snapshot {
-    let recorded = checks.get(&s.name, s.id.0);
-    bunker_api::Snapshot {
-        name: s.name.clone(),
-        id: s.id.0,
-        created_unix_ms: s.created_unix_ms,
-        size_bytes: s.size,
-        chunks: s.chunks,
-        zero_chunks: s.zero_chunks,
-        new_chunks: s.new_chunks,
-        new_bytes: s.new_bytes,
-        seconds: s.ingest_ms as f64 / 1000.0,
-        blake3: s.stream_hash_hex(),
-        source: s.source.clone(),
-        creator: (s.creator != 0).then(|| format!("{:016x}", s.creator)),
-        last_verify: recorded.verify,
-        last_drill: recorded.drill,
-        last_server_drill: recorded.server_drill,
-    }
 }
 
 /// Parses a hex BLAKE3 header value.

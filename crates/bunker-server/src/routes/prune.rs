@@ -3,21 +3,19 @@
 
 use std::sync::Arc;
 
-use bunker_api::{PruneDecision, PruneName, PruneRequest, PruneResult, Role};
-use bunker_store::retention::Policy;
+use bunker_api::{PruneName, PruneRequest, PruneResult, Role};
 use hyper::body::Incoming;
-use hyper::{Method, Request, StatusCode};
+use hyper::{Request, StatusCode};
 
-use super::admin::read_small_body;
 use super::{blocking, check_name, require};
+use crate::body::read_small_body;
+use crate::convert;
 use crate::error::ApiError;
+use crate::reply::{json_response, Reply};
+use crate::state::State;
 use crate::tokens::Principal;
-use crate::{json_response, not_allowed, Reply, State};
 
 pub(super) async fn prune(state: &Arc<State>, p: &Principal, req: Request<Incoming>) -> Reply {
-    if req.method() != Method::POST {
-        return Err(not_allowed());
-    }
     require(
         p,
         &[Role::Admin],
@@ -26,15 +24,7 @@ pub(super) async fn prune(state: &Arc<State>, p: &Principal, req: Request<Incomi
     let body = read_small_body(req.into_body(), 16 << 10).await?;
     let r: PruneRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("prune request: {e}")))?;
-    let policy = Policy {
-        last: r.keep_last,
-        hourly: r.keep_hourly,
-        daily: r.keep_daily,
-        weekly: r.keep_weekly,
-        monthly: r.keep_monthly,
-        yearly: r.keep_yearly,
-        within_ms: r.keep_within_secs.map(|s| (s as i64).saturating_mul(1000)),
-    };
+    let policy = convert::retention_policy(&r);
     if policy.keeps_nothing() {
         return Err(ApiError::bad_request(
             "this retention policy keeps nothing: give at least one keep rule",
@@ -81,15 +71,7 @@ pub(super) async fn prune(state: &Arc<State>, p: &Principal, req: Request<Incomi
             }
             out.push(PruneName {
                 name,
-                snapshots: decisions
-                    .into_iter()
-                    .map(|d| PruneDecision {
-                        id: d.id.0,
-                        created_unix_ms: d.created_unix_ms,
-                        keep: d.keep,
-                        reasons: d.reasons.iter().map(|r| r.to_string()).collect(),
-                    })
-                    .collect(),
+                snapshots: decisions.into_iter().map(convert::prune_decision).collect(),
             });
         }
         Ok(out)

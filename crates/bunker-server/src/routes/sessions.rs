@@ -11,15 +11,16 @@ use bunker_api::{
 };
 use bunker_store::ChunkId;
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use tokio::sync::mpsc;
 
-use super::admin::read_small_body;
-use super::{blocking, check_name, parse_hash, require, to_api};
+use super::{blocking, check_name, parse_hash, require};
+use crate::body::{full, pump_body, read_small_body, BodyItem, BodyReader};
 use crate::error::ApiError;
+use crate::reply::{json_response, no_content, Reply};
 use crate::sessions::Session;
+use crate::state::State;
 use crate::tokens::Principal;
-use crate::{full, json_response, not_allowed, pump_body, BodyItem, BodyReader, Reply, State};
 
 /// Ids per `missing` request, at most.
 const MAX_IDS_PER_QUERY: usize = 65_536;
@@ -70,9 +71,6 @@ fn session(state: &State, p: &Principal, sid: &str) -> Result<Arc<Session>, ApiE
 }
 
 pub(super) async fn open(state: &Arc<State>, p: &Principal, req: Request<Incoming>) -> Reply {
-    if req.method() != Method::POST {
-        return Err(not_allowed());
-    }
     require(p, &[Role::Admin, Role::Writer], "create snapshots")?;
     let body = read_small_body(req.into_body(), 16 << 10).await?;
     let r: SessionRequest = serde_json::from_slice(&body)
@@ -106,15 +104,10 @@ pub(super) async fn open(state: &Arc<State>, p: &Principal, req: Request<Incomin
     ))
 }
 
-pub(super) fn abort(state: &State, p: &Principal, method: &Method, sid: &str) -> Reply {
-    if method != Method::DELETE {
-        return Err(not_allowed());
-    }
+pub(super) fn abort(state: &State, p: &Principal, sid: &str) -> Reply {
     session(state, p, sid)?;
     state.sessions.remove(sid);
-    let mut r = Response::new(full(""));
-    *r.status_mut() = StatusCode::NO_CONTENT;
-    Ok(r)
+    Ok(no_content())
 }
 
 /// Body: N chunk ids of 32 bytes. Answer: a bitmap of ceil(N/8) bytes, bit
@@ -125,9 +118,6 @@ pub(super) async fn missing(
     req: Request<Incoming>,
     sid: &str,
 ) -> Reply {
-    if req.method() != Method::POST {
-        return Err(not_allowed());
-    }
     let s = session(state, p, sid)?;
     let max = MAX_IDS_PER_QUERY * CHUNK_ID_LEN;
     // The body, then as many ids again.
@@ -176,9 +166,6 @@ pub(super) async fn put_chunk(
     sid: &str,
     id: &str,
 ) -> Reply {
-    if req.method() != Method::PUT {
-        return Err(not_allowed());
-    }
     let s = session(state, p, sid)?;
     let id = ChunkId::from_hex(id).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let max = state.repo.chunker_params().max_len as usize;
@@ -250,9 +237,6 @@ pub(super) async fn commit(
     req: Request<Incoming>,
     sid: &str,
 ) -> Reply {
-    if req.method() != Method::POST {
-        return Err(not_allowed());
-    }
     let s = session(state, p, sid)?;
     let stream_hash = parse_hash(
         req.headers().get(bunker_api::HEADER_STREAM_HASH),
@@ -313,7 +297,7 @@ pub(super) async fn commit(
     tracing::info!(name = %info.name, id = info.id.0, bytes = info.size, "snapshot committed by chunk protocol");
     Ok(json_response(
         StatusCode::CREATED,
-        &to_api(&state.checks, &info),
+        &crate::convert::snapshot(&state.checks, &info),
     ))
 }
 

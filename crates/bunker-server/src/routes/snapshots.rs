@@ -11,27 +11,21 @@ use hyper::body::Incoming;
 use hyper::header::{
     HeaderValue, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE,
 };
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use tokio::sync::mpsc;
 
-use super::{blocking, can_read, check_name, parse_hash, require, to_api};
+use super::{blocking, can_read, check_name, parse_hash, require};
+use crate::body::{channel_body, full, pump_body, BodyItem, BodyReader};
+use crate::convert;
 use crate::error::ApiError;
+use crate::reply::{json_response, no_content, Reply};
 use crate::restore::{Held, ENTRY_BATCH};
+use crate::state::{Counted, State};
 use crate::tokens::Principal;
-use crate::{
-    channel_body, json_response, not_allowed, pump_body, BodyItem, BodyReader, Counted, Reply,
-    State,
-};
 
-pub(super) async fn list(
-    state: &Arc<State>,
-    p: &Principal,
-    method: &Method,
-    name: Option<&str>,
-) -> Reply {
-    if method != Method::GET {
-        return Err(not_allowed());
-    }
+/// `GET /v1/snapshots` and `GET /v1/snapshots/{name}`: the snapshots `p`
+/// may read.
+pub(super) async fn list(state: &Arc<State>, p: &Principal, name: Option<&str>) -> Reply {
     let name = name.map(str::to_string);
     if let Some(n) = &name {
         check_name(p, n)?;
@@ -46,7 +40,7 @@ pub(super) async fn list(
         Ok(all
             .iter()
             .filter(|s| can_read(&principal, &s.name, s.creator))
-            .map(|s| to_api(&st.checks, s))
+            .map(|s| convert::snapshot(&st.checks, s))
             .collect::<Vec<_>>())
     })
     .await?;
@@ -109,45 +103,38 @@ pub(super) async fn readable(
     .await
 }
 
-pub(super) async fn one(
-    state: &Arc<State>,
-    p: &Principal,
-    method: &Method,
-    name: &str,
-    id: &str,
-) -> Reply {
-    match *method {
-        Method::GET => {
-            let info = readable(state, p, name, id).await?;
-            Ok(json_response(StatusCode::OK, &to_api(&state.checks, &info)))
+/// `GET /v1/snapshots/{name}/{id|latest}`: one snapshot's metadata.
+pub(super) async fn one(state: &Arc<State>, p: &Principal, name: &str, id: &str) -> Reply {
+    let info = readable(state, p, name, id).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &convert::snapshot(&state.checks, &info),
+    ))
+}
+
+/// `DELETE /v1/snapshots/{name}/{id}` (admin): removes the manifest; the
+/// space comes back through GC.
+pub(super) async fn delete(state: &Arc<State>, p: &Principal, name: &str, id: &str) -> Reply {
+    require(
+        p,
+        &[Role::Admin],
+        "delete snapshots (backups are append-only for writers)",
+    )?;
+    check_name(p, name)?;
+    let id = parse_id(id)?
+        .ok_or_else(|| ApiError::bad_request("delete a snapshot by its id, not 'latest'"))?;
+    let st = state.clone();
+    let n = name.to_string();
+    blocking(move || {
+        st.repo.delete(&n, id).map_err(|e| st.store_error(e))?;
+        if let Err(e) = st.checks.forget(&[(n, id.0)]) {
+            tracing::warn!("{e}");
         }
-        Method::DELETE => {
-            require(
-                p,
-                &[Role::Admin],
-                "delete snapshots (backups are append-only for writers)",
-            )?;
-            check_name(p, name)?;
-            let id = parse_id(id)?.ok_or_else(|| {
-                ApiError::bad_request("delete a snapshot by its id, not 'latest'")
-            })?;
-            let st = state.clone();
-            let n = name.to_string();
-            blocking(move || {
-                st.repo.delete(&n, id).map_err(|e| st.store_error(e))?;
-                if let Err(e) = st.checks.forget(&[(n, id.0)]) {
-                    tracing::warn!("{e}");
-                }
-                Ok(())
-            })
-            .await?;
-            tracing::info!(name, id = id.0, "snapshot deleted");
-            let mut r = Response::new(crate::full(""));
-            *r.status_mut() = StatusCode::NO_CONTENT;
-            Ok(r)
-        }
-        _ => Err(not_allowed()),
-    }
+        Ok(())
+    })
+    .await?;
+    tracing::info!(name, id = id.0, "snapshot deleted");
+    Ok(no_content())
 }
 
 /// Parses a single `bytes=` range against `size`: `Ok(None)` for no (or an
@@ -200,9 +187,6 @@ pub(super) async fn data(
     name: &str,
     id: &str,
 ) -> Reply {
-    if req.method() != Method::GET {
-        return Err(not_allowed());
-    }
     let info = readable(state, p, name, id).await?;
     let range = parse_range(req.headers().get(RANGE), info.size)?;
     let (start, end) = range.unwrap_or((0, info.size));
@@ -248,16 +232,7 @@ pub(super) async fn data(
 /// `GET .../manifest`: the snapshot's chunks in stream order, 40 bytes
 /// each: end offset (u64 little-endian) and chunk id (all zeros for a zero
 /// chunk). Streamed from the manifest file.
-pub(super) async fn manifest(
-    state: &Arc<State>,
-    p: &Principal,
-    req: Request<Incoming>,
-    name: &str,
-    id: &str,
-) -> Reply {
-    if req.method() != Method::GET {
-        return Err(not_allowed());
-    }
+pub(super) async fn manifest(state: &Arc<State>, p: &Principal, name: &str, id: &str) -> Reply {
     let info = readable(state, p, name, id).await?;
     let quota = state.restore_permit(p)?;
     let st = state.clone();
@@ -317,14 +292,10 @@ pub(super) async fn manifest(
 pub(super) async fn chunk(
     state: &Arc<State>,
     p: &Principal,
-    req: Request<Incoming>,
     name: &str,
     id: &str,
     chunk: &str,
 ) -> Reply {
-    if req.method() != Method::GET {
-        return Err(not_allowed());
-    }
     let chunk =
         bunker_store::ChunkId::from_hex(chunk).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let info = readable(state, p, name, id).await?;
@@ -366,7 +337,7 @@ pub(super) async fn chunk(
         .metrics
         .restore_bytes
         .fetch_add(data.len() as u64, Ordering::Relaxed);
-    let mut r = Response::new(crate::full(Held::bytes(data, budget, Some(quota))));
+    let mut r = Response::new(full(Held::bytes(data, budget, Some(quota))));
     r.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
@@ -460,7 +431,7 @@ pub(super) async fn upload(
     );
     Ok(json_response(
         StatusCode::CREATED,
-        &to_api(&state.checks, &info),
+        &convert::snapshot(&state.checks, &info),
     ))
 }
 

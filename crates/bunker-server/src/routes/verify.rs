@@ -8,19 +8,18 @@ use std::time::Instant;
 
 use bunker_api::{Role, VerifyRequest};
 use hyper::body::Incoming;
-use hyper::{Method, Request, StatusCode};
+use hyper::{Request, StatusCode};
 
 use super::{blocking, require};
+use crate::body::read_small_body;
 use crate::error::ApiError;
+use crate::reply::{json_response, Reply};
+use crate::state::State;
 use crate::tokens::Principal;
-use crate::{json_response, not_allowed, Reply, State};
 
 pub(super) async fn verify(state: &Arc<State>, p: &Principal, req: Request<Incoming>) -> Reply {
-    if req.method() != Method::POST {
-        return Err(not_allowed());
-    }
     require(p, &[Role::Admin], "verify the repository")?;
-    let body = super::admin::read_small_body(req.into_body(), 4096).await?;
+    let body = read_small_body(req.into_body(), 4096).await?;
     let q: VerifyRequest = if body.iter().all(u8::is_ascii_whitespace) {
         VerifyRequest::default()
     } else {
@@ -69,30 +68,12 @@ pub(super) async fn verify(state: &Arc<State>, p: &Principal, req: Request<Incom
     // others sharing a damaged chunk are neither named nor recorded here.
     r.damaged_snapshots.retain(|d| p.in_scope(&d.name));
     record_checks(state, p, &opts, &r, &covered).await;
-    let report = bunker_api::VerifyReport {
-        clean: r.is_clean(),
-        snapshot: q.snapshot.clone(),
-        sample_percent: opts.sample_percent,
-        newly_quarantined: r.newly_quarantined,
-        quarantined: r.quarantined,
-        packs: r.packs,
-        chunks: r.chunks,
-        stored_bytes: r.stored_bytes,
-        snapshots: r.snapshots,
-        seconds: started.elapsed().as_secs_f64(),
-        damage: r.damage.into_iter().map(api_damage).collect(),
-        unreadable: r.unreadable.into_iter().map(api_damage).collect(),
-        damaged_snapshots: r
-            .damaged_snapshots
-            .into_iter()
-            .map(|d| bunker_api::DamagedSnapshot {
-                name: d.name,
-                id: d.id.0,
-                bad_chunks: d.bad_chunks,
-                reason: d.reason,
-            })
-            .collect(),
-    };
+    let report = crate::convert::verify_report(
+        r,
+        q.snapshot.clone(),
+        opts.sample_percent,
+        started.elapsed().as_secs_f64(),
+    );
     if report.clean {
         tracing::info!(
             packs = report.packs,
@@ -107,16 +88,6 @@ pub(super) async fn verify(state: &Arc<State>, p: &Principal, req: Request<Incom
         );
     }
     Ok(json_response(StatusCode::OK, &report))
-}
-
-fn api_damage(d: bunker_store::Damage) -> bunker_api::Damage {
-    bunker_api::Damage {
-        file: d.file,
-        pack: d.pack.map(|p| p.0),
-        offset: d.offset,
-        chunk: d.chunk.map(|c| c.to_hex()),
-        reason: d.reason,
-    }
 }
 
 /// Records this verify as the last one of every snapshot it covered (and
@@ -174,7 +145,7 @@ async fn record_checks(
     let saved = blocking(move || {
         st.checks
             .record(crate::checks::Kind::Verify, results)
-            .map_err(crate::error::ApiError::internal)
+            .map_err(|e| ApiError::internal(e.to_string()))
     })
     .await;
     if let Err(e) = saved {

@@ -1,0 +1,219 @@
+//! What every request handler shares: the configuration, the repository,
+//! tokens, recorded checks, upload sessions, metrics, and the limits that
+//! keep the server's memory and threads bounded.
+//!
+//! Every limit is held by a guard ([`IngestSlot`], a [`QuotaGuard`], a
+//! budget permit, [`Counted`] for gauges): work that ends in any way,
+//! a request future dropped midway included, gives back what it took.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::error::{ApiError, StartError};
+use crate::limits::{Budget, Quota, QuotaGuard};
+use crate::metrics::Metrics;
+use crate::sessions::Sessions;
+use crate::tokens::{self, TokenStore};
+use crate::{admin_token, checks, restore};
+
+/// Everything a request handler may touch.
+pub struct State {
+    pub config: Config,
+    pub repo: bunker_store::Repository,
+    pub tokens: TokenStore,
+    /// Last verify and drill per snapshot.
+    pub checks: checks::Checks,
+    pub sessions: Sessions,
+    pub metrics: Metrics,
+    streams: Arc<Semaphore>,
+    /// One server-side drill at a time: it reads on every core.
+    pub(crate) server_drills: Semaphore,
+    /// Ingest slots per token.
+    stream_quota: Arc<Quota>,
+    pub(crate) restores: restore::Restores,
+    /// Buffered chunk uploads and `missing` queries.
+    bodies: Budget,
+    shutting_down: AtomicBool,
+    data_dir: String,
+}
+
+impl State {
+    /// Opens the repository at `config.data` (creating it on first start)
+    /// and the token store in `<data>/server/`. On first start writes an
+    /// admin token to `<data>/admin.token` (mode 0600) and returns its path
+    /// (see [`admin_token`]).
+    pub fn open(config: Config) -> Result<(Arc<State>, Option<PathBuf>), StartError> {
+        let repo = bunker_store::Repository::open_or_create(
+            &config.data,
+            bunker_store::CreateOptions::default(),
+        )
+        .map_err(|source| StartError::Repository {
+            path: config.data.clone(),
+            source: Box::new(source),
+        })?;
+        // The repository lock is ours: no other server writes these now.
+        for file in ["tokens.json", "checks.json"] {
+            let path = config.data.join("server").join(file);
+            bunker_store::remove_stale_temps_of(&path).map_err(|e| StartError::StaleTemps {
+                path,
+                source: Box::new(e),
+            })?;
+        }
+        let (tokens, admin_file) = admin_token::open_or_init(&config.data)?;
+        tokens.warn_narrowed_scopes(&repo);
+        let checks = checks::Checks::open(&config.data.join("server"))?;
+        let data_dir = std::fs::canonicalize(&config.data)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| config.data.display().to_string());
+        Ok((
+            Arc::new(State {
+                streams: Arc::new(Semaphore::new(config.max_streams.max(1))),
+                server_drills: Semaphore::new(1),
+                stream_quota: Quota::new(config.max_streams_per_token),
+                restores: restore::Restores {
+                    budget: Budget::new(
+                        config
+                            .restore_memory_bytes
+                            .max(u64::from(repo.chunker_params().max_len)),
+                    ),
+                    quota: Quota::new(config.max_restores_per_token),
+                },
+                bodies: Budget::new(config.body_memory_bytes),
+                config,
+                repo,
+                tokens,
+                checks,
+                sessions: Sessions::default(),
+                metrics: Metrics::default(),
+                shutting_down: AtomicBool::new(false),
+                data_dir,
+            }),
+            admin_file,
+        ))
+    }
+
+    pub(crate) fn store_error(&self, e: bunker_store::Error) -> ApiError {
+        ApiError::from_store(e, &self.data_dir)
+    }
+
+    /// From now on no new ingest work is started ([`State::accepting`]).
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// 503 once shutdown has begun: no new ingest work is started.
+    pub(crate) fn accepting(&self) -> Result<(), ApiError> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(ApiError::new(
+                bunker_api::ErrorCode::ShuttingDown,
+                "the server is shutting down",
+            ));
+        }
+        Ok(())
+    }
+
+    /// An ingest slot (a raw upload or an open upload session) for token
+    /// `p`, or 503 when all are taken or `p` holds its share.
+    pub(crate) fn stream_permit(&self, p: &tokens::Principal) -> Result<IngestSlot, ApiError> {
+        self.accepting()?;
+        let quota = self.stream_quota.take(p.id).ok_or_else(|| {
+            ApiError::new(
+                bunker_api::ErrorCode::TooManyStreams,
+                format!(
+                    "this token already holds {} ingest streams (max_streams_per_token); \
+                     retry when one ends",
+                    self.stream_quota.per_token()
+                ),
+            )
+        })?;
+        let stream = self.streams.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                bunker_api::ErrorCode::TooManyStreams,
+                format!(
+                    "all {} ingest streams are busy; retry later",
+                    self.config.max_streams
+                ),
+            )
+        })?;
+        Ok(IngestSlot {
+            _stream: stream,
+            _quota: quota,
+        })
+    }
+
+    /// A place among `p`'s restores, or 503 when it has
+    /// `max_restores_per_token` running.
+    pub(crate) fn restore_permit(&self, p: &tokens::Principal) -> Result<QuotaGuard, ApiError> {
+        self.restores.quota.take(p.id).ok_or_else(|| {
+            ApiError::new(
+                bunker_api::ErrorCode::TooManyStreams,
+                format!(
+                    "this token already has {} restores in progress \
+                     (max_restores_per_token); retry when one ends",
+                    self.restores.quota.per_token()
+                ),
+            )
+        })
+    }
+
+    /// `n` bytes of the request-body budget, waiting a moment for them; 503
+    /// if they do not come free.
+    pub(crate) async fn body_memory(
+        &self,
+        n: u64,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.bodies.take(n, BODY_MEMORY_WAIT).await.ok_or_else(|| {
+            ApiError::new(
+                bunker_api::ErrorCode::Overloaded,
+                format!(
+                    "the server's {} bytes for request bodies (body_memory_bytes) are in use; \
+                     retry later",
+                    self.bodies.bytes()
+                ),
+            )
+        })
+    }
+}
+
+/// How long a chunk upload or `missing` query waits for body memory
+/// before it gets 503.
+pub const BODY_MEMORY_WAIT: Duration = Duration::from_secs(2);
+
+/// An ingest slot: one of `max_streams`, and one of its token's
+/// `max_streams_per_token`. Both are given back when it is dropped.
+pub struct IngestSlot {
+    pub(crate) _stream: tokio::sync::OwnedSemaphorePermit,
+    pub(crate) _quota: QuotaGuard,
+}
+
+/// One unit of a metrics gauge while it lives: held by the work itself,
+/// so the gauge falls back however the work ends (a request future dropped
+/// midway included).
+pub(crate) struct Counted {
+    state: Arc<State>,
+    gauge: fn(&Metrics) -> &std::sync::atomic::AtomicI64,
+}
+
+impl Counted {
+    pub(crate) fn new(
+        state: &Arc<State>,
+        gauge: fn(&Metrics) -> &std::sync::atomic::AtomicI64,
+    ) -> Counted {
+        gauge(&state.metrics).fetch_add(1, Ordering::Relaxed);
+        Counted {
+            state: state.clone(),
+            gauge,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        (self.gauge)(&self.state.metrics).fetch_sub(1, Ordering::Relaxed);
+    }
+}
