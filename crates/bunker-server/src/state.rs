@@ -101,6 +101,18 @@ impl State {
         ApiError::from_store(e, &self.data_dir)
     }
 
+    /// A failed save of a server state file as a 500 whose message names
+    /// no path (the data directory is `<data>`, as in store errors).
+    pub(crate) fn save_error(&self, e: crate::error::SaveError) -> ApiError {
+        tracing::error!("{e}");
+        let m = e.to_string();
+        ApiError::internal(if self.data_dir.is_empty() {
+            m
+        } else {
+            m.replace(&self.data_dir, "<data>")
+        })
+    }
+
     /// From now on no new ingest work is started ([`State::accepting`]).
     pub(crate) fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);

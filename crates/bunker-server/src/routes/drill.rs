@@ -84,7 +84,7 @@ async fn save(
     blocking(move || {
         st.checks
             .record(kind, [(key, c)])
-            .map_err(|e| ApiError::internal(e.to_string()))
+            .map_err(|e| st.save_error(e))
     })
     .await
 }

@@ -145,7 +145,7 @@ async fn record_checks(
     let saved = blocking(move || {
         st.checks
             .record(crate::checks::Kind::Verify, results)
-            .map_err(|e| ApiError::internal(e.to_string()))
+            .map_err(|e| st.save_error(e))
     })
     .await;
     if let Err(e) = saved {
