@@ -133,11 +133,15 @@ impl S3Packs {
         e
     }
 
-    /// Copies the staged pack into the cache block by block.
+    /// Copies the staged pack into the cache block by block, unless it
+    /// would push out more than a quarter of the cache.
     fn cache_staged(&self, pack: PackId, staged: &Path, len: u64) {
         let Some(cache) = &self.shared.cache else {
             return;
         };
+        if len > cache_budget(cache) {
+            return;
+        }
         let Ok(f) = File::open(staged) else { return };
         let block = cache.block_bytes();
         let claim = cache.claim(pack, 0..len.div_ceil(block));
