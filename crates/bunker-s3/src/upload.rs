@@ -200,12 +200,15 @@ impl Journal {
         }
     }
 
-    /// Entries left by earlier processes: (entry, key, upload id).
+    /// Entries left by earlier processes: (entry, key, upload id). This
+    /// process's own (named by its pid) are uploads in progress.
     fn pending(&self) -> Result<Vec<(PathBuf, Key, String)>> {
+        let ours = format!("{}-", std::process::id());
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
             let path = entry.map_err(|e| Error::io(&self.dir, e))?.path();
-            if path.extension().is_none_or(|x| x != "upload") {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if !name.ends_with(".upload") || name.starts_with(&ours) {
                 continue;
             }
             let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
