@@ -1,0 +1,384 @@
+//! Sealed packs as objects: [`S3Packs`], a [`PackBackend`].
+//!
+//! Pack `id` is the object `PREFIX/packs/<aa>/<bb>/<id>.pack`, with the
+//! fan-out names of `LocalPacks` (`aa` the low byte of the id, `bb` the
+//! next). Staging is local: packs are written in `<data>/staging/<id>.open`
+//! and `store_sealed` uploads the file create-only (an existing pack is
+//! never replaced), returning once the PUT or CompleteMultipartUpload
+//! succeeded; the staged bytes then move into the read cache (recent packs
+//! are read most) and the staging file is removed. Reads check the range
+//! against the pack's length (one HEAD per pack: sealed packs are
+//! immutable) and go through the [`Cache`]; `read_record` is one read.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bunker_store::backend::PackBackend;
+use bunker_store::{Error, PackId, Result};
+use futures::StreamExt;
+use object_store::path::Path as Key;
+
+use crate::bucket::{Bucket, Remote};
+use crate::cache::Cache;
+use crate::upload::{abort_journalled, Journal, Upload};
+
+/// Largest GET one read-ahead request makes.
+const READ_AHEAD_RUN_BYTES: u64 = 8 << 20;
+/// Read-ahead GETs in flight at once for one `will_need` (with the run
+/// size above, bounds its memory at 64 MiB).
+const READ_AHEAD_IN_FLIGHT: usize = 8;
+
+pub struct S3Packs {
+    bucket: Bucket,
+    shared: Arc<Shared>,
+    staging: PathBuf,
+    journal: Journal,
+}
+
+/// What read-ahead tasks share with the caller's threads.
+struct Shared {
+    cache: Option<Cache>,
+    /// Lengths of sealed packs, learnt by HEAD or upload.
+    lens: Mutex<HashMap<PackId, u64>>,
+}
+
+impl S3Packs {
+    /// Packs in `bucket`, staging and caching under the data directory
+    /// `data`. Aborts the multipart uploads an earlier process journalled
+    /// and did not finish.
+    pub fn open(bucket: &Bucket, data: &Path) -> Result<S3Packs> {
+        let config = &bucket.config;
+        let staging = data.join("staging");
+        std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+        let journal = Journal::open(staging.join("uploads"))?;
+        let capacity = config.cache_bytes(data)?;
+        let cache = match capacity {
+            0 => None,
+            _ => Some(Cache::open(
+                config.cache_dir(data),
+                capacity,
+                config.cache_block_bytes,
+            )?),
+        };
+        let packs = S3Packs {
+            bucket: bucket.clone(),
+            shared: Arc::new(Shared {
+                cache,
+                lens: Mutex::new(HashMap::new()),
+            }),
+            staging,
+            journal,
+        };
+        let journal = packs.journal.clone();
+        let aborted =
+            bucket.run(|remote| async move { abort_journalled(&remote, &journal).await })?;
+        if aborted > 0 {
+            tracing::info!("aborted {aborted} multipart uploads left by an earlier process");
+        }
+        Ok(packs)
+    }
+
+    fn key(&self, pack: PackId) -> Key {
+        self.bucket.remote.key(&pack_key(pack))
+    }
+
+    fn len_known(&self, pack: PackId) -> Option<u64> {
+        lock(&self.shared.lens).get(&pack).copied()
+    }
+
+    /// `len` bytes at `offset`, checked against the pack's length first so
+    /// that a read past the end is `Corrupt` (the pack exists) rather than
+    /// whatever the store answers for an unsatisfiable range.
+    fn read_range(&self, pack: PackId, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let pack_len = self.pack_len(pack)?;
+        let end = offset.checked_add(len as u64);
+        if end.is_none_or(|end| end > pack_len) {
+            return Err(Error::Corrupt {
+                file: self.describe(pack),
+                pack: Some(pack),
+                offset: Some(offset),
+                chunk: None,
+                reason: format!(
+                    "read of {len} bytes is beyond the end of the {pack_len}-byte pack"
+                ),
+            });
+        }
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let key = self.key(pack);
+        let fetch = |range: std::ops::Range<u64>| {
+            let key = key.clone();
+            self.bucket
+                .run(|remote| async move { remote.get_range(&key, range).await })
+                .map_err(|e| self.gone_means_not_found(pack, e))
+        };
+        match &self.shared.cache {
+            Some(cache) => cache.read(pack, pack_len, offset, len as u64, &fetch),
+            None => Ok(fetch(offset..offset + len as u64)?.to_vec()),
+        }
+    }
+
+    /// A pack deleted behind the length cache's back reads as NotFound.
+    fn gone_means_not_found(&self, pack: PackId, e: Error) -> Error {
+        if matches!(e, Error::NotFound { .. }) {
+            lock(&self.shared.lens).remove(&pack);
+            return Error::NotFound {
+                what: format!("pack {}", self.describe(pack)),
+            };
+        }
+        e
+    }
+
+    /// Copies the staged pack into the cache block by block, unless it
+    /// would push out more than a quarter of the cache.
+    fn cache_staged(&self, pack: PackId, staged: &Path, len: u64) {
+        let Some(cache) = &self.shared.cache else {
+            return;
+        };
+        if len > cache_budget(cache) {
+            return;
+        }
+        let Ok(f) = File::open(staged) else { return };
+        let block = cache.block_bytes();
+        let claim = cache.claim(pack, 0..len.div_ceil(block));
+        for index in claim.mine {
+            let range = cache.byte_range(&(index..index + 1), len);
+            let mut buf = vec![0u8; (range.end - range.start) as usize];
+            match f.read_exact_at(&mut buf, range.start) {
+                Ok(()) => cache.fill(pack, index, &buf),
+                Err(_) => cache.release(pack, [index]),
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `packs/<aa>/<bb>/<id>.pack`, as `LocalPacks` lays packs out.
+fn pack_key(pack: PackId) -> String {
+    format!(
+        "packs/{:02x}/{:02x}/{:016x}.pack",
+        pack.0 & 0xff,
+        (pack.0 >> 8) & 0xff,
+        pack.0
+    )
+}
+
+/// The pack id of a key under `packs/`, if it is one.
+fn parse_pack_key(key: &str) -> Option<PackId> {
+    let name = key.strip_prefix("packs/")?.rsplit('/').next()?;
+    let hex = name.strip_suffix(".pack")?;
+    let id = u64::from_str_radix(hex, 16).ok()?;
+    (hex.len() == 16 && pack_key(PackId(id)) == key).then_some(PackId(id))
+}
+
+impl PackBackend for S3Packs {
+    fn staging_path(&self, pack: PackId) -> PathBuf {
+        self.staging.join(format!("{:016x}.open", pack.0))
+    }
+
+    fn store_sealed(&self, pack: PackId, staged: &Path) -> Result<()> {
+        let len = std::fs::metadata(staged)
+            .map_err(|e| Error::io(staged, e))?
+            .len();
+        let key = self.key(pack);
+        let config = self.bucket.config.clone();
+        let journal = self.journal.clone();
+        let file = staged.to_path_buf();
+        self.bucket.run(move |remote| async move {
+            Upload {
+                remote: &remote,
+                journal: &journal,
+                part_bytes: config.part_bytes,
+                parts_in_flight: config.parts_in_flight,
+                create: true,
+            }
+            .file(&key, &file, len)
+            .await
+        })?;
+        lock(&self.shared.lens).insert(pack, len);
+        self.cache_staged(pack, staged, len);
+        std::fs::remove_file(staged).map_err(|e| Error::io(staged, e))
+    }
+
+    fn read(&self, pack: PackId, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.read_range(pack, offset, len)
+    }
+
+    fn read_record(
+        &self,
+        pack: PackId,
+        offset: u64,
+        head: &mut [u8],
+        stored_len: usize,
+    ) -> Result<Vec<u8>> {
+        let mut bytes = self.read_range(pack, offset, head.len() + stored_len)?;
+        head.copy_from_slice(&bytes[..head.len()]);
+        bytes.drain(..head.len());
+        Ok(bytes)
+    }
+
+    fn pack_len(&self, pack: PackId) -> Result<u64> {
+        if let Some(len) = self.len_known(pack) {
+            return Ok(len);
+        }
+        let key = self.key(pack);
+        match self
+            .bucket
+            .run(|remote| async move { remote.head(&key).await })?
+        {
+            Some(len) => {
+                lock(&self.shared.lens).insert(pack, len);
+                Ok(len)
+            }
+            None => Err(Error::NotFound {
+                what: format!("pack {}", self.describe(pack)),
+            }),
+        }
+    }
+
+    fn list(&self) -> Result<Vec<PackId>> {
+        let dir = self.bucket.remote.key("packs");
+        let objects = self.bucket.run(|remote| async move {
+            let objects = remote.list(&dir).await?;
+            Ok(objects
+                .into_iter()
+                .filter_map(|(key, _)| remote.relative(&key).and_then(parse_pack_key))
+                .collect::<Vec<_>>())
+        })?;
+        let mut packs = objects;
+        packs.sort();
+        Ok(packs)
+    }
+
+    fn list_staged(&self) -> Result<Vec<PackId>> {
+        let rd = std::fs::read_dir(&self.staging).map_err(|e| Error::io(&self.staging, e))?;
+        let mut out = Vec::new();
+        for entry in rd {
+            let name = entry.map_err(|e| Error::io(&self.staging, e))?.file_name();
+            let id = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".open"))
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+            out.extend(id.map(PackId));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn will_need(&self, records: &[(PackId, u64, usize)]) {
+        let Some(cache) = &self.shared.cache else {
+            return;
+        };
+        // Claim now, on the caller's thread, so that a read that follows
+        // at once waits for the fetch instead of starting its own.
+        let budget = cache_budget(cache);
+        let max_run = (READ_AHEAD_RUN_BYTES / cache.block_bytes()).max(1);
+        let mut spent = 0;
+        let mut runs = Vec::new();
+        for &(pack, offset, len) in records {
+            if len == 0 || spent >= budget {
+                continue;
+            }
+            let claim = cache.claim(pack, cache.blocks(offset, len as u64));
+            spent += claim.mine.len() as u64 * cache.block_bytes();
+            let mut mine = claim.mine.as_slice();
+            while let Some(&first) = mine.first() {
+                let n = mine
+                    .iter()
+                    .zip(first..)
+                    .take(max_run as usize)
+                    .take_while(|(&i, want)| i == *want)
+                    .count();
+                runs.push((pack, first..first + n as u64));
+                mine = &mine[n..];
+            }
+        }
+        if runs.is_empty() {
+            return;
+        }
+        let shared = self.shared.clone();
+        let remote = self.bucket.remote.clone();
+        self.bucket.bridge.spawn(async move {
+            futures::stream::iter(runs)
+                .for_each_concurrent(READ_AHEAD_IN_FLIGHT, |(pack, blocks)| {
+                    let shared = shared.clone();
+                    let remote = remote.clone();
+                    async move { read_ahead(&shared, &remote, pack, blocks).await }
+                })
+                .await
+        });
+    }
+
+    fn delete(&self, pack: PackId) -> Result<()> {
+        let key = self.key(pack);
+        self.bucket
+            .run(|remote| async move { remote.delete(&key).await })?;
+        lock(&self.shared.lens).remove(&pack);
+        if let Some(cache) = &self.shared.cache {
+            cache.forget(pack);
+        }
+        Ok(())
+    }
+
+    fn describe(&self, pack: PackId) -> String {
+        self.bucket.remote.url(&self.key(pack))
+    }
+}
+
+/// A quarter of the cache: read-ahead must not evict what it fetched
+/// before it is read.
+fn cache_budget(cache: &Cache) -> u64 {
+    cache.capacity() / 4
+}
+
+/// Fetches claimed `blocks` of `pack` into the cache; on any failure the
+/// claims are released and the reads that follow fetch for themselves.
+async fn read_ahead(shared: &Shared, remote: &Remote, pack: PackId, blocks: std::ops::Range<u64>) {
+    let Some(cache) = &shared.cache else { return };
+    let key = remote.key(&pack_key(pack));
+    let known = lock(&shared.lens).get(&pack).copied();
+    let pack_len = match known {
+        Some(len) => Some(len),
+        None => match remote.head(&key).await {
+            Ok(Some(len)) => {
+                lock(&shared.lens).insert(pack, len);
+                Some(len)
+            }
+            _ => None,
+        },
+    };
+    let range = pack_len.map(|l| cache.byte_range(&blocks, l));
+    match range {
+        Some(r) if r.start < r.end => match remote.get_range(&key, r).await {
+            Ok(bytes) => cache.fill(pack, blocks.start, &bytes),
+            Err(_) => cache.release(pack, blocks),
+        },
+        _ => cache.release(pack, blocks),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_keys_round_trip_and_match_the_local_layout() {
+        for id in [0u64, 1, 0xff, 0x1234, u64::MAX] {
+            let key = pack_key(PackId(id));
+            assert_eq!(parse_pack_key(&key), Some(PackId(id)), "{key}");
+        }
+        assert_eq!(
+            pack_key(PackId(0x1234)),
+            "packs/34/12/0000000000001234.pack"
+        );
+        assert_eq!(parse_pack_key("packs/34/12/0000000000001234.open"), None);
+        assert_eq!(parse_pack_key("packs/00/00/0000000000001234.pack"), None);
+    }
+}
