@@ -86,6 +86,9 @@ pub(crate) struct Remote {
 
 impl Remote {
     fn new(config: &S3Config, store: String) -> Result<Remote> {
+        // reqwest's TLS asks rustls for the process default; ring is the
+        // only provider this workspace builds. Already set is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let options = ClientOptions::new()
             .with_allow_http(config.allow_http)
             .with_timeout(config.request_timeout())
