@@ -555,7 +555,6 @@ impl Repository {
         let index = self.index();
         let mut tombs = index.current_tombstones();
         let _gate = self.gate_write();
-        let before = tombs.packs.len();
         for (&p, &(rewritten, len)) in condemn {
             if self.pin_board().gc_protects(PackId(p)) {
                 // Pinned while GC was planning: spared, whole (the
@@ -572,9 +571,18 @@ impl Repository {
                 tombs.packs.insert(p);
             }
         }
-        if tombs.packs.len() > before {
-            write_tombstones(self.root(), &tombs)?;
+        // Written also when nothing new was condemned but packs are (an
+        // earlier GC of this process failed here): the set in memory may
+        // never have reached the disk or the bucket, and phase 7 may delete
+        // only packs whose tombstones are durable on both.
+        if !tombs.packs.is_empty() {
+            let written = write_tombstones(self.root(), self.meta(), &tombs);
+            // Even when the write failed: it may have landed (a rename
+            // whose directory sync failed, a PUT whose answer was lost),
+            // and the next open would then finish the deletion, so no
+            // backup may come to depend on these packs from now on.
             index.set_tombstones(tombs.clone());
+            written?;
         }
         Ok(tombs)
     }
@@ -599,7 +607,7 @@ impl Repository {
         let _gate = self.gate_write();
         tombs.packs.clear();
         tombs.records.retain(|(_, pack, _)| self.pack_exists(*pack));
-        write_tombstones(self.root(), &tombs)?;
+        write_tombstones(self.root(), self.meta(), &tombs)?;
         index.set_tombstones(tombs);
         Ok(dropped)
     }
