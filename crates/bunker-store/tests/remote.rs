@@ -451,3 +451,143 @@ fn restore_and_verify_announce_every_record_before_reading_it() {
         "verify read {unannounced} of {reads} records unannounced"
     );
 }
+
+#[test]
+fn a_delete_cut_after_the_manifest_object_went_is_finished_on_reopen() {
+    let bucket = Bucket::new();
+    let images = days(47, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = bucket.open(dir.path());
+    let a = ingest(&repo, "vol", &images[0]);
+    let b = ingest(&repo, "vol", &images[1]);
+    drop(repo);
+    // What `delete` does in the bucket before it removes the local file.
+    let mark = bunker_store::format::deleted_hwm::encode(b.id.0);
+    bucket.meta.put("snapshots/.deleted-hwm", &mark).unwrap();
+    bucket
+        .meta
+        .delete(&format!("snapshots/vol/{}.snap", b.id.0))
+        .unwrap();
+
+    let repo = bucket.open(dir.path());
+    assert_eq!(
+        repo.recovery().manifests_removed,
+        1,
+        "{:?}",
+        repo.recovery()
+    );
+    let listed: Vec<SnapshotId> = repo.list(None).unwrap().iter().map(|s| s.id).collect();
+    assert_eq!(listed, vec![a.id]);
+    assert!(ingest(&repo, "vol", &images[1]).id > b.id);
+}
+
+/// Packs whose deletes start failing after `deletes_left` of them: a GC
+/// stopped midway through phase 7 (deleting condemned pack objects).
+struct StopsDeleting {
+    inner: Arc<MemPacks>,
+    deletes_left: std::sync::atomic::AtomicUsize,
+}
+
+impl PackBackend for StopsDeleting {
+    fn staging_path(&self, pack: PackId) -> PathBuf {
+        self.inner.staging_path(pack)
+    }
+    fn store_sealed(&self, pack: PackId, staged: &Path) -> bunker_store::Result<()> {
+        self.inner.store_sealed(pack, staged)
+    }
+    fn read(&self, pack: PackId, offset: u64, len: usize) -> bunker_store::Result<Vec<u8>> {
+        self.inner.read(pack, offset, len)
+    }
+    fn pack_len(&self, pack: PackId) -> bunker_store::Result<u64> {
+        self.inner.pack_len(pack)
+    }
+    fn list(&self) -> bunker_store::Result<Vec<PackId>> {
+        self.inner.list()
+    }
+    fn list_staged(&self) -> bunker_store::Result<Vec<PackId>> {
+        self.inner.list_staged()
+    }
+    fn delete(&self, pack: PackId) -> bunker_store::Result<()> {
+        let left = self.deletes_left.load(Ordering::SeqCst);
+        if left == 0 {
+            return Err(Error::Unavailable {
+                store: "memory".into(),
+                reason: "injected: the store went away".into(),
+            });
+        }
+        self.deletes_left.store(left - 1, Ordering::SeqCst);
+        self.inner.delete(pack)
+    }
+    fn describe(&self, pack: PackId) -> String {
+        self.inner.describe(pack)
+    }
+}
+
+#[test]
+fn a_gc_stopped_while_deleting_pack_objects_leaves_a_bucket_a_new_server_verifies_and_finishes() {
+    let bucket = Bucket::new();
+    let images = days(48, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let packs = Arc::new(StopsDeleting {
+        inner: bucket.packs.clone(),
+        deletes_left: std::sync::atomic::AtomicUsize::new(1),
+    });
+    let remote = Remote {
+        packs: packs.clone(),
+        meta: bucket.meta.clone(),
+    };
+    let repo =
+        Repository::open_remote_with(dir.path(), Default::default(), small_opts(), remote).unwrap();
+    let infos: Vec<_> = images.iter().map(|d| ingest(&repo, "vol", d)).collect();
+    repo.delete("vol", infos[0].id).unwrap();
+    repo.delete("vol", infos[1].id).unwrap();
+    let stopped = repo.gc(&GcOptions {
+        rewrite_below: 0.99,
+        dry_run: false,
+    });
+    assert!(
+        matches!(stopped, Err(Error::Unavailable { .. })),
+        "{stopped:?}"
+    );
+    // The condemned packs are in the bucket's tombstones before any went.
+    let tombs = bucket.meta.get("tombstones").unwrap().unwrap();
+    let tombs = bunker_store::format::tombstones::decode("tombstones", &tombs).unwrap();
+    assert!(tombs.packs.len() > 1, "{tombs:?}");
+    let present: HashSet<u64> = bucket.packs.list().unwrap().iter().map(|p| p.0).collect();
+    let condemned_left = tombs.packs.iter().filter(|p| present.contains(p)).count();
+    assert_eq!(condemned_left, tombs.packs.len() - 1, "one was deleted");
+    assert!(repo.verify().unwrap().is_clean());
+    drop(repo);
+    drop(dir);
+
+    // The server is lost; its replacement finishes the deletions on open.
+    let dir = tempfile::tempdir().unwrap();
+    let repo = bucket.open(dir.path());
+    let left: HashSet<u64> = bucket.packs.list().unwrap().iter().map(|p| p.0).collect();
+    assert!(tombs.packs.iter().all(|p| !left.contains(p)), "{tombs:?}");
+    assert!(read_all(&repo, "vol", Some(infos[2].id)).unwrap() == images[2]);
+    let report = repo.verify().unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    repo.gc(&GcOptions::default()).unwrap();
+    assert!(read_all(&repo, "vol", Some(infos[2].id)).unwrap() == images[2]);
+    assert!(repo.verify().unwrap().is_clean());
+}
+
+#[test]
+fn the_index_rebuilt_from_the_bucket_equals_the_one_built_by_ingest() {
+    let bucket = Bucket::new();
+    let images = days(49, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = bucket.open(dir.path());
+    let infos: Vec<_> = images.iter().map(|d| ingest(&repo, "vol", d)).collect();
+    repo.close().unwrap();
+    let built = repo.index_digest();
+    drop(repo);
+    Repository::rebuild_index_remote(dir.path(), bucket.remote()).unwrap();
+    let repo = bucket.open(dir.path());
+    assert_eq!(repo.index_digest(), built);
+    assert_eq!(
+        read_all(&repo, "vol", Some(infos[1].id)).unwrap(),
+        images[1]
+    );
+}

@@ -177,6 +177,29 @@ impl Repository {
     }
 }
 
+impl Repository {
+    /// Deletes the index of the remote repository at `path` and rebuilds
+    /// it from the trailers of the packs in the bucket (after reconciling
+    /// as any open does). Refused while another process has it open.
+    pub fn rebuild_index_remote(path: &Path, remote: Remote) -> Result<()> {
+        if !path.join("config").exists() {
+            return Err(Error::NotFound {
+                what: format!("bunker repository at {} (no config file)", path.display()),
+            });
+        }
+        // Held across the removal. Another process that opens the
+        // repository between the drop and `open_remote` finds no index and
+        // rebuilds it the same way.
+        let lock = lock_repository(path)?;
+        let index = path.join("index");
+        if index.exists() {
+            std::fs::remove_dir_all(&index).map_err(|e| Error::io(&index, e))?;
+        }
+        drop(lock);
+        Self::open_remote(path, remote)?.close()
+    }
+}
+
 fn hex(id: &[u8; 16]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
