@@ -591,3 +591,28 @@ fn the_index_rebuilt_from_the_bucket_equals_the_one_built_by_ingest() {
         images[1]
     );
 }
+
+#[test]
+fn an_index_left_in_a_data_directory_without_config_is_not_trusted() {
+    let bucket = Bucket::new();
+    let images = days(50, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = bucket.open(dir.path());
+    let a = ingest(&repo, "vol", &images[0]);
+    drop(repo);
+    // A half-wiped data directory: the config went, the index stayed, and
+    // the bucket is a new, empty one.
+    std::fs::remove_file(dir.path().join("config")).unwrap();
+    let fresh = Bucket::new();
+    let repo = fresh.open(dir.path());
+    assert!(repo.list(None).unwrap().is_empty());
+    let b = ingest(&repo, "vol", &images[0]);
+    assert_eq!(
+        b.new_chunks, a.new_chunks,
+        "deduplicated against another bucket's packs"
+    );
+    drop(repo);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let repo = fresh.open(elsewhere.path());
+    assert_eq!(read_all(&repo, "vol", Some(b.id)).unwrap(), images[0]);
+}

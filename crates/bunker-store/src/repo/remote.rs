@@ -103,6 +103,14 @@ impl Repository {
             None => None,
         };
         let mut recovery = Recovery::default();
+        if local.is_none() {
+            // An index here belongs to no repository we know: lookups in it
+            // would name packs the bucket may not hold.
+            let index = path.join("index");
+            if index.exists() {
+                std::fs::remove_dir_all(&index).map_err(|e| Error::io(&index, e))?;
+            }
+        }
         match (local, bucket) {
             (None, None) => {
                 // The bucket first: a crash before the local write leaves
@@ -114,11 +122,6 @@ impl Repository {
             }
             (None, Some((_, bytes))) => {
                 tracing::info!(store = %meta.describe(), "the data directory holds no repository: recovering it from the object store");
-                // Whatever index is here belongs to no repository we know.
-                let index = path.join("index");
-                if index.exists() {
-                    std::fs::remove_dir_all(&index).map_err(|e| Error::io(&index, e))?;
-                }
                 for dir in ["packs", "index", "snapshots", "tmp"] {
                     durable::create_dir_all(&path.join(dir))?;
                 }
