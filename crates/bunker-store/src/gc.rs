@@ -42,7 +42,7 @@ use rayon::prelude::*;
 use crate::format::space::{NameSpace, Space, Usage};
 use crate::index::{find_in, shard_of, Run, Tombstones};
 use crate::pack::{read_trailer, NewRecord};
-use crate::tombstones::write_tombstones;
+use crate::tombstones::{put_tombstones, write_tombstones};
 use crate::{Error, Location, PackId, Repository, Result};
 
 /// The space accounting file GC writes (docs/FORMAT.md).
@@ -555,6 +555,7 @@ impl Repository {
         let index = self.index();
         let mut tombs = index.current_tombstones();
         let _gate = self.gate_write();
+        let before = tombs.packs.len();
         for (&p, &(rewritten, len)) in condemn {
             if self.pin_board().gc_protects(PackId(p)) {
                 // Pinned while GC was planning: spared, whole (the
@@ -571,18 +572,18 @@ impl Repository {
                 tombs.packs.insert(p);
             }
         }
-        // Written also when nothing new was condemned but packs are (an
-        // earlier GC of this process failed here): the set in memory may
-        // never have reached the disk or the bucket, and phase 7 may delete
-        // only packs whose tombstones are durable on both.
-        if !tombs.packs.is_empty() {
-            let written = write_tombstones(self.root(), self.meta(), &tombs);
-            // Even when the write failed: it may have landed (a rename
-            // whose directory sync failed, a PUT whose answer was lost),
-            // and the next open would then finish the deletion, so no
-            // backup may come to depend on these packs from now on.
+        // Remote: written also when nothing new was condemned but packs
+        // are, since an earlier GC of this process may have replaced the
+        // file and then failed to put the object, and phase 7 deletes
+        // nothing the bucket does not condemn.
+        let remote_left = self.meta().is_some() && !tombs.packs.is_empty();
+        if tombs.packs.len() > before || remote_left {
+            write_tombstones(self.root(), &tombs)?;
+            // The file condemns them now: this directory's next open would
+            // finish the deletion, so no lookup may hand them out from here
+            // on, even if the put below fails.
             index.set_tombstones(tombs.clone());
-            written?;
+            put_tombstones(self.meta(), &tombs)?;
         }
         Ok(tombs)
     }
@@ -607,8 +608,10 @@ impl Repository {
         let _gate = self.gate_write();
         tombs.packs.clear();
         tombs.records.retain(|(_, pack, _)| self.pack_exists(*pack));
-        write_tombstones(self.root(), self.meta(), &tombs)?;
-        index.set_tombstones(tombs);
+        write_tombstones(self.root(), &tombs)?;
+        index.set_tombstones(tombs.clone());
+        // A bucket still condemning packs already gone is harmless.
+        put_tombstones(self.meta(), &tombs)?;
         Ok(dropped)
     }
 

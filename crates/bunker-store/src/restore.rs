@@ -7,8 +7,9 @@
 //! channel of depth 2. Before decoding a batch it gathers the next one's
 //! manifest entries and hints their records to the pack backend
 //! ([`crate::PackBackend::will_need`]), so a remote backend reads ahead.
-//! Memory is bounded by three decoded batches whatever the snapshot size. The first damaged chunk ends the stream with its error:
-//! bytes after it are never delivered.
+//! Memory is bounded by three decoded batches whatever the snapshot size.
+//! The first damaged chunk ends the stream with its error: bytes after it
+//! are never delivered.
 
 use std::io::Read;
 use std::ops::Range;

@@ -21,17 +21,22 @@ pub(crate) fn read_tombstones(root: &Path) -> Result<Tombstones> {
     }
 }
 
-/// Replaces the file, then (remote) the object. Opening takes the union
-/// of both, so a failure between them loses nothing.
-pub(crate) fn write_tombstones(
-    root: &Path,
-    meta: Option<&dyn MetaBackend>,
-    t: &Tombstones,
-) -> Result<()> {
-    let bytes = crate::format::tombstones::encode(t);
-    durable::replace_file(&root.join(TOMBSTONES), &bytes)?;
+/// Replaces the file. In a remote repository the caller then applies the
+/// set in memory (this data directory's next open acts on the file
+/// anyway) and puts the object with [`put_tombstones`].
+pub(crate) fn write_tombstones(root: &Path, t: &Tombstones) -> Result<()> {
+    durable::replace_file(
+        &root.join(TOMBSTONES),
+        &crate::format::tombstones::encode(t),
+    )
+}
+
+/// Puts the object of a remote repository (nothing for a local one).
+/// Opening takes the union of file and object, so a failure after the
+/// file was replaced loses nothing.
+pub(crate) fn put_tombstones(meta: Option<&dyn MetaBackend>, t: &Tombstones) -> Result<()> {
     match meta {
-        Some(meta) => meta.put(TOMBSTONES, &bytes),
+        Some(meta) => meta.put(TOMBSTONES, &crate::format::tombstones::encode(t)),
         None => Ok(()),
     }
 }

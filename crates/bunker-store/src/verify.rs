@@ -470,9 +470,10 @@ impl Repository {
         }
         let added = (t.records.len() - before) as u64;
         if added > 0 {
-            crate::tombstones::write_tombstones(self.root(), self.meta(), &t)?;
+            crate::tombstones::write_tombstones(self.root(), &t)?;
             tracing::warn!(records = added, "quarantined damaged chunk records");
-            self.index().set_tombstones(t);
+            self.index().set_tombstones(t.clone());
+            crate::tombstones::put_tombstones(self.meta(), &t)?;
         }
         Ok(added)
     }

@@ -4,8 +4,9 @@
 //! The manifest is written to a temp file in `tmp/` as chunks are pushed;
 //! nothing is visible until [`SnapshotWriter::commit`] has sealed the open
 //! pack (every referenced chunk durable), uploaded the synced manifest to
-//! the bucket (remote repositories) and renamed it into place. Every pack a pushed chunk lives in is pinned until then, so
-//! GC running beside it keeps them.
+//! the bucket (remote repositories) and renamed it into place. Every pack
+//! a pushed chunk lives in is pinned until then, so GC running beside it
+//! keeps them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -222,8 +223,9 @@ impl SnapshotWriter {
         // 5. Remote repository: upload the manifest. The bucket is the
         //    truth, so it must hold the snapshot before anything local
         //    lists it. A failed upload fails the commit (the temp file
-        //    goes with the writer); an upload that landed although it
-        //    reported failure is found by the next open's reconcile.
+        //    goes with the writer) and its key is deleted, in case the PUT
+        //    landed although it reported failure; if that delete fails
+        //    too, the next open's reconcile lists the snapshot.
         if let Some(meta) = self.repo.meta() {
             let key = crate::repo::manifest_key(&self.name, id);
             if let Err(e) = meta.put_file(&key, tmp) {
