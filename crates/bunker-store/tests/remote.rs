@@ -149,11 +149,19 @@ fn a_deleted_snapshot_stays_deleted_on_a_new_server_and_its_id_is_never_reused()
 struct Faulty {
     inner: Arc<MemMeta>,
     failing: AtomicBool,
+    /// `put` (config, mark, tombstones) fails while set.
+    failing_puts: AtomicBool,
     copy: Mutex<Option<(PathBuf, PathBuf)>>,
 }
 
 impl MetaBackend for Faulty {
     fn put(&self, key: &str, bytes: &[u8]) -> bunker_store::Result<()> {
+        if self.failing_puts.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable {
+                store: self.describe(),
+                reason: "injected: timeout after every retry".into(),
+            });
+        }
         self.inner.put(key, bytes)
     }
     fn put_file(&self, key: &str, path: &Path) -> bunker_store::Result<()> {
@@ -202,6 +210,7 @@ fn faulty(bucket: &Bucket) -> Arc<Faulty> {
     Arc::new(Faulty {
         inner: bucket.meta.clone(),
         failing: AtomicBool::new(false),
+        failing_puts: AtomicBool::new(false),
         copy: Mutex::new(None),
     })
 }
@@ -615,4 +624,58 @@ fn an_index_left_in_a_data_directory_without_config_is_not_trusted() {
     let elsewhere = tempfile::tempdir().unwrap();
     let repo = fresh.open(elsewhere.path());
     assert_eq!(read_all(&repo, "vol", Some(b.id)).unwrap(), images[0]);
+}
+
+#[test]
+fn a_gc_whose_tombstones_cannot_reach_the_bucket_deletes_nothing_and_the_next_gc_finishes() {
+    let bucket = Bucket::new();
+    let meta = faulty(&bucket);
+    let images = days(51, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = open_faulty(&bucket, &meta, dir.path());
+    let infos: Vec<_> = images.iter().map(|d| ingest(&repo, "vol", d)).collect();
+    repo.delete("vol", infos[0].id).unwrap();
+    repo.delete("vol", infos[1].id).unwrap();
+    let packs_before: HashSet<PackId> = bucket.packs.list().unwrap().into_iter().collect();
+    meta.failing_puts.store(true, Ordering::SeqCst);
+    let opts = GcOptions {
+        rewrite_below: 0.99,
+        dry_run: false,
+    };
+    let failed = repo.gc(&opts);
+    assert!(
+        matches!(failed, Err(Error::Unavailable { .. })),
+        "{failed:?}"
+    );
+    let packs_after: HashSet<PackId> = bucket.packs.list().unwrap().into_iter().collect();
+    assert!(
+        packs_before.is_subset(&packs_after),
+        "a pack object went before the bucket condemned it"
+    );
+    let local = std::fs::read(dir.path().join("tombstones")).unwrap();
+    let condemned = bunker_store::format::tombstones::decode("tombstones", &local)
+        .unwrap()
+        .packs;
+    assert!(!condemned.is_empty());
+    // The failed GC's condemned packs stay out of lookups: a backup now
+    // stores their chunks again rather than referencing them.
+    assert!(repo.verify().unwrap().is_clean());
+    let again = ingest(&repo, "again", &images[0]);
+
+    meta.failing_puts.store(false, Ordering::SeqCst);
+    let gc = repo.gc(&opts).unwrap();
+    let left: HashSet<u64> = bucket.packs.list().unwrap().iter().map(|p| p.0).collect();
+    assert!(condemned.iter().all(|p| !left.contains(p)), "{gc:?}");
+    let tombs = bucket.meta.get("tombstones").unwrap().unwrap();
+    let tombs = bunker_store::format::tombstones::decode("tombstones", &tombs).unwrap();
+    assert!(
+        tombs.packs.is_empty(),
+        "cleared in the bucket too: {tombs:?}"
+    );
+    drop(repo);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let repo = bucket.open(elsewhere.path());
+    assert!(read_all(&repo, "vol", Some(infos[2].id)).unwrap() == images[2]);
+    assert!(read_all(&repo, "again", Some(again.id)).unwrap() == images[0]);
+    assert!(repo.verify().unwrap().is_clean());
 }
