@@ -49,6 +49,13 @@ pub enum ErrorCode {
     InsufficientStorage,
     CorruptData,
     Internal,
+    /// The object store holding the repository did not answer, or kept
+    /// refusing, through every retry; nothing acknowledged is affected.
+    /// Retry later (the response carries Retry-After).
+    StoreUnavailable,
+    /// The object store refused for good (credentials, bucket,
+    /// permissions): the server's setup needs fixing, retrying won't help.
+    StoreRefused,
 }
 
 impl ErrorCode {
@@ -65,7 +72,11 @@ impl ErrorCode {
             ErrorCode::RangeNotSatisfiable => 416,
             ErrorCode::HashMismatch | ErrorCode::MissingChunk => 422,
             ErrorCode::HeadersTooLarge => 431,
-            ErrorCode::TooManyStreams | ErrorCode::Overloaded | ErrorCode::ShuttingDown => 503,
+            ErrorCode::TooManyStreams
+            | ErrorCode::Overloaded
+            | ErrorCode::ShuttingDown
+            | ErrorCode::StoreUnavailable => 503,
+            ErrorCode::StoreRefused => 502,
             ErrorCode::InsufficientStorage => 507,
             ErrorCode::CorruptData | ErrorCode::Internal => 500,
         }
@@ -93,6 +104,8 @@ impl ErrorCode {
             ErrorCode::InsufficientStorage => "insufficient_storage",
             ErrorCode::CorruptData => "corrupt_data",
             ErrorCode::Internal => "internal",
+            ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::StoreRefused => "store_refused",
         }
     }
 }
@@ -379,6 +392,8 @@ mod tests {
             (ErrorCode::TooManyStreams, "too_many_streams", 503),
             (ErrorCode::InsufficientStorage, "insufficient_storage", 507),
             (ErrorCode::HeadersTooLarge, "headers_too_large", 431),
+            (ErrorCode::StoreUnavailable, "store_unavailable", 503),
+            (ErrorCode::StoreRefused, "store_refused", 502),
         ] {
             assert_eq!(code.as_str(), name);
             assert_eq!(code.status(), status);

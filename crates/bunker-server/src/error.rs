@@ -75,6 +75,14 @@ impl ApiError {
             ),
             E::Corrupt { .. } => (ErrorCode::CorruptData, e.to_string()),
             E::Busy(m) => (ErrorCode::Busy, m.clone()),
+            E::Unavailable { .. } => {
+                tracing::warn!("{e}");
+                (ErrorCode::StoreUnavailable, e.to_string())
+            }
+            E::Remote { .. } => {
+                tracing::error!("{e}");
+                (ErrorCode::StoreRefused, e.to_string())
+            }
             E::Source(io) => (ErrorCode::BadRequest, format!("upload interrupted: {io}")),
             E::Io { source, .. } => {
                 tracing::error!("{e}");

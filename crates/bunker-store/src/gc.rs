@@ -42,7 +42,7 @@ use rayon::prelude::*;
 use crate::format::space::{NameSpace, Space, Usage};
 use crate::index::{find_in, shard_of, Run, Tombstones};
 use crate::pack::{read_trailer, NewRecord};
-use crate::tombstones::write_tombstones;
+use crate::tombstones::{put_tombstones, write_tombstones};
 use crate::{Error, Location, PackId, Repository, Result};
 
 /// The space accounting file GC writes (docs/FORMAT.md).
@@ -572,9 +572,18 @@ impl Repository {
                 tombs.packs.insert(p);
             }
         }
-        if tombs.packs.len() > before {
+        // Remote: written also when nothing new was condemned but packs
+        // are, since an earlier GC of this process may have replaced the
+        // file and then failed to put the object, and phase 7 deletes
+        // nothing the bucket does not condemn.
+        let remote_left = self.meta().is_some() && !tombs.packs.is_empty();
+        if tombs.packs.len() > before || remote_left {
             write_tombstones(self.root(), &tombs)?;
+            // The file condemns them now: this directory's next open would
+            // finish the deletion, so no lookup may hand them out from here
+            // on, even if the put below fails.
             index.set_tombstones(tombs.clone());
+            put_tombstones(self.meta(), &tombs)?;
         }
         Ok(tombs)
     }
@@ -600,7 +609,9 @@ impl Repository {
         tombs.packs.clear();
         tombs.records.retain(|(_, pack, _)| self.pack_exists(*pack));
         write_tombstones(self.root(), &tombs)?;
-        index.set_tombstones(tombs);
+        index.set_tombstones(tombs.clone());
+        // A bucket still condemning packs already gone is harmless.
+        put_tombstones(self.meta(), &tombs)?;
         Ok(dropped)
     }
 

@@ -10,6 +10,11 @@
 //! - `snapshots/<name>/<id>.snap`: one manifest per backup, the ordered
 //!   chunk list of the image.
 //!
+//! A remote repository ([`Repository::open_remote`]) keeps its packs, and
+//! the truth of everything but the index, in an object store; the
+//! directory then holds the index, staging packs and local copies
+//! (docs/FORMAT.md, "Remote repositories").
+//!
 //! [`Repository::ingest`] chunks a stream (content-defined, several cores
 //! per stream), stores each unknown chunk once and commits a snapshot;
 //! [`Repository::reader`] streams a snapshot back, verifying the BLAKE3 of
@@ -64,7 +69,7 @@ pub use gc::{GcOptions, GcReport, DEFAULT_REWRITE_BELOW};
 pub use ingest::{IngestOptions, Progress};
 pub use pack::TornTail;
 pub use pins::Pins;
-pub use repo::{CreateOptions, NewData, OpenOptions, Recovery, Repository};
+pub use repo::{CreateOptions, NewData, OpenOptions, Recovery, Remote, Repository};
 pub use restore::{ManifestCursor, Piece, SnapshotReader};
 pub use snapshot::{validate_name, ManifestEntry, SnapshotInfo};
 pub use stats::{NameStats, Stats};

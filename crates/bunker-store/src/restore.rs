@@ -4,9 +4,12 @@
 //! A producer thread walks the manifest from the first chunk of the range,
 //! groups chunks into batches of about [`BATCH_LEN`] bytes, reads, decodes
 //! and BLAKE3-checks each batch on the rayon pool, and hands batches over a
-//! channel of depth 2. Memory is bounded by three batches whatever the
-//! snapshot size. The first damaged chunk ends the stream with its error:
-//! bytes after it are never delivered.
+//! channel of depth 2. Before decoding a batch it gathers the next one's
+//! manifest entries and hints their records to the pack backend
+//! ([`crate::PackBackend::will_need`]), so a remote backend reads ahead.
+//! Memory is bounded by three decoded batches whatever the snapshot size.
+//! The first damaged chunk ends the stream with its error: bytes after it
+//! are never delivered.
 
 use std::io::Read;
 use std::ops::Range;
@@ -14,6 +17,7 @@ use std::ops::Range;
 use crossbeam_channel::{bounded, Receiver};
 use rayon::prelude::*;
 
+use crate::format::pack::RECORD_HEADER_LEN;
 use crate::snapshot::manifest::ManifestReader;
 use crate::snapshot::ManifestEntry;
 use crate::{Error, Repository, Result, SnapshotId, SnapshotInfo};
@@ -98,34 +102,51 @@ impl Repository {
             let producer = std::thread::Builder::new()
                 .name("bunker-restore".into())
                 .spawn(move || {
-                    let mut batch: Vec<ManifestEntry> = Vec::new();
-                    let mut batch_len = 0;
+                    // The batch after the one being decoded is gathered
+                    // first and announced to the backend (`will_need`), so
+                    // a remote one fetches it while this one decodes.
                     let mut done = false;
-                    while !done {
-                        match entries.next() {
-                            Some(Ok(e)) if e.start < end => {
-                                batch_len += e.end - e.start;
-                                batch.push(e);
-                                if batch_len < BATCH_LEN {
-                                    continue;
+                    let mut next_batch = || -> Result<Vec<ManifestEntry>> {
+                        let mut batch = Vec::new();
+                        let mut batch_len = 0;
+                        while batch_len < BATCH_LEN && !done {
+                            match entries.next() {
+                                Some(Ok(e)) if e.start < end => {
+                                    batch_len += e.end - e.start;
+                                    batch.push(e);
                                 }
+                                Some(Err(e)) => return Err(e),
+                                // Past the range: read no further.
+                                _ => done = true,
                             }
-                            Some(Err(e)) => {
-                                let _ = tx.send(Err(e));
-                                return;
-                            }
-                            _ => done = true,
                         }
-                        if batch.is_empty() {
-                            break;
+                        Ok(batch)
+                    };
+                    let mut batch = match next_batch() {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    repo.will_need(&batch);
+                    while !batch.is_empty() {
+                        let ahead = next_batch();
+                        if let Ok(a) = &ahead {
+                            repo.will_need(a);
                         }
                         let decoded = decode_batch(&repo, &batch);
                         let failed = decoded.is_err();
                         if tx.send(decoded).is_err() || failed {
                             return;
                         }
-                        batch.clear();
-                        batch_len = 0;
+                        batch = match ahead {
+                            Ok(a) => a,
+                            Err(e) => {
+                                let _ = tx.send(Err(e));
+                                return;
+                            }
+                        };
                     }
                 })
                 .map_err(|e| Error::io("restore thread", e))?;
@@ -181,6 +202,26 @@ impl Repository {
         }
         let data = self.read_moved(&e.id, &loc)?;
         Ok(Piece::Data(data))
+    }
+}
+
+impl Repository {
+    /// Tells the pack backend that the chunks of `entries` will be read
+    /// soon, in this order (their records: pack, offset, header and stored
+    /// length), so a remote backend fetches them with many requests in
+    /// flight. Only a hint: local backends ignore it. For callers that
+    /// read a snapshot batch by batch ([`ManifestCursor`]): announce the
+    /// next batch before loading the current one.
+    pub fn will_need(&self, entries: &[ManifestEntry]) {
+        let records: Vec<(crate::PackId, u64, usize)> = entries
+            .iter()
+            .filter(|e| !e.id.is_zero())
+            .filter_map(|e| self.locate(&e.id))
+            .map(|l| (l.pack, l.offset, RECORD_HEADER_LEN + l.stored_len as usize))
+            .collect();
+        if !records.is_empty() {
+            self.packs().backend().will_need(&records);
+        }
     }
 }
 

@@ -27,6 +27,7 @@ use std::collections::HashSet;
 use bunker_chunk::ChunkId;
 use rayon::prelude::*;
 
+use crate::format::pack::RECORD_HEADER_LEN;
 use crate::pack::read_trailer;
 use crate::{Error, Location, PackId, Repository, Result, SnapshotId};
 
@@ -215,6 +216,13 @@ impl Repository {
                     continue;
                 }
             };
+            // The whole pack's records, announced before the pool reads
+            // them, keep a remote backend's requests in flight.
+            let records: Vec<(PackId, u64, usize)> = entries
+                .iter()
+                .map(|e| (pack, e.offset, RECORD_HEADER_LEN + e.stored_len as usize))
+                .collect();
+            backend.will_need(&records);
             // Decoded bytes are dropped as soon as they are checked: a pack
             // of 256 MiB can hold gigabytes of raw data.
             let results: Vec<Check> = entries
@@ -388,6 +396,13 @@ impl Repository {
             }
             window.sort_unstable_by_key(|(_, l)| (l.pack, l.offset));
             window.dedup_by_key(|(id, _)| *id);
+            // A window is up to 65,536 records: announced whole, it keeps a
+            // remote backend's requests in flight while the pool checks.
+            let records: Vec<(PackId, u64, usize)> = window
+                .iter()
+                .map(|(_, l)| (l.pack, l.offset, RECORD_HEADER_LEN + l.stored_len as usize))
+                .collect();
+            self.packs().backend().will_need(&records);
             // Only the outcome is kept: the window's decoded bytes would be
             // up to 65,536 chunks (16 GiB at the default chunk size).
             let results: Vec<Check> = window
@@ -457,7 +472,8 @@ impl Repository {
         if added > 0 {
             crate::tombstones::write_tombstones(self.root(), &t)?;
             tracing::warn!(records = added, "quarantined damaged chunk records");
-            self.index().set_tombstones(t);
+            self.index().set_tombstones(t.clone());
+            crate::tombstones::put_tombstones(self.meta(), &t)?;
         }
         Ok(added)
     }

@@ -2,6 +2,8 @@
 //! in their own modules.
 //!
 //! - [`open`]: create, open (with crash recovery), rebuild the index;
+//! - [`remote`]: open a repository whose truth is in an object store
+//!   (create there, disaster recovery, reconcile);
 //! - [`chunks`]: store chunks (reserve, compress, append, publish) and read
 //!   them back verified;
 //! - [`snapshots`]: list, look up, prune and delete committed snapshots;
@@ -15,6 +17,7 @@
 
 mod chunks;
 mod open;
+mod remote;
 mod snapshots;
 
 use std::fs::File;
@@ -27,7 +30,10 @@ use bunker_chunk::{Chunker, ChunkerParams};
 pub(crate) use chunks::concurrent_writer_failed;
 pub use chunks::NewData;
 pub use open::{CreateOptions, OpenOptions, Recovery};
+pub(crate) use remote::manifest_key;
+pub use remote::Remote;
 
+use crate::backend::MetaBackend;
 use crate::format::config::RepoConfig;
 use crate::index::Index;
 use crate::pack::Packs;
@@ -56,6 +62,10 @@ struct Inner {
     /// Serializes deletes (read-modify-write of the deleted-id mark).
     deletes: Mutex<()>,
     recovery: Recovery,
+    /// The bucket's metadata objects, for a remote repository: every
+    /// change to config, manifests, `.deleted-hwm` and `tombstones` goes
+    /// there too, in the orders `remote` documents.
+    meta: Option<Arc<dyn MetaBackend>>,
     _lock: File,
 }
 
@@ -126,6 +136,11 @@ impl Repository {
 
     pub(crate) fn snapshots_dir(&self) -> PathBuf {
         self.inner.root.join("snapshots")
+    }
+
+    /// Where a remote repository's metadata objects are (None: local).
+    pub(crate) fn meta(&self) -> Option<&dyn MetaBackend> {
+        self.inner.meta.as_deref()
     }
 
     pub(crate) fn repo_id(&self) -> [u8; 16] {

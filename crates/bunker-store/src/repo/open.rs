@@ -17,7 +17,7 @@ use bunker_chunk::{Chunker, ChunkerParams};
 
 use super::snapshots::{read_deleted_hwm, DELETED_HWM};
 use super::{Inner, Repository};
-use crate::backend::{LocalPacks, PackBackend, ReadMode};
+use crate::backend::{LocalPacks, MetaBackend, PackBackend, ReadMode};
 use crate::error::IoContext;
 use crate::format::config::RepoConfig;
 use crate::format::Le;
@@ -86,45 +86,30 @@ pub struct Recovery {
     /// `config`, `tombstones`, `space`, `index/state`,
     /// `snapshots/.deleted-hwm`) that were removed, relative to the root.
     pub temp_files_removed: Vec<PathBuf>,
+    /// A remote repository's data directory was empty: config, manifests,
+    /// deleted-id mark and tombstones came from the bucket and the index
+    /// was rebuilt from the packs' trailers (disaster recovery).
+    pub restored_from_remote: bool,
+    /// Manifests the bucket holds and the data directory lacked, downloaded
+    /// (every one in a disaster recovery; else a commit cut between its
+    /// upload and its local rename).
+    pub manifests_downloaded: usize,
+    /// Local manifests the bucket no longer holds, removed (a delete cut
+    /// between the object's deletion and the local file's).
+    pub manifests_removed: usize,
 }
 
 impl Repository {
     /// Creates a new repository at `path` (an empty or missing directory).
     pub fn create(path: &Path, opts: CreateOptions) -> Result<Repository> {
-        if !(1..=19).contains(&opts.zstd_level) {
-            return Err(Error::Invalid(format!(
-                "zstd level {} is outside 1..=19",
-                opts.zstd_level
-            )));
-        }
-        if opts.pack_target_len < 1 << 20 {
-            return Err(Error::Invalid(
-                "pack target length must be at least 1 MiB".into(),
-            ));
-        }
+        let config = new_config(path, &opts)?;
         durable::create_dir_all(path)?;
-        let config_path = path.join("config");
-        if config_path.exists() {
+        if path.join("config").exists() {
             return Err(Error::AlreadyExists {
                 what: format!("a repository at {}", path.display()),
             });
         }
-        let mut seed = blake3::Hasher::new();
-        seed.update(&crate::clock::now_unix_ms().to_le_bytes());
-        seed.update(&std::process::id().to_le_bytes());
-        seed.update(path.as_os_str().as_encoded_bytes());
-        seed.update(&format!("{:?}", Instant::now()).into_bytes());
-        let config = RepoConfig {
-            repo_id: Le::bytes(seed.finalize().as_bytes(), 0),
-            created_unix: crate::clock::now_unix_ms() / 1000,
-            chunker: opts.chunker,
-            zstd_level: opts.zstd_level,
-            pack_target_len: opts.pack_target_len,
-        };
-        for dir in ["packs", "index", "snapshots", "tmp"] {
-            durable::create_dir_all(&path.join(dir))?;
-        }
-        durable::replace_file(&config_path, &config.encode())?;
+        write_layout(path, &config)?;
         Self::open_with(path, OpenOptions::default())
     }
 
@@ -148,7 +133,7 @@ impl Repository {
             });
         }
         let lock = lock_repository(path)?;
-        Self::open_locked(path, opts, lock, None)
+        Self::open_locked(path, opts, lock, None, None, Recovery::default())
     }
 
     /// Opens the repository at `path` with its sealed packs in `backend`
@@ -167,16 +152,19 @@ impl Repository {
             });
         }
         let lock = lock_repository(path)?;
-        Self::open_locked(path, opts, lock, Some(backend))
+        Self::open_locked(path, opts, lock, Some(backend), None, Recovery::default())
     }
 
     /// Opens the repository whose lock the caller already holds, with its
-    /// packs in `backend` or, when None, under `<path>/packs`.
-    fn open_locked(
+    /// packs in `backend` or, when None, under `<path>/packs`, and its
+    /// metadata objects in `meta` when it is remote (`super::remote`).
+    pub(super) fn open_locked(
         path: &Path,
         opts: OpenOptions,
         lock: File,
         backend: Option<Box<dyn PackBackend>>,
+        meta: Option<Arc<dyn MetaBackend>>,
+        mut recovery: Recovery,
     ) -> Result<Repository> {
         let config_path = path.join("config");
         let bytes = std::fs::read(&config_path).map_err(|e| match e.kind() {
@@ -190,10 +178,7 @@ impl Repository {
             durable::create_dir_all(&path.join(dir))?;
         }
         clear_tmp(&path.join("tmp"))?;
-        let mut recovery = Recovery {
-            temp_files_removed: remove_replace_temps(path)?,
-            ..Recovery::default()
-        };
+        recovery.temp_files_removed = remove_replace_temps(path)?;
         let backend = backend
             .unwrap_or_else(|| Box::new(LocalPacks::new(path.join("packs"), opts.read_mode)));
         let index_dir = path.join("index");
@@ -252,6 +237,7 @@ impl Repository {
                 maintenance: Mutex::new(()),
                 deletes: Mutex::new(()),
                 recovery,
+                meta,
                 _lock: lock,
             }),
         })
@@ -272,8 +258,52 @@ impl Repository {
         if index_dir.exists() {
             std::fs::remove_dir_all(&index_dir).at(&index_dir)?;
         }
-        Repository::open_locked(path, OpenOptions::default(), lock, None)?.close()
+        Repository::open_locked(
+            path,
+            OpenOptions::default(),
+            lock,
+            None,
+            None,
+            Recovery::default(),
+        )?
+        .close()
     }
+}
+
+/// A new repository's config: checked options, a fresh random id.
+pub(super) fn new_config(path: &Path, opts: &CreateOptions) -> Result<RepoConfig> {
+    if !(1..=19).contains(&opts.zstd_level) {
+        return Err(Error::Invalid(format!(
+            "zstd level {} is outside 1..=19",
+            opts.zstd_level
+        )));
+    }
+    if opts.pack_target_len < 1 << 20 {
+        return Err(Error::Invalid(
+            "pack target length must be at least 1 MiB".into(),
+        ));
+    }
+    let mut seed = blake3::Hasher::new();
+    seed.update(&crate::clock::now_unix_ms().to_le_bytes());
+    seed.update(&std::process::id().to_le_bytes());
+    seed.update(path.as_os_str().as_encoded_bytes());
+    seed.update(&format!("{:?}", Instant::now()).into_bytes());
+    Ok(RepoConfig {
+        repo_id: Le::bytes(seed.finalize().as_bytes(), 0),
+        created_unix: crate::clock::now_unix_ms() / 1000,
+        chunker: opts.chunker,
+        zstd_level: opts.zstd_level,
+        pack_target_len: opts.pack_target_len,
+    })
+}
+
+/// Creates the directories of a repository at `path` and writes its
+/// config last: a directory without `config` is not a repository yet.
+pub(super) fn write_layout(path: &Path, config: &RepoConfig) -> Result<()> {
+    for dir in ["packs", "index", "snapshots", "tmp"] {
+        durable::create_dir_all(&path.join(dir))?;
+    }
+    durable::replace_file(&path.join("config"), &config.encode())
 }
 
 /// Deletes condemned packs a GC did not get to before it stopped: the
@@ -295,7 +325,7 @@ fn finish_condemned(backend: &dyn PackBackend, t: &Tombstones) -> Result<()> {
 /// waiting up to [`LOCK_WAIT`] for it: a process that is exiting, or a
 /// child another thread has forked and not yet exec'd (it shares the lock
 /// until its exec closes the descriptor), holds it for a moment.
-fn lock_repository(path: &Path) -> Result<File> {
+pub(super) fn lock_repository(path: &Path) -> Result<File> {
     let lock_path = path.join("lock");
     let f = File::options()
         .create(true)
@@ -323,7 +353,7 @@ fn lock_repository(path: &Path) -> Result<File> {
 /// How long opening waits for another holder of the repository lock.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-fn clear_tmp(dir: &Path) -> Result<()> {
+pub(super) fn clear_tmp(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).at(dir)?.flatten() {
         tracing::info!(file = %entry.path().display(), "removing temp file of an unfinished operation");
         let _ = std::fs::remove_file(entry.path());
@@ -379,7 +409,17 @@ fn recover_packs(
         .chain(staged.into_iter().map(|p| (p, true)))
         .collect();
     packs.sort();
-    for (pack, staging) in packs {
+    let total = packs.len();
+    for (done, (pack, staging)) in packs.into_iter().enumerate() {
+        // A rebuild from a bucket reads every trailer: say how far it is.
+        if done > 0 && done % PROGRESS_EVERY == 0 && recovery.packs_indexed > 0 {
+            tracing::info!(
+                done,
+                total,
+                indexed = recovery.packs_indexed,
+                "reading pack trailers"
+            );
+        }
         if staging {
             let (sealed, torn) = recover_staged(backend, repo_id, pack)?;
             if let Some(s) = sealed {
@@ -404,6 +444,9 @@ fn recover_packs(
     }
     Ok(next)
 }
+
+/// Packs (and, in `remote`, manifests) between two progress lines.
+pub(super) const PROGRESS_EVERY: usize = 1000;
 
 fn next_snapshot_id(root: &Path) -> Result<u64> {
     let mut max = read_deleted_hwm(root)?.id;

@@ -2,7 +2,8 @@
 //!
 //! Only committed manifests are listed, so a partial snapshot is never
 //! visible. Ids are never reused: deleting records the highest id ever
-//! deleted (`snapshots/.deleted-hwm`) before the manifest goes.
+//! deleted (`snapshots/.deleted-hwm`) before the manifest goes, in the
+//! bucket first for a remote repository.
 
 use std::path::Path;
 
@@ -160,12 +161,21 @@ impl Repository {
                 what: format!("snapshot {name}@{id}"),
             });
         }
-        // Ids are never reused: remember the highest id ever deleted.
+        // Ids are never reused: remember the highest id ever deleted. In a
+        // remote repository the bucket goes first at each step (mark, then
+        // manifest object, then the local file), so a delete cut short is
+        // finished by the next open's reconcile and the id stays used.
         let _one = self.inner.deletes.lock().unwrap_or_else(|p| p.into_inner());
         let hwm = read_deleted_hwm(&root)?;
         if id.0 > hwm.id || hwm.legacy {
             let mark = crate::format::deleted_hwm::encode(id.0.max(hwm.id));
+            if let Some(meta) = self.meta() {
+                meta.put(&super::remote::deleted_hwm_key(), &mark)?;
+            }
             durable::replace_file(&root.join(DELETED_HWM), &mark)?;
+        }
+        if let Some(meta) = self.meta() {
+            meta.delete(&super::manifest_key(name, id))?;
         }
         durable::remove_file(&path)
     }

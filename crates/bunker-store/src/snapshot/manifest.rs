@@ -81,8 +81,9 @@ impl ManifestWriter {
         self.count
     }
 
-    /// Completes the manifest and publishes it at `dest` (durable on return).
-    pub(crate) fn finish(mut self, mut header: ManifestHeader, dest: &Path) -> Result<()> {
+    /// Completes the manifest in its temp file: footer, header, synced.
+    /// Returns the temp file's path (for an upload before [`Self::publish`]).
+    pub(crate) fn complete(&mut self, mut header: ManifestHeader) -> Result<&Path> {
         header.entries = self.count;
         header.size = self.end;
         self.out
@@ -92,6 +93,11 @@ impl ManifestWriter {
         let file = self.out.get_ref();
         file.write_all_at(&header.encode(), 0).at(&self.tmp)?;
         durable::sync_data(file, &self.tmp)?;
+        Ok(&self.tmp)
+    }
+
+    /// Publishes the completed manifest at `dest` (durable on return).
+    pub(crate) fn publish(mut self, dest: &Path) -> Result<()> {
         if let Some(dir) = dest.parent() {
             durable::create_dir_all(dir)?;
         }

@@ -3,9 +3,10 @@
 //!
 //! The manifest is written to a temp file in `tmp/` as chunks are pushed;
 //! nothing is visible until [`SnapshotWriter::commit`] has sealed the open
-//! pack (every referenced chunk durable) and renamed the synced manifest
-//! into place. Every pack a pushed chunk lives in is pinned until then, so
-//! GC running beside it keeps them.
+//! pack (every referenced chunk durable), uploaded the synced manifest to
+//! the bucket (remote repositories) and renamed it into place. Every pack
+//! a pushed chunk lives in is pinned until then, so GC running beside it
+//! keeps them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -194,7 +195,7 @@ impl SnapshotWriter {
         let sealed = self.repo.packs().seal()?;
         self.repo.index_sealed(sealed);
         durable::failpoint!("commit::sealed", self.repo.root());
-        // 4. Publish the manifest: write, sync, rename, sync directory.
+        // 4. Complete the manifest in `tmp/`: footer, header, sync.
         let id = self.repo.take_snapshot_id();
         let header = ManifestHeader {
             repo_id: self.repo.repo_id(),
@@ -217,9 +218,28 @@ impl SnapshotWriter {
         let mut info_header = header.clone();
         info_header.size = self.manifest.len();
         info_header.entries = self.manifest.count();
-        self.manifest.finish(header, &dest)?;
+        let mut manifest = self.manifest;
+        let tmp = manifest.complete(header)?;
+        // 5. Remote repository: upload the manifest. The bucket is the
+        //    truth, so it must hold the snapshot before anything local
+        //    lists it. A failed upload fails the commit (the temp file
+        //    goes with the writer) and its key is deleted, in case the PUT
+        //    landed although it reported failure; if that delete fails
+        //    too, the next open's reconcile lists the snapshot.
+        if let Some(meta) = self.repo.meta() {
+            let key = crate::repo::manifest_key(&self.name, id);
+            if let Err(e) = meta.put_file(&key, tmp) {
+                if let Err(d) = meta.delete(&key) {
+                    tracing::warn!("removing the manifest object {key} of a failed commit: {d}");
+                }
+                return Err(e);
+            }
+            durable::failpoint!("commit::uploaded", self.repo.root());
+        }
+        // 6. Rename into place, sync the directory: the snapshot is listed.
+        manifest.publish(&dest)?;
         self.pins.committed();
-        // 5. Acknowledge. Index entries were queued when the pack was
+        // 7. Acknowledge. Index entries were queued when the pack was
         //    sealed (step 3) and are flushed by `index_sealed` when due:
         //    the index is a cache.
         tracing::info!(name = %self.name, id = id.0, bytes = info_header.size, new_bytes = self.new_bytes, "committed snapshot");
