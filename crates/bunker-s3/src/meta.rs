@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::bucket::Bucket;
-use crate::upload::{Journal, Upload};
+use crate::upload::{put_file, Journal};
 
 pub struct S3Meta {
     bucket: Bucket,
@@ -47,24 +47,8 @@ impl MetaBackend for S3Meta {
 
     fn put_file(&self, key: &str, path: &Path) -> Result<()> {
         check_key(key)?;
-        let size = std::fs::metadata(path)
-            .map_err(|e| Error::io(path, e))?
-            .len();
         let key = self.bucket.remote.key(key);
-        let config = self.bucket.config.clone();
-        let journal = self.journal.clone();
-        let path = path.to_path_buf();
-        self.bucket.run(move |remote| async move {
-            Upload {
-                remote: &remote,
-                journal: &journal,
-                part_bytes: config.part_bytes,
-                parts_in_flight: config.parts_in_flight,
-                create: false,
-            }
-            .file(&key, &path, size)
-            .await
-        })
+        put_file(&self.bucket, &self.journal, key, path, false).map(drop)
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {

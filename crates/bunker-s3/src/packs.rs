@@ -23,7 +23,7 @@ use object_store::path::Path as Key;
 
 use crate::bucket::{Bucket, Remote};
 use crate::cache::Cache;
-use crate::upload::{abort_journalled, Journal, Upload};
+use crate::upload::{abort_journalled, put_file, Journal};
 
 /// Largest GET one read-ahead request makes.
 const READ_AHEAD_RUN_BYTES: u64 = 8 << 20;
@@ -184,24 +184,7 @@ impl PackBackend for S3Packs {
     }
 
     fn store_sealed(&self, pack: PackId, staged: &Path) -> Result<()> {
-        let len = std::fs::metadata(staged)
-            .map_err(|e| Error::io(staged, e))?
-            .len();
-        let key = self.key(pack);
-        let config = self.bucket.config.clone();
-        let journal = self.journal.clone();
-        let file = staged.to_path_buf();
-        self.bucket.run(move |remote| async move {
-            Upload {
-                remote: &remote,
-                journal: &journal,
-                part_bytes: config.part_bytes,
-                parts_in_flight: config.parts_in_flight,
-                create: true,
-            }
-            .file(&key, &file, len)
-            .await
-        })?;
+        let len = put_file(&self.bucket, &self.journal, self.key(pack), staged, true)?;
         lock(&self.shared.lens).insert(pack, len);
         self.cache_staged(pack, staged, len);
         std::fs::remove_file(staged).map_err(|e| Error::io(staged, e))

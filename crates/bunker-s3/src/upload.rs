@@ -27,13 +27,42 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as Key;
 
-use crate::bucket::Remote;
+use crate::bucket::{Bucket, Remote};
 use crate::config::MAX_PARTS;
 
 /// Bytes of the end of an object compared with the file before an existing
 /// object is taken for ours: a pack's trailer lists its records and their
 /// checksums, so equal sizes and tails mean the same pack.
 const TAIL_BYTES: u64 = 64 << 10;
+
+/// Uploads the file at `path` as `key` on the bucket's runtime and waits;
+/// returns its size. The one way both backends put a file.
+pub(crate) fn put_file(
+    bucket: &Bucket,
+    journal: &Journal,
+    key: Key,
+    path: &Path,
+    create: bool,
+) -> Result<u64> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    let config = bucket.config.clone();
+    let journal = journal.clone();
+    let path = path.to_path_buf();
+    bucket.run(move |remote| async move {
+        Upload {
+            remote: &remote,
+            journal: &journal,
+            part_bytes: config.part_bytes,
+            parts_in_flight: config.parts_in_flight,
+            create,
+        }
+        .file(&key, &path, size)
+        .await
+    })?;
+    Ok(size)
+}
 
 /// How to upload.
 pub(crate) struct Upload<'a> {
