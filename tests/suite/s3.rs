@@ -266,7 +266,7 @@ fn a_missing_bucket_or_wrong_credentials_stop_serve_at_start_naming_both() {
 }
 
 #[test]
-fn a_bucket_refusing_puts_fails_the_upload_with_503_and_loses_nothing_acknowledged() {
+fn a_bucket_refusing_puts_fails_the_upload_with_503_loses_nothing_and_the_next_backup_succeeds() {
     use bunker_testdata::stores::{Fault, Proxy};
     let Some(store) = Store::seaweedfs() else {
         return;
@@ -327,4 +327,17 @@ fn a_bucket_refusing_puts_fails_the_upload_with_503_and_loses_nothing_acknowledg
         &["restore", &format!("vol@{id0}"), out.to_str().unwrap()],
     );
     assert!(std::fs::read(&out).unwrap() == day0, "vol@{id0} differs");
+
+    // The store is back: the next backup succeeds on the same server (the
+    // pack whose upload failed is uploaded first) and restores bit-exact.
+    let id1 = raw_upload(&server, "vol", &day1);
+    assert!(id1 > id0);
+    let out = dir.path().join("r1.img");
+    bunker(
+        &server,
+        &["restore", &format!("vol@{id1}"), out.to_str().unwrap()],
+    );
+    assert!(std::fs::read(&out).unwrap() == day1, "vol@{id1} differs");
+    bunker(&server, &["drill", "--all"]);
+    assert!(server.stop().success());
 }
