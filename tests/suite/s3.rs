@@ -266,7 +266,8 @@ fn a_missing_bucket_or_wrong_credentials_stop_serve_at_start_naming_both() {
 }
 
 #[test]
-fn a_bucket_refusing_puts_fails_the_upload_with_503_loses_nothing_and_the_next_backup_succeeds() {
+fn a_bucket_refusing_puts_fails_the_upload_with_503_loses_nothing_and_the_next_backup_succeeds_also_when_slow(
+) {
     use bunker_testdata::stores::{Fault, Proxy};
     let Some(store) = Store::seaweedfs() else {
         return;
@@ -339,5 +340,21 @@ fn a_bucket_refusing_puts_fails_the_upload_with_503_loses_nothing_and_the_next_b
     );
     assert!(std::fs::read(&out).unwrap() == day1, "vol@{id1} differs");
     bunker(&server, &["drill", "--all"]);
+
+    // A slow store (every request delayed) still completes.
+    proxy.set(Fault::DelayMs(20));
+    let path = dir.path().join("day1.img");
+    std::fs::write(&path, &day1).unwrap();
+    let b = json(&server, &["backup", "slow", path.to_str().unwrap()]);
+    let out = dir.path().join("slow.img");
+    bunker(
+        &server,
+        &[
+            "restore",
+            &format!("slow@{}", b["id"]),
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(std::fs::read(&out).unwrap() == day1, "slow restore differs");
     assert!(server.stop().success());
 }
