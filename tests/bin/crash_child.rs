@@ -30,6 +30,11 @@
 //! or a directory); then writes to OUT what a power cut at that instant
 //! could leave (see `PowerModel`), prints `CUT`, and exits.
 //!
+//! With `BUNKER_CHILD_S3=ENDPOINT BUCKET PREFIX` in the environment, REPO
+//! is the local directory of a repository whose packs and objects live in
+//! that bucket (`bunker_tests::bucket`): the same modes against an object
+//! store.
+//!
 //! `bunker-crash-child REPO SEED clock`: backups, retention and GC with this
 //! process's clock set 10 years ahead, 30 days behind, and jumping between
 //! the two during backups and inside a GC. Prints `CLOCK ...` or panics.
@@ -47,7 +52,11 @@ fn open(path: &str) -> anyhow::Result<Repository> {
         zstd_level: 1,
         pack_target_len: 1 << 20,
     };
-    Repository::open_or_create(path.as_ref(), opts).context("opening the repository")
+    match bunker_tests::bucket::from_env() {
+        Some(config) => bunker_tests::bucket::open(path.as_ref(), &config, opts)
+            .context("opening the repository on its bucket"),
+        None => Repository::open_or_create(path.as_ref(), opts).context("opening the repository"),
+    }
 }
 
 fn say(line: &str) {

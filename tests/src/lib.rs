@@ -1,5 +1,6 @@
 //! Helpers shared by the suite and its child processes.
 
+pub mod bucket;
 pub mod power;
 pub mod server;
 

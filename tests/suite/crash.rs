@@ -18,7 +18,7 @@ use bunker_tests::{copy_tree, pack_files, pack_records, snapshot_data, trailer_o
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-fn read_all(repo: &Repository, name: &str, id: SnapshotId) -> Vec<u8> {
+pub(crate) fn read_all(repo: &Repository, name: &str, id: SnapshotId) -> Vec<u8> {
     let mut out = Vec::new();
     repo.reader(name, Some(id), None)
         .unwrap_or_else(|e| panic!("{name}@{id}: {e}"))
@@ -29,7 +29,7 @@ fn read_all(repo: &Repository, name: &str, id: SnapshotId) -> Vec<u8> {
 
 /// Every acknowledged snapshot is listed, and every listed snapshot not in
 /// `checked` holds exactly its data (those in it were read back before).
-fn check(
+pub(crate) fn check(
     repo: &Repository,
     acked: &[(String, u64)],
     checked: &mut HashSet<(String, u64)>,
@@ -60,9 +60,9 @@ fn check(
 /// first prints a line starting with `after` (so a kill point that needs a
 /// state, such as an open staging pack, does not depend on machine speed).
 #[derive(Clone, Copy)]
-struct KillAt<'a> {
-    after: Option<&'a str>,
-    delay: Duration,
+pub(crate) struct KillAt<'a> {
+    pub(crate) after: Option<&'a str>,
+    pub(crate) delay: Duration,
 }
 
 fn kill_child_after(repo: &Path, child_seed: u64, at: KillAt<'_>) -> Vec<(String, u64)> {
@@ -74,7 +74,7 @@ fn kill_child_after(repo: &Path, child_seed: u64, at: KillAt<'_>) -> Vec<(String
 }
 
 /// The snapshots a child acknowledged (`ACK <name> <id>` lines).
-fn acks(lines: &[String]) -> Vec<(String, u64)> {
+pub(crate) fn acks(lines: &[String]) -> Vec<(String, u64)> {
     let mut acked = Vec::new();
     for line in lines {
         if let ["ACK", name, id] = line.split_whitespace().collect::<Vec<_>>()[..] {
@@ -87,7 +87,22 @@ fn acks(lines: &[String]) -> Vec<(String, u64)> {
 /// Runs the crash child with `args` after REPO, SIGKILLs it at `at`, and
 /// returns everything it printed.
 fn child_lines_until_killed(repo: &Path, args: &[&str], at: KillAt<'_>) -> Vec<String> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bunker-crash-child"))
+    child_lines_until_killed_on(repo, None, args, at)
+}
+
+/// The same, for a repository on the bucket `s3` names (the child's
+/// `bunker_tests::bucket::ENV`) when it is Some.
+pub(crate) fn child_lines_until_killed_on(
+    repo: &Path,
+    s3: Option<&str>,
+    args: &[&str],
+    at: KillAt<'_>,
+) -> Vec<String> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bunker-crash-child"));
+    if let Some(spec) = s3 {
+        cmd.env(bunker_tests::bucket::ENV, spec);
+    }
+    let mut child = cmd
         .arg(repo)
         .args(args)
         .stdout(Stdio::piped())

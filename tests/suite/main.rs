@@ -16,6 +16,7 @@ mod faults;
 mod races;
 mod restore;
 mod s3;
+mod s3_faults;
 mod san;
 mod server;
 mod tls;

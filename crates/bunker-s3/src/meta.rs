@@ -45,6 +45,22 @@ impl MetaBackend for S3Meta {
             .run(|remote| async move { remote.put(&key, bytes, false).await })
     }
 
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<bool> {
+        check_key(key)?;
+        let key = self.bucket.remote.key(key);
+        let bytes = Bytes::copy_from_slice(bytes);
+        match self
+            .bucket
+            .run(|remote| async move { remote.put(&key, bytes, true).await })
+        {
+            Ok(()) => Ok(true),
+            // Also when a retry of our own create found it done: the
+            // caller reads the object back either way.
+            Err(Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     fn put_file(&self, key: &str, path: &Path) -> Result<()> {
         check_key(key)?;
         let key = self.bucket.remote.key(key);

@@ -152,6 +152,9 @@ struct Faulty {
     /// `put` (config, mark, tombstones) fails while set.
     failing_puts: AtomicBool,
     copy: Mutex<Option<(PathBuf, PathBuf)>>,
+    /// The first read of `config` finds none (another process creates it
+    /// between that read and our create).
+    hide_config: AtomicBool,
 }
 
 impl MetaBackend for Faulty {
@@ -163,6 +166,19 @@ impl MetaBackend for Faulty {
             });
         }
         self.inner.put(key, bytes)
+    }
+    fn put_new(&self, key: &str, bytes: &[u8]) -> bunker_store::Result<bool> {
+        if self.failing_puts.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable {
+                store: self.describe(),
+                reason: "injected: timeout after every retry".into(),
+            });
+        }
+        if key == "config" && self.hide_config.swap(false, Ordering::SeqCst) {
+            // The other process's create lands between our read and ours.
+            return self.inner.put_new(key, bytes);
+        }
+        self.inner.put_new(key, bytes)
     }
     fn put_file(&self, key: &str, path: &Path) -> bunker_store::Result<()> {
         if self.failing.load(Ordering::SeqCst) {
@@ -178,6 +194,9 @@ impl MetaBackend for Faulty {
         Ok(())
     }
     fn get(&self, key: &str) -> bunker_store::Result<Option<Vec<u8>>> {
+        if key == "config" && self.hide_config.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
         self.inner.get(key)
     }
     fn get_file(&self, key: &str, path: &Path) -> bunker_store::Result<bool> {
@@ -212,7 +231,40 @@ fn faulty(bucket: &Bucket) -> Arc<Faulty> {
         failing: AtomicBool::new(false),
         failing_puts: AtomicBool::new(false),
         copy: Mutex::new(None),
+        hide_config: AtomicBool::new(false),
     })
+}
+
+/// Two first starts on one empty bucket, or a first start whose create
+/// lands late after its process died: the config object is created once
+/// and never replaced, and the open that lost the race adopts it. (Found
+/// by `s3_faults::kill_during_ingest_to_a_bucket…` on SeaweedFS: a killed
+/// child's config replaced the next child's, whose data directory then
+/// belonged to no repository in the bucket.)
+#[test]
+fn a_config_created_by_another_open_in_between_is_adopted_never_replaced() {
+    let bucket = Bucket::new();
+    let first = tempfile::tempdir().unwrap();
+    let repo = bucket.open(first.path());
+    let images = days(61, 1);
+    let a = ingest(&repo, "vol", &images[0]);
+    drop(repo);
+    let config = bucket.meta.get("config").unwrap().unwrap();
+
+    let meta = faulty(&bucket);
+    meta.hide_config.store(true, Ordering::SeqCst);
+    let second = tempfile::tempdir().unwrap();
+    let repo = open_faulty(&bucket, &meta, second.path());
+    assert_eq!(
+        bucket.meta.get("config").unwrap().unwrap(),
+        config,
+        "the bucket's config was replaced"
+    );
+    assert_eq!(read_all(&repo, "vol", Some(a.id)).unwrap(), images[0]);
+    drop(repo);
+    // The first data directory still belongs to the bucket's repository.
+    let repo = bucket.open(first.path());
+    assert_eq!(read_all(&repo, "vol", Some(a.id)).unwrap(), images[0]);
 }
 
 fn open_faulty(bucket: &Bucket, meta: &Arc<Faulty>, dir: &Path) -> Repository {

@@ -317,6 +317,7 @@ pub mod meta {
     pub fn run(backend: &dyn MetaBackend) {
         put_then_get(backend);
         put_replaces(backend);
+        put_new_never_replaces(backend);
         absent_is_none(backend);
         files_round_trip(backend);
         list_is_sorted_and_bounded_by_the_prefix(backend);
@@ -344,6 +345,16 @@ pub mod meta {
         assert_eq!(
             backend.get("conformance/b/x").unwrap().as_deref(),
             Some(&b"new and longer"[..])
+        );
+    }
+
+    pub fn put_new_never_replaces(backend: &dyn MetaBackend) {
+        backend.delete("conformance/g/once").unwrap();
+        assert!(backend.put_new("conformance/g/once", b"first").unwrap());
+        assert!(!backend.put_new("conformance/g/once", b"second").unwrap());
+        assert_eq!(
+            backend.get("conformance/g/once").unwrap().as_deref(),
+            Some(&b"first"[..])
         );
     }
 

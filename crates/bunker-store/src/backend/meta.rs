@@ -24,6 +24,12 @@ pub trait MetaBackend: Send + Sync {
     /// Stores `bytes` under `key`, replacing what was there. Durable on
     /// return (a successful PUT).
     fn put(&self, key: &str, bytes: &[u8]) -> Result<()>;
+    /// Stores `bytes` under `key` only when no object is there (a
+    /// conditional create, If-None-Match: *); returns false, leaving the
+    /// object as it is, when one is. For objects written once and never
+    /// replaced (the repository's `config`): a late write of a process that
+    /// died, or a second process, can never replace what another read.
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<bool>;
     /// Stores the file at `path` under `key` (manifests may be large: a
     /// remote backend streams it). Durable on return.
     fn put_file(&self, key: &str, path: &Path) -> Result<()>;
@@ -62,6 +68,16 @@ impl MetaBackend for MemMeta {
             .unwrap_or_else(|p| p.into_inner())
             .insert(key.to_string(), bytes.to_vec());
         Ok(())
+    }
+
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<bool> {
+        check_key(key)?;
+        let mut objects = self.objects.write().unwrap_or_else(|p| p.into_inner());
+        if objects.contains_key(key) {
+            return Ok(false);
+        }
+        objects.insert(key.to_string(), bytes.to_vec());
+        Ok(true)
     }
 
     fn put_file(&self, key: &str, path: &Path) -> Result<()> {

@@ -111,15 +111,35 @@ impl Repository {
                 std::fs::remove_dir_all(&index).map_err(|e| Error::io(&index, e))?;
             }
         }
-        match (local, bucket) {
+        let bucket = match (&local, bucket) {
             (None, None) => {
-                // The bucket first: a crash before the local write leaves
-                // a bucket that the next open recovers from.
+                // The bucket first, create-only: a crash before the local
+                // write leaves a bucket the next open recovers from, and a
+                // create that lands late (its process killed mid-request)
+                // or a second process can never replace a config another
+                // open already adopted.
                 let config = new_config(path, &create)?;
-                meta.put("config", &config.encode())?;
-                write_layout(path, &config)?;
-                tracing::info!(store = %meta.describe(), "created a repository in the object store");
+                if meta.put_new("config", &config.encode())? {
+                    write_layout(path, &config)?;
+                    tracing::info!(store = %meta.describe(), "created a repository in the object store");
+                    None
+                } else {
+                    let b = meta.get("config")?.ok_or_else(|| Error::Remote {
+                        store: meta.describe(),
+                        reason:
+                            "the config object exists for a conditional create but not for a read"
+                                .into(),
+                    })?;
+                    Some((
+                        RepoConfig::decode(&format!("config in {}", meta.describe()), &b)?,
+                        b,
+                    ))
+                }
             }
+            (_, bucket) => bucket,
+        };
+        match (local, bucket) {
+            (None, None) => {}
             (None, Some((_, bytes))) => {
                 tracing::info!(store = %meta.describe(), "the data directory holds no repository: recovering it from the object store");
                 for dir in ["packs", "index", "snapshots", "tmp"] {
