@@ -284,6 +284,10 @@ pub struct Info {
     pub repository_id: String,
     pub chunker: ChunkerParams,
     pub zstd_level: i32,
+    /// Where packs and manifests live: `local` (the data directory) or the
+    /// bucket as `s3://BUCKET/PREFIX at ENDPOINT`; never credentials.
+    #[serde(default)]
+    pub storage: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -61,6 +61,63 @@ pub struct Config {
     pub gc_interval_secs: u64,
     /// Scheduled GCs rewrite packs whose live fraction is below this.
     pub gc_rewrite_below: f64,
+    /// Where sealed packs and manifests live: the data directory (default)
+    /// or a bucket (`[storage] kind = "s3"`).
+    pub storage: Storage,
+}
+
+/// The `[storage]` table. `kind = "local"` (the default) keeps everything
+/// in the data directory and ignores the other keys; `kind = "s3"` puts
+/// packs, manifests and the repository config in a bucket, given as `url =
+/// "s3://BUCKET/PREFIX"` or as `bucket` and `prefix`, with every other
+/// [`bunker_s3::S3Config`] key (endpoint, region, credentials, retries,
+/// timeouts, part size, cache) beside them.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Storage {
+    pub kind: StorageKind,
+    pub url: Option<String>,
+    #[serde(flatten)]
+    pub s3: bunker_s3::S3Config,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    #[default]
+    Local,
+    S3,
+}
+
+impl Storage {
+    /// The bucket to use, validated; None for local storage. `url`, when
+    /// set, gives the bucket and prefix.
+    pub fn s3_config(&self) -> Result<Option<bunker_s3::S3Config>, StartError> {
+        if self.kind == StorageKind::Local {
+            return Ok(None);
+        }
+        let mut s3 = self.s3.clone();
+        if let Some(url) = &self.url {
+            let at = bunker_s3::S3Config::from_url(url).map_err(|e| StartError::Storage {
+                reason: e.to_string(),
+            })?;
+            s3.bucket = at.bucket;
+            s3.prefix = at.prefix;
+        }
+        s3.validate().map_err(|e| StartError::Storage {
+            reason: format!("{}: {e}", s3.describe()),
+        })?;
+        Ok(Some(s3))
+    }
+
+    /// `local`, or the bucket as `s3://bucket/prefix at endpoint` (never
+    /// credentials): what `/healthz` reports.
+    pub fn describe(&self) -> String {
+        match self.s3_config() {
+            Ok(Some(s3)) => s3.describe(),
+            _ => "local".to_string(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -86,6 +143,7 @@ impl Default for Config {
             max_connections: 4096,
             gc_interval_secs: 0,
             gc_rewrite_below: bunker_store::DEFAULT_REWRITE_BELOW,
+            storage: Storage::default(),
         }
     }
 }
@@ -126,5 +184,43 @@ mod tests {
         let e = Config::from_toml("max_stream = 3").unwrap_err();
         assert!(matches!(e, StartError::Config { .. }), "{e}");
         assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn storage_table_selects_a_bucket() {
+        let c = Config::from_toml("").unwrap();
+        assert!(c.storage.s3_config().unwrap().is_none());
+        assert_eq!(c.storage.describe(), "local");
+        let c = Config::from_toml(
+            r#"
+            [storage]
+            kind = "s3"
+            url = "s3://backups/site-a"
+            endpoint = "http://127.0.0.1:8333"
+            allow_http = true
+            anonymous = true
+            max_retries = 2
+            cache_bytes = 1000
+            secret_access_key = "hush"
+            access_key_id = "me"
+            "#,
+        )
+        .unwrap();
+        let s3 = c.storage.s3_config().unwrap().unwrap();
+        assert_eq!(
+            (s3.bucket.as_str(), s3.prefix.as_str()),
+            ("backups", "site-a")
+        );
+        assert_eq!((s3.max_retries, s3.cache_bytes), (2, Some(1000)));
+        let d = c.storage.describe();
+        assert!(
+            d.starts_with("s3://backups/site-a at http://127.0.0.1:8333"),
+            "{d}"
+        );
+        assert!(!d.contains("hush") && !d.contains("me@"), "{d}");
+        let c = Config::from_toml("[storage]\nkind = \"s3\"\nbucket = \"B\"\n").unwrap();
+        let e = c.storage.s3_config().unwrap_err();
+        assert!(matches!(e, StartError::Storage { .. }), "{e}");
+        assert!(e.to_string().contains("bucket name"), "{e}");
     }
 }

@@ -6,8 +6,8 @@
 //!   never carry filesystem paths (the data directory is replaced by
 //!   `<data>`, and I/O errors are reported without their path and logged in
 //!   full).
-//! - [`StartError`]: the server cannot start (repository, token store,
-//!   admin token, TLS files, configuration, listening socket). The operator
+//! - [`StartError`]: the server cannot start (repository, bucket, token
+//!   store, admin token, TLS files, configuration, listening socket). The operator
 //!   fixes what it names and starts again; it names paths, since only the
 //!   operator sees it.
 //! - [`SaveError`]: a server state file (`tokens.json`, `checks.json`)
@@ -116,6 +116,18 @@ pub enum StartError {
     #[error("opening the repository at {}: {source}", path.display())]
     Repository {
         path: PathBuf,
+        #[source]
+        source: Box<bunker_store::Error>,
+    },
+    /// The `[storage]` settings (or `--s3` flags) are not usable.
+    #[error("storage settings: {reason}")]
+    Storage { reason: String },
+    /// The bucket does not answer as it should (unreachable endpoint, wrong
+    /// credentials, missing bucket), or the repository in it cannot be
+    /// opened; `store` names bucket, prefix and endpoint.
+    #[error("object storage {store}: {source}")]
+    Bucket {
+        store: String,
         #[source]
         source: Box<bunker_store::Error>,
     },

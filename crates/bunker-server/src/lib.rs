@@ -1,8 +1,9 @@
 //! bunker's HTTP server.
 //!
 //! # Brief overview
-//! [`State::open`] opens (or creates) the repository in the data directory
-//! and the token store beside it; [`run`] serves a bound listener until a
+//! [`State::open`] opens (or creates) the repository in the data directory,
+//! or on a bucket (`[storage]`, [`connect_remote`]), and the token store
+//! beside it; [`run`] serves a bound listener until a
 //! shutdown future resolves, then stops accepting and gives in-flight
 //! requests a grace period. Each request is authenticated ([`tokens`]),
 //! routed (`routes`), and its errors mapped to a stable JSON error
@@ -62,4 +63,4 @@ pub use body::Body;
 pub use config::Config;
 pub use error::{SaveError, StartError};
 pub use serve::{listen, run, spawn, tls_acceptor, Background, LISTEN_BACKLOG};
-pub use state::{IngestSlot, State, BODY_MEMORY_WAIT};
+pub use state::{connect_remote, IngestSlot, State, BODY_MEMORY_WAIT};

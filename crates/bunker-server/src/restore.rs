@@ -288,8 +288,14 @@ impl Stream {
         let Some(mut cursor) = self.cursor.take() else {
             return Ok(false);
         };
+        let st = self.state.clone();
         let (cursor, batch) = tokio::task::spawn_blocking(move || {
             let b = cursor.next_batch(ENTRY_BATCH);
+            // Announced as soon as read, ahead of the loads that follow,
+            // so a remote backend fetches them with many requests in flight.
+            if let Ok(entries) = &b {
+                st.repo.will_need(entries);
+            }
             (cursor, b)
         })
         .await

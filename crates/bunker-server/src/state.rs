@@ -48,14 +48,7 @@ impl State {
     /// admin token to `<data>/admin.token` (mode 0600) and returns its path
     /// (see [`admin_token`]).
     pub fn open(config: Config) -> Result<(Arc<State>, Option<PathBuf>), StartError> {
-        let repo = bunker_store::Repository::open_or_create(
-            &config.data,
-            bunker_store::CreateOptions::default(),
-        )
-        .map_err(|source| StartError::Repository {
-            path: config.data.clone(),
-            source: Box::new(source),
-        })?;
+        let repo = open_repository(&config)?;
         // The repository lock is ours: no other server writes these now.
         for file in ["tokens.json", "checks.json"] {
             let path = config.data.join("server").join(file);
@@ -190,6 +183,56 @@ impl State {
             )
         })
     }
+}
+
+/// The repository in the data directory, or on the configured bucket
+/// (created there, rebuilt from it into an empty data directory, or
+/// reconciled with it: docs/FORMAT.md, "Remote repositories").
+fn open_repository(config: &Config) -> Result<bunker_store::Repository, StartError> {
+    let local = |source| StartError::Repository {
+        path: config.data.clone(),
+        source: Box::new(source),
+    };
+    let Some(s3) = config.storage.s3_config()? else {
+        return bunker_store::Repository::open_or_create(
+            &config.data,
+            bunker_store::CreateOptions::default(),
+        )
+        .map_err(local);
+    };
+    tracing::info!("storage: {}", s3.describe());
+    let remote = connect_remote(&s3, &config.data)?;
+    bunker_store::Repository::open_remote_with(
+        &config.data,
+        bunker_store::OpenOptions::default(),
+        bunker_store::CreateOptions::default(),
+        remote,
+    )
+    .map_err(|source| StartError::Bucket {
+        store: s3.describe(),
+        source: Box::new(source),
+    })
+}
+
+/// Connects to the bucket (failing fast, naming endpoint and bucket, when
+/// it does not answer, refuses the credentials or does not exist) and
+/// opens its pack and object backends for the data directory `data`.
+pub fn connect_remote(
+    s3: &bunker_s3::S3Config,
+    data: &std::path::Path,
+) -> Result<bunker_store::Remote, StartError> {
+    let remote = |source| StartError::Bucket {
+        store: s3.describe(),
+        source: Box::new(source),
+    };
+    std::fs::create_dir_all(data).map_err(|e| StartError::io("creating", data, e))?;
+    let bucket = bunker_s3::Bucket::connect(s3).map_err(remote)?;
+    let packs = bunker_s3::S3Packs::open(&bucket, data).map_err(remote)?;
+    let meta = bunker_s3::S3Meta::open(&bucket, data).map_err(remote)?;
+    Ok(bunker_store::Remote {
+        packs: Arc::new(packs),
+        meta: Arc::new(meta),
+    })
 }
 
 /// How long a chunk upload or `missing` query waits for body memory

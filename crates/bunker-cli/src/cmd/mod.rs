@@ -7,6 +7,7 @@ pub mod gc;
 pub mod prune;
 pub mod restore;
 pub mod serve;
+pub mod settings;
 pub mod snapshots;
 pub mod token;
 pub mod verify;

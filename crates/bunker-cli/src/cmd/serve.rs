@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use bunker_server::Config;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,19 +36,13 @@ pub struct Args {
     /// Seconds in-flight requests get after SIGTERM/SIGINT.
     #[arg(long)]
     grace_secs: Option<u64>,
+    #[command(flatten)]
+    s3: super::settings::S3Args,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     crate::init_logging();
-    let mut config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading config file {}", path.display()))?;
-            Config::from_toml(&text)
-                .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?
-        }
-        None => Config::default(),
-    };
+    let mut config = super::settings::load(args.config.as_deref(), &args.s3)?;
     if let Some(v) = args.data {
         config.data = v;
     }

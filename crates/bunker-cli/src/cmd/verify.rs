@@ -116,20 +116,43 @@ pub struct RepairArgs {
     /// Rebuild the chunk index from the packs alone.
     #[arg(long, required = true)]
     rebuild_index: bool,
-    /// The server's data directory (the server must be stopped).
-    #[arg(long, default_value = "bunker-data")]
-    data: PathBuf,
+    /// The server's data directory (the server must be stopped); default
+    /// the config file's `data`, else bunker-data.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The server's TOML config file: its `data` and `[storage]`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    s3: super::settings::S3Args,
 }
 
 pub fn repair(g: &Global, a: RepairArgs) -> CmdResult {
     debug_assert!(a.rebuild_index);
-    bunker_store::Repository::rebuild_index(&a.data).with_context(|| {
+    let mut config = super::settings::load(a.config.as_deref(), &a.s3)?;
+    if let Some(d) = a.data {
+        config.data = d;
+    }
+    let data = config.data;
+    let stop_first = || {
         format!(
             "rebuilding the index of {} (stop the server first: it holds the repository lock)",
-            a.data.display()
+            data.display()
         )
-    })?;
-    let repo = bunker_store::Repository::open(&a.data)?;
+    };
+    let repo = match config.storage.s3_config().map_err(anyhow::Error::msg)? {
+        None => {
+            bunker_store::Repository::rebuild_index(&data).with_context(stop_first)?;
+            bunker_store::Repository::open(&data)?
+        }
+        Some(s3) => {
+            let remote = bunker_server::connect_remote(&s3, &data).map_err(anyhow::Error::msg)?;
+            bunker_store::Repository::rebuild_index_remote(&data, remote)
+                .with_context(stop_first)?;
+            let remote = bunker_server::connect_remote(&s3, &data).map_err(anyhow::Error::msg)?;
+            bunker_store::Repository::open_remote(&data, remote)?
+        }
+    };
     let (_, entries) = repo.index_digest();
     if g.json {
         println!(
@@ -139,7 +162,7 @@ pub fn repair(g: &Global, a: RepairArgs) -> CmdResult {
     } else {
         println!(
             "rebuilt the index of {} from its packs: {entries} entries",
-            a.data.display()
+            data.display()
         );
     }
     Ok(())
@@ -179,4 +202,5 @@ start) already does this by itself, with a warning in the log, when it finds
 the index torn, truncated or missing a file; this command is for damage only
 verify finds (a bad entry inside an intact index file). Stop the server
 first; a running server holds the repository lock and the repair is refused
-before anything is touched."##;
+before anything is touched. With --s3 (or a --config whose [storage] names
+a bucket) the index is rebuilt from the packs in the bucket."##;

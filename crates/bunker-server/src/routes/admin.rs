@@ -36,6 +36,7 @@ pub(super) fn info(state: &State) -> Reply {
             repository_id: state.repo.repo_id_hex(),
             chunker: crate::convert::chunker_params(state.repo.chunker_params()),
             zstd_level: state.repo.zstd_level(),
+            storage: state.config.storage.describe(),
         },
     ))
 }
