@@ -11,7 +11,9 @@
 //! - objects in the bucket after each day, requests per GiB ingested;
 //! - a cold-cache restore (the server restarted: its cache starts empty)
 //!   against a plain parallel ranged GET of every pack object of the same
-//!   repository through the same endpoint, `max_in_flight` in flight;
+//!   repository through the same endpoint, `max_in_flight` in flight, and
+//!   again in the shape of the server's read-ahead (one cache block per GET,
+//!   its concurrency) to show what bounds the restore;
 //! - the time a server on an empty data directory takes to serve the whole
 //!   snapshot list of a bucket: an empty prefix (the fixed cost), many small
 //!   snapshots (per snapshot), the client run's repository (per chunk);
@@ -34,6 +36,9 @@ use super::{gbps, mib, Args, Run, Server};
 const BUCKET: &str = "bunker-bench";
 /// Bytes of one ranged GET in the plain read.
 const RANGE_BYTES: u64 = 8 << 20;
+/// Fetches the server's read-ahead keeps in flight (bunker-s3, packs.rs
+/// `READ_AHEAD_IN_FLIGHT`; private there, so repeated here).
+const READ_AHEAD_IN_FLIGHT: usize = 8;
 /// A rebuild that takes longer than this is reported as a failure.
 const REBUILD_WITHIN: Duration = Duration::from_secs(600);
 
@@ -54,14 +59,27 @@ struct ColdRestore {
     fetched: Counts,
     plain_get_s: f64,
     in_flight: usize,
+    /// The same bytes in cache blocks, [`READ_AHEAD_IN_FLIGHT`] at a time.
+    block_get_s: f64,
+    block_bytes: u64,
 }
 
+/// Seconds to rebuild a server from a prefix of the bucket, and what the
+/// prefix held.
+#[derive(Default)]
+struct Rebuilt {
+    secs: f64,
+    snapshots: u64,
+    chunks: u64,
+    packs: u64,
+}
+
+/// An empty prefix (the fixed cost of a start), many small snapshots and
+/// the client run's repository.
 struct Rebuild {
-    /// (seconds, snapshots, chunks) for an empty prefix, small snapshots
-    /// and the client run's repository.
-    empty_s: f64,
-    small: (f64, u64, u64),
-    large: (f64, u64, u64),
+    empty: Rebuilt,
+    small: Rebuilt,
+    large: Rebuilt,
 }
 
 pub(super) fn run(
@@ -177,8 +195,11 @@ fn cold_restore(
         .filter(|(k, _)| k.starts_with("raw/packs/") && k.ends_with(".pack"))
         .collect();
     let pack_bytes = packs.iter().map(|(_, n)| n).sum();
-    let in_flight = bunker_s3::S3Config::default().max_in_flight;
-    let plain_get_s = plain_get(&proxy.url, &packs, in_flight)?;
+    let defaults = bunker_s3::S3Config::default();
+    let in_flight = defaults.max_in_flight;
+    let plain_get_s = plain_get(&proxy.url, &packs, RANGE_BYTES, in_flight)?;
+    let block_bytes = defaults.cache_block_bytes;
+    let block_get_s = plain_get(&proxy.url, &packs, block_bytes, READ_AHEAD_IN_FLIGHT)?;
     Ok(ColdRestore {
         restore_s,
         packs: packs.len(),
@@ -186,18 +207,25 @@ fn cold_restore(
         fetched,
         plain_get_s,
         in_flight,
+        block_get_s,
+        block_bytes,
     })
 }
 
-/// Every byte of `objects` in ranges of [`RANGE_BYTES`], `in_flight` GETs
-/// at a time: the seconds it took.
-fn plain_get(endpoint: &str, objects: &[(String, u64)], in_flight: usize) -> anyhow::Result<f64> {
+/// Every byte of `objects` in ranges of `range_bytes`, `in_flight` GETs at
+/// a time: the seconds it took.
+fn plain_get(
+    endpoint: &str,
+    objects: &[(String, u64)],
+    range_bytes: u64,
+    in_flight: usize,
+) -> anyhow::Result<f64> {
     let ranges: Vec<(String, u64, u64)> = objects
         .iter()
         .flat_map(|(key, len)| {
-            (0..len.div_ceil(RANGE_BYTES)).map(move |i| {
-                let start = i * RANGE_BYTES;
-                (key.clone(), start, (start + RANGE_BYTES).min(*len) - 1)
+            (0..len.div_ceil(range_bytes)).map(move |i| {
+                let start = i * range_bytes;
+                (key.clone(), start, (start + range_bytes).min(*len) - 1)
             })
         })
         .collect();
@@ -316,36 +344,48 @@ fn rebuild(
             bail!("small snapshot {i} answered {}", r.status());
         }
     }
-    let stats = server.stats(agent)?;
-    let small_chunks = stats["chunks"].as_u64().unwrap_or(0);
-    let small_snaps = stats["snapshots"].as_u64().unwrap_or(0);
     server.stop();
-    let small_s = time_rebuild(
-        bunker,
-        &work.join("rebuild-small"),
-        &flags("small"),
-        agent,
-        small_snaps,
-    )?;
-
-    let server = Server::start(bunker, &work.join("cli-s3"), &flags("cli"))?;
-    let stats = server.stats(agent)?;
-    server.stop();
-    let (large_snaps, large_chunks) = (
-        stats["snapshots"].as_u64().unwrap_or(0),
-        stats["chunks"].as_u64().unwrap_or(0),
-    );
-    let large_s = time_rebuild(
-        bunker,
-        &work.join("rebuild-cli"),
-        &flags("cli"),
-        agent,
-        large_snaps,
-    )?;
+    let small = rebuilt(bunker, work, "small", flags, agent)?;
+    let large = rebuilt(bunker, work, "cli", flags, agent)?;
     Ok(Rebuild {
-        empty_s,
-        small: (small_s, small_snaps, small_chunks),
-        large: (large_s, large_snaps, large_chunks),
+        empty: Rebuilt {
+            secs: empty_s,
+            ..Rebuilt::default()
+        },
+        small,
+        large,
+    })
+}
+
+/// What the server on `prefix` (data directory `work/<prefix>-s3` or
+/// `work/<prefix>`) holds, then the time a new one takes from the bucket.
+fn rebuilt(
+    bunker: &Path,
+    work: &Path,
+    prefix: &str,
+    flags: &dyn Fn(&str) -> Vec<String>,
+    agent: &ureq::Agent,
+) -> anyhow::Result<Rebuilt> {
+    let data = match prefix {
+        "cli" => work.join("cli-s3"),
+        _ => work.join(prefix),
+    };
+    let server = Server::start(bunker, &data, &flags(prefix))?;
+    let stats = server.stats(agent)?;
+    server.stop();
+    let field = |k: &str| stats[k].as_u64().unwrap_or(0);
+    let snapshots = field("snapshots");
+    Ok(Rebuilt {
+        secs: time_rebuild(
+            bunker,
+            &work.join(format!("rebuild-{prefix}")),
+            &flags(prefix),
+            agent,
+            snapshots,
+        )?,
+        snapshots,
+        chunks: field("chunks"),
+        packs: field("packs"),
     })
 }
 
@@ -556,25 +596,40 @@ fn print_table(
         cold.plain_get_s
     );
     println!(
-        "| restore / plain GET (store bytes per second: fetched by the restore / its time, against the plain GET) | {:.2}x |",
-        gbps(f.down_bytes, cold.restore_s) / gbps(cold.pack_bytes, cold.plain_get_s).max(1e-12)
+        "| the same bytes in {} KiB ranges, {} in flight (the server's read-ahead today) | {:.2} GB/s ({:.1} s) |",
+        cold.block_bytes >> 10,
+        READ_AHEAD_IN_FLIGHT,
+        gbps(cold.pack_bytes, cold.block_get_s),
+        cold.block_get_s
+    );
+    let restore_rate = gbps(f.down_bytes, cold.restore_s);
+    println!(
+        "| restore / plain GET (bytes from the store per second: {:.2} GB/s against {:.2} GB/s) | {:.2}x |",
+        restore_rate,
+        gbps(cold.pack_bytes, cold.plain_get_s),
+        restore_rate / gbps(cold.pack_bytes, cold.plain_get_s).max(1e-12)
     );
 
     println!("\n| rebuild from the bucket (empty data directory until the snapshot list is complete) | |\n|---|---|");
+    let fixed = rebuild.empty.secs;
+    println!("| empty prefix (fixed cost of a start) | {fixed:.2} s |");
+    for (what, r) in [
+        ("small snapshots", &rebuild.small),
+        ("client run", &rebuild.large),
+    ] {
+        println!(
+            "| {what}: {} snapshots, {} chunks, {} packs | {:.2} s |",
+            r.snapshots, r.chunks, r.packs, r.secs
+        );
+    }
+    let (small, large) = (&rebuild.small, &rebuild.large);
     println!(
-        "| empty prefix (fixed cost of a start) | {:.2} s |",
-        rebuild.empty_s
+        "| per 1,000 snapshots (small snapshots, fixed cost subtracted) | {:.1} s |",
+        (small.secs - fixed).max(0.0) / small.snapshots.max(1) as f64 * 1000.0
     );
-    let (s, n, c) = rebuild.small;
-    println!("| {n} small snapshots ({c} chunks) | {s:.2} s |");
-    let (s2, n2, c2) = rebuild.large;
-    println!("| client run: {n2} snapshots, {c2} chunks | {s2:.2} s |");
     println!(
-        "| per 1,000 snapshots (small run, fixed cost subtracted) | {:.1} s |",
-        (s - rebuild.empty_s).max(0.0) / n.max(1) as f64 * 1000.0
-    );
-    println!(
-        "| per million chunks (client run, fixed cost subtracted) | {:.1} s |",
-        (s2 - rebuild.empty_s).max(0.0) / c2.max(1) as f64 * 1e6
+        "| per million chunks (client run, fixed cost subtracted; {:.0} chunks per pack) | {:.1} s |",
+        large.chunks as f64 / large.packs.max(1) as f64,
+        (large.secs - fixed).max(0.0) / large.chunks.max(1) as f64 * 1e6
     );
 }
