@@ -15,6 +15,7 @@ mod disk;
 mod faults;
 mod races;
 mod restore;
+mod s3;
 mod san;
 mod server;
 mod tls;

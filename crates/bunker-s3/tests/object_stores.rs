@@ -1,9 +1,7 @@
 //! The S3 backends against real object stores (SeaweedFS and moto, started
-//! per test by `stores`): both conformance suites on both stores, then the
+//! per test by `bunker_testdata::stores`): both conformance suites on both stores, then the
 //! behaviours only a remote store has (multipart, create-only, errors,
 //! stalls, the read cache, the upload journal).
-
-mod stores;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,7 +9,7 @@ use std::time::{Duration, Instant};
 use bunker_s3::{Bucket, S3Config, S3Meta, S3Packs};
 use bunker_store::backend::{conformance, MetaBackend, PackBackend};
 use bunker_store::{Error, PackId};
-use stores::Store;
+use bunker_testdata::stores::{self, Store};
 
 fn open(config: &S3Config, data: &Path) -> (S3Packs, S3Meta) {
     let bucket = Bucket::connect(config).unwrap();

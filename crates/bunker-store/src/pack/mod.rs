@@ -69,6 +69,24 @@ struct Writer {
     sealing: Vec<Sealing>,
     /// Background seals joined but not yet handed to the caller.
     ready: Vec<SealedPack>,
+    /// Sealed and synced packs whose upload to a remote backend failed
+    /// (`Error::Unavailable`): intact on local disk, so they do not poison
+    /// the writer. The next [`Packs::seal`] uploads them before anything
+    /// else, so no commit is acknowledged before its packs are stored.
+    pending: Vec<OpenPack>,
+}
+
+/// A background seal that failed; `synced` is the pack when only its
+/// upload failed, retryable (see `Writer::pending`).
+struct SealFailure {
+    error: Error,
+    synced: Option<OpenPack>,
+}
+
+/// A store that could not be reached: the sealed, synced staging file is
+/// still good, so the upload may be retried.
+fn upload_may_retry(e: &Error) -> bool {
+    matches!(e, Error::Unavailable { .. })
 }
 
 /// A full pack on its way to the backend. Until its thread is joined, its
@@ -78,7 +96,7 @@ struct Sealing {
     pack: PackId,
     file: File,
     path: PathBuf,
-    thread: std::thread::JoinHandle<Result<SealedPack>>,
+    thread: std::thread::JoinHandle<std::result::Result<SealedPack, Box<SealFailure>>>,
 }
 
 /// Background seals in flight at most; a fuller writer waits for the oldest
@@ -116,6 +134,7 @@ impl Packs {
                 poisoned: None,
                 sealing: Vec::new(),
                 ready: Vec::new(),
+                pending: Vec::new(),
             }),
         }
     }
@@ -226,20 +245,33 @@ impl Packs {
         let backend = self.backend.clone();
         let handle = std::thread::Builder::new()
             .name("bunker-seal".into())
-            .spawn(move || -> Result<SealedPack> {
-                durable::failpoint!("pack::background_seal", &open.path);
-                durable::sync_data(&open.file, &open.path)?;
-                backend.store_sealed(open.id, &open.path)?;
-                tracing::debug!(
-                    pack = open.id.0,
-                    records = open.entries.len(),
-                    "sealed pack"
-                );
-                Ok(SealedPack {
-                    pack: open.id,
-                    entries: open.entries,
-                })
-            })
+            .spawn(
+                move || -> std::result::Result<SealedPack, Box<SealFailure>> {
+                    let synced = (|| -> Result<()> {
+                        durable::failpoint!("pack::background_seal", &open.path);
+                        durable::sync_data(&open.file, &open.path)
+                    })();
+                    if let Err(error) = synced {
+                        return Err(Box::new(SealFailure {
+                            error,
+                            synced: None,
+                        }));
+                    }
+                    if let Err(error) = backend.store_sealed(open.id, &open.path) {
+                        let synced = upload_may_retry(&error).then_some(open);
+                        return Err(Box::new(SealFailure { error, synced }));
+                    }
+                    tracing::debug!(
+                        pack = open.id.0,
+                        records = open.entries.len(),
+                        "sealed pack"
+                    );
+                    Ok(SealedPack {
+                        pack: open.id,
+                        entries: open.entries,
+                    })
+                },
+            )
             .map_err(|e| Error::io("seal thread", e))?;
         w.sealing.push(Sealing {
             pack,
@@ -258,9 +290,40 @@ impl Packs {
         if let Some(why) = &w.poisoned {
             return Err(Error::Poisoned(why.clone()));
         }
-        let mut sealed = collect_seals(&mut w, true)?;
-        sealed.extend(self.seal_locked(&mut w)?);
+        let mut sealed = self.upload_pending(&mut w)?;
+        sealed.extend(collect_seals(&mut w, true)?);
+        match self.seal_locked(&mut w) {
+            Ok(last) => sealed.extend(last),
+            Err(e) => {
+                // Handed out by the next seal: they are stored.
+                w.ready.extend(sealed);
+                return Err(e);
+            }
+        }
         Ok(sealed)
+    }
+
+    /// Uploads the packs whose upload failed before, oldest first; the
+    /// ones still failing stay pending.
+    fn upload_pending(&self, w: &mut Writer) -> Result<Vec<SealedPack>> {
+        let mut stored = Vec::new();
+        while !w.pending.is_empty() {
+            let open = &w.pending[0];
+            if let Err(e) = self.backend.store_sealed(open.id, &open.path) {
+                w.ready.extend(stored);
+                if !upload_may_retry(&e) {
+                    w.poisoned = Some(format!("sealing pack {}: {e}", open.id.0));
+                }
+                return Err(e);
+            }
+            let open = w.pending.remove(0);
+            tracing::info!(pack = open.id.0, "uploaded a pack whose upload had failed");
+            stored.push(SealedPack {
+                pack: open.id,
+                entries: open.entries,
+            });
+        }
+        Ok(stored)
     }
 
     fn seal_locked(&self, w: &mut Writer) -> Result<Option<SealedPack>> {
@@ -278,12 +341,19 @@ impl Packs {
             w.open = Some(open);
             return Err(err);
         }
-        if let Err(e) = durable::sync_data(&open.file, &open.path)
-            .and_then(|()| self.backend.store_sealed(open.id, &open.path))
-        {
+        if let Err(e) = durable::sync_data(&open.file, &open.path) {
             // Linux may have dropped the dirty pages: nothing in this pack
             // can be trusted until recovery re-reads it after a reopen.
             w.poisoned = Some(format!("sealing pack {}: {e}", open.id.0));
+            return Err(e);
+        }
+        if let Err(e) = self.backend.store_sealed(open.id, &open.path) {
+            if upload_may_retry(&e) {
+                // Synced and intact: the next seal uploads it again.
+                w.pending.push(open);
+            } else {
+                w.poisoned = Some(format!("sealing pack {}: {e}", open.id.0));
+            }
             return Err(e);
         }
         tracing::debug!(
@@ -372,6 +442,8 @@ impl Packs {
             (&open.file, &open.path)
         } else if let Some(s) = w.sealing.iter().find(|s| s.pack == loc.pack) {
             (&s.file, &s.path)
+        } else if let Some(p) = w.pending.iter().find(|p| p.id == loc.pack) {
+            (&p.file, &p.path)
         } else {
             return Ok(None);
         };
@@ -431,7 +503,8 @@ fn injected_flip(stored: Vec<u8>) -> Vec<u8> {
 }
 
 /// Joins background seals: all of them when `wait`, else the finished
-/// ones. A failed one poisons the writer.
+/// ones. A failed one poisons the writer, unless only its upload to a
+/// remote store failed (then it is pending).
 fn collect_seals(w: &mut Writer, wait: bool) -> Result<Vec<SealedPack>> {
     let mut done = std::mem::take(&mut w.ready);
     let mut i = 0;
@@ -448,16 +521,23 @@ fn collect_seals(w: &mut Writer, wait: bool) -> Result<Vec<SealedPack>> {
 
 fn finish_seal(
     w: &mut Writer,
-    h: std::thread::JoinHandle<Result<SealedPack>>,
+    h: std::thread::JoinHandle<std::result::Result<SealedPack, Box<SealFailure>>>,
 ) -> Result<SealedPack> {
-    let result = h
-        .join()
-        .unwrap_or_else(|_| Err(Error::Poisoned("a seal thread panicked".into())));
-    if let Err(e) = &result {
-        // As for a synchronous seal: the pack's data cannot be trusted.
-        w.poisoned = Some(format!("sealing a pack: {e}"));
-    }
-    result
+    let result = h.join().unwrap_or_else(|_| {
+        Err(Box::new(SealFailure {
+            error: Error::Poisoned("a seal thread panicked".into()),
+            synced: None,
+        }))
+    });
+    result.map_err(|f| {
+        match f.synced {
+            // Only the upload failed: retried by the next seal.
+            Some(open) => w.pending.push(open),
+            // As for a synchronous seal: the pack's data cannot be trusted.
+            None => w.poisoned = Some(format!("sealing a pack: {}", f.error)),
+        }
+        f.error
+    })
 }
 
 /// Writes the trailer and footer after the record at `len` and cuts the file

@@ -7,7 +7,9 @@
 //! installs them.
 //!
 //! A [`Store`] is stopped on drop: SIGTERM, a few seconds' grace (weed
-//! may not exit on it), then SIGKILL.
+//! may not exit on it), then SIGKILL. A [`Proxy`] in front of a store injects faults (503
+//! SlowDown, delays, dropped connections) per request and counts requests
+//! by method.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -241,4 +243,159 @@ fn free_ports(n: usize) -> Vec<u16> {
     }
     assert_eq!(out.len(), n, "no free ports");
     out
+}
+
+/// What the [`Proxy`] does with a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward it and its answer unchanged.
+    Pass,
+    /// Answer `503 SlowDown` without forwarding it.
+    SlowDown,
+    /// Wait this many milliseconds, then forward it.
+    DelayMs(u64),
+    /// Close the connection without an answer.
+    Drop,
+}
+
+#[derive(Default)]
+struct Faults {
+    all: Option<Fault>,
+    by_method: std::collections::HashMap<String, Fault>,
+    counts: std::collections::BTreeMap<String, u64>,
+}
+
+/// A fault-injecting HTTP/1.1 proxy on 127.0.0.1 in front of a store:
+/// each request's [`Fault`] is chosen at run time (for every method, or
+/// one), and requests are counted by method. One request per connection
+/// (answers carry `Connection: close`), bodies by `Content-Length`: what
+/// the S3 client sends. Runs until dropped with its store.
+pub struct Proxy {
+    /// `http://127.0.0.1:PORT`
+    pub endpoint: String,
+    faults: std::sync::Arc<std::sync::Mutex<Faults>>,
+}
+
+impl Proxy {
+    /// Starts a proxy forwarding to `upstream` (`http://host:port`).
+    pub fn start(upstream: &str) -> Proxy {
+        let upstream = upstream
+            .strip_prefix("http://")
+            .expect("an http:// upstream")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let faults = std::sync::Arc::new(std::sync::Mutex::new(Faults::default()));
+        let shared = faults.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let faults = shared.clone();
+                let upstream = upstream.clone();
+                std::thread::spawn(move || {
+                    let _ = proxy_one(conn, &upstream, &faults);
+                });
+            }
+        });
+        Proxy { endpoint, faults }
+    }
+
+    /// Applies `fault` to every request from now on.
+    pub fn set(&self, fault: Fault) {
+        let mut f = self.faults.lock().unwrap();
+        f.all = Some(fault);
+        f.by_method.clear();
+    }
+
+    /// Applies `fault` to requests of `method` (`PUT`, `GET`, ...); others
+    /// keep theirs.
+    pub fn set_for(&self, method: &str, fault: Fault) {
+        self.faults
+            .lock()
+            .unwrap()
+            .by_method
+            .insert(method.to_string(), fault);
+    }
+
+    /// Requests seen so far, by method (faulted ones included).
+    pub fn counts(&self) -> std::collections::BTreeMap<String, u64> {
+        self.faults.lock().unwrap().counts.clone()
+    }
+}
+
+fn proxy_one(
+    mut client: TcpStream,
+    upstream: &str,
+    faults: &std::sync::Mutex<Faults>,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = client.read(&mut byte)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&byte[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let method = head.split(' ').next().unwrap_or("").to_string();
+    let body_len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + body_len {
+        let n = client.read(&mut byte)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&byte[..n]);
+    }
+    let fault = {
+        let mut f = faults.lock().unwrap();
+        *f.counts.entry(method.clone()).or_default() += 1;
+        f.by_method
+            .get(&method)
+            .copied()
+            .or(f.all)
+            .unwrap_or(Fault::Pass)
+    };
+    match fault {
+        Fault::Drop => return Ok(()),
+        Fault::SlowDown => {
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+                <Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+            write!(
+                client,
+                "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )?;
+            return client.flush();
+        }
+        Fault::DelayMs(ms) => std::thread::sleep(Duration::from_millis(ms)),
+        Fault::Pass => {}
+    }
+    // Forwarded with `Connection: close`, so the answer ends at EOF.
+    let mut request = String::new();
+    for line in head[..head_end - 4].split("\r\n") {
+        if !line.to_ascii_lowercase().starts_with("connection:") {
+            request.push_str(line);
+            request.push_str("\r\n");
+        }
+    }
+    request.push_str("Connection: close\r\n\r\n");
+    let mut up = TcpStream::connect(upstream)?;
+    up.write_all(request.as_bytes())?;
+    up.write_all(&buf[head_end..head_end + body_len])?;
+    let mut answer = Vec::new();
+    up.read_to_end(&mut answer)?;
+    client.write_all(&answer)?;
+    client.flush()
 }
