@@ -3,8 +3,9 @@
 //! adds to the bill and to recovery.
 //!
 //! SeaweedFS (`weed mini` on free ports, stopped by PID at the end) comes
-//! from the test harness of bunker-s3, used as is. The S3 servers reach it
-//! through [`Proxy`], which counts their requests by kind; objects are
+//! from the shared test harness, `bunker_testdata::stores`. The S3 servers
+//! reach it through [`Proxy`], which counts their requests by bill line
+//! (the harness's fault proxy counts by method only); objects are
 //! listed straight from SeaweedFS (not counted). Figures:
 //! - ingest day 0..N (curl -T and `bunker backup`), restore to a file and
 //!   drill, local and S3, and the ratio;
@@ -19,16 +20,13 @@
 //!   snapshots (per snapshot), the client run's repository (per chunk);
 //! - the S3 servers' peak RSS.
 
-#[path = "../../../../crates/bunker-s3/tests/stores/mod.rs"]
-#[allow(dead_code)]
-mod stores;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use bunker_testdata::stores;
 
 use super::proxy::{Counts, Proxy};
 use super::{gbps, mib, Args, Run, Server};
