@@ -7,6 +7,12 @@
 //!
 //! `--scale` instead runs the 50-million-entry index benchmark and ingests a
 //! 32 GiB image generated on the fly, sampling the server's RSS.
+//!
+//! `--s3` runs the workload against a local-backend and an S3-backend server
+//! on SeaweedFS in the same run, with the object-storage figures (see `s3`).
+
+mod proxy;
+mod s3;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -22,12 +28,12 @@ use clap::Parser;
 
 #[derive(Parser)]
 struct Args {
-    /// Day-0 image size.
-    #[arg(long, default_value = "4G", value_parser = parse_size)]
-    size: u64,
-    /// Next days after day 0.
-    #[arg(long, default_value_t = 3)]
-    days: u32,
+    /// Day-0 image size [default: 4G, 1G with --s3].
+    #[arg(long, value_parser = parse_size)]
+    size: Option<u64>,
+    /// Next days after day 0 [default: 3, 2 with --s3].
+    #[arg(long)]
+    days: Option<u32>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Also run restic and borg (tools/bench --peers installs them).
@@ -40,6 +46,14 @@ struct Args {
     /// With --scale: skip the 50 M-entry index benchmark.
     #[arg(long)]
     skip_index: bool,
+    /// Local backend against S3 on SeaweedFS (`weed`, tools/s3/install):
+    /// ingest, restore, drill, objects and requests per GiB, cold-cache
+    /// restore against a plain parallel GET, rebuild from the bucket.
+    #[arg(long)]
+    s3: bool,
+    /// With --s3: small snapshots made to time a rebuild per snapshot.
+    #[arg(long, default_value_t = 300)]
+    s3_snapshots: u32,
     /// Working directory (default: a temporary directory under target/).
     #[arg(long)]
     work: Option<PathBuf>,
@@ -105,11 +119,13 @@ struct Server {
 }
 
 impl Server {
-    fn start(bunker: &Path, data: &Path) -> anyhow::Result<Server> {
+    /// `bunker serve` on `data` with `extra` arguments (the storage flags).
+    fn start(bunker: &Path, data: &Path, extra: &[String]) -> anyhow::Result<Server> {
         let mut child = Command::new(bunker)
             .args(["serve", "--data"])
             .arg(data)
             .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -185,9 +201,13 @@ fn main() -> anyhow::Result<()> {
     if args.scale {
         return scale(&bunker, &bin_dir, &work, args.skip_index);
     }
-    let spec = ImageSpec::new(args.seed, args.size);
+    let (size, days) = match args.s3 {
+        true => (args.size.unwrap_or(1 << 30), args.days.unwrap_or(2)),
+        false => (args.size.unwrap_or(4 << 30), args.days.unwrap_or(3)),
+    };
+    let spec = ImageSpec::new(args.seed, size);
     let mut images = Vec::new();
-    for day in 0..=args.days {
+    for day in 0..=days {
         let path = work.join(format!("day{day}.img"));
         let mut f = std::io::BufWriter::with_capacity(4 << 20, File::create(&path)?);
         Image::new(&spec, day).write_to(&mut f)?;
@@ -199,13 +219,30 @@ fn main() -> anyhow::Result<()> {
         .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .collect();
     eprintln!("images: {} days, day 0 = {} bytes", images.len(), sizes[0]);
+    if args.s3 {
+        return s3::run(&bunker, &work, &images, &sizes, &args, days);
+    }
     let limits = limits(&images[0], &work)?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into();
-    let raw = bunker_raw(&bunker, &work, &images, &agent)?;
-    let client = bunker_client(&bunker, &work, &images, &agent)?;
+    let raw = bunker_raw(
+        &bunker,
+        &work.join("raw"),
+        &[],
+        &images,
+        &agent,
+        &mut || Ok(()),
+    )?;
+    let client = bunker_client(
+        &bunker,
+        &work.join("cli"),
+        &[],
+        &images,
+        &agent,
+        &mut || Ok(()),
+    )?;
     let restic = if args.peers && which("restic") {
         Some(restic(&work, &images)?)
     } else {
@@ -218,6 +255,7 @@ fn main() -> anyhow::Result<()> {
     };
     print_table(
         &args,
+        days,
         &sizes,
         &limits,
         &raw,
@@ -298,14 +336,17 @@ fn limits(image: &Path, work: &Path) -> anyhow::Result<Limits> {
 /// Raw uploads, then a GET of the latest to a file and to nowhere: with
 /// `curl -T` and `curl -o` when curl is installed (what storage teams run),
 /// else through ureq in this process (which then shares the cores with the
-/// server and costs more CPU per byte than curl).
+/// server and costs more CPU per byte than curl). The server runs on
+/// `data` with `extra` arguments; `after_day` runs after each upload.
 fn bunker_raw(
     bunker: &Path,
-    work: &Path,
+    data: &Path,
+    extra: &[String],
     images: &[PathBuf],
     agent: &ureq::Agent,
+    after_day: &mut dyn FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<Run> {
-    let server = Server::start(bunker, &work.join("raw"))?;
+    let server = Server::start(bunker, data, extra)?;
     let mut watch = RssWatch::start(server.child.id());
     let mut run = Run::default();
     let auth = format!("Authorization: Bearer {}", server.token);
@@ -349,6 +390,7 @@ fn bunker_raw(
         run.ingest_s.push(t.elapsed().as_secs_f64());
         run.stored_after
             .push(server.stats(agent)?["stored_bytes"].as_u64().unwrap_or(0));
+        after_day()?;
     }
     run.rss_server_ingest = status_field(server.child.id(), "VmHWM:");
     let latest = format!("{url}/latest/data");
@@ -372,7 +414,7 @@ fn bunker_raw(
         }
         Ok(t.elapsed().as_secs_f64())
     };
-    let out = work.join("raw-restore.img");
+    let out = data.with_extension("restore.img");
     run.restore_s = Some(get(&out)?);
     std::fs::remove_file(&out)?;
     run.drill_s = Some(get(Path::new("/dev/null"))?);
@@ -383,14 +425,17 @@ fn bunker_raw(
 }
 
 /// `bunker backup` (client-side dedup), `bunker restore` to a file and
-/// `bunker drill`, each a separate client process.
+/// `bunker drill`, each a separate client process; server and `after_day`
+/// as in [`bunker_raw`].
 fn bunker_client(
     bunker: &Path,
-    work: &Path,
+    data: &Path,
+    extra: &[String],
     images: &[PathBuf],
     agent: &ureq::Agent,
+    after_day: &mut dyn FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<Run> {
-    let server = Server::start(bunker, &work.join("cli"))?;
+    let server = Server::start(bunker, data, extra)?;
     let mut watch = RssWatch::start(server.child.id());
     let mut run = Run::default();
     let mut client_peak = 0u64;
@@ -416,9 +461,10 @@ fn bunker_client(
         run.ingest_s.push(s);
         run.stored_after
             .push(server.stats(agent)?["stored_bytes"].as_u64().unwrap_or(0));
+        after_day()?;
     }
     run.rss_server_ingest = status_field(server.child.id(), "VmHWM:");
-    let out = work.join("cli-restore.img");
+    let out = data.with_extension("restore.img");
     run.restore_s = Some(cli(&[
         "restore",
         "--force",
@@ -529,8 +575,10 @@ fn mib(b: u64) -> String {
     format!("{} MiB", b >> 20)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn print_table(
     args: &Args,
+    days: u32,
     sizes: &[u64],
     l: &Limits,
     raw: &Run,
@@ -543,7 +591,7 @@ fn print_table(
     let last = sizes.len() - 1;
     println!(
         "bunker benchmark: SAN-like image {} bytes (seed {}), day 0 + {} next days; 2-core machine limits measured in the same run\n",
-        sizes[0], args.seed, args.days
+        sizes[0], args.seed, days
     );
     let raw_via = if raw.via_curl { "curl" } else { "ureq" };
     println!(
@@ -675,7 +723,7 @@ fn scale(bunker: &Path, bin_dir: &Path, work: &Path, skip_index: bool) -> anyhow
     let mut peaks = Vec::new();
     for gib in [4u64, 32] {
         let data = work.join(format!("scale-{gib}"));
-        let server = Server::start(bunker, &data)?;
+        let server = Server::start(bunker, &data, &[])?;
         let pid = server.child.id();
         let image = Image::new(&ImageSpec::new(3, gib << 30), 0);
         let agent: ureq::Agent = ureq::Agent::config_builder()
