@@ -19,11 +19,15 @@ pub fn spec(endpoint: &str, bucket: &str, prefix: &str) -> String {
 
 /// The config [`ENV`] stands for; None when it is not set.
 pub fn from_env() -> Option<S3Config> {
-    let spec = std::env::var(ENV).ok()?;
+    std::env::var(ENV).ok().map(|spec| config(&spec))
+}
+
+/// The config a [`spec`] stands for.
+pub fn config(spec: &str) -> S3Config {
     let [endpoint, bucket, prefix] = spec.split_whitespace().collect::<Vec<_>>()[..] else {
         panic!("{ENV}={spec:?}: want ENDPOINT BUCKET PREFIX");
     };
-    Some(S3Config {
+    S3Config {
         bucket: bucket.to_string(),
         prefix: prefix.to_string(),
         endpoint: Some(endpoint.to_string()),
@@ -32,7 +36,7 @@ pub fn from_env() -> Option<S3Config> {
         cache_bytes: Some(64 << 20),
         cache_block_bytes: 64 << 10,
         ..S3Config::default()
-    })
+    }
 }
 
 /// Opens (creating in the bucket if it holds none) the repository whose

@@ -30,25 +30,8 @@ fn weed(prefix: &str) -> Option<(Store, String, S3Config)> {
     let store = Store::seaweedfs()?;
     store.create_bucket(BUCKET);
     let spec = bucket::spec(&store.endpoint, BUCKET, prefix);
-    let config = config_of(&spec);
+    let config = bucket::config(&spec);
     Some((store, spec, config))
-}
-
-fn config_of(spec: &str) -> S3Config {
-    // The child and this process read the same variable's format.
-    let [endpoint, bucket, prefix] = spec.split_whitespace().collect::<Vec<_>>()[..] else {
-        unreachable!("spec is built by bucket::spec")
-    };
-    S3Config {
-        bucket: bucket.into(),
-        prefix: prefix.into(),
-        endpoint: Some(endpoint.into()),
-        allow_http: true,
-        anonymous: true,
-        cache_bytes: Some(64 << 20),
-        cache_block_bytes: 64 << 10,
-        ..S3Config::default()
-    }
 }
 
 fn reopen(path: &Path, config: &S3Config, reproduce: &str) -> Repository {
