@@ -255,6 +255,10 @@ impl PackBackend for S3Packs {
         Ok(out)
     }
 
+    fn reads_ahead(&self) -> bool {
+        self.shared.cache.is_some()
+    }
+
     fn will_need(&self, records: &[(PackId, u64, usize)]) {
         let Some(cache) = &self.shared.cache else {
             return;

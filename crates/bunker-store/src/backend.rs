@@ -59,6 +59,12 @@ pub trait PackBackend: Send + Sync {
     /// remote backend can fetch them with many requests in flight. Only a
     /// hint: reads must work without it.
     fn will_need(&self, _records: &[(PackId, u64, usize)]) {}
+    /// Whether [`PackBackend::will_need`] does anything: callers skip
+    /// locating the records (an index lookup per chunk, on the restore
+    /// path) for a backend that ignores the hint.
+    fn reads_ahead(&self) -> bool {
+        false
+    }
     /// Deletes sealed pack `pack` (durable on return).
     fn delete(&self, pack: PackId) -> Result<()>;
     /// A short name for error messages, e.g. `packs/3a/00/000000000000003a.pack`.
@@ -100,6 +106,9 @@ impl<T: PackBackend + ?Sized> PackBackend for Arc<T> {
     }
     fn will_need(&self, records: &[(PackId, u64, usize)]) {
         (**self).will_need(records)
+    }
+    fn reads_ahead(&self) -> bool {
+        (**self).reads_ahead()
     }
     fn delete(&self, pack: PackId) -> Result<()> {
         (**self).delete(pack)

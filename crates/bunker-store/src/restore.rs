@@ -213,6 +213,9 @@ impl Repository {
     /// read a snapshot batch by batch ([`ManifestCursor`]): announce the
     /// next batch before loading the current one.
     pub fn will_need(&self, entries: &[ManifestEntry]) {
+        if !self.packs().backend().reads_ahead() {
+            return;
+        }
         let records: Vec<(crate::PackId, u64, usize)> = entries
             .iter()
             .filter(|e| !e.id.is_zero())

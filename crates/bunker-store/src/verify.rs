@@ -218,11 +218,13 @@ impl Repository {
             };
             // The whole pack's records, announced before the pool reads
             // them, keep a remote backend's requests in flight.
-            let records: Vec<(PackId, u64, usize)> = entries
-                .iter()
-                .map(|e| (pack, e.offset, RECORD_HEADER_LEN + e.stored_len as usize))
-                .collect();
-            backend.will_need(&records);
+            if backend.reads_ahead() {
+                let records: Vec<(PackId, u64, usize)> = entries
+                    .iter()
+                    .map(|e| (pack, e.offset, RECORD_HEADER_LEN + e.stored_len as usize))
+                    .collect();
+                backend.will_need(&records);
+            }
             // Decoded bytes are dropped as soon as they are checked: a pack
             // of 256 MiB can hold gigabytes of raw data.
             let results: Vec<Check> = entries
@@ -398,11 +400,14 @@ impl Repository {
             window.dedup_by_key(|(id, _)| *id);
             // A window is up to 65,536 records: announced whole, it keeps a
             // remote backend's requests in flight while the pool checks.
-            let records: Vec<(PackId, u64, usize)> = window
-                .iter()
-                .map(|(_, l)| (l.pack, l.offset, RECORD_HEADER_LEN + l.stored_len as usize))
-                .collect();
-            self.packs().backend().will_need(&records);
+            let backend = self.packs().backend();
+            if backend.reads_ahead() {
+                let records: Vec<(PackId, u64, usize)> = window
+                    .iter()
+                    .map(|(_, l)| (l.pack, l.offset, RECORD_HEADER_LEN + l.stored_len as usize))
+                    .collect();
+                backend.will_need(&records);
+            }
             // Only the outcome is kept: the window's decoded bytes would be
             // up to 65,536 chunks (16 GiB at the default chunk size).
             let results: Vec<Check> = window

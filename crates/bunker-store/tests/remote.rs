@@ -456,6 +456,9 @@ impl PackBackend for Hinted {
     fn list_staged(&self) -> bunker_store::Result<Vec<PackId>> {
         self.inner.list_staged()
     }
+    fn reads_ahead(&self) -> bool {
+        true
+    }
     fn will_need(&self, records: &[(PackId, u64, usize)]) {
         let mut hinted = self.hinted.lock().unwrap();
         for &(pack, offset, len) in records {
