@@ -8,18 +8,39 @@ use std::process::Command;
 
 #[test]
 fn gc_paused_at_every_phase_and_commit_loses_nothing_and_reclaims_within_two_runs() {
-    let seed = crate::seed(0x6ACE);
-    let rounds = crate::scaled(100);
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_bunker-crash-child"))
-        .arg(dir.path())
+    gc_race(
+        dir.path(),
+        None,
+        crate::seed(0x6ACE),
+        crate::scaled(100),
+        "races::",
+    );
+}
+
+/// Runs the crash child's `gc-race` on `repo` (on the bucket `s3` names,
+/// when Some) and checks its summary: every pause point held on each of
+/// its turns. `test` names the test filter in the reproduce line.
+pub(crate) fn gc_race(
+    repo: &std::path::Path,
+    s3: Option<&str>,
+    seed: u64,
+    rounds: u64,
+    test: &str,
+) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bunker-crash-child"));
+    if let Some(spec) = s3 {
+        cmd.env(bunker_tests::bucket::ENV, spec);
+    }
+    let out = cmd
+        .arg(repo)
         .args([&seed.to_string(), "gc-race", &rounds.to_string()])
         .output()
         .expect("run the race child");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "race failed ({}): {}\n{}\nreproduce: BUNKER_SEED={seed} cargo test --release -p bunker-tests --test suite races::",
+        "race failed ({}): {}\n{}\nreproduce: BUNKER_SEED={seed} cargo test --release -p bunker-tests --test suite {test}",
         out.status,
         stdout,
         String::from_utf8_lossy(&out.stderr)

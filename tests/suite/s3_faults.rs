@@ -171,27 +171,14 @@ fn gc_races_on_a_bucket_lose_nothing() {
     let Some((_store, spec, _)) = weed("race") else {
         return;
     };
-    let seed = crate::seed(0x5_6ACE);
-    let rounds = crate::scaled(14);
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_bunker-crash-child"))
-        .env(bucket::ENV, &spec)
-        .arg(dir.path().join("data"))
-        .args([&seed.to_string(), "gc-race", &rounds.to_string()])
-        .output()
-        .expect("run the race child");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "race on the bucket failed ({}): {stdout}\n{}\nreproduce: BUNKER_SEED={seed} cargo test --release -p bunker-tests --test suite s3_faults::gc_races",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    crate::races::gc_race(
+        &dir.path().join("data"),
+        Some(&spec),
+        crate::seed(0x5_6ACE),
+        crate::scaled(14),
+        "s3_faults::gc_races",
     );
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("RACE "))
-        .unwrap_or_else(|| panic!("no summary in {stdout:?}"));
-    println!("s3 {line}");
 }
 
 /// A byte flipped inside a record of a pack object (behind the server's
