@@ -3,8 +3,9 @@
 //! Per 16 MiB block of the source: content-defined cuts on all cores (the
 //! server's parameters, so chunk ids match what the server stores), BLAKE3
 //! of each chunk in parallel, one `missing` query for the block's ids,
-//! parallel uploads of the missing chunks (zstd level 1 when it saves
-//! space; the server verifies and re-compresses), and the block's manifest
+//! parallel uploads of the missing chunks (zstd at the repository's level
+//! when it saves space; the server verifies each frame and stores it as it
+//! came, so the compression is paid here, once), and the block's manifest
 //! entries appended to a temporary file. The commit streams that file.
 //! Memory: one block buffer plus the compressed chunks of one block.
 //!
@@ -54,6 +55,13 @@ pub struct BackupReport {
     pub seconds: f64,
 }
 
+/// Where the chunks of a backup go and how they are compressed.
+struct Sending<'a> {
+    session: &'a Session,
+    /// The repository's zstd level: the server keeps the frames as sent.
+    level: i32,
+}
+
 /// What `upload_all` leaves for the commit.
 struct Upload {
     /// The commit body, written as the blocks went.
@@ -74,9 +82,13 @@ impl Client {
         progress: &mut dyn FnMut(&BackupProgress),
     ) -> Result<BackupReport> {
         let started = Instant::now();
-        let chunker = self.chunker()?;
+        let (chunker, level) = self.server_params()?;
         let session = self.open_session(name, opts)?;
-        let upload = match self.upload_all(&session, &chunker, &mut source, opts, progress) {
+        let sending = Sending {
+            session: &session,
+            level,
+        };
+        let upload = match self.upload_all(&sending, &chunker, &mut source, opts, progress) {
             Ok(u) => u,
             Err(e) => {
                 let _ = self.delete(&format!("/v1/sessions/{}", session.id)).call();
@@ -92,8 +104,8 @@ impl Client {
     }
 
     /// A chunker with the server's parameters, so chunk ids match what it
-    /// stores.
-    fn chunker(&self) -> Result<Chunker> {
+    /// stores, and the repository's zstd level.
+    fn server_params(&self) -> Result<(Chunker, i32)> {
         let info = self.info()?;
         let params = ChunkerParams::new(
             info.chunker.min_bytes,
@@ -105,7 +117,7 @@ impl Client {
                 "the server announced unusable chunker parameters: {e}"
             ))
         })?;
-        Ok(Chunker::new(params))
+        Ok((Chunker::new(params), info.zstd_level))
     }
 
     fn open_session(&self, name: &str, opts: &BackupOptions) -> Result<Session> {
@@ -156,7 +168,7 @@ impl Client {
     /// block's entries go to the temporary manifest.
     fn upload_all(
         &self,
-        session: &Session,
+        sending: &Sending<'_>,
         chunker: &Chunker,
         source: &mut impl Read,
         opts: &BackupOptions,
@@ -184,7 +196,7 @@ impl Client {
             let data = &buf[..carry + filled];
             let spans = seams::chunk_parallel(chunker, data, eof);
             let at = spans.last().map_or(0, |s| s.end);
-            self.send_missing(session, data, &spans, &mut stats)?;
+            self.send_missing(sending, data, &spans, &mut stats)?;
             append_entries(&mut manifest, &spans)?;
             stats.bytes_read += filled as u64;
             stats.chunks += spans.len() as u64;
@@ -209,7 +221,7 @@ impl Client {
     /// Asks which chunks of a block are missing and uploads them.
     fn send_missing(
         &self,
-        session: &Session,
+        sending: &Sending<'_>,
         data: &[u8],
         spans: &[Span],
         stats: &mut BackupProgress,
@@ -227,7 +239,7 @@ impl Client {
         let body: Vec<u8> = query.iter().flat_map(|s| s.id.0).collect();
         let mut resp = checked_in_session(
             self.check(
-                self.post(&format!("/v1/sessions/{}/missing", session.id))
+                self.post(&format!("/v1/sessions/{}/missing", sending.session.id))
                     .header("content-type", "application/octet-stream")
                     .send(&body[..]),
             ),
@@ -249,7 +261,7 @@ impl Client {
             .collect();
         let sent: Vec<Result<u64>> = missing
             .par_iter()
-            .map(|s| self.put_chunk(session, &s.id, &data[s.start..s.end]))
+            .map(|s| self.put_chunk(sending, &s.id, &data[s.start..s.end]))
             .collect();
         for r in sent {
             stats.bytes_uploaded += r?;
@@ -262,9 +274,9 @@ impl Client {
     }
 
     /// Uploads one chunk, compressed when that helps; returns bytes sent.
-    fn put_chunk(&self, session: &Session, id: &ChunkId, raw: &[u8]) -> Result<u64> {
-        let path = format!("/v1/sessions/{}/chunks/{}", session.id, id.to_hex());
-        let packed = zstd::bulk::compress(raw, 1)
+    fn put_chunk(&self, sending: &Sending<'_>, id: &ChunkId, raw: &[u8]) -> Result<u64> {
+        let path = format!("/v1/sessions/{}/chunks/{}", sending.session.id, id.to_hex());
+        let packed = zstd::bulk::compress(raw, sending.level)
             .ok()
             .filter(|c| c.len() < raw.len() - raw.len() / 32);
         let resp = match &packed {

@@ -17,13 +17,16 @@ const SAMPLE_LEN: usize = 8 << 10;
 pub(crate) enum Stored<'a> {
     Raw(&'a [u8]),
     Zstd(Vec<u8>),
+    /// A zstd frame that arrived compressed (a client's upload), stored as
+    /// it came once it was decoded and its BLAKE3 checked.
+    Frame(&'a [u8]),
 }
 
 impl Stored<'_> {
     pub(crate) fn codec(&self) -> Codec {
         match self {
             Stored::Raw(_) => Codec::Raw,
-            Stored::Zstd(_) => Codec::Zstd,
+            Stored::Zstd(_) | Stored::Frame(_) => Codec::Zstd,
         }
     }
 
@@ -31,6 +34,7 @@ impl Stored<'_> {
         match self {
             Stored::Raw(b) => b,
             Stored::Zstd(v) => v,
+            Stored::Frame(f) => f,
         }
     }
 }
@@ -79,6 +83,40 @@ pub(crate) fn compress(raw: &[u8], level: i32) -> Stored<'_> {
     }
 }
 
+/// How a chunk that arrived as the zstd `frame` of `raw` is stored: the
+/// frame as it is when it saves what [`compress`] asks of its own output
+/// (no second compression pass), else the raw bytes (it did not compress,
+/// so recompressing would not pay either).
+pub(crate) fn keep_frame<'a>(raw: &'a [u8], frame: &'a [u8]) -> Stored<'a> {
+    if frame.len() < raw.len() - raw.len() / 32 {
+        Stored::Frame(frame)
+    } else {
+        Stored::Raw(raw)
+    }
+}
+
+/// Decodes a zstd frame of at most `max_len` bytes with the decoder that
+/// reads records back, so a frame stored as it came decodes on read
+/// exactly as it decoded here.
+pub(crate) fn decompress_frame(frame: &[u8], max_len: usize) -> Result<Vec<u8>, String> {
+    with_decompressor(|dec| {
+        dec.decompress(frame, max_len)
+            .map_err(|e| format!("not a zstd frame of at most {max_len} bytes: {e}"))
+    })
+}
+
+fn with_decompressor<T>(
+    f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> Result<T, String>,
+) -> Result<T, String> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
+        }
+        f(d.as_mut().ok_or("no decompressor")?)
+    })
+}
+
 /// Decompresses `stored` into exactly `raw_len` bytes, or says why not.
 pub(crate) fn decompress(codec: Codec, stored: Vec<u8>, raw_len: usize) -> Result<Vec<u8>, String> {
     match codec {
@@ -87,12 +125,7 @@ pub(crate) fn decompress(codec: Codec, stored: Vec<u8>, raw_len: usize) -> Resul
             "raw record holds {} bytes, expected {raw_len}",
             stored.len()
         )),
-        Codec::Zstd => DECOMPRESSOR.with(|d| {
-            let mut d = d.borrow_mut();
-            if d.is_none() {
-                *d = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
-            }
-            let dec = d.as_mut().ok_or("no decompressor")?;
+        Codec::Zstd => with_decompressor(|dec| {
             let out = dec
                 .decompress(&stored, raw_len)
                 .map_err(|e| format!("zstd: {e}"))?;

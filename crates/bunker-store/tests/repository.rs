@@ -382,3 +382,66 @@ fn ingest_cuts_across_blocks_equal_the_sequential_chunker() {
     assert!(got == want, "ingest cut the stream differently");
     assert_eq!(read_all(&repo, "v", None).unwrap(), data);
 }
+
+/// A chunk uploaded as a zstd frame is stored as that frame (no second
+/// compression), reads back exact, and a frame that lies is refused
+/// before anything is stored.
+#[test]
+fn a_zstd_frame_is_stored_as_it_came_and_a_lying_frame_is_refused() {
+    use bunker_store::ChunkId;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::create(dir.path(), small_opts()).unwrap();
+    let pins = repo.pins();
+    let text = volume(7, 200 << 10)[..100 << 10].to_vec();
+    let id = ChunkId::of(&text);
+    // Level 19 gives a frame the repository's level 3 would not: stored
+    // as sent, its length is the frame's.
+    let frame = zstd::bulk::compress(&text, 19).unwrap();
+    let ours = zstd::bulk::compress(&text, 3).unwrap();
+    assert_ne!(frame.len(), ours.len());
+    let (raw_len, stored) = repo.store_chunk_frame(&id, &frame, &pins).unwrap();
+    assert_eq!((raw_len, stored), (text.len() as u64, frame.len() as u64));
+    assert_eq!(repo.read_chunk(&id).unwrap(), text);
+    // Stored once.
+    assert_eq!(
+        repo.store_chunk_frame(&id, &frame, &pins).unwrap(),
+        (text.len() as u64, 0)
+    );
+
+    // A frame that does not save space is kept raw, not recompressed.
+    let noise = bunker_testdata::noise(9, 64 << 10);
+    let nid = ChunkId::of(&noise);
+    let nframe = zstd::bulk::compress(&noise, 1).unwrap();
+    let (_, stored) = repo.store_chunk_frame(&nid, &nframe, &pins).unwrap();
+    assert_eq!(stored, noise.len() as u64);
+    assert_eq!(repo.read_chunk(&nid).unwrap(), noise);
+
+    // Wrong bytes for the id, a broken frame, a frame past max_len.
+    let other = ChunkId::of(b"something else");
+    match repo.store_chunk_frame(&other, &frame, &pins) {
+        Err(Error::ChunkHashMismatch { claimed, actual }) => {
+            assert_eq!((claimed, actual), (other, id))
+        }
+        r => panic!("a frame of other bytes was not refused: {r:?}"),
+    }
+    let mut broken = frame.clone();
+    broken.truncate(frame.len() / 2);
+    let e = repo.store_chunk_frame(&id, &broken, &pins).unwrap_err();
+    assert!(
+        matches!(&e, Error::Invalid(m) if m.contains("not a zstd frame")),
+        "{e}"
+    );
+    let big = vec![1u8; (256 << 10) + 1];
+    let e = repo
+        .store_chunk_frame(
+            &ChunkId::of(&big),
+            &zstd::bulk::compress(&big, 3).unwrap(),
+            &pins,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Invalid(m) if m.contains("262144")),
+        "{e}"
+    );
+    assert!(repo.read_chunk(&other).is_err());
+}

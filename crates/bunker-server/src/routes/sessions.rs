@@ -158,7 +158,8 @@ pub(super) async fn missing(
 }
 
 /// Body: the chunk, raw or with `Content-Encoding: zstd`. The server
-/// decompresses and checks its BLAKE3 against the id before storing it.
+/// decompresses and checks its BLAKE3 against the id before storing it; a
+/// zstd frame that saves space is stored as it came (never recompressed).
 pub(super) async fn put_chunk(
     state: &Arc<State>,
     p: &Principal,
@@ -190,24 +191,16 @@ pub(super) async fn put_chunk(
     let body = read_small_body(req.into_body(), limit).await?;
     let st = state.clone();
     let session = s.clone();
-    let (stored, raw_len) = blocking(move || {
+    let (raw_len, stored) = blocking(move || {
         let _memory = memory;
-        let decompressed;
-        let raw: &[u8] = if zstd {
-            decompressed = zstd::bulk::decompress(&body, max).map_err(|e| {
-                ApiError::bad_request(format!(
-                    "chunk {id}: not a zstd frame of at most {max} bytes: {e}"
-                ))
-            })?;
-            &decompressed
+        let pins = &session.pins;
+        let stored = if zstd {
+            st.repo.store_chunk_frame(&id, &body, pins)
         } else {
-            &body
+            let raw_len = body.len() as u64;
+            st.repo.store_chunk(&id, &body, pins).map(|s| (raw_len, s))
         };
-        let stored = st
-            .repo
-            .store_chunk(&id, raw, &session.pins)
-            .map_err(|e| st.store_error(e))?;
-        Ok((stored, raw.len() as u64))
+        stored.map_err(|e| st.store_error(e))
     })
     .await?;
     if stored > 0 {

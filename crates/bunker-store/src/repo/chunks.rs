@@ -11,7 +11,7 @@
 use bunker_chunk::ChunkId;
 
 use super::Repository;
-use crate::compress::{compress, decompress};
+use crate::compress::{compress, decompress, decompress_frame, keep_frame, Stored};
 use crate::index::Reservation;
 use crate::pack::{NewRecord, SealedPack};
 use crate::pins::Pins;
@@ -81,6 +81,31 @@ impl Repository {
     /// Stores one chunk given its raw bytes, after checking that they hash
     /// to `id`. Returns the bytes added to packs (0: it was stored already).
     pub fn store_chunk(&self, id: &ChunkId, raw: &[u8], pins: &Pins) -> Result<u64> {
+        self.check_chunk(id, raw)?;
+        let (new, pending) = self.store_chunks(&[(*id, raw)], pins)?;
+        self.wait_for(pending, pins)?;
+        Ok(new.stored_bytes)
+    }
+
+    /// Stores one chunk that arrived as a zstd `frame` (a client's
+    /// upload): decoded once, with the decoder reads use, checked against
+    /// `id`, and the frame itself kept as the record when it saves space,
+    /// so the chunk is never compressed a second time. Returns the chunk's
+    /// raw length and the bytes added to packs (0: it was stored already).
+    pub fn store_chunk_frame(&self, id: &ChunkId, frame: &[u8], pins: &Pins) -> Result<(u64, u64)> {
+        let max = self.inner.config.chunker.max_len as usize;
+        let raw = decompress_frame(frame, max)
+            .map_err(|reason| Error::Invalid(format!("chunk {id}: {reason}")))?;
+        self.check_chunk(id, &raw)?;
+        let chunk = [(*id, &raw[..])];
+        let (new, pending) = self.store_encoded(&chunk, |raw| keep_frame(raw, frame), pins)?;
+        self.wait_for(pending, pins)?;
+        Ok((raw.len() as u64, new.stored_bytes))
+    }
+
+    /// Refuses a chunk whose length is outside 1..=max_len or whose bytes
+    /// do not hash to `id`.
+    fn check_chunk(&self, id: &ChunkId, raw: &[u8]) -> Result<()> {
         if raw.is_empty() || raw.len() > self.inner.config.chunker.max_len as usize {
             return Err(Error::Invalid(format!(
                 "chunk of {} bytes is outside 1..=max_len",
@@ -94,12 +119,16 @@ impl Repository {
                 actual,
             });
         }
-        let (new, pending) = self.store_chunks(&[(*id, raw)], pins)?;
+        Ok(())
+    }
+
+    /// Waits for the chunks another stream was storing and pins their packs.
+    fn wait_for(&self, pending: Vec<ChunkId>, pins: &Pins) -> Result<()> {
         for id in pending {
             self.locate_pinned(&id, pins)
                 .ok_or_else(|| concurrent_writer_failed(&id))?;
         }
-        Ok(new.stored_bytes)
+        Ok(())
     }
 
     /// Stores chunks that are not stored yet; returns what was stored
@@ -109,6 +138,19 @@ impl Repository {
     pub(crate) fn store_chunks(
         &self,
         chunks: &[(ChunkId, &[u8])],
+        pins: &Pins,
+    ) -> Result<(NewData, Vec<ChunkId>)> {
+        let level = self.inner.config.zstd_level;
+        self.store_encoded(chunks, |raw| compress(raw, level), pins)
+    }
+
+    /// [`Repository::store_chunks`] with the records' bytes chosen by
+    /// `encode` from each chunk's raw bytes (run in parallel, only for the
+    /// chunks this call stores).
+    fn store_encoded<'a>(
+        &self,
+        chunks: &[(ChunkId, &'a [u8])],
+        encode: impl Fn(&'a [u8]) -> Stored<'a> + Sync,
         pins: &Pins,
     ) -> Result<(NewData, Vec<ChunkId>)> {
         use rayon::prelude::*;
@@ -128,11 +170,7 @@ impl Repository {
         if mine.is_empty() {
             return Ok((NewData::default(), pending));
         }
-        let level = inner.config.zstd_level;
-        let stored: Vec<_> = mine
-            .par_iter()
-            .map(|&i| compress(chunks[i].1, level))
-            .collect();
+        let stored: Vec<_> = mine.par_iter().map(|&i| encode(chunks[i].1)).collect();
         let records: Vec<NewRecord<'_>> = mine
             .iter()
             .zip(&stored)
