@@ -116,9 +116,11 @@ fn source_size(f: &std::fs::File) -> Option<u64> {
 pub(crate) const LONG_HELP: &str = r##"Backs up a file, a block device, or stdin (-) as a new snapshot of NAME,
 with the chunk protocol: the client reads /v1/info, cuts chunks with the
 server's parameters on all cores, asks per 16 MiB block which chunk ids the
-server lacks, uploads those in parallel (zstd level 1 when it saves at least
-1/32), and commits the manifest with the whole-image BLAKE3. The manifest is
-spooled to a temporary file (TMPDIR), 40 bytes per chunk.
+server lacks, uploads those in parallel (zstd at the repository's level when
+it saves at least 1/32: the server keeps the frame, so compression costs the
+client's CPU, not the server's), and commits the manifest with the
+whole-image BLAKE3. The manifest is spooled to a temporary file (TMPDIR), 40
+bytes per chunk.
 
 On any error the session is deleted and nothing is committed. Chunks already
 uploaded stay in the repository, so a rerun sends only the rest.
