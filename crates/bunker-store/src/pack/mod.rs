@@ -247,11 +247,7 @@ impl Packs {
             .name("bunker-seal".into())
             .spawn(
                 move || -> std::result::Result<SealedPack, Box<SealFailure>> {
-                    let synced = (|| -> Result<()> {
-                        durable::failpoint!("pack::background_seal", &open.path);
-                        durable::sync_data(&open.file, &open.path)
-                    })();
-                    if let Err(error) = synced {
+                    if let Err(error) = background_sync(&open) {
                         return Err(Box::new(SealFailure {
                             error,
                             synced: None,
@@ -559,4 +555,10 @@ pub(crate) fn write_seal(file: &File, len: u64, entries: &[TrailerEntry]) -> std
     file.write_all_at(&trailer, len)?;
     file.write_all_at(&footer.encode(), len + trailer.len() as u64)?;
     file.set_len(end)
+}
+
+/// The data sync of a pack sealed in the background (a failpoint in tests).
+fn background_sync(open: &OpenPack) -> Result<()> {
+    durable::failpoint!("pack::background_seal", &open.path);
+    durable::sync_data(&open.file, &open.path)
 }
