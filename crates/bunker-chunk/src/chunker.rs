@@ -16,7 +16,8 @@
 //! instead of hashing: thin-provisioned space chunks at memory bandwidth.
 
 use crate::gear::{GEAR, GEAR_LS};
-use crate::{is_zero, Error};
+use crate::lanes::{self, Rules};
+use crate::{avx2, is_zero, Error};
 
 /// Chunk size bounds, fixed for a repository at creation (changing them
 /// would stop new backups from deduplicating against older ones).
@@ -97,6 +98,40 @@ pub struct Cut {
     pub zero: bool,
 }
 
+/// How a [`Chunker`] finds cut points. Every scan yields the same
+/// boundaries (the tests compare them on all inputs they try); they differ
+/// in speed and in the CPU features they need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Scan {
+    /// One fingerprint, two bytes per step: any CPU, and the specification
+    /// the others are tested against.
+    Scalar,
+    /// Four independent lanes in general-purpose registers (`lanes.rs`):
+    /// any CPU.
+    Lanes,
+    /// The four lanes in one AVX2 register, gear values gathered
+    /// (`avx2.rs`): x86-64 CPUs with AVX2.
+    Avx2,
+}
+
+impl Scan {
+    pub const ALL: [Scan; 3] = [Scan::Scalar, Scan::Lanes, Scan::Avx2];
+
+    /// Whether this CPU can run the scan.
+    pub fn is_available(self) -> bool {
+        match self {
+            Scan::Scalar | Scan::Lanes => true,
+            Scan::Avx2 => avx2::detected(),
+        }
+    }
+
+    /// The fastest scan this CPU runs (docs/BENCHMARKS.md, "Chunker scan").
+    pub fn fastest() -> Scan {
+        Scan::Lanes
+    }
+}
+
 /// A chunker for one set of parameters. Cheap to copy; holds no state
 /// between chunks (every chunk starts from a zero fingerprint), which is
 /// what lets [`crate::seams`] chunk pieces of a stream independently.
@@ -110,6 +145,7 @@ pub struct Chunker {
     mask_s_ls: u64,
     mask_l: u64,
     mask_l_ls: u64,
+    scan: Scan,
 }
 
 /// A mask of `bits` one-bits at positions `63 - bits ..= 62`: high bits of a
@@ -120,7 +156,18 @@ const fn mask(bits: u32) -> u64 {
 }
 
 impl Chunker {
+    /// A chunker with the fastest scan this CPU runs.
     pub fn new(params: ChunkerParams) -> Chunker {
+        Chunker::build(params, Scan::fastest())
+    }
+
+    /// A chunker that uses `scan`, or `None` when this CPU cannot run it.
+    /// The boundaries are the same as with any other scan.
+    pub fn with_scan(params: ChunkerParams, scan: Scan) -> Option<Chunker> {
+        scan.is_available().then(|| Chunker::build(params, scan))
+    }
+
+    fn build(params: ChunkerParams, scan: Scan) -> Chunker {
         let bits = params.avg_len.trailing_zeros();
         let mask_s = mask(bits + 2);
         let mask_l = mask(bits - 2);
@@ -133,11 +180,16 @@ impl Chunker {
             mask_s_ls: mask_s << 1,
             mask_l,
             mask_l_ls: mask_l << 1,
+            scan,
         }
     }
 
     pub fn params(&self) -> ChunkerParams {
         self.params
+    }
+
+    pub fn scan(&self) -> Scan {
+        self.scan
     }
 
     /// The chunk that starts at `data[0]`.
@@ -200,6 +252,21 @@ impl Chunker {
     /// Position of the first cut in `data` (already limited to `max_len`),
     /// or `None` when there is none before its end.
     fn gear_cut(&self, data: &[u8]) -> Option<usize> {
+        let rules = Rules {
+            min: self.min,
+            avg: self.avg,
+            mask_s: self.mask_s,
+            mask_l: self.mask_l,
+        };
+        match self.scan {
+            Scan::Scalar => self.scalar_cut(data),
+            Scan::Lanes => lanes::first_cut(&rules, data, lanes::run),
+            Scan::Avx2 => lanes::first_cut(&rules, data, avx2::run),
+        }
+    }
+
+    /// `gear_cut` with one fingerprint, two bytes per step.
+    fn scalar_cut(&self, data: &[u8]) -> Option<usize> {
         let n = data.len();
         if n <= self.min {
             return None;
@@ -292,7 +359,7 @@ pub(crate) mod tests {
         ChunkerParams::new(1024, 4096, 16384).unwrap()
     }
 
-    fn ends(cuts: &[Cut]) -> Vec<usize> {
+    pub(crate) fn ends(cuts: &[Cut]) -> Vec<usize> {
         cuts.iter().map(|c| c.end).collect()
     }
 
@@ -370,14 +437,20 @@ pub(crate) mod tests {
     fn golden_boundaries() {
         // Pinned: these ends are part of the on-disk contract. If this test
         // fails, the chunker changed and old repositories stop deduplicating.
-        let c = Chunker::new(ChunkerParams::new(16 << 10, 64 << 10, 256 << 10).unwrap());
+        // Every scan this CPU runs must give them.
         let mut data = noise(0x00b0_0c4e, 2 << 20);
         data[1_000_000..1_400_000].fill(0);
-        let got = ends(&c.cuts(&data, true));
-        assert_eq!(got, GOLDEN_64K);
-        let d = Chunker::new(ChunkerParams::DEFAULT);
         let big = noise(0x5eed, 4 << 20);
-        assert_eq!(ends(&d.cuts(&big, true)), GOLDEN_DEFAULT);
+        let scans: Vec<Scan> = Scan::ALL.into_iter().filter(|s| s.is_available()).collect();
+        assert!(scans.contains(&Scan::fastest()));
+        for scan in scans {
+            let p = ChunkerParams::new(16 << 10, 64 << 10, 256 << 10).unwrap();
+            let c = Chunker::with_scan(p, scan).unwrap();
+            assert_eq!(c.scan(), scan);
+            assert_eq!(ends(&c.cuts(&data, true)), GOLDEN_64K, "{scan:?}");
+            let d = Chunker::with_scan(ChunkerParams::DEFAULT, scan).unwrap();
+            assert_eq!(ends(&d.cuts(&big, true)), GOLDEN_DEFAULT, "{scan:?}");
+        }
     }
 
     const GOLDEN_64K: &[usize] = &[

@@ -14,13 +14,15 @@
 //! - Every chunk but the last of a stream is within `[min_len, max_len]`.
 //! - This crate does no I/O and starts no threads; callers bring both.
 
+mod avx2;
 mod chunker;
 mod gear;
 mod id;
+mod lanes;
 pub mod seams;
 mod zero;
 
-pub use chunker::{Chunker, ChunkerParams, Cut, MAX_MAX_LEN};
+pub use chunker::{Chunker, ChunkerParams, Cut, Scan, MAX_MAX_LEN};
 pub use id::ChunkId;
 pub use zero::is_zero;
 
