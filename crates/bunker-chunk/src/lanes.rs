@@ -249,6 +249,61 @@ mod tests {
     }
 
     #[test]
+    fn a_warmed_lane_holds_the_chunkers_fingerprint() {
+        // All 64 bits, at every distance from `min`: the window is exactly
+        // as long as the fingerprint's memory.
+        let data = noise(3, 4096);
+        let gear = |fp: u64, &b: &u8| (fp << 1).wrapping_add(crate::gear::GEAR[usize::from(b)]);
+        for min in [64, 100, 1000] {
+            for pos in min..min + 300 {
+                let want = data[min..pos].iter().fold(0u64, gear);
+                assert_eq!(super::warm(&data, min, pos), want, "min {min} pos {pos}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_length_cuts_where_the_scalar_scan_does() {
+        // Each length moves the block ends, the strip ends and the leftover
+        // bytes after the last strip over the data.
+        let p = ChunkerParams::new(64, 1024, 3000).unwrap();
+        let scalar = Chunker::with_scan(p, Scan::Scalar).unwrap();
+        for seed in 0..4 {
+            let data = noise(seed, 3000);
+            for len in 0..=data.len() {
+                for eof in [false, true] {
+                    let want = scalar.next_cut(&data[..len], eof);
+                    for scan in scans() {
+                        let c = Chunker::with_scan(p, scan).unwrap();
+                        assert_eq!(c.next_cut(&data[..len], eof), want, "{scan:?} {len}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_cut_in_the_last_bytes_of_the_data_is_found() {
+        // Data that ends one to four bytes after a true cut: the cut lies
+        // in whatever the strips leave at the end of the last block.
+        let p = ChunkerParams::new(64, 64 << 10, 256 << 10).unwrap();
+        let scalar = Chunker::with_scan(p, Scan::Scalar).unwrap();
+        let data = noise(11, 2 << 20);
+        let mut start = 0;
+        for cut in scalar.cuts(&data, true) {
+            for len in cut.end - start..(cut.end - start + 4).min(data.len() - start) {
+                let piece = &data[start..start + len];
+                let want = scalar.next_cut(piece, false);
+                for scan in scans() {
+                    let c = Chunker::with_scan(p, scan).unwrap();
+                    assert_eq!(c.next_cut(piece, false), want, "{scan:?} {start} {len}");
+                }
+            }
+            start = cut.end;
+        }
+    }
+
+    #[test]
     fn a_pattern_that_stops_every_lane_often_still_cuts_like_the_scalar_scan() {
         // With a 1 KiB average the easy mask has 8 bits: a repeated
         // pattern whose window matches it stops the lanes every period.
