@@ -17,7 +17,7 @@
 
 use crate::gear::{GEAR, GEAR_LS};
 use crate::lanes::{self, Rules};
-use crate::{avx2, is_zero, Error};
+use crate::{is_zero, Error};
 
 /// Chunk size bounds, fixed for a repository at creation (changing them
 /// would stop new backups from deduplicating against older ones).
@@ -98,38 +98,24 @@ pub struct Cut {
     pub zero: bool,
 }
 
-/// How a [`Chunker`] finds cut points. Every scan yields the same
-/// boundaries (the tests compare them on all inputs they try); they differ
-/// in speed and in the CPU features they need.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a [`Chunker`] finds cut points. Both scans yield the same
+/// boundaries (the tests compare them on every input they try); they differ
+/// only in speed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Scan {
-    /// One fingerprint, two bytes per step: any CPU, and the specification
-    /// the others are tested against.
+    /// One fingerprint, two bytes per step: the specification, and the
+    /// default because it was the fastest where measured
+    /// (docs/BENCHMARKS.md, "Chunker scan").
+    #[default]
     Scalar,
-    /// Four independent lanes in general-purpose registers (`lanes.rs`):
-    /// any CPU.
+    /// Four independent lanes over consecutive strips (`lanes.rs`): no
+    /// long dependency chain, for CPUs where that pays.
     Lanes,
-    /// The four lanes in one AVX2 register, gear values gathered
-    /// (`avx2.rs`): x86-64 CPUs with AVX2.
-    Avx2,
 }
 
 impl Scan {
-    pub const ALL: [Scan; 3] = [Scan::Scalar, Scan::Lanes, Scan::Avx2];
-
-    /// Whether this CPU can run the scan.
-    pub fn is_available(self) -> bool {
-        match self {
-            Scan::Scalar | Scan::Lanes => true,
-            Scan::Avx2 => avx2::detected(),
-        }
-    }
-
-    /// The fastest scan this CPU runs (docs/BENCHMARKS.md, "Chunker scan").
-    pub fn fastest() -> Scan {
-        Scan::Lanes
-    }
+    pub const ALL: [Scan; 2] = [Scan::Scalar, Scan::Lanes];
 }
 
 /// A chunker for one set of parameters. Cheap to copy; holds no state
@@ -156,18 +142,14 @@ const fn mask(bits: u32) -> u64 {
 }
 
 impl Chunker {
-    /// A chunker with the fastest scan this CPU runs.
+    /// A chunker with the default [`Scan`].
     pub fn new(params: ChunkerParams) -> Chunker {
-        Chunker::build(params, Scan::fastest())
+        Chunker::with_scan(params, Scan::default())
     }
 
-    /// A chunker that uses `scan`, or `None` when this CPU cannot run it.
-    /// The boundaries are the same as with any other scan.
-    pub fn with_scan(params: ChunkerParams, scan: Scan) -> Option<Chunker> {
-        scan.is_available().then(|| Chunker::build(params, scan))
-    }
-
-    fn build(params: ChunkerParams, scan: Scan) -> Chunker {
+    /// A chunker that finds cut points with `scan`; the boundaries are the
+    /// same with any scan.
+    pub fn with_scan(params: ChunkerParams, scan: Scan) -> Chunker {
         let bits = params.avg_len.trailing_zeros();
         let mask_s = mask(bits + 2);
         let mask_l = mask(bits - 2);
@@ -260,8 +242,7 @@ impl Chunker {
         };
         match self.scan {
             Scan::Scalar => self.scalar_cut(data),
-            Scan::Lanes => lanes::first_cut(&rules, data, lanes::run),
-            Scan::Avx2 => lanes::first_cut(&rules, data, avx2::run),
+            Scan::Lanes => lanes::first_cut(&rules, data),
         }
     }
 
@@ -441,14 +422,12 @@ pub(crate) mod tests {
         let mut data = noise(0x00b0_0c4e, 2 << 20);
         data[1_000_000..1_400_000].fill(0);
         let big = noise(0x5eed, 4 << 20);
-        let scans: Vec<Scan> = Scan::ALL.into_iter().filter(|s| s.is_available()).collect();
-        assert!(scans.contains(&Scan::fastest()));
-        for scan in scans {
+        for scan in Scan::ALL {
             let p = ChunkerParams::new(16 << 10, 64 << 10, 256 << 10).unwrap();
-            let c = Chunker::with_scan(p, scan).unwrap();
+            let c = Chunker::with_scan(p, scan);
             assert_eq!(c.scan(), scan);
             assert_eq!(ends(&c.cuts(&data, true)), GOLDEN_64K, "{scan:?}");
-            let d = Chunker::with_scan(ChunkerParams::DEFAULT, scan).unwrap();
+            let d = Chunker::with_scan(ChunkerParams::DEFAULT, scan);
             assert_eq!(ends(&d.cuts(&big, true)), GOLDEN_DEFAULT, "{scan:?}");
         }
     }

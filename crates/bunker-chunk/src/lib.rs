@@ -10,11 +10,13 @@
 //! Guarantees:
 //! - Boundaries are a pure function of the data, the [`ChunkerParams`] and the
 //!   fixed gear table in `gear.rs`. They never depend on how the data was
-//!   split into reads, nor on how many threads chunked it ([`seams`]).
+//!   split into reads, nor on how many threads chunked it ([`seams`]), nor
+//!   on the [`Scan`] that found them: the fingerprint depends only on the
+//!   last 64 bytes, so lanes warmed up on those bytes see the same cut
+//!   points as the one scalar loop (`lanes.rs`).
 //! - Every chunk but the last of a stream is within `[min_len, max_len]`.
 //! - This crate does no I/O and starts no threads; callers bring both.
 
-mod avx2;
 mod chunker;
 mod gear;
 mod id;
