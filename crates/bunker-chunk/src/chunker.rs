@@ -418,7 +418,7 @@ pub(crate) mod tests {
     fn golden_boundaries() {
         // Pinned: these ends are part of the on-disk contract. If this test
         // fails, the chunker changed and old repositories stop deduplicating.
-        // Every scan this CPU runs must give them.
+        // Every scan must give them.
         let mut data = noise(0x00b0_0c4e, 2 << 20);
         data[1_000_000..1_400_000].fill(0);
         let big = noise(0x5eed, 4 << 20);
