@@ -16,6 +16,7 @@
 //! instead of hashing: thin-provisioned space chunks at memory bandwidth.
 
 use crate::gear::{GEAR, GEAR_LS};
+use crate::lanes::{self, Rules};
 use crate::{is_zero, Error};
 
 /// Chunk size bounds, fixed for a repository at creation (changing them
@@ -97,6 +98,26 @@ pub struct Cut {
     pub zero: bool,
 }
 
+/// How a [`Chunker`] finds cut points. Both scans yield the same
+/// boundaries (the tests compare them on every input they try); they differ
+/// only in speed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Scan {
+    /// One fingerprint, two bytes per step: the specification, and the
+    /// default because it was the fastest where measured
+    /// (docs/BENCHMARKS.md, "Chunker scan").
+    #[default]
+    Scalar,
+    /// Four independent lanes over consecutive strips (`lanes.rs`): no
+    /// long dependency chain, for CPUs where that pays.
+    Lanes,
+}
+
+impl Scan {
+    pub const ALL: [Scan; 2] = [Scan::Scalar, Scan::Lanes];
+}
+
 /// A chunker for one set of parameters. Cheap to copy; holds no state
 /// between chunks (every chunk starts from a zero fingerprint), which is
 /// what lets [`crate::seams`] chunk pieces of a stream independently.
@@ -110,6 +131,7 @@ pub struct Chunker {
     mask_s_ls: u64,
     mask_l: u64,
     mask_l_ls: u64,
+    scan: Scan,
 }
 
 /// A mask of `bits` one-bits at positions `63 - bits ..= 62`: high bits of a
@@ -120,7 +142,14 @@ const fn mask(bits: u32) -> u64 {
 }
 
 impl Chunker {
+    /// A chunker with the default [`Scan`].
     pub fn new(params: ChunkerParams) -> Chunker {
+        Chunker::with_scan(params, Scan::default())
+    }
+
+    /// A chunker that finds cut points with `scan`; the boundaries are the
+    /// same with any scan.
+    pub fn with_scan(params: ChunkerParams, scan: Scan) -> Chunker {
         let bits = params.avg_len.trailing_zeros();
         let mask_s = mask(bits + 2);
         let mask_l = mask(bits - 2);
@@ -133,11 +162,16 @@ impl Chunker {
             mask_s_ls: mask_s << 1,
             mask_l,
             mask_l_ls: mask_l << 1,
+            scan,
         }
     }
 
     pub fn params(&self) -> ChunkerParams {
         self.params
+    }
+
+    pub fn scan(&self) -> Scan {
+        self.scan
     }
 
     /// The chunk that starts at `data[0]`.
@@ -200,6 +234,20 @@ impl Chunker {
     /// Position of the first cut in `data` (already limited to `max_len`),
     /// or `None` when there is none before its end.
     fn gear_cut(&self, data: &[u8]) -> Option<usize> {
+        let rules = Rules {
+            min: self.min,
+            avg: self.avg,
+            mask_s: self.mask_s,
+            mask_l: self.mask_l,
+        };
+        match self.scan {
+            Scan::Scalar => self.scalar_cut(data),
+            Scan::Lanes => lanes::first_cut(&rules, data),
+        }
+    }
+
+    /// `gear_cut` with one fingerprint, two bytes per step.
+    fn scalar_cut(&self, data: &[u8]) -> Option<usize> {
         let n = data.len();
         if n <= self.min {
             return None;
@@ -292,7 +340,7 @@ pub(crate) mod tests {
         ChunkerParams::new(1024, 4096, 16384).unwrap()
     }
 
-    fn ends(cuts: &[Cut]) -> Vec<usize> {
+    pub(crate) fn ends(cuts: &[Cut]) -> Vec<usize> {
         cuts.iter().map(|c| c.end).collect()
     }
 
@@ -370,14 +418,18 @@ pub(crate) mod tests {
     fn golden_boundaries() {
         // Pinned: these ends are part of the on-disk contract. If this test
         // fails, the chunker changed and old repositories stop deduplicating.
-        let c = Chunker::new(ChunkerParams::new(16 << 10, 64 << 10, 256 << 10).unwrap());
+        // Every scan must give them.
         let mut data = noise(0x00b0_0c4e, 2 << 20);
         data[1_000_000..1_400_000].fill(0);
-        let got = ends(&c.cuts(&data, true));
-        assert_eq!(got, GOLDEN_64K);
-        let d = Chunker::new(ChunkerParams::DEFAULT);
         let big = noise(0x5eed, 4 << 20);
-        assert_eq!(ends(&d.cuts(&big, true)), GOLDEN_DEFAULT);
+        for scan in Scan::ALL {
+            let p = ChunkerParams::new(16 << 10, 64 << 10, 256 << 10).unwrap();
+            let c = Chunker::with_scan(p, scan);
+            assert_eq!(c.scan(), scan);
+            assert_eq!(ends(&c.cuts(&data, true)), GOLDEN_64K, "{scan:?}");
+            let d = Chunker::with_scan(ChunkerParams::DEFAULT, scan);
+            assert_eq!(ends(&d.cuts(&big, true)), GOLDEN_DEFAULT, "{scan:?}");
+        }
     }
 
     const GOLDEN_64K: &[usize] = &[

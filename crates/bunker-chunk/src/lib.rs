@@ -10,17 +10,21 @@
 //! Guarantees:
 //! - Boundaries are a pure function of the data, the [`ChunkerParams`] and the
 //!   fixed gear table in `gear.rs`. They never depend on how the data was
-//!   split into reads, nor on how many threads chunked it ([`seams`]).
+//!   split into reads, nor on how many threads chunked it ([`seams`]), nor
+//!   on the [`Scan`] that found them: the fingerprint depends only on the
+//!   last 64 bytes, so lanes warmed up on those bytes see the same cut
+//!   points as the one scalar loop (`lanes.rs`).
 //! - Every chunk but the last of a stream is within `[min_len, max_len]`.
 //! - This crate does no I/O and starts no threads; callers bring both.
 
 mod chunker;
 mod gear;
 mod id;
+mod lanes;
 pub mod seams;
 mod zero;
 
-pub use chunker::{Chunker, ChunkerParams, Cut, MAX_MAX_LEN};
+pub use chunker::{Chunker, ChunkerParams, Cut, Scan, MAX_MAX_LEN};
 pub use id::ChunkId;
 pub use zero::is_zero;
 
