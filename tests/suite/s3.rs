@@ -9,7 +9,7 @@
 //! restores) serve `s3_faults` too.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,10 +41,20 @@ pub(crate) fn start(data: &Path, flags: &[String]) -> Server {
 }
 
 pub(crate) fn bunker(server: &Server, args: &[&str]) -> Output {
+    cli(
+        &[
+            ("BUNKER_SERVER", &server.url),
+            ("BUNKER_TOKEN", &server.admin),
+        ],
+        args,
+    )
+}
+
+/// Runs the `bunker` binary with `args` and `env`, which must succeed.
+fn cli(env: &[(&str, &str)], args: &[&str]) -> Output {
     let out = Command::new(BIN)
         .args(args)
-        .env("BUNKER_SERVER", &server.url)
-        .env("BUNKER_TOKEN", &server.admin)
+        .envs(env.iter().copied())
         .output()
         .expect("run bunker");
     assert!(
@@ -133,23 +143,36 @@ pub(crate) fn flags_via(
     flags
 }
 
-pub(crate) fn image(spec: &ImageSpec, day: u32) -> Vec<u8> {
+fn image(spec: &ImageSpec, day: u32) -> Vec<u8> {
     let mut data = Vec::new();
     Image::new(spec, day).write_to(&mut data).unwrap();
     data
 }
 
-#[test]
-fn a_new_server_on_the_bucket_alone_restores_every_snapshot_bit_exact() {
-    let Some(store) = Store::seaweedfs() else {
-        return;
-    };
+/// `n` days of a generated volume of `len` bytes.
+fn days(seed: u64, len: u64, n: u32) -> Vec<Vec<u8>> {
+    let spec = ImageSpec::new(seed, len);
+    (0..n).map(|d| image(&spec, d)).collect()
+}
+
+/// SeaweedFS with the test bucket, a temporary directory, a data
+/// directory in it, and the flags of a server on `s3://BUCKET/prefix`;
+/// None when skipped.
+fn on_weed(prefix: &str) -> Option<(Store, tempfile::TempDir, PathBuf, Vec<String>)> {
+    let store = Store::seaweedfs()?;
     store.create_bucket(BUCKET);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let flags = s3_flags(&store, BUCKET, "dr");
-    let spec = ImageSpec::new(1414, 12 << 20);
-    let days: Vec<Vec<u8>> = (0..3).map(|d| image(&spec, d)).collect();
+    let flags = s3_flags(&store, BUCKET, prefix);
+    Some((store, dir, data, flags))
+}
+
+#[test]
+fn a_new_server_on_the_bucket_alone_restores_every_snapshot_bit_exact() {
+    let Some((store, dir, data, flags)) = on_weed("dr") else {
+        return;
+    };
+    let days = days(1414, 12 << 20, 3);
 
     // Day 0 as a raw upload, days 1 and 2 through the chunk protocol.
     let server = start(&data, &flags);
@@ -298,9 +321,8 @@ fn a_bucket_refusing_puts_fails_the_upload_with_503_loses_nothing_and_the_next_b
         "max_retries = 1\nretry_timeout_ms = 2000\nbackoff_initial_ms = 10\n\
          backoff_max_ms = 50\nrequest_timeout_ms = 5000\n",
     );
-    let spec = ImageSpec::new(1415, 8 << 20);
-    let day0 = image(&spec, 0);
-    let day1 = image(&spec, 1);
+    let mut d = days(1415, 8 << 20, 2).into_iter();
+    let (day0, day1) = (d.next().unwrap(), d.next().unwrap());
     let server = start(&dir.path().join("data"), &flags);
     let id0 = raw_upload(&server, "vol", &day0);
 
@@ -358,13 +380,9 @@ fn pack_objects(store: &Store, prefix: &str) -> BTreeSet<String> {
 /// snapshots, restores them and finds nothing more to collect.
 #[test]
 fn gc_through_the_server_deletes_the_condemned_pack_objects_and_a_new_server_agrees() {
-    let Some(store) = Store::seaweedfs() else {
+    let Some((store, dir, data, flags)) = on_weed("gc") else {
         return;
     };
-    store.create_bucket(BUCKET);
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let flags = s3_flags(&store, BUCKET, "gc");
     let (a, b) = (noise(0x6C1, 4 << 20), noise(0x6C2, 4 << 20));
     let mut c = b[..2 << 20].to_vec();
     c.extend_from_slice(&noise(0x6C3, 2 << 20));
@@ -435,15 +453,10 @@ fn gc_through_the_server_deletes_the_condemned_pack_objects_and_a_new_server_agr
 /// restarted server restores every snapshot bit-exact and verifies clean.
 #[test]
 fn repair_rebuild_index_from_the_bucket_then_every_snapshot_restores() {
-    let Some(store) = Store::seaweedfs() else {
+    let Some((_store, dir, data, flags)) = on_weed("repair") else {
         return;
     };
-    store.create_bucket(BUCKET);
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let flags = s3_flags(&store, BUCKET, "repair");
-    let spec = ImageSpec::new(1416, 6 << 20);
-    let days: Vec<Vec<u8>> = (0..2).map(|d| image(&spec, d)).collect();
+    let days = days(1416, 6 << 20, 2);
     let server = start(&data, &flags);
     let ids: Vec<u64> = days.iter().map(|d| raw_upload(&server, "vol", d)).collect();
     let chunks = json(&server, &["stats"])["chunks"].as_u64().unwrap();
@@ -453,15 +466,7 @@ fn repair_rebuild_index_from_the_bucket_then_every_snapshot_restores() {
     let mut args = vec!["--json", "repair", "--rebuild-index", "--data"];
     args.push(data.to_str().unwrap());
     args.extend(flags.iter().map(String::as_str));
-    let out = Command::new(BIN)
-        .args(&args)
-        .output()
-        .expect("run bunker repair");
-    assert!(
-        out.status.success(),
-        "bunker repair: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cli(&[], &args);
     let repaired: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(repaired["entries"], chunks, "{repaired}");
     assert!(

@@ -193,8 +193,8 @@ fn a_byte_flipped_in_a_pack_object_is_named_and_never_restored() {
 
 /// `[storage]` keys for the stall and kill tests: a request times out
 /// after 2 s and is retried once, and packs go up in 5 MiB parts one at a
-/// time, so a 16 MiB pack is a multipart upload that can be caught
-/// between its parts.
+/// time, so a 12 MiB pack is a multipart upload of three parts that can
+/// be caught between them.
 const SHORT_RETRIES: &str = "max_retries = 1\nretry_timeout_ms = 4000\nbackoff_initial_ms = 10\n\
     backoff_max_ms = 50\nrequest_timeout_ms = 2000\npart_bytes = 5242880\nparts_in_flight = 1\n";
 
@@ -231,17 +231,9 @@ fn upload_with_fault(
     })
 }
 
-/// What a client was told about the snapshots of `vol`: each is listed,
-/// its manifest is an object, and it restores bit-exact; nothing else is
-/// listed.
-fn acknowledged_are_kept(
-    store: &Store,
-    server: &Server,
-    dir: &Path,
-    prefix: &str,
-    acked: &[(u64, &[u8])],
-) {
-    let ids: Vec<u64> = acked.iter().map(|(id, _)| *id).collect();
+/// The snapshots of `vol` are exactly those acknowledged (`ids`), in the
+/// server's list and as manifest objects in the bucket under `prefix`.
+fn only_acknowledged_are_listed(store: &Store, server: &Server, prefix: &str, ids: &[u64]) {
     assert_eq!(listed(server, "vol"), ids);
     let keys: HashSet<String> = store
         .keys(s3::BUCKET, &format!("{prefix}/snapshots/"))
@@ -252,9 +244,6 @@ fn acknowledged_are_kept(
         .map(|id| format!("{prefix}/snapshots/vol/{id}.snap"))
         .collect();
     assert_eq!(keys, manifests, "the bucket's manifests");
-    for (id, bytes) in acked {
-        assert_restores(server, dir, "vol", *id, bytes);
-    }
 }
 
 /// weed stopped (SIGSTOP) while the server uploads a pack in parts. A
@@ -273,7 +262,7 @@ fn weed_stopped_mid_upload_is_waited_out_or_fails_the_backup_with_503_within_the
     let dir = tempfile::tempdir().unwrap();
     let flags = s3::flags_via(&store, &proxy.endpoint, dir.path(), "stall", SHORT_RETRIES);
     let server = s3::start(&dir.path().join("data"), &flags);
-    let days: Vec<Vec<u8>> = (0..3).map(|d| noise(0x57A1 + d, 16 << 20)).collect();
+    let days: Vec<Vec<u8>> = (0..3).map(|d| noise(0x57A1 + d, 12 << 20)).collect();
 
     let (status, body, took) = upload_with_fault(&server, &proxy, &days[0], || {
         store.pause();
@@ -285,24 +274,21 @@ fn weed_stopped_mid_upload_is_waited_out_or_fails_the_backup_with_503_within_the
         .as_u64()
         .unwrap();
     println!("a 1 s stall of weed: the backup completed {took:?} after it began");
+    only_acknowledged_are_listed(&store, &server, "stall", &[id0]);
 
     let (status, body, took) = upload_with_fault(&server, &proxy, &days[1], || store.pause());
     store.resume();
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("store_unavailable"), "{body}");
-    // Configured: 2 attempts of 2 s for the part, and as many for the abort.
+    // Configured: two attempts of 2 s for the part, as many for the abort.
     println!("weed stopped for good: 503 after {took:?}");
     assert!(took < Duration::from_secs(60), "503 only after {took:?}");
-    acknowledged_are_kept(&store, &server, dir.path(), "stall", &[(id0, &days[0])]);
+    only_acknowledged_are_listed(&store, &server, "stall", &[id0]);
 
     let id2 = s3::raw_upload(&server, "vol", &days[2]);
-    acknowledged_are_kept(
-        &store,
-        &server,
-        dir.path(),
-        "stall",
-        &[(id0, &days[0]), (id2, &days[2])],
-    );
+    only_acknowledged_are_listed(&store, &server, "stall", &[id0, id2]);
+    assert_restores(&server, dir.path(), "vol", id0, &days[0]);
+    assert_restores(&server, dir.path(), "vol", id2, &days[2]);
     s3::bunker(&server, &["drill", "--all"]);
     assert!(server.stop().success());
 }
@@ -325,7 +311,7 @@ fn weed_killed_mid_upload_and_restarted_loses_nothing_and_leaves_no_multipart_up
     let data = dir.path().join("data");
     let flags = s3::flags_via(&store, &proxy.endpoint, dir.path(), "kill", SHORT_RETRIES);
     let server = s3::start(&data, &flags);
-    let days: Vec<Vec<u8>> = (0..2).map(|d| noise(0xC111 + d, 16 << 20)).collect();
+    let days: Vec<Vec<u8>> = (0..2).map(|d| noise(0xC111 + d, 12 << 20)).collect();
     let id0 = s3::raw_upload(&server, "vol", &days[0]);
 
     let (status, body, took) = upload_with_fault(&server, &proxy, &days[1], || store.kill());
@@ -335,17 +321,18 @@ fn weed_killed_mid_upload_and_restarted_loses_nothing_and_leaves_no_multipart_up
     store.restart();
     let left = store.multipart_uploads(s3::BUCKET, "kill/");
     println!("multipart uploads in the bucket after weed's restart: {left:?}");
-    acknowledged_are_kept(&store, &server, dir.path(), "kill", &[(id0, &days[0])]);
+    only_acknowledged_are_listed(&store, &server, "kill", &[id0]);
 
     let id1 = s3::raw_upload(&server, "vol", &days[1]);
-    let acked = [(id0, &days[0][..]), (id1, &days[1][..])];
-    acknowledged_are_kept(&store, &server, dir.path(), "kill", &acked);
+    only_acknowledged_are_listed(&store, &server, "kill", &[id0, id1]);
     assert!(server.stop().success());
 
     let server = s3::start(&data, &flags);
     let left = store.multipart_uploads(s3::BUCKET, "kill/");
     assert!(left.is_empty(), "multipart uploads left behind: {left:?}");
-    acknowledged_are_kept(&store, &server, dir.path(), "kill", &acked);
+    only_acknowledged_are_listed(&store, &server, "kill", &[id0, id1]);
+    assert_restores(&server, dir.path(), "vol", id0, &days[0]);
+    assert_restores(&server, dir.path(), "vol", id1, &days[1]);
     s3::bunker(&server, &["drill", "--all"]);
     assert!(server.stop().success());
 }

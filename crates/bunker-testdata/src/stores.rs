@@ -27,6 +27,8 @@ pub const ACCESS_KEY: &str = "bunker-test";
 pub const SECRET_KEY: &str = "bunker-test-secret";
 
 const READY_WITHIN: Duration = Duration::from_secs(30);
+/// The bucket [`Store::restart`] writes to, to know the store is back.
+const PROBE_BUCKET: &str = "bunker-harness-probe";
 const GRACE: Duration = Duration::from_secs(3);
 
 pub struct Store {
@@ -64,6 +66,11 @@ impl Store {
             format!("-dir={}", data.display()),
             "-ip=127.0.0.1".into(),
             "-ip.bind=127.0.0.1".into(),
+            // A single master: with the 10 s default, a master restarted
+            // after a kill refused new writes for up to 15 s in our runs
+            // ("master is warming up"); [`Store::restart`] waits for
+            // writes either way.
+            "-master.electionTimeout=1s".into(),
             format!("-s3.port={}", ports[0]),
             format!("-master.port={}", ports[1]),
             format!("-volume.port={}", ports[2]),
@@ -198,7 +205,10 @@ impl Store {
     }
 
     /// Starts it again after [`Store::kill`], on the same directory and
-    /// ports, and waits until it answers.
+    /// ports (moto keeps everything in memory: it comes back empty), and
+    /// waits until it stores objects again: weed's master,
+    /// after a kill in the middle of a write, may answer for seconds while
+    /// it refuses to place new data ("master is warming up").
     pub fn restart(&mut self) {
         assert!(
             matches!(self.child.try_wait(), Ok(Some(_))),
@@ -207,6 +217,26 @@ impl Store {
         );
         self.child = spawn(self.name, &self.program, &self.args, self._dir.path());
         self.wait_ready();
+        self.create_bucket(PROBE_BUCKET);
+        let url = format!("{}/{PROBE_BUCKET}/probe", self.endpoint);
+        let body = vec![0x5A; 1 << 20];
+        let start = Instant::now();
+        loop {
+            let put = ureq::put(&url)
+                .config()
+                .timeout_global(Some(Duration::from_secs(2)))
+                .build()
+                .send(&body[..]);
+            if put.is_ok() {
+                break;
+            }
+            assert!(
+                start.elapsed() < READY_WITHIN,
+                "{} stores nothing {READY_WITHIN:?} after its restart: {put:?}",
+                self.name
+            );
+        }
+        let _ = ureq::delete(&url).call();
     }
 
     /// Every object key under `prefix` in `bucket` (ListObjectsV2,
