@@ -1,23 +1,28 @@
 //! The server and CLI on a bucket (SeaweedFS started per test on free
 //! ports, `bunker_testdata::stores`): the bucket alone rebuilds a server,
 //! a snapshot is acknowledged only once its manifest and packs are
-//! objects, and a bucket that refuses us stops `bunker serve` at start
-//! with a message naming endpoint and bucket. Skipped loudly when `weed`
-//! is not installed, failed under CI.
+//! objects, a bucket that refuses us stops `bunker serve` at start with a
+//! message naming endpoint and bucket, GC through the server deletes the
+//! pack objects it condemns, and `bunker repair --rebuild-index` rebuilds
+//! the index from the bucket. Skipped loudly when `weed` is not
+//! installed, failed under CI. The helpers here (flags, CLI, uploads,
+//! restores) serve `s3_faults` too.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bunker_testdata::image::{Image, ImageSpec};
 use bunker_testdata::stores::Store;
+use bunker_tests::noise;
 use bunker_tests::server::Server;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bunker-e2e");
-const BUCKET: &str = "bunker-e2e";
+pub(crate) const BUCKET: &str = "bunker-e2e";
 
 /// `bunker serve` flags for `s3://BUCKET/prefix` on `store`, unsigned.
-fn s3_flags(store: &Store, bucket: &str, prefix: &str) -> Vec<String> {
+pub(crate) fn s3_flags(store: &Store, bucket: &str, prefix: &str) -> Vec<String> {
     vec![
         "--s3".into(),
         format!("s3://{bucket}/{prefix}"),
@@ -30,16 +35,26 @@ fn s3_flags(store: &Store, bucket: &str, prefix: &str) -> Vec<String> {
     ]
 }
 
-fn start(data: &Path, flags: &[String]) -> Server {
+pub(crate) fn start(data: &Path, flags: &[String]) -> Server {
     let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
     Server::start(BIN, data, &extra)
 }
 
-fn bunker(server: &Server, args: &[&str]) -> Output {
+pub(crate) fn bunker(server: &Server, args: &[&str]) -> Output {
+    cli(
+        &[
+            ("BUNKER_SERVER", &server.url),
+            ("BUNKER_TOKEN", &server.admin),
+        ],
+        args,
+    )
+}
+
+/// Runs the `bunker` binary with `args` and `env`, which must succeed.
+fn cli(env: &[(&str, &str)], args: &[&str]) -> Output {
     let out = Command::new(BIN)
         .args(args)
-        .env("BUNKER_SERVER", &server.url)
-        .env("BUNKER_TOKEN", &server.admin)
+        .envs(env.iter().copied())
         .output()
         .expect("run bunker");
     assert!(
@@ -52,53 +67,80 @@ fn bunker(server: &Server, args: &[&str]) -> Output {
     out
 }
 
-fn json(server: &Server, args: &[&str]) -> serde_json::Value {
+pub(crate) fn json(server: &Server, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
     serde_json::from_slice(&bunker(server, &all).stdout).expect("JSON output")
 }
 
 /// A raw upload of `data` as `name`: the new snapshot's id.
-fn raw_upload(server: &Server, name: &str, data: &[u8]) -> u64 {
-    let v: serde_json::Value = ureq::put(format!("{}/v1/snapshots/{name}", server.url))
-        .header("authorization", format!("Bearer {}", server.admin))
-        .send(data)
-        .expect("raw upload")
-        .into_body()
-        .read_json()
-        .unwrap();
+pub(crate) fn raw_upload(server: &Server, name: &str, data: &[u8]) -> u64 {
+    let (status, body) = try_raw_upload(server, name, data);
+    assert_eq!(status, 201, "raw upload of {name}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     v["id"].as_u64().expect("an id")
 }
 
-/// Every key under `prefix/` in `bucket`, listed through the S3 API.
-fn list_bucket(store: &Store, bucket: &str, prefix: &str) -> Vec<String> {
-    let mut keys = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let mut url = format!("{}/{bucket}?list-type=2&prefix={prefix}/", store.endpoint);
-        if let Some(t) = &token {
-            url.push_str(&format!("&continuation-token={t}"));
-        }
-        let body = ureq::get(&url)
-            .call()
-            .expect("list objects")
-            .into_body()
-            .read_to_string()
-            .unwrap();
-        keys.extend(tag_values(&body, "Key"));
-        token = tag_values(&body, "NextContinuationToken").pop();
-        if token.is_none() {
-            return keys;
-        }
-    }
+/// A raw upload that may fail: the status and body of the answer.
+pub(crate) fn try_raw_upload(server: &Server, name: &str, data: &[u8]) -> (u16, String) {
+    let r = ureq::put(format!("{}/v1/snapshots/{name}", server.url))
+        .header("authorization", format!("Bearer {}", server.admin))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(data)
+        .expect("an answer");
+    (r.status().as_u16(), r.into_body().read_to_string().unwrap())
 }
 
-fn tag_values(xml: &str, tag: &str) -> Vec<String> {
-    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
-    xml.split(&open)
-        .skip(1)
-        .filter_map(|s| s.split_once(&close).map(|(v, _)| v.to_string()))
-        .collect()
+/// The ids of `name`'s snapshots the server lists, oldest first.
+pub(crate) fn listed(server: &Server, name: &str) -> Vec<u64> {
+    let list = json(server, &["snapshots", name]);
+    let mut ids: Vec<u64> = list["snapshots"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{list}"))
+        .iter()
+        .map(|s| s["id"].as_u64().unwrap())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// `bunker restore name@id` into a file under `dir`, which must hold
+/// exactly `want`.
+pub(crate) fn assert_restores(server: &Server, dir: &Path, name: &str, id: u64, want: &[u8]) {
+    let out = dir.join(format!("restored-{name}-{id}.img"));
+    bunker(
+        server,
+        &["restore", &format!("{name}@{id}"), out.to_str().unwrap()],
+    );
+    let got = std::fs::read(&out).unwrap();
+    assert!(
+        got.len() == want.len() && blake3::hash(&got) == blake3::hash(want),
+        "{name}@{id} restores {} bytes that differ from the {} backed up",
+        got.len(),
+        want.len()
+    );
+    std::fs::remove_file(&out).unwrap();
+}
+
+/// Flags for a server on `s3://BUCKET/prefix` reached at `endpoint` (a
+/// fault proxy in front of `store`, or the store), with the `[storage]`
+/// keys `storage` (retries, timeouts, parts) in a config file under `dir`.
+pub(crate) fn flags_via(
+    store: &Store,
+    endpoint: &str,
+    dir: &Path,
+    prefix: &str,
+    storage: &str,
+) -> Vec<String> {
+    let config = dir.join("bunker.toml");
+    std::fs::write(&config, format!("[storage]\n{storage}")).unwrap();
+    let mut flags = vec!["--config".to_string(), config.display().to_string()];
+    flags.extend(s3_flags(store, BUCKET, prefix));
+    let at = flags.iter().position(|f| f == "--s3-endpoint").unwrap();
+    flags[at + 1] = endpoint.to_string();
+    flags
 }
 
 fn image(spec: &ImageSpec, day: u32) -> Vec<u8> {
@@ -107,17 +149,30 @@ fn image(spec: &ImageSpec, day: u32) -> Vec<u8> {
     data
 }
 
-#[test]
-fn a_new_server_on_the_bucket_alone_restores_every_snapshot_bit_exact() {
-    let Some(store) = Store::seaweedfs() else {
-        return;
-    };
+/// `n` days of a generated volume of `len` bytes.
+fn days(seed: u64, len: u64, n: u32) -> Vec<Vec<u8>> {
+    let spec = ImageSpec::new(seed, len);
+    (0..n).map(|d| image(&spec, d)).collect()
+}
+
+/// SeaweedFS with the test bucket, a temporary directory, a data
+/// directory in it, and the flags of a server on `s3://BUCKET/prefix`;
+/// None when skipped.
+fn on_weed(prefix: &str) -> Option<(Store, tempfile::TempDir, PathBuf, Vec<String>)> {
+    let store = Store::seaweedfs()?;
     store.create_bucket(BUCKET);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let flags = s3_flags(&store, BUCKET, "dr");
-    let spec = ImageSpec::new(1414, 12 << 20);
-    let days: Vec<Vec<u8>> = (0..3).map(|d| image(&spec, d)).collect();
+    let flags = s3_flags(&store, BUCKET, prefix);
+    Some((store, dir, data, flags))
+}
+
+#[test]
+fn a_new_server_on_the_bucket_alone_restores_every_snapshot_bit_exact() {
+    let Some((store, dir, data, flags)) = on_weed("dr") else {
+        return;
+    };
+    let days = days(1414, 12 << 20, 3);
 
     // Day 0 as a raw upload, days 1 and 2 through the chunk protocol.
     let server = start(&data, &flags);
@@ -142,7 +197,7 @@ fn a_new_server_on_the_bucket_alone_restores_every_snapshot_bit_exact() {
     }
 
     // Acknowledged means in the bucket: each manifest, and packs.
-    let keys = list_bucket(&store, BUCKET, "dr");
+    let keys = store.keys(BUCKET, "dr/");
     for id in &ids {
         let manifest = format!("dr/snapshots/vol/{id}.snap");
         assert!(keys.contains(&manifest), "{manifest} not in {keys:?}");
@@ -159,28 +214,11 @@ fn a_new_server_on_the_bucket_alone_restores_every_snapshot_bit_exact() {
     let started = Instant::now();
     let server = start(&data, &flags);
     eprintln!("rebuilt from the bucket in {:?}", started.elapsed());
-    let list = json(&server, &["snapshots", "vol"]);
-    let listed: Vec<u64> = list["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_u64().unwrap())
-        .collect();
-    assert_eq!(listed.len(), ids.len(), "{list}");
-    for id in &ids {
-        assert!(listed.contains(id), "snapshot {id} lost: {list}");
-    }
-    for (id, want) in ids.iter().zip(&days) {
-        let out = dir.path().join(format!("restored-{id}.img"));
-        bunker(
-            &server,
-            &["restore", &format!("vol@{id}"), out.to_str().unwrap()],
-        );
-        let got = std::fs::read(&out).unwrap();
-        assert!(
-            blake3::hash(&got) == blake3::hash(want) && got.len() == want.len(),
-            "vol@{id} restored from the bucket differs"
-        );
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(listed(&server, "vol"), want, "snapshots lost or added");
+    for (id, bytes) in ids.iter().zip(&days) {
+        assert_restores(&server, dir.path(), "vol", *id, bytes);
     }
     bunker(&server, &["drill", "--all"]);
 
@@ -275,34 +313,23 @@ fn a_bucket_refusing_puts_fails_the_upload_with_503_loses_nothing_and_the_next_b
     store.create_bucket(BUCKET);
     let proxy = Proxy::start(&store.endpoint);
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("bunker.toml");
-    std::fs::write(
-        &config,
-        "[storage]\nmax_retries = 1\nretry_timeout_ms = 2000\nbackoff_initial_ms = 10\n\
+    let flags = flags_via(
+        &store,
+        &proxy.endpoint,
+        dir.path(),
+        "faults",
+        "max_retries = 1\nretry_timeout_ms = 2000\nbackoff_initial_ms = 10\n\
          backoff_max_ms = 50\nrequest_timeout_ms = 5000\n",
-    )
-    .unwrap();
-    let mut flags = vec!["--config".to_string(), config.display().to_string()];
-    flags.extend(s3_flags(&store, BUCKET, "faults"));
-    let at = flags.iter().position(|f| f == "--s3-endpoint").unwrap();
-    flags[at + 1] = proxy.endpoint.clone();
-    let spec = ImageSpec::new(1415, 8 << 20);
-    let day0 = image(&spec, 0);
-    let day1 = image(&spec, 1);
+    );
+    let mut d = days(1415, 8 << 20, 2).into_iter();
+    let (day0, day1) = (d.next().unwrap(), d.next().unwrap());
     let server = start(&dir.path().join("data"), &flags);
     let id0 = raw_upload(&server, "vol", &day0);
 
     proxy.set_for("PUT", Fault::SlowDown);
     let started = Instant::now();
-    let r = ureq::put(format!("{}/v1/snapshots/vol", server.url))
-        .header("authorization", format!("Bearer {}", server.admin))
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .send(&day1[..])
-        .expect("an answer");
-    assert_eq!(r.status(), 503);
-    let body = r.into_body().read_to_string().unwrap();
+    let (status, body) = try_raw_upload(&server, "vol", &day1);
+    assert_eq!(status, 503, "{body}");
     assert!(body.contains("store_unavailable"), "{body}");
     assert!(
         started.elapsed() < Duration::from_secs(60),
@@ -314,31 +341,14 @@ fn a_bucket_refusing_puts_fails_the_upload_with_503_loses_nothing_and_the_next_b
 
     // Nothing acknowledged is lost; the failed upload is not listed.
     proxy.set(Fault::Pass);
-    let list = json(&server, &["snapshots", "vol"]);
-    let listed: Vec<u64> = list["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_u64().unwrap())
-        .collect();
-    assert_eq!(listed, vec![id0], "{list}");
-    let out = dir.path().join("r0.img");
-    bunker(
-        &server,
-        &["restore", &format!("vol@{id0}"), out.to_str().unwrap()],
-    );
-    assert!(std::fs::read(&out).unwrap() == day0, "vol@{id0} differs");
+    assert_eq!(listed(&server, "vol"), vec![id0]);
+    assert_restores(&server, dir.path(), "vol", id0, &day0);
 
     // The store is back: the next backup succeeds on the same server (the
     // pack whose upload failed is uploaded first) and restores bit-exact.
     let id1 = raw_upload(&server, "vol", &day1);
     assert!(id1 > id0);
-    let out = dir.path().join("r1.img");
-    bunker(
-        &server,
-        &["restore", &format!("vol@{id1}"), out.to_str().unwrap()],
-    );
-    assert!(std::fs::read(&out).unwrap() == day1, "vol@{id1} differs");
+    assert_restores(&server, dir.path(), "vol", id1, &day1);
     bunker(&server, &["drill", "--all"]);
 
     // A slow store (every request delayed) still completes.
@@ -346,15 +356,132 @@ fn a_bucket_refusing_puts_fails_the_upload_with_503_loses_nothing_and_the_next_b
     let path = dir.path().join("day1.img");
     std::fs::write(&path, &day1).unwrap();
     let b = json(&server, &["backup", "slow", path.to_str().unwrap()]);
-    let out = dir.path().join("slow.img");
-    bunker(
+    assert_restores(
         &server,
-        &[
-            "restore",
-            &format!("slow@{}", b["id"]),
-            out.to_str().unwrap(),
-        ],
+        dir.path(),
+        "slow",
+        b["id"].as_u64().unwrap(),
+        &day1,
     );
-    assert!(std::fs::read(&out).unwrap() == day1, "slow restore differs");
+    assert!(server.stop().success());
+}
+
+/// The pack objects under `prefix/` in the test bucket.
+fn pack_objects(store: &Store, prefix: &str) -> BTreeSet<String> {
+    let packs = store.keys(BUCKET, &format!("{prefix}/packs/"));
+    packs.into_iter().filter(|k| k.ends_with(".pack")).collect()
+}
+
+/// Deletes and prunes through the server, then `bunker gc`: the pack
+/// objects holding only dead chunks are gone from the bucket (listed
+/// through the S3 API), a pack kept for its live half is rewritten and
+/// gone, what is kept restores bit-exact and verifies clean, and a new
+/// server on the bucket alone (empty data directory) lists the same
+/// snapshots, restores them and finds nothing more to collect.
+#[test]
+fn gc_through_the_server_deletes_the_condemned_pack_objects_and_a_new_server_agrees() {
+    let Some((store, dir, data, flags)) = on_weed("gc") else {
+        return;
+    };
+    let (a, b) = (noise(0x6C1, 4 << 20), noise(0x6C2, 4 << 20));
+    let mut c = b[..2 << 20].to_vec();
+    c.extend_from_slice(&noise(0x6C3, 2 << 20));
+    let other = noise(0x6C4, 2 << 20);
+
+    // Each commit seals its own pack: one per backup.
+    let server = start(&data, &flags);
+    let mut packs_of = Vec::new();
+    let mut ids = Vec::new();
+    for (name, bytes) in [("vol", &a), ("vol", &b), ("vol", &c), ("other", &other)] {
+        let before = pack_objects(&store, "gc");
+        ids.push(raw_upload(&server, name, bytes));
+        let new: Vec<String> = pack_objects(&store, "gc")
+            .difference(&before)
+            .cloned()
+            .collect();
+        assert!(!new.is_empty(), "{name}: no new pack object");
+        packs_of.push(new);
+    }
+    let r = ureq::delete(format!("{}/v1/snapshots/other/{}", server.url, ids[3]))
+        .header("authorization", format!("Bearer {}", server.admin))
+        .call()
+        .expect("delete other");
+    assert!(r.status().is_success());
+    json(&server, &["prune", "vol", "--keep-last", "1"]);
+    assert_eq!(listed(&server, "vol"), vec![ids[2]]);
+
+    let before = pack_objects(&store, "gc");
+    let gc = json(&server, &["gc", "--rewrite-below", "0.99"]);
+    let after = pack_objects(&store, "gc");
+    let gone: BTreeSet<&String> = before.difference(&after).collect();
+    // vol@1 and other: only dead chunks; vol@2: half live, rewritten.
+    for condemned in [&packs_of[0], &packs_of[1], &packs_of[3]] {
+        for key in condemned {
+            assert!(gone.contains(key), "{key} still in the bucket after {gc}");
+        }
+    }
+    for key in &packs_of[2] {
+        assert!(after.contains(key), "{key}, which vol@3 needs, went: {gc}");
+    }
+    let (deleted, rewritten) = (gc["packs_deleted"].as_u64(), gc["packs_rewritten"].as_u64());
+    assert_eq!(
+        deleted.unwrap() + rewritten.unwrap(),
+        gone.len() as u64,
+        "{gc}"
+    );
+    assert!(rewritten.unwrap() >= 1, "{gc}");
+    assert_restores(&server, dir.path(), "vol", ids[2], &c);
+    bunker(&server, &["verify"]);
+    assert!(server.stop().success());
+
+    let elsewhere = dir.path().join("new-server");
+    let server = start(&elsewhere, &flags);
+    assert_eq!(listed(&server, "vol"), vec![ids[2]]);
+    assert!(listed(&server, "other").is_empty());
+    assert_restores(&server, dir.path(), "vol", ids[2], &c);
+    bunker(&server, &["verify"]);
+    let again = json(&server, &["gc"]);
+    assert_eq!(again["packs_deleted"], 0, "{again}");
+    assert_eq!(again["packs_rewritten"], 0, "{again}");
+    assert_eq!(pack_objects(&store, "gc"), after);
+    assert!(server.stop().success());
+}
+
+/// The server stopped and its index deleted: `bunker repair
+/// --rebuild-index` with the server's `--s3` flags rebuilds it from the
+/// pack objects (as many entries as the server's index had), and the
+/// restarted server restores every snapshot bit-exact and verifies clean.
+#[test]
+fn repair_rebuild_index_from_the_bucket_then_every_snapshot_restores() {
+    let Some((_store, dir, data, flags)) = on_weed("repair") else {
+        return;
+    };
+    let days = days(1416, 6 << 20, 2);
+    let server = start(&data, &flags);
+    let ids: Vec<u64> = days.iter().map(|d| raw_upload(&server, "vol", d)).collect();
+    let chunks = json(&server, &["stats"])["chunks"].as_u64().unwrap();
+    assert!(server.stop().success());
+
+    std::fs::remove_dir_all(data.join("index")).unwrap();
+    let mut args = vec!["--json", "repair", "--rebuild-index", "--data"];
+    args.push(data.to_str().unwrap());
+    args.extend(flags.iter().map(String::as_str));
+    let out = cli(&[], &args);
+    let repaired: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(repaired["entries"], chunks, "{repaired}");
+    assert!(
+        std::fs::read_dir(data.join("index"))
+            .unwrap()
+            .next()
+            .is_some(),
+        "no index after the repair"
+    );
+
+    let server = start(&data, &flags);
+    assert_eq!(listed(&server, "vol"), ids);
+    for (id, bytes) in ids.iter().zip(&days) {
+        assert_restores(&server, dir.path(), "vol", *id, bytes);
+    }
+    bunker(&server, &["verify"]);
     assert!(server.stop().success());
 }

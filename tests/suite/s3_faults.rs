@@ -5,22 +5,26 @@
 //! `bunker_tests::bucket::ENV` set. A local power cut or a kill loses
 //! nothing acknowledged, because a snapshot is acknowledged only once its
 //! packs and manifest are objects; the bucket alone restores everything;
-//! damage in an object is named and never restored. Skipped loudly when
-//! `weed` is not installed, failed under CI.
+//! damage in an object is named and never restored. And the object store
+//! itself failing under the real server: weed stopped (SIGSTOP) or killed
+//! (SIGKILL, then restarted on its directory) in the middle of a pack's
+//! multipart upload, caught there through the fault proxy's request
+//! counts. Skipped loudly when `weed` is not installed, failed under CI.
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bunker_s3::S3Config;
 use bunker_store::{CreateOptions, Repository};
-use bunker_testdata::stores::Store;
+use bunker_testdata::stores::{Proxy, Store};
+use bunker_tests::server::Server;
 use bunker_tests::{bucket, noise};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::crash::{acks, check, child_lines_until_killed_on, read_all, KillAt};
+use crate::s3::{self, assert_restores, listed, try_raw_upload};
 
 const BUCKET: &str = "bunker-faults";
 
@@ -85,79 +89,21 @@ fn kill_during_ingest_to_a_bucket_loses_nothing_acknowledged() {
 }
 
 /// Power cuts of the data directory at the Nth durability step of a child
-/// that backs up, deletes and collects garbage on the bucket: each image
-/// opens on the bucket, and every acknowledged snapshot not deleted reads
-/// back exactly (the bucket is the truth: the manifest is an object before
-/// the local rename).
+/// that backs up, deletes and collects garbage on the bucket
+/// (`crash::power_cuts`): each image opens on the bucket, and every
+/// acknowledged snapshot not deleted reads back exactly (the bucket is the
+/// truth: the manifest is an object before the local rename).
 #[test]
 fn power_cut_of_the_data_directory_loses_nothing_acknowledged_in_the_bucket() {
-    let Some((_store, spec, config)) = weed("power") else {
+    let Some((_store, spec, _)) = weed("power") else {
         return;
     };
-    let seed = crate::seed(0x5_3CE1);
     let runs = crate::scaled(25);
-    let reproduce = format!(
-        "BUNKER_SEED={seed} cargo test --release -p bunker-tests --test suite s3_faults::power_cut"
-    );
-    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    let dir = tempfile::tempdir().unwrap();
-    let mut repo_dir = dir.path().join("img-0");
-    let mut live: Vec<(String, u64)> = Vec::new();
-    let (mut cuts, mut acked) = (0, 0);
-    for run in 0..runs {
-        let n: u64 = rng.random_range(1..60);
-        let out = dir.path().join(format!("img-{}", run + 1));
-        let o = Command::new(env!("CARGO_BIN_EXE_bunker-crash-child"))
-            .env(bucket::ENV, &spec)
-            .arg(&repo_dir)
-            .args([&(run + 1).to_string(), "power", &n.to_string()])
-            .arg(&out)
-            .stderr(Stdio::piped())
-            .output()
-            .expect("run the power child");
-        let stdout = String::from_utf8_lossy(&o.stdout);
-        assert!(
-            o.status.success(),
-            "run {run}: child failed ({}): {stdout}\n{}; {reproduce}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
-        for line in stdout.lines() {
-            match line.split_whitespace().collect::<Vec<_>>()[..] {
-                ["ACK", name, id] => {
-                    live.push((name.to_string(), id.parse().unwrap()));
-                    acked += 1;
-                }
-                ["DEL", name, id] => live.retain(|(n, i)| !(n == name && i.to_string() == id)),
-                ["CUT"] => cuts += 1,
-                _ => panic!("run {run}: child said {line:?}; {reproduce}"),
-            }
-        }
-        let _ = std::fs::remove_dir_all(&repo_dir);
-        repo_dir = out;
-        let repo = reopen(&repo_dir, &config, &reproduce);
-        let listed = repo.list(None).unwrap();
-        for (name, id) in &live {
-            let s = listed
-                .iter()
-                .find(|s| &s.name == name && s.id.0 == *id)
-                .unwrap_or_else(|| {
-                    panic!("acknowledged {name}@{id} lost at cut {run} (step {n}); {reproduce}")
-                });
-            let mut h = blake3::Hasher::new();
-            std::io::copy(&mut repo.reader(name, Some(s.id), None).unwrap(), &mut h)
-                .unwrap_or_else(|e| panic!("{name}@{id} after cut {run}: {e}; {reproduce}"));
-            assert_eq!(
-                h.finalize().as_bytes(),
-                &s.stream_hash,
-                "{name}@{id} wrong bytes after cut {run}; {reproduce}"
-            );
-        }
-    }
-    let v = reopen(&repo_dir, &config, &reproduce).verify().unwrap();
-    assert!(
-        v.is_clean(),
-        "verify after the last cut: {v:?}; {reproduce}"
+    let (cuts, acked) = crate::crash::power_cuts(
+        Some(&spec),
+        crate::seed(0x5_3CE1),
+        runs,
+        "s3_faults::power_cut",
     );
     assert!(cuts > 0 && acked > 0, "cuts {cuts}, acknowledged {acked}");
     println!("s3 power cuts: {cuts} of {runs} runs cut; {acked} backups acknowledged; every acknowledged snapshot not deleted restored exactly after every cut");
@@ -204,7 +150,8 @@ fn a_byte_flipped_in_a_pack_object_is_named_and_never_restored() {
             .unwrap()
     };
     ingest("a", &a);
-    let packs_of_a = pack_keys(&store);
+    let packs_of_a = store.keys(BUCKET, "flip/packs/");
+    assert!(!packs_of_a.is_empty(), "no pack objects");
     ingest("b", &b);
     drop(repo);
     let victim = &packs_of_a[packs_of_a.len() / 2];
@@ -244,22 +191,148 @@ fn a_byte_flipped_in_a_pack_object_is_named_and_never_restored() {
     assert!(read_all(&repo, "b", b_id) == b, "b reads back wrong bytes");
 }
 
-/// Pack object keys in the bucket (under any prefix of this file's tests).
-fn pack_keys(store: &Store) -> Vec<String> {
-    let body = ureq::get(&format!(
-        "{}/{BUCKET}?list-type=2&prefix=flip/packs/",
-        store.endpoint
-    ))
-    .call()
-    .unwrap()
-    .into_body()
-    .read_to_string()
-    .unwrap();
-    let keys: Vec<String> = body
-        .split("<Key>")
-        .skip(1)
-        .filter_map(|s| s.split_once("</Key>").map(|(k, _)| k.to_string()))
+/// `[storage]` keys for the stall and kill tests: a request times out
+/// after 2 s and is retried once, and packs go up in 5 MiB parts one at a
+/// time, so a 12 MiB pack is a multipart upload of three parts that can
+/// be caught between them.
+const SHORT_RETRIES: &str = "max_retries = 1\nretry_timeout_ms = 4000\nbackoff_initial_ms = 10\n\
+    backoff_max_ms = 50\nrequest_timeout_ms = 2000\npart_bytes = 5242880\nparts_in_flight = 1\n";
+
+/// A raw upload of `data` as `vol` through which `fault` runs once the
+/// proxy has seen the second PUT of the upload (a pack's second part: the
+/// pack is sealed, and its upload is started, by the commit). The answer,
+/// and how long it took from the fault.
+fn upload_with_fault(
+    server: &Server,
+    proxy: &Proxy,
+    data: &[u8],
+    fault: impl FnOnce(),
+) -> (u16, String, Duration) {
+    let puts = || proxy.counts().get("PUT").copied().unwrap_or(0);
+    let first = puts();
+    std::thread::scope(|s| {
+        let upload = s.spawn(|| try_raw_upload(server, "vol", data));
+        let started = Instant::now();
+        while puts() < first + 2 {
+            assert!(
+                !upload.is_finished(),
+                "the upload ended before its second part"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "no second part"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let faulted = Instant::now();
+        fault();
+        let (status, body) = upload.join().unwrap();
+        (status, body, faulted.elapsed())
+    })
+}
+
+/// The snapshots of `vol` are exactly those acknowledged (`ids`), in the
+/// server's list and as manifest objects in the bucket under `prefix`.
+fn only_acknowledged_are_listed(store: &Store, server: &Server, prefix: &str, ids: &[u64]) {
+    assert_eq!(listed(server, "vol"), ids);
+    let keys: HashSet<String> = store
+        .keys(s3::BUCKET, &format!("{prefix}/snapshots/"))
+        .into_iter()
         .collect();
-    assert!(!keys.is_empty(), "no pack objects: {body}");
-    keys
+    let manifests: HashSet<String> = ids
+        .iter()
+        .map(|id| format!("{prefix}/snapshots/vol/{id}.snap"))
+        .collect();
+    assert_eq!(keys, manifests, "the bucket's manifests");
+}
+
+/// weed stopped (SIGSTOP) while the server uploads a pack in parts. A
+/// stall shorter than a request's timeout is waited out: the backup
+/// completes once weed is thawed. A stall past the retry bound fails the
+/// upload with 503 `store_unavailable` within it and acknowledges nothing;
+/// thawed, the next backup succeeds, and every acknowledged snapshot's
+/// manifest is an object and restores bit-exact.
+#[test]
+fn weed_stopped_mid_upload_is_waited_out_or_fails_the_backup_with_503_within_the_retry_bound() {
+    let Some(store) = Store::seaweedfs() else {
+        return;
+    };
+    store.create_bucket(s3::BUCKET);
+    let proxy = Proxy::start(&store.endpoint);
+    let dir = tempfile::tempdir().unwrap();
+    let flags = s3::flags_via(&store, &proxy.endpoint, dir.path(), "stall", SHORT_RETRIES);
+    let server = s3::start(&dir.path().join("data"), &flags);
+    let days: Vec<Vec<u8>> = (0..3).map(|d| noise(0x57A1 + d, 12 << 20)).collect();
+
+    let (status, body, took) = upload_with_fault(&server, &proxy, &days[0], || {
+        store.pause();
+        std::thread::sleep(Duration::from_secs(1));
+        store.resume();
+    });
+    assert_eq!(status, 201, "a 1 s stall failed the backup: {body}");
+    let id0 = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    println!("a 1 s stall of weed: the backup completed {took:?} after it began");
+    only_acknowledged_are_listed(&store, &server, "stall", &[id0]);
+
+    let (status, body, took) = upload_with_fault(&server, &proxy, &days[1], || store.pause());
+    store.resume();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("store_unavailable"), "{body}");
+    // Configured: two attempts of 2 s for the part, as many for the abort.
+    println!("weed stopped for good: 503 after {took:?}");
+    assert!(took < Duration::from_secs(60), "503 only after {took:?}");
+    only_acknowledged_are_listed(&store, &server, "stall", &[id0]);
+
+    let id2 = s3::raw_upload(&server, "vol", &days[2]);
+    only_acknowledged_are_listed(&store, &server, "stall", &[id0, id2]);
+    assert_restores(&server, dir.path(), "vol", id0, &days[0]);
+    assert_restores(&server, dir.path(), "vol", id2, &days[2]);
+    s3::bunker(&server, &["drill", "--all"]);
+    assert!(server.stop().success());
+}
+
+/// weed killed (SIGKILL) while the server uploads a pack in parts, then
+/// restarted on the same directory: the upload fails with 503 and is not
+/// acknowledged, the snapshot before it is kept, the next backup (of the
+/// same data, whose chunks wait in the pack whose upload failed) succeeds,
+/// and after the server restarts no multipart upload is left in the bucket
+/// (listed through the S3 API) and every snapshot restores bit-exact from
+/// the bucket (opening empties the read cache).
+#[test]
+fn weed_killed_mid_upload_and_restarted_loses_nothing_and_leaves_no_multipart_upload() {
+    let Some(mut store) = Store::seaweedfs() else {
+        return;
+    };
+    store.create_bucket(s3::BUCKET);
+    let proxy = Proxy::start(&store.endpoint);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let flags = s3::flags_via(&store, &proxy.endpoint, dir.path(), "kill", SHORT_RETRIES);
+    let server = s3::start(&data, &flags);
+    let days: Vec<Vec<u8>> = (0..2).map(|d| noise(0xC111 + d, 12 << 20)).collect();
+    let id0 = s3::raw_upload(&server, "vol", &days[0]);
+
+    let (status, body, took) = upload_with_fault(&server, &proxy, &days[1], || store.kill());
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("store_unavailable"), "{body}");
+    println!("weed killed: 503 after {took:?}");
+    store.restart();
+    let left = store.multipart_uploads(s3::BUCKET, "kill/");
+    println!("multipart uploads in the bucket after weed's restart: {left:?}");
+    only_acknowledged_are_listed(&store, &server, "kill", &[id0]);
+
+    let id1 = s3::raw_upload(&server, "vol", &days[1]);
+    only_acknowledged_are_listed(&store, &server, "kill", &[id0, id1]);
+    assert!(server.stop().success());
+
+    let server = s3::start(&data, &flags);
+    let left = store.multipart_uploads(s3::BUCKET, "kill/");
+    assert!(left.is_empty(), "multipart uploads left behind: {left:?}");
+    only_acknowledged_are_listed(&store, &server, "kill", &[id0, id1]);
+    assert_restores(&server, dir.path(), "vol", id0, &days[0]);
+    assert_restores(&server, dir.path(), "vol", id1, &days[1]);
+    s3::bunker(&server, &["drill", "--all"]);
+    assert!(server.stop().success());
 }

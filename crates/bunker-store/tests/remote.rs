@@ -45,6 +45,34 @@ impl Bucket {
     fn open(&self, dir: &Path) -> Repository {
         Repository::open_remote_with(dir, Default::default(), small_opts(), self.remote()).unwrap()
     }
+
+    /// `old` is lost with its disk: a new server opens the bucket in a
+    /// new, empty data directory, and reads back each `(name, id, bytes)`
+    /// exactly.
+    fn new_server(&self, old: Repository, want: &[(&str, SnapshotId, &[u8])]) -> NewServer {
+        drop(old);
+        let dir = tempfile::tempdir().unwrap();
+        let repo = self.open(&dir.path().join("data"));
+        for (name, id, bytes) in want {
+            let got = read_all(&repo, name, Some(*id)).unwrap();
+            assert!(got == *bytes, "{name}@{id} on a new server differs");
+        }
+        NewServer { repo, _dir: dir }
+    }
+}
+
+/// A repository on the bucket and its data directory, which lives as long
+/// as it does.
+struct NewServer {
+    repo: Repository,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for NewServer {
+    type Target = Repository;
+    fn deref(&self) -> &Repository {
+        &self.repo
+    }
 }
 
 /// Days of a generated SAN-like volume, rendered.
@@ -71,27 +99,21 @@ fn a_new_server_on_the_bucket_restores_every_snapshot_after_its_data_directory_i
     let repo = bucket.open(dir.path());
     let infos: Vec<_> = images.iter().map(|d| ingest(&repo, "vol", d)).collect();
     let first_id = repo.repo_id_hex();
-    drop(repo);
-    // The server is lost with its disk.
-    drop(dir);
     let old_max_pack = max_pack(&bucket.packs);
-
-    let dir = tempfile::tempdir().unwrap();
-    let repo = bucket.open(&dir.path().join("data"));
+    let want: Vec<_> = infos
+        .iter()
+        .zip(&images)
+        .map(|(info, image)| ("vol", info.id, &image[..]))
+        .collect();
+    let repo = bucket.new_server(repo, &want);
     assert_eq!(repo.repo_id_hex(), first_id);
     let r = repo.recovery();
     assert!(r.restored_from_remote, "{r:?}");
     assert_eq!(r.manifests_downloaded, 3, "{r:?}");
     assert!(r.packs_indexed > 1, "{r:?}");
     assert_eq!(repo.list(None).unwrap().len(), 3);
-    for (info, image) in infos.iter().zip(&images) {
+    for info in &infos {
         assert_eq!(repo.snapshot("vol", Some(info.id)).unwrap(), *info);
-        assert!(
-            read_all(&repo, "vol", Some(info.id)).unwrap() == *image,
-            "{}@{} restores bit-exact",
-            info.name,
-            info.id
-        );
     }
     let report = repo.verify().unwrap();
     assert!(report.is_clean(), "{report:?}");
@@ -122,11 +144,7 @@ fn a_deleted_snapshot_stays_deleted_on_a_new_server_and_its_id_is_never_reused()
     let b = ingest(&repo, "vol", &images[1]);
     // The newest: only the deleted-id mark keeps its id from coming back.
     repo.delete("vol", b.id).unwrap();
-    drop(repo);
-    drop(dir);
-
-    let dir = tempfile::tempdir().unwrap();
-    let repo = bucket.open(dir.path());
+    let repo = bucket.new_server(repo, &[("vol", a.id, &images[0])]);
     let listed: Vec<SnapshotId> = repo.list(None).unwrap().iter().map(|s| s.id).collect();
     assert_eq!(listed, vec![a.id]);
     assert!(matches!(
@@ -140,7 +158,6 @@ fn a_deleted_snapshot_stays_deleted_on_a_new_server_and_its_id_is_never_reused()
         c.id,
         b.id
     );
-    assert_eq!(read_all(&repo, "vol", Some(a.id)).unwrap(), images[0]);
 }
 
 /// MemMeta whose `put_file` (manifest uploads) fails while `failing` is
@@ -310,12 +327,9 @@ fn a_failed_manifest_upload_fails_the_commit_lists_nothing_and_the_next_commit_w
     let info = ingest(&repo, "vol", &images[1]);
     assert_eq!(repo.list(None).unwrap().len(), 1);
     assert_eq!(read_all(&repo, "vol", Some(info.id)).unwrap(), images[1]);
-    drop(repo);
-    let elsewhere = tempfile::tempdir().unwrap();
-    let repo = bucket.open(elsewhere.path());
+    let repo = bucket.new_server(repo, &[("vol", info.id, &images[1])]);
     let listed: Vec<SnapshotId> = repo.list(None).unwrap().iter().map(|s| s.id).collect();
     assert_eq!(listed, vec![info.id]);
-    assert_eq!(read_all(&repo, "vol", Some(info.id)).unwrap(), images[1]);
 }
 
 #[test]
@@ -400,14 +414,13 @@ fn a_new_server_restores_bit_exact_after_a_gc_with_rewrites() {
         })
         .unwrap();
     assert!(gc.packs_rewritten > 0, "{gc:?}");
-    drop(repo);
-    drop(dir);
-
-    let dir = tempfile::tempdir().unwrap();
-    let repo = bucket.open(dir.path());
-    for (info, image) in infos.iter().zip(&images).skip(1) {
-        assert!(read_all(&repo, "vol", Some(info.id)).unwrap() == *image);
-    }
+    let kept: Vec<_> = infos
+        .iter()
+        .zip(&images)
+        .skip(1)
+        .map(|(info, image)| ("vol", info.id, &image[..]))
+        .collect();
+    let repo = bucket.new_server(repo, &kept);
     let report = repo.verify().unwrap();
     assert!(report.is_clean(), "{report:?}");
     // A second GC on the new server finds nothing it must not touch.
@@ -545,18 +558,49 @@ fn a_delete_cut_after_the_manifest_object_went_is_finished_on_reopen() {
     assert!(ingest(&repo, "vol", &images[1]).id > b.id);
 }
 
-/// Packs whose deletes start failing after `deletes_left` of them: a GC
-/// stopped midway through phase 7 (deleting condemned pack objects).
-struct StopsDeleting {
+/// Packs in the bucket whose deletes start failing after `deletes_left` of
+/// them (a GC stopped midway through phase 7, deleting condemned pack
+/// objects), and whose uploads fail while `failing_uploads` is set (the
+/// store refusing after every retry).
+struct FaultyPacks {
     inner: Arc<MemPacks>,
     deletes_left: std::sync::atomic::AtomicUsize,
+    failing_uploads: AtomicBool,
 }
 
-impl PackBackend for StopsDeleting {
+impl FaultyPacks {
+    fn new(bucket: &Bucket) -> Arc<FaultyPacks> {
+        Arc::new(FaultyPacks {
+            inner: bucket.packs.clone(),
+            deletes_left: std::sync::atomic::AtomicUsize::new(usize::MAX),
+            failing_uploads: AtomicBool::new(false),
+        })
+    }
+
+    fn open(self: &Arc<Self>, bucket: &Bucket, dir: &Path) -> Repository {
+        let remote = Remote {
+            packs: self.clone(),
+            meta: bucket.meta.clone(),
+        };
+        Repository::open_remote_with(dir, Default::default(), small_opts(), remote).unwrap()
+    }
+}
+
+fn unavailable(reason: &str) -> Error {
+    Error::Unavailable {
+        store: "memory".into(),
+        reason: format!("injected: {reason}"),
+    }
+}
+
+impl PackBackend for FaultyPacks {
     fn staging_path(&self, pack: PackId) -> PathBuf {
         self.inner.staging_path(pack)
     }
     fn store_sealed(&self, pack: PackId, staged: &Path) -> bunker_store::Result<()> {
+        if self.failing_uploads.load(Ordering::SeqCst) {
+            return Err(unavailable("503 SlowDown after every retry"));
+        }
         self.inner.store_sealed(pack, staged)
     }
     fn read(&self, pack: PackId, offset: u64, len: usize) -> bunker_store::Result<Vec<u8>> {
@@ -574,10 +618,7 @@ impl PackBackend for StopsDeleting {
     fn delete(&self, pack: PackId) -> bunker_store::Result<()> {
         let left = self.deletes_left.load(Ordering::SeqCst);
         if left == 0 {
-            return Err(Error::Unavailable {
-                store: "memory".into(),
-                reason: "injected: the store went away".into(),
-            });
+            return Err(unavailable("the store went away"));
         }
         self.deletes_left.store(left - 1, Ordering::SeqCst);
         self.inner.delete(pack)
@@ -592,19 +633,12 @@ fn a_gc_stopped_while_deleting_pack_objects_leaves_a_bucket_a_new_server_verifie
     let bucket = Bucket::new();
     let images = days(48, 3);
     let dir = tempfile::tempdir().unwrap();
-    let packs = Arc::new(StopsDeleting {
-        inner: bucket.packs.clone(),
-        deletes_left: std::sync::atomic::AtomicUsize::new(1),
-    });
-    let remote = Remote {
-        packs: packs.clone(),
-        meta: bucket.meta.clone(),
-    };
-    let repo =
-        Repository::open_remote_with(dir.path(), Default::default(), small_opts(), remote).unwrap();
+    let packs = FaultyPacks::new(&bucket);
+    let repo = packs.open(&bucket, dir.path());
     let infos: Vec<_> = images.iter().map(|d| ingest(&repo, "vol", d)).collect();
     repo.delete("vol", infos[0].id).unwrap();
     repo.delete("vol", infos[1].id).unwrap();
+    packs.deletes_left.store(1, Ordering::SeqCst);
     let stopped = repo.gc(&GcOptions {
         rewrite_below: 0.99,
         dry_run: false,
@@ -621,15 +655,11 @@ fn a_gc_stopped_while_deleting_pack_objects_leaves_a_bucket_a_new_server_verifie
     let condemned_left = tombs.packs.iter().filter(|p| present.contains(p)).count();
     assert_eq!(condemned_left, tombs.packs.len() - 1, "one was deleted");
     assert!(repo.verify().unwrap().is_clean());
-    drop(repo);
-    drop(dir);
 
     // The server is lost; its replacement finishes the deletions on open.
-    let dir = tempfile::tempdir().unwrap();
-    let repo = bucket.open(dir.path());
+    let repo = bucket.new_server(repo, &[("vol", infos[2].id, &images[2])]);
     let left: HashSet<u64> = bucket.packs.list().unwrap().iter().map(|p| p.0).collect();
     assert!(tombs.packs.iter().all(|p| !left.contains(p)), "{tombs:?}");
-    assert!(read_all(&repo, "vol", Some(infos[2].id)).unwrap() == images[2]);
     let report = repo.verify().unwrap();
     assert!(report.is_clean(), "{report:?}");
     repo.gc(&GcOptions::default()).unwrap();
@@ -675,10 +705,7 @@ fn an_index_left_in_a_data_directory_without_config_is_not_trusted() {
         b.new_chunks, a.new_chunks,
         "deduplicated against another bucket's packs"
     );
-    drop(repo);
-    let elsewhere = tempfile::tempdir().unwrap();
-    let repo = fresh.open(elsewhere.path());
-    assert_eq!(read_all(&repo, "vol", Some(b.id)).unwrap(), images[0]);
+    fresh.new_server(repo, &[("vol", b.id, &images[0])]);
 }
 
 #[test]
@@ -727,10 +754,73 @@ fn a_gc_whose_tombstones_cannot_reach_the_bucket_deletes_nothing_and_the_next_gc
         tombs.packs.is_empty(),
         "cleared in the bucket too: {tombs:?}"
     );
-    drop(repo);
-    let elsewhere = tempfile::tempdir().unwrap();
-    let repo = bucket.open(elsewhere.path());
-    assert!(read_all(&repo, "vol", Some(infos[2].id)).unwrap() == images[2]);
-    assert!(read_all(&repo, "again", Some(again.id)).unwrap() == images[0]);
+    let repo = bucket.new_server(
+        repo,
+        &[
+            ("vol", infos[2].id, &images[2]),
+            ("again", again.id, &images[0]),
+        ],
+    );
     assert!(repo.verify().unwrap().is_clean());
+}
+
+/// A pack whose upload fails with `Unavailable` stays pending (its staged
+/// file intact), not poisoning the writer: the commit that sealed it fails
+/// and lists nothing, a commit of the same data while the store is still
+/// down fails the same way (its chunks wait in that pack: acknowledging it
+/// would acknowledge data not in the bucket), and the first commit once
+/// the store is back uploads the pack before it is acknowledged. A new
+/// server on the bucket then restores both snapshots.
+#[test]
+fn a_pack_whose_upload_failed_stays_pending_and_goes_up_with_the_next_commit() {
+    let bucket = Bucket::new();
+    let packs = FaultyPacks::new(&bucket);
+    let images = days(52, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = packs.open(&bucket, dir.path());
+    let a = ingest(&repo, "vol", &images[0]);
+    let stored: HashSet<PackId> = bucket.packs.list().unwrap().into_iter().collect();
+    let manifests = bucket.meta.list("snapshots/").unwrap();
+
+    packs.failing_uploads.store(true, Ordering::SeqCst);
+    for attempt in [
+        "the commit that sealed it",
+        "a commit while the store is down",
+    ] {
+        let failed = repo.ingest("vol", &images[1][..], &Default::default(), &mut |_| {});
+        assert!(
+            matches!(failed, Err(Error::Unavailable { .. })),
+            "{attempt}: {failed:?}"
+        );
+        let listed: Vec<SnapshotId> = repo.list(None).unwrap().iter().map(|s| s.id).collect();
+        assert_eq!(listed, vec![a.id], "{attempt}");
+        let now: HashSet<PackId> = bucket.packs.list().unwrap().into_iter().collect();
+        assert_eq!(now, stored, "{attempt}: a pack reached the bucket");
+        assert_eq!(bucket.meta.list("snapshots/").unwrap(), manifests);
+    }
+    let staged = pending_packs(&packs);
+    assert!(!staged.is_empty(), "no pack is pending");
+
+    packs.failing_uploads.store(false, Ordering::SeqCst);
+    let b = ingest(&repo, "vol", &images[1]);
+    let now: HashSet<PackId> = bucket.packs.list().unwrap().into_iter().collect();
+    for pack in &staged {
+        assert!(
+            now.contains(pack),
+            "pending {pack:?} not uploaded by the commit"
+        );
+    }
+    let repo = bucket.new_server(
+        repo,
+        &[("vol", a.id, &images[0]), ("vol", b.id, &images[1])],
+    );
+    assert!(repo.verify().unwrap().is_clean());
+}
+
+/// Packs staged (sealed, or being written) that the bucket does not hold.
+fn pending_packs(packs: &FaultyPacks) -> Vec<PackId> {
+    let stored: HashSet<PackId> = packs.inner.list().unwrap().into_iter().collect();
+    let mut staged = packs.inner.list_staged().unwrap();
+    staged.retain(|p| !stored.contains(p));
+    staged
 }

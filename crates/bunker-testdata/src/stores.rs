@@ -7,12 +7,15 @@
 //! installs them.
 //!
 //! A [`Store`] is stopped on drop: SIGTERM, a few seconds' grace (weed
-//! may not exit on it), then SIGKILL. A [`Proxy`] in front of a store injects faults (503
+//! may not exit on it), then SIGKILL. It can be frozen and thawed
+//! (SIGSTOP/SIGCONT), killed (SIGKILL) and restarted on the same
+//! directory and ports, and lists its objects and multipart uploads
+//! through the S3 API. A [`Proxy`] in front of a store injects faults (503
 //! SlowDown, delays, dropped connections) per request and counts requests
 //! by method.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,11 +27,16 @@ pub const ACCESS_KEY: &str = "bunker-test";
 pub const SECRET_KEY: &str = "bunker-test-secret";
 
 const READY_WITHIN: Duration = Duration::from_secs(30);
+/// The bucket [`Store::restart`] writes to, to know the store is back.
+const PROBE_BUCKET: &str = "bunker-harness-probe";
 const GRACE: Duration = Duration::from_secs(3);
 
 pub struct Store {
     pub name: &'static str,
     pub endpoint: String,
+    /// The command line, to start it again after [`Store::kill`].
+    program: PathBuf,
+    args: Vec<String>,
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -53,19 +61,27 @@ impl Store {
         let ports = free_ports(6);
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
-        let mut cmd = Command::new(weed);
-        cmd.arg("mini")
-            .arg(format!("-dir={}", data.display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-            .arg(format!("-s3.port={}", ports[0]))
-            .arg(format!("-master.port={}", ports[1]))
-            .arg(format!("-volume.port={}", ports[2]))
-            .arg(format!("-filer.port={}", ports[3]))
-            .arg(format!("-admin.port={}", ports[4]))
-            .arg(format!("-webdav.port={}", ports[5]))
-            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
-            .arg(format!("-s3.config={}", iam.display()));
-        Store::start("SeaweedFS", cmd, ports[0], dir)
+        let args = vec![
+            "mini".to_string(),
+            format!("-dir={}", data.display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            // A single master: with the 10 s default, a master restarted
+            // after a kill refused new writes for up to 15 s in our runs
+            // ("master is warming up"); [`Store::restart`] waits for
+            // writes either way.
+            "-master.electionTimeout=1s".into(),
+            format!("-s3.port={}", ports[0]),
+            format!("-master.port={}", ports[1]),
+            format!("-volume.port={}", ports[2]),
+            format!("-filer.port={}", ports[3]),
+            format!("-admin.port={}", ports[4]),
+            format!("-webdav.port={}", ports[5]),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            format!("-s3.config={}", iam.display()),
+        ];
+        Store::start("SeaweedFS", weed, args, ports[0], dir)
     }
 
     /// `moto_server`: accepts any credentials.
@@ -73,49 +89,50 @@ impl Store {
         let moto = find("moto_server", "moto[server]")?;
         let dir = tempfile::tempdir().unwrap();
         let port = free_ports(1)[0];
-        let mut cmd = Command::new(moto);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-        Store::start("moto", cmd, port, dir)
+        let args = ["-H", "127.0.0.1", "-p", &port.to_string()].map(String::from);
+        Store::start("moto", moto, args.to_vec(), port, dir)
     }
 
     fn start(
         name: &'static str,
-        mut cmd: Command,
+        program: PathBuf,
+        args: Vec<String>,
         port: u16,
         dir: tempfile::TempDir,
     ) -> Option<Store> {
-        let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let child = spawn(name, &program, &args, dir.path());
         let mut store = Store {
             name,
             endpoint: format!("http://127.0.0.1:{port}"),
+            program,
+            args,
             child,
             _dir: dir,
         };
+        store.wait_ready();
+        Some(store)
+    }
+
+    fn wait_ready(&mut self) {
         let start = Instant::now();
         loop {
-            if let Ok(r) = ureq::get(&format!("{}/", store.endpoint)).call() {
+            if let Ok(r) = ureq::get(&format!("{}/", self.endpoint)).call() {
                 if r.status() == 200 {
-                    break;
+                    return;
                 }
             }
-            if let Ok(Some(status)) = store.child.try_wait() {
-                panic!("{name} exited with {status}: {}", store.log());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited with {status}: {}", self.name, self.log());
             }
             if start.elapsed() > READY_WITHIN {
                 panic!(
-                    "{name} did not answer within {READY_WITHIN:?}: {}",
-                    store.log()
+                    "{} did not answer within {READY_WITHIN:?}: {}",
+                    self.name,
+                    self.log()
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Some(store)
     }
 
     fn log(&self) -> String {
@@ -180,6 +197,90 @@ impl Store {
         kill_process(self.pid(), Signal::CONT).unwrap();
     }
 
+    /// Kills the store (SIGKILL) as a crash would, and waits for it: its
+    /// directory keeps what it had written.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again after [`Store::kill`], on the same directory and
+    /// ports (moto keeps everything in memory: it comes back empty), and
+    /// waits until it stores objects again: weed's master,
+    /// after a kill in the middle of a write, may answer for seconds while
+    /// it refuses to place new data ("master is warming up").
+    pub fn restart(&mut self) {
+        assert!(
+            matches!(self.child.try_wait(), Ok(Some(_))),
+            "{} is still running",
+            self.name
+        );
+        self.child = spawn(self.name, &self.program, &self.args, self._dir.path());
+        self.wait_ready();
+        self.create_bucket(PROBE_BUCKET);
+        let url = format!("{}/{PROBE_BUCKET}/probe", self.endpoint);
+        let body = vec![0x5A; 1 << 20];
+        let start = Instant::now();
+        loop {
+            let put = ureq::put(&url)
+                .config()
+                .timeout_global(Some(Duration::from_secs(2)))
+                .build()
+                .send(&body[..]);
+            if put.is_ok() {
+                break;
+            }
+            assert!(
+                start.elapsed() < READY_WITHIN,
+                "{} stores nothing {READY_WITHIN:?} after its restart: {put:?}",
+                self.name
+            );
+        }
+        let _ = ureq::delete(&url).call();
+    }
+
+    /// Every object key under `prefix` in `bucket` (ListObjectsV2,
+    /// unsigned, every page).
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut url = format!("{}/{bucket}?list-type=2&prefix={prefix}", self.endpoint);
+            if let Some(t) = &token {
+                url.push_str(&format!("&continuation-token={t}"));
+            }
+            let body = self.get_text(&url);
+            keys.extend(tag_values(&body, "Key"));
+            token = tag_values(&body, "NextContinuationToken").pop();
+            if token.is_none() {
+                return keys;
+            }
+        }
+    }
+
+    /// The keys of the multipart uploads in progress under `prefix` in
+    /// `bucket` (ListMultipartUploads, unsigned; one page of up to 1,000).
+    pub fn multipart_uploads(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let body = self.get_text(&format!(
+            "{}/{bucket}?uploads&prefix={prefix}",
+            self.endpoint
+        ));
+        assert!(
+            !body.contains("<IsTruncated>true"),
+            "more than a page of uploads: {body}"
+        );
+        tag_values(&body, "Key")
+    }
+
+    fn get_text(&self, url: &str) -> String {
+        ureq::get(url)
+            .call()
+            .unwrap_or_else(|e| panic!("GET {url} on {}: {e}", self.name))
+            .into_body()
+            .read_to_string()
+            .unwrap()
+    }
+
     fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32).unwrap()
     }
@@ -199,6 +300,31 @@ impl Drop for Store {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `program` with its output appended to `dir/log`.
+fn spawn(name: &str, program: &Path, args: &[String], dir: &Path) -> Child {
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join("log"))
+        .unwrap();
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"))
+}
+
+/// The texts of every `<tag>` element of `xml`, in order.
+fn tag_values(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    xml.split(&open)
+        .skip(1)
+        .filter_map(|s| s.split_once(&close).map(|(v, _)| v.to_string()))
+        .collect()
 }
 
 /// The path of `bin` on PATH; None (after a loud message) when it is not

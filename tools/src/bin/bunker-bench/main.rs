@@ -368,7 +368,7 @@ fn bunker_raw(
         }
         Ok(String::from_utf8_lossy(&o.stdout).trim().parse()?)
     };
-    for img in images {
+    ingest_days(&server, images, agent, &mut run, after_day, &mut |img| {
         let t = Instant::now();
         let status = if curl {
             curl_status(
@@ -387,12 +387,8 @@ fn bunker_raw(
         if status != 201 {
             bail!("raw upload of {} answered {status}", img.display());
         }
-        run.ingest_s.push(t.elapsed().as_secs_f64());
-        run.stored_after
-            .push(server.stats(agent)?["stored_bytes"].as_u64().unwrap_or(0));
-        after_day()?;
-    }
-    run.rss_server_ingest = status_field(server.child.id(), "VmHWM:");
+        Ok(t.elapsed().as_secs_f64())
+    })?;
     let latest = format!("{url}/latest/data");
     let get = |to: &Path| -> anyhow::Result<f64> {
         let t = Instant::now();
@@ -456,14 +452,9 @@ fn bunker_client(
         }
         Ok(t.elapsed().as_secs_f64())
     };
-    for img in images {
-        let s = cli(&["backup", "vol", &img.display().to_string()])?;
-        run.ingest_s.push(s);
-        run.stored_after
-            .push(server.stats(agent)?["stored_bytes"].as_u64().unwrap_or(0));
-        after_day()?;
-    }
-    run.rss_server_ingest = status_field(server.child.id(), "VmHWM:");
+    ingest_days(&server, images, agent, &mut run, after_day, &mut |img| {
+        cli(&["backup", "vol", &img.display().to_string()])
+    })?;
     let out = data.with_extension("restore.img");
     run.restore_s = Some(cli(&[
         "restore",
@@ -477,6 +468,27 @@ fn bunker_client(
     run.rss_server = Some(watch.peak());
     server.stop();
     Ok(run)
+}
+
+/// Backs up each of `images` in turn with `upload` (its seconds), noting
+/// the stored bytes after each and running `after_day`; then the server's
+/// peak RSS of the ingest.
+fn ingest_days(
+    server: &Server,
+    images: &[PathBuf],
+    agent: &ureq::Agent,
+    run: &mut Run,
+    after_day: &mut dyn FnMut() -> anyhow::Result<()>,
+    upload: &mut dyn FnMut(&Path) -> anyhow::Result<f64>,
+) -> anyhow::Result<()> {
+    for img in images {
+        run.ingest_s.push(upload(img)?);
+        run.stored_after
+            .push(server.stats(agent)?["stored_bytes"].as_u64().unwrap_or(0));
+        after_day()?;
+    }
+    run.rss_server_ingest = status_field(server.child.id(), "VmHWM:");
+    Ok(())
 }
 
 fn which(tool: &str) -> bool {
