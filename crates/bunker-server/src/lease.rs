@@ -383,6 +383,9 @@ impl PackBackend for Fenced<dyn PackBackend> {
     fn list(&self) -> bunker_store::Result<Vec<PackId>> {
         self.inner.list()
     }
+    fn list_sized(&self) -> bunker_store::Result<Vec<(PackId, u64)>> {
+        self.inner.list_sized()
+    }
     fn list_staged(&self) -> bunker_store::Result<Vec<PackId>> {
         self.inner.list_staged()
     }
