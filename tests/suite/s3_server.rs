@@ -122,12 +122,20 @@ fn serve_fails(data: &Path, flags: &[String]) -> String {
     fails(&["serve", "--data", data, "--listen", "127.0.0.1:0"], flags)
 }
 
+/// Both token tests on one store: starting and stopping one costs more
+/// than either test.
 #[test]
-fn tokens_and_check_history_survive_the_loss_of_the_server() {
+fn tokens_on_a_bucket_survive_the_server_and_change_only_once_the_bucket_has_them() {
     let Some(store) = Store::seaweedfs() else {
         return;
     };
     store.create_bucket(BUCKET);
+    tokens_and_check_history_survive_the_loss_of_the_server(&store);
+    let proxy = Proxy::start(&store.endpoint);
+    a_token_change_the_bucket_refuses_is_not_made(&proxy);
+}
+
+fn tokens_and_check_history_survive_the_loss_of_the_server(store: &Store) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let flags = flags(dir.path(), "dr", "", &store.endpoint, "tokens");
@@ -179,13 +187,7 @@ fn tokens_and_check_history_survive_the_loss_of_the_server() {
     assert!(server.stop().success());
 }
 
-#[test]
-fn a_token_change_the_bucket_refuses_is_not_made() {
-    let Some(store) = Store::seaweedfs() else {
-        return;
-    };
-    store.create_bucket(BUCKET);
-    let proxy = Proxy::start(&store.endpoint);
+fn a_token_change_the_bucket_refuses_is_not_made(proxy: &Proxy) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let flags = flags(dir.path(), "refuse", "", &proxy.endpoint, "refuse");
