@@ -17,6 +17,7 @@ mod races;
 mod restore;
 mod s3;
 mod s3_faults;
+mod s3_server;
 mod san;
 mod server;
 mod tls;

@@ -40,6 +40,14 @@ pub(crate) fn start(data: &Path, flags: &[String]) -> Server {
     Server::start(BIN, data, &extra)
 }
 
+/// A server rebuilt on the bucket from an empty data directory: it keeps
+/// the bucket's tokens and writes no `admin.token`, so the old admin's
+/// token is the one to use.
+pub(crate) fn start_rebuilt(data: &Path, flags: &[String], admin: &str) -> Server {
+    let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    Server::start_as(BIN, data, &extra, Some(admin))
+}
+
 pub(crate) fn bunker(server: &Server, args: &[&str]) -> Output {
     cli(
         &[
@@ -207,12 +215,13 @@ fn a_new_server_on_the_bucket_alone_restores_every_snapshot_bit_exact() {
             .any(|k| k.starts_with("dr/packs/") && k.ends_with(".pack")),
         "no pack objects: {keys:?}"
     );
+    let admin = server.admin.clone();
     assert!(server.stop().success());
 
     // The server's disk is lost.
     std::fs::remove_dir_all(&data).unwrap();
     let started = Instant::now();
-    let server = start(&data, &flags);
+    let server = start_rebuilt(&data, &flags, &admin);
     eprintln!("rebuilt from the bucket in {:?}", started.elapsed());
     let mut want = ids.clone();
     want.sort();
@@ -432,10 +441,11 @@ fn gc_through_the_server_deletes_the_condemned_pack_objects_and_a_new_server_agr
     assert!(rewritten.unwrap() >= 1, "{gc}");
     assert_restores(&server, dir.path(), "vol", ids[2], &c);
     bunker(&server, &["verify"]);
+    let admin = server.admin.clone();
     assert!(server.stop().success());
 
     let elsewhere = dir.path().join("new-server");
-    let server = start(&elsewhere, &flags);
+    let server = start_rebuilt(&elsewhere, &flags, &admin);
     assert_eq!(listed(&server, "vol"), vec![ids[2]]);
     assert!(listed(&server, "other").is_empty());
     assert_restores(&server, dir.path(), "vol", ids[2], &c);

@@ -9,7 +9,9 @@
 //!
 //! Kept in `<data>/server/checks.json` (format in docs/FORMAT.md), replaced
 //! atomically after every change; a damaged or missing file loses only this
-//! history, never a backup. Entries of deleted snapshots are dropped when
+//! history, never a backup. On a bucket each save is also put to the
+//! object `server/checks.json` (`crate::mirror`); a put that fails is
+//! logged and the record stays local until the next save carries it. Entries of deleted snapshots are dropped when
 //! the server deletes them; snapshot ids are never reused, so a stale entry
 //! could not be shown against another snapshot anyway.
 
@@ -68,6 +70,7 @@ pub enum Kind {
 pub struct Checks {
     path: PathBuf,
     map: Mutex<Map>,
+    mirror: crate::mirror::Target,
 }
 
 /// Per name: the newest check of each kind over its snapshots.
@@ -125,7 +128,21 @@ impl Checks {
         Ok(Checks {
             path,
             map: Mutex::new(map),
+            mirror: Default::default(),
         })
+    }
+
+    /// From now on every save also goes to `meta` as `server/checks.json`;
+    /// the file as it is now goes there first if the bucket's copy differs.
+    pub fn mirror_to(
+        &self,
+        meta: std::sync::Arc<dyn bunker_store::MetaBackend>,
+    ) -> Result<(), StartError> {
+        let _map = self.lock();
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        crate::mirror::reconcile(&*meta, dir, "checks.json", crate::mirror::Winner::Local)?;
+        let _ = self.mirror.set(meta);
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Map> {
@@ -215,7 +232,13 @@ impl Checks {
         bunker_store::write_file_atomically(&self.path, &bytes).map_err(|e| SaveError::Write {
             file: "checks.json",
             source: Box::new(e),
-        })
+        })?;
+        if let Some(meta) = self.mirror.get() {
+            if let Err(e) = meta.put(&crate::mirror::key("checks.json"), &bytes) {
+                tracing::warn!("checks.json is saved locally, not yet in the object store: {e}");
+            }
+        }
+        Ok(())
     }
 }
 

@@ -71,14 +71,102 @@ pub struct Config {
 /// packs, manifests and the repository config in a bucket, given as `url =
 /// "s3://BUCKET/PREFIX"` or as `bucket` and `prefix`, with every other
 /// [`bunker_s3::S3Config`] key (endpoint, region, credentials, retries,
-/// timeouts, part size, cache) beside them.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
+/// timeouts, part size, cache) beside them, and `lease_ttl_secs`. Any
+/// other key is an error naming it, as everywhere in the config.
+#[derive(Clone, Debug)]
 pub struct Storage {
     pub kind: StorageKind,
     pub url: Option<String>,
-    #[serde(flatten)]
+    /// How long the lease on the bucket holds without renewal; it is
+    /// renewed every quarter of this (`crate::lease`).
+    pub lease_ttl_secs: u64,
+    /// Take the bucket's lease even from a holder whose lease has not
+    /// expired (`--s3-break-lease`, never a config key: only for an
+    /// operator who knows that server is dead).
+    pub break_lease: bool,
     pub s3: bunker_s3::S3Config,
+}
+
+impl Default for Storage {
+    fn default() -> Storage {
+        Storage {
+            kind: StorageKind::default(),
+            url: None,
+            lease_ttl_secs: crate::lease::DEFAULT_TTL.as_secs(),
+            break_lease: false,
+            s3: bunker_s3::S3Config::default(),
+        }
+    }
+}
+
+/// The table's own keys, besides [`bunker_s3::S3Config`]'s.
+const STORAGE_KEYS: &[&str] = &["kind", "url", "lease_ttl_secs"];
+
+// By hand rather than derived: serde cannot deny unknown fields of a struct
+// with a flattened one, and a misspelt key (`end_point`) must not be
+// silently ignored.
+impl<'de> Deserialize<'de> for Storage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Storage, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let s3_keys = field_names::<bunker_s3::S3Config>();
+        if let Some(unknown) = table
+            .keys()
+            .find(|k| !STORAGE_KEYS.contains(&k.as_str()) && !s3_keys.contains(&k.as_str()))
+        {
+            let mut expected: Vec<&str> = STORAGE_KEYS.to_vec();
+            expected.extend(s3_keys);
+            return Err(D::Error::custom(format!(
+                "unknown key `{unknown}` in [storage], expected one of {}",
+                expected.join(", ")
+            )));
+        }
+        let mut storage = Storage::default();
+        let mut take = |key: &str| table.remove(key);
+        if let Some(v) = take("kind") {
+            storage.kind = v.try_into().map_err(D::Error::custom)?;
+        }
+        if let Some(v) = take("url") {
+            storage.url = Some(v.try_into().map_err(D::Error::custom)?);
+        }
+        if let Some(v) = take("lease_ttl_secs") {
+            storage.lease_ttl_secs = v.try_into().map_err(D::Error::custom)?;
+        }
+        storage.s3 = toml::Value::Table(table)
+            .try_into()
+            .map_err(D::Error::custom)?;
+        Ok(storage)
+    }
+}
+
+/// The field names a derived `Deserialize` of `T` announces: asked of a
+/// deserializer that only records them.
+fn field_names<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    use serde::de::{value::Error, Error as _, Visitor};
+    struct Names<'a>(&'a mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for Names<'_> {
+        type Error = Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Error> {
+            Err(Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Error> {
+            *self.0 = fields;
+            Err(Error::custom("names only"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut names: &'static [&'static str] = &[];
+    let _ = T::deserialize(Names(&mut names));
+    names
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -108,6 +196,11 @@ impl Storage {
             reason: format!("{}: {e}", s3.describe()),
         })?;
         Ok(Some(s3))
+    }
+
+    /// The lease's ttl (at least a second).
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_secs.max(1))
     }
 
     /// `local`, or the bucket as `s3://bucket/prefix at endpoint` (never
@@ -218,9 +311,43 @@ mod tests {
             "{d}"
         );
         assert!(!d.contains("hush") && !d.contains("me@"), "{d}");
+        assert_eq!(c.storage.lease_ttl_secs, 60);
         let c = Config::from_toml("[storage]\nkind = \"s3\"\nbucket = \"B\"\n").unwrap();
         let e = c.storage.s3_config().unwrap_err();
         assert!(matches!(e, StartError::Storage { .. }), "{e}");
         assert!(e.to_string().contains("bucket name"), "{e}");
+    }
+
+    #[test]
+    fn storage_rejects_unknown_keys_naming_them() {
+        for (text, bad) in [
+            (
+                "[storage]\nkind = \"s3\"\nend_point = \"http://x\"\n",
+                "end_point",
+            ),
+            ("[storage]\nlease_ttl = 5\n", "lease_ttl"),
+            ("[storage]\nbreak_lease = true\n", "break_lease"),
+        ] {
+            let e = Config::from_toml(text).unwrap_err();
+            assert!(matches!(e, StartError::Config { .. }), "{e}");
+            let m = e.to_string();
+            assert!(
+                m.contains(&format!("unknown key `{bad}` in [storage]")),
+                "{m}"
+            );
+            assert!(
+                m.contains("endpoint") && m.contains("lease_ttl_secs"),
+                "{m}"
+            );
+        }
+        let c = Config::from_toml(
+            "[storage]\nkind = \"s3\"\nbucket = \"b\"\nlease_ttl_secs = 4\nmax_in_flight = 3\n",
+        )
+        .unwrap();
+        assert_eq!(c.storage.lease_ttl(), Duration::from_secs(4));
+        assert_eq!(c.storage.s3.max_in_flight, 3);
+        assert!(!c.storage.break_lease);
+        let e = Config::from_toml("[storage]\nkind = \"ftp\"\n").unwrap_err();
+        assert!(e.to_string().contains("ftp"), "{e}");
     }
 }

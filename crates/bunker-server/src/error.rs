@@ -131,6 +131,11 @@ pub enum StartError {
         #[source]
         source: Box<bunker_store::Error>,
     },
+    /// Another server holds the lease on the bucket (or it cannot be
+    /// taken): `reason` names the holder's host and pid and when its lease
+    /// expires, and what the operator may do (`--s3-break-lease`).
+    #[error("object storage {store}: {reason}")]
+    Lease { store: String, reason: String },
     /// Temp files left by a crash beside a server state file cannot be
     /// removed.
     #[error("removing stale temp files of {}: {source}", path.display())]

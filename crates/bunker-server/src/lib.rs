@@ -23,7 +23,9 @@
 //!   `deadline`: the write deadline on every connection;
 //! - `maintenance`: scheduled GC and expiry of idle upload sessions;
 //! - [`tokens`], [`admin_token`], [`checks`], [`sessions`], [`metrics`],
-//!   [`config`]: the server's own state and settings.
+//!   [`config`]: the server's own state and settings; on a bucket,
+//!   [`mirror`] copies tokens and checks to it and [`lease`] keeps a
+//!   second server off it.
 //!
 //! Raw uploads stream the request body through a bounded channel into the
 //! store's ingest pipeline on a blocking thread (the socket is not read
@@ -48,9 +50,11 @@ pub mod config;
 mod convert;
 mod deadline;
 pub mod error;
+pub mod lease;
 pub mod limits;
 mod maintenance;
 pub mod metrics;
+pub mod mirror;
 mod reply;
 mod restore;
 mod routes;
@@ -63,4 +67,4 @@ pub use body::Body;
 pub use config::Config;
 pub use error::{SaveError, StartError};
 pub use serve::{listen, run, spawn, tls_acceptor, Background, LISTEN_BACKLOG};
-pub use state::{connect_remote, IngestSlot, State, BODY_MEMORY_WAIT};
+pub use state::{connect_remote, hold_remote, IngestSlot, State, BODY_MEMORY_WAIT};

@@ -15,8 +15,10 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::error::{ApiError, StartError};
+use crate::lease::Lease;
 use crate::limits::{Budget, Quota, QuotaGuard};
 use crate::metrics::Metrics;
+use crate::mirror::{self, Reconciled, Winner};
 use crate::sessions::Sessions;
 use crate::tokens::{self, TokenStore};
 use crate::{admin_token, checks, restore};
@@ -40,6 +42,9 @@ pub struct State {
     bodies: Budget,
     shutting_down: AtomicBool,
     data_dir: String,
+    /// The lease on the bucket, on a remote repository. Last, so it is
+    /// released after everything above is dropped.
+    _lease: Option<Arc<Lease>>,
 }
 
 impl State {
@@ -47,8 +52,16 @@ impl State {
     /// and the token store in `<data>/server/`. On first start writes an
     /// admin token to `<data>/admin.token` (mode 0600) and returns its path
     /// (see [`admin_token`]).
+    /// On a bucket, first takes its lease ([`crate::lease`]), and restores
+    /// `tokens.json` and `checks.json` from it when the data directory has
+    /// none (a server rebuilt from the bucket keeps its tokens: no new
+    /// admin token is made when the bucket had tokens).
     pub fn open(config: Config) -> Result<(Arc<State>, Option<PathBuf>), StartError> {
-        let repo = open_repository(&config)?;
+        let (repo, remote) = open_repository(&config)?;
+        let (meta, lease) = match remote {
+            Some((meta, lease)) => (Some(meta), Some(lease)),
+            None => (None, None),
+        };
         // The repository lock is ours: no other server writes these now.
         for file in ["tokens.json", "checks.json"] {
             let path = config.data.join("server").join(file);
@@ -57,9 +70,23 @@ impl State {
                 source: Box::new(e),
             })?;
         }
+        let server_dir = config.data.join("server");
+        if let Some(meta) = &meta {
+            let restored = mirror::reconcile(&**meta, &server_dir, "tokens.json", Winner::Bucket)?;
+            mirror::reconcile(&**meta, &server_dir, "checks.json", Winner::Local)?;
+            if restored == Reconciled::Restored {
+                tracing::info!(
+                    "tokens restored from the object store: the tokens issued before keep working"
+                );
+            }
+        }
         let (tokens, admin_file) = admin_token::open_or_init(&config.data)?;
         tokens.warn_narrowed_scopes(&repo);
-        let checks = checks::Checks::open(&config.data.join("server"))?;
+        let checks = checks::Checks::open(&server_dir)?;
+        if let Some(meta) = &meta {
+            tokens.mirror_to(meta.clone())?;
+            checks.mirror_to(meta.clone())?;
+        }
         let data_dir = std::fs::canonicalize(&config.data)
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| config.data.display().to_string());
@@ -85,6 +112,7 @@ impl State {
                 metrics: Metrics::default(),
                 shutting_down: AtomicBool::new(false),
                 data_dir,
+                _lease: lease,
             }),
             admin_file,
         ))
@@ -185,24 +213,32 @@ impl State {
     }
 }
 
+/// The bucket's object backend (fenced by the lease) and the lease.
+type Held = (Arc<dyn bunker_store::MetaBackend>, Arc<Lease>);
+
 /// The repository in the data directory, or on the configured bucket
 /// (created there, rebuilt from it into an empty data directory, or
-/// reconciled with it: docs/FORMAT.md, "Remote repositories").
-fn open_repository(config: &Config) -> Result<bunker_store::Repository, StartError> {
+/// reconciled with it: docs/FORMAT.md, "Remote repositories"), once its
+/// lease is ours.
+fn open_repository(
+    config: &Config,
+) -> Result<(bunker_store::Repository, Option<Held>), StartError> {
     let local = |source| StartError::Repository {
         path: config.data.clone(),
         source: Box::new(source),
     };
     let Some(s3) = config.storage.s3_config()? else {
-        return bunker_store::Repository::open_or_create(
+        let repo = bunker_store::Repository::open_or_create(
             &config.data,
             bunker_store::CreateOptions::default(),
         )
-        .map_err(local);
+        .map_err(local)?;
+        return Ok((repo, None));
     };
     tracing::info!("storage: {}", s3.describe());
-    let remote = connect_remote(&s3, &config.data)?;
-    bunker_store::Repository::open_remote_with(
+    let (remote, lease) = hold_remote(config, &s3)?;
+    let meta = remote.meta.clone();
+    let repo = bunker_store::Repository::open_remote_with(
         &config.data,
         bunker_store::OpenOptions::default(),
         bunker_store::CreateOptions::default(),
@@ -211,7 +247,26 @@ fn open_repository(config: &Config) -> Result<bunker_store::Repository, StartErr
     .map_err(|source| StartError::Bucket {
         store: s3.describe(),
         source: Box::new(source),
-    })
+    })?;
+    Ok((repo, Some((meta, lease))))
+}
+
+/// Connects to the bucket of `config` (see [`connect_remote`]) and takes
+/// its lease for the data directory: the backends returned refuse writes
+/// once the lease is lost. The lease is renewed until the returned
+/// `Arc<Lease>` is dropped, and released then.
+pub fn hold_remote(
+    config: &Config,
+    s3: &bunker_s3::S3Config,
+) -> Result<(bunker_store::Remote, Arc<Lease>), StartError> {
+    let remote = connect_remote(s3, &config.data)?;
+    let lease = Lease::take(
+        remote.meta.clone(),
+        &config.data,
+        config.storage.lease_ttl(),
+        config.storage.break_lease,
+    )?;
+    Ok((lease.fence(remote), lease))
 }
 
 /// Connects to the bucket (failing fast, naming endpoint and bucket, when

@@ -4,7 +4,9 @@
 //! and revoking) and 256 random bits of secret. The server stores only the
 //! BLAKE3 of the secret in `<data>/server/tokens.json` (replaced atomically),
 //! and compares hashes in constant time (`blake3::Hash` equality). Secrets
-//! this long need no slow password hash.
+//! this long need no slow password hash. On a bucket the file is mirrored
+//! to the object `server/tokens.json` (`crate::mirror`): a change is made
+//! only once the bucket has it.
 //!
 //! A scope covers a snapshot name when the name is the scope itself or
 //! continues it after a separator ([`covers`]): scope `db` covers `db` and
@@ -98,6 +100,8 @@ pub struct TokenStore {
     /// Held by a change from its read of the tokens to its swap, so that
     /// changes apply one after another and none is lost.
     changing: Mutex<()>,
+    /// The bucket every saved change also goes to, on a remote repository.
+    mirror: crate::mirror::Target,
     /// Runs at the start of every save (tests: pause or fail it).
     #[cfg(test)]
     before_save: Mutex<Option<SaveHook>>,
@@ -146,6 +150,7 @@ impl TokenStore {
             path,
             tokens: RwLock::new(Arc::new(file.tokens)),
             changing: Mutex::new(()),
+            mirror: Default::default(),
             #[cfg(test)]
             before_save: Mutex::new(None),
         })
@@ -160,6 +165,25 @@ impl TokenStore {
 
     pub fn is_empty(&self) -> bool {
         self.current().is_empty()
+    }
+
+    /// How many tokens there are.
+    pub fn len(&self) -> usize {
+        self.current().len()
+    }
+
+    /// From now on every change is also put to `meta` as
+    /// `server/tokens.json` before it is made; the file as it is now goes
+    /// there first if the bucket's copy differs.
+    pub fn mirror_to(
+        &self,
+        meta: std::sync::Arc<dyn bunker_store::MetaBackend>,
+    ) -> Result<(), StartError> {
+        let _changing = self.lock_changes();
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        crate::mirror::reconcile(&*meta, dir, "tokens.json", crate::mirror::Winner::Local)?;
+        let _ = self.mirror.set(meta);
+        Ok(())
     }
 
     /// Saves `next` and makes it current. Blocking (an fsync): call it on
@@ -180,8 +204,35 @@ impl TokenStore {
         };
         let bytes =
             serde_json::to_vec_pretty(&file).map_err(|e| ApiError::internal(e.to_string()))?;
+        let previous = match std::fs::read(&self.path) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(ApiError::internal(format!("reading tokens: {e}"))),
+        };
         bunker_store::write_file_atomically(&self.path, &bytes)
             .map_err(|e| ApiError::internal(format!("saving tokens: {e}")))?;
+        if let Some(meta) = self.mirror.get() {
+            if let Err(e) = meta.put(&crate::mirror::key("tokens.json"), &bytes) {
+                // Rolled back: the change was never made. Should the
+                // rollback fail too, the next start takes the bucket's
+                // copy over the local one anyway.
+                let rolled = match &previous {
+                    Some(b) => bunker_store::write_file_atomically(&self.path, b),
+                    None => std::fs::remove_file(&self.path)
+                        .map_err(|e| bunker_store::Error::io(&self.path, e)),
+                };
+                if let Err(r) = rolled {
+                    tracing::error!(
+                        "rolling back tokens.json after the object store refused it: {r}"
+                    );
+                }
+                tracing::warn!("a token change was refused: the object store did not take it: {e}");
+                return Err(ApiError::new(
+                    bunker_api::ErrorCode::StoreUnavailable,
+                    format!("the token change was not made: the object store did not take server/tokens.json ({e}); retry when it answers"),
+                ));
+            }
+        }
         *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(file.tokens);
         Ok(())
     }

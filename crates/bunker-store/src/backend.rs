@@ -49,6 +49,18 @@ pub trait PackBackend: Send + Sync {
     fn pack_len(&self, pack: PackId) -> Result<u64>;
     /// Ids of all sealed packs.
     fn list(&self) -> Result<Vec<PackId>>;
+    /// Ids of all sealed packs with their lengths, sorted by id. A remote
+    /// backend answers from its one listing (which carries the sizes)
+    /// instead of a request per pack: GC and the space accounting need
+    /// the length of every pack.
+    fn list_sized(&self) -> Result<Vec<(PackId, u64)>> {
+        let mut packs = self.list()?;
+        packs.sort();
+        packs
+            .into_iter()
+            .map(|p| Ok((p, self.pack_len(p)?)))
+            .collect()
+    }
     /// Ids of staging files left by an earlier process (to recover).
     fn list_staged(&self) -> Result<Vec<PackId>>;
     /// Tells the backend that `len` bytes at `offset` were consumed, so a
@@ -97,6 +109,9 @@ impl<T: PackBackend + ?Sized> PackBackend for Arc<T> {
     }
     fn list(&self) -> Result<Vec<PackId>> {
         (**self).list()
+    }
+    fn list_sized(&self) -> Result<Vec<(PackId, u64)>> {
+        (**self).list_sized()
     }
     fn list_staged(&self) -> Result<Vec<PackId>> {
         (**self).list_staged()

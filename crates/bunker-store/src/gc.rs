@@ -372,18 +372,20 @@ impl Repository {
     /// Phase 1: flushes the index and freezes its runs (the mark space), after
     /// checking every run's checksum; returns the marks and the candidate
     /// packs: those the frozen runs cover, less the tombstoned ones.
-    fn freeze(&self) -> Result<(Marks, Vec<PackId>)> {
+    fn freeze(&self) -> Result<(Marks, Vec<(PackId, u64)>)> {
         let index = self.index();
         index.flush()?;
         let (runs, covered) = index.freeze();
         check_runs(&runs)?;
         let marks = Marks::new(runs, index.current_tombstones());
-        let candidates: Vec<PackId> = self
+        // With their lengths: on a bucket, one listing rather than a HEAD
+        // per candidate.
+        let candidates: Vec<(PackId, u64)> = self
             .packs()
             .backend()
-            .list()?
+            .list_sized()?
             .into_iter()
-            .filter(|p| {
+            .filter(|(p, _)| {
                 covered.iter().any(|&(lo, hi)| lo <= p.0 && p.0 <= hi)
                     && !marks.tombs.packs.contains(&p.0)
             })
@@ -491,19 +493,18 @@ impl Repository {
     fn plan_and_rewrite(
         &self,
         marks: &Marks,
-        candidates: &[PackId],
+        candidates: &[(PackId, u64)],
         opts: &GcOptions,
         report: &mut GcReport,
     ) -> Result<Condemn> {
         let backend = self.packs().backend();
         let mut condemn = Condemn::default();
-        for &pack in candidates {
+        for &(pack, pack_len) in candidates {
             report.packs_examined += 1;
             if self.pin_board().gc_protects(pack) {
                 report.packs_protected += 1;
                 continue;
             }
-            let pack_len = backend.pack_len(pack)?;
             let (fate, live) = match plan_pack(self, marks, pack, pack_len, opts.rewrite_below) {
                 Ok(x) => x,
                 Err(e) => {
@@ -633,9 +634,9 @@ impl Repository {
         // Read before listing: a pack sealed meanwhile is either below
         // `next_pack` and listed, or counted by `stats` as new, never both.
         space.next_pack = self.packs().next_id();
-        let result = backend.list().and_then(|packs| {
-            for p in packs.into_iter().filter(|p| p.0 < space.next_pack) {
-                space.pack_bytes += backend.pack_len(p)?;
+        let result = backend.list_sized().and_then(|packs| {
+            for (_, len) in packs.into_iter().filter(|(p, _)| p.0 < space.next_pack) {
+                space.pack_bytes += len;
                 space.packs += 1;
             }
             crate::durable::replace_file(

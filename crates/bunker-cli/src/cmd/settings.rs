@@ -31,6 +31,11 @@ pub struct S3Args {
     /// Bound of the local read cache, bytes (0: no cache).
     #[arg(long, value_name = "BYTES")]
     s3_cache_bytes: Option<u64>,
+    /// Take the bucket's lease from the server holding it, before it
+    /// expires. Only when that server is known dead: two servers writing
+    /// one bucket destroy each other's data.
+    #[arg(long)]
+    s3_break_lease: bool,
 }
 
 impl S3Args {
@@ -53,6 +58,9 @@ impl S3Args {
         }
         if let Some(v) = self.s3_cache_bytes {
             storage.s3.cache_bytes = Some(v);
+        }
+        if self.s3_break_lease {
+            storage.break_lease = true;
         }
     }
 }

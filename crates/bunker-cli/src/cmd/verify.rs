@@ -133,7 +133,7 @@ pub fn repair(g: &Global, a: RepairArgs) -> CmdResult {
     if let Some(d) = a.data {
         config.data = d;
     }
-    let data = config.data;
+    let data = config.data.clone();
     let stop_first = || {
         format!(
             "rebuilding the index of {} (stop the server first: it holds the repository lock)",
@@ -143,16 +143,20 @@ pub fn repair(g: &Global, a: RepairArgs) -> CmdResult {
     let repo = match config.storage.s3_config().map_err(anyhow::Error::msg)? {
         None => {
             bunker_store::Repository::rebuild_index(&data).with_context(stop_first)?;
-            bunker_store::Repository::open(&data)?
+            (bunker_store::Repository::open(&data)?, None)
         }
         Some(s3) => {
-            let remote = bunker_server::connect_remote(&s3, &data).map_err(anyhow::Error::msg)?;
-            bunker_store::Repository::rebuild_index_remote(&data, remote)
+            // Refused while another server holds the bucket; held until
+            // the repair ends.
+            let (remote, lease) =
+                bunker_server::hold_remote(&config, &s3).map_err(anyhow::Error::msg)?;
+            bunker_store::Repository::rebuild_index_remote(&data, remote.clone())
                 .with_context(stop_first)?;
-            let remote = bunker_server::connect_remote(&s3, &data).map_err(anyhow::Error::msg)?;
-            bunker_store::Repository::open_remote(&data, remote)?
+            let repo = bunker_store::Repository::open_remote(&data, remote)?;
+            (repo, Some(lease))
         }
     };
+    let (repo, lease) = repo;
     let (_, entries) = repo.index_digest();
     if g.json {
         println!(
@@ -165,6 +169,9 @@ pub fn repair(g: &Global, a: RepairArgs) -> CmdResult {
             data.display()
         );
     }
+    // The repository first: the lease is released only once it is closed.
+    repo.close()?;
+    drop(lease);
     Ok(())
 }
 

@@ -121,6 +121,18 @@ struct Server {
 impl Server {
     /// `bunker serve` on `data` with `extra` arguments (the storage flags).
     fn start(bunker: &Path, data: &Path, extra: &[String]) -> anyhow::Result<Server> {
+        Server::start_as(bunker, data, extra, None)
+    }
+
+    /// [`Server::start`] as `token` rather than the `admin.token` it
+    /// writes (a server rebuilt from a bucket keeps the old tokens and
+    /// writes none).
+    fn start_as(
+        bunker: &Path,
+        data: &Path,
+        extra: &[String],
+        token: Option<&str>,
+    ) -> anyhow::Result<Server> {
         let mut child = Command::new(bunker)
             .args(["serve", "--data"])
             .arg(data)
@@ -140,9 +152,12 @@ impl Server {
             .strip_prefix("bunker listening on ")
             .context("no listening line")?
             .to_string();
-        let token = std::fs::read_to_string(data.join("admin.token"))?
-            .trim()
-            .to_string();
+        let token = match token {
+            Some(t) => t.to_string(),
+            None => std::fs::read_to_string(data.join("admin.token"))?
+                .trim()
+                .to_string(),
+        };
         Ok(Server { child, url, token })
     }
 

@@ -273,10 +273,11 @@ fn time_rebuild(
     flags: &[String],
     agent: &ureq::Agent,
     snapshots: u64,
+    token: Option<&str>,
 ) -> anyhow::Result<f64> {
     let _ = std::fs::remove_dir_all(data);
     let t = Instant::now();
-    let server = Server::start(bunker, data, flags)?;
+    let server = Server::start_as(bunker, data, flags, token)?;
     loop {
         let healthy = agent
             .get(&format!("{}/healthz", server.url))
@@ -322,6 +323,7 @@ fn rebuild(
         &flags("empty"),
         agent,
         0,
+        None,
     )?;
 
     let server = Server::start(bunker, &work.join("small"), &flags("small"))?;
@@ -370,6 +372,7 @@ fn rebuilt(
     };
     let server = Server::start(bunker, &data, &flags(prefix))?;
     let stats = server.stats(agent)?;
+    let token = server.token.clone();
     server.stop();
     let field = |k: &str| stats[k].as_u64().unwrap_or(0);
     let snapshots = field("snapshots");
@@ -380,6 +383,7 @@ fn rebuilt(
             &flags(prefix),
             agent,
             snapshots,
+            Some(&token),
         )?,
         snapshots,
         chunks: field("chunks"),
