@@ -370,7 +370,6 @@ impl Drop for Unanswered {
 #[cfg(test)]
 mod tests {
     use super::*;
-
     #[test]
     fn pack_keys_round_trip_and_match_the_local_layout() {
         for id in [0u64, 1, 0xff, 0x1234, u64::MAX] {
