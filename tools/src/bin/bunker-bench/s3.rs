@@ -60,6 +60,21 @@ struct ColdRestore {
     ahead_in_flight: usize,
     /// The restarted server's peak RSS and its sampled anonymous part.
     rss: (u64, u64),
+    /// CPU seconds (user + system) the server spent on the restore.
+    server_cpu_s: f64,
+}
+
+/// User + system CPU seconds of process `pid` so far (0 if unknown).
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th, in clock ticks (100 per second here).
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Seconds to rebuild a server from a prefix of the bucket, and what the
@@ -173,6 +188,7 @@ fn cold_restore(
 ) -> anyhow::Result<ColdRestore> {
     let server = Server::start(bunker, &work.join("raw-s3"), flags)?;
     let mut watch = super::RssWatch::start(server.child.id());
+    let cpu_before = cpu_secs(server.child.id());
     let before = proxy.counts();
     let t = Instant::now();
     let o = Command::new("curl")
@@ -187,6 +203,7 @@ fn cold_restore(
         bail!("cold restore answered {status}");
     }
     let fetched = proxy.counts().since(&before);
+    let server_cpu_s = cpu_secs(server.child.id()) - cpu_before;
     let rss = watch.peak();
     server.stop();
 
@@ -211,6 +228,7 @@ fn cold_restore(
         ahead_get_s,
         ahead_in_flight,
         rss,
+        server_cpu_s,
     })
 }
 
@@ -603,6 +621,10 @@ fn print_table(
         bunker_s3::S3Config::default().read_ahead_bytes >> 20,
         gbps(cold.pack_bytes, cold.ahead_get_s),
         cold.ahead_get_s
+    );
+    println!(
+        "| CPU the server spent on the restore (user + system, on 2 cores) | {:.2} s over {:.2} s |",
+        cold.server_cpu_s, cold.restore_s
     );
     println!(
         "| peak RSS of that server (start and restore) | {} (heap {}) |",
