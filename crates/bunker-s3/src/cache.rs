@@ -128,6 +128,14 @@ impl Cache {
         start..(blocks.end * self.block_bytes).min(pack_len)
     }
 
+    /// Whether every block holding `offset..offset + len` (len > 0) of
+    /// `pack` is stored (they may still fail their check when loaded).
+    pub(crate) fn holds(&self, pack: PackId, offset: u64, len: u64) -> bool {
+        let state = self.lock();
+        self.blocks(offset, len)
+            .all(|i| state.blocks.contains_key(&(pack, i)))
+    }
+
     /// Sorts `wanted` blocks of `pack` into stored, claimed now by the
     /// caller, and being fetched by someone else.
     pub(crate) fn claim(&self, pack: PackId, wanted: impl Iterator<Item = u64>) -> Claim {

@@ -62,6 +62,10 @@ pub struct S3Config {
     pub cache_bytes: Option<u64>,
     /// The unit the cache fetches and evicts.
     pub cache_block_bytes: u64,
+    /// Memory for read-ahead: records a restore, drill or verify announced,
+    /// fetched ahead of it (GETs of up to 8 MiB, `max_in_flight` at once)
+    /// and held until read. 0 turns read-ahead off.
+    pub read_ahead_bytes: u64,
 }
 
 /// A credential that `Debug` does not print.
@@ -99,6 +103,7 @@ impl Default for S3Config {
             cache_dir: None,
             cache_bytes: None,
             cache_block_bytes: 1 << 20,
+            read_ahead_bytes: 64 << 20,
         }
     }
 }

@@ -24,6 +24,8 @@
 //! - `upload`: a file to an object; multipart above the part size, create-only
 //!   for packs, aborted on failure, journalled.
 //! - `cache`: the bounded block cache in front of ranged GETs.
+//! - `window`: read-ahead of announced records, coalesced GETs served
+//!   from memory.
 //! - `packs`, `meta`: the two backends.
 //!
 //! Errors are the engine's own `bunker_store::Error`, since the backends
@@ -44,6 +46,7 @@ mod error;
 mod meta;
 mod packs;
 mod upload;
+mod window;
 
 pub use bucket::Bucket;
 pub use config::{S3Config, Secret};

@@ -18,18 +18,17 @@ use std::sync::{Arc, Mutex};
 
 use bunker_store::backend::PackBackend;
 use bunker_store::{Error, PackId, Result};
-use futures::StreamExt;
+use futures::future::BoxFuture;
 use object_store::path::Path as Key;
 
 use crate::bucket::{Bucket, Remote};
 use crate::cache::Cache;
 use crate::upload::{abort_journalled, put_file, Journal};
+use crate::window::{Fetch, Window};
 
-/// Largest GET one read-ahead request makes.
+/// Largest GET one read-ahead run makes (at most a quarter of the
+/// window, so that several are in flight).
 const READ_AHEAD_RUN_BYTES: u64 = 8 << 20;
-/// Read-ahead GETs in flight at once for one `will_need` (with the run
-/// size above, bounds its memory at 64 MiB).
-const READ_AHEAD_IN_FLIGHT: usize = 8;
 
 pub struct S3Packs {
     bucket: Bucket,
@@ -41,6 +40,9 @@ pub struct S3Packs {
 /// What read-ahead tasks share with the caller's threads.
 struct Shared {
     cache: Option<Cache>,
+    /// Records announced by `will_need`, fetched ahead; None when
+    /// `read_ahead_bytes` is 0.
+    window: Option<Window>,
     /// Lengths of sealed packs, learnt by HEAD or upload.
     lens: Mutex<HashMap<PackId, u64>>,
 }
@@ -67,6 +69,13 @@ impl S3Packs {
             bucket: bucket.clone(),
             shared: Arc::new(Shared {
                 cache,
+                window: (config.read_ahead_bytes > 0).then(|| {
+                    Window::new(
+                        config.read_ahead_bytes,
+                        READ_AHEAD_RUN_BYTES.min(config.read_ahead_bytes / 4),
+                        config.max_in_flight,
+                    )
+                }),
                 lens: Mutex::new(HashMap::new()),
             }),
             staging,
@@ -85,6 +94,12 @@ impl S3Packs {
         self.bucket.remote.key(&pack_key(pack))
     }
 
+    /// Starts fetching a read-ahead run on the bridge's runtime.
+    fn launch(&self, run: Fetch) {
+        let task = fetch_run(self.shared.clone(), self.bucket.remote.clone(), run);
+        self.bucket.bridge.spawn(task);
+    }
+
     fn len_known(&self, pack: PackId) -> Option<u64> {
         lock(&self.shared.lens).get(&pack).copied()
     }
@@ -92,7 +107,16 @@ impl S3Packs {
     /// `len` bytes at `offset`, checked against the pack's length first so
     /// that a read past the end is `Corrupt` (the pack exists) rather than
     /// whatever the store answers for an unsatisfiable range.
+    /// A read-ahead run that holds the range answers first: its GET
+    /// succeeded, so the range is within the pack.
     fn read_range(&self, pack: PackId, offset: u64, len: usize) -> Result<Vec<u8>> {
+        if let Some(window) = &self.shared.window {
+            if len > 0 {
+                if let Some(bytes) = window.take(pack, offset, len as u64, &|f| self.launch(f)) {
+                    return Ok(bytes);
+                }
+            }
+        }
         let pack_len = self.pack_len(pack)?;
         let end = offset.checked_add(len as u64);
         if end.is_none_or(|end| end > pack_len) {
@@ -276,51 +300,19 @@ impl PackBackend for S3Packs {
     }
 
     fn reads_ahead(&self) -> bool {
-        self.shared.cache.is_some()
+        self.shared.window.is_some()
     }
 
     fn will_need(&self, records: &[(PackId, u64, usize)]) {
-        let Some(cache) = &self.shared.cache else {
+        let Some(window) = &self.shared.window else {
             return;
         };
-        // Claim now, on the caller's thread, so that a read that follows
-        // at once waits for the fetch instead of starting its own.
-        let budget = cache_budget(cache);
-        let max_run = (READ_AHEAD_RUN_BYTES / cache.block_bytes()).max(1);
-        let mut spent = 0;
-        let mut runs = Vec::new();
-        for &(pack, offset, len) in records {
-            if len == 0 || spent >= budget {
-                continue;
-            }
-            let claim = cache.claim(pack, cache.blocks(offset, len as u64));
-            spent += claim.mine.len() as u64 * cache.block_bytes();
-            let mut mine = claim.mine.as_slice();
-            while let Some(&first) = mine.first() {
-                let n = mine
-                    .iter()
-                    .zip(first..)
-                    .take(max_run as usize)
-                    .take_while(|(&i, want)| i == *want)
-                    .count();
-                runs.push((pack, first..first + n as u64));
-                mine = &mine[n..];
-            }
-        }
-        if runs.is_empty() {
-            return;
-        }
-        let shared = self.shared.clone();
-        let remote = self.bucket.remote.clone();
-        self.bucket.bridge.spawn(async move {
-            futures::stream::iter(runs)
-                .for_each_concurrent(READ_AHEAD_IN_FLIGHT, |(pack, blocks)| {
-                    let shared = shared.clone();
-                    let remote = remote.clone();
-                    async move { read_ahead(&shared, &remote, pack, blocks).await }
-                })
-                .await
-        });
+        let cache = self.shared.cache.as_ref();
+        window.plan(
+            records,
+            |pack, offset, len| cache.is_some_and(|c| c.holds(pack, offset, len)),
+            &|f| self.launch(f),
+        );
     }
 
     fn delete(&self, pack: PackId) -> Result<()> {
@@ -345,36 +337,59 @@ fn cache_budget(cache: &Cache) -> u64 {
     cache.capacity() / 4
 }
 
-/// Fetches claimed `blocks` of `pack` into the cache; on any failure the
-/// claims are released and the reads that follow fetch for themselves.
-async fn read_ahead(shared: &Shared, remote: &Remote, pack: PackId, blocks: std::ops::Range<u64>) {
-    let Some(cache) = &shared.cache else { return };
-    let key = remote.key(&pack_key(pack));
-    let known = lock(&shared.lens).get(&pack).copied();
-    let pack_len = match known {
-        Some(len) => Some(len),
-        None => match remote.head(&key).await {
-            Ok(Some(len)) => {
-                lock(&shared.lens).insert(pack, len);
-                Some(len)
+/// Fetches one read-ahead run and hands it to the window; the runs that
+/// makes room for are started from here.
+fn fetch_run(
+    shared: Arc<Shared>,
+    remote: Arc<Remote>,
+    (pack, range): Fetch,
+) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        // Reports a failure if the task ends without an answer (dropped
+        // with the runtime, or a panic), so no reader waits for it forever.
+        let mut report = Unanswered {
+            shared: Some(shared),
+            pack,
+            start: range.start,
+        };
+        let key = remote.key(&pack_key(pack));
+        let got = match remote.get_range(&key, range.clone()).await {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                // The reads fetch for themselves and report what is wrong.
+                tracing::debug!("read-ahead of {} {range:?}: {e}", remote.url(&key));
+                None
             }
-            _ => None,
-        },
-    };
-    let range = pack_len.map(|l| cache.byte_range(&blocks, l));
-    match range {
-        Some(r) if r.start < r.end => match remote.get_range(&key, r).await {
-            Ok(bytes) => cache.fill(pack, blocks.start, &bytes),
-            Err(_) => cache.release(pack, blocks),
-        },
-        _ => cache.release(pack, blocks),
+        };
+        let Some(shared) = report.shared.take() else {
+            return;
+        };
+        if let Some(window) = &shared.window {
+            window.fetched(pack, range.start, got, &|f| {
+                tokio::spawn(fetch_run(shared.clone(), remote.clone(), f));
+            });
+        }
+    })
+}
+
+/// A read-ahead fetch not reported yet.
+struct Unanswered {
+    shared: Option<Arc<Shared>>,
+    pack: PackId,
+    start: u64,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(window) = self.shared.as_ref().and_then(|s| s.window.as_ref()) {
+            window.abandoned(self.pack, self.start);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
     #[test]
     fn pack_keys_round_trip_and_match_the_local_layout() {
         for id in [0u64, 1, 0xff, 0x1234, u64::MAX] {

@@ -77,6 +77,13 @@ impl Held {
     }
 }
 
+/// Tells the pack backend that the chunks of `entries` before byte `end`
+/// will be read soon (blocking: it locates each in the index).
+fn announce(state: &State, entries: &[ManifestEntry], end: u64) {
+    let upto = entries.partition_point(|e| e.start < end);
+    state.repo.will_need(&entries[..upto]);
+}
+
 /// The restores running now, and the memory they share.
 pub(crate) struct Restores {
     pub(crate) budget: Budget,
@@ -161,6 +168,11 @@ pub(crate) fn stream(
 impl Stream {
     async fn run(mut self) {
         let active = crate::state::Counted::new(&self.state, |m| &m.active_restores);
+        // The first batch came with the request: announced here, as
+        // `read_entries` announces the others.
+        let first: Vec<ManifestEntry> = self.pending.iter().copied().collect();
+        let (st, end) = (self.state.clone(), self.end);
+        let _ = tokio::task::spawn_blocking(move || announce(&st, &first, end)).await;
         let outcome = self.pump().await;
         drop(active);
         if let Err(Stop::Failed(why)) = outcome {
@@ -212,8 +224,11 @@ impl Stream {
     /// `write_timeout_secs`) instead.
     async fn schedule(&mut self, wait: bool) -> Result<(), Stop> {
         loop {
-            if self.pending.is_empty() {
-                if !self.read_entries().await? {
+            // The next batch is read (and announced to the backend) before
+            // this one runs out, so a remote backend's read-ahead does not
+            // drain at each batch boundary.
+            if self.pending.len() < ENTRY_BATCH / 4 && self.cursor.is_some() {
+                if !self.read_entries().await? && self.pending.is_empty() {
                     return Ok(());
                 }
                 continue;
@@ -288,13 +303,13 @@ impl Stream {
         let Some(mut cursor) = self.cursor.take() else {
             return Ok(false);
         };
-        let st = self.state.clone();
+        let (st, end) = (self.state.clone(), self.end);
         let (cursor, batch) = tokio::task::spawn_blocking(move || {
             let b = cursor.next_batch(ENTRY_BATCH);
             // Announced as soon as read, ahead of the loads that follow,
             // so a remote backend fetches them with many requests in flight.
             if let Ok(entries) = &b {
-                st.repo.will_need(entries);
+                announce(&st, entries, end);
             }
             (cursor, b)
         })

@@ -4,13 +4,15 @@
 //! A producer thread walks the manifest from the first chunk of the range,
 //! groups chunks into batches of about [`BATCH_LEN`] bytes, reads, decodes
 //! and BLAKE3-checks each batch on the rayon pool, and hands batches over a
-//! channel of depth 2. Before decoding a batch it gathers the next one's
-//! manifest entries and hints their records to the pack backend
-//! ([`crate::PackBackend::will_need`]), so a remote backend reads ahead.
+//! channel of depth 2. It gathers the manifest entries of the next
+//! [`ANNOUNCED_BATCHES`] batches ahead of the one it decodes and hints
+//! their records to the pack backend ([`crate::PackBackend::will_need`]),
+//! so a remote backend keeps many requests in flight.
 //! Memory is bounded by three decoded batches whatever the snapshot size.
 //! The first damaged chunk ends the stream with its error: bytes after it
 //! are never delivered.
 
+use std::collections::VecDeque;
 use std::io::Read;
 use std::ops::Range;
 
@@ -24,6 +26,10 @@ use crate::{Error, Repository, Result, SnapshotId, SnapshotInfo};
 
 /// Raw bytes decoded per batch.
 pub const BATCH_LEN: u64 = 8 << 20;
+/// Batches announced to the backend ahead of the one being decoded: a
+/// remote backend keeps its requests in flight over this many raw bytes
+/// (manifest entries only are held for them, not data).
+const ANNOUNCED_BATCHES: usize = 8;
 
 /// A verified piece of a snapshot, in order.
 #[derive(Debug, PartialEq, Eq)]
@@ -102,9 +108,9 @@ impl Repository {
             let producer = std::thread::Builder::new()
                 .name("bunker-restore".into())
                 .spawn(move || {
-                    // The batch after the one being decoded is gathered
+                    // The batches after the one being decoded are gathered
                     // first and announced to the backend (`will_need`), so
-                    // a remote one fetches it while this one decodes.
+                    // a remote one fetches them while this one decodes.
                     let mut done = false;
                     let mut next_batch = || -> Result<Vec<ManifestEntry>> {
                         let mut batch = Vec::new();
@@ -122,31 +128,32 @@ impl Repository {
                         }
                         Ok(batch)
                     };
-                    let mut batch = match next_batch() {
-                        Ok(b) => b,
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    repo.will_need(&batch);
-                    while !batch.is_empty() {
-                        let ahead = next_batch();
-                        if let Ok(a) = &ahead {
-                            repo.will_need(a);
-                        }
-                        let decoded = decode_batch(&repo, &batch);
-                        let failed = decoded.is_err();
-                        if tx.send(decoded).is_err() || failed {
-                            return;
-                        }
-                        batch = match ahead {
-                            Ok(a) => a,
-                            Err(e) => {
-                                let _ = tx.send(Err(e));
-                                return;
+                    // Batches gathered and announced, not decoded yet;
+                    // a manifest error is sent after the batches before it.
+                    let mut queue = VecDeque::new();
+                    let mut failed = None;
+                    loop {
+                        while failed.is_none() && queue.len() < ANNOUNCED_BATCHES {
+                            match next_batch() {
+                                Ok(b) if b.is_empty() => break,
+                                Ok(b) => {
+                                    repo.will_need(&b);
+                                    queue.push_back(b);
+                                }
+                                Err(e) => failed = Some(e),
                             }
+                        }
+                        let Some(batch) = queue.pop_front() else {
+                            break;
                         };
+                        let decoded = decode_batch(&repo, &batch);
+                        let bad = decoded.is_err();
+                        if tx.send(decoded).is_err() || bad {
+                            return;
+                        }
+                    }
+                    if let Some(e) = failed {
+                        let _ = tx.send(Err(e));
                     }
                 })
                 .map_err(|e| Error::io("restore thread", e))?;

@@ -13,8 +13,8 @@
 //! - a cold-cache restore (the server restarted: its cache starts empty)
 //!   against a plain parallel ranged GET of every pack object of the same
 //!   repository through the same endpoint, `max_in_flight` in flight, and
-//!   again in the shape of the server's read-ahead (one cache block per GET,
-//!   its concurrency) to show what bounds the restore;
+//!   again in the shape of the server's read-ahead (8 MiB GETs, as many in
+//!   flight as `read_ahead_bytes` holds) to show what bounds the restore;
 //! - the time a server on an empty data directory takes to serve the whole
 //!   snapshot list of a bucket: an empty prefix (the fixed cost), many small
 //!   snapshots (per snapshot), the client run's repository (per chunk);
@@ -34,9 +34,6 @@ use super::{gbps, mib, Args, Run, Server};
 const BUCKET: &str = "bunker-bench";
 /// Bytes of one ranged GET in the plain read.
 const RANGE_BYTES: u64 = 8 << 20;
-/// Fetches the server's read-ahead keeps in flight (bunker-s3, packs.rs
-/// `READ_AHEAD_IN_FLIGHT`; private there, so repeated here).
-const READ_AHEAD_IN_FLIGHT: usize = 8;
 /// A rebuild that takes longer than this is reported as a failure.
 const REBUILD_WITHIN: Duration = Duration::from_secs(600);
 
@@ -57,9 +54,27 @@ struct ColdRestore {
     fetched: Counts,
     plain_get_s: f64,
     in_flight: usize,
-    /// The same bytes in cache blocks, [`READ_AHEAD_IN_FLIGHT`] at a time.
-    block_get_s: f64,
-    block_bytes: u64,
+    /// The same bytes in the read-ahead's shape: [`RANGE_BYTES`] GETs,
+    /// `ahead_in_flight` at a time.
+    ahead_get_s: f64,
+    ahead_in_flight: usize,
+    /// The restarted server's peak RSS and its sampled anonymous part.
+    rss: (u64, u64),
+    /// CPU seconds (user + system) the server spent on the restore.
+    server_cpu_s: f64,
+}
+
+/// User + system CPU seconds of process `pid` so far (0 if unknown).
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th, in clock ticks (100 per second here).
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Seconds to rebuild a server from a prefix of the bucket, and what the
@@ -172,6 +187,8 @@ fn cold_restore(
     proxy: &Proxy,
 ) -> anyhow::Result<ColdRestore> {
     let server = Server::start(bunker, &work.join("raw-s3"), flags)?;
+    let mut watch = super::RssWatch::start(server.child.id());
+    let cpu_before = cpu_secs(server.child.id());
     let before = proxy.counts();
     let t = Instant::now();
     let o = Command::new("curl")
@@ -186,6 +203,8 @@ fn cold_restore(
         bail!("cold restore answered {status}");
     }
     let fetched = proxy.counts().since(&before);
+    let server_cpu_s = cpu_secs(server.child.id()) - cpu_before;
+    let rss = watch.peak();
     server.stop();
 
     let packs: Vec<(String, u64)> = list(endpoint, "raw")?
@@ -196,8 +215,9 @@ fn cold_restore(
     let defaults = bunker_s3::S3Config::default();
     let in_flight = defaults.max_in_flight;
     let plain_get_s = plain_get(&proxy.url, &packs, RANGE_BYTES, in_flight)?;
-    let block_bytes = defaults.cache_block_bytes;
-    let block_get_s = plain_get(&proxy.url, &packs, block_bytes, READ_AHEAD_IN_FLIGHT)?;
+    // The window holds read_ahead_bytes of GETs in flight or not yet read.
+    let ahead_in_flight = ((defaults.read_ahead_bytes / RANGE_BYTES) as usize).clamp(1, in_flight);
+    let ahead_get_s = plain_get(&proxy.url, &packs, RANGE_BYTES, ahead_in_flight)?;
     Ok(ColdRestore {
         restore_s,
         packs: packs.len(),
@@ -205,8 +225,10 @@ fn cold_restore(
         fetched,
         plain_get_s,
         in_flight,
-        block_get_s,
-        block_bytes,
+        ahead_get_s,
+        ahead_in_flight,
+        rss,
+        server_cpu_s,
     })
 }
 
@@ -598,11 +620,20 @@ fn print_table(
         cold.plain_get_s
     );
     println!(
-        "| the same bytes in {} KiB ranges, {} in flight (the server's read-ahead today) | {:.2} GB/s ({:.1} s) |",
-        cold.block_bytes >> 10,
-        READ_AHEAD_IN_FLIGHT,
-        gbps(cold.pack_bytes, cold.block_get_s),
-        cold.block_get_s
+        "| the same bytes, {} in flight (the most the server's read-ahead window of {} MiB holds) | {:.2} GB/s ({:.1} s) |",
+        cold.ahead_in_flight,
+        bunker_s3::S3Config::default().read_ahead_bytes >> 20,
+        gbps(cold.pack_bytes, cold.ahead_get_s),
+        cold.ahead_get_s
+    );
+    println!(
+        "| CPU the server spent on the restore (user + system, on 2 cores) | {:.2} s over {:.2} s |",
+        cold.server_cpu_s, cold.restore_s
+    );
+    println!(
+        "| peak RSS of that server (start and restore) | {} (heap {}) |",
+        mib(cold.rss.0),
+        mib(cold.rss.1)
     );
     let restore_rate = gbps(f.down_bytes, cold.restore_s);
     println!(
@@ -611,6 +642,17 @@ fn print_table(
         gbps(cold.pack_bytes, cold.plain_get_s),
         restore_rate / gbps(cold.pack_bytes, cold.plain_get_s).max(1e-12)
     );
+    // The restore decodes (zstd) and checks (BLAKE3) every chunk on the
+    // same cores: it cannot pass the local backend's drill of the same
+    // snapshot, which reads the same records from disk.
+    if let Some(local) = raw_local.drill_s {
+        let ceiling = gbps(f.down_bytes, local);
+        println!(
+            "| decode ceiling: the same bytes at the local backend's drill rate ({:.2} GB/s logical) over plain GET | {:.2}x |",
+            gbps(sizes[last], local),
+            ceiling / gbps(cold.pack_bytes, cold.plain_get_s).max(1e-12)
+        );
+    }
 
     println!("\n| rebuild from the bucket (empty data directory until the snapshot list is complete) | |\n|---|---|");
     let fixed = rebuild.empty.secs;
