@@ -7,10 +7,15 @@
 //! chunked body ends the counting on its connection (object_store sends
 //! lengths; a `chunked` one shows up as `unparsed`). Its threads live until
 //! the process exits.
+//!
+//! With a [`Link`] it also behaves like a network between a server and its
+//! object store: each request waits `latency` before it goes on, and the
+//! answers of all connections share `bytes_per_sec`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -84,10 +89,50 @@ pub struct Proxy {
     counts: Arc<Mutex<Counts>>,
 }
 
+/// A network to shape the proxy's traffic like.
+#[derive(Clone, Copy, Debug)]
+pub struct Link {
+    /// Added before each request goes on (round trip and first byte).
+    pub latency: Duration,
+    /// Shared by the answers on all connections.
+    pub bytes_per_sec: u64,
+}
+
+/// When the link is next free to send: answers queue behind each other,
+/// so an idle link saves up no burst.
+struct Pace {
+    link: Link,
+    next_free: Mutex<Instant>,
+}
+
+impl Pace {
+    /// Waits until `n` more bytes have had their time on the link.
+    fn send(&self, n: usize) {
+        let due = {
+            let mut next = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
+            let took = Duration::from_secs_f64(n as f64 / self.link.bytes_per_sec as f64);
+            *next = (*next).max(Instant::now()) + took;
+            *next
+        };
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    }
+}
+
 impl Proxy {
     /// Listens on a free port of 127.0.0.1 and forwards every connection to
     /// `upstream` (`http://HOST:PORT`).
     pub fn start(upstream: &str) -> anyhow::Result<Proxy> {
+        Proxy::start_over(upstream, None)
+    }
+
+    /// [`Proxy::start`], shaped like `link` when there is one.
+    pub fn start_over(upstream: &str, link: Option<Link>) -> anyhow::Result<Proxy> {
+        let pace = link.map(|link| {
+            Arc::new(Pace {
+                link,
+                next_free: Mutex::new(Instant::now()),
+            })
+        });
         let to = upstream
             .strip_prefix("http://")
             .with_context(|| format!("{upstream} is not an http:// endpoint"))?
@@ -108,8 +153,9 @@ impl Proxy {
                     continue;
                 };
                 let (c1, c2) = (c.clone(), c.clone());
-                std::thread::spawn(move || requests(client, store, &c1));
-                std::thread::spawn(move || responses(store2, client2, &c2));
+                let (p1, p2) = (pace.clone(), pace.clone());
+                std::thread::spawn(move || requests(client, store, &c1, p1.as_deref()));
+                std::thread::spawn(move || responses(store2, client2, &c2, p2.as_deref()));
             }
         });
         Ok(Proxy { url, counts })
@@ -121,7 +167,7 @@ impl Proxy {
 }
 
 /// Client to store: one request head at a time, counted, then its body.
-fn requests(client: TcpStream, mut store: TcpStream, counts: &Mutex<Counts>) {
+fn requests(client: TcpStream, mut store: TcpStream, counts: &Mutex<Counts>, pace: Option<&Pace>) {
     let mut from = BufReader::with_capacity(256 << 10, client);
     loop {
         let mut head = Vec::new();
@@ -156,6 +202,9 @@ fn requests(client: TcpStream, mut store: TcpStream, counts: &Mutex<Counts>) {
                 false => c.count(method, target),
             }
         }
+        if let Some(pace) = pace {
+            std::thread::sleep(pace.link.latency);
+        }
         if store.write_all(&head).is_err() {
             return;
         }
@@ -173,13 +222,21 @@ fn requests(client: TcpStream, mut store: TcpStream, counts: &Mutex<Counts>) {
 }
 
 /// Store to client, unchanged, counting the bytes.
-fn responses(mut store: TcpStream, mut client: TcpStream, counts: &Mutex<Counts>) {
+fn responses(
+    mut store: TcpStream,
+    mut client: TcpStream,
+    counts: &Mutex<Counts>,
+    pace: Option<&Pace>,
+) {
     let mut buf = vec![0u8; 256 << 10];
     loop {
         match store.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 counts.lock().unwrap_or_else(|e| e.into_inner()).down_bytes += n as u64;
+                if let Some(pace) = pace {
+                    pace.send(n);
+                }
                 if client.write_all(&buf[..n]).is_err() {
                     break;
                 }
