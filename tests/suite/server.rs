@@ -2162,3 +2162,43 @@ fn a_known_path_refuses_other_methods_under_its_own_route() {
         .expect_error(ErrorCode::NotFound, "an unknown path");
     stop(server);
 }
+
+/// `pack_bytes` decides the pack size of a new repository (one object
+/// each on a bucket); a value outside 1 MiB..=4 GiB stops the start with
+/// the reason and creates nothing.
+#[test]
+fn pack_bytes_sets_a_new_repositorys_pack_size_and_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, c) = start_configured(dir.path(), "pack_bytes = 1048576\n");
+    c.put("/v1/snapshots/vol", &noise(7, 6 * MIB))
+        .expect(201, "upload of 6 MiB of noise");
+    stop(server);
+    let packs = bunker_tests::pack_files(&dir.path().join("data"), "pack");
+    assert!(packs.len() >= 5, "6 MiB in 1 MiB packs: {packs:?}");
+    for p in &packs {
+        let len = std::fs::metadata(p).unwrap().len();
+        assert!(len < 3 * MIB as u64, "{} is {len} bytes", p.display());
+    }
+
+    let bad = tempfile::tempdir().unwrap();
+    let file = bad.path().join("bunker.toml");
+    std::fs::write(&file, "pack_bytes = 1000\n").unwrap();
+    let data = bad.path().join("data");
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&file)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("pack target length 1000 is outside 1 MiB..=4 GiB"),
+        "{err}"
+    );
+    assert!(
+        !data.join("config").exists(),
+        "a repository was created: {err}"
+    );
+}

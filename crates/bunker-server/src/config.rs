@@ -61,6 +61,10 @@ pub struct Config {
     pub gc_interval_secs: u64,
     /// Scheduled GCs rewrite packs whose live fraction is below this.
     pub gc_rewrite_below: f64,
+    /// Pack size a new repository seals at, bytes (fixed once it exists,
+    /// like the chunker): on object storage each pack is one object, so
+    /// larger packs mean fewer requests.
+    pub pack_bytes: u64,
     /// Where sealed packs and manifests live: the data directory (default)
     /// or a bucket (`[storage] kind = "s3"`).
     pub storage: Storage,
@@ -236,6 +240,7 @@ impl Default for Config {
             max_connections: 4096,
             gc_interval_secs: 0,
             gc_rewrite_below: bunker_store::DEFAULT_REWRITE_BELOW,
+            pack_bytes: bunker_store::DEFAULT_PACK_LEN,
             storage: Storage::default(),
         }
     }

@@ -216,6 +216,15 @@ impl State {
 /// The bucket's object backend (fenced by the lease) and the lease.
 type Held = (Arc<dyn bunker_store::MetaBackend>, Arc<Lease>);
 
+/// How a new repository is created: the defaults and the configured pack
+/// size (an existing repository keeps what its config says).
+fn create_options(config: &Config) -> bunker_store::CreateOptions {
+    bunker_store::CreateOptions {
+        pack_target_len: config.pack_bytes,
+        ..Default::default()
+    }
+}
+
 /// The repository in the data directory, or on the configured bucket
 /// (created there, rebuilt from it into an empty data directory, or
 /// reconciled with it: docs/FORMAT.md, "Remote repositories"), once its
@@ -228,11 +237,8 @@ fn open_repository(
         source: Box::new(source),
     };
     let Some(s3) = config.storage.s3_config()? else {
-        let repo = bunker_store::Repository::open_or_create(
-            &config.data,
-            bunker_store::CreateOptions::default(),
-        )
-        .map_err(local)?;
+        let repo = bunker_store::Repository::open_or_create(&config.data, create_options(config))
+            .map_err(local)?;
         return Ok((repo, None));
     };
     tracing::info!("storage: {}", s3.describe());
@@ -241,7 +247,7 @@ fn open_repository(
     let repo = bunker_store::Repository::open_remote_with(
         &config.data,
         bunker_store::OpenOptions::default(),
-        bunker_store::CreateOptions::default(),
+        create_options(config),
         remote,
     )
     .map_err(|source| StartError::Bucket {

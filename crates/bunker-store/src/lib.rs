@@ -69,7 +69,9 @@ pub use gc::{GcOptions, GcReport, DEFAULT_REWRITE_BELOW};
 pub use ingest::{IngestOptions, Progress};
 pub use pack::TornTail;
 pub use pins::Pins;
-pub use repo::{CreateOptions, NewData, OpenOptions, Recovery, Remote, Repository};
+pub use repo::{
+    CreateOptions, NewData, OpenOptions, Recovery, Remote, Repository, DEFAULT_PACK_LEN,
+};
 pub use restore::{ManifestCursor, Piece, SnapshotReader};
 pub use snapshot::{validate_name, ManifestEntry, SnapshotInfo};
 pub use stats::{NameStats, Stats};

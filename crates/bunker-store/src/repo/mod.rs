@@ -29,7 +29,7 @@ use bunker_chunk::{Chunker, ChunkerParams};
 
 pub(crate) use chunks::concurrent_writer_failed;
 pub use chunks::NewData;
-pub use open::{CreateOptions, OpenOptions, Recovery};
+pub use open::{CreateOptions, OpenOptions, Recovery, DEFAULT_PACK_LEN};
 pub(crate) use remote::manifest_key;
 pub use remote::Remote;
 

@@ -43,6 +43,10 @@ pub struct CreateOptions {
 /// which the two-level fan-out lists quickly; a pack is still a reasonable
 /// unit to rewrite in GC and to move to object storage.
 pub const DEFAULT_PACK_LEN: u64 = 256 << 20;
+/// Bounds of a new repository's pack target length (64 MiB to 1 GiB suit
+/// object storage, where each object costs requests).
+pub const MIN_PACK_LEN: u64 = 1 << 20;
+pub const MAX_PACK_LEN: u64 = 4 << 30;
 
 impl Default for CreateOptions {
     fn default() -> Self {
@@ -278,10 +282,11 @@ pub(super) fn new_config(path: &Path, opts: &CreateOptions) -> Result<RepoConfig
             opts.zstd_level
         )));
     }
-    if opts.pack_target_len < 1 << 20 {
-        return Err(Error::Invalid(
-            "pack target length must be at least 1 MiB".into(),
-        ));
+    if !(MIN_PACK_LEN..=MAX_PACK_LEN).contains(&opts.pack_target_len) {
+        return Err(Error::Invalid(format!(
+            "pack target length {} is outside 1 MiB..=4 GiB",
+            opts.pack_target_len
+        )));
     }
     let mut seed = blake3::Hasher::new();
     seed.update(&crate::clock::now_unix_ms().to_le_bytes());
