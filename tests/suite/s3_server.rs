@@ -11,6 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bunker_testdata::stores::{Fault, Proxy, Store};
+use bunker_tests::noise;
 use bunker_tests::server::Server;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bunker-e2e");
@@ -353,19 +354,6 @@ fn an_unknown_storage_key_is_refused_naming_key_and_file() {
         "{err}"
     );
     assert!(!dir.path().join("data").exists(), "{err}");
-}
-
-/// `len` bytes no compressor shrinks and no other call repeats.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]

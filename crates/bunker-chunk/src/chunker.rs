@@ -442,6 +442,27 @@ pub(crate) mod tests {
         3644513, 3929401, 4194304,
     ];
 
+    /// The cut ends `c` finds in `data` fed in reads of the sizes in
+    /// `reads` (cycled), as a stream reader would.
+    pub(crate) fn streamed_ends(c: &Chunker, data: &[u8], reads: &[usize]) -> Vec<usize> {
+        let (mut got, mut buf, mut base, mut fed) = (Vec::new(), Vec::new(), 0, 0);
+        let mut reads = reads.iter().copied().cycle();
+        loop {
+            let eof = fed == data.len();
+            let cuts = c.cuts(&buf, eof);
+            let used = cuts.last().map_or(0, |c| c.end);
+            got.extend(cuts.iter().map(|c| base + c.end));
+            buf.drain(..used);
+            base += used;
+            if eof {
+                return got;
+            }
+            let n = reads.next().unwrap_or(1).min(data.len() - fed);
+            buf.extend_from_slice(&data[fed..fed + n]);
+            fed += n;
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -472,26 +493,7 @@ pub(crate) mod tests {
             let c = Chunker::new(small());
             let data = noise(seed, 250_000);
             let whole = ends(&c.cuts(&data, true));
-            // Feed the data in arbitrary reads, as a stream reader would.
-            let mut got = Vec::new();
-            let mut buf: Vec<u8> = Vec::new();
-            let mut base = 0;
-            let mut fed = 0;
-            let mut reads = reads.into_iter().cycle();
-            loop {
-                let eof = fed == data.len();
-                let cuts = c.cuts(&buf, eof);
-                let used = cuts.last().map_or(0, |c| c.end);
-                got.extend(cuts.iter().map(|c| base + c.end));
-                buf.drain(..used);
-                base += used;
-                if eof {
-                    break;
-                }
-                let n = reads.next().unwrap_or(1).min(data.len() - fed);
-                buf.extend_from_slice(&data[fed..fed + n]);
-                fed += n;
-            }
+            let got = streamed_ends(&c, &data, &reads);
             prop_assert_eq!(got, whole);
         }
     }

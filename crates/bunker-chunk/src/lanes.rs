@@ -167,7 +167,7 @@ fn run(strips: [&[u8]; LANES], fps: &mut [u64; LANES], t: usize, mask: u64) -> u
 
 #[cfg(test)]
 mod tests {
-    use crate::chunker::tests::{ends, noise, reference_cuts};
+    use crate::chunker::tests::{ends, noise, reference_cuts, streamed_ends};
     use crate::{Chunker, ChunkerParams, Scan};
     use proptest::prelude::*;
 
@@ -223,24 +223,7 @@ mod tests {
             let data = data(seed, len, &runs);
             let want = ends(&Chunker::with_scan(p, Scan::Scalar).cuts(&data, true));
             for scan in Scan::ALL {
-                // Feed the data in arbitrary reads, as a stream reader would.
-                let c = Chunker::with_scan(p, scan);
-                let (mut got, mut buf, mut base, mut fed) = (Vec::new(), Vec::new(), 0, 0);
-                let mut reads = reads.iter().copied().cycle();
-                loop {
-                    let eof = fed == data.len();
-                    let cuts = c.cuts(&buf, eof);
-                    let used = cuts.last().map_or(0, |c| c.end);
-                    got.extend(cuts.iter().map(|c| base + c.end));
-                    buf.drain(..used);
-                    base += used;
-                    if eof {
-                        break;
-                    }
-                    let n = reads.next().unwrap_or(1).min(data.len() - fed);
-                    buf.extend_from_slice(&data[fed..fed + n]);
-                    fed += n;
-                }
+                let got = streamed_ends(&Chunker::with_scan(p, scan), &data, &reads);
                 prop_assert_eq!(&got, &want, "{:?}", scan);
             }
         }
