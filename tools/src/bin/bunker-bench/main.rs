@@ -182,6 +182,8 @@ impl Server {
 #[derive(Default)]
 struct Run {
     ingest_s: Vec<f64>,
+    /// CPU seconds (user + system) the server spent on each day's upload.
+    server_cpu_s: Vec<f64>,
     stored_after: Vec<u64>,
     restore_s: Option<f64>,
     drill_s: Option<f64>,
@@ -497,13 +499,28 @@ fn ingest_days(
     upload: &mut dyn FnMut(&Path) -> anyhow::Result<f64>,
 ) -> anyhow::Result<()> {
     for img in images {
+        let cpu = cpu_secs(server.child.id());
         run.ingest_s.push(upload(img)?);
+        run.server_cpu_s.push(cpu_secs(server.child.id()) - cpu);
         run.stored_after
             .push(server.stats(agent)?["stored_bytes"].as_u64().unwrap_or(0));
         after_day()?;
     }
     run.rss_server_ingest = status_field(server.child.id(), "VmHWM:");
     Ok(())
+}
+
+/// User + system CPU seconds of process `pid` so far (0 if unknown).
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th, in clock ticks (100 per second here).
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn which(tool: &str) -> bool {
@@ -650,6 +667,18 @@ fn print_table(
             l.blake3_gbps,
             peer(restic, &|r| rate(sizes, r, i)),
             peer(borg, &|r| rate(sizes, r, i)),
+        );
+    }
+    for (i, &size) in sizes.iter().enumerate() {
+        let per_gb = |r: &Run| {
+            r.server_cpu_s.get(i).map_or("-".into(), |c| {
+                format!("{:.2} core-s/GB", c / (size as f64 / 1e9))
+            })
+        };
+        println!(
+            "| server CPU, ingest day {i} (user + system) | {} | {} | | - | - | |",
+            per_gb(raw),
+            per_gb(cli)
         );
     }
     let rr = |r: &Run| {

@@ -29,7 +29,7 @@ use anyhow::{bail, Context};
 use bunker_testdata::stores;
 
 use super::proxy::{Counts, Link, Proxy};
-use super::{gbps, mib, Args, Run, Server};
+use super::{cpu_secs, gbps, mib, Args, Run, Server};
 
 const BUCKET: &str = "bunker-bench";
 /// Bytes of one ranged GET in the plain read.
@@ -126,19 +126,6 @@ fn print_cold(title: &str, cold: &ColdRestore, logical: u64, ceiling: Option<f64
             bytes_per_sec / gbps(cold.pack_bytes, cold.plain_get_s).max(1e-12)
         );
     }
-}
-
-/// User + system CPU seconds of process `pid` so far (0 if unknown).
-fn cpu_secs(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name (which may hold spaces): utime and
-    // stime are the 12th and 13th, in clock ticks (100 per second here).
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Seconds to rebuild a server from a prefix of the bucket, and what the
