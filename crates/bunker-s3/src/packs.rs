@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use bunker_store::backend::PackBackend;
 use bunker_store::{Error, PackId, Result};
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use object_store::path::Path as Key;
 
@@ -109,7 +110,9 @@ impl S3Packs {
     /// whatever the store answers for an unsatisfiable range.
     /// A read-ahead run that holds the range answers first: its GET
     /// succeeded, so the range is within the pack.
-    fn read_range(&self, pack: PackId, offset: u64, len: usize) -> Result<Vec<u8>> {
+    /// Bytes, not a Vec: a read-ahead run's slice is handed out without a
+    /// copy, and [`PackBackend::read_record`] copies only the record body.
+    fn read_range(&self, pack: PackId, offset: u64, len: usize) -> Result<Bytes> {
         if let Some(window) = &self.shared.window {
             if len > 0 {
                 if let Some(bytes) = window.take(pack, offset, len as u64, &|f| self.launch(f)) {
@@ -131,7 +134,7 @@ impl S3Packs {
             });
         }
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
         }
         let key = self.key(pack);
         let fetch = |range: std::ops::Range<u64>| {
@@ -141,8 +144,10 @@ impl S3Packs {
                 .map_err(|e| self.gone_means_not_found(pack, e))
         };
         match &self.shared.cache {
-            Some(cache) => cache.read(pack, pack_len, offset, len as u64, &fetch),
-            None => Ok(fetch(offset..offset + len as u64)?.to_vec()),
+            Some(cache) => cache
+                .read(pack, pack_len, offset, len as u64, &fetch)
+                .map(Bytes::from),
+            None => fetch(offset..offset + len as u64),
         }
     }
 
@@ -215,7 +220,7 @@ impl PackBackend for S3Packs {
     }
 
     fn read(&self, pack: PackId, offset: u64, len: usize) -> Result<Vec<u8>> {
-        self.read_range(pack, offset, len)
+        self.read_range(pack, offset, len).map(Vec::from)
     }
 
     fn read_record(
@@ -225,10 +230,9 @@ impl PackBackend for S3Packs {
         head: &mut [u8],
         stored_len: usize,
     ) -> Result<Vec<u8>> {
-        let mut bytes = self.read_range(pack, offset, head.len() + stored_len)?;
+        let bytes = self.read_range(pack, offset, head.len() + stored_len)?;
         head.copy_from_slice(&bytes[..head.len()]);
-        bytes.drain(..head.len());
-        Ok(bytes)
+        Ok(bytes[head.len()..].to_vec())
     }
 
     fn pack_len(&self, pack: PackId) -> Result<u64> {

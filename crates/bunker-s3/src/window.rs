@@ -157,7 +157,7 @@ impl Window {
         offset: u64,
         len: u64,
         launch: &dyn Fn(Fetch),
-    ) -> Option<Vec<u8>> {
+    ) -> Option<Bytes> {
         let mut st = self.lock();
         loop {
             let key = st.covering_key(pack, offset, len)?;
@@ -177,7 +177,7 @@ impl Window {
                 }
                 Status::Ready { bytes, .. } => {
                     let from = (offset - key.1) as usize;
-                    let out = bytes[from..from + len as usize].to_vec();
+                    let out = bytes.slice(from..from + len as usize);
                     run.reads_left = run.reads_left.saturating_sub(1);
                     if run.reads_left == 0 {
                         let run = st.runs.remove(&key).expect("run present");
