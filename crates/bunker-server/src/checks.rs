@@ -132,17 +132,12 @@ impl Checks {
         })
     }
 
-    /// From now on every save also goes to `meta` as `server/checks.json`;
-    /// the file as it is now goes there first if the bucket's copy differs.
-    pub fn mirror_to(
-        &self,
-        meta: std::sync::Arc<dyn bunker_store::MetaBackend>,
-    ) -> Result<(), StartError> {
-        let _map = self.lock();
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        crate::mirror::reconcile(&*meta, dir, "checks.json", crate::mirror::Winner::Local)?;
+    /// From now on every save also goes to `meta` as `server/checks.json`.
+    /// The start reconciled the two copies before [`Checks::open`] read the
+    /// file ([`crate::mirror::reconcile`]), and opening writes nothing, so
+    /// they are equal now.
+    pub fn mirror_to(&self, meta: std::sync::Arc<dyn bunker_store::MetaBackend>) {
         let _ = self.mirror.set(meta);
-        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Map> {

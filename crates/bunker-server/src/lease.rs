@@ -159,7 +159,7 @@ impl Lease {
                 reason: format!(
                     "another bunker server ({}) holds the lease on this bucket until {} ({} s from now); two servers must not write one bucket. Stop that server, or wait for its lease to expire if it is dead, or start with --s3-break-lease if you know it is dead",
                     current.who(),
-                    format_unix_ms(current.expires_unix_ms()),
+                    bunker_store::calendar::format_utc(current.expires_unix_ms()),
                     (current.expires_unix_ms() - now + 999) / 1000
                 ),
             });
@@ -466,28 +466,6 @@ fn host_name() -> String {
         .unwrap_or_else(|| "unknown-host".to_string())
 }
 
-/// `2026-12-07T01:02:03Z`: when a lease expires, for people.
-fn format_unix_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,13 +478,6 @@ mod tests {
         break_lease: bool,
     ) -> Result<Arc<Lease>, StartError> {
         Lease::take(meta.clone(), data, ttl, break_lease)
-    }
-
-    #[test]
-    fn unix_times_format_as_utc() {
-        assert_eq!(format_unix_ms(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_unix_ms(1_796_605_323_000), "2026-12-07T01:02:03Z");
-        assert_eq!(format_unix_ms(951_782_400_000), "2000-02-29T00:00:00Z");
     }
 
     #[test]

@@ -85,7 +85,7 @@ impl State {
         let checks = checks::Checks::open(&server_dir)?;
         if let Some(meta) = &meta {
             tokens.mirror_to(meta.clone())?;
-            checks.mirror_to(meta.clone())?;
+            checks.mirror_to(meta.clone());
         }
         let data_dir = std::fs::canonicalize(&config.data)
             .map(|p| p.display().to_string())
