@@ -158,18 +158,20 @@ pub(super) fn run(
         .context("SeaweedFS (`weed`) is not installed: run tools/s3/install")?;
     store.create_bucket(BUCKET);
     let proxy = Proxy::start(&store.endpoint)?;
-    let flags = |prefix: &str| -> Vec<String> {
+    // The server's flags for `prefix`, reaching the store through `via`.
+    let flags_via = |prefix: &str, via: &Proxy| -> Vec<String> {
         [
             "--s3",
             &format!("s3://{BUCKET}/{prefix}"),
             "--s3-endpoint",
-            &proxy.url,
+            &via.url,
             "--s3-allow-http",
             "--s3-anonymous",
         ]
         .map(String::from)
         .to_vec()
     };
+    let flags = |prefix: &str| flags_via(prefix, &proxy);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -213,8 +215,7 @@ pub(super) fn run(
     let cold = cold_restore(bunker, work, &flags("raw"), &store.endpoint, &proxy)?;
     eprintln!("the same over a 1 Gbit/s link with 20 ms per request");
     let link = Proxy::start_over(&store.endpoint, Some(LINK))?;
-    let mut over_link = flags("raw");
-    over_link[3] = link.url.clone();
+    let over_link = flags_via("raw", &link);
     let cold_link = cold_restore(bunker, work, &over_link, &store.endpoint, &link)?;
 
     eprintln!("rebuild from the bucket");
