@@ -4,7 +4,13 @@
 //! ```text
 //! bunker-gen --seed 1 --size 4G --day 3 day3.img    # one image (`-` = stdout)
 //! bunker-gen --seed 1 --size 4G --days 7 images/    # images/day0.img ..= day7.img
+//! bunker-gen --seed 1 --size 4G --day 3 --changes day3.diff day3.img
 //! ```
+//!
+//! `--changes` writes the changed-extent map of the day against the day
+//! before in `rbd diff`'s plain format (`Offset Length Type`, then one
+//! `offset length data|zero` line per extent): the ground truth for
+//! `bunker backup --changed`.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -38,6 +44,10 @@ struct Args {
     /// Write day0.img ..= dayD.img into the OUTPUT directory.
     #[arg(long, value_name = "D")]
     days: Option<u32>,
+    /// Also write the extents in which --day differs from the day before,
+    /// in `rbd diff` plain format (day 1 or later).
+    #[arg(long, value_name = "FILE", conflicts_with = "days")]
+    changes: Option<PathBuf>,
     /// Output file, `-` for stdout, or a directory with --days.
     output: PathBuf,
 }
@@ -64,6 +74,12 @@ fn run(args: Args) -> Result<()> {
         change_percent: args.change_percent,
         ..ImageSpec::new(args.seed, args.size)
     };
+    if let Some(path) = &args.changes {
+        if args.day == 0 {
+            bail!("--changes needs --day 1 or later: day 0 has no day before it");
+        }
+        write_changes(&spec, args.day, path)?;
+    }
     let Some(days) = args.days else {
         let label = args.output.display().to_string();
         let out: Box<dyn Write> = if args.output.as_os_str() == "-" {
@@ -86,6 +102,25 @@ fn run(args: Args) -> Result<()> {
         let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         write_image(&spec, day, Box::new(file), &path.display().to_string())?;
     }
+    Ok(())
+}
+
+/// Writes the changed-extent map of `day` against `day - 1` to `path`.
+fn write_changes(spec: &ImageSpec, day: u32, path: &std::path::Path) -> Result<()> {
+    let map = Image::new(spec, day).changes_since(&Image::new(spec, day - 1));
+    let mut text = String::from("Offset  Length  Type\n");
+    for (offset, len, zero) in &map {
+        let kind = if *zero { "zero" } else { "data" };
+        text.push_str(&format!("{offset}  {len}  {kind}\n"));
+    }
+    fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    let changed: u64 = map.iter().map(|m| m.1).sum();
+    eprintln!(
+        "bunker-gen: {}: {} extents, {changed} bytes changed since day {}",
+        path.display(),
+        map.len(),
+        day - 1
+    );
     Ok(())
 }
 
