@@ -8,6 +8,7 @@
 //! `BUNKER_SOAK=1 cargo test --release -p bunker-tests`, runs
 //! every randomised fault test ten times as long.
 
+mod blocks;
 mod cli;
 mod corruption;
 mod crash;

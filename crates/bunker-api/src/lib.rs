@@ -288,6 +288,11 @@ pub struct Info {
     /// bucket as `s3://BUCKET/PREFIX at ENDPOINT`; never credentials.
     #[serde(default)]
     pub storage: String,
+    /// The server keeps block hashes with snapshots (`PUT
+    /// /v1/sessions/{sid}/blocks`, `GET .../blocks`); absent (false) on
+    /// servers before they existed.
+    #[serde(default)]
+    pub block_hashes: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

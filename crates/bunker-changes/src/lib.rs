@@ -8,13 +8,12 @@
 //! - [`rechunk`]: the walk that reuses the base's entries where the map
 //!   says nothing changed and re-chunks from the last shared boundary
 //!   before each change to the first one after it;
-//! - [`digest`]: the whole-image BLAKE3 from the chaining values of
-//!   aligned blocks, so unchanged blocks need not be read to hash them.
+//! - the whole-image BLAKE3 without reading unchanged blocks comes from
+//!   `bunker_chunk::digest` and the base snapshot's block hashes.
 //!
 //! The crate does no I/O of its own: the caller brings the source reader,
 //! the base manifest and what happens to each piece.
 
-pub mod digest;
 pub mod map;
 pub mod rechunk;
 

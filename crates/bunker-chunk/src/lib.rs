@@ -15,9 +15,15 @@
 //!   last 64 bytes, so lanes warmed up on those bytes see the same cut
 //!   points as the one scalar loop (`lanes.rs`).
 //! - Every chunk but the last of a stream is within `[min_len, max_len]`.
-//! - This crate does no I/O and starts no threads; callers bring both.
+//! - [`digest`] computes an image's BLAKE3 from the chaining values of its
+//!   aligned blocks, so a backup that reads only changed blocks still
+//!   records the hash of every byte.
+//! - This crate does no I/O and starts no threads (but for rayon's pool
+//!   with the `rayon` feature); callers bring both.
 
+pub mod blocks_file;
 mod chunker;
+pub mod digest;
 mod gear;
 mod id;
 mod lanes;

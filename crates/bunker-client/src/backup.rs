@@ -19,6 +19,8 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::time::Instant;
 
 use bunker_api::{Session, SessionRequest, Snapshot, COMMIT_ENTRY_LEN};
+use bunker_chunk::blocks_file::BlocksEncoder;
+use bunker_chunk::digest::BlockHasher;
 use bunker_chunk::seams::{self, Span};
 use bunker_chunk::{ChunkId, Chunker, ChunkerParams};
 use rayon::prelude::*;
@@ -68,6 +70,8 @@ struct Upload {
     manifest: tempfile::NamedTempFile,
     /// BLAKE3 of the whole source.
     stream_hash: blake3::Hash,
+    /// Its block hashes file (docs/FORMAT.md, "Block hashes").
+    blocks: tempfile::NamedTempFile,
     stats: BackupProgress,
 }
 
@@ -82,7 +86,7 @@ impl Client {
         progress: &mut dyn FnMut(&BackupProgress),
     ) -> Result<BackupReport> {
         let started = Instant::now();
-        let (chunker, level) = self.server_params()?;
+        let (chunker, level, block_hashes) = self.server_params()?;
         let session = self.open_session(name, opts)?;
         let sending = Sending {
             session: &session,
@@ -95,6 +99,9 @@ impl Client {
                 return Err(e);
             }
         };
+        if block_hashes {
+            self.put_blocks(&session, &upload.blocks)?;
+        }
         let snapshot = self.commit(&session, &upload)?;
         Ok(BackupReport {
             snapshot,
@@ -104,8 +111,9 @@ impl Client {
     }
 
     /// A chunker with the server's parameters, so chunk ids match what it
-    /// stores, and the repository's zstd level.
-    fn server_params(&self) -> Result<(Chunker, i32)> {
+    /// stores, the repository's zstd level, and whether the server keeps
+    /// block hashes.
+    fn server_params(&self) -> Result<(Chunker, i32, bool)> {
         let info = self.info()?;
         let params = ChunkerParams::new(
             info.chunker.min_bytes,
@@ -117,7 +125,7 @@ impl Client {
                 "the server announced unusable chunker parameters: {e}"
             ))
         })?;
-        Ok((Chunker::new(params), info.zstd_level))
+        Ok((Chunker::new(params), info.zstd_level, info.block_hashes))
     }
 
     fn open_session(&self, name: &str, opts: &BackupOptions) -> Result<Session> {
@@ -128,6 +136,23 @@ impl Client {
                 source: Some(opts.source.clone()),
             },
         )
+    }
+
+    /// Sends the block hashes, which the server keeps with the snapshot
+    /// once the commit has checked them against it.
+    pub(crate) fn put_blocks(
+        &self,
+        session: &Session,
+        blocks: &tempfile::NamedTempFile,
+    ) -> Result<()> {
+        let mut file = blocks
+            .reopen()
+            .map_err(|e| Error::io("reopening the temporary block hashes", e))?;
+        let resp = self
+            .put(&format!("/v1/sessions/{}/blocks", session.id))
+            .header("content-type", "application/octet-stream")
+            .send(ureq::SendBody::from_reader(&mut file));
+        checked_in_session(self.check(resp)).map(|_| ())
     }
 
     /// Sends the manifest with the whole-stream hash; the server makes the
@@ -182,7 +207,17 @@ impl Client {
             tmp.reopen()
                 .map_err(|e| Error::io("opening the temporary manifest", e))?,
         );
-        let mut hasher = blake3::Hasher::new();
+        let block_len = bunker_chunk::blocks_file::DEFAULT_BLOCK_LEN;
+        let mut hasher = BlockHasher::new(block_len);
+        let blocks_tmp = tempfile::NamedTempFile::new()
+            .map_err(|e| Error::io("creating temporary block hashes", e))?;
+        let blocks_err = |e| Error::io("writing the temporary block hashes", e);
+        let mut blocks = BlocksEncoder::new(BufWriter::with_capacity(
+            256 << 10,
+            blocks_tmp.reopen().map_err(blocks_err)?,
+        ))
+        .map_err(blocks_err)?;
+        let mut blocks_written = Ok(());
         let mut buf = vec![0u8; max + BLOCK_LEN];
         let mut carry = 0usize;
         let mut stats = BackupProgress {
@@ -192,7 +227,11 @@ impl Client {
         loop {
             let (filled, eof) = fill(source, &mut buf[carry..])
                 .map_err(|e| Error::io("reading the backup source", e))?;
-            hasher.update_rayon(&buf[carry..carry + filled]);
+            hasher.update(&buf[carry..carry + filled], |_, cv| {
+                if blocks_written.is_ok() {
+                    blocks_written = blocks.push(&cv);
+                }
+            });
             let data = &buf[..carry + filled];
             let spans = seams::chunk_parallel(chunker, data, eof);
             let at = spans.last().map_or(0, |s| s.end);
@@ -211,9 +250,14 @@ impl Client {
         manifest
             .flush()
             .map_err(|e| Error::io("writing the temporary manifest", e))?;
+        blocks_written.map_err(blocks_err)?;
+        let len = hasher.len();
+        let (stream_hash, tail) = hasher.finalize_with_tail();
+        blocks.finish(block_len, len, tail).map_err(blocks_err)?;
         Ok(Upload {
             manifest: tmp,
-            stream_hash: hasher.finalize(),
+            stream_hash,
+            blocks: blocks_tmp,
             stats,
         })
     }

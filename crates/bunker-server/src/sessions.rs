@@ -31,6 +31,9 @@ pub struct Session {
     pub new_bytes: AtomicU64,
     pub new_raw_bytes: AtomicU64,
     pub committing: AtomicBool,
+    /// Block hashes the client uploaded (`PUT .../blocks`), kept with the
+    /// snapshot at commit; a temporary file removed with the session.
+    pub blocks: Mutex<Option<bunker_store::snapshot::BlocksFile>>,
     /// Packs of the chunks this session was told are present, or stored:
     /// GC spares them until the session ends.
     pub pins: bunker_store::Pins,
@@ -100,6 +103,7 @@ impl Sessions {
             new_bytes: AtomicU64::new(0),
             new_raw_bytes: AtomicU64::new(0),
             committing: AtomicBool::new(false),
+            blocks: Mutex::new(None),
             pins,
             _slot: slot,
         });

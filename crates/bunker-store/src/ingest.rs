@@ -18,10 +18,11 @@
 use std::io::Read;
 use std::time::Instant;
 
+use bunker_chunk::digest::BlockHasher;
 use bunker_chunk::{seams, ChunkId, Chunker};
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use crate::snapshot::SnapshotWriter;
+use crate::snapshot::{BlocksFile, BlocksWriter, SnapshotWriter};
 use crate::{Error, Repository, Result, SnapshotInfo};
 
 /// Bytes read from the source per block.
@@ -85,6 +86,7 @@ impl Repository {
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<SnapshotInfo> {
         let mut writer = self.begin_snapshot(name, &opts.source, opts.creator)?;
+        let blocks = self.blocks_writer()?;
         let chunker = self.chunker();
         let max = chunker.params().max_len as usize;
         let (full_tx, full_rx) = bounded::<std::io::Result<Block>>(1);
@@ -95,11 +97,11 @@ impl Repository {
             let _ = free_tx.send(Vec::new());
         }
         let started = Instant::now();
-        let result = std::thread::scope(|scope| -> Result<blake3::Hash> {
+        let result = std::thread::scope(|scope| -> Result<(blake3::Hash, BlocksFile)> {
             // Owned by this closure, so an early return drops them and
             // unblocks the other stages before the scope joins them.
             let (cut_rx, free_tx) = (cut_rx, free_tx);
-            let reader = scope.spawn(move || read_blocks(source, free_rx, full_tx, max));
+            let reader = scope.spawn(move || read_blocks(source, free_rx, full_tx, max, blocks));
             let cutter = scope.spawn(move || cut_blocks(&chunker, full_rx, cut_tx, max));
             store_blocks(&mut writer, &cut_rx, &free_tx, progress)?;
             cutter
@@ -107,9 +109,10 @@ impl Repository {
                 .map_err(|_| Error::Source(std::io::Error::other("cutting thread panicked")))?;
             reader
                 .join()
-                .map_err(|_| Error::Source(std::io::Error::other("reader thread panicked")))
+                .map_err(|_| Error::Source(std::io::Error::other("reader thread panicked")))?
         });
-        let stream_hash = result?;
+        let (stream_hash, blocks) = result?;
+        writer.set_blocks(blocks);
         let info = writer.commit(*stream_hash.as_bytes(), opts.expected_hash)?;
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "ingest done");
         Ok(info)
@@ -117,19 +120,27 @@ impl Repository {
 }
 
 /// Stage 1 (its own thread): fills free buffers from `source` and hands
-/// them on; returns the whole-stream BLAKE3, computed here, overlapped with
-/// the cutting and storing of earlier blocks. Ends when the source ends or
-/// fails, or when the next stage hangs up (error or done).
+/// them on; returns the whole-stream BLAKE3 and the block hashes
+/// (`snapshot::blocks`), computed here, overlapped with the cutting and
+/// storing of earlier blocks. Ends when the source ends or fails, or when
+/// the next stage hangs up (error or done).
 fn read_blocks(
     mut source: impl Read,
     free_rx: Receiver<Vec<u8>>,
     full_tx: Sender<std::io::Result<Block>>,
     max: usize,
-) -> blake3::Hash {
-    let mut hasher = blake3::Hasher::new();
+    mut blocks: BlocksWriter,
+) -> Result<(blake3::Hash, BlocksFile)> {
+    let block_len = crate::format::blocks::DEFAULT_BLOCK_LEN;
+    let mut hasher = BlockHasher::new(block_len);
+    let mut written = Ok(());
     while let Ok(mut buf) = free_rx.recv() {
         let block = fill(&mut source, &mut buf, max, max + BLOCK_LEN).map(|(filled, eof)| {
-            hasher.update(&buf[max..max + filled]);
+            hasher.update(&buf[max..max + filled], |_, cv| {
+                if written.is_ok() {
+                    written = blocks.push(&cv);
+                }
+            });
             Block { buf, filled, eof }
         });
         let stop = !matches!(block, Ok(Block { eof: false, .. }));
@@ -137,7 +148,10 @@ fn read_blocks(
             break;
         }
     }
-    hasher.finalize()
+    written?;
+    let len = hasher.len();
+    let (root, tail) = hasher.finalize_with_tail();
+    Ok((root, blocks.finish(block_len, len, tail)?))
 }
 
 /// Stage 2 (its own thread): cuts block k + 1 while the caller stores

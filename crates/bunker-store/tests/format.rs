@@ -653,6 +653,53 @@ fn field_tables_of_format_md_match_the_encoders() {
     );
     assert_eq!(end, b.len());
 
+    // Block hashes.
+    let h = format::blocks::BlocksHeader {
+        block_len: 1 << 20,
+        image_len: (5 << 20) + 17,
+        count: 5,
+        tail: Some(id(8).0),
+    };
+    let b = h.encode();
+    let end = check(
+        &take("Block hashes", "Header"),
+        &b,
+        &[],
+        &[
+            magic(bunker_chunk::blocks_file::MAGIC),
+            version(bunker_chunk::blocks_file::VERSION),
+            w(
+                format!("header length ({})", format::blocks::HEADER_LEN),
+                le(96, 4),
+            ),
+            w("block length", le(h.block_len, 8)),
+            w("image length in bytes", le(h.image_len, 8)),
+            w("CV count C", le(h.count, 8)),
+            w("tail flag", le(1, 4)),
+            w("reserved", Want::Zero),
+            w("tail CV", Want::Bytes(id(8).0.to_vec())),
+            w("xxh3-64 of bytes 0..88", Want::Checksum(None)),
+        ],
+    );
+    assert_eq!(end, b.len());
+    let footer = take("Block hashes", "Footer");
+    assert!(footer.caption.contains(&format!(
+        "at {}+{}·C",
+        format::blocks::HEADER_LEN,
+        format::blocks::CV_LEN
+    )));
+    let b = bunker_chunk::blocks_file::encode_footer(0x1112_1314_1516_1718);
+    let end = check(
+        &footer,
+        &b,
+        &[],
+        &[
+            w("xxh3-64 of the CVs", le(0x1112_1314_1516_1718, 8)),
+            magic(bunker_chunk::blocks_file::END_MAGIC),
+        ],
+    );
+    assert_eq!(end, b.len());
+
     // Deleted snapshot ids.
     let b = format::deleted_hwm::encode(0x0102_0304_0506_0708);
     let end = check(

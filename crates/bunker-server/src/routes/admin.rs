@@ -37,6 +37,7 @@ pub(super) fn info(state: &State) -> Reply {
             chunker: crate::convert::chunker_params(state.repo.chunker_params()),
             zstd_level: state.repo.zstd_level(),
             storage: state.config.storage.describe(),
+            block_hashes: true,
         },
     ))
 }

@@ -101,6 +101,9 @@ async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, 
             "get_manifest",
             snapshots::manifest(state, p, name, id).await,
         ),
+        (&Method::GET, ["v1", "snapshots", name, id, "blocks"]) => {
+            ("get_blocks", snapshots::blocks(state, p, name, id).await)
+        }
         (&Method::GET, ["v1", "snapshots", name, id, "chunks", chunk]) => (
             "get_chunk",
             snapshots::chunk(state, p, name, id, chunk).await,
@@ -119,6 +122,9 @@ async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, 
             "put_chunk",
             sessions::put_chunk(state, p, req, sid, id).await,
         ),
+        (&Method::PUT, ["v1", "sessions", sid, "blocks"]) => {
+            ("put_blocks", sessions::put_blocks(state, p, req, sid).await)
+        }
         (&Method::POST, ["v1", "sessions", sid, "commit"]) => {
             ("commit", sessions::commit(state, p, req, sid).await)
         }
@@ -155,6 +161,7 @@ fn known(segs: &[&str]) -> Option<&'static str> {
         ["v1", "snapshots", _, _, "drill"] => "post_drill",
         ["v1", "snapshots", _, _, "manifest"] => "get_manifest",
         ["v1", "snapshots", _, _, "chunks", _] => "get_chunk",
+        ["v1", "snapshots", _, _, "blocks"] => "get_blocks",
         ["v1", "verify"] => "verify",
         ["v1", "prune"] => "prune",
         ["v1", "gc"] => "gc",
@@ -163,6 +170,7 @@ fn known(segs: &[&str]) -> Option<&'static str> {
         ["v1", "sessions", _, "missing"] => "missing",
         ["v1", "sessions", _, "chunks", _] => "put_chunk",
         ["v1", "sessions", _, "commit"] => "commit",
+        ["v1", "sessions", _, "blocks"] => "put_blocks",
         _ => return None,
     })
 }

@@ -220,6 +220,76 @@ pub(super) async fn put_chunk(
     Ok(r)
 }
 
+/// Body: the snapshot's block hashes file (docs/FORMAT.md, "Block
+/// hashes"), checked whole before it is kept; the commit then checks that
+/// it describes the committed image. A second upload replaces the first.
+pub(super) async fn put_blocks(
+    state: &Arc<State>,
+    p: &Principal,
+    req: Request<Incoming>,
+    sid: &str,
+) -> Reply {
+    let s = session(state, p, sid)?;
+    let (tx, rx) = mpsc::channel::<BodyItem>(32);
+    let st = state.clone();
+    let sess = s.clone();
+    let work = tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+        let tmp = st.repo.blocks_tmp_path();
+        receive_blocks(BodyReader::new(rx), &tmp)?;
+        let blocks = bunker_store::snapshot::BlocksFile::open_owned(tmp)
+            .map_err(|e| ApiError::bad_request(format!("block hashes: {e}")))?;
+        *sess.blocks.lock().unwrap_or_else(|p| p.into_inner()) = Some(blocks);
+        Ok(())
+    });
+    let pumped = pump_body(req.into_body(), tx, u64::MAX, state.config.idle_timeout()).await;
+    let result = work
+        .await
+        .map_err(|e| ApiError::internal(format!("block hashes worker failed: {e}")));
+    match (pumped, result) {
+        (_, Ok(Ok(()))) => {}
+        (Err(e), _) | (Ok(_), Ok(Err(e))) | (Ok(_), Err(e)) => return Err(e),
+    }
+    s.touch();
+    Ok(no_content())
+}
+
+/// Copies a block hashes body to `tmp`: exactly the length its header
+/// announces, so a body cannot fill the disk beyond what it describes.
+fn receive_blocks(mut body: BodyReader, tmp: &std::path::Path) -> Result<(), ApiError> {
+    use bunker_store::format::blocks::{BlocksHeader, HEADER_LEN};
+    use std::io::Write;
+    let mut head = [0u8; HEADER_LEN];
+    body.read_exact(&mut head)
+        .map_err(|e| ApiError::bad_request(format!("block hashes: header: {e}")))?;
+    let header = BlocksHeader::decode(&head)
+        .map_err(|e| ApiError::bad_request(format!("block hashes: {e}")))?;
+    let internal = |e: std::io::Error| ApiError::internal(format!("writing block hashes: {e}"));
+    let mut file = std::fs::File::create_new(tmp).map_err(internal)?;
+    let result = (|| {
+        file.write_all(&head).map_err(internal)?;
+        let rest = header.file_len() - HEADER_LEN as u64;
+        let copied = std::io::copy(&mut (&mut body).take(rest), &mut file)
+            .map_err(|e| ApiError::bad_request(format!("block hashes: {e}")))?;
+        let mut extra = [0u8; 1];
+        if copied != rest
+            || body
+                .read(&mut extra)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?
+                != 0
+        {
+            return Err(ApiError::bad_request(format!(
+                "block hashes: the body is not the {} bytes its header announces",
+                header.file_len()
+            )));
+        }
+        file.sync_data().map_err(internal)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    result
+}
+
 /// Body: the manifest, one 40-byte entry per chunk in stream order (raw
 /// length u64 little-endian, chunk id); header `x-bunker-stream-hash`:
 /// the BLAKE3 of the whole image. Refused (422 `missing_chunk`) if any
@@ -336,6 +406,9 @@ fn commit_entries(
         i += 1;
     }
     w.add_new(s.new_data());
+    if let Some(blocks) = s.blocks.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        w.set_blocks(blocks);
+    }
     w.commit(stream_hash, None)
         .map_err(|e| state.store_error(e))
 }

@@ -287,6 +287,61 @@ pub(super) async fn manifest(state: &Arc<State>, p: &Principal, name: &str, id: 
     Ok(r)
 }
 
+/// `GET .../blocks`: the snapshot's block hashes file as stored (checked
+/// when opened), for a changed-extent backup against this snapshot; 404
+/// for a snapshot that has none.
+pub(super) async fn blocks(state: &Arc<State>, p: &Principal, name: &str, id: &str) -> Reply {
+    let info = readable(state, p, name, id).await?;
+    let st = state.clone();
+    let (n, sid) = (info.name.clone(), info.id);
+    let file = blocking(move || {
+        let blocks = st
+            .repo
+            .block_hashes(&n, sid)
+            .map_err(|e| st.store_error(e))?
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "snapshot {n}@{sid} has no block hashes (it was written before bunker \
+                     kept them, or by a client that sent none)"
+                ))
+            })?;
+        let len = blocks.header().file_len();
+        let f = std::fs::File::open(blocks.path())
+            .map_err(|e| ApiError::internal(format!("opening block hashes: {e}")))?;
+        Ok((f, len))
+    })
+    .await?;
+    let (f, len) = file;
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(2);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut f = f;
+        loop {
+            let mut buf = vec![0u8; 256 << 10];
+            let item = match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Ok(Bytes::from(buf))
+                }
+                Err(e) => Err(e),
+            };
+            let failed = item.is_err();
+            if tx.blocking_send(item).is_err() || failed {
+                break;
+            }
+        }
+    });
+    let mut r = Response::new(channel_body(rx));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    r.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(len));
+    Ok(r)
+}
+
 /// `GET .../chunks/{id}`: one chunk's raw bytes, BLAKE3-verified before the
 /// response starts, so a damaged chunk is a 500 naming it.
 pub(super) async fn chunk(

@@ -6,6 +6,7 @@
 //! [`crate::Error::UnsupportedVersion`], never panic, whatever the input.
 //! All integers are little-endian. The specification is docs/FORMAT.md.
 
+pub mod blocks;
 pub mod config;
 pub mod deleted_hwm;
 pub mod index;

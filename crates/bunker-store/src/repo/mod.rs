@@ -30,8 +30,8 @@ use bunker_chunk::{Chunker, ChunkerParams};
 pub(crate) use chunks::concurrent_writer_failed;
 pub use chunks::NewData;
 pub use open::{CreateOptions, OpenOptions, Recovery, DEFAULT_PACK_LEN};
-pub(crate) use remote::manifest_key;
 pub use remote::Remote;
+pub(crate) use remote::{blocks_key, manifest_key};
 
 use crate::backend::MetaBackend;
 use crate::format::config::RepoConfig;

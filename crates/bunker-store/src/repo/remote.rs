@@ -53,6 +53,11 @@ pub(crate) fn deleted_hwm_key() -> String {
 }
 
 /// The key of `name@id`'s manifest: its path under the repository.
+/// The object holding a snapshot's block hashes (`snapshot::blocks`).
+pub(crate) fn blocks_key(name: &str, id: SnapshotId) -> String {
+    format!("snapshots/{name}/{}.blocks", id.0)
+}
+
 pub(crate) fn manifest_key(name: &str, id: SnapshotId) -> String {
     format!("snapshots/{name}/{}.snap", id.0)
 }

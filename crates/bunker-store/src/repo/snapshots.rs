@@ -177,7 +177,43 @@ impl Repository {
         if let Some(meta) = self.meta() {
             meta.delete(&super::manifest_key(name, id))?;
         }
-        durable::remove_file(&path)
+        durable::remove_file(&path)?;
+        // Block hashes after the manifest: a delete cut short here leaves
+        // a file no snapshot lists, never a snapshot without them.
+        if let Some(meta) = self.meta() {
+            meta.delete(&super::blocks_key(name, id))?;
+        }
+        let blocks = snapshot::blocks::blocks_path(&root, name, id);
+        match std::fs::remove_file(&blocks) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&blocks, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The block hashes of `name@id`, checked, or `None` for a snapshot
+    /// that has none. In a remote repository they are fetched from the
+    /// bucket into the data directory the first time.
+    pub fn block_hashes(&self, name: &str, id: SnapshotId) -> Result<Option<snapshot::BlocksFile>> {
+        snapshot::validate_name(name)?;
+        let root = self.snapshots_dir();
+        if !snapshot::manifest_path(&root, name, id).exists() {
+            return Err(Error::NotFound {
+                what: format!("snapshot {name}@{id}"),
+            });
+        }
+        let path = snapshot::blocks::blocks_path(&root, name, id);
+        if !path.exists() {
+            let Some(meta) = self.meta() else {
+                return Ok(None);
+            };
+            let tmp = self.blocks_tmp_path();
+            if !meta.get_file(&super::blocks_key(name, id), &tmp)? {
+                return Ok(None);
+            }
+            durable::sync_file_at(&tmp)?;
+            snapshot::BlocksFile::open_owned(tmp)?.publish(&path)?;
+        }
+        snapshot::BlocksFile::open(&path).map(Some)
     }
 }
 

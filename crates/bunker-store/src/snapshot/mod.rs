@@ -5,11 +5,13 @@
 //! safe path component. Ids are unique across the repository and increase in
 //! commit order, so "latest" is the highest id whatever the clock says.
 
+pub(crate) mod blocks;
 pub(crate) mod manifest;
 mod writer;
 
 use std::path::{Path, PathBuf};
 
+pub use blocks::{BlocksFile, BlocksWriter, ChainingValues};
 pub use manifest::ManifestEntry;
 pub(crate) use writer::SnapshotWriter;
 

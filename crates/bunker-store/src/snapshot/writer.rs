@@ -43,7 +43,23 @@ impl Repository {
             new_raw_bytes: 0,
             zero_chunks: 0,
             started: Instant::now(),
+            blocks: None,
         })
+    }
+
+    /// A writer for block hashes (`snapshot::blocks`) in `tmp/`, for
+    /// [`SnapshotWriter::set_blocks`] or to check a client's upload.
+    pub fn blocks_writer(&self) -> Result<super::BlocksWriter> {
+        super::BlocksWriter::create(self.blocks_tmp_path())
+    }
+
+    /// A fresh path in `tmp/` for a block hashes file being received.
+    pub fn blocks_tmp_path(&self) -> std::path::PathBuf {
+        self.root().join("tmp").join(format!(
+            "{}-{}.blocks.tmp",
+            std::process::id(),
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ))
     }
 }
 
@@ -64,9 +80,17 @@ pub struct SnapshotWriter {
     new_raw_bytes: u64,
     zero_chunks: u64,
     started: Instant,
+    blocks: Option<super::BlocksFile>,
 }
 
 impl SnapshotWriter {
+    /// Keeps `blocks` with the snapshot. The commit checks that they
+    /// describe an image of the snapshot's size whose BLAKE3 is the
+    /// stream hash, and refuses the snapshot otherwise.
+    pub fn set_blocks(&mut self, blocks: super::BlocksFile) {
+        self.blocks = Some(blocks);
+    }
+
     /// Adds an all-zero chunk of `len` bytes.
     pub fn push_zero(&mut self, len: u64) -> Result<()> {
         self.zero_chunks += 1;
@@ -214,6 +238,25 @@ impl SnapshotWriter {
             source: self.source.clone(),
             creator: self.creator,
         };
+        if let Some(blocks) = &self.blocks {
+            let h = blocks.header();
+            if h.image_len != self.manifest.len()
+                || blocks.root().is_some_and(|root| root != stream_hash)
+            {
+                return Err(Error::Invalid(format!(
+                    "the block hashes do not describe this snapshot: they are of {} bytes \
+                     hashing to {}, the snapshot has {} bytes and stream hash {}",
+                    h.image_len,
+                    blocks
+                        .root()
+                        .map_or("(one block)".into(), |r| blake3::Hash::from_bytes(r)
+                            .to_hex()
+                            .to_string()),
+                    self.manifest.len(),
+                    blake3::Hash::from_bytes(stream_hash).to_hex()
+                )));
+            }
+        }
         let dest = snapshot::manifest_path(&self.repo.snapshots_dir(), &self.name, id);
         let mut info_header = header.clone();
         info_header.size = self.manifest.len();
@@ -226,6 +269,16 @@ impl SnapshotWriter {
         //    goes with the writer) and its key is deleted, in case the PUT
         //    landed although it reported failure; if that delete fails
         //    too, the next open's reconcile lists the snapshot.
+        // 4b. Block hashes go first, to the bucket and into place: a
+        //     listed snapshot has them whole or not at all. A crash here
+        //     leaves a file no snapshot lists (ids are never reused).
+        if let Some(blocks) = self.blocks {
+            if let Some(meta) = self.repo.meta() {
+                meta.put_file(&crate::repo::blocks_key(&self.name, id), blocks.path())?;
+            }
+            let dest = snapshot::blocks::blocks_path(&self.repo.snapshots_dir(), &self.name, id);
+            blocks.publish(&dest)?;
+        }
         if let Some(meta) = self.repo.meta() {
             let key = crate::repo::manifest_key(&self.name, id);
             if let Err(e) = meta.put_file(&key, tmp) {

@@ -10,8 +10,8 @@
 //! its bytes and its offset. Given the CVs of every block, the root follows
 //! by merging them exactly as BLAKE3 merges chunk CVs ([`TreeStack`], the
 //! same lazy stack as the reference implementation). A changed-extent
-//! backup takes the CVs of unchanged blocks from the base snapshot and
-//! hashes only the blocks it reads; the result equals `blake3::hash` of the
+//! backup (`bunker-changes`) takes the CVs of unchanged blocks from the
+//! base snapshot's block hashes and hashes only the blocks it reads; the result equals `blake3::hash` of the
 //! whole image (tested against it for every length shape).
 //!
 //! An image no longer than one block has no non-root subtree to reuse:
@@ -163,11 +163,7 @@ impl BlockHasher {
             }
             let take = ((self.block_len - in_block) as usize).min(data.len());
             let (now, rest) = data.split_at(take);
-            if now.len() >= 128 * 1024 {
-                self.current.update_rayon(now);
-            } else {
-                self.current.update(now);
-            }
+            self.update_block(now);
             self.len += take as u64;
             data = rest;
             if self.len % self.block_len == 0 {
@@ -182,6 +178,20 @@ impl BlockHasher {
         }
     }
 
+    #[cfg(feature = "rayon")]
+    fn update_block(&mut self, bytes: &[u8]) {
+        if bytes.len() >= 128 * 1024 {
+            self.current.update_rayon(bytes);
+        } else {
+            self.current.update(bytes);
+        }
+    }
+
+    #[cfg(not(feature = "rayon"))]
+    fn update_block(&mut self, bytes: &[u8]) {
+        self.current.update(bytes);
+    }
+
     /// Bytes hashed so far.
     pub fn len(&self) -> u64 {
         self.len
@@ -193,16 +203,30 @@ impl BlockHasher {
 
     /// The BLAKE3 of everything hashed.
     pub fn finalize(self) -> blake3::Hash {
+        self.finalize_with_tail().0
+    }
+
+    /// The BLAKE3 of everything hashed, and the tail's chaining value that
+    /// block hashes keep beside the whole blocks' (`None` when the image
+    /// ends on a block boundary or fits in one block).
+    pub fn finalize_with_tail(self) -> (blake3::Hash, Option<ChainingValue>) {
         if self.len <= self.block_len {
-            return match self.first {
+            let root = match self.first {
                 Some(first) => first.finalize(),
                 None => self.current.finalize(),
             };
+            return (root, None);
         }
         let tail = (self.len % self.block_len != 0).then(|| self.current.finalize_non_root());
-        self.tree
+        let root = self
+            .tree
             .finish(tail)
-            .expect("an image longer than a block has two leaves")
+            .expect("an image longer than a block has two leaves");
+        (root, tail)
+    }
+
+    pub fn block_len(&self) -> u64 {
+        self.block_len
     }
 }
 
