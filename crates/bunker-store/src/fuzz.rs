@@ -69,6 +69,20 @@ pub fn index_state(bytes: &[u8]) -> Result<usize> {
     Ok(s.runs.len())
 }
 
+/// A block hashes file: header, length, values and footer checked on
+/// open, then every chaining value read back.
+pub fn blocks_file(scratch: &Path, bytes: &[u8]) -> Result<u64> {
+    let path = scratch.join("blocks");
+    write(&path, bytes)?;
+    let b = crate::snapshot::BlocksFile::open(&path)?;
+    let mut n = 0;
+    for cv in b.chaining_values()? {
+        cv?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// A manifest: header and footer on open, the entries' checksum, every
 /// entry in order, and the binary search for a few offsets.
 pub fn manifest_file(scratch: &Path, bytes: &[u8]) -> Result<u64> {

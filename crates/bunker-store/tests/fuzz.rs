@@ -15,7 +15,7 @@ mod common;
 use common::*;
 
 /// Real files of a small repository, by target: pack, run, state,
-/// manifest, small (tombstones, space, deleted-id mark, config).
+/// manifest, blocks, small (tombstones, space, deleted-id mark, config).
 fn seeds() -> &'static Vec<(&'static str, Vec<u8>)> {
     static SEEDS: OnceLock<Vec<(&'static str, Vec<u8>)>> = OnceLock::new();
     SEEDS.get_or_init(|| {
@@ -27,6 +27,9 @@ fn seeds() -> &'static Vec<(&'static str, Vec<u8>)> {
         let first = repo.list(None).unwrap()[0].id;
         repo.delete("f", first).unwrap();
         repo.gc(&Default::default()).unwrap();
+        // Block hashes with values and a tail (the volumes above fit in
+        // one 1 MiB block).
+        ingest(&repo, "g", &volume(9, (5 << 20) / 2 + 7));
         repo.close().unwrap();
         let mut out = Vec::new();
         let mut add = |target, p: &Path| out.push((target, std::fs::read(p).unwrap()));
@@ -46,7 +49,19 @@ fn seeds() -> &'static Vec<(&'static str, Vec<u8>)> {
             .unwrap()
             .flatten()
         {
-            add("manifest", &e.path());
+            match e.path().extension().and_then(|x| x.to_str()) {
+                Some("snap") => add("manifest", &e.path()),
+                Some("blocks") => add("blocks", &e.path()),
+                _ => {}
+            }
+        }
+        for e in std::fs::read_dir(dir.path().join("snapshots/g"))
+            .unwrap()
+            .flatten()
+        {
+            if e.path().extension().is_some_and(|x| x == "blocks") {
+                add("blocks", &e.path());
+            }
         }
         for f in ["space", "config", "snapshots/.deleted-hwm"] {
             if dir.path().join(f).exists() {
@@ -64,6 +79,7 @@ fn run(target: &str, scratch: &Path, bytes: &[u8]) -> bool {
         "run" => fuzz::index_run(scratch, bytes).is_ok(),
         "state" => fuzz::index_state(bytes).is_ok(),
         "manifest" => fuzz::manifest_file(scratch, bytes).is_ok(),
+        "blocks" => fuzz::blocks_file(scratch, bytes).is_ok(),
         "small" => fuzz::small_files(bytes) > 0,
         other => panic!("no target {other}"),
     }
@@ -163,6 +179,11 @@ fn index_state_decoder_survives_10_000_hostile_files() {
 #[test]
 fn manifest_decoder_survives_10_000_hostile_files() {
     check_target("manifest");
+}
+
+#[test]
+fn block_hashes_decoder_survives_10_000_hostile_files() {
+    check_target("blocks");
 }
 
 #[test]
