@@ -9,6 +9,7 @@
 //! every randomised fault test ten times as long.
 
 mod blocks;
+mod changed;
 mod cli;
 mod corruption;
 mod crash;

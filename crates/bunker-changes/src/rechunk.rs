@@ -57,8 +57,8 @@ pub struct Options {
     /// Share of the reused bytes read back and checked against the base,
     /// 0 to 100.
     pub sample_percent: f64,
-    /// Bytes read from the source per request while re-chunking (at least
-    /// the chunker's maximum chunk).
+    /// Bytes read from the source per request while re-chunking: what a
+    /// stretch reads beyond its last chunk is less than this.
     pub read_len: usize,
 }
 
@@ -66,7 +66,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             sample_percent: 1.0,
-            read_len: 1 << 20,
+            read_len: 256 << 10,
         }
     }
 }
@@ -243,8 +243,7 @@ where
     S: FnMut(u64, &mut [u8]) -> std::io::Result<()>,
     F: FnMut(Piece<'_>) -> Result<(), Box<dyn std::error::Error + Send + Sync>>,
 {
-    let max = chunker.params().max_len as usize;
-    let read_len = options.read_len.max(max);
+    let read_len = options.read_len.max(4096);
     let mut base = BaseCursor::new(base, base_len)?;
     let mut reader = Reader {
         source,
@@ -287,12 +286,12 @@ where
         let mut start = pos; // image offset of buf[0]
         buf.clear();
         loop {
-            let have = buf.len() - (pos - start) as usize;
+            let at = (pos - start) as usize;
             let eof = start + buf.len() as u64 == new_len;
-            if have < max && !eof {
-                // Drop what is done, then read the next piece.
-                let done = (pos - start) as usize;
-                buf.drain(..done);
+            // A cut found in fewer than `max_len` bytes is final (the
+            // chunker's contract), so read ahead only as far as needed.
+            let Some(cut) = chunker.next_cut(&buf[at..], eof) else {
+                buf.drain(..at);
                 start = pos;
                 let from = start + buf.len() as u64;
                 let want = (read_len as u64).min(new_len - from) as usize;
@@ -300,11 +299,7 @@ where
                 buf.resize(old + want, 0);
                 reader.read(from, &mut buf[old..])?;
                 continue;
-            }
-            let at = (pos - start) as usize;
-            let cut = chunker
-                .next_cut(&buf[at..], eof)
-                .expect("a full chunk's worth of bytes or the end always cuts");
+            };
             let data = &buf[at..at + cut.end];
             emit(Piece::Read {
                 offset: pos,

@@ -58,21 +58,21 @@ pub struct BackupReport {
 }
 
 /// Where the chunks of a backup go and how they are compressed.
-struct Sending<'a> {
-    session: &'a Session,
+pub(crate) struct Sending<'a> {
+    pub(crate) session: &'a Session,
     /// The repository's zstd level: the server keeps the frames as sent.
-    level: i32,
+    pub(crate) level: i32,
 }
 
 /// What `upload_all` leaves for the commit.
-struct Upload {
+pub(crate) struct Upload {
     /// The commit body, written as the blocks went.
-    manifest: tempfile::NamedTempFile,
+    pub(crate) manifest: tempfile::NamedTempFile,
     /// BLAKE3 of the whole source.
-    stream_hash: blake3::Hash,
+    pub(crate) stream_hash: blake3::Hash,
     /// Its block hashes file (docs/FORMAT.md, "Block hashes").
-    blocks: tempfile::NamedTempFile,
-    stats: BackupProgress,
+    pub(crate) blocks: tempfile::NamedTempFile,
+    pub(crate) stats: BackupProgress,
 }
 
 impl Client {
@@ -113,7 +113,7 @@ impl Client {
     /// A chunker with the server's parameters, so chunk ids match what it
     /// stores, the repository's zstd level, and whether the server keeps
     /// block hashes.
-    fn server_params(&self) -> Result<(Chunker, i32, bool)> {
+    pub(crate) fn server_params(&self) -> Result<(Chunker, i32, bool)> {
         let info = self.info()?;
         let params = ChunkerParams::new(
             info.chunker.min_bytes,
@@ -128,7 +128,7 @@ impl Client {
         Ok((Chunker::new(params), info.zstd_level, info.block_hashes))
     }
 
-    fn open_session(&self, name: &str, opts: &BackupOptions) -> Result<Session> {
+    pub(crate) fn open_session(&self, name: &str, opts: &BackupOptions) -> Result<Session> {
         self.json_post(
             "/v1/sessions",
             &SessionRequest {
@@ -157,7 +157,7 @@ impl Client {
 
     /// Sends the manifest with the whole-stream hash; the server makes the
     /// snapshot visible only once it is durable.
-    fn commit(&self, session: &Session, upload: &Upload) -> Result<Snapshot> {
+    pub(crate) fn commit(&self, session: &Session, upload: &Upload) -> Result<Snapshot> {
         let mut file = upload
             .manifest
             .reopen()
@@ -263,7 +263,7 @@ impl Client {
     }
 
     /// Asks which chunks of a block are missing and uploads them.
-    fn send_missing(
+    pub(crate) fn send_missing(
         &self,
         sending: &Sending<'_>,
         data: &[u8],

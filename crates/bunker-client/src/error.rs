@@ -90,6 +90,10 @@ pub enum Error {
     /// The server sent nothing for the read timeout.
     #[error("the server sent nothing for {} s while {what} (it may be overloaded or stuck: run the command again, or allow longer with --timeout)", .after.as_secs_f64())]
     TimedOut { what: String, after: Duration },
+    /// What was asked cannot be done with this server or snapshot (a
+    /// changed-extent backup against a base without block hashes).
+    #[error("{0}")]
+    Unsupported(String),
     /// The certificates given to [`crate::Client::with_ca`] cannot be used
     /// (not PEM, or no certificate in it): fix the CA file.
     #[error("{reason}")]

@@ -305,7 +305,7 @@ impl Client {
     /// The manifest's body (`GET .../manifest`), cut at the length its
     /// chunk count makes it; a server announcing another length is
     /// refused.
-    fn open_manifest(&self, snap: &Snapshot) -> Result<impl Read> {
+    pub(crate) fn open_manifest(&self, snap: &Snapshot) -> Result<impl Read + Send + use<>> {
         let resp = self
             .check(
                 self.get(&format!("/v1/snapshots/{}/{}/manifest", snap.name, snap.id))

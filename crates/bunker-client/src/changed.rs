@@ -1,0 +1,502 @@
+//! Changed-extent backups: `bunker backup NAME SOURCE --base NAME@ID
+//! --changed MAP`. Only the extents the map lists (and the unchanged bytes
+//! around them up to the next shared chunk boundary) are read, chunked,
+//! hashed and offered to the server; every other chunk is the base
+//! snapshot's entry, taken without reading SOURCE. The manifest is exactly
+//! the one a full read would give (`bunker_changes::rechunk`), and the
+//! whole-image BLAKE3 is computed from the base's block hashes for the
+//! unchanged 1 MiB blocks and from SOURCE's bytes for the others
+//! (`bunker_chunk::digest`), so the snapshot records the true hash of
+//! every byte (docs/FORMAT.md, "Block hashes").
+//!
+//! A wrong map would give a wrong snapshot, so a share of the reused
+//! chunks (`verify_percent`, spread over the volume) is read from SOURCE
+//! and hashed against the base's ids; any difference fails the backup
+//! before anything is committed ([`Error::Verification`], exit 4).
+//!
+//! Memory: the base manifest and block hashes are spooled to temporary
+//! files and read in order; one batch of changed chunks is held for
+//! upload. Nothing grows with the volume.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::time::Instant;
+
+use bunker_api::{Snapshot, COMMIT_ENTRY_LEN};
+use bunker_changes::{walk, ChangeMap, Entry, Kind, Options, Piece};
+use bunker_chunk::blocks_file::{BlocksEncoder, BlocksHeader, CV_LEN, HEADER_LEN};
+use bunker_chunk::digest::{block_cv, tail_cv, tail_start, TreeStack};
+use bunker_chunk::seams::Span;
+use bunker_chunk::ChunkId;
+
+use crate::backup::{BackupOptions, BackupProgress, Sending, Upload};
+use crate::{Client, Error, Result};
+
+/// Changed chunks gathered before one `missing` query and their uploads.
+const BATCH_BYTES: usize = 16 << 20;
+
+/// What a changed-extent backup did, beside the snapshot.
+#[derive(Clone, Debug)]
+pub struct ChangedReport {
+    pub snapshot: Snapshot,
+    pub progress: BackupProgress,
+    pub seconds: f64,
+    /// Bytes the map lists as changed.
+    pub changed_bytes: u64,
+    /// Bytes read from SOURCE: re-chunked stretches, blocks hashed for the
+    /// image digest, and samples.
+    pub bytes_read: u64,
+    /// Reused bytes read back and checked against the base.
+    pub bytes_sampled: u64,
+    pub chunks_reused: u64,
+    pub chunks_read: u64,
+}
+
+/// The new image, read at any offset.
+pub type Source<'a> = dyn FnMut(u64, &mut [u8]) -> std::io::Result<()> + 'a;
+
+impl Client {
+    /// Backs up `name` from `source` (`size` bytes) as `base` plus the
+    /// extents of `map`. The base must have block hashes (any snapshot
+    /// this server version wrote).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backup_changed(
+        &self,
+        name: &str,
+        source: &mut Source<'_>,
+        size: u64,
+        base: &Snapshot,
+        map: &ChangeMap,
+        verify_percent: f64,
+        opts: &BackupOptions,
+        progress: &mut dyn FnMut(&BackupProgress),
+    ) -> Result<ChangedReport> {
+        let started = Instant::now();
+        let (chunker, level, block_hashes) = self.server_params()?;
+        if !block_hashes {
+            return Err(Error::Unsupported(
+                "this server keeps no block hashes, which a changed-extent backup needs; \
+                 upgrade it or back up without --changed"
+                    .into(),
+            ));
+        }
+        let manifest = self.spool_manifest(base)?;
+        let blocks = self.spool_blocks(base)?;
+        let session = self.open_session(name, opts)?;
+        let sending = Sending {
+            session: &session,
+            level,
+        };
+        let result = self.changed_upload(
+            &sending,
+            &chunker,
+            source,
+            size,
+            base,
+            map,
+            verify_percent,
+            (&manifest, &blocks),
+            opts,
+            progress,
+        );
+        let (upload, walked, digest_read) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = self.delete(&format!("/v1/sessions/{}", session.id)).call();
+                return Err(e);
+            }
+        };
+        self.put_blocks(&session, &upload.blocks)?;
+        let snapshot = self.commit(&session, &upload)?;
+        Ok(ChangedReport {
+            snapshot,
+            progress: upload.stats,
+            seconds: started.elapsed().as_secs_f64(),
+            changed_bytes: map.changed_bytes(),
+            bytes_read: walked.bytes_read + digest_read,
+            bytes_sampled: walked.bytes_sampled,
+            chunks_reused: walked.chunks_reused,
+            chunks_read: walked.chunks_read,
+        })
+    }
+
+    /// The walk, the uploads and the new block hashes.
+    #[allow(clippy::too_many_arguments)]
+    fn changed_upload(
+        &self,
+        sending: &Sending<'_>,
+        chunker: &bunker_chunk::Chunker,
+        source: &mut Source<'_>,
+        size: u64,
+        base: &Snapshot,
+        map: &ChangeMap,
+        verify_percent: f64,
+        (manifest, blocks): (&tempfile::NamedTempFile, &tempfile::NamedTempFile),
+        opts: &BackupOptions,
+        progress: &mut dyn FnMut(&BackupProgress),
+    ) -> Result<(Upload, bunker_changes::Report, u64)> {
+        let entries_tmp = tempfile::NamedTempFile::new()
+            .map_err(|e| Error::io("creating a temporary manifest", e))?;
+        let mut entries = BufWriter::with_capacity(
+            1 << 20,
+            entries_tmp
+                .reopen()
+                .map_err(|e| Error::io("opening the temporary manifest", e))?,
+        );
+        let mut stats = BackupProgress {
+            total: opts.size_hint.or(Some(size)),
+            ..Default::default()
+        };
+        let mut batch = Batch::default();
+        let mut failed: Option<Error> = None;
+        let base_entries = base_entries(manifest, base)?;
+        let walked = walk(
+            chunker,
+            base_entries,
+            base.size_bytes,
+            map,
+            size,
+            &mut *source,
+            Options {
+                sample_percent: verify_percent,
+                ..Options::default()
+            },
+            |piece| {
+                let (len, id) = match piece {
+                    Piece::Reused(e) => {
+                        stats.bytes_deduplicated += e.len;
+                        (e.len, e.id)
+                    }
+                    Piece::Read { data, zero, .. } => {
+                        let id = if zero {
+                            ChunkId::ZERO
+                        } else {
+                            ChunkId::of(data)
+                        };
+                        batch.push(data, id, zero);
+                        (data.len() as u64, id)
+                    }
+                };
+                let mut entry = [0u8; COMMIT_ENTRY_LEN];
+                entry[..8].copy_from_slice(&len.to_le_bytes());
+                entry[8..].copy_from_slice(&id.0);
+                entries.write_all(&entry)?;
+                stats.bytes_read += len;
+                stats.chunks += 1;
+                if batch.data.len() >= BATCH_BYTES {
+                    if let Err(e) = self.send_batch(sending, &mut batch, &mut stats) {
+                        let text = e.to_string();
+                        failed = Some(e);
+                        return Err(text.into());
+                    }
+                    progress(&stats);
+                }
+                Ok(())
+            },
+        );
+        let walked = match walked {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(match failed {
+                    Some(first) => first,
+                    None => changed_error(e),
+                })
+            }
+        };
+        self.send_batch(sending, &mut batch, &mut stats)?;
+        progress(&stats);
+        entries
+            .flush()
+            .map_err(|e| Error::io("writing the temporary manifest", e))?;
+        drop(entries);
+        let (stream_hash, blocks_tmp, digest_read) = new_blocks(blocks, map, base, size, source)?;
+        Ok((
+            Upload {
+                manifest: entries_tmp,
+                stream_hash,
+                blocks: blocks_tmp,
+                stats,
+            },
+            walked,
+            digest_read,
+        ))
+    }
+
+    fn send_batch(
+        &self,
+        sending: &Sending<'_>,
+        batch: &mut Batch,
+        stats: &mut BackupProgress,
+    ) -> Result<()> {
+        if !batch.spans.is_empty() {
+            self.send_missing(sending, &batch.data, &batch.spans, stats)?;
+        }
+        batch.data.clear();
+        batch.spans.clear();
+        Ok(())
+    }
+
+    /// The base's manifest in a temporary file.
+    fn spool_manifest(&self, base: &Snapshot) -> Result<tempfile::NamedTempFile> {
+        let mut tmp = tempfile::NamedTempFile::new()
+            .map_err(|e| Error::io("creating a temporary file for the base manifest", e))?;
+        let mut body = self.open_manifest(base)?;
+        let copied = std::io::copy(&mut body, tmp.as_file_mut())
+            .map_err(|e| self.read_error("reading the base manifest", e))?;
+        if copied != base.chunks * 40 {
+            return Err(Error::Interrupted(format!(
+                "the base manifest of {}@{} ended after {copied} bytes of {}",
+                base.name,
+                base.id,
+                base.chunks * 40
+            )));
+        }
+        Ok(tmp)
+    }
+
+    /// The base's block hashes in a temporary file, checked: they must
+    /// describe the base image and merge into its BLAKE3.
+    fn spool_blocks(&self, base: &Snapshot) -> Result<tempfile::NamedTempFile> {
+        let path = format!("/v1/snapshots/{}/{}/blocks", base.name, base.id);
+        let resp = self.check(self.get(&path).call()).map_err(|e| match e {
+            Error::NotFound { message } => Error::Unsupported(format!(
+                "the base {}@{} has no block hashes ({message}); back it up once without \
+                 --changed, then use that snapshot as the base",
+                base.name, base.id
+            )),
+            other => other,
+        })?;
+        let mut tmp = tempfile::NamedTempFile::new()
+            .map_err(|e| Error::io("creating a temporary file for the base's block hashes", e))?;
+        std::io::copy(&mut resp.into_body().into_reader(), tmp.as_file_mut())
+            .map_err(|e| self.read_error("reading the base's block hashes", e))?;
+        let bad = |why: String| {
+            Error::Verification(format!(
+                "the block hashes of {}@{} {why}",
+                base.name, base.id
+            ))
+        };
+        let (header, cvs) = read_blocks(&tmp).map_err(|e| Error::io("reading block hashes", e))?;
+        let header = header.map_err(&bad)?;
+        if header.image_len != base.size_bytes {
+            return Err(bad(format!(
+                "describe {} bytes, the snapshot has {}",
+                header.image_len, base.size_bytes
+            )));
+        }
+        if header.count > 0 {
+            let mut tree = TreeStack::new();
+            for cv in cvs {
+                tree.push(cv.map_err(|e| Error::io("reading block hashes", e))?);
+            }
+            let root = tree.finish(header.tail).map(|h| h.to_hex().to_string());
+            if root.as_deref() != Some(base.blake3.as_str()) {
+                return Err(bad("do not merge into its BLAKE3".into()));
+            }
+        }
+        Ok(tmp)
+    }
+}
+
+/// Changed chunks waiting for their `missing` query.
+#[derive(Default)]
+struct Batch {
+    data: Vec<u8>,
+    spans: Vec<Span>,
+}
+
+impl Batch {
+    fn push(&mut self, data: &[u8], id: ChunkId, zero: bool) {
+        let start = self.data.len();
+        if !zero {
+            self.data.extend_from_slice(data);
+        }
+        self.spans.push(Span {
+            start,
+            end: if zero {
+                start + data.len()
+            } else {
+                self.data.len()
+            },
+            id,
+            zero,
+        });
+    }
+}
+
+/// A walk error as the client reports it.
+fn changed_error(e: bunker_changes::rechunk::Error) -> Error {
+    use bunker_changes::rechunk::Error as W;
+    match e {
+        W::MapWrong { .. } => Error::Verification(e.to_string()),
+        W::Source { offset, source } => {
+            Error::io(format!("reading the backup source at {offset}"), source)
+        }
+        W::BadBase(_) => Error::Verification(e.to_string()),
+        other => Error::Interrupted(other.to_string()),
+    }
+}
+
+/// The base manifest's entries (end offset, id) as lengths and ids.
+fn base_entries(
+    manifest: &tempfile::NamedTempFile,
+    base: &Snapshot,
+) -> Result<impl Iterator<Item = std::io::Result<Entry>>> {
+    let file = manifest
+        .reopen()
+        .map_err(|e| Error::io("reopening the base manifest", e))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut end = 0u64;
+    let mut left = base.chunks;
+    Ok(std::iter::from_fn(move || {
+        if left == 0 {
+            return None;
+        }
+        left -= 1;
+        let mut e = [0u8; 40];
+        Some(reader.read_exact(&mut e).and_then(|()| {
+            let next = u64::from_le_bytes(e[..8].try_into().expect("8 bytes"));
+            let len = next.checked_sub(end).filter(|&l| l > 0).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("base manifest entry ends at {next}, before {end}"),
+                )
+            })?;
+            end = next;
+            Ok(Entry {
+                len,
+                id: ChunkId(e[8..].try_into().expect("32 bytes")),
+            })
+        }))
+    }))
+}
+
+type Cvs = Box<dyn Iterator<Item = std::io::Result<[u8; 32]>>>;
+
+/// The header (or what is wrong with it) and the chaining values of a
+/// block hashes file.
+fn read_blocks(
+    file: &tempfile::NamedTempFile,
+) -> std::io::Result<(std::result::Result<BlocksHeader, String>, Cvs)> {
+    let mut reader = BufReader::with_capacity(256 << 10, file.reopen()?);
+    let mut head = [0u8; HEADER_LEN];
+    reader.read_exact(&mut head)?;
+    let header = BlocksHeader::decode(&head);
+    let mut left = header.as_ref().map_or(0, |h| h.count);
+    let cvs = std::iter::from_fn(move || {
+        if left == 0 {
+            return None;
+        }
+        left -= 1;
+        let mut cv = [0u8; CV_LEN];
+        Some(reader.read_exact(&mut cv).map(|()| cv))
+    });
+    Ok((header, Box::new(cvs)))
+}
+
+/// The new image's block hashes and BLAKE3: a block that no changed
+/// extent touches and that the base holds whole keeps the base's chaining
+/// value; every other block, and the tail, is read from `source`.
+/// Returns the hash, the file, and the bytes read.
+fn new_blocks(
+    base_blocks: &tempfile::NamedTempFile,
+    map: &ChangeMap,
+    base: &Snapshot,
+    size: u64,
+    source: &mut Source<'_>,
+) -> Result<(blake3::Hash, tempfile::NamedTempFile, u64)> {
+    let block = bunker_chunk::blocks_file::DEFAULT_BLOCK_LEN;
+    let io = |e| Error::io("writing the temporary block hashes", e);
+    let src = |offset: u64, e| Error::io(format!("reading the backup source at {offset}"), e);
+    let tmp = tempfile::NamedTempFile::new().map_err(io)?;
+    let mut encoder = BlocksEncoder::new(BufWriter::with_capacity(
+        256 << 10,
+        tmp.reopen().map_err(io)?,
+    ))
+    .map_err(io)?;
+    let mut read = 0u64;
+    let mut buf = vec![0u8; block as usize];
+    if size <= block {
+        let mut all = vec![0u8; size as usize];
+        source(0, &mut all).map_err(|e| src(0, e))?;
+        encoder.finish(block, size, None).map_err(io)?;
+        return Ok((blake3::hash(&all), tmp, size));
+    }
+    let (header, mut base_cvs) =
+        read_blocks(base_blocks).map_err(|e| Error::io("reading block hashes", e))?;
+    let base_count = header.map_or(0, |h| if h.block_len == block { h.count } else { 0 });
+    let mut tree = TreeStack::new();
+    let whole = size / block;
+    let mut next_change = 0usize;
+    let extents = map.extents();
+    for i in 0..whole {
+        let (start, end) = (i * block, (i + 1) * block);
+        let base_cv = if i < base_count {
+            Some(
+                base_cvs
+                    .next()
+                    .expect("count values")
+                    .map_err(|e| Error::io("reading block hashes", e))?,
+            )
+        } else {
+            None
+        };
+        while extents
+            .get(next_change)
+            .is_some_and(|e| e.offset + e.len <= start)
+        {
+            next_change += 1;
+        }
+        let touched = extents.get(next_change).is_some_and(|e| e.offset < end);
+        let kept = base_cv.filter(|_| !touched && end <= base.size_bytes);
+        let cv = match kept {
+            Some(cv) => cv,
+            None => {
+                fill(source, map, next_change, start, &mut buf).map_err(|e| src(start, e))?;
+                read += block;
+                block_cv(block, i, &buf)
+            }
+        };
+        encoder.push(&cv).map_err(io)?;
+        tree.push(cv);
+    }
+    let start = tail_start(size, block);
+    let tail = if start < size {
+        let tail = &mut buf[..(size - start) as usize];
+        source(start, tail).map_err(|e| src(start, e))?;
+        read += size - start;
+        Some(tail_cv(start, tail))
+    } else {
+        None
+    };
+    encoder.finish(block, size, tail).map_err(io)?;
+    let root = tree.finish(tail).expect("more than one block");
+    Ok((root, tmp, read))
+}
+
+/// Reads `buf.len()` bytes at `offset`, taking the map's zero extents as
+/// zeros without reading them.
+fn fill(
+    source: &mut Source<'_>,
+    map: &ChangeMap,
+    first: usize,
+    offset: u64,
+    buf: &mut [u8],
+) -> std::io::Result<()> {
+    let end = offset + buf.len() as u64;
+    let mut at = offset;
+    for e in map.extents()[first..].iter().take_while(|e| e.offset < end) {
+        if e.kind != Kind::Zero {
+            continue;
+        }
+        let (zs, ze) = (e.offset.max(at), (e.offset + e.len).min(end));
+        if zs > at {
+            source(at, &mut buf[(at - offset) as usize..(zs - offset) as usize])?;
+        }
+        buf[(zs - offset) as usize..(ze - offset) as usize].fill(0);
+        at = ze;
+    }
+    if at < end {
+        source(at, &mut buf[(at - offset) as usize..])?;
+    }
+    Ok(())
+}
