@@ -11,6 +11,7 @@
 mod cli;
 mod corruption;
 mod crash;
+mod delta;
 mod disk;
 mod faults;
 mod races;

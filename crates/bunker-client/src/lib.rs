@@ -10,6 +10,9 @@
 //!   checks the whole-image BLAKE3 at the end; the server has already
 //!   checked every chunk's BLAKE3 before sending it. A file target is
 //!   written beside its name and renamed into place only once verified.
+//! - [`Client::restore_delta`] writes a snapshot over an existing file or
+//!   block device, reading it once and fetching only the chunks whose
+//!   bytes differ (`delta.rs`).
 //!
 //! The server is not trusted with sizes: every allocation is bounded by the
 //! repository's largest chunk or by what was asked for, and every read
@@ -21,6 +24,7 @@
 //! classifies them for exit codes.
 
 mod backup;
+mod delta;
 mod error;
 mod output;
 mod restore;
@@ -30,6 +34,7 @@ use std::time::Duration;
 use bunker_api::{Info, Snapshot, SnapshotList};
 
 pub use backup::{BackupOptions, BackupProgress, BackupReport};
+pub use delta::DeltaReport;
 pub use error::{Error, ErrorKind, Result, ServerCode};
 pub use restore::{RestoreProgress, RestoreReport, Target};
 
