@@ -23,6 +23,7 @@
 mod backup;
 mod error;
 mod output;
+mod random;
 mod restore;
 
 use std::time::Duration;
