@@ -165,3 +165,6 @@ pub fn handle(stream: std::net::TcpStream, exports: &dyn Exports) -> io::Result<
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -511,3 +511,108 @@ impl Reader<'_> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FileSource;
+
+    fn identity(id: u64) -> OverlayIdentity {
+        OverlayIdentity {
+            name: "vol1".into(),
+            id,
+            blake3: "ab".repeat(32),
+            size: 50_000,
+        }
+    }
+
+    fn base(dir: &Path) -> FileSource {
+        let p = dir.join("base");
+        std::fs::write(
+            &p,
+            (0..50_000u32).map(|i| (i % 253) as u8).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        FileSource::new(File::open(p).unwrap()).unwrap()
+    }
+
+    fn read(o: &Overlay, b: &FileSource, offset: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        o.read_at(b, offset, &mut buf).unwrap();
+        buf
+    }
+
+    #[test]
+    fn flushed_writes_survive_a_reopen_and_unflushed_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = base(dir.path());
+        let path = dir.path().join("ov");
+        let o = Overlay::open(&path, identity(2)).unwrap();
+        o.write(&b, 10, b"kept").unwrap();
+        o.flush().unwrap();
+        o.write(&b, 20_000, b"lost").unwrap();
+        // No flush: as if the process were killed here.
+        drop(o);
+        let o = Overlay::open(&path, identity(2)).unwrap();
+        assert_eq!(read(&o, &b, 10, 4), b"kept");
+        let mut orig = vec![0u8; 4];
+        b.read_at(20_000, &mut orig).unwrap();
+        assert_eq!(read(&o, &b, 20_000, 4), orig, "an unflushed write is gone");
+        // The rest of the written block is the base's.
+        let mut around = vec![0u8; 4096];
+        b.read_at(0, &mut around).unwrap();
+        around[10..14].copy_from_slice(b"kept");
+        assert_eq!(read(&o, &b, 0, 4096), around);
+        assert_eq!(o.written_bytes(), BLOCK);
+    }
+
+    #[test]
+    fn another_snapshot_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ov");
+        drop(Overlay::open(&path, identity(2)).unwrap());
+        let e = Overlay::open(&path, identity(3)).err().unwrap().to_string();
+        assert!(e.contains("vol1@2") && e.contains("vol1@3"), "{e}");
+    }
+
+    #[test]
+    fn a_file_without_a_map_or_a_damaged_map_is_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        std::fs::write(&path, b"precious").unwrap();
+        let e = Overlay::open(&path, identity(2)).err().unwrap().to_string();
+        assert!(e.contains("disk.img.map does not"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+        let path = dir.path().join("ov");
+        let b = base(dir.path());
+        let o = Overlay::open(&path, identity(2)).unwrap();
+        o.write(&b, 0, b"x").unwrap();
+        o.flush().unwrap();
+        drop(o);
+        let map = dir.path().join("ov.map");
+        let mut bytes = std::fs::read(&map).unwrap();
+        let n = bytes.len();
+        bytes[n - 40] ^= 1;
+        std::fs::write(&map, bytes).unwrap();
+        let e = Overlay::open(&path, identity(2)).err().unwrap().to_string();
+        assert!(e.contains("checksum"), "{e}");
+    }
+
+    #[test]
+    fn the_map_merges_runs_and_round_trips() {
+        let mut m = BTreeMap::new();
+        for (a, b) in [(5, 7), (1, 2), (2, 3), (9, 10), (6, 9)] {
+            insert(&mut m, a, b);
+        }
+        assert_eq!(m.into_iter().collect::<Vec<_>>(), vec![(1, 3), (5, 10)]);
+        let mut m = BTreeMap::new();
+        insert(&mut m, 0, 3);
+        insert(&mut m, 7, 13);
+        let bytes = encode(&identity(4), &m);
+        let (id, back) = decode(&bytes).unwrap();
+        assert_eq!((id, back), (identity(4), m));
+        let mut newer = bytes.clone();
+        newer[8] = 2;
+        assert!(decode(&newer).unwrap_err().contains("version 2"));
+    }
+}
