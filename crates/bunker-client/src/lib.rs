@@ -27,6 +27,7 @@ mod backup;
 mod delta;
 mod error;
 mod output;
+mod random;
 mod restore;
 
 use std::time::Duration;

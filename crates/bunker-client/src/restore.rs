@@ -305,7 +305,7 @@ impl Client {
     /// The manifest's body (`GET .../manifest`), cut at the length its
     /// chunk count makes it; a server announcing another length is
     /// refused.
-    fn open_manifest(&self, snap: &Snapshot) -> Result<impl Read> {
+    pub(crate) fn open_manifest(&self, snap: &Snapshot) -> Result<impl Read + Send + use<>> {
         let resp = self
             .check(
                 self.get(&format!("/v1/snapshots/{}/{}/manifest", snap.name, snap.id))
@@ -706,7 +706,7 @@ pub(crate) fn check_image(snap: &Snapshot, bytes: u64, hash: &blake3::Hash) -> R
 }
 
 /// The `Content-Length` the server announced, if any.
-fn content_length(resp: &http::Response<ureq::Body>) -> Option<u64> {
+pub(crate) fn content_length(resp: &http::Response<ureq::Body>) -> Option<u64> {
     resp.headers()
         .get(http::header::CONTENT_LENGTH)?
         .to_str()

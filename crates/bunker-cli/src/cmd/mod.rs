@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod demo;
 pub mod drill;
+pub mod export;
 pub mod gc;
 pub mod prune;
 pub mod restore;
