@@ -14,6 +14,7 @@ mod crash;
 mod delta;
 mod disk;
 mod faults;
+mod mount;
 mod races;
 mod restore;
 mod s3;
