@@ -194,8 +194,8 @@ fn links_are_never_followed_to_files() {
 }
 
 /// A loop device over a file, detached when dropped.
-struct LoopDevice {
-    dev: PathBuf,
+pub(crate) struct LoopDevice {
+    pub(crate) dev: PathBuf,
 }
 
 impl LoopDevice {
@@ -225,7 +225,7 @@ impl Drop for LoopDevice {
 
 /// A loop device over `len` bytes of 0xAB, or `None` (said loudly) where
 /// loop devices are not available; in CI that fails the test.
-fn loop_device(dir: &Path, name: &str, len: usize) -> Option<LoopDevice> {
+pub(crate) fn loop_device(dir: &Path, name: &str, len: usize) -> Option<LoopDevice> {
     let backing = dir.join(name);
     std::fs::write(&backing, vec![0xABu8; len]).unwrap();
     match LoopDevice::attach(&backing) {

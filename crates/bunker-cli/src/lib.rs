@@ -84,6 +84,13 @@ enum Command {
     /// Restore a snapshot to a file, block device or stdout (-), verified.
     #[command(after_long_help = cmd::restore::LONG_HELP)]
     Restore(cmd::restore::Args),
+    /// Serve snapshots over NBD: attach any snapshot as a block device now.
+    #[command(after_long_help = cmd::export::LONG_HELP)]
+    Export(cmd::export::Args),
+    /// Show a snapshot as a read-only file DIR/NAME@ID.img (FUSE), to
+    /// loop-mount and copy files out of without restoring it.
+    #[command(after_long_help = cmd::mount::LONG_HELP)]
+    Mount(cmd::mount::Args),
     /// List snapshots.
     #[command(after_long_help = cmd::snapshots::LONG_HELP)]
     Snapshots(cmd::snapshots::Args),
@@ -153,6 +160,8 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => cmd::serve::run(args).map_err(Failure::from),
         Command::Backup(args) => cmd::backup::run(&g, args),
         Command::Restore(args) => cmd::restore::run(&g, args),
+        Command::Export(args) => cmd::export::run(&g, args),
+        Command::Mount(args) => cmd::mount::run(&g, args),
         Command::Snapshots(args) => cmd::snapshots::run(&g, args),
         Command::Drill(args) => cmd::drill::run(&g, args),
         Command::Prune(args) => cmd::prune::run(&g, args),

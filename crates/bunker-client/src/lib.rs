@@ -10,6 +10,9 @@
 //!   checks the whole-image BLAKE3 at the end; the server has already
 //!   checked every chunk's BLAKE3 before sending it. A file target is
 //!   written beside its name and renamed into place only once verified.
+//! - [`Client::restore_delta`] writes a snapshot over an existing file or
+//!   block device, reading it once and fetching only the chunks whose
+//!   bytes differ (`delta.rs`).
 //!
 //! The server is not trusted with sizes: every allocation is bounded by the
 //! repository's largest chunk or by what was asked for, and every read
@@ -22,8 +25,10 @@
 
 mod backup;
 mod changed;
+mod delta;
 mod error;
 mod output;
+mod random;
 mod restore;
 
 use std::time::Duration;
@@ -32,6 +37,7 @@ use bunker_api::{Info, Snapshot, SnapshotList};
 
 pub use backup::{BackupOptions, BackupProgress, BackupReport};
 pub use changed::{ChangedReport, Source};
+pub use delta::DeltaReport;
 pub use error::{Error, ErrorKind, Result, ServerCode};
 pub use restore::{RestoreProgress, RestoreReport, Target};
 

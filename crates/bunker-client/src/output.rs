@@ -392,7 +392,7 @@ fn exists(path: &Path) -> Error {
     )
 }
 
-fn refused(path: &Path, why: &str) -> Error {
+pub(crate) fn refused(path: &Path, why: &str) -> Error {
     Error::io(
         path.display().to_string(),
         std::io::Error::other(why.to_string()),

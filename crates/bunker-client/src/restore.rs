@@ -94,11 +94,11 @@ pub struct RestoreReport {
 }
 
 #[derive(Clone)]
-struct Entry {
-    index: u64,
-    start: u64,
-    end: u64,
-    id: ChunkId,
+pub(crate) struct Entry {
+    pub(crate) index: u64,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) id: ChunkId,
 }
 
 /// The chunks in flight: fetchers deliver at most `WINDOW` chunks ahead
@@ -161,7 +161,7 @@ impl Client {
 
     /// The snapshot's description, refused before anything is read or
     /// created if it is impossible.
-    fn fetch_snapshot(&self, name: &str, id: Option<u64>) -> Result<Snapshot> {
+    pub(crate) fn fetch_snapshot(&self, name: &str, id: Option<u64>) -> Result<Snapshot> {
         let snap = self.snapshot(name, id)?;
         check_snapshot(&snap)?;
         Ok(snap)
@@ -169,7 +169,7 @@ impl Client {
 
     /// What the repository allows. The longest chunk is its chunker's
     /// maximum, and never more than any repository allows.
-    fn limits(&self) -> Result<Limits> {
+    pub(crate) fn limits(&self) -> Result<Limits> {
         let max = self.info()?.chunker.max_bytes;
         Ok(Limits {
             max_chunk_len: u64::from(max.min(bunker_chunk::MAX_MAX_LEN)),
@@ -266,7 +266,7 @@ impl Client {
     /// `emit` in order as runs: one zero entry, or up to `RUN_CHUNKS`
     /// consecutive non-zero entries spanning at most `RUN_BYTES`. Stops
     /// early, without error, when `emit` returns false.
-    fn plan(
+    pub(crate) fn plan(
         &self,
         snap: &Snapshot,
         limits: Limits,
@@ -437,7 +437,7 @@ impl Client {
 
     /// One chunk (`GET .../chunks/<id>`), checked here against its length
     /// and id ([`verify_chunk`]).
-    fn fetch_chunk(&self, snap: &Snapshot, e: &Entry) -> Result<Vec<u8>> {
+    pub(crate) fn fetch_chunk(&self, snap: &Snapshot, e: &Entry) -> Result<Vec<u8>> {
         let path = format!(
             "/v1/snapshots/{}/{}/chunks/{}",
             snap.name,
@@ -604,7 +604,7 @@ fn write_in_order(
 
 /// What the repository allows, as the server says (`/v1/info`).
 #[derive(Clone, Copy)]
-struct Limits {
+pub(crate) struct Limits {
     max_chunk_len: u64,
 }
 
@@ -688,7 +688,7 @@ fn verify_chunk(e: &Entry, data: &[u8]) -> Result<()> {
 
 /// The whole image: as long as the snapshot, and hashing to its BLAKE3.
 /// This covers every byte that crossed the wire.
-fn check_image(snap: &Snapshot, bytes: u64, hash: &blake3::Hash) -> Result<()> {
+pub(crate) fn check_image(snap: &Snapshot, bytes: u64, hash: &blake3::Hash) -> Result<()> {
     if bytes != snap.size_bytes {
         return Err(Error::Verification(format!(
             "restored {bytes} bytes, the snapshot has {}",
@@ -706,7 +706,7 @@ fn check_image(snap: &Snapshot, bytes: u64, hash: &blake3::Hash) -> Result<()> {
 }
 
 /// The `Content-Length` the server announced, if any.
-fn content_length(resp: &http::Response<ureq::Body>) -> Option<u64> {
+pub(crate) fn content_length(resp: &http::Response<ureq::Body>) -> Option<u64> {
     resp.headers()
         .get(http::header::CONTENT_LENGTH)?
         .to_str()

@@ -3,7 +3,9 @@
 pub mod backup;
 pub mod demo;
 pub mod drill;
+pub mod export;
 pub mod gc;
+pub mod mount;
 pub mod prune;
 pub mod restore;
 pub mod serve;
