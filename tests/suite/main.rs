@@ -13,6 +13,7 @@ mod corruption;
 mod crash;
 mod disk;
 mod faults;
+mod nbd;
 mod races;
 mod restore;
 mod s3;
