@@ -595,3 +595,79 @@ fn a_flipped_byte_in_a_pack_fails_reads_of_that_chunk_only() {
         );
     }
 }
+
+/// The reader under the export (`bunker-image`), on the real server:
+/// zero chunks are never fetched, a chunk that repeats is fetched once,
+/// readers of one chunk at the same time share one fetch, and small reads
+/// of cached chunks fetch nothing.
+#[test]
+fn the_image_reader_fetches_each_chunk_once_and_zero_chunks_never() {
+    let image = san_image(16 << 20);
+    let s = setup("vol1", &image);
+    let client = bunker_client::Client::new(&s.server.url, Some(s.server.admin.clone()));
+    let snap = client.snapshot("vol1", None).unwrap();
+    let mut manifest = Vec::new();
+    client
+        .manifest(&snap)
+        .unwrap()
+        .read_to_end(&mut manifest)
+        .unwrap();
+    let distinct: std::collections::HashSet<&[u8]> = manifest
+        .chunks(40)
+        .map(|e| &e[8..])
+        .filter(|id| id.iter().any(|&b| b != 0))
+        .collect();
+    let options = bunker_image::ImageOptions {
+        read_ahead_chunks: 0,
+        ..Default::default()
+    };
+    let img = std::sync::Arc::new(
+        bunker_image::Image::open(client.clone(), "vol1", None, options).unwrap(),
+    );
+    assert_eq!(img.size(), image.len() as u64);
+    // Eight threads read the whole image at once, each in its own order
+    // of 1 MiB pieces.
+    std::thread::scope(|scope| {
+        for t in 0..8u64 {
+            let (img, image) = (img.clone(), &image);
+            scope.spawn(move || {
+                let pieces = image.len() as u64 >> 20;
+                let mut buf = vec![0u8; 1 << 20];
+                for i in 0..pieces {
+                    let at = ((i + t * 5) % pieces) << 20;
+                    img.read_at(at, &mut buf).unwrap();
+                    assert!(buf[..] == image[at as usize..at as usize + buf.len()]);
+                }
+            });
+        }
+    });
+    let after_all = img.stats();
+    assert_eq!(
+        after_all.fetched_chunks,
+        distinct.len() as u64,
+        "{after_all:?}"
+    );
+    // 500 random small reads: all from the cache.
+    let mut buf = [0u8; 4096];
+    for i in 0..500u64 {
+        let at = (i * 7919 * 4096) % (image.len() as u64 - 4096);
+        img.read_at(at, &mut buf).unwrap();
+        assert!(buf[..] == image[at as usize..at as usize + 4096]);
+    }
+    assert_eq!(img.stats().fetched_chunks, after_all.fetched_chunks);
+    // Zero and data runs as the image has them; past the end is refused.
+    let (mut at, mut zeros) = (0u64, 0u64);
+    for e in img.extents(0, img.size()).unwrap() {
+        assert_eq!(e.offset, at);
+        let run = &image[e.offset as usize..(e.offset + e.len) as usize];
+        if e.zero {
+            assert!(run.iter().all(|&b| b == 0), "zero run at {at} holds data");
+            zeros += e.len;
+        }
+        at += e.len;
+    }
+    assert_eq!(at, img.size());
+    assert!(zeros > 0, "the image has zero chunks");
+    let e = img.read_at(img.size() - 10, &mut buf).unwrap_err();
+    assert!(e.to_string().contains("beyond the end"), "{e}");
+}
