@@ -216,6 +216,12 @@ fn nbd_clients_read_the_snapshot_exactly_and_see_zero_chunks_as_holes() {
         std::fs::read(&out).unwrap() == image,
         "nbdcopy's copy differs"
     );
+    // SIGTERM ends it cleanly.
+    let mut e = e;
+    let term = run("kill", &["-TERM", &e.child.id().to_string()]);
+    assert!(term.status.success());
+    let status = e.child.wait().unwrap();
+    assert!(status.success(), "bunker export after SIGTERM: {status}");
 }
 
 #[test]
