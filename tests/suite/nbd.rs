@@ -294,11 +294,17 @@ fn an_ext4_image_through_nbdfuse_and_a_loop_mount_shows_the_source_files() {
     let _ = run("umount", &[mnt.to_str().unwrap()]);
     let _ = run("fusermount3", &["-u", fuse.to_str().unwrap()]);
     let _ = nbdfuse.wait();
-    assert!(
-        mounted.status.success(),
-        "mount: {}",
-        String::from_utf8_lossy(&mounted.stderr)
-    );
+    if !mounted.status.success() {
+        // A loop mount needs root (CAP_SYS_ADMIN): a loud skip, except
+        // under CI, which must run it.
+        let msg = format!(
+            "cannot loop-mount the image through nbdfuse here: {}",
+            String::from_utf8_lossy(&mounted.stderr).trim()
+        );
+        assert!(std::env::var_os("CI").is_none(), "{msg}");
+        eprintln!("\n!!! {msg}: this NBD test is SKIPPED\n");
+        return;
+    }
     let diff = diff.unwrap();
     assert!(
         diff.status.success(),
