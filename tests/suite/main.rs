@@ -17,6 +17,7 @@ mod delta;
 mod disk;
 mod faults;
 mod mount;
+mod nbd;
 mod races;
 mod restore;
 mod s3;

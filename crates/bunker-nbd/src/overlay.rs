@@ -616,3 +616,78 @@ mod tests {
         assert!(decode(&newer).unwrap_err().contains("version 2"));
     }
 }
+
+#[cfg(test)]
+mod layout {
+    use super::*;
+
+    /// The `(offset, width, field)` rows of FORMAT.md's overlay map table.
+    fn documented() -> Vec<(String, String, String)> {
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/FORMAT.md"))
+                .unwrap();
+        let section = doc.split("## Overlay map").nth(1).expect("the section");
+        section
+            .lines()
+            .skip_while(|l| !l.starts_with("| offset"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let c: Vec<String> = l
+                    .trim_matches('|')
+                    .split('|')
+                    .map(|c| c.trim().to_string())
+                    .collect();
+                (c[0].clone(), c[1].clone(), c[2].clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_map_layout_is_the_one_format_md_gives() {
+        let id = OverlayIdentity {
+            name: "vol".into(),
+            id: 0x0102_0304_0506_0708,
+            blake3: "c".repeat(64),
+            size: 0x1122_3344,
+        };
+        let mut map = BTreeMap::new();
+        map.insert(5u64, 7u64);
+        let b = encode(&id, &map);
+        let le = |v: u64, w: usize| v.to_le_bytes()[..w].to_vec();
+        let (l, n) = (3usize, 1usize);
+        let want: Vec<(usize, Vec<u8>)> = vec![
+            (0, MAGIC.to_vec()),
+            (8, le(1, 4)),
+            (12, le(4096, 4)),
+            (16, le(id.size, 8)),
+            (24, le(id.id, 8)),
+            (32, id.blake3.as_bytes().to_vec()),
+            (96, le(3, 2)),
+            (98, b"vol".to_vec()),
+            (98 + l, le(1, 8)),
+            (106 + l, [le(5, 8), le(2, 8)].concat()),
+            (
+                106 + l + 16 * n,
+                blake3::hash(&b[..b.len() - 32]).as_bytes().to_vec(),
+            ),
+        ];
+        let rows = documented();
+        assert_eq!(rows.len(), want.len(), "{rows:?}");
+        let eval = |e: &str| -> usize {
+            e.split('+')
+                .map(|t| match t {
+                    "L" => l,
+                    "16·N" => 16 * n,
+                    t => t.parse().unwrap(),
+                })
+                .sum()
+        };
+        for ((offset, width, field), (at, bytes)) in rows.iter().zip(&want) {
+            assert_eq!(eval(offset), *at, "{field}");
+            assert_eq!(eval(width), bytes.len(), "{field}");
+            assert_eq!(&b[*at..*at + bytes.len()], &bytes[..], "{field}");
+        }
+        assert_eq!(b.len(), 106 + l + 16 * n + 32);
+    }
+}
