@@ -287,3 +287,235 @@ fn a_scoped_writer_copies_only_its_names() {
         .collect();
     assert_eq!(names, ["db-1"]);
 }
+
+/// What the fake source serves: `/v1/info`, `/v1/snapshots`, manifests and
+/// chunks by path; anything else is 404.
+fn fake_source(routes: HashMap<String, Vec<u8>>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let routes = Arc::new(routes);
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let routes = routes.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut b) {
+                        Ok(1) => head.push(b[0]),
+                        _ => return,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head);
+                let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                let (status, body) = match routes.get(&path) {
+                    Some(body) => ("200 OK", body.clone()),
+                    None => (
+                        "404 Not Found",
+                        br#"{"error":{"code":"not_found","message":"no such chunk"}}"#.to_vec(),
+                    ),
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(&body);
+            });
+        }
+    });
+    url
+}
+
+/// A source snapshot as the fake lists it.
+fn fake_snapshot(
+    name: &str,
+    id: u64,
+    size: u64,
+    chunks: u64,
+    blake3: &str,
+) -> bunker_api::Snapshot {
+    bunker_api::Snapshot {
+        name: name.into(),
+        id,
+        created_unix_ms: 1_700_000_000_000 + id as i64,
+        size_bytes: size,
+        chunks,
+        zero_chunks: 0,
+        new_chunks: 0,
+        new_bytes: 0,
+        seconds: 0.0,
+        blake3: blake3.into(),
+        source: "fake".into(),
+        creator: None,
+        last_verify: None,
+        last_drill: None,
+        last_server_drill: None,
+        origin: None,
+    }
+}
+
+fn entry(end: u64, id: &blake3::Hash) -> Vec<u8> {
+    let mut e = end.to_le_bytes().to_vec();
+    e.extend_from_slice(id.as_bytes());
+    e
+}
+
+#[test]
+fn a_hostile_source_cannot_make_the_target_store_a_wrong_chunk_or_a_torn_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Server::start(BIN, &dir.path().join("b"), &[]);
+    token(&b, "writer", None, dir.path(), "b.writer");
+    let wb = dir.path().join("b.writer");
+    std::fs::write(dir.path().join("fake.token"), "anything").unwrap();
+    let ft = dir.path().join("fake.token");
+    let dst = client(&b.url, &b.admin);
+    let mut info = dst.info().unwrap();
+    info.repository_id = "ab".repeat(16);
+    let chunk = |seed| bunker_tests::noise(seed, 100_000);
+    let (d1, d2, d3, d4) = (chunk(1), chunk(2), chunk(3), chunk(4));
+    let (h1, h3, h4) = (blake3::hash(&d1), blake3::hash(&d3), blake3::hash(&d4));
+    let unserved = blake3::hash(b"never served");
+    let snaps = vec![
+        // Wrong bytes for an id.
+        fake_snapshot("wrong", 1, 100_000, 1, &h1.to_hex()),
+        // A manifest entry naming a chunk the source does not serve.
+        fake_snapshot("unserved", 2, 100_000, 1, &unserved.to_hex()),
+        // An entry 50 000 bytes longer than its chunk (the size agrees).
+        fake_snapshot("size", 3, 150_000, 1, &h3.to_hex()),
+        // A whole-image hash that is not the image's.
+        fake_snapshot("hash", 4, 100_000, 1, &blake3::hash(b"lie").to_hex()),
+    ];
+    let mut routes = HashMap::new();
+    routes.insert("/v1/info".to_string(), serde_json::to_vec(&info).unwrap());
+    routes.insert(
+        "/v1/snapshots".to_string(),
+        serde_json::to_vec(&bunker_api::SnapshotList { snapshots: snaps }).unwrap(),
+    );
+    for (name, id, manifest) in [
+        ("wrong", 1, entry(100_000, &h1)),
+        ("unserved", 2, entry(100_000, &unserved)),
+        ("size", 3, entry(150_000, &h3)),
+        ("hash", 4, entry(100_000, &h4)),
+    ] {
+        routes.insert(format!("/v1/snapshots/{name}/{id}/manifest"), manifest);
+    }
+    routes.insert(
+        format!("/v1/snapshots/wrong/1/chunks/{}", h1.to_hex()),
+        d2.clone(),
+    );
+    routes.insert(format!("/v1/snapshots/size/3/chunks/{}", h3.to_hex()), d3);
+    routes.insert(format!("/v1/snapshots/hash/4/chunks/{}", h4.to_hex()), d4);
+    let fake = fake_source(routes);
+
+    for (name, says) in [
+        ("wrong", "hash"),
+        ("unserved", "does not serve"),
+        ("size", "not 150000"),
+    ] {
+        let out = sync(&fake, &ft, &b.url, &wb, &[name]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{name}: {err}");
+        assert!(
+            err.contains("bad data") && err.contains(says),
+            "{name}: {err}"
+        );
+        assert!(dst.list(None).unwrap().is_empty(), "{name} left a snapshot");
+    }
+    // Neither the claimed chunk nor the bytes sent for it were stored.
+    let s = dst
+        .start_session(&bunker_api::SessionRequest {
+            name: "probe".into(),
+            source: None,
+            origin: None,
+        })
+        .unwrap();
+    let ids = [
+        bunker_chunk::ChunkId(*h1.as_bytes()),
+        bunker_chunk::ChunkId(*blake3::hash(&d2).as_bytes()),
+    ];
+    assert_eq!(dst.missing(&s.id, &ids).unwrap(), [true, true]);
+    dst.abort_session(&s.id).unwrap();
+
+    // A lying whole-image hash is recorded as sent (it cannot be checked
+    // without reading the image) and the copy's first drill fails it.
+    report(&sync(&fake, &ft, &b.url, &wb, &["hash"]));
+    let copy = dst.snapshot("hash", None).unwrap();
+    let drill = dst.server_drill("hash", Some(copy.id)).unwrap();
+    assert!(
+        !drill.ok,
+        "a drill passed a copy whose recorded hash is wrong"
+    );
+    assert_eq!(dst.list(None).unwrap().len(), 1);
+}
+
+#[test]
+fn a_repository_on_the_object_store_syncs_to_local_disk_and_back() {
+    let Some(store) = bunker_testdata::stores::Store::seaweedfs() else {
+        return;
+    };
+    const BUCKET: &str = "bunker-sync";
+    store.create_bucket(BUCKET);
+    let s3 = |prefix: &str| {
+        [
+            "--s3".to_string(),
+            format!("s3://{BUCKET}/{prefix}"),
+            "--s3-endpoint".into(),
+            store.endpoint.clone(),
+            "--s3-allow-http".into(),
+            "--s3-anonymous".into(),
+        ]
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fa = s3("a");
+    let fc = s3("c");
+    let args = |f: &[String; 6]| f.clone();
+    let a = Server::start(
+        BIN,
+        &dir.path().join("a"),
+        &args(&fa).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let b = Server::start(BIN, &dir.path().join("b"), &[]);
+    let c = Server::start(
+        BIN,
+        &dir.path().join("c"),
+        &args(&fc).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let src = client(&a.url, &a.admin);
+    let mut images = Vec::new();
+    for day in 0..2 {
+        let data = image("db-1", day);
+        images.push((backup(&src, "db-1", &data), data));
+    }
+    for (s, name) in [(&a, "a.reader"), (&b, "b.reader")] {
+        token(s, "reader", None, dir.path(), name);
+    }
+    for (s, name) in [(&b, "b.writer"), (&c, "c.writer")] {
+        token(s, "writer", None, dir.path(), name);
+    }
+    let p = |f: &str| dir.path().join(f);
+    let r = report(&sync(&a.url, &p("a.reader"), &b.url, &p("b.writer"), &[]));
+    assert_eq!(r["copied"], 2);
+    let r = report(&sync(&b.url, &p("b.reader"), &c.url, &p("c.writer"), &[]));
+    assert_eq!(r["copied"], 2);
+    let repo_a = src.info().unwrap().repository_id;
+    for target in [&b, &c] {
+        let t = client(&target.url, &target.admin);
+        let held = copies(&t);
+        for (s, data) in &images {
+            let copy = &held[&s.id];
+            assert_eq!(copy.origin.as_ref().unwrap().repository_id, repo_a);
+            assert_eq!(
+                (copy.created_unix_ms, &copy.blake3),
+                (s.created_unix_ms, &s.blake3)
+            );
+            assert!(&restore(&t, "db-1", copy.id) == data);
+        }
+    }
+    // A copy of a copy keeps the first origin: A straight to C copies nothing.
+    let r = report(&sync(&a.url, &p("a.reader"), &c.url, &p("c.writer"), &[]));
+    assert_eq!(
+        (r["copied"].as_u64(), r["skipped"].as_u64()),
+        (Some(0), Some(2))
+    );
+}
