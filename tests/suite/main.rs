@@ -25,6 +25,7 @@ mod s3_faults;
 mod s3_server;
 mod san;
 mod server;
+mod sync;
 mod tls;
 mod upgrade;
 

@@ -26,6 +26,7 @@
 mod backup;
 mod changed;
 mod delta;
+mod copy;
 mod error;
 mod output;
 mod random;
@@ -38,6 +39,7 @@ use bunker_api::{Info, Snapshot, SnapshotList};
 pub use backup::{BackupOptions, BackupProgress, BackupReport};
 pub use changed::{ChangedReport, Source};
 pub use delta::DeltaReport;
+pub use copy::{Committed, Frame};
 pub use error::{Error, ErrorKind, Result, ServerCode};
 pub use restore::{RestoreProgress, RestoreReport, Target};
 

@@ -609,7 +609,7 @@ pub(crate) struct Limits {
 }
 
 /// Bytes of one manifest entry: end offset (u64) and chunk id.
-const MANIFEST_ENTRY_LEN: u64 = 40;
+pub(crate) const MANIFEST_ENTRY_LEN: u64 = 40;
 
 /// A snapshot the server describes impossibly is refused before anything
 /// is read or created.
@@ -776,6 +776,7 @@ mod tests {
             last_verify: None,
             last_drill: None,
             last_server_drill: None,
+            origin: None,
         }
     }
 

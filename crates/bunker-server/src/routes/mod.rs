@@ -106,7 +106,7 @@ async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, 
         }
         (&Method::GET, ["v1", "snapshots", name, id, "chunks", chunk]) => (
             "get_chunk",
-            snapshots::chunk(state, p, name, id, chunk).await,
+            snapshots::chunk(state, p, req, name, id, chunk).await,
         ),
         (&Method::POST, ["v1", "verify"]) => ("verify", verify::verify(state, p, req).await),
         (&Method::POST, ["v1", "prune"]) => ("prune", prune::prune(state, p, req).await),

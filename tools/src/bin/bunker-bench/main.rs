@@ -10,9 +10,13 @@
 //!
 //! `--s3` runs the workload against a local-backend and an S3-backend server
 //! on SeaweedFS in the same run, with the object-storage figures (see `s3`).
+//!
+//! `--sync` backs each day up to one server and times `bunker sync` to a
+//! second one: replication throughput, logical and on the wire (`sync`).
 
 mod proxy;
 mod s3;
+mod sync;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -54,6 +58,10 @@ struct Args {
     /// With --s3: small snapshots made to time a rebuild per snapshot.
     #[arg(long, default_value_t = 300)]
     s3_snapshots: u32,
+    /// Replication: each day backed up to a source server and copied to a
+    /// target with `bunker sync` [default size 1G, days 2].
+    #[arg(long)]
+    sync: bool,
     /// Working directory (default: a temporary directory under target/).
     #[arg(long)]
     work: Option<PathBuf>,
@@ -218,7 +226,7 @@ fn main() -> anyhow::Result<()> {
     if args.scale {
         return scale(&bunker, &bin_dir, &work, args.skip_index);
     }
-    let (size, days) = match args.s3 {
+    let (size, days) = match args.s3 || args.sync {
         true => (args.size.unwrap_or(1 << 30), args.days.unwrap_or(2)),
         false => (args.size.unwrap_or(4 << 30), args.days.unwrap_or(3)),
     };
@@ -238,6 +246,10 @@ fn main() -> anyhow::Result<()> {
     eprintln!("images: {} days, day 0 = {} bytes", images.len(), sizes[0]);
     if args.s3 {
         return s3::run(&bunker, &work, &images, &sizes, &args, days);
+    }
+    if args.sync {
+        sync::print(&sync::run(&bunker, &work, &images)?);
+        return Ok(());
     }
     let limits = limits(&images[0], &work)?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
