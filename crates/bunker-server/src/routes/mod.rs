@@ -16,6 +16,7 @@ mod gc;
 mod prune;
 mod sessions;
 mod snapshots;
+mod sync;
 mod verify;
 
 use std::sync::Arc;
@@ -71,6 +72,7 @@ async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, 
         (&Method::GET, ["metrics"]) => ("metrics", admin::metrics(state, p)),
         (&Method::GET, ["v1", "info"]) => ("info", admin::info(state)),
         (&Method::GET, ["v1", "stats"]) => ("stats", admin::stats(state, p).await),
+        (&Method::GET, ["v1", "sync"]) => ("sync", sync::status(state, p).await),
         (&Method::GET, ["v1", "tokens"]) => ("tokens", admin::list_tokens(state, p)),
         (&Method::POST, ["v1", "tokens"]) => ("tokens", admin::create_token(state, p, req).await),
         (&Method::DELETE, ["v1", "tokens", id]) => {
@@ -148,6 +150,7 @@ fn known(segs: &[&str]) -> Option<&'static str> {
         ["metrics"] => "metrics",
         ["v1", "info"] => "info",
         ["v1", "stats"] => "stats",
+        ["v1", "sync"] => "sync",
         ["v1", "snapshots"] => "list_snapshots",
         ["v1", "snapshots", _] => "list_name",
         ["v1", "snapshots", _, _] => "snapshot",
