@@ -22,6 +22,10 @@ pub const HEADER_SOURCE: &str = "x-bunker-source";
 /// Bytes of one manifest entry in a chunk-protocol commit body: raw length
 /// (u64, little-endian) then the chunk id (32 bytes).
 pub const COMMIT_ENTRY_LEN: usize = 40;
+/// Sent by a reader (`Accept-Encoding: zstd` on `GET .../chunks/{id}`)
+/// that takes a chunk as the zstd frame it is stored as; the answer then
+/// says `Content-Encoding: zstd` when it is one.
+pub const ENCODING_ZSTD: &str = "zstd";
 /// Bytes of one chunk id in a `missing` request body.
 pub const CHUNK_ID_LEN: usize = 32;
 
@@ -185,6 +189,24 @@ pub struct Snapshot {
     /// client report can replace it.
     #[serde(default)]
     pub last_server_drill: Option<Check>,
+    /// Where this snapshot was copied from (`bunker sync`); `None` for a
+    /// backup made here. A copy keeps the source's `created_unix_ms`.
+    #[serde(default)]
+    pub origin: Option<Origin>,
+}
+
+/// The snapshot a copy was made from: a snapshot is copied at most once
+/// per (`repository_id`, `snapshot_id`) into a target repository.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The source repository's id (32 hex digits, as `GET /v1/info` shows it).
+    pub repository_id: String,
+    /// The snapshot's id in the source repository.
+    pub snapshot_id: u64,
+    /// Its name there (a copy keeps it).
+    pub name: String,
+    /// Its creation time there, unix milliseconds (source clock).
+    pub created_unix_ms: i64,
 }
 
 /// The outcome of one verify or drill of a snapshot.
@@ -377,6 +399,12 @@ pub struct SessionRequest {
     pub name: String,
     #[serde(default)]
     pub source: Option<String>,
+    /// Set by `bunker sync`: the session copies this snapshot of another
+    /// repository (same name). Its commit keeps the origin's creation
+    /// time, and answers the existing copy (200) if the origin is here
+    /// already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -126,6 +126,7 @@ impl Client {
             &SessionRequest {
                 name: name.to_string(),
                 source: Some(opts.source.clone()),
+                origin: None,
             },
         )
     }

@@ -21,6 +21,7 @@
 //! classifies them for exit codes.
 
 mod backup;
+mod copy;
 mod error;
 mod output;
 mod restore;
@@ -30,6 +31,7 @@ use std::time::Duration;
 use bunker_api::{Info, Snapshot, SnapshotList};
 
 pub use backup::{BackupOptions, BackupProgress, BackupReport};
+pub use copy::{Committed, Frame};
 pub use error::{Error, ErrorKind, Result, ServerCode};
 pub use restore::{RestoreProgress, RestoreReport, Target};
 

@@ -305,7 +305,7 @@ impl Client {
     /// The manifest's body (`GET .../manifest`), cut at the length its
     /// chunk count makes it; a server announcing another length is
     /// refused.
-    fn open_manifest(&self, snap: &Snapshot) -> Result<impl Read> {
+    pub(crate) fn open_manifest(&self, snap: &Snapshot) -> Result<impl Read> {
         let resp = self
             .check(
                 self.get(&format!("/v1/snapshots/{}/{}/manifest", snap.name, snap.id))
@@ -609,7 +609,7 @@ struct Limits {
 }
 
 /// Bytes of one manifest entry: end offset (u64) and chunk id.
-const MANIFEST_ENTRY_LEN: u64 = 40;
+pub(crate) const MANIFEST_ENTRY_LEN: u64 = 40;
 
 /// A snapshot the server describes impossibly is refused before anything
 /// is read or created.
@@ -776,6 +776,7 @@ mod tests {
             last_verify: None,
             last_drill: None,
             last_server_drill: None,
+            origin: None,
         }
     }
 

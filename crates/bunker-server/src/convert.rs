@@ -29,6 +29,7 @@ pub(crate) fn snapshot(checks: &Checks, s: &bunker_store::SnapshotInfo) -> bunke
         last_verify: recorded.verify,
         last_drill: recorded.drill,
         last_server_drill: recorded.server_drill,
+        origin: None,
     }
 }
 
