@@ -20,6 +20,8 @@ mod s3_faults;
 mod s3_server;
 mod san;
 mod server;
+mod sync_jobs;
+mod sync_kills;
 mod tls;
 mod upgrade;
 

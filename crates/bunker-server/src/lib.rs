@@ -59,7 +59,7 @@ pub mod metrics;
 pub mod mirror;
 mod reply;
 mod restore;
-mod routes;
+pub(crate) mod routes;
 mod serve;
 pub mod sessions;
 mod state;

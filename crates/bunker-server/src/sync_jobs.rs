@@ -3,30 +3,26 @@
 //! `interval`. The target pulls, so the source holds no credential to the
 //! copy.
 //!
-//! Each job is one task of [`crate::run`]: its first run starts
-//! [`FIRST_RUN_DELAY`] after the server, the next `interval` after the
-//! previous one started (at once when a run took longer), and a run goes
+//! Each job is one task of [`crate::run`]: its first run starts as the
+//! server starts serving (a restarted server catches up at once), the
+//! next `interval` after the previous one started (at once when a run
+//! took longer), and a run goes
 //! on a blocking thread, so one job never runs twice at once. The token
 //! file is read before every run (a replaced token needs no restart) and
 //! never logged or shown. Shutdown aborts the tasks; a run in progress is
 //! refused its next chunk or commit by the in-process target (the server
 //! no longer accepts ingest) and ends there, having committed nothing
-//! partial. Status is kept in memory ([`Jobs::status`], `GET /v1/sync`,
-//! `/metrics`); a restarted server starts with empty status and runs
-//! every job soon.
+//! partial. Status is kept in memory (`GET /v1/sync`, `/metrics`); a
+//! restarted server starts with empty status.
 
 use std::fmt::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bunker_api::{SyncJob, SyncRun};
 
 use crate::config::SyncJobConfig;
 use crate::state::State;
-
-/// How long after start a job first runs: long enough for the server to
-/// be serving, short enough that a restarted server catches up at once.
-pub const FIRST_RUN_DELAY: Duration = Duration::from_secs(1);
 
 /// What a run reports when it ends.
 #[derive(Debug, Default)]
@@ -117,7 +113,7 @@ fn now_ms() -> i64 {
 
 impl Jobs {
     pub(crate) fn new(configs: &[SyncJobConfig]) -> Jobs {
-        let first = now_ms() + FIRST_RUN_DELAY.as_millis() as i64;
+        let first = now_ms();
         Jobs {
             jobs: configs
                 .iter()
@@ -136,14 +132,13 @@ impl Jobs {
         self.jobs.is_empty()
     }
 
-    /// Every job's status; `held` is what this server holds of the job's
-    /// names (snapshots, newest verify or drill), from [`held`].
-    pub(crate) fn status(&self, held: impl Fn(&[String]) -> (u64, Option<i64>)) -> Vec<SyncJob> {
+    /// Every job's status, with what this server holds of its names.
+    pub(crate) fn status(&self, held: &Held) -> Vec<SyncJob> {
         self.jobs
             .iter()
             .map(|j| {
                 let s = j.lock();
-                let (target_snapshots, newest_check_unix_ms) = held(&j.config.names);
+                let (target_snapshots, newest_check_unix_ms) = held.of(&j.config.names);
                 SyncJob {
                     name: j.config.name.clone(),
                     from: j.config.from.clone(),
@@ -347,32 +342,47 @@ impl Jobs {
     }
 }
 
-/// Snapshots of `names` (prefixes; empty: all) this server holds and the
-/// newest verify or drill of any of them.
-pub(crate) fn held(state: &State, names: &[String]) -> (u64, Option<i64>) {
-    let covered = |n: &str| names.is_empty() || names.iter().any(|p| n.starts_with(p.as_str()));
-    let count = match state.repo.list(None) {
-        Ok(list) => list.iter().filter(|s| covered(&s.name)).count() as u64,
-        Err(e) => {
-            tracing::warn!("sync status: listing snapshots: {e}");
-            0
+/// What this server holds, for the jobs' `target_snapshots` and
+/// `newest_check_unix_ms`: one listing for all jobs.
+pub(crate) struct Held {
+    names: Vec<String>,
+    checks: std::collections::BTreeMap<String, crate::checks::Latest>,
+}
+
+impl Held {
+    pub(crate) fn read(state: &State) -> Held {
+        let names = match state.repo.list(None) {
+            Ok(list) => list.into_iter().map(|s| s.name).collect(),
+            Err(e) => {
+                tracing::warn!("sync status: listing snapshots: {e}");
+                Vec::new()
+            }
+        };
+        Held {
+            names,
+            checks: state.checks.latest_per_name(),
         }
-    };
-    let newest = state
-        .checks
-        .latest_per_name()
-        .iter()
-        .filter(|(n, _)| covered(n))
-        .flat_map(|(_, l)| [&l.verify, &l.drill, &l.server_drill])
-        .filter_map(|c| c.as_ref().map(|c| c.at_unix_ms))
-        .max();
-    (count, newest)
+    }
+
+    /// Snapshots of `names` (prefixes; empty: all) and the newest verify
+    /// or drill of any of them.
+    fn of(&self, names: &[String]) -> (u64, Option<i64>) {
+        let filter = bunker_sync::Filter::new(names.to_vec());
+        let count = self.names.iter().filter(|n| filter.matches(n)).count() as u64;
+        let newest = self
+            .checks
+            .iter()
+            .filter(|(n, _)| filter.matches(n))
+            .flat_map(|(_, l)| [&l.verify, &l.drill, &l.server_drill])
+            .filter_map(|c| c.as_ref().map(|c| c.at_unix_ms))
+            .max();
+        (count, newest)
+    }
 }
 
 /// Runs job `i` until the task is aborted (at shutdown).
 pub(crate) async fn schedule(state: Arc<State>, i: usize) {
     let every = state.sync_jobs.jobs[i].config.interval;
-    tokio::time::sleep(FIRST_RUN_DELAY).await;
     loop {
         let started = Instant::now();
         let started_ms = now_ms();
@@ -408,4 +418,100 @@ pub(crate) fn start(state: &Arc<State>) -> Vec<tokio::task::JoinHandle<()>> {
     (0..state.sync_jobs.jobs.len())
         .map(|i| tokio::spawn(schedule(state.clone(), i)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, names: &[&str]) -> SyncJobConfig {
+        SyncJobConfig {
+            name: name.into(),
+            from: "http://127.0.0.1:1".into(),
+            token_file: "t".into(),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            interval: std::time::Duration::from_secs(60),
+            ca_file: None,
+        }
+    }
+
+    #[test]
+    fn runs_count_by_result_and_a_failed_run_keeps_the_known_lag() {
+        let jobs = Jobs::new(&[job("a", &["db-"]), job("b", &[])]);
+        let held = Held {
+            names: vec!["db-1".into(), "db-1".into(), "mail".into()],
+            checks: Default::default(),
+        };
+        let before = jobs.status(&held);
+        assert_eq!(before[0].last_run, None);
+        assert_eq!(before[0].lag_seconds, None);
+        assert_eq!(
+            (before[0].target_snapshots, before[1].target_snapshots),
+            (2, 3)
+        );
+
+        let now = now_ms();
+        jobs.begin(0);
+        assert!(jobs.status(&held)[0].running);
+        let copied = Outcome {
+            snapshots_copied: 2,
+            logical_bytes: 100,
+            wire_bytes: 40,
+            behind: Some(Behind::Since(now - 30_000)),
+        };
+        jobs.end(0, now, Ok(copied), now + 60_000);
+        let s = &jobs.status(&held)[0];
+        assert!(!s.running);
+        let run = s.last_run.as_ref().unwrap();
+        assert!(run.ok && run.error.is_none());
+        assert_eq!(
+            (run.snapshots_copied, run.logical_bytes, run.wire_bytes),
+            (2, 100, 40)
+        );
+        assert!((30..40).contains(&s.lag_seconds.unwrap()), "{s:?}");
+        assert_eq!(s.next_run_unix_ms, now + 60_000);
+        let success = s.last_success_unix_ms.unwrap();
+
+        // The source unreachable: the run fails, the lag known stays (and
+        // ages), the last success stays.
+        jobs.end(0, now, Err(Failure::new("cannot reach the source")), now);
+        let s = &jobs.status(&held)[0];
+        let run = s.last_run.as_ref().unwrap();
+        assert!(!run.ok);
+        assert_eq!(run.error.as_deref(), Some("cannot reach the source"));
+        assert!(s.lag_seconds.unwrap() >= 30, "{s:?}");
+        assert_eq!(s.last_success_unix_ms, Some(success));
+
+        let mut text = String::new();
+        jobs.render_metrics(&mut text);
+        for line in [
+            "bunker_sync_runs_total{job=\"a\",result=\"ok\"} 1",
+            "bunker_sync_runs_total{job=\"a\",result=\"error\"} 1",
+            "bunker_sync_bytes_total{job=\"a\",kind=\"logical\"} 100",
+            "bunker_sync_bytes_total{job=\"a\",kind=\"wire\"} 40",
+            "bunker_sync_snapshots_total{job=\"a\"} 2",
+            "bunker_sync_last_run_ok{job=\"a\"} 0",
+            "bunker_sync_running{job=\"b\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        assert!(text.contains("bunker_sync_last_success_timestamp_seconds{job=\"a\"} "));
+        assert!(!text.contains("bunker_sync_last_success_timestamp_seconds{job=\"b\"}"));
+        assert!(!text.contains("bunker_sync_lag_seconds{job=\"b\"}"));
+
+        // Caught up: lag 0.
+        jobs.end(
+            0,
+            now,
+            Ok(Outcome {
+                behind: Some(Behind::UpToDate),
+                ..Outcome::default()
+            }),
+            now,
+        );
+        assert_eq!(jobs.status(&held)[0].lag_seconds, Some(0));
+        let mut none = String::new();
+        Jobs::new(&[]).render_metrics(&mut none);
+        assert!(none.is_empty());
+    }
 }

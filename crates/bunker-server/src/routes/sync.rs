@@ -28,9 +28,8 @@ pub(super) async fn status(state: &Arc<State>, p: &Principal) -> Reply {
     let st = state.clone();
     let p = p.clone();
     let jobs = blocking(move || {
-        let mut jobs = st
-            .sync_jobs
-            .status(|names| crate::sync_jobs::held(&st, names));
+        let held = crate::sync_jobs::Held::read(&st);
+        let mut jobs = st.sync_jobs.status(&held);
         jobs.retain(|j| sees_job(&p, &j.names));
         Ok(jobs)
     })

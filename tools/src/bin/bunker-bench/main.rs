@@ -10,9 +10,14 @@
 //!
 //! `--s3` runs the workload against a local-backend and an S3-backend server
 //! on SeaweedFS in the same run, with the object-storage figures (see `s3`).
+//!
+//! `--sync` times replication: `bunker sync` between two servers against
+//! `restic copy` between two local repositories, day 0 and the next days
+//! (see `sync`).
 
 mod proxy;
 mod s3;
+mod sync;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -54,6 +59,10 @@ struct Args {
     /// With --s3: small snapshots made to time a rebuild per snapshot.
     #[arg(long, default_value_t = 300)]
     s3_snapshots: u32,
+    /// Replication: `bunker sync` against `restic copy`, per day (tools/bench
+    /// --sync installs restic).
+    #[arg(long)]
+    sync: bool,
     /// Working directory (default: a temporary directory under target/).
     #[arg(long)]
     work: Option<PathBuf>,
@@ -218,9 +227,10 @@ fn main() -> anyhow::Result<()> {
     if args.scale {
         return scale(&bunker, &bin_dir, &work, args.skip_index);
     }
-    let (size, days) = match args.s3 {
-        true => (args.size.unwrap_or(1 << 30), args.days.unwrap_or(2)),
-        false => (args.size.unwrap_or(4 << 30), args.days.unwrap_or(3)),
+    let (size, days) = match (args.s3, args.sync) {
+        (true, _) => (args.size.unwrap_or(1 << 30), args.days.unwrap_or(2)),
+        (_, true) => (args.size.unwrap_or(1 << 30), args.days.unwrap_or(1)),
+        _ => (args.size.unwrap_or(4 << 30), args.days.unwrap_or(3)),
     };
     let spec = ImageSpec::new(args.seed, size);
     let mut images = Vec::new();
@@ -238,6 +248,9 @@ fn main() -> anyhow::Result<()> {
     eprintln!("images: {} days, day 0 = {} bytes", images.len(), sizes[0]);
     if args.s3 {
         return s3::run(&bunker, &work, &images, &sizes, &args, days);
+    }
+    if args.sync {
+        return sync::run(&bunker, &work, &images, &sizes);
     }
     let limits = limits(&images[0], &work)?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
