@@ -20,6 +20,7 @@ mod s3_faults;
 mod s3_server;
 mod san;
 mod server;
+mod sync;
 mod sync_jobs;
 mod sync_kills;
 mod tls;

@@ -107,6 +107,10 @@ enum Command {
     /// Offline repairs on a data directory (stop the server first).
     #[command(after_long_help = cmd::verify::REPAIR_LONG_HELP)]
     Repair(cmd::verify::RepairArgs),
+    /// Copy snapshots from another server to this one, sending only the
+    /// chunks it lacks (replication).
+    #[command(after_long_help = cmd::sync::LONG_HELP)]
+    Sync(cmd::sync::Args),
     /// Create, list and revoke API tokens (admin).
     #[command(subcommand, after_long_help = cmd::token::LONG_HELP)]
     Token(cmd::token::Command),
@@ -160,6 +164,7 @@ pub fn main() -> ExitCode {
         Command::Stats => cmd::snapshots::stats(&g),
         Command::Verify(args) => cmd::verify::verify(&g, args),
         Command::Repair(args) => cmd::verify::repair(&g, args),
+        Command::Sync(args) => cmd::sync::run(&g, args),
         Command::Token(c) => cmd::token::run(&g, c),
         Command::Demo(args) => cmd::demo::run(args),
     };

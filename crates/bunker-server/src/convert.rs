@@ -29,7 +29,12 @@ pub(crate) fn snapshot(checks: &Checks, s: &bunker_store::SnapshotInfo) -> bunke
         last_verify: recorded.verify,
         last_drill: recorded.drill,
         last_server_drill: recorded.server_drill,
-        origin: None,
+        origin: s.origin.map(|o| bunker_api::Origin {
+            repository_id: o.repo_id.iter().map(|b| format!("{b:02x}")).collect(),
+            snapshot_id: o.snapshot_id,
+            name: s.name.clone(),
+            created_unix_ms: s.created_unix_ms,
+        }),
     }
 }
 

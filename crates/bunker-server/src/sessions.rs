@@ -25,6 +25,8 @@ pub struct Session {
     pub name: String,
     pub source: String,
     pub creator: u64,
+    /// A copy's origin and its creation time there (`bunker sync`).
+    pub origin: Option<(bunker_store::Origin, i64)>,
     pub opened: Instant,
     last_used: Mutex<Instant>,
     pub new_chunks: AtomicU64,
@@ -80,12 +82,14 @@ impl Sessions {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         &self,
         id: String,
         name: String,
         source: String,
         creator: u64,
+        origin: Option<(bunker_store::Origin, i64)>,
         slot: crate::IngestSlot,
         pins: bunker_store::Pins,
     ) -> Arc<Session> {
@@ -94,6 +98,7 @@ impl Sessions {
             name,
             source,
             creator,
+            origin,
             opened: Instant::now(),
             last_used: Mutex::new(Instant::now()),
             new_chunks: AtomicU64::new(0),
@@ -162,6 +167,7 @@ mod tests {
             "db-1".into(),
             "test".into(),
             7,
+            None,
             slot,
             repo.pins(),
         );

@@ -73,7 +73,7 @@ pub use repo::{
     CreateOptions, NewData, OpenOptions, Recovery, Remote, Repository, DEFAULT_PACK_LEN,
 };
 pub use restore::{ManifestCursor, Piece, SnapshotReader};
-pub use snapshot::{validate_name, ManifestEntry, SnapshotInfo};
+pub use snapshot::{validate_name, CopyCommit, ManifestEntry, Origin, SnapshotInfo};
 pub use stats::{NameStats, Stats};
 pub use verify::{Damage, DamagedSnapshot, VerifyOptions, VerifyReport};
 

@@ -25,7 +25,7 @@ pub enum TargetError {
 pub enum SyncError {
     /// Reading from the source failed (unreachable, token, interrupted).
     #[error("source: {0}")]
-    Source(#[from] bunker_client::Error),
+    Source(bunker_client::Error),
     /// The source sent something wrong for `snapshot`; the target stored
     /// nothing wrong and made no snapshot of it.
     #[error("{snapshot}: the source sent bad data: {reason}")]
@@ -37,12 +37,19 @@ pub enum SyncError {
     /// still missing).
     #[error("target: {message}")]
     Target { message: String },
-    #[error("{what}: {source}")]
+    /// Displays `what`; the cause is the error's source.
+    #[error("{what}")]
     Io {
         what: String,
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<bunker_client::Error> for SyncError {
+    fn from(e: bunker_client::Error) -> SyncError {
+        SyncError::Source(e)
+    }
 }
 
 impl SyncError {

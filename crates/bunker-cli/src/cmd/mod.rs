@@ -9,6 +9,7 @@ pub mod restore;
 pub mod serve;
 pub mod settings;
 pub mod snapshots;
+pub mod sync;
 pub mod token;
 pub mod verify;
 

@@ -14,7 +14,7 @@ mod admin;
 mod drill;
 mod gc;
 mod prune;
-mod sessions;
+pub(crate) mod sessions;
 mod snapshots;
 mod sync;
 mod verify;
@@ -105,7 +105,7 @@ async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, 
         ),
         (&Method::GET, ["v1", "snapshots", name, id, "chunks", chunk]) => (
             "get_chunk",
-            snapshots::chunk(state, p, name, id, chunk).await,
+            snapshots::chunk(state, p, req, name, id, chunk).await,
         ),
         (&Method::POST, ["v1", "verify"]) => ("verify", verify::verify(state, p, req).await),
         (&Method::POST, ["v1", "prune"]) => ("prune", prune::prune(state, p, req).await),
@@ -218,7 +218,7 @@ fn require(p: &Principal, roles: &[Role], what: &str) -> Result<(), ApiError> {
 }
 
 /// 400 for a bad name, 403 for a name outside the caller's scope.
-fn check_name(p: &Principal, name: &str) -> Result<(), ApiError> {
+pub(crate) fn check_name(p: &Principal, name: &str) -> Result<(), ApiError> {
     bunker_store::validate_name(name).map_err(|e| {
         let msg = match e {
             bunker_store::Error::Invalid(m) => m,

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bunker_api::{
-    ErrorCode, Role, Session as SessionJson, SessionRequest, CHUNK_ID_LEN, COMMIT_ENTRY_LEN,
+    ErrorCode, Origin, Role, Session as SessionJson, SessionRequest, CHUNK_ID_LEN, COMMIT_ENTRY_LEN,
 };
 use bunker_store::ChunkId;
 use hyper::body::Incoming;
@@ -76,6 +76,7 @@ pub(super) async fn open(state: &Arc<State>, p: &Principal, req: Request<Incomin
     let r: SessionRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("session request: {e}")))?;
     check_name(p, &r.name)?;
+    let origin = r.origin.as_ref().map(|o| origin(o, &r.name)).transpose()?;
     let mut raw = [0u8; 16];
     getrandom::fill(&mut raw).map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
     let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
@@ -91,6 +92,7 @@ pub(super) async fn open(state: &Arc<State>, p: &Principal, req: Request<Incomin
         r.name.clone(),
         source,
         p.id,
+        origin,
         slot,
         state.repo.pins(),
     );
@@ -101,6 +103,35 @@ pub(super) async fn open(state: &Arc<State>, p: &Principal, req: Request<Incomin
             name: r.name,
             idle_timeout_seconds: state.config.session_idle_secs,
         },
+    ))
+}
+
+/// A copy's origin as the store keeps it; 400 unless it names this
+/// session's snapshot name and a repository id of 32 hex digits.
+pub(crate) fn origin(o: &Origin, name: &str) -> Result<(bunker_store::Origin, i64), ApiError> {
+    if o.name != name {
+        return Err(ApiError::bad_request(format!(
+            "the origin is named {:?}: a copy keeps its name ({name:?})",
+            o.name.chars().take(140).collect::<String>()
+        )));
+    }
+    let hex = o.repository_id.as_bytes();
+    let mut repo_id = [0u8; 16];
+    let digit = |c: u8| (c as char).to_digit(16);
+    if hex.len() != 32 || !hex.iter().all(|&c| digit(c).is_some()) {
+        return Err(ApiError::bad_request(
+            "origin.repository_id must be 32 hexadecimal digits (GET /v1/info of the source)",
+        ));
+    }
+    for (k, pair) in hex.chunks_exact(2).enumerate() {
+        repo_id[k] = (digit(pair[0]).unwrap_or(0) * 16 + digit(pair[1]).unwrap_or(0)) as u8;
+    }
+    Ok((
+        bunker_store::Origin {
+            repo_id,
+            snapshot_id: o.snapshot_id,
+        },
+        o.created_unix_ms,
     ))
 }
 
@@ -255,14 +286,14 @@ pub(super) async fn commit(
     // this request (a client gone after its last byte).
     let work = tokio::task::spawn_blocking(move || {
         let _committing = committing;
-        let info = commit_entries(&st, &sess, BodyReader::new(rx), stream_hash)?;
+        let (info, created) = commit_entries(&st, &sess, &mut BodyReader::new(rx), stream_hash)?;
         sess.pins.committed();
         st.sessions.remove(&sess.id);
         let m = &st.metrics;
         m.bytes_ingested.fetch_add(info.size, Ordering::Relaxed);
         m.bytes_deduplicated
             .fetch_add(info.size.saturating_sub(info.new_bytes), Ordering::Relaxed);
-        Ok(info)
+        Ok((info, created))
     });
     // However steadily it trickles, the body has `commit_timeout_secs`:
     // a commit holds an ingest slot, and its session does not expire.
@@ -283,30 +314,41 @@ pub(super) async fn commit(
     let result = work
         .await
         .map_err(|e| ApiError::internal(format!("commit worker failed: {e}")));
-    let info = match (pumped, result) {
-        (_, Ok(Ok(info))) => info,
+    let (info, created) = match (pumped, result) {
+        (_, Ok(Ok(done))) => done,
         (Err(e), _) | (Ok(_), Ok(Err(e))) | (Ok(_), Err(e)) => return Err(e),
     };
-    tracing::info!(name = %info.name, id = info.id.0, bytes = info.size, "snapshot committed by chunk protocol");
+    let status = if created {
+        tracing::info!(name = %info.name, id = info.id.0, bytes = info.size, copy = info.origin.is_some(), "snapshot committed by chunk protocol");
+        StatusCode::CREATED
+    } else {
+        tracing::info!(name = %info.name, id = info.id.0, "copy already here: nothing committed");
+        StatusCode::OK
+    };
     Ok(json_response(
-        StatusCode::CREATED,
+        status,
         &crate::convert::snapshot(&state.checks, &info),
     ))
 }
 
-fn commit_entries(
+/// Builds and commits the snapshot; `false` with the snapshot already
+/// here when the session copies an origin this repository holds.
+pub(crate) fn commit_entries(
     state: &State,
     s: &Session,
-    mut body: BodyReader,
+    body: &mut dyn Read,
     stream_hash: [u8; 32],
-) -> Result<bunker_store::SnapshotInfo, ApiError> {
+) -> Result<(bunker_store::SnapshotInfo, bool), ApiError> {
     let max = u64::from(state.repo.chunker_params().max_len);
     let mut w = state
         .repo
         .begin_snapshot(&s.name, &s.source, s.creator)
         .map_err(|e| state.store_error(e))?;
     w.set_started(s.opened);
-    let mut reader = std::io::BufReader::with_capacity(256 << 10, &mut body);
+    if let Some((origin, created)) = s.origin {
+        w.set_origin(origin, created);
+    }
+    let mut reader = std::io::BufReader::with_capacity(256 << 10, body);
     let mut entry = [0u8; COMMIT_ENTRY_LEN];
     let mut i = 0u64;
     loop {
@@ -336,8 +378,17 @@ fn commit_entries(
         i += 1;
     }
     w.add_new(s.new_data());
-    w.commit(stream_hash, None)
-        .map_err(|e| state.store_error(e))
+    if s.origin.is_none() {
+        return w
+            .commit(stream_hash, None)
+            .map(|info| (info, true))
+            .map_err(|e| state.store_error(e));
+    }
+    match w.commit_copy(stream_hash) {
+        Ok(bunker_store::CopyCommit::New(info)) => Ok((info, true)),
+        Ok(bunker_store::CopyCommit::Existing(info)) => Ok((info, false)),
+        Err(e) => Err(state.store_error(e)),
+    }
 }
 
 /// Reads one entry; `Ok(false)` at a clean end, an error for a torn one.

@@ -292,12 +292,22 @@ pub(super) async fn manifest(state: &Arc<State>, p: &Principal, name: &str, id: 
 pub(super) async fn chunk(
     state: &Arc<State>,
     p: &Principal,
+    req: Request<Incoming>,
     name: &str,
     id: &str,
     chunk: &str,
 ) -> Reply {
     let chunk =
         bunker_store::ChunkId::from_hex(chunk).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // `Accept-Encoding: zstd`: the record's zstd frame as it is stored
+    // (a copy to another server keeps it without recompressing).
+    let as_stored = req
+        .headers()
+        .get_all(hyper::header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| e.split(';').next().map(str::trim) == Some(bunker_api::ENCODING_ZSTD));
     let info = readable(state, p, name, id).await?;
     let quota = state.restore_permit(p)?;
     // The chunk's length is known once it is read: take room for the
@@ -320,8 +330,13 @@ pub(super) async fn chunk(
         })?;
     let st = state.clone();
     let label = format!("{}@{}", info.name, info.id);
-    let data = blocking(move || {
-        st.repo.read_chunk(&chunk).map_err(|e| {
+    let (data, zstd) = blocking(move || {
+        let read = if as_stored {
+            st.repo.read_chunk_stored(&chunk)
+        } else {
+            st.repo.read_chunk(&chunk).map(|d| (d, false))
+        };
+        read.map_err(|e| {
             if e.is_corrupt() {
                 tracing::error!(snapshot = label, "damaged chunk requested: {e}");
             }
@@ -341,6 +356,16 @@ pub(super) async fn chunk(
     r.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
+    );
+    if zstd {
+        r.headers_mut().insert(
+            hyper::header::CONTENT_ENCODING,
+            HeaderValue::from_static(bunker_api::ENCODING_ZSTD),
+        );
+    }
+    r.headers_mut().insert(
+        hyper::header::VARY,
+        HeaderValue::from_static("accept-encoding"),
     );
     Ok(r)
 }

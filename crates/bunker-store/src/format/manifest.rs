@@ -4,6 +4,11 @@
 //! holding byte `x` is the first entry with `end > x` (binary search, no
 //! need to load the manifest). A chunk id of all zeros is an all-zero chunk
 //! that was never stored. Layout: docs/FORMAT.md, "Manifest".
+//!
+//! Version 2 headers are 1024 bytes: the 512 bytes of version 1 (with the
+//! version field 2), then an extension holding the origin of a copy
+//! (`bunker sync`) and the local commit time, with its own checksum.
+//! Version 1 manifests are still read (no origin; committed = created).
 
 use bunker_chunk::{ChunkId, ChunkerParams};
 
@@ -12,9 +17,15 @@ use crate::{Error, Result, SnapshotId};
 
 pub const MAGIC: &[u8; 8] = b"BNKRSNAP";
 pub const END_MAGIC: &[u8; 8] = b"BNKRMEND";
-/// Version history: 1 — first format (2026-11).
-pub const VERSION: u32 = 1;
-pub const HEADER_LEN: usize = 512;
+/// Version history: 1 — first format (2026-11); 2 — 1024-byte header with
+/// the origin extension (2026-12, replication).
+pub const VERSION: u32 = 2;
+/// The header length of the current version.
+pub const HEADER_LEN: usize = 1024;
+/// The header length of version 1, and of the base part of version 2.
+pub const HEADER_LEN_V1: usize = 512;
+/// Bit of the extension's flags: the origin fields are set.
+const HAS_ORIGIN: u64 = 1;
 pub const ENTRY_LEN: usize = 40;
 pub const FOOTER_LEN: usize = 24;
 pub const MAX_NAME_LEN: usize = 128;
@@ -42,9 +53,33 @@ pub struct ManifestHeader {
     pub name: String,
     pub source: String,
     pub creator: u64,
+    /// The version read (encoding always writes [`VERSION`]).
+    pub version: u32,
+    /// When this repository committed it (unix ms); for a copy,
+    /// `created_unix_ms` is the origin's creation time.
+    pub committed_unix_ms: i64,
+    /// Set on a copy made by `bunker sync`.
+    pub origin: Option<Origin>,
+}
+
+/// The snapshot a copy was made from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub repo_id: [u8; 16],
+    pub snapshot_id: u64,
 }
 
 impl ManifestHeader {
+    /// Bytes before the first entry.
+    pub fn header_len(&self) -> usize {
+        if self.version == 1 {
+            HEADER_LEN_V1
+        } else {
+            HEADER_LEN
+        }
+    }
+
+    /// Encodes the header as the current version.
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         put_prefix(&mut b, MAGIC, VERSION, HEADER_LEN);
@@ -71,13 +106,53 @@ impl ManifestHeader {
         Le::put_u64(&mut b, 480, self.new_raw_bytes);
         let sum = checksum(&[&b[..504]]);
         Le::put_u64(&mut b, 504, sum);
+        // The extension (version 2).
+        if let Some(o) = &self.origin {
+            Le::put_u64(&mut b, 512, HAS_ORIGIN);
+            Le::put(&mut b, 520, &o.repo_id);
+            Le::put_u64(&mut b, 536, o.snapshot_id);
+        }
+        Le::put_i64(&mut b, 544, self.committed_unix_ms);
+        let sum = checksum(&[&b[512..1016]]);
+        Le::put_u64(&mut b, 1016, sum);
         b
     }
 
+    /// Decodes a header of either version; `b` holds the first
+    /// [`HEADER_LEN`] bytes of the file (fewer if the file is shorter).
     pub fn decode(file: &str, b: &[u8]) -> Result<ManifestHeader> {
-        check_magic_version(file, "snapshot manifest", b, MAGIC, VERSION)?;
-        if b.len() < HEADER_LEN || Le::u64(b, 504) != checksum(&[&b[..504]]) {
+        let version = if b.len() >= 12 && Le::u32(b, 8) == 1 {
+            1
+        } else {
+            VERSION
+        };
+        check_magic_version(file, "snapshot manifest", b, MAGIC, version)?;
+        if b.len() < HEADER_LEN_V1 || Le::u64(b, 504) != checksum(&[&b[..504]]) {
             return Err(Error::corrupt(file, "manifest header checksum mismatch"));
+        }
+        let mut committed_unix_ms = Le::i64(b, 40);
+        let mut origin = None;
+        if version >= 2 {
+            if b.len() < HEADER_LEN || Le::u64(b, 1016) != checksum(&[&b[512..1016]]) {
+                return Err(Error::corrupt(
+                    file,
+                    "manifest header extension checksum mismatch",
+                ));
+            }
+            let flags = Le::u64(b, 512);
+            if flags & !HAS_ORIGIN != 0 {
+                return Err(Error::corrupt(
+                    file,
+                    format!("manifest header has unknown flags {flags:#x}"),
+                ));
+            }
+            if flags & HAS_ORIGIN != 0 {
+                origin = Some(Origin {
+                    repo_id: Le::bytes(b, 520),
+                    snapshot_id: Le::u64(b, 536),
+                });
+            }
+            committed_unix_ms = Le::i64(b, 544);
         }
         let name_len = usize::from(Le::u16(b, 144));
         let source_len = usize::from(Le::u16(b, 146));
@@ -109,6 +184,9 @@ impl ManifestHeader {
             source: text(280, source_len)?,
             creator: Le::u64(b, 472),
             new_raw_bytes: Le::u64(b, 480),
+            version,
+            committed_unix_ms,
+            origin,
         })
     }
 
@@ -116,7 +194,7 @@ impl ManifestHeader {
     pub fn file_len(&self) -> Option<u64> {
         self.entries
             .checked_mul(ENTRY_LEN as u64)?
-            .checked_add((HEADER_LEN + FOOTER_LEN) as u64)
+            .checked_add((self.header_len() + FOOTER_LEN) as u64)
     }
 }
 
@@ -180,7 +258,42 @@ mod tests {
             name: "vol-1.db".into(),
             source: "file:/dev/sdb".into(),
             creator: 0x1234,
+            version: VERSION,
+            committed_unix_ms: 1_763_000_000_500,
+            origin: Some(Origin {
+                repo_id: [7; 16],
+                snapshot_id: 11,
+            }),
         }
+    }
+
+    /// A version-1 header: the first 512 bytes of version 2's layout.
+    fn as_v1(h: &ManifestHeader) -> Vec<u8> {
+        let mut b = h.encode()[..HEADER_LEN_V1].to_vec();
+        Le::put_u32(&mut b, 8, 1);
+        Le::put_u32(&mut b, 12, HEADER_LEN_V1 as u32);
+        let sum = checksum(&[&b[..504]]);
+        Le::put_u64(&mut b, 504, sum);
+        b
+    }
+
+    #[test]
+    fn version_1_headers_still_read_without_origin() {
+        let h = sample();
+        let old = ManifestHeader::decode("m", &as_v1(&h)).unwrap();
+        assert_eq!(old.version, 1);
+        assert_eq!(old.header_len(), HEADER_LEN_V1);
+        assert_eq!(old.origin, None);
+        assert_eq!(old.committed_unix_ms, h.created_unix_ms);
+        assert_eq!((old.name.as_str(), old.size), (h.name.as_str(), h.size));
+        assert_eq!(
+            old.file_len(),
+            Some(h.entries * ENTRY_LEN as u64 + (HEADER_LEN_V1 + FOOTER_LEN) as u64)
+        );
+        let mut no_origin = sample();
+        no_origin.origin = None;
+        let back = ManifestHeader::decode("m", &no_origin.encode()).unwrap();
+        assert_eq!(back, no_origin);
     }
 
     #[test]

@@ -228,6 +228,34 @@ impl Repository {
         self.read_at(id, &loc)
     }
 
+    /// Reads one chunk as its record stores it, for a copy to another
+    /// repository: `(bytes, zstd)`, the zstd frame or the raw bytes. It is
+    /// verified first like every read (decoded, length and BLAKE3), and
+    /// read again where the index says it is now if GC moved it meanwhile.
+    pub fn read_chunk_stored(&self, id: &ChunkId) -> Result<(Vec<u8>, bool)> {
+        let loc = self.inner.index.lookup(id).ok_or_else(|| Error::NotFound {
+            what: format!("chunk {id}"),
+        })?;
+        match self.read_stored_at(id, &loc) {
+            Err(e) => match self.locate(id) {
+                Some(now) if now != loc => self.read_stored_at(id, &now),
+                _ => Err(e),
+            },
+            ok => ok,
+        }
+    }
+
+    fn read_stored_at(&self, id: &ChunkId, loc: &Location) -> Result<(Vec<u8>, bool)> {
+        let (codec, stored) = self.inner.packs.read_record(id, loc)?;
+        let zstd = codec == crate::format::pack::Codec::Zstd;
+        if zstd {
+            self.decode_verified(id, loc, codec, stored.clone())?;
+            Ok((stored, true))
+        } else {
+            Ok((self.decode_verified(id, loc, codec, stored)?, false))
+        }
+    }
+
     pub(crate) fn read_at(&self, id: &ChunkId, loc: &Location) -> Result<Vec<u8>> {
         let (codec, stored) = self.inner.packs.read_record(id, loc)?;
         self.decode_verified(id, loc, codec, stored)

@@ -61,6 +61,9 @@ struct Inner {
     maintenance: Mutex<()>,
     /// Serializes deletes (read-modify-write of the deleted-id mark).
     deletes: Mutex<()>,
+    /// Serializes the commits of copies, from the check that their origin
+    /// is not here yet to the publish: one copy per origin.
+    copies: Mutex<()>,
     recovery: Recovery,
     /// The bucket's metadata objects, for a remote repository: every
     /// change to config, manifests, `.deleted-hwm` and `tombstones` goes
@@ -94,6 +97,11 @@ impl Repository {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
+    }
+
+    /// Held by a copy's commit from its origin check to its publish.
+    pub(crate) fn lock_copies(&self) -> MutexGuard<'_, ()> {
+        self.inner.copies.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A holder of pins for an upload session: the packs of chunks it was

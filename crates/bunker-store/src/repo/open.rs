@@ -240,6 +240,7 @@ impl Repository {
                 pins: Arc::new(PinBoard::default()),
                 maintenance: Mutex::new(()),
                 deletes: Mutex::new(()),
+                copies: Mutex::new(()),
                 recovery,
                 meta,
                 _lock: lock,

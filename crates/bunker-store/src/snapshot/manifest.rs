@@ -191,7 +191,10 @@ impl ManifestReader {
     fn end_at(&self, i: u64) -> Result<(u64, ChunkId)> {
         let mut b = [0u8; ENTRY_LEN];
         self.file
-            .read_exact_at(&mut b, HEADER_LEN as u64 + i * ENTRY_LEN as u64)
+            .read_exact_at(
+                &mut b,
+                self.header.header_len() as u64 + i * ENTRY_LEN as u64,
+            )
             .at(&self.path)?;
         Ok(decode_entry(&b))
     }
@@ -225,7 +228,7 @@ impl ManifestReader {
             self.end_at(first - 1)?.0
         };
         file.seek(SeekFrom::Start(
-            HEADER_LEN as u64 + first * ENTRY_LEN as u64,
+            self.header.header_len() as u64 + first * ENTRY_LEN as u64,
         ))
         .at(&self.path)?;
         Ok(Entries {
@@ -246,7 +249,7 @@ impl ManifestReader {
         self.file
             .read_exact_at(
                 &mut foot,
-                HEADER_LEN as u64 + self.header.entries * ENTRY_LEN as u64,
+                self.header.header_len() as u64 + self.header.entries * ENTRY_LEN as u64,
             )
             .at(&self.path)?;
         let (sum, _) = decode_footer(&foot).map_err(|r| self.corrupt(r))?;
@@ -276,7 +279,10 @@ impl ManifestReader {
         let n = self.header.entries.saturating_sub(first).min(max as u64) as usize;
         let mut buf = vec![0u8; n * ENTRY_LEN];
         self.file
-            .read_exact_at(&mut buf, HEADER_LEN as u64 + first * ENTRY_LEN as u64)
+            .read_exact_at(
+                &mut buf,
+                self.header.header_len() as u64 + first * ENTRY_LEN as u64,
+            )
             .at(&self.path)?;
         let mut out = Vec::with_capacity(n);
         let mut start = start;
@@ -299,7 +305,7 @@ impl ManifestReader {
     pub(crate) fn verify_entries(&self) -> Result<()> {
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         let mut file = self.file.try_clone().at(&self.path)?;
-        file.seek(SeekFrom::Start(HEADER_LEN as u64))
+        file.seek(SeekFrom::Start(self.header.header_len() as u64))
             .at(&self.path)?;
         let mut reader =
             BufReader::with_capacity(256 << 10, file).take(self.header.entries * ENTRY_LEN as u64);

@@ -10,7 +10,9 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 
+pub use crate::format::manifest::Origin;
 pub use manifest::ManifestEntry;
+pub use writer::CopyCommit;
 pub(crate) use writer::SnapshotWriter;
 
 use crate::format::manifest::ManifestHeader;
@@ -34,6 +36,11 @@ pub struct SnapshotInfo {
     pub source: String,
     /// Id of the API token that created it (0: none).
     pub creator: u64,
+    /// When this repository committed it; for a copy, `created_unix_ms`
+    /// is the origin's creation time.
+    pub committed_unix_ms: i64,
+    /// Set on a copy made by `bunker sync`.
+    pub origin: Option<Origin>,
 }
 
 impl SnapshotInfo {
@@ -52,6 +59,8 @@ impl SnapshotInfo {
             stream_hash: h.stream_hash,
             source: h.source.clone(),
             creator: h.creator,
+            committed_unix_ms: h.committed_unix_ms,
+            origin: h.origin,
         }
     }
 

@@ -15,7 +15,7 @@ use bunker_chunk::ChunkId;
 
 use super::manifest::ManifestWriter;
 use super::SnapshotInfo;
-use crate::format::manifest::ManifestHeader;
+use crate::format::manifest::{ManifestHeader, Origin, VERSION};
 use crate::pins::Pins;
 use crate::repo::{concurrent_writer_failed, NewData};
 use crate::{durable, snapshot, Error, Repository, Result};
@@ -43,6 +43,7 @@ impl Repository {
             new_raw_bytes: 0,
             zero_chunks: 0,
             started: Instant::now(),
+            origin: None,
         })
     }
 }
@@ -64,6 +65,17 @@ pub struct SnapshotWriter {
     new_raw_bytes: u64,
     zero_chunks: u64,
     started: Instant,
+    /// A copy's origin and the origin's creation time.
+    origin: Option<(Origin, i64)>,
+}
+
+/// What [`SnapshotWriter::commit_copy`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CopyCommit {
+    /// Committed a new snapshot.
+    New(SnapshotInfo),
+    /// A snapshot of the same origin was here already: nothing committed.
+    Existing(SnapshotInfo),
 }
 
 impl SnapshotWriter {
@@ -169,6 +181,35 @@ impl SnapshotWriter {
         self.manifest.count()
     }
 
+    /// Makes this snapshot a copy of `origin` (`bunker sync`), created at
+    /// `created_unix_ms` there: commit it with [`Self::commit_copy`].
+    pub fn set_origin(&mut self, origin: Origin, created_unix_ms: i64) {
+        self.origin = Some((origin, created_unix_ms));
+    }
+
+    /// Commits a copy (after [`Self::set_origin`]) unless a snapshot of
+    /// the same name and origin is here already: then nothing is
+    /// committed and that one is answered. Commits of copies are
+    /// serialized, so two concurrent copies of one origin make one
+    /// snapshot.
+    pub fn commit_copy(self, stream_hash: [u8; 32]) -> Result<CopyCommit> {
+        let Some((origin, _)) = self.origin else {
+            return Err(Error::Invalid(
+                "a copy's commit needs its origin (set_origin)".into(),
+            ));
+        };
+        let repo = self.repo.clone();
+        let _one = repo.lock_copies();
+        if let Some(existing) = repo
+            .list(Some(&self.name))?
+            .into_iter()
+            .find(|s| s.origin == Some(origin))
+        {
+            return Ok(CopyCommit::Existing(existing));
+        }
+        self.commit(stream_hash, None).map(CopyCommit::New)
+    }
+
     /// Makes the snapshot durable and visible (docs/FORMAT.md, "Commit
     /// protocol"). With `expected_hash`, refuses a stream whose BLAKE3
     /// differs.
@@ -197,10 +238,14 @@ impl SnapshotWriter {
         durable::failpoint!("commit::sealed", self.repo.root());
         // 4. Complete the manifest in `tmp/`: footer, header, sync.
         let id = self.repo.take_snapshot_id();
+        let now = crate::clock::now_unix_ms();
         let header = ManifestHeader {
             repo_id: self.repo.repo_id(),
             id,
-            created_unix_ms: crate::clock::now_unix_ms(),
+            created_unix_ms: self.origin.map_or(now, |(_, created)| created),
+            committed_unix_ms: now,
+            origin: self.origin.map(|(o, _)| o),
+            version: VERSION,
             size: 0,
             entries: 0,
             chunker: self.repo.chunker_params(),

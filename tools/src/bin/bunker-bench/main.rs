@@ -11,9 +11,10 @@
 //! `--s3` runs the workload against a local-backend and an S3-backend server
 //! on SeaweedFS in the same run, with the object-storage figures (see `s3`).
 //!
-//! `--sync` times replication: `bunker sync` between two servers against
-//! `restic copy` between two local repositories, day 0 and the next days
-//! (see `sync`).
+//! `--sync` backs each day up to one server and times `bunker sync` to a
+//! second one: replication throughput, logical and on the wire, beside
+//! `restic copy` between two local repositories of the same images
+//! (`sync`).
 
 mod proxy;
 mod s3;
@@ -59,8 +60,10 @@ struct Args {
     /// With --s3: small snapshots made to time a rebuild per snapshot.
     #[arg(long, default_value_t = 300)]
     s3_snapshots: u32,
-    /// Replication: `bunker sync` against `restic copy`, per day (tools/bench
-    /// --sync installs restic).
+    /// Replication: each day backed up to a source server and copied to a
+    /// target with `bunker sync`, and the same with `restic copy` between
+    /// two local repositories (tools/bench --sync installs restic)
+    /// [default size 1G, days 2].
     #[arg(long)]
     sync: bool,
     /// Working directory (default: a temporary directory under target/).
@@ -227,10 +230,9 @@ fn main() -> anyhow::Result<()> {
     if args.scale {
         return scale(&bunker, &bin_dir, &work, args.skip_index);
     }
-    let (size, days) = match (args.s3, args.sync) {
-        (true, _) => (args.size.unwrap_or(1 << 30), args.days.unwrap_or(2)),
-        (_, true) => (args.size.unwrap_or(1 << 30), args.days.unwrap_or(1)),
-        _ => (args.size.unwrap_or(4 << 30), args.days.unwrap_or(3)),
+    let (size, days) = match args.s3 || args.sync {
+        true => (args.size.unwrap_or(1 << 30), args.days.unwrap_or(2)),
+        false => (args.size.unwrap_or(4 << 30), args.days.unwrap_or(3)),
     };
     let spec = ImageSpec::new(args.seed, size);
     let mut images = Vec::new();
@@ -250,7 +252,16 @@ fn main() -> anyhow::Result<()> {
         return s3::run(&bunker, &work, &images, &sizes, &args, days);
     }
     if args.sync {
-        return sync::run(&bunker, &work, &images, &sizes);
+        let mut copies = sync::run(&bunker, &work, &images)?;
+        if which("restic") {
+            copies.extend(sync::restic(&work, &images)?);
+        } else {
+            eprintln!(
+                "restic is not installed: no restic copy rows (tools/bench --sync installs it)"
+            );
+        }
+        sync::print(&copies);
+        return Ok(());
     }
     let limits = limits(&images[0], &work)?;
     let agent: ureq::Agent = ureq::Agent::config_builder()

@@ -1,20 +1,10 @@
-//! `--sync`: replication throughput, bunker against restic, in one run.
-//!
-//! bunker: a source and a target server on loopback; each day's image is
-//! backed up to the source (`bunker backup`), then copied with `bunker
-//! sync` (a separate process, as an operator runs it), timed. The bytes on
-//! the wire are those the source sent, counted by a proxy in front of it
-//! (chunk frames as stored, manifests, listings), beside the sync
-//! report's own count of chunk bytes sent.
-//!
-//! restic: the same images backed up into one local repository, each day
-//! then copied with `restic copy` into a second local repository made
-//! with the first's chunker parameters (so it deduplicates the same way),
-//! timed. Its bytes on the wire are what the second repository grew by
-//! (restic copies pack contents; a local copy has no other wire).
-//!
-//! Logical GB/s is the day's image size over the copy's seconds; wire
-//! GB/s the bytes sent over them.
+//! `--sync`: replication throughput. Each day's image is backed up to a
+//! source server, then `bunker sync` copies it to a target server on the
+//! same loopback; per day: logical GB/s (image bytes copied per second)
+//! and wire GB/s (chunk frames, `missing` queries and commit bodies per
+//! second, as the sync reports them), beside the day's new stored bytes on
+//! the source. A `restic copy` between two local repositories of the same
+//! images belongs in the same table (one row per tool and day).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,117 +12,101 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 
-use super::proxy::Proxy;
-use super::{du, gbps, timed, which, Server};
+use crate::{du, gbps, mib, timed, Server};
 
-/// One copy of one day.
-struct Copy {
-    seconds: f64,
-    /// Bytes that crossed from source to target (see the module doc).
-    wire_bytes: u64,
-    /// For bunker: the sync report's chunk bytes (frames as stored).
-    reported_bytes: Option<u64>,
+/// One day's copy.
+pub struct Day {
+    pub tool: &'static str,
+    pub day: usize,
+    pub logical_bytes: u64,
+    pub wire_bytes: u64,
+    /// What that day's backup added to the source (after dedup and zstd).
+    pub source_new_bytes: u64,
+    pub seconds: f64,
 }
 
-pub(super) fn run(
-    bunker: &Path,
-    work: &Path,
-    images: &[PathBuf],
-    sizes: &[u64],
-) -> anyhow::Result<()> {
-    let ours = bunker_days(bunker, work, images)?;
-    let restic = if which("restic") {
-        Some(restic_days(work, images)?)
-    } else {
-        eprintln!("restic not installed: tools/bench --sync installs it (apt-get install restic)");
-        None
-    };
-    println!("| copy of day | image | bunker sync | bunker wire | restic copy | restic wire | bunker / restic |");
-    println!("|---|---|---|---|---|---|---|");
-    for (day, b) in ours.iter().enumerate() {
-        let size = sizes[day];
-        let r = restic.as_ref().map(|r| &r[day]);
-        let cell = |c: &Copy| format!("{:.2} GB/s ({:.2} s)", gbps(size, c.seconds), c.seconds);
-        let wire = |c: &Copy| {
-            format!(
-                "{} MiB{}, {:.2} GB/s",
-                c.wire_bytes >> 20,
-                c.reported_bytes
-                    .map_or(String::new(), |r| format!(" (chunks {} MiB)", r >> 20)),
-                gbps(c.wire_bytes, c.seconds)
-            )
-        };
-        println!(
-            "| {day} | {} MiB | {} | {} | {} | {} | {} |",
-            size >> 20,
-            cell(b),
-            wire(b),
-            r.map_or("-".into(), cell),
-            r.map_or("-".into(), wire),
-            r.map_or("-".into(), |r| format!(
-                "{:.2}x faster",
-                r.seconds / b.seconds
-            )),
-        );
-    }
-    println!(
-        "\nlogical GB/s: the day's image size over the copy's wall time. bunker wire: \
-         bytes the source sent (counting proxy); restic wire: what the second \
-         repository grew by."
-    );
-    Ok(())
-}
-
-/// Each day backed up to a source server, then `bunker sync` to a target.
-fn bunker_days(bunker: &Path, work: &Path, images: &[PathBuf]) -> anyhow::Result<Vec<Copy>> {
+pub fn run(bunker: &Path, work: &Path, images: &[PathBuf]) -> anyhow::Result<Vec<Day>> {
     let source = Server::start(bunker, &work.join("sync-source"), &[])?;
     let target = Server::start(bunker, &work.join("sync-target"), &[])?;
-    let proxy = Proxy::start(&source.url)?;
-    let from_token = work.join("sync-source.token");
-    std::fs::write(&from_token, &source.token)?;
-    let to_token = work.join("sync-target.token");
-    std::fs::write(&to_token, &target.token)?;
-    let mut out = Vec::new();
-    for img in images {
-        let backup = Command::new(bunker)
-            .args(["backup", "vol"])
+    let token_file = |s: &Server, name: &str| -> anyhow::Result<PathBuf> {
+        let p = work.join(name);
+        std::fs::write(&p, &s.token)?;
+        Ok(p)
+    };
+    let (st, tt) = (
+        token_file(&source, "source.token")?,
+        token_file(&target, "target.token")?,
+    );
+    let mut days = Vec::new();
+    for (day, img) in images.iter().enumerate() {
+        let out = Command::new(bunker)
+            .args(["--json", "backup", "vol"])
             .arg(img)
             .env("BUNKER_SERVER", &source.url)
             .env("BUNKER_TOKEN", &source.token)
-            .stdout(Stdio::null())
-            .status()?;
-        if !backup.success() {
-            bail!("bunker backup of {} failed", img.display());
-        }
-        let before = proxy.counts();
-        let t = Instant::now();
-        let o = Command::new(bunker)
-            .args(["--json", "sync", "--from", &proxy.url, "--from-token-file"])
-            .arg(&from_token)
-            .args(["--to", &target.url, "--to-token-file"])
-            .arg(&to_token)
+            .stderr(Stdio::null())
             .output()?;
-        let seconds = t.elapsed().as_secs_f64();
-        if !o.status.success() {
-            bail!("bunker sync: {}", String::from_utf8_lossy(&o.stderr));
+        if !out.status.success() {
+            bail!("backup of {} failed", img.display());
         }
-        let report: serde_json::Value = serde_json::from_slice(&o.stdout).with_context(|| {
-            format!("bunker sync --json: {}", String::from_utf8_lossy(&o.stdout))
-        })?;
-        out.push(Copy {
+        let backup: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let started = Instant::now();
+        let out = Command::new(bunker)
+            .args(["sync", "--json", "--from", &source.url, "--from-token-file"])
+            .arg(&st)
+            .args(["--to", &target.url, "--to-token-file"])
+            .arg(&tt)
+            .env_remove("BUNKER_SERVER")
+            .env_remove("BUNKER_TOKEN")
+            .stderr(Stdio::piped())
+            .output()?;
+        let seconds = started.elapsed().as_secs_f64();
+        if !out.status.success() {
+            bail!(
+                "bunker sync failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let r: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("the sync's JSON report")?;
+        days.push(Day {
+            tool: "bunker sync",
+            day,
+            logical_bytes: r["logical_bytes"].as_u64().unwrap_or(0),
+            wire_bytes: r["wire_bytes"].as_u64().unwrap_or(0),
+            source_new_bytes: backup["new_bytes"].as_u64().unwrap_or(0),
             seconds,
-            wire_bytes: proxy.counts().since(&before).down_bytes,
-            reported_bytes: report["wire_bytes"].as_u64(),
         });
     }
     source.stop();
     target.stop();
-    Ok(out)
+    Ok(days)
 }
 
-/// Each day backed up into one local restic repository, then `restic
-/// copy` into a second.
-fn restic_days(work: &Path, images: &[PathBuf]) -> anyhow::Result<Vec<Copy>> {
+/// The markdown table of [`run`]'s days.
+pub fn print(days: &[Day]) {
+    println!(
+        "| tool | day | logical | sent | new on source | seconds | logical GB/s | wire GB/s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for d in days {
+        println!(
+            "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.3} |",
+            d.tool,
+            d.day,
+            mib(d.logical_bytes),
+            mib(d.wire_bytes),
+            mib(d.source_new_bytes),
+            d.seconds,
+            gbps(d.logical_bytes, d.seconds),
+            gbps(d.wire_bytes, d.seconds),
+        );
+    }
+}
+
+/// `restic copy` of each day between two local repositories (see the
+/// module doc).
+pub fn restic(work: &Path, images: &[PathBuf]) -> anyhow::Result<Vec<Day>> {
     let from = work.join("restic-sync-from");
     let to = work.join("restic-sync-to");
     let r = |repo: &Path| {
@@ -147,21 +121,24 @@ fn restic_days(work: &Path, images: &[PathBuf]) -> anyhow::Result<Vec<Copy>> {
     timed(r(&from).arg("init"))?;
     timed(
         r(&to)
-            .arg("init")
-            .arg("--copy-chunker-params")
-            .arg("--from-repo")
+            .args(["init", "--copy-chunker-params", "--from-repo"])
             .arg(&from),
     )?;
-    let mut out = Vec::new();
-    for img in images {
+    let mut days = Vec::new();
+    for (day, img) in images.iter().enumerate() {
+        let before = du(&from);
         timed(r(&from).arg("backup").arg(img))?;
-        let grown = du(&to);
+        let source_new_bytes = du(&from).saturating_sub(before);
+        let before = du(&to);
         let seconds = timed(r(&to).arg("copy").arg("--from-repo").arg(&from))?;
-        out.push(Copy {
+        days.push(Day {
+            tool: "restic copy",
+            day,
+            logical_bytes: std::fs::metadata(img)?.len(),
+            wire_bytes: du(&to).saturating_sub(before),
+            source_new_bytes,
             seconds,
-            wire_bytes: du(&to).saturating_sub(grown),
-            reported_bytes: None,
         });
     }
-    Ok(out)
+    Ok(days)
 }
