@@ -573,6 +573,12 @@ fn field_tables_of_format_md_match_the_encoders() {
         name: "vol-1.db".into(),
         source: "file:/dev/sdb".into(),
         creator: 0x9192_9394_9596_9798,
+        version: format::manifest::VERSION,
+        committed_unix_ms: 0x2324_2526_2728_292a,
+        origin: Some(format::manifest::Origin {
+            repo_id: id(9).0[..16].try_into().unwrap(),
+            snapshot_id: 0x3334_3536_3738_393a,
+        }),
     };
     let b = m.encode();
     let chunker_bytes = [12_345u32, 65_536, 300_001]
@@ -588,7 +594,7 @@ fn field_tables_of_format_md_match_the_encoders() {
             version(format::manifest::VERSION),
             w(
                 format!("header length ({})", format::manifest::HEADER_LEN),
-                le(512, 4),
+                le(1024, 4),
             ),
             w("repository id", Want::Bytes(repo_id.to_vec())),
             w("snapshot id", le(m.id.0, 8)),
@@ -618,6 +624,14 @@ fn field_tables_of_format_md_match_the_encoders() {
                 le(m.new_raw_bytes, 8),
             ),
             w("xxh3-64 of bytes 0..504", Want::Checksum(None)),
+            w("flags: bit 0", le(1, 8)),
+            w(
+                "origin: the source repository",
+                Want::Bytes(id(9).0[..16].to_vec()),
+            ),
+            w("origin: the snapshot's id", le(0x3334_3536_3738_393a, 8)),
+            w("committed, unix milliseconds", le(0x2324_2526_2728_292a, 8)),
+            w("xxh3-64 of bytes 512..1016", Want::Checksum(None)),
         ],
     );
     assert_eq!(end, b.len());

@@ -462,10 +462,11 @@ fn gc_refuses_a_manifest_that_fails_its_checksum_and_deletes_nothing() {
         .find(|p| p.extension().is_some_and(|e| e == "snap"))
         .unwrap();
     let mut b = std::fs::read(&snap).unwrap();
-    // Entries follow the 512-byte header: 8 bytes of end, then the id.
-    let entries = (b.len() - 512 - 24) / 40;
+    // Entries follow the header: 8 bytes of end, then the id.
+    let header = bunker_store::format::manifest::HEADER_LEN;
+    let entries = (b.len() - header - 24) / 40;
     for i in 0..entries {
-        b[512 + i * 40 + 8] ^= 0x01;
+        b[header + i * 40 + 8] ^= 0x01;
     }
     std::fs::write(&snap, b).unwrap();
     let packs_before = packs(dir.path());
