@@ -286,6 +286,21 @@ fn a_scoped_writer_copies_only_its_names() {
         .map(|s| s.name)
         .collect();
     assert_eq!(names, ["db-1"]);
+    // Another writer does not see that copy in its listing; its commit of
+    // the same origin answers the existing copy (200) and makes no second.
+    token(&b, "writer", None, dir.path(), "b.other");
+    let r = report(&sync(
+        &a.url,
+        &ra,
+        &b.url,
+        &dir.path().join("b.other"),
+        &["db-"],
+    ));
+    assert_eq!(
+        (r["copied"].as_u64(), r["skipped"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(client(&b.url, &b.admin).list(None).unwrap().len(), 1);
 }
 
 /// What the fake source serves: `/v1/info`, `/v1/snapshots`, manifests and

@@ -47,7 +47,8 @@ pub struct SyncOptions {
     /// Chunks in flight at once (each: one GET from the source, one PUT to
     /// the target).
     pub parallel: usize,
-    /// Manifest entries per `missing` query.
+    /// Manifest entries per `missing` query (at most 65,536, the server's
+    /// limit per query).
     pub batch: usize,
 }
 
@@ -317,7 +318,7 @@ fn send_all(
     let mut body_file =
         tempfile::tempfile().map_err(|e| SyncError::io("creating a temporary commit body", e))?;
     let mut body = BufWriter::with_capacity(1 << 20, &mut body_file);
-    let batch = opts.batch.max(1);
+    let batch = opts.batch.clamp(1, 65_536);
     let mut end = 0u64;
     let mut index = 0u64;
     let mut entry = [0u8; ENTRY_LEN];
