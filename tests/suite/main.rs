@@ -26,6 +26,8 @@ mod s3_server;
 mod san;
 mod server;
 mod sync;
+mod sync_jobs;
+mod sync_kills;
 mod tls;
 mod upgrade;
 

@@ -8,6 +8,9 @@
 
 use serde::{Deserialize, Serialize};
 
+mod sync_jobs;
+pub use sync_jobs::{SyncJob, SyncJobs, SyncRun};
+
 /// Prefix of every versioned route.
 pub const PREFIX: &str = "/v1";
 /// Hex BLAKE3 of the whole image, sent by a client that wants the server to

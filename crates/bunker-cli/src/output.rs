@@ -49,19 +49,38 @@ pub fn time(unix_ms: i64) -> String {
     bunker_store::calendar::format_utc(unix_ms)
 }
 
+/// A span of seconds, short: "45s", "12m", "3h", "2d".
+pub fn age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// A configured interval in its own unit: "90s", "15m", "1h", "1d".
+pub fn interval(secs: u64) -> String {
+    match secs {
+        0 => "0s".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// A recorded check in a table cell: "ok 3h ago", "FAILED 2d ago", "never".
 pub fn check(c: Option<&bunker_api::Check>, now_unix_ms: i64) -> String {
     let Some(c) = c else {
         return "never".into();
     };
     let secs = (now_unix_ms - c.at_unix_ms).max(0) / 1000;
-    let age = match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    };
-    format!("{} {age} ago", if c.ok { "ok" } else { "FAILED" })
+    format!(
+        "{} {} ago",
+        if c.ok { "ok" } else { "FAILED" },
+        age(secs as u64)
+    )
 }
 
 /// A recorded drill in a table cell, with who verified it: "ok 3h ago

@@ -299,6 +299,14 @@ impl Client {
         self.json(self.get("/v1/stats").call())
     }
 
+    /// The server's scheduled pull jobs (`GET /v1/sync`; admin and reader
+    /// tokens).
+    pub fn sync_jobs(&self) -> Result<Vec<bunker_api::SyncJob>> {
+        Ok(self
+            .json::<bunker_api::SyncJobs>(self.get("/v1/sync").call())?
+            .jobs)
+    }
+
     pub fn create_token(&self, req: &bunker_api::TokenRequest) -> Result<bunker_api::TokenCreated> {
         self.json(self.post("/v1/tokens").send_json(req))
     }

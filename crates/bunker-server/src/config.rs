@@ -68,6 +68,9 @@ pub struct Config {
     /// Where sealed packs and manifests live: the data directory (default)
     /// or a bucket (`[storage] kind = "s3"`).
     pub storage: Storage,
+    /// Scheduled pull jobs (`[[sync]]` tables): copy snapshots from
+    /// another bunker server into this one (`crate::sync_jobs`).
+    pub sync: Vec<SyncJobConfig>,
 }
 
 /// The `[storage]` table. `kind = "local"` (the default) keeps everything
@@ -242,6 +245,7 @@ impl Default for Config {
             gc_rewrite_below: bunker_store::DEFAULT_REWRITE_BELOW,
             pack_bytes: bunker_store::DEFAULT_PACK_LEN,
             storage: Storage::default(),
+            sync: Vec::new(),
         }
     }
 }
@@ -249,7 +253,20 @@ impl Default for Config {
 impl Config {
     /// Reads a TOML file of the fields above; unknown keys are an error.
     pub fn from_toml(text: &str) -> Result<Config, StartError> {
-        toml::from_str(text).map_err(|source| StartError::Config { source })
+        let config: Config =
+            toml::from_str(text).map_err(|source| StartError::Config { source })?;
+        let mut seen = std::collections::BTreeSet::new();
+        for job in &config.sync {
+            if !seen.insert(job.name.as_str()) {
+                return Err(StartError::SyncJob {
+                    reason: format!(
+                        "two [[sync]] jobs are named {:?}: give each its own `name`",
+                        job.name
+                    ),
+                });
+            }
+        }
+        Ok(config)
     }
 
     pub fn idle_timeout(&self) -> Duration {
@@ -267,6 +284,172 @@ impl Config {
     pub fn write_timeout(&self) -> Duration {
         Duration::from_secs(self.write_timeout_secs.max(1))
     }
+}
+
+/// One `[[sync]]` table: pull the snapshots of `names` from the server at
+/// `from` every `interval`, with the reader token in `token_file` (read
+/// at start and again before each run, so it can be replaced without a
+/// restart; never logged or shown).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyncJobConfig {
+    /// The job's label in `/v1/sync` and `/metrics`: the `name` key, or
+    /// the source's host and port.
+    pub name: String,
+    /// The source server, `http://` or `https://`.
+    pub from: String,
+    pub token_file: PathBuf,
+    /// Names or prefixes (`db-`) to copy; empty: all the token may read.
+    pub names: Vec<String>,
+    pub interval: Duration,
+    /// PEM certificates to trust for an `https` source (beside the
+    /// system's roots).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The shortest `interval` a job may have: shorter is a typo, not a
+/// schedule (and a source hammered every instant).
+pub const MIN_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+const SYNC_KEYS: &[&str] = &["name", "from", "token_file", "names", "interval", "ca_file"];
+
+// By hand, as `[storage]`: the error names the unknown key and the table.
+impl<'de> Deserialize<'de> for SyncJobConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SyncJobConfig, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        if let Some(unknown) = table.keys().find(|k| !SYNC_KEYS.contains(&k.as_str())) {
+            return Err(D::Error::custom(format!(
+                "unknown key `{unknown}` in [[sync]], expected one of {}",
+                SYNC_KEYS.join(", ")
+            )));
+        }
+        let mut take =
+            |key: &'static str| -> Result<Option<toml::Value>, D::Error> { Ok(table.remove(key)) };
+        let text = |v: toml::Value, key: &str| -> Result<String, D::Error> {
+            v.try_into()
+                .map_err(|e| D::Error::custom(format!("[[sync]] `{key}`: {e}")))
+        };
+        let missing = |key: &str| D::Error::custom(format!("[[sync]] needs `{key}`"));
+        let from = text(take("from")?.ok_or_else(|| missing("from"))?, "from")?;
+        let host =
+            source_host(&from).map_err(|e| D::Error::custom(format!("[[sync]] `from`: {e}")))?;
+        let token_file = PathBuf::from(text(
+            take("token_file")?.ok_or_else(|| missing("token_file"))?,
+            "token_file",
+        )?);
+        let interval = text(
+            take("interval")?.ok_or_else(|| missing("interval"))?,
+            "interval",
+        )?;
+        let interval = parse_interval(&interval)
+            .map_err(|e| D::Error::custom(format!("[[sync]] `interval`: {e}")))?;
+        let names: Vec<String> = match take("names")? {
+            Some(v) => v
+                .try_into()
+                .map_err(|e| D::Error::custom(format!("[[sync]] `names`: {e}")))?,
+            None => Vec::new(),
+        };
+        for n in &names {
+            if n.is_empty()
+                || n.len() > 128
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err(D::Error::custom(format!(
+                    "[[sync]] `names`: {n:?} is not a snapshot name or prefix \
+                     (1 to 128 of A-Z a-z 0-9 . _ -)"
+                )));
+            }
+        }
+        let ca_file = take("ca_file")?
+            .map(|v| text(v, "ca_file").map(PathBuf::from))
+            .transpose()?;
+        if ca_file.is_some() && !from.starts_with("https://") {
+            return Err(D::Error::custom(
+                "[[sync]] `ca_file` is only for an https:// source",
+            ));
+        }
+        let name = match take("name")? {
+            Some(v) => text(v, "name")?,
+            None => host.to_string(),
+        };
+        if name.is_empty()
+            || name.len() > 64
+            || name
+                .chars()
+                .any(|c| c == '"' || c == '\\' || c.is_control())
+        {
+            return Err(D::Error::custom(format!(
+                "[[sync]] `name` {name:?}: 1 to 64 characters, no quotes, backslashes or control characters"
+            )));
+        }
+        Ok(SyncJobConfig {
+            name,
+            from,
+            token_file,
+            names,
+            interval,
+            ca_file,
+        })
+    }
+}
+
+/// The `host:port` of an `http://` or `https://` URL.
+fn source_host(url: &str) -> Result<&str, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{url:?} must start with http:// or https://"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || host.contains('@') {
+        return Err(format!(
+            "{url:?} needs a host (and no credentials: the token goes in token_file)"
+        ));
+    }
+    Ok(host)
+}
+
+/// A humane duration: one or more `<number><unit>` with units `s`, `m`,
+/// `h`, `d` (`90s`, `15m`, `1h30m`, `1d`), at least [`MIN_SYNC_INTERVAL`].
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration like 90s, 15m, 1h30m or 1d");
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(bad());
+    }
+    for c in t.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        digits.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|s| total.checked_add(s))
+            .ok_or_else(bad)?;
+    }
+    if !digits.is_empty() {
+        return Err(bad());
+    }
+    let d = Duration::from_secs(total);
+    if d < MIN_SYNC_INTERVAL {
+        return Err(format!(
+            "{text:?} is shorter than the minimum of {} s",
+            MIN_SYNC_INTERVAL.as_secs()
+        ));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -354,5 +537,113 @@ mod tests {
         assert!(!c.storage.break_lease);
         let e = Config::from_toml("[storage]\nkind = \"ftp\"\n").unwrap_err();
         assert!(e.to_string().contains("ftp"), "{e}");
+    }
+
+    #[test]
+    fn sync_tables_parse_and_refuse_unknown_keys_naming_them() {
+        let c = Config::from_toml(
+            r#"
+            [[sync]]
+            from = "http://10.0.0.5:7711"
+            token_file = "/etc/bunker/site-a.token"
+            names = ["db-", "mail"]
+            interval = "1h30m"
+
+            [[sync]]
+            name = "site-b"
+            from = "https://b.example:7711/"
+            token_file = "b.token"
+            interval = "90s"
+            ca_file = "b-ca.pem"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.sync.len(), 2);
+        let a = &c.sync[0];
+        assert_eq!(a.name, "10.0.0.5:7711");
+        assert_eq!(a.names, ["db-", "mail"]);
+        assert_eq!(a.interval, Duration::from_secs(5400));
+        assert_eq!(a.ca_file, None);
+        let b = &c.sync[1];
+        assert_eq!((b.name.as_str(), b.interval.as_secs()), ("site-b", 90));
+        assert!(b.names.is_empty());
+        assert_eq!(b.ca_file.as_deref(), Some(std::path::Path::new("b-ca.pem")));
+
+        let job = |extra: &str| {
+            Config::from_toml(&format!(
+                "[[sync]]\nfrom = \"http://a:1\"\ntoken_file = \"t\"\ninterval = \"1h\"\n{extra}"
+            ))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+        };
+        let e = job("token = \"s3cret\"\n");
+        assert!(e.contains("unknown key `token` in [[sync]]"), "{e}");
+        assert!(e.contains("token_file") && !e.contains("s3cret"), "{e}");
+        let e = job("ca_file = \"x.pem\"\n");
+        assert!(e.contains("only for an https:// source"), "{e}");
+        let e = job("names = [\"../etc\"]\n");
+        assert!(e.contains("\"../etc\" is not a snapshot name"), "{e}");
+        let e = job("[[sync]]\nfrom = \"http://a:1\"\ntoken_file = \"u\"\ninterval = \"2h\"\n");
+        assert!(e.contains("two [[sync]] jobs are named \"a:1\""), "{e}");
+        for (text, want) in [
+            (
+                "[[sync]]\ntoken_file = \"t\"\ninterval = \"1h\"\n",
+                "needs `from`",
+            ),
+            (
+                "[[sync]]\nfrom = \"a:1\"\ntoken_file = \"t\"\ninterval = \"1h\"\n",
+                "must start with http://",
+            ),
+            (
+                "[[sync]]\nfrom = \"http://u:p@a:1\"\ntoken_file = \"t\"\ninterval = \"1h\"\n",
+                "no credentials",
+            ),
+            (
+                "[[sync]]\nfrom = \"http://a:1\"\ninterval = \"1h\"\n",
+                "needs `token_file`",
+            ),
+            (
+                "[[sync]]\nfrom = \"http://a:1\"\ntoken_file = \"t\"\n",
+                "needs `interval`",
+            ),
+            (
+                "[[sync]]\nfrom = \"http://a:1\"\ntoken_file = \"t\"\ninterval = 3600\n",
+                "`interval`",
+            ),
+        ] {
+            let e = Config::from_toml(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn intervals_are_humane_and_not_too_short() {
+        for (text, secs) in [
+            ("90s", 90),
+            ("15m", 900),
+            ("1h30m", 5400),
+            ("1d", 86_400),
+            ("1s", 1),
+        ] {
+            assert_eq!(
+                parse_interval(text),
+                Ok(Duration::from_secs(secs)),
+                "{text}"
+            );
+        }
+        for text in [
+            "",
+            "0s",
+            "1",
+            "h",
+            "1x",
+            "1.5h",
+            "-1h",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_interval(text).is_err(), "{text}");
+        }
+        assert!(parse_interval("0s").unwrap_err().contains("minimum"));
     }
 }

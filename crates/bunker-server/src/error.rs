@@ -216,6 +216,9 @@ pub enum StartError {
         #[source]
         source: toml::de::Error,
     },
+    /// The `[[sync]]` tables parse but do not make a set of jobs.
+    #[error("{reason}")]
+    SyncJob { reason: String },
     #[error("listening on {addr}: {source}")]
     Listen {
         addr: SocketAddr,

@@ -22,6 +22,8 @@
 //! - `restore`: verified, streamed restores within a memory budget;
 //!   `deadline`: the write deadline on every connection;
 //! - `maintenance`: scheduled GC and expiry of idle upload sessions;
+//! - [`sync_jobs`]: scheduled pull jobs (`[[sync]]`) and their status;
+//!   `sync_target` runs one, writing through the session protocol's checks;
 //! - [`tokens`], [`admin_token`], [`checks`], [`sessions`], [`metrics`],
 //!   [`config`]: the server's own state and settings; on a bucket,
 //!   [`mirror`] copies tokens and checks to it and [`lease`] keeps a
@@ -57,10 +59,12 @@ pub mod metrics;
 pub mod mirror;
 mod reply;
 mod restore;
-mod routes;
+pub(crate) mod routes;
 mod serve;
 pub mod sessions;
 mod state;
+pub mod sync_jobs;
+mod sync_target;
 pub mod tokens;
 
 pub use body::Body;

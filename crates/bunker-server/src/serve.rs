@@ -124,6 +124,7 @@ pub async fn run(
     let reaper = tokio::spawn(reap_sessions(state.clone()));
     let collector =
         (state.config.gc_interval_secs > 0).then(|| tokio::spawn(scheduled_gc(state.clone())));
+    let pulls = crate::sync_jobs::start(&state);
     let header_timeout = Duration::from_secs(state.config.header_timeout_secs.max(1));
     let write_timeout = state.config.write_timeout();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -186,6 +187,11 @@ pub async fn run(
     reaper.abort();
     if let Some(c) = collector {
         c.abort();
+    }
+    // A run in progress on its blocking thread is refused its next chunk
+    // or commit from here on, and ends.
+    for p in pulls {
+        p.abort();
     }
     state.begin_shutdown();
     tracing::info!(

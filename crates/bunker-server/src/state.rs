@@ -32,6 +32,8 @@ pub struct State {
     pub checks: checks::Checks,
     pub sessions: Sessions,
     pub metrics: Metrics,
+    /// Scheduled pull jobs and their status.
+    pub sync_jobs: crate::sync_jobs::Jobs,
     streams: Arc<Semaphore>,
     /// One server-side drill at a time: it reads on every core.
     pub(crate) server_drills: Semaphore,
@@ -104,6 +106,7 @@ impl State {
                     quota: Quota::new(config.max_restores_per_token),
                 },
                 bodies: Budget::new(config.body_memory_bytes),
+                sync_jobs: crate::sync_jobs::Jobs::new(&config.sync),
                 config,
                 repo,
                 tokens,

@@ -39,9 +39,22 @@ pub fn run(g: &Global, args: Args) -> CmdResult {
 }
 
 pub fn stats(g: &Global) -> CmdResult {
-    let s = g.client()?.stats()?;
+    let client = g.client()?;
+    let s = client.stats()?;
+    // Writers may not see pull jobs, and older servers have none.
+    let jobs = match client.sync_jobs() {
+        Ok(jobs) => jobs,
+        Err(bunker_client::Error::Forbidden { .. } | bunker_client::Error::NotFound { .. }) => {
+            Vec::new()
+        }
+        Err(e) => return Err(e.into()),
+    };
     if g.json {
-        println!("{}", serde_json::to_string(&s)?);
+        let mut v = serde_json::to_value(&s)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("sync".into(), serde_json::to_value(&jobs)?);
+        }
+        println!("{v}");
         return Ok(());
     }
     println!("snapshots          {}", s.snapshots);
@@ -85,7 +98,76 @@ pub fn stats(g: &Global) -> CmdResult {
             );
         }
     }
+    if !jobs.is_empty() {
+        println!();
+        print_jobs(&jobs, bunker_store::clock::now_unix_ms());
+    }
     Ok(())
+}
+
+/// The pull jobs' table: one row per job, then the last error of each
+/// job whose last run failed.
+fn print_jobs(jobs: &[bunker_api::SyncJob], now: i64) {
+    let ago = |t: i64| crate::output::age(((now - t).max(0) / 1000) as u64);
+    println!(
+        "{:<16} {:<28} {:>8} {:<16} {:>9} {:>11} {:>11} {:>8} {:>6} {:<12}",
+        "SYNC JOB",
+        "FROM",
+        "EVERY",
+        "LAST RUN",
+        "COPIED",
+        "LOGICAL",
+        "WIRE",
+        "LAG",
+        "HELD",
+        "CHECKED"
+    );
+    for j in jobs {
+        let (last, copied, logical, wire) = match &j.last_run {
+            None if j.running => (
+                "running".to_string(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ),
+            None => (
+                "never".to_string(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ),
+            Some(r) => (
+                format!(
+                    "{} {} ago{}",
+                    if r.ok { "ok" } else { "FAILED" },
+                    ago(r.ended_unix_ms),
+                    if j.running { "*" } else { "" }
+                ),
+                r.snapshots_copied.to_string(),
+                bytes(r.logical_bytes),
+                bytes(r.wire_bytes),
+            ),
+        };
+        println!(
+            "{:<16} {:<28} {:>8} {:<16} {:>9} {:>11} {:>11} {:>8} {:>6} {:<12}",
+            j.name,
+            j.from,
+            crate::output::interval(j.interval_seconds),
+            last,
+            copied,
+            logical,
+            wire,
+            j.lag_seconds.map_or("?".to_string(), crate::output::age),
+            j.target_snapshots,
+            j.newest_check_unix_ms
+                .map_or("never".to_string(), |t| format!("{} ago", ago(t))),
+        );
+    }
+    for j in jobs {
+        if let Some(e) = j.last_run.as_ref().and_then(|r| r.error.as_ref()) {
+            println!("{}: {e}", j.name);
+        }
+    }
 }
 
 /// The rest of `bunker snapshots --help`, after the options; also in docs/CLI.md.
@@ -157,5 +239,19 @@ reclaims it (at pack granularity). Data names share counts for none of them:
 vol1-test is a copy of vol1's latest image, so it frees nothing, and vol1
 frees only the chunks of vol1@7 that the copy does not hold. A name whose
 snapshots were deleted after the last GC shows (N deleted, awaiting GC):
-their data counts until the next GC. With --json: the GET /v1/stats body,
-which adds index_bytes."##;
+their data counts until the next GC.
+
+On a server with pull jobs ([[sync]] in its config, docs/OPERATIONS.md,
+"Scheduled pull jobs"), admin and reader tokens also get one row per job:
+its source, interval, how its last run ended (* while the next runs), the
+snapshots, logical bytes and wire bytes that run copied, LAG (the age of
+the newest source snapshot not copied yet; 0 when up to date, ? before a
+run reached the source), HELD (snapshots of the job's names here) and
+CHECKED (the newest verify or drill of any of them); then the error of each
+job whose last run failed:
+
+    SYNC JOB         FROM                            EVERY LAST RUN            COPIED     LOGICAL        WIRE      LAG   HELD CHECKED
+    site-a           http://10.0.0.5:7711               1h ok 12m ago               1   64.32 MiB    2.03 MiB       0      9 3h ago
+
+With --json: the GET /v1/stats body, which adds index_bytes, with the
+GET /v1/sync jobs under "sync"."##;

@@ -20,7 +20,11 @@ pub(super) fn health() -> Response<Body> {
 pub(super) fn metrics(state: &State, p: &Principal) -> Reply {
     let mut checks = state.checks.latest_per_name();
     checks.retain(|name, _| super::sees_name(p, name));
-    let mut r = Response::new(full(state.metrics.render(state.sessions.len(), &checks)));
+    let mut text = state.metrics.render(state.sessions.len(), &checks);
+    if super::sync::sees_jobs(p) {
+        state.sync_jobs.render_metrics(&mut text);
+    }
+    let mut r = Response::new(full(text));
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),

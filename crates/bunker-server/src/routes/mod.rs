@@ -14,8 +14,9 @@ mod admin;
 mod drill;
 mod gc;
 mod prune;
-mod sessions;
+pub(crate) mod sessions;
 mod snapshots;
+mod sync;
 mod verify;
 
 use std::sync::Arc;
@@ -71,6 +72,7 @@ async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, 
         (&Method::GET, ["metrics"]) => ("metrics", admin::metrics(state, p)),
         (&Method::GET, ["v1", "info"]) => ("info", admin::info(state)),
         (&Method::GET, ["v1", "stats"]) => ("stats", admin::stats(state, p).await),
+        (&Method::GET, ["v1", "sync"]) => ("sync", sync::status(state, p).await),
         (&Method::GET, ["v1", "tokens"]) => ("tokens", admin::list_tokens(state, p)),
         (&Method::POST, ["v1", "tokens"]) => ("tokens", admin::create_token(state, p, req).await),
         (&Method::DELETE, ["v1", "tokens", id]) => {
@@ -154,6 +156,7 @@ fn known(segs: &[&str]) -> Option<&'static str> {
         ["metrics"] => "metrics",
         ["v1", "info"] => "info",
         ["v1", "stats"] => "stats",
+        ["v1", "sync"] => "sync",
         ["v1", "snapshots"] => "list_snapshots",
         ["v1", "snapshots", _] => "list_name",
         ["v1", "snapshots", _, _] => "snapshot",
@@ -223,7 +226,7 @@ fn require(p: &Principal, roles: &[Role], what: &str) -> Result<(), ApiError> {
 }
 
 /// 400 for a bad name, 403 for a name outside the caller's scope.
-fn check_name(p: &Principal, name: &str) -> Result<(), ApiError> {
+pub(crate) fn check_name(p: &Principal, name: &str) -> Result<(), ApiError> {
     bunker_store::validate_name(name).map_err(|e| {
         let msg = match e {
             bunker_store::Error::Invalid(m) => m,

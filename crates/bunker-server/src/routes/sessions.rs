@@ -108,7 +108,7 @@ pub(super) async fn open(state: &Arc<State>, p: &Principal, req: Request<Incomin
 
 /// A copy's origin as the store keeps it; 400 unless it names this
 /// session's snapshot name and a repository id of 32 hex digits.
-fn origin(o: &Origin, name: &str) -> Result<(bunker_store::Origin, i64), ApiError> {
+pub(crate) fn origin(o: &Origin, name: &str) -> Result<(bunker_store::Origin, i64), ApiError> {
     if o.name != name {
         return Err(ApiError::bad_request(format!(
             "the origin is named {:?}: a copy keeps its name ({name:?})",
@@ -356,7 +356,7 @@ pub(super) async fn commit(
     // this request (a client gone after its last byte).
     let work = tokio::task::spawn_blocking(move || {
         let _committing = committing;
-        let (info, created) = commit_entries(&st, &sess, BodyReader::new(rx), stream_hash)?;
+        let (info, created) = commit_entries(&st, &sess, &mut BodyReader::new(rx), stream_hash)?;
         sess.pins.committed();
         st.sessions.remove(&sess.id);
         let m = &st.metrics;
@@ -403,10 +403,10 @@ pub(super) async fn commit(
 
 /// Builds and commits the snapshot; `false` with the snapshot already
 /// here when the session copies an origin this repository holds.
-fn commit_entries(
+pub(crate) fn commit_entries(
     state: &State,
     s: &Session,
-    mut body: BodyReader,
+    body: &mut dyn Read,
     stream_hash: [u8; 32],
 ) -> Result<(bunker_store::SnapshotInfo, bool), ApiError> {
     let max = u64::from(state.repo.chunker_params().max_len);
@@ -418,7 +418,7 @@ fn commit_entries(
     if let Some((origin, created)) = s.origin {
         w.set_origin(origin, created);
     }
-    let mut reader = std::io::BufReader::with_capacity(256 << 10, &mut body);
+    let mut reader = std::io::BufReader::with_capacity(256 << 10, body);
     let mut entry = [0u8; COMMIT_ENTRY_LEN];
     let mut i = 0u64;
     loop {

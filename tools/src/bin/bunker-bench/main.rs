@@ -12,7 +12,9 @@
 //! on SeaweedFS in the same run, with the object-storage figures (see `s3`).
 //!
 //! `--sync` backs each day up to one server and times `bunker sync` to a
-//! second one: replication throughput, logical and on the wire (`sync`).
+//! second one: replication throughput, logical and on the wire, beside
+//! `restic copy` between two local repositories of the same images
+//! (`sync`).
 
 mod proxy;
 mod s3;
@@ -59,7 +61,9 @@ struct Args {
     #[arg(long, default_value_t = 300)]
     s3_snapshots: u32,
     /// Replication: each day backed up to a source server and copied to a
-    /// target with `bunker sync` [default size 1G, days 2].
+    /// target with `bunker sync`, and the same with `restic copy` between
+    /// two local repositories (tools/bench --sync installs restic)
+    /// [default size 1G, days 2].
     #[arg(long)]
     sync: bool,
     /// Working directory (default: a temporary directory under target/).
@@ -248,7 +252,15 @@ fn main() -> anyhow::Result<()> {
         return s3::run(&bunker, &work, &images, &sizes, &args, days);
     }
     if args.sync {
-        sync::print(&sync::run(&bunker, &work, &images)?);
+        let mut copies = sync::run(&bunker, &work, &images)?;
+        if which("restic") {
+            copies.extend(sync::restic(&work, &images)?);
+        } else {
+            eprintln!(
+                "restic is not installed: no restic copy rows (tools/bench --sync installs it)"
+            );
+        }
+        sync::print(&copies);
         return Ok(());
     }
     let limits = limits(&images[0], &work)?;

@@ -12,10 +12,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 
-use crate::{gbps, mib, Server};
+use crate::{du, gbps, mib, timed, Server};
 
-/// One day's sync.
+/// One day's copy.
 pub struct Day {
+    pub tool: &'static str,
     pub day: usize,
     pub logical_bytes: u64,
     pub wire_bytes: u64,
@@ -69,6 +70,7 @@ pub fn run(bunker: &Path, work: &Path, images: &[PathBuf]) -> anyhow::Result<Vec
         let r: serde_json::Value =
             serde_json::from_slice(&out.stdout).context("the sync's JSON report")?;
         days.push(Day {
+            tool: "bunker sync",
             day,
             logical_bytes: r["logical_bytes"].as_u64().unwrap_or(0),
             wire_bytes: r["wire_bytes"].as_u64().unwrap_or(0),
@@ -89,7 +91,8 @@ pub fn print(days: &[Day]) {
     println!("|---|---|---|---|---|---|---|---|");
     for d in days {
         println!(
-            "| bunker sync | {} | {} | {} | {} | {:.2} | {:.2} | {:.3} |",
+            "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.3} |",
+            d.tool,
             d.day,
             mib(d.logical_bytes),
             mib(d.wire_bytes),
@@ -99,4 +102,43 @@ pub fn print(days: &[Day]) {
             gbps(d.wire_bytes, d.seconds),
         );
     }
+}
+
+/// `restic copy` of each day between two local repositories (see the
+/// module doc).
+pub fn restic(work: &Path, images: &[PathBuf]) -> anyhow::Result<Vec<Day>> {
+    let from = work.join("restic-sync-from");
+    let to = work.join("restic-sync-to");
+    let r = |repo: &Path| {
+        let mut c = Command::new("restic");
+        c.arg("-r")
+            .arg(repo)
+            .env("RESTIC_PASSWORD", "bench")
+            .env("RESTIC_FROM_PASSWORD", "bench")
+            .arg("--no-cache");
+        c
+    };
+    timed(r(&from).arg("init"))?;
+    timed(
+        r(&to)
+            .args(["init", "--copy-chunker-params", "--from-repo"])
+            .arg(&from),
+    )?;
+    let mut days = Vec::new();
+    for (day, img) in images.iter().enumerate() {
+        let before = du(&from);
+        timed(r(&from).arg("backup").arg(img))?;
+        let source_new_bytes = du(&from).saturating_sub(before);
+        let before = du(&to);
+        let seconds = timed(r(&to).arg("copy").arg("--from-repo").arg(&from))?;
+        days.push(Day {
+            tool: "restic copy",
+            day,
+            logical_bytes: std::fs::metadata(img)?.len(),
+            wire_bytes: du(&to).saturating_sub(before),
+            source_new_bytes,
+            seconds,
+        });
+    }
+    Ok(days)
 }
