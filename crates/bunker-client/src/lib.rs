@@ -25,8 +25,8 @@
 
 mod backup;
 mod changed;
-mod delta;
 mod copy;
+mod delta;
 mod error;
 mod output;
 mod random;
@@ -38,8 +38,8 @@ use bunker_api::{Info, Snapshot, SnapshotList};
 
 pub use backup::{BackupOptions, BackupProgress, BackupReport};
 pub use changed::{ChangedReport, Source};
-pub use delta::DeltaReport;
 pub use copy::{Committed, Frame};
+pub use delta::DeltaReport;
 pub use error::{Error, ErrorKind, Result, ServerCode};
 pub use restore::{RestoreProgress, RestoreReport, Target};
 

@@ -11,8 +11,8 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 
-pub use blocks::{BlocksFile, BlocksWriter, ChainingValues};
 pub use crate::format::manifest::Origin;
+pub use blocks::{BlocksFile, BlocksWriter, ChainingValues};
 pub use manifest::ManifestEntry;
 pub use writer::CopyCommit;
 pub(crate) use writer::SnapshotWriter;
