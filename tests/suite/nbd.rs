@@ -365,7 +365,7 @@ fn writes_go_to_the_overlay_and_a_kill_loses_only_unflushed_ones() {
     // Killed: the unflushed write is gone, the flushed one is there.
     let _ = e.child.kill();
     let _ = e.child.wait();
-    let e = s.export(&["vol1", "--overlay", ov]);
+    let mut e = s.export(&["vol1", "--overlay", ov]);
     want[8 << 20..(8 << 20) + 4096].copy_from_slice(&image[8 << 20..(8 << 20) + 4096]);
     ok("nbdcopy", &[&e.url, copy.to_str().unwrap()]);
     assert!(
@@ -383,6 +383,42 @@ fn writes_go_to_the_overlay_and_a_kill_loses_only_unflushed_ones() {
         .err()
         .unwrap();
     assert!(err.contains("vol1@1") && err.contains("vol1@2"), "{err}");
+    let _ = e.child.kill();
+    let _ = e.child.wait();
+    // The overlay kept as a snapshot: only its writes are read (and the
+    // bytes around them up to chunk boundaries, from the snapshot), and
+    // the result is the exported image, its true BLAKE3 recorded.
+    let o = s.bunker(
+        &s.server.admin,
+        &[
+            "--json",
+            "backup",
+            "kept",
+            "--base",
+            "vol1@1",
+            "--overlay",
+            ov,
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let kept: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        kept["blake3"].as_str(),
+        Some(blake3::hash(&want).to_hex().as_str()),
+        "{kept}"
+    );
+    let read = kept["read_bytes"].as_u64().unwrap();
+    assert!(read < image.len() as u64 / 2, "read {read}: {kept}");
+    let restored = s.dir.path().join("kept.img");
+    let o = s.bunker(
+        &s.server.admin,
+        &["restore", "kept", restored.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        std::fs::read(&restored).unwrap() == want,
+        "the kept overlay restores as exported"
+    );
 }
 
 /// A raw NBD client: fixed newstyle, structured replies, `GO`.

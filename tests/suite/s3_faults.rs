@@ -238,6 +238,7 @@ fn only_acknowledged_are_listed(store: &Store, server: &Server, prefix: &str, id
     let keys: HashSet<String> = store
         .keys(s3::BUCKET, &format!("{prefix}/snapshots/"))
         .into_iter()
+        .filter(|k| k.ends_with(".snap"))
         .collect();
     let manifests: HashSet<String> = ids
         .iter()

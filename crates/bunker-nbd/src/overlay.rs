@@ -187,6 +187,20 @@ impl Overlay {
         &self.identity
     }
 
+    /// The byte ranges written over the snapshot, `(offset, len)` in
+    /// order: what a backup of the overlay reads (`bunker backup --base
+    /// NAME@ID --overlay FILE`).
+    pub fn written(&self) -> Vec<(u64, u64)> {
+        let st = self.state.lock().expect("overlay lock");
+        st.map
+            .iter()
+            .map(|(a, b)| {
+                let end = (b * BLOCK).min(self.identity.size);
+                (a * BLOCK, end - a * BLOCK)
+            })
+            .collect()
+    }
+
     /// Bytes written over the snapshot (whole blocks).
     pub fn written_bytes(&self) -> u64 {
         let st = self.state.lock().expect("overlay lock");
@@ -328,7 +342,9 @@ impl Overlay {
         out
     }
 
-    pub(crate) fn read_at(
+    /// Reads the exported image: the overlay where written, `base`
+    /// elsewhere.
+    pub fn read_at(
         &self,
         base: &dyn Source,
         offset: u64,

@@ -348,6 +348,8 @@ fn a_commit_cut_after_its_manifest_upload_is_present_when_the_server_comes_back(
     drop(repo);
     let copied = std::fs::read_dir(crashed.join("snapshots/vol"))
         .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "snap"))
         .count();
     assert_eq!(copied, 1, "the copy was taken before the rename");
 

@@ -15,17 +15,32 @@ use crate::{CmdResult, Failure, Global};
 pub struct Args {
     /// Snapshot name: 1 to 128 of [A-Za-z0-9._-].
     name: String,
-    /// File, block device, or - for stdin.
-    source: PathBuf,
+    /// File, block device, or - for stdin (none with --overlay).
+    #[arg(required_unless_present = "overlay")]
+    source: Option<PathBuf>,
     /// With --changed: the snapshot (NAME@ID, or NAME for its latest) whose
     /// image SOURCE differs from only in the mapped extents.
-    #[arg(long, value_name = "NAME@ID", value_parser = super::parse_ref, requires = "changed")]
+    #[arg(long, value_name = "NAME@ID", value_parser = super::parse_ref)]
     base: Option<super::SnapRef>,
     /// Read only these extents of SOURCE and take the rest from --base: a
     /// file (or - for stdin) in `rbd diff` plain or JSON output, or
     /// `START LENGTH [data|zero]` lines.
-    #[arg(long, value_name = "MAP", requires = "base")]
+    #[arg(
+        long,
+        value_name = "MAP",
+        requires = "base",
+        conflicts_with = "overlay"
+    )]
     changed: Option<PathBuf>,
+    /// Back up what `bunker export --overlay FILE` of --base shows: the
+    /// base snapshot with the overlay's writes, reading only those.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "base",
+        conflicts_with = "source"
+    )]
+    overlay: Option<PathBuf>,
     /// With --changed: the share (percent) of the bytes the map calls
     /// unchanged that is read and checked against --base anyway.
     #[arg(long, value_name = "PERCENT", default_value_t = 1.0, value_parser = percent)]
@@ -54,22 +69,39 @@ struct Report<'a> {
 }
 
 pub fn run(g: &Global, args: Args) -> CmdResult {
-    if let (Some(base), Some(map)) = (&args.base, &args.changed) {
-        return run_changed(g, &args, base, map);
+    if let (Some(base), Some(overlay)) = (&args.base, &args.overlay) {
+        return run_overlay(g, &args, base, overlay);
     }
+    let Some(source_path) = args.source.clone() else {
+        unreachable!("clap requires SOURCE without --overlay");
+    };
+    if let (Some(base), Some(map)) = (&args.base, &args.changed) {
+        return run_changed(g, &args, &source_path, base, map);
+    }
+    if args.base.is_some() {
+        return Err(Failure::with_code(
+            2,
+            anyhow::anyhow!("--base needs --changed MAP or --overlay FILE"),
+        ));
+    }
+    let args = Args {
+        source: Some(source_path.clone()),
+        ..args
+    };
+    let source_arg = source_path;
     let client = g.client()?;
     let (reader, size, source): (Box<dyn Read>, Option<u64>, String) =
-        if args.source.as_os_str() == "-" {
+        if source_arg.as_os_str() == "-" {
             (Box::new(std::io::stdin().lock()), None, "stdin".into())
         } else {
-            let f = std::fs::File::open(&args.source).with_context(|| {
+            let f = std::fs::File::open(&source_arg).with_context(|| {
                 format!(
                     "cannot read the backup source {} (check the path and permissions)",
-                    args.source.display()
+                    source_arg.display()
                 )
             })?;
             let size = source_size(&f);
-            (Box::new(f), size, format!("file:{}", args.source.display()))
+            (Box::new(f), size, format!("file:{}", source_arg.display()))
         };
     let pb = bar(size, &format!("backup {}", args.name));
     let opts = BackupOptions {
@@ -134,9 +166,15 @@ struct ChangedJson<'a> {
 }
 
 /// `--base NAME@ID --changed MAP`: reads only what the map lists.
-fn run_changed(g: &Global, args: &Args, base: &super::SnapRef, map_path: &Path) -> CmdResult {
+fn run_changed(
+    g: &Global,
+    args: &Args,
+    source_path: &Path,
+    base: &super::SnapRef,
+    map_path: &Path,
+) -> CmdResult {
     use std::os::unix::fs::FileExt;
-    if args.source.as_os_str() == "-" {
+    if source_path.as_os_str() == "-" {
         return Err(Failure::with_code(
             2,
             anyhow::anyhow!(
@@ -145,14 +183,14 @@ fn run_changed(g: &Global, args: &Args, base: &super::SnapRef, map_path: &Path) 
         ));
     }
     let client = g.client()?;
-    let f = std::fs::File::open(&args.source).with_context(|| {
+    let f = std::fs::File::open(source_path).with_context(|| {
         format!(
             "cannot read the backup source {} (check the path and permissions)",
-            args.source.display()
+            source_path.display()
         )
     })?;
     let size = source_size(&f)
-        .with_context(|| format!("cannot tell the size of {}", args.source.display()))?;
+        .with_context(|| format!("cannot tell the size of {}", source_path.display()))?;
     let map = if map_path.as_os_str() == "-" {
         bunker_changes::map::parse(std::io::stdin().lock(), size)
     } else {
@@ -165,7 +203,7 @@ fn run_changed(g: &Global, args: &Args, base: &super::SnapRef, map_path: &Path) 
     let base_snap = client.snapshot(&base.name, base.id)?;
     let pb = bar(Some(size), &format!("backup {} (changed)", args.name));
     let opts = BackupOptions {
-        source: format!("file:{}", args.source.display()),
+        source: format!("file:{}", source_path.display()),
         size_hint: Some(size),
     };
     let mut read = |offset: u64, buf: &mut [u8]| f.read_exact_at(buf, offset);
@@ -180,7 +218,15 @@ fn run_changed(g: &Global, args: &Args, base: &super::SnapRef, map_path: &Path) 
         &mut |p| pb.set_position(p.bytes_read),
     );
     pb.finish_and_clear();
-    let report = report?;
+    print_changed(g, report?, &base_snap)
+}
+
+/// Prints a changed-extent backup's report.
+fn print_changed(
+    g: &Global,
+    report: bunker_client::ChangedReport,
+    base_snap: &bunker_api::Snapshot,
+) -> CmdResult {
     let s = &report.snapshot;
     if g.json {
         println!(
@@ -225,6 +271,73 @@ fn run_changed(g: &Global, args: &Args, base: &super::SnapRef, map_path: &Path) 
         );
     }
     Ok(())
+}
+
+/// `--base NAME@ID --overlay FILE`: the export's writes become a snapshot.
+fn run_overlay(g: &Global, args: &Args, base: &super::SnapRef, path: &Path) -> CmdResult {
+    use bunker_nbd::{Overlay, OverlayIdentity};
+    let client = g.client()?;
+    let base_snap = client.snapshot(&base.name, base.id)?;
+    let mut map_path = path.as_os_str().to_owned();
+    map_path.push(".map");
+    if !path.exists() || !Path::new(&map_path).exists() {
+        return Err(Failure::with_code(
+            2,
+            anyhow::anyhow!(
+                "{} is not an overlay (no such file or no {} beside it): give the --overlay FILE \
+                 that `bunker export` wrote",
+                path.display(),
+                Path::new(&map_path).display()
+            ),
+        ));
+    }
+    let overlay = Overlay::open(
+        path,
+        OverlayIdentity {
+            name: base_snap.name.clone(),
+            id: base_snap.id,
+            blake3: base_snap.blake3.clone(),
+            size: base_snap.size_bytes,
+        },
+    )?;
+    let size = base_snap.size_bytes;
+    let extents = overlay
+        .written()
+        .into_iter()
+        .map(|(offset, len)| bunker_changes::Extent {
+            offset,
+            len,
+            kind: bunker_changes::Kind::Data,
+        });
+    let map = bunker_changes::ChangeMap::from_extents(extents, size)?;
+    let image = bunker_image::Image::open(
+        client.clone(),
+        &base_snap.name,
+        Some(base_snap.id),
+        bunker_image::ImageOptions::default(),
+    )?;
+    let pb = bar(Some(size), &format!("backup {} (overlay)", args.name));
+    let opts = BackupOptions {
+        source: format!("overlay:{}", path.display()),
+        size_hint: Some(size),
+    };
+    let mut read = |offset: u64, buf: &mut [u8]| {
+        overlay
+            .read_at(&image, offset, buf)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    };
+    let report = client.backup_changed(
+        &args.name,
+        &mut read,
+        size,
+        &base_snap,
+        &map,
+        args.verify_unchanged,
+        &opts,
+        &mut |p| pb.set_position(p.bytes_read),
+    );
+    pb.finish_and_clear();
+    print_changed(g, report?, &base_snap)
 }
 
 /// Size of a regular file or block device, for progress and ETA.

@@ -311,12 +311,13 @@ impl SnapshotWriter {
         // 4b. Block hashes go first, to the bucket and into place: a
         //     listed snapshot has them whole or not at all. A crash here
         //     leaves a file no snapshot lists (ids are never reused).
+        let blocks_dest = snapshot::blocks::blocks_path(&self.repo.snapshots_dir(), &self.name, id);
+        let has_blocks = self.blocks.is_some();
         if let Some(blocks) = self.blocks {
             if let Some(meta) = self.repo.meta() {
                 meta.put_file(&crate::repo::blocks_key(&self.name, id), blocks.path())?;
             }
-            let dest = snapshot::blocks::blocks_path(&self.repo.snapshots_dir(), &self.name, id);
-            blocks.publish(&dest)?;
+            blocks.publish(&blocks_dest)?;
         }
         // 5. Remote repository: upload the manifest. The bucket is the
         //    truth, so it must hold the snapshot before anything local
@@ -329,6 +330,11 @@ impl SnapshotWriter {
             if let Err(e) = meta.put_file(&key, tmp) {
                 if let Err(d) = meta.delete(&key) {
                     tracing::warn!("removing the manifest object {key} of a failed commit: {d}");
+                }
+                if has_blocks {
+                    // Best effort: no snapshot lists them either way.
+                    let _ = meta.delete(&crate::repo::blocks_key(&self.name, id));
+                    let _ = std::fs::remove_file(&blocks_dest);
                 }
                 return Err(e);
             }
