@@ -68,6 +68,23 @@ struct Report<'a> {
     blake3: &'a str,
 }
 
+impl<'a> Report<'a> {
+    fn of(s: &'a bunker_api::Snapshot, uploaded_bytes: u64, seconds: f64) -> Report<'a> {
+        Report {
+            name: &s.name,
+            id: s.id,
+            size_bytes: s.size_bytes,
+            new_bytes: s.new_bytes,
+            uploaded_bytes,
+            chunks: s.chunks,
+            new_chunks: s.new_chunks,
+            seconds,
+            gb_per_s: rate(s.size_bytes, seconds),
+            blake3: &s.blake3,
+        }
+    }
+}
+
 pub fn run(g: &Global, args: Args) -> CmdResult {
     if let (Some(base), Some(overlay)) = (&args.base, &args.overlay) {
         return run_overlay(g, &args, base, overlay);
@@ -84,10 +101,6 @@ pub fn run(g: &Global, args: Args) -> CmdResult {
             anyhow::anyhow!("--base needs --changed MAP or --overlay FILE"),
         ));
     }
-    let args = Args {
-        source: Some(source_path.clone()),
-        ..args
-    };
     let source_arg = source_path;
     let client = g.client()?;
     let (reader, size, source): (Box<dyn Read>, Option<u64>, String) =
@@ -123,18 +136,11 @@ pub fn run(g: &Global, args: Args) -> CmdResult {
     if g.json {
         println!(
             "{}",
-            serde_json::to_string(&Report {
-                name: &s.name,
-                id: s.id,
-                size_bytes: s.size_bytes,
-                new_bytes: s.new_bytes,
-                uploaded_bytes: report.progress.bytes_uploaded,
-                chunks: s.chunks,
-                new_chunks: s.new_chunks,
-                seconds: report.seconds,
-                gb_per_s: rate(s.size_bytes, report.seconds),
-                blake3: &s.blake3,
-            })?
+            serde_json::to_string(&Report::of(
+                s,
+                report.progress.bytes_uploaded,
+                report.seconds
+            ))?
         );
     } else {
         println!(
@@ -201,24 +207,45 @@ fn run_changed(
     }
     .map_err(|e| Failure::with_code(2, anyhow::anyhow!("{}: {e}", map_path.display())))?;
     let base_snap = client.snapshot(&base.name, base.id)?;
-    let pb = bar(Some(size), &format!("backup {} (changed)", args.name));
+    let mut read = |offset: u64, buf: &mut [u8]| f.read_exact_at(buf, offset);
+    let source = format!("file:{}", source_path.display());
+    changed_backup(
+        g,
+        &client,
+        args,
+        (&base_snap, &map, size),
+        source,
+        &mut read,
+    )
+}
+
+/// Runs a changed-extent backup of `args.name` from `read` with a
+/// progress bar, then prints its report.
+fn changed_backup(
+    g: &Global,
+    client: &bunker_client::Client,
+    args: &Args,
+    (base_snap, map, size): (&bunker_api::Snapshot, &bunker_changes::ChangeMap, u64),
+    source: String,
+    read: &mut bunker_client::Source<'_>,
+) -> CmdResult {
+    let pb = bar(Some(size), &format!("backup {} ({})", args.name, source));
     let opts = BackupOptions {
-        source: format!("file:{}", source_path.display()),
+        source,
         size_hint: Some(size),
     };
-    let mut read = |offset: u64, buf: &mut [u8]| f.read_exact_at(buf, offset);
     let report = client.backup_changed(
         &args.name,
-        &mut read,
+        read,
         size,
-        &base_snap,
-        &map,
+        base_snap,
+        map,
         args.verify_unchanged,
         &opts,
         &mut |p| pb.set_position(p.bytes_read),
     );
     pb.finish_and_clear();
-    print_changed(g, report?, &base_snap)
+    print_changed(g, report?, base_snap)
 }
 
 /// Prints a changed-extent backup's report.
@@ -232,18 +259,7 @@ fn print_changed(
         println!(
             "{}",
             serde_json::to_string(&ChangedJson {
-                backup: Report {
-                    name: &s.name,
-                    id: s.id,
-                    size_bytes: s.size_bytes,
-                    new_bytes: s.new_bytes,
-                    uploaded_bytes: report.progress.bytes_uploaded,
-                    chunks: s.chunks,
-                    new_chunks: s.new_chunks,
-                    seconds: report.seconds,
-                    gb_per_s: rate(s.size_bytes, report.seconds),
-                    blake3: &s.blake3,
-                },
+                backup: Report::of(s, report.progress.bytes_uploaded, report.seconds),
                 base_id: base_snap.id,
                 changed_bytes: report.changed_bytes,
                 read_bytes: report.bytes_read,
@@ -316,28 +332,20 @@ fn run_overlay(g: &Global, args: &Args, base: &super::SnapRef, path: &Path) -> C
         Some(base_snap.id),
         bunker_image::ImageOptions::default(),
     )?;
-    let pb = bar(Some(size), &format!("backup {} (overlay)", args.name));
-    let opts = BackupOptions {
-        source: format!("overlay:{}", path.display()),
-        size_hint: Some(size),
-    };
     let mut read = |offset: u64, buf: &mut [u8]| {
         overlay
             .read_at(&image, offset, buf)
             .map_err(|e| std::io::Error::other(e.to_string()))
     };
-    let report = client.backup_changed(
-        &args.name,
+    let source = format!("overlay:{}", path.display());
+    changed_backup(
+        g,
+        &client,
+        args,
+        (&base_snap, &map, size),
+        source,
         &mut read,
-        size,
-        &base_snap,
-        &map,
-        args.verify_unchanged,
-        &opts,
-        &mut |p| pb.set_position(p.bytes_read),
-    );
-    pb.finish_and_clear();
-    print_changed(g, report?, &base_snap)
+    )
 }
 
 /// Size of a regular file or block device, for progress and ETA.
