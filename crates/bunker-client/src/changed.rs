@@ -239,17 +239,7 @@ impl Client {
     fn spool_manifest(&self, base: &Snapshot) -> Result<tempfile::NamedTempFile> {
         let mut tmp = tempfile::NamedTempFile::new()
             .map_err(|e| Error::io("creating a temporary file for the base manifest", e))?;
-        let mut body = self.open_manifest(base)?;
-        let copied = std::io::copy(&mut body, tmp.as_file_mut())
-            .map_err(|e| self.read_error("reading the base manifest", e))?;
-        if copied != base.chunks * 40 {
-            return Err(Error::Interrupted(format!(
-                "the base manifest of {}@{} ended after {copied} bytes of {}",
-                base.name,
-                base.id,
-                base.chunks * 40
-            )));
-        }
+        self.download_manifest(base, tmp.as_file_mut())?;
         Ok(tmp)
     }
 

@@ -65,9 +65,14 @@ impl Client {
             .take(len + 1)
             .read_to_end(&mut data)
             .map_err(|e| self.read_error(&what, e))?;
-        if data.len() as u64 != len {
+        if data.len() as u64 > len {
             return Err(Error::Verification(format!(
-                "chunk {id} arrived with {} bytes, it has {len}",
+                "the server sends more than the {len} bytes of chunk {id}"
+            )));
+        }
+        if (data.len() as u64) < len {
+            return Err(Error::Verification(format!(
+                "chunk {id} arrived with only {} of its {len} bytes",
                 data.len()
             )));
         }

@@ -40,12 +40,12 @@ use std::path::PathBuf;
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
-use bunker_api::{ErrorCode, Snapshot};
+use bunker_api::Snapshot;
 use bunker_chunk::ChunkId;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::output::Output;
-use crate::{Client, Error, Result, ServerCode};
+use crate::{Client, Error, Result};
 
 /// Parallel fetches.
 const FETCHERS: usize = 4;
@@ -435,53 +435,19 @@ impl Client {
         Ok(Some(out))
     }
 
-    /// One chunk (`GET .../chunks/<id>`), checked here against its length
-    /// and id ([`verify_chunk`]).
+    /// One chunk (`GET .../chunks/<id>`, [`Client::chunk`]), checked here
+    /// against its length and id ([`verify_chunk`]); errors name the
+    /// chunk's place in the image.
     pub(crate) fn fetch_chunk(&self, snap: &Snapshot, e: &Entry) -> Result<Vec<u8>> {
-        let path = format!(
-            "/v1/snapshots/{}/{}/chunks/{}",
-            snap.name,
-            snap.id,
-            e.id.to_hex()
-        );
-        let what = format!("sending chunk {} (bytes {}..{})", e.id, e.start, e.end);
-        let len = e.end - e.start;
-        let resp = self
-            .check(self.get(&path).call())
+        let data = self
+            .chunk(snap, &e.id, e.end - e.start)
             .map_err(|err| match err {
-                Error::Api {
-                    code: ServerCode::Known(ErrorCode::CorruptData),
-                    message,
-                    ..
-                } => Error::Verification(format!(
-                    "the server reports chunk {} (bytes {}..{}) damaged: {message}",
-                    e.id, e.start, e.end
+                Error::Verification(why) => Error::Verification(format!(
+                    "{why} (bytes {}..{} of the image)",
+                    e.start, e.end
                 )),
-                // The manifest lists it, so a missing chunk is damage (lost
-                // or quarantined), not a wrong name.
-                Error::NotFound { message } => Error::Verification(format!(
-                    "chunk {} (bytes {}..{}) is missing from the repository: {message}",
-                    e.id, e.start, e.end
-                )),
-                Error::TimedOut { after, .. } => Error::TimedOut {
-                    what: what.clone(),
-                    after,
-                },
                 other => other,
             })?;
-        if let Some(n) = content_length(&resp).filter(|&n| n != len) {
-            return Err(Error::Verification(format!(
-                "the server announces {n} bytes for chunk {} (bytes {}..{}), which has {len}",
-                e.id, e.start, e.end
-            )));
-        }
-        // One byte more than the chunk tells a longer body from a whole one.
-        let mut data = Vec::with_capacity(len as usize + 1);
-        resp.into_body()
-            .into_reader()
-            .take(len + 1)
-            .read_to_end(&mut data)
-            .map_err(|err| self.read_error(&what, err))?;
         verify_chunk(e, &data)?;
         Ok(data)
     }
