@@ -134,6 +134,8 @@ pub struct BlockHasher {
     /// hash is the root of that block rather than a merge.
     first: Option<Hasher>,
     tree: TreeStack,
+    /// Hash large pieces on the rayon pool ([`BlockHasher::on_all_cores`]).
+    parallel: bool,
 }
 
 impl BlockHasher {
@@ -149,7 +151,18 @@ impl BlockHasher {
             current: Hasher::new(),
             first: None,
             tree: TreeStack::new(),
+            parallel: false,
         }
+    }
+
+    /// Hashes pieces of 128 KiB or more on the rayon pool: for a caller
+    /// that has the cores to spare (the client). The server's ingest keeps
+    /// the default, one thread overlapped with its cutting and storing
+    /// stages, which already use the pool.
+    #[cfg(feature = "rayon")]
+    pub fn on_all_cores(mut self) -> BlockHasher {
+        self.parallel = true;
+        self
     }
 
     /// Hashes the next bytes; `on_block` receives each whole block's index
@@ -180,7 +193,7 @@ impl BlockHasher {
 
     #[cfg(feature = "rayon")]
     fn update_block(&mut self, bytes: &[u8]) {
-        if bytes.len() >= 128 * 1024 {
+        if self.parallel && bytes.len() >= 128 * 1024 {
             self.current.update_rayon(bytes);
         } else {
             self.current.update(bytes);

@@ -209,7 +209,7 @@ impl Client {
                 .map_err(|e| Error::io("opening the temporary manifest", e))?,
         );
         let block_len = bunker_chunk::blocks_file::DEFAULT_BLOCK_LEN;
-        let mut hasher = BlockHasher::new(block_len);
+        let mut hasher = BlockHasher::new(block_len).on_all_cores();
         let blocks_tmp = tempfile::NamedTempFile::new()
             .map_err(|e| Error::io("creating temporary block hashes", e))?;
         let blocks_err = |e| Error::io("writing the temporary block hashes", e);
