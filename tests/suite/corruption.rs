@@ -45,7 +45,7 @@ fn records(repo: &Path) -> Vec<Record> {
 fn flipped_bits_fail_exactly_the_chunk_that_holds_them() {
     let seed = crate::seed(0xB17F11);
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let names = ["f0", "f1", "f2"];
     let mut ids = HashSet::new();
     {
@@ -166,7 +166,7 @@ fn bit_rot_is_always_detected_and_names_exactly_the_damaged_snapshots() {
         "BUNKER_SEED={seed} cargo test --release -p bunker-tests --test suite corruption::bit_rot"
     );
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let root = dir.path();
     let names = ["vol-a", "vol-b", "vol-c", "vol-d"];
     let mut owners: std::collections::HashMap<ChunkId, HashSet<Snap>> = Default::default();

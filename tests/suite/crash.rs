@@ -157,7 +157,7 @@ fn kill_during_gc_leaves_a_repository_that_verifies() {
         "BUNKER_SEED={seed} cargo test --release -p bunker-tests --test suite crash::kill_during_gc"
     );
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let mut live: Vec<(String, u64)> = Vec::new();
     let mut checked = HashSet::new();
     let (mut in_gc, mut gcs_finished) = (0, 0);
@@ -208,7 +208,7 @@ fn kill_during_ingest_loses_nothing_acknowledged() {
     let seed = crate::seed(0xC0FFEE);
     let reproduce = format!("BUNKER_SEED={seed} cargo test --release -p bunker-tests --test suite crash::kill_during_ingest");
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let mut acked: Vec<(String, u64)> = Vec::new();
     let mut checked = HashSet::new();
     let trials = crate::scaled(50);
@@ -246,7 +246,7 @@ fn torn_staging_pack_tails_are_cut_on_open() {
         "BUNKER_SEED={seed} cargo test --release -p bunker-tests --test suite crash::torn_staging"
     );
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let mut acked = Vec::new();
     let mut checked = HashSet::new();
     let mut torn = 0;
@@ -291,7 +291,7 @@ fn truncated_sealed_pack_is_named_and_spares_other_snapshots() {
     let seed = crate::seed(0x5EA1);
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     for trial in 0..10 {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = bunker_tests::scratch();
         let names: Vec<String> = (0..4).map(|i| format!("t{trial}-{i}")).collect();
         {
             let repo = Repository::create(
@@ -383,7 +383,7 @@ fn server_sigkill_under_four_backups_prune_and_gc_loses_nothing_acknowledged() {
         "BUNKER_SEED={seed} cargo test --release -p bunker-tests --test suite crash::server_sigkill"
     );
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let data = dir.path().join("data");
     let owed: Arc<Mutex<Owed>> = Arc::default();
     let mut checked: HashSet<(String, u64)> = HashSet::new();
@@ -571,7 +571,7 @@ pub(crate) fn power_cuts(s3: Option<&str>, seed: u64, runs: u64, test: &str) -> 
         ),
     };
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let mut repo_dir = dir.path().join("img-0");
     let mut live: Vec<(String, u64)> = Vec::new();
     let (mut cuts, mut acks) = (0, 0);
@@ -666,7 +666,7 @@ fn truncations_of_the_newest_files_are_detected_cut_or_named() {
         "BUNKER_SEED={seed} cargo test --release -p bunker-tests --test suite crash::truncations"
     );
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (live, base) = (dir.path().join("live"), dir.path().join("base"));
     let mut acked: Vec<(String, SnapshotId, [u8; 32])> = Vec::new();
     {

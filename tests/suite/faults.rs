@@ -36,7 +36,7 @@ fn child(repo: &std::path::Path, seed: u64, failpoints: &str) -> String {
 
 #[test]
 fn a_failed_write_sync_or_rename_never_acknowledges_lost_data() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let repo_dir = dir.path().join("repo");
     let mut seed = 0u64;
     let mut failures = 0;
@@ -128,7 +128,7 @@ fn a_gc_failing_at_any_step_leaves_a_repository_that_verifies() {
         let reproduce = format!(
             "FAILPOINTS={case}: cargo test --release -p bunker-tests --test suite faults::a_gc_failing"
         );
-        let dir = tempfile::tempdir().unwrap();
+        let dir = bunker_tests::scratch();
         let repo_dir = dir.path().join("repo");
         // Three snapshots sharing chunks; the middle one goes, so GC both
         // deletes and rewrites.
@@ -195,7 +195,7 @@ fn a_gc_failing_at_any_step_leaves_a_repository_that_verifies() {
 /// Runs a scenario of `bunker-fault-child` on a new repository and returns
 /// its `OK ...` line.
 fn fault_child(mode: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let out = Command::new(env!("CARGO_BIN_EXE_bunker-fault-child"))
         .arg(mode)
         .arg(dir.path().join("repo"))

@@ -8,7 +8,7 @@ use std::process::Command;
 
 #[test]
 fn gc_paused_at_every_phase_and_commit_loses_nothing_and_reclaims_within_two_runs() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     gc_race(
         dir.path(),
         None,
@@ -77,7 +77,7 @@ pub(crate) fn gc_race(
 #[test]
 fn clock_jumps_never_reorder_snapshots_or_lose_data() {
     let seed = crate::seed(0xC10C);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let out = Command::new(env!("CARGO_BIN_EXE_bunker-crash-child"))
         .arg(dir.path())
         .args([&seed.to_string(), "clock"])

@@ -55,7 +55,7 @@ fn kill_during_ingest_to_a_bucket_loses_nothing_acknowledged() {
     let seed = crate::seed(0x5_3C0F);
     let reproduce = format!("BUNKER_SEED={seed} cargo test --release -p bunker-tests --test suite s3_faults::kill_during");
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let data = dir.path().join("data");
     let (mut acked, mut checked) = (Vec::new(), HashSet::new());
     let trials = crate::scaled(10);
@@ -117,7 +117,7 @@ fn gc_races_on_a_bucket_lose_nothing() {
     let Some((_store, spec, _)) = weed("race") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     crate::races::gc_race(
         &dir.path().join("data"),
         Some(&spec),
@@ -136,7 +136,7 @@ fn a_byte_flipped_in_a_pack_object_is_named_and_never_restored() {
     let Some((store, _spec, config)) = weed("flip") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let data = dir.path().join("data");
     let opts = CreateOptions {
         chunker: bunker_store::ChunkerParams::new(16 << 10, 64 << 10, 256 << 10).unwrap(),
@@ -260,7 +260,7 @@ fn weed_stopped_mid_upload_is_waited_out_or_fails_the_backup_with_503_within_the
     };
     store.create_bucket(s3::BUCKET);
     let proxy = Proxy::start(&store.endpoint);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let flags = s3::flags_via(&store, &proxy.endpoint, dir.path(), "stall", SHORT_RETRIES);
     let server = s3::start(&dir.path().join("data"), &flags);
     let days: Vec<Vec<u8>> = (0..3).map(|d| noise(0x57A1 + d, 12 << 20)).collect();
@@ -308,7 +308,7 @@ fn weed_killed_mid_upload_and_restarted_loses_nothing_and_leaves_no_multipart_up
     };
     store.create_bucket(s3::BUCKET);
     let proxy = Proxy::start(&store.endpoint);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let data = dir.path().join("data");
     let flags = s3::flags_via(&store, &proxy.endpoint, dir.path(), "kill", SHORT_RETRIES);
     let server = s3::start(&data, &flags);

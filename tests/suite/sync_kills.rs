@@ -204,7 +204,7 @@ fn kills_of_either_server_or_the_sync_process_resume_without_partial_or_duplicat
         "BUNKER_SEED={seed} cargo test --release -p bunker-tests --test suite sync_kills::"
     );
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let mut src = source(dir.path());
 
     // An uninterrupted copy: how many requests it makes of the source.
