@@ -29,15 +29,15 @@ pub fn snapshot_data(name: &str) -> Vec<u8> {
 
 pub use bunker_testdata::noise;
 
-/// A scratch directory for the fault loops (crash, corruption, races,
-/// faults, sync kills): in `/dev/shm` (tmpfs on Linux) when writable, else in
-/// the default temporary directory. These loops create and delete hundreds
-/// of thousands of files to test bunker's recovery from simulated cuts, not
-/// the filesystem; on ext4 after that many deletes every file creation
-/// scans recently deleted inodes (`recently_deleted` in the kernel's inode
-/// allocator), which made the two longest loops 7x slower. The tests of the
-/// server's files on a real disk (restore, disk-full, sparse writes) keep
-/// the default directory.
+/// A scratch directory for a test's repositories and servers: in
+/// `/dev/shm` (tmpfs on Linux) when writable, else in the default temporary
+/// directory. The suite creates, truncates and deletes hundreds of
+/// thousands of files to test bunker's recovery, not the filesystem; on
+/// ext4 mounted with `discard` each creation scans recently deleted inodes
+/// (`recently_deleted` in the inode allocator) and each freed block is
+/// discarded on the spot, which made the power-cut and truncation loops
+/// 4-5x slower. Tests of images, sparse files and devices on a real disk
+/// (restore, delta, SAN, upgrade, mount, NBD) use `tempfile::tempdir`.
 pub fn scratch() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("bunker-")

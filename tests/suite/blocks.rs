@@ -40,7 +40,7 @@ fn get_blocks(server: &Server, name: &str, id: u64) -> Result<Vec<u8>, u16> {
 
 #[test]
 fn block_hashes_are_kept_for_every_backup_and_go_with_the_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let data_dir = dir.path().join("data");
     let server = Server::start(BIN, &data_dir, &[]);
     let client = Client::new(&server.url, Some(server.admin.clone()));
@@ -91,7 +91,7 @@ fn block_hashes_are_kept_for_every_backup_and_go_with_the_snapshot() {
 
 #[test]
 fn a_commit_with_block_hashes_of_another_image_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let server = Server::start(BIN, &dir.path().join("data"), &[]);
     let auth = format!("Bearer {}", server.admin);
     let agent: ureq::Agent = ureq::Agent::config_builder()

@@ -55,7 +55,7 @@ fn write_map(path: &Path, map: &[(u64, u64, bool)]) {
 
 #[test]
 fn a_changed_extent_backup_equals_a_full_read_and_reads_little() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let root = dir.path();
     let server = Server::start(BIN, &root.join("data"), &[]);
     let spec = ImageSpec {

@@ -88,7 +88,7 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let root = dir.path().to_path_buf();
     let server = Server::start(BIN, &root.join("data"), &[]);
     let token = root.join("data/admin.token");
@@ -236,7 +236,7 @@ fn stdin_backup_and_stdout_restore_round_trip() {
 
 #[test]
 fn drill_fails_and_names_the_chunk_when_a_pack_byte_flips() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let data_dir = dir.path().join("data");
     let spec = ImageSpec::new(23, 16 << 20);
     let img = dir.path().join("img");
@@ -315,7 +315,7 @@ fn assert_alive(server: &mut Server, during: &str) {
 /// unreadable and quarantines nothing.
 #[test]
 fn a_pack_truncated_or_failing_under_a_running_server_fails_requests_not_the_server() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let img = dir.path().join("img");
     let out = dir.path().join("out");
     write_image(&img, &ImageSpec::new(29, 16 << 20), 0);
@@ -613,7 +613,7 @@ fn serve_works_with_a_relative_data_directory() {
     // Regression: the parent of "data" is "", which durable mkdir once tried
     // to create.
     use std::io::{BufRead, BufReader};
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let mut child = Command::new(BIN)
         .args(["serve", "--data", "data", "--listen", "127.0.0.1:0"])
         .current_dir(dir.path())
@@ -684,7 +684,7 @@ fn the_last_admin_cannot_be_revoked_and_scoped_admins_stay_in_scope() {
 
 #[test]
 fn a_backup_cut_by_a_dying_server_fails_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let data_dir = dir.path().join("data");
     let server = Server::start(BIN, &data_dir, &[]);
     let token = data_dir.join("admin.token");
@@ -797,7 +797,7 @@ fn prune_keeps_what_the_policy_says_and_only_admins_prune() {
 
 #[test]
 fn verify_names_damage_and_repair_rebuilds_a_lost_index() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let data_dir = dir.path().join("data");
     let token = data_dir.join("admin.token");
     let a = dir.path().join("a.img");

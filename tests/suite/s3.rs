@@ -169,7 +169,7 @@ fn days(seed: u64, len: u64, n: u32) -> Vec<Vec<u8>> {
 fn on_weed(prefix: &str) -> Option<(Store, tempfile::TempDir, PathBuf, Vec<String>)> {
     let store = Store::seaweedfs()?;
     store.create_bucket(BUCKET);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let data = dir.path().join("data");
     let flags = s3_flags(&store, BUCKET, prefix);
     Some((store, dir, data, flags))
@@ -282,7 +282,7 @@ fn a_missing_bucket_or_wrong_credentials_stop_serve_at_start_naming_both() {
         return;
     };
     store.create_bucket(BUCKET);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (err, took) = serve_fails(
         &dir.path().join("a"),
         &s3_flags(&store, "no-such-bucket", "x"),
@@ -321,7 +321,7 @@ fn a_bucket_refusing_puts_fails_the_upload_with_503_loses_nothing_and_the_next_b
     };
     store.create_bucket(BUCKET);
     let proxy = Proxy::start(&store.endpoint);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let flags = flags_via(
         &store,
         &proxy.endpoint,

@@ -137,7 +137,7 @@ fn tokens_on_a_bucket_survive_the_server_and_change_only_once_the_bucket_has_the
 }
 
 fn tokens_and_check_history_survive_the_loss_of_the_server(store: &Store) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let data = dir.path().join("data");
     let flags = flags(dir.path(), "dr", "", &store.endpoint, "tokens");
     let server = start(&data, &flags, None);
@@ -189,7 +189,7 @@ fn tokens_and_check_history_survive_the_loss_of_the_server(store: &Store) {
 }
 
 fn a_token_change_the_bucket_refuses_is_not_made(proxy: &Proxy) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let data = dir.path().join("data");
     let flags = flags(dir.path(), "refuse", "", &proxy.endpoint, "refuse");
     let server = start(&data, &flags, None);
@@ -242,7 +242,7 @@ fn one_server_per_bucket_the_lease() {
         return;
     };
     store.create_bucket(BUCKET);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (a, b, c) = (
         dir.path().join("a"),
         dir.path().join("b"),
@@ -340,7 +340,7 @@ fn one_server_per_bucket_the_lease() {
 
 #[test]
 fn an_unknown_storage_key_is_refused_naming_key_and_file() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let config = dir.path().join("bunker.toml");
     std::fs::write(
         &config,
@@ -363,7 +363,7 @@ fn gc_on_a_bucket_takes_pack_lengths_from_the_listing_not_a_head_each() {
     };
     store.create_bucket(BUCKET);
     let proxy = Proxy::start(&store.endpoint);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let data = dir.path().join("data");
     let flags = flags(dir.path(), "gc", "", &proxy.endpoint, "gc");
     let server = start(&data, &flags, None);

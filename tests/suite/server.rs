@@ -477,7 +477,7 @@ fn names_in(dir: &Path) -> BTreeSet<String> {
 #[test]
 fn raw_upload_restores_bit_exactly_serves_ranges_and_dedups_a_reupload() {
     let seed = crate::seed(1);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, c) = start(dir.path(), &[]);
     let data = san_image(seed, 64 * MIB);
     let size = data.len();
@@ -606,7 +606,7 @@ fn raw_upload_restores_bit_exactly_serves_ranges_and_dedups_a_reupload() {
 
 #[test]
 fn stream_hash_header_refuses_a_wrong_hash_and_commits_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, c) = start(dir.path(), &[]);
     let data = noise(crate::seed(2), 3 * MIB + 17);
     let hash = hex_hash(&data);
@@ -657,7 +657,7 @@ fn stream_hash_header_refuses_a_wrong_hash_and_commits_nothing() {
 #[test]
 fn chunk_protocol_builds_the_same_snapshot_as_a_raw_upload() {
     let seed = crate::seed(3);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, c) = start(dir.path(), &[]);
     let info = c.get("/v1/info");
     info.expect(200, "info");
@@ -818,7 +818,7 @@ fn concurrent_uploads_of_overlapping_images_store_the_shared_base_once() {
     const BASE: usize = 16 * MIB;
     const TAIL: usize = 2 * MIB;
     let seed = crate::seed(4);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, c) = start(dir.path(), &[]);
     let base = noise(seed, BASE);
     let images: Vec<Vec<u8>> = (0..STREAMS)
@@ -882,7 +882,7 @@ fn concurrent_uploads_of_overlapping_images_store_the_shared_base_once() {
 
 #[test]
 fn a_disconnected_upload_commits_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, c) = start(dir.path(), &[]);
     // Cut before the first ingest buffer fills, and after it (chunks stored).
     for (i, sent) in [8 * MIB, 20 * MIB].into_iter().enumerate() {
@@ -910,7 +910,7 @@ fn a_disconnected_upload_commits_nothing() {
 
 #[test]
 fn sigterm_during_an_upload_commits_nothing_and_keeps_what_was_committed() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, c) = start(dir.path(), &["--grace-secs", "2"]);
     let fast = san_image(crate::seed(6), 8 * MIB);
     let committed = c.upload("fast", &fast);
@@ -943,7 +943,7 @@ fn sigterm_during_an_upload_commits_nothing_and_keeps_what_was_committed() {
 
 #[test]
 fn roles_and_scopes_are_enforced() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, admin) = start(dir.path(), &[]);
     let anon = admin.with_token(None);
     let small = noise(70, 4096);
@@ -1153,7 +1153,7 @@ fn roles_and_scopes_are_enforced() {
 
 #[test]
 fn hostile_names_are_refused_and_touch_nothing() {
-    let outer = tempfile::tempdir().unwrap();
+    let outer = bunker_tests::scratch();
     let data = outer.path().join("mid").join("data");
     std::fs::create_dir_all(&data).unwrap();
     let (server, c) = start(&data, &[]);
@@ -1280,7 +1280,7 @@ fn hostile_names_are_refused_and_touch_nothing() {
 #[test]
 fn bad_requests_get_clear_answers_and_never_crash_the_server() {
     const LIMIT: usize = 8 * MIB;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let limit = LIMIT.to_string();
     let (server, c) = start(
         dir.path(),
@@ -1399,7 +1399,7 @@ fn bad_requests_get_clear_answers_and_never_crash_the_server() {
 
 #[test]
 fn a_damaged_pack_never_yields_a_complete_restore() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, c) = start(dir.path(), &[]);
     // Random data is stored raw: a byte in the middle of the pack is chunk
     // data, not a header.
@@ -1476,7 +1476,7 @@ fn a_damaged_pack_never_yields_a_complete_restore() {
 
 #[test]
 fn metrics_health_and_info() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, c) = start(dir.path(), &[]);
     let anon = c.with_token(None);
     let r = anon.get("/healthz");
@@ -1574,7 +1574,7 @@ fn metrics_health_and_info() {
 fn a_range_in_an_unknown_unit_is_ignored() {
     // RFC 9110, section 14.2: "An origin server MUST ignore a Range header
     // field that contains a range unit it does not understand."
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, c) = start(dir.path(), &[]);
     let data = noise(130, 2 * MIB);
     c.upload("vol", &data);
@@ -1596,7 +1596,7 @@ fn a_range_in_an_unknown_unit_is_ignored() {
 fn oversized_request_headers_get_431_however_they_arrive() {
     // The server limits request heads to 64 KiB; 100 KiB must be refused
     // whether it arrives in small writes or in one.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, c) = start(dir.path(), &[]);
     let head = format!(
         "GET /v1/snapshots HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
@@ -1630,7 +1630,7 @@ fn oversized_request_headers_get_431_however_they_arrive() {
 fn an_open_upload_session_holds_a_stream_slot() {
     // config.rs: `max_streams` counts raw uploads and open chunk-protocol
     // sessions; beyond it, 503 with Retry-After.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, c) = start(dir.path(), &["--max-streams", "1"]);
     let data = noise(150, 3 * MIB);
     let hash = hex_hash(&data);
@@ -1688,7 +1688,7 @@ fn a_snapshot_may_be_named_like_the_stores_own_files() {
     let data = noise(140, 300_000);
 
     // The snapshot first, then a delete, then a restart.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, c) = start(dir.path(), &[]);
     let first = c.upload(name, &data);
     let x = c.upload("x", &noise(141, 1000));
@@ -1704,7 +1704,7 @@ fn a_snapshot_may_be_named_like_the_stores_own_files() {
     stop(server);
 
     // A delete first, then the snapshot.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, c) = start(dir.path(), &[]);
     let a = c.upload("a", &noise(143, 1000));
     c.delete(&format!("/v1/snapshots/a/{}", a.id))
@@ -1725,7 +1725,7 @@ fn a_snapshot_may_be_named_like_the_stores_own_files() {
 /// Starting removes exactly those and nothing else; the tokens still work.
 #[test]
 fn the_server_removes_the_temp_files_of_its_interrupted_replaces_on_start() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let data = dir.path();
     let (server, c) = start(data, &[]);
     c.upload("vol", &noise(145, 1000));
@@ -1770,7 +1770,7 @@ fn the_server_removes_the_temp_files_of_its_interrupted_replaces_on_start() {
 /// window forever; and a normal drill of the same snapshot still passes.
 #[test]
 fn a_panicking_restore_ends_instead_of_hanging() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, _) = start(&dir.path().join("data"), &[]);
     let client = bunker_client::Client::new(&server.url, Some(server.admin.clone()));
     // Random data: about 256 chunks in runs of up to 16, far more than the
@@ -1811,7 +1811,7 @@ fn a_panicking_restore_ends_instead_of_hanging() {
 /// anything is renamed into place, and GC still runs.
 #[test]
 fn wrapping_or_oversized_zero_entries_are_refused_and_gc_still_runs() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let data_dir = dir.path().join("data");
     let (server, c) = start(&data_dir, &[]);
     let zero_hash = hex_hash(b"");
@@ -1914,7 +1914,7 @@ fn send_head(
 /// commits nothing, after which its session ends like any other.
 #[test]
 fn one_token_cannot_hold_every_ingest_slot_and_a_trickled_commit_ends() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, admin) = start_configured(
         dir.path(),
         "max_streams = 3\nmax_streams_per_token = 2\ncommit_timeout_secs = 3\n",
@@ -1994,7 +1994,7 @@ fn one_token_cannot_hold_every_ingest_slot_and_a_trickled_commit_ends() {
 /// must still be given back; what was committed restores exactly.
 #[test]
 fn a_client_gone_after_its_last_byte_leaves_no_stream_or_session_behind() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, c) = start_configured(dir.path(), "max_streams = 1\nsession_idle_secs = 2\n");
     assert_eq!(active_streams(&c), 0.0);
     // 48 MiB of random data: the ingest is still chunking and storing when
@@ -2063,7 +2063,7 @@ fn a_client_gone_after_its_last_byte_leaves_no_stream_or_session_behind() {
 #[test]
 fn a_reader_that_stops_reading_is_cut_after_the_write_timeout() {
     use rustix::net::{sockopt, AddressFamily, SocketType};
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, c) = start_configured(dir.path(), "write_timeout_secs = 2\n");
     let data = noise(180, 16 * MIB);
     let snap = c.upload("slow", &data);
@@ -2110,7 +2110,7 @@ fn a_reader_that_stops_reading_is_cut_after_the_write_timeout() {
 /// `/healthz` needs no token, and an unknown path is 404.
 #[test]
 fn a_known_path_refuses_other_methods_under_its_own_route() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, c) = start(dir.path(), &[]);
     let cases = [
         ("POST", "/metrics", "metrics"),
@@ -2168,7 +2168,7 @@ fn a_known_path_refuses_other_methods_under_its_own_route() {
 /// the reason and creates nothing.
 #[test]
 fn pack_bytes_sets_a_new_repositorys_pack_size_and_is_checked() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, c) = start_configured(dir.path(), "pack_bytes = 1048576\n");
     c.put("/v1/snapshots/vol", &noise(7, 6 * MIB))
         .expect(201, "upload of 6 MiB of noise");
@@ -2180,7 +2180,7 @@ fn pack_bytes_sets_a_new_repositorys_pack_size_and_is_checked() {
         assert!(len < 3 * MIB as u64, "{} is {len} bytes", p.display());
     }
 
-    let bad = tempfile::tempdir().unwrap();
+    let bad = bunker_tests::scratch();
     let file = bad.path().join("bunker.toml");
     std::fs::write(&file, "pack_bytes = 1000\n").unwrap();
     let data = bad.path().join("data");

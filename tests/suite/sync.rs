@@ -159,7 +159,7 @@ const NAMES: [&str; 4] = ["db-1", "db-2", "web", "mail"];
 
 #[test]
 fn sync_copies_bit_exact_then_sends_only_what_is_new_and_never_deletes() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let a = Server::start(BIN, &dir.path().join("a"), &[]);
     let b = Server::start(BIN, &dir.path().join("b"), &[]);
     let src = client(&a.url, &a.admin);
@@ -264,7 +264,7 @@ fn sync_copies_bit_exact_then_sends_only_what_is_new_and_never_deletes() {
 
 #[test]
 fn a_scoped_writer_copies_only_its_names() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let a = Server::start(BIN, &dir.path().join("a"), &[]);
     let b = Server::start(BIN, &dir.path().join("b"), &[]);
     let src = client(&a.url, &a.admin);
@@ -378,7 +378,7 @@ fn entry(end: u64, id: &blake3::Hash) -> Vec<u8> {
 
 #[test]
 fn a_hostile_source_cannot_make_the_target_store_a_wrong_chunk_or_a_torn_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let b = Server::start(BIN, &dir.path().join("b"), &[]);
     token(&b, "writer", None, dir.path(), "b.writer");
     let wb = dir.path().join("b.writer");
@@ -481,7 +481,7 @@ fn a_repository_on_the_object_store_syncs_to_local_disk_and_back() {
             "--s3-anonymous".into(),
         ]
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let fa = s3("a");
     let fc = s3("c");
     let args = |f: &[String; 6]| f.clone();

@@ -124,7 +124,7 @@ fn config(dir: &Path, source: &str, good: &Path, bad: &Path) -> std::path::PathB
 #[test]
 fn a_scheduled_job_copies_reports_and_survives_a_wrong_token_and_a_dead_source() {
     let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let source = Server::start(BIN, &dir.path().join("source"), &[]);
     let db = backups(&source, "db-1", 1, 2);
     let other = backups(&source, "mail", 2, 1);

@@ -6,7 +6,7 @@ use bunker_tests::server::Server;
 
 #[test]
 fn serves_https_with_the_given_certificate() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let ck =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
             .unwrap();

@@ -20,7 +20,7 @@ fn token_request(role: &str, scope: &str) -> Vec<u8> {
 
 #[test]
 fn a_scope_covers_its_name_and_names_continuing_it_not_longer_names() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, admin) = start(dir.path(), &[]);
     let writer = admin.create_token("writer", Some("db"));
     let w = admin.with_token(Some(&writer.token));
@@ -85,7 +85,7 @@ fn a_scope_covers_its_name_and_names_continuing_it_not_longer_names() {
 
 #[test]
 fn a_scoped_admin_reaches_no_token_session_or_snapshot_outside_its_scope() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, root) = start(dir.path(), &[]);
     let db_admin = root.create_token("admin", Some("db"));
     let da = root.with_token(Some(&db_admin.token));
@@ -242,7 +242,7 @@ fn mode(path: &Path) -> u32 {
 
 #[test]
 fn first_start_refuses_a_link_at_admin_token_and_replaces_a_stale_secret() {
-    let outer = tempfile::tempdir().unwrap();
+    let outer = bunker_tests::scratch();
     let data = outer.path().join("data");
     std::fs::create_dir(&data).unwrap();
     let token_file = data.join("admin.token");
@@ -308,7 +308,7 @@ fn cli(server: &Server, token: &str, args: &[&str]) -> (Option<i32>, String, Str
 
 #[test]
 fn a_drill_records_who_reported_it_and_the_servers_own_drill_finds_damage() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = bunker_tests::scratch();
     let (server, admin) = start(dir.path(), &[]);
     // Random data is stored raw, so a byte in the middle of its pack is
     // chunk data; zeros make the image sparse.
