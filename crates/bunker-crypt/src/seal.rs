@@ -89,19 +89,34 @@ impl Sealer {
         (LessSafeKey::new(cipher), gcm_nonce)
     }
 
-    /// Appends the sealed form of `plaintext` to `out`.
-    pub fn seal_into(&self, ad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+    /// Seals without copying: `buf` is [`NONCE_LEN`] bytes of room, the
+    /// plaintext, then [`TAG_LEN`] bytes of room; on return it is the
+    /// sealed object. A caller that writes its plaintext into such a buffer
+    /// (a record compressed at offset 24) saves a copy per object.
+    ///
+    /// # Panics
+    /// If `buf` is shorter than [`OVERHEAD`].
+    pub fn seal_in_place(&self, ad: &[u8], buf: &mut [u8]) {
+        assert!(buf.len() >= OVERHEAD, "no room for the nonce and tag");
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).expect("the OS random source failed");
-        let start = out.len();
-        out.reserve(OVERHEAD + plaintext.len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plaintext);
+        buf[..NONCE_LEN].copy_from_slice(&nonce);
+        let tag_at = buf.len() - TAG_LEN;
         let (cipher, gcm_nonce) = self.cipher(&nonce);
         let tag = cipher
-            .seal_in_place_separate_tag(gcm_nonce, Aad::from(ad), &mut out[start + NONCE_LEN..])
+            .seal_in_place_separate_tag(gcm_nonce, Aad::from(ad), &mut buf[NONCE_LEN..tag_at])
             .expect("AES-GCM seals any length below 64 GiB");
-        out.extend_from_slice(tag.as_ref());
+        buf[tag_at..].copy_from_slice(tag.as_ref());
+    }
+
+    /// Appends the sealed form of `plaintext` to `out`.
+    pub fn seal_into(&self, ad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+        let start = out.len();
+        out.reserve(OVERHEAD + plaintext.len());
+        out.extend_from_slice(&[0; NONCE_LEN]);
+        out.extend_from_slice(plaintext);
+        out.extend_from_slice(&[0; TAG_LEN]);
+        self.seal_in_place(ad, &mut out[start..]);
     }
 
     pub fn seal(&self, ad: &[u8], plaintext: &[u8]) -> Vec<u8> {
@@ -116,6 +131,24 @@ impl Sealer {
         let mut out = Vec::new();
         self.open_into(ad, sealed, &mut out)?;
         Ok(out)
+    }
+
+    /// Opens without copying: returns the plaintext, the part of `sealed`
+    /// between nonce and tag. On error the bytes of `sealed` are
+    /// unspecified.
+    pub fn open_in_place<'a>(&self, ad: &[u8], sealed: &'a mut [u8]) -> Result<&'a mut [u8]> {
+        if sealed.len() < OVERHEAD {
+            return Err(Error::Damaged {
+                reason: "sealed object shorter than its nonce and tag",
+            });
+        }
+        let nonce: [u8; NONCE_LEN] = sealed[..NONCE_LEN].try_into().expect("24 bytes");
+        let (cipher, gcm_nonce) = self.cipher(&nonce);
+        cipher
+            .open_in_place(gcm_nonce, Aad::from(ad), &mut sealed[NONCE_LEN..])
+            .map_err(|_| Error::Damaged {
+                reason: "authentication failed (wrong place, or changed bytes)",
+            })
     }
 
     /// Like [`Sealer::open`], appending to `out`; on error `out` is as it
@@ -165,6 +198,26 @@ mod tests {
             assert_eq!(sealed.len(), len + OVERHEAD);
             assert_eq!(s.open(b"id", &sealed).unwrap(), data);
         }
+    }
+
+    #[test]
+    fn in_place_sealing_matches_copying_sealing() {
+        let s = sealer(Purpose::Record);
+        let data = b"sealed where it lies, opened where it lies".to_vec();
+        let mut buf = vec![0u8; NONCE_LEN];
+        buf.extend_from_slice(&data);
+        buf.extend_from_slice(&[0; TAG_LEN]);
+        s.seal_in_place(b"id", &mut buf);
+        assert_eq!(s.open(b"id", &buf).unwrap(), data);
+        let copied = s.seal(b"id", &data);
+        let mut copy = copied.clone();
+        assert_eq!(s.open_in_place(b"id", &mut copy).unwrap(), &data[..]);
+        let mut flipped = copied;
+        flipped[30] ^= 4;
+        assert!(matches!(
+            s.open_in_place(b"id", &mut flipped),
+            Err(Error::Damaged { .. })
+        ));
     }
 
     #[test]
