@@ -13,6 +13,7 @@ mod changed;
 mod cli;
 mod corruption;
 mod crash;
+mod crypt;
 mod delta;
 mod disk;
 mod faults;

@@ -121,6 +121,10 @@ enum Command {
     /// Create, list and revoke API tokens (admin).
     #[command(subcommand, after_long_help = cmd::token::LONG_HELP)]
     Token(cmd::token::Command),
+    /// Create or inspect a repository key file (encryption at rest; local,
+    /// no server).
+    #[command(subcommand, after_long_help = cmd::key::LONG_HELP)]
+    Key(cmd::key::Command),
     /// End-to-end demo on a temporary embedded server.
     #[command(after_long_help = cmd::demo::LONG_HELP)]
     Demo(cmd::demo::Args),
@@ -175,6 +179,7 @@ pub fn main() -> ExitCode {
         Command::Repair(args) => cmd::verify::repair(&g, args),
         Command::Sync(args) => cmd::sync::run(&g, args),
         Command::Token(c) => cmd::token::run(&g, c),
+        Command::Key(c) => cmd::key::run(g.json, c),
         Command::Demo(args) => cmd::demo::run(args),
     };
     match result {

@@ -857,6 +857,41 @@ fn field_tables_of_format_md_match_the_encoders() {
     );
     assert_eq!(end, b.len() - 8 - records_at);
 
+    // Key file and sealed objects (bunker-crypt).
+    let key = bunker_crypt::Key::from_bytes(std::array::from_fn(|i| 0x40 + i as u8));
+    let b = key.encode();
+    let end = check(
+        &take("Key file", "Key file"),
+        &b,
+        &[],
+        &[
+            magic(bunker_crypt::key::MAGIC),
+            version(bunker_crypt::key::VERSION),
+            w("length of this file (64)", le(64, 4)),
+            w("key id", Want::Bytes(key.id().0.to_vec())),
+            w(
+                "key: 256 random bits",
+                Want::Bytes((0..32).map(|i| 0x40 + i).collect()),
+            ),
+        ],
+    );
+    assert_eq!(end, bunker_crypt::key::FILE_LEN);
+    let sealer = bunker_crypt::Sealer::new(&key, bunker_crypt::Purpose::Record);
+    let plain = b"twenty-one bytes here";
+    let b = sealer.seal(b"identity", plain);
+    let end = check(
+        &take("Sealed objects", "Sealed object ("),
+        &b,
+        &[],
+        &[
+            w("nonce", Want::Elsewhere),
+            w("ciphertext", Want::Elsewhere),
+            w("GCM tag", Want::Elsewhere),
+        ],
+    );
+    assert_eq!(end, b.len());
+    assert_eq!(b.len(), plain.len() + bunker_crypt::OVERHEAD);
+
     assert!(
         tables.is_empty(),
         "FORMAT.md has field tables no test checks: {:?}",

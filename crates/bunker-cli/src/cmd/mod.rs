@@ -5,6 +5,7 @@ pub mod demo;
 pub mod drill;
 pub mod export;
 pub mod gc;
+pub mod key;
 pub mod mount;
 pub mod prune;
 pub mod restore;
