@@ -749,3 +749,127 @@ fn push_str32(buf: &mut Vec<u8>, s: &str) {
     buf.extend_from_slice(&(s.len() as u32).to_be_bytes());
     buf.extend_from_slice(s.as_bytes());
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{Export, ExportError, Exports, FileSource};
+
+    struct One(Arc<Export>);
+
+    impl Exports for One {
+        fn open(&self, name: &str) -> std::result::Result<Arc<Export>, ExportError> {
+            match name {
+                "disk" => Ok(self.0.clone()),
+                other => Err(ExportError::Unknown(format!("no snapshot {other}"))),
+            }
+        }
+        fn list(&self) -> Vec<String> {
+            vec!["disk".into()]
+        }
+    }
+
+    /// bunker's own NBD server over a file of `content`: the URL of
+    /// export `disk`.
+    fn server(dir: &std::path::Path, content: &[u8]) -> String {
+        let path = dir.join("disk.img");
+        std::fs::write(&path, content).unwrap();
+        let source = Arc::new(FileSource::new(std::fs::File::open(&path).unwrap()).unwrap());
+        let export = Arc::new(Export {
+            name: "disk".into(),
+            description: String::new(),
+            source,
+            overlay: None,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || crate::serve(listener, Arc::new(One(export))));
+        format!("nbd://{addr}/disk")
+    }
+
+    fn content(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 253) as u8).collect()
+    }
+
+    #[test]
+    fn urls_parse_with_default_port_and_unix_sockets() {
+        let u = Url::parse("nbd://host/vol").unwrap();
+        assert_eq!(u.address, Address::Tcp("host:10809".into()));
+        assert_eq!(u.export, "vol");
+        let u = Url::parse("nbd://127.0.0.1:2000/").unwrap();
+        assert_eq!(u.address, Address::Tcp("127.0.0.1:2000".into()));
+        assert_eq!(u.export, "");
+        let u = Url::parse("nbd://[::1]").unwrap();
+        assert_eq!(u.address, Address::Tcp("[::1]:10809".into()));
+        let u = Url::parse("nbd+unix:///d?socket=/run/s.sock").unwrap();
+        assert_eq!(u.address, Address::Unix("/run/s.sock".into()));
+        assert_eq!(u.export, "d");
+        assert!(Url::parse("nbd://h:port/x").unwrap_err().contains("port"));
+        assert!(Url::parse("nbd+unix:///d").unwrap_err().contains("socket="));
+        assert!(Url::parse("nbd:///x").unwrap_err().contains("no host"));
+    }
+
+    #[test]
+    fn a_pipelined_read_returns_the_export_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        // Several requests per read, the last one short.
+        let data = content(5 * READ_REQUEST_LEN as usize + 12_345);
+        let url = Url::parse(&server(dir.path(), &data)).unwrap();
+        let mut c = Connection::connect(&url, &[BASE_ALLOCATION]).unwrap();
+        assert_eq!(c.size(), data.len() as u64);
+        let mut buf = vec![0u8; data.len()];
+        c.read_at(0, &mut buf).unwrap();
+        assert!(buf == data);
+        let mut part = vec![0u8; 3 << 20];
+        c.read_at(777, &mut part).unwrap();
+        assert!(part[..] == data[777..777 + part.len()]);
+        assert_eq!(c.bytes_received(), (data.len() + part.len()) as u64);
+        // Beyond the end: refused before anything is sent; the
+        // connection still works.
+        let e = c
+            .read_at(data.len() as u64 - 10, &mut [0u8; 20])
+            .unwrap_err();
+        assert!(
+            matches!(e, ClientError::Command { errno: EINVAL, .. }),
+            "{e}"
+        );
+        let status = c.block_status().unwrap();
+        assert_eq!(
+            status,
+            vec![(
+                BASE_ALLOCATION.to_string(),
+                vec![Status {
+                    offset: 0,
+                    len: data.len() as u64,
+                    flags: 0
+                }]
+            )]
+        );
+        c.disconnect().unwrap();
+    }
+
+    #[test]
+    fn an_unknown_export_or_a_missing_context_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = server(dir.path(), &content(4096));
+        let wrong = Url::parse(&url.replace("/disk", "/nosuch")).unwrap();
+        let e = Connection::connect(&wrong, &[]).err().unwrap();
+        assert!(matches!(e, ClientError::Refused { .. }), "{e}");
+        assert!(e.to_string().contains("no snapshot nosuch"), "{e}");
+        let url = Url::parse(&url).unwrap();
+        let e = Connection::connect(&url, &[BASE_ALLOCATION, "qemu:dirty-bitmap:b0"])
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&e, ClientError::NoContext { context, .. } if context == "qemu:dirty-bitmap:b0"),
+            "{e}"
+        );
+        let e = Connection::connect(&Url::parse("nbd://127.0.0.1:1/x").unwrap(), &[])
+            .err()
+            .unwrap();
+        assert!(matches!(e, ClientError::Connect { .. }), "{e}");
+    }
+}

@@ -502,7 +502,12 @@ bytes per chunk.
 On any error the session is deleted and nothing is committed. Chunks already
 uploaded stay in the repository, so a rerun sends only the rest.
 
-The source label kept in the snapshot is file:<path> or stdin.
+The source label kept in the snapshot is file:<path>, stdin, or the NBD URL.
+
+SOURCE may be an NBD export: nbd://HOST[:PORT]/EXPORT (port 10809 by
+default) or nbd+unix:///EXPORT?socket=PATH. Ranges its base:allocation map
+reports as zeros are not transferred; --json adds read_bytes, the data that
+crossed the network.
 
 Prints on stdout:
 
@@ -526,4 +531,10 @@ from the base: a wrong map is never silent. A malformed map (bad line, out of
 order, overlapping, beyond SOURCE's end) is a usage error naming the line
 (exit 2). SOURCE may be larger or smaller than the base. With --json the
 report adds base_id, changed_bytes, read_bytes, sampled_bytes, reused_chunks
-and read_chunks."##;
+and read_chunks.
+
+With an NBD SOURCE, --dirty-bitmap NAME takes the changed extents from the
+export's qemu:dirty-bitmap:NAME context instead of a map (qemu-nbd -B NAME
+of a qcow2 image whose bitmap NAME was added when it held the base's
+bytes); dirty ranges that read as zeros are not transferred. A bitmap the
+export does not offer is refused naming it (exit 2), nothing sent."##;
