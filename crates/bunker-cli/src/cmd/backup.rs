@@ -370,7 +370,7 @@ fn run_overlay(g: &Global, args: &Args, base: &super::SnapRef, path: &Path) -> C
 /// --dirty-bitmap NAME.
 fn run_nbd(g: &Global, args: &Args, url: &Url) -> CmdResult {
     use bunker_nbd::client::ClientError;
-    let open = Remote::open(url, args.dirty_bitmap.as_deref()).map_err(|e| match e {
+    let mut remote = Remote::open(url, args.dirty_bitmap.as_deref()).map_err(|e| match e {
         ClientError::NoContext { .. } | ClientError::Refused { .. } => Failure::with_code(
             2,
             anyhow::Error::new(e).context(format!("backup source {url}")),
@@ -379,7 +379,6 @@ fn run_nbd(g: &Global, args: &Args, url: &Url) -> CmdResult {
             .context(format!("backup source {url}"))
             .into(),
     })?;
-    let mut remote = open;
     let client = g.client()?;
     let size = remote.size();
     let source = url.to_string();
