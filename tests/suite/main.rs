@@ -19,6 +19,7 @@ mod disk;
 mod faults;
 mod mount;
 mod nbd;
+mod nbdsrc;
 mod races;
 mod restore;
 mod s3;

@@ -20,7 +20,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_bunker-e2e");
 
 /// Whether every tool in `tools` is on PATH; if not, a loud skip, or under
 /// CI a failure.
-fn have(tools: &[&str]) -> bool {
+pub(crate) fn have(tools: &[&str]) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();
     for t in tools {
         if !std::env::split_paths(&path).any(|d| d.join(t).is_file()) {
@@ -149,14 +149,14 @@ impl Drop for Export {
     }
 }
 
-fn run(cmd: &str, args: &[&str]) -> Output {
+pub(crate) fn run(cmd: &str, args: &[&str]) -> Output {
     Command::new(cmd)
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{cmd}: {e}"))
 }
 
-fn ok(cmd: &str, args: &[&str]) -> String {
+pub(crate) fn ok(cmd: &str, args: &[&str]) -> String {
     let o = run(cmd, args);
     assert!(
         o.status.success(),

@@ -20,14 +20,20 @@
 //!   and the connection stays up.
 //! - `overlay.rs`: the copy-on-write file and its persisted extent map.
 //!
+//! - `client.rs`, `remote.rs`: the other direction, an NBD client that
+//!   reads another server's export (with its allocation and dirty-bitmap
+//!   maps) as a backup source.
+//!
 //! One thread per connection ([`serve`]); a client that goes away ends its
 //! own connection only.
 
+pub mod client;
 mod file;
 mod handshake;
 mod image;
 mod overlay;
 mod proto;
+pub mod remote;
 mod transmission;
 
 use std::io;

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use bunker_client::BackupOptions;
+use bunker_nbd::client::Url;
+use bunker_nbd::remote::Remote;
 use serde::Serialize;
 
 use crate::output::{bar, bytes, rate};
@@ -15,11 +17,14 @@ use crate::{CmdResult, Failure, Global};
 pub struct Args {
     /// Snapshot name: 1 to 128 of [A-Za-z0-9._-].
     name: String,
-    /// File, block device, or - for stdin (none with --overlay).
+    /// File, block device, - for stdin, or an NBD export
+    /// (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH); none with
+    /// --overlay.
     #[arg(required_unless_present = "overlay")]
     source: Option<PathBuf>,
-    /// With --changed: the snapshot (NAME@ID, or NAME for its latest) whose
-    /// image SOURCE differs from only in the mapped extents.
+    /// With --changed or --dirty-bitmap: the snapshot (NAME@ID, or NAME for
+    /// its latest) whose image SOURCE differs from only in the mapped
+    /// extents.
     #[arg(long, value_name = "NAME@ID", value_parser = super::parse_ref)]
     base: Option<super::SnapRef>,
     /// Read only these extents of SOURCE and take the rest from --base: a
@@ -32,6 +37,16 @@ pub struct Args {
         conflicts_with = "overlay"
     )]
     changed: Option<PathBuf>,
+    /// With an nbd:// SOURCE: read only the extents that the export's
+    /// `qemu:dirty-bitmap:NAME` marks dirty (qemu-nbd -B NAME), and take
+    /// the rest from --base.
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "base",
+        conflicts_with_all = ["changed", "overlay"]
+    )]
+    dirty_bitmap: Option<String>,
     /// Back up what `bunker export --overlay FILE` of --base shows: the
     /// base snapshot with the overlay's writes, reading only those.
     #[arg(
@@ -41,7 +56,7 @@ pub struct Args {
         conflicts_with = "source"
     )]
     overlay: Option<PathBuf>,
-    /// With --changed: the share (percent) of the bytes the map calls
+    /// With --changed or --dirty-bitmap: the share (percent) of the bytes the map calls
     /// unchanged that is read and checked against --base anyway.
     #[arg(long, value_name = "PERCENT", default_value_t = 1.0, value_parser = percent)]
     verify_unchanged: f64,
@@ -66,6 +81,9 @@ struct Report<'a> {
     seconds: f64,
     gb_per_s: f64,
     blake3: &'a str,
+    /// Data bytes transferred from an nbd:// source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_bytes: Option<u64>,
 }
 
 impl<'a> Report<'a> {
@@ -81,6 +99,7 @@ impl<'a> Report<'a> {
             seconds,
             gb_per_s: rate(s.size_bytes, seconds),
             blake3: &s.blake3,
+            read_bytes: None,
         }
     }
 }
@@ -92,13 +111,27 @@ pub fn run(g: &Global, args: Args) -> CmdResult {
     let Some(source_path) = args.source.clone() else {
         unreachable!("clap requires SOURCE without --overlay");
     };
+    if let Some(url) = source_path.to_str().filter(|s| Url::is_nbd(s)) {
+        let url = Url::parse(url).map_err(|e| Failure::with_code(2, anyhow::anyhow!(e)))?;
+        return run_nbd(g, &args, &url);
+    }
+    if args.dirty_bitmap.is_some() {
+        return Err(Failure::with_code(
+            2,
+            anyhow::anyhow!(
+                "--dirty-bitmap reads the bitmap from an NBD export: SOURCE must be \
+                 nbd://HOST:PORT/EXPORT (qemu-nbd -B NAME), not {}",
+                source_path.display()
+            ),
+        ));
+    }
     if let (Some(base), Some(map)) = (&args.base, &args.changed) {
         return run_changed(g, &args, &source_path, base, map);
     }
     if args.base.is_some() {
         return Err(Failure::with_code(
             2,
-            anyhow::anyhow!("--base needs --changed MAP or --overlay FILE"),
+            anyhow::anyhow!("--base needs --changed MAP, --dirty-bitmap NAME or --overlay FILE"),
         ));
     }
     let source_arg = source_path;
@@ -197,38 +230,23 @@ fn run_changed(
     })?;
     let size = source_size(&f)
         .with_context(|| format!("cannot tell the size of {}", source_path.display()))?;
-    let map = if map_path.as_os_str() == "-" {
-        bunker_changes::map::parse(std::io::stdin().lock(), size)
-    } else {
-        let file = std::fs::File::open(map_path).with_context(|| {
-            format!("cannot read the changed-extent map {}", map_path.display())
-        })?;
-        bunker_changes::map::parse(std::io::BufReader::new(file), size)
-    }
-    .map_err(|e| Failure::with_code(2, anyhow::anyhow!("{}: {e}", map_path.display())))?;
+    let map = read_map(map_path, size)?;
     let base_snap = client.snapshot(&base.name, base.id)?;
     let mut read = |offset: u64, buf: &mut [u8]| f.read_exact_at(buf, offset);
     let source = format!("file:{}", source_path.display());
-    changed_backup(
-        g,
-        &client,
-        args,
-        (&base_snap, &map, size),
-        source,
-        &mut read,
-    )
+    let report = changed_backup(&client, args, (&base_snap, &map, size), source, &mut read)?;
+    print_changed(g, report, &base_snap, None)
 }
 
 /// Runs a changed-extent backup of `args.name` from `read` with a
-/// progress bar, then prints its report.
+/// progress bar.
 fn changed_backup(
-    g: &Global,
     client: &bunker_client::Client,
     args: &Args,
     (base_snap, map, size): (&bunker_api::Snapshot, &bunker_changes::ChangeMap, u64),
     source: String,
     read: &mut bunker_client::Source<'_>,
-) -> CmdResult {
+) -> Result<bunker_client::ChangedReport, Failure> {
     let pb = bar(Some(size), &format!("backup {} ({})", args.name, source));
     let opts = BackupOptions {
         source,
@@ -245,15 +263,20 @@ fn changed_backup(
         &mut |p| pb.set_position(p.bytes_read),
     );
     pb.finish_and_clear();
-    print_changed(g, report?, base_snap)
+    Ok(report?)
 }
 
-/// Prints a changed-extent backup's report.
+/// Prints a changed-extent backup's report; `received` (nbd:// sources)
+/// is the data that crossed the network, which stands for the bytes read.
 fn print_changed(
     g: &Global,
-    report: bunker_client::ChangedReport,
+    mut report: bunker_client::ChangedReport,
     base_snap: &bunker_api::Snapshot,
+    received: Option<u64>,
 ) -> CmdResult {
+    if let Some(r) = received {
+        report.bytes_read = r;
+    }
     let s = &report.snapshot;
     if g.json {
         println!(
@@ -338,14 +361,117 @@ fn run_overlay(g: &Global, args: &Args, base: &super::SnapRef, path: &Path) -> C
             .map_err(|e| std::io::Error::other(e.to_string()))
     };
     let source = format!("overlay:{}", path.display());
-    changed_backup(
-        g,
-        &client,
-        args,
-        (&base_snap, &map, size),
+    let report = changed_backup(&client, args, (&base_snap, &map, size), source, &mut read)?;
+    print_changed(g, report, &base_snap, None)
+}
+
+/// An NBD export as SOURCE: a full read (zeros the export reports are not
+/// transferred), or with --base the extents of --changed MAP or of
+/// --dirty-bitmap NAME.
+fn run_nbd(g: &Global, args: &Args, url: &Url) -> CmdResult {
+    use bunker_nbd::client::ClientError;
+    let mut remote = Remote::open(url, args.dirty_bitmap.as_deref()).map_err(|e| match e {
+        ClientError::NoContext { .. } | ClientError::Refused { .. } => Failure::with_code(
+            2,
+            anyhow::Error::new(e).context(format!("backup source {url}")),
+        ),
+        other => anyhow::Error::new(other)
+            .context(format!("backup source {url}"))
+            .into(),
+    })?;
+    let client = g.client()?;
+    let size = remote.size();
+    let source = url.to_string();
+    let Some(base) = &args.base else {
+        return run_nbd_full(g, args, &client, remote, source);
+    };
+    let map = match (&args.changed, remote.changed()) {
+        (Some(map_path), _) => read_map(map_path, size)?,
+        (None, Some(dirty)) => bunker_changes::ChangeMap::from_extents(
+            dirty.into_iter().map(|c| bunker_changes::Extent {
+                offset: c.offset,
+                len: c.len,
+                kind: if c.zero {
+                    bunker_changes::Kind::Zero
+                } else {
+                    bunker_changes::Kind::Data
+                },
+            }),
+            size,
+        )
+        .map_err(|e| anyhow::anyhow!("the dirty bitmap of {url}: {e}"))?,
+        (None, None) => {
+            return Err(Failure::with_code(
+                2,
+                anyhow::anyhow!("--base needs --changed MAP or --dirty-bitmap NAME"),
+            ))
+        }
+    };
+    let base_snap = client.snapshot(&base.name, base.id)?;
+    let mut read =
+        |offset: u64, buf: &mut [u8]| remote.read_at(offset, buf).map_err(std::io::Error::other);
+    let report = changed_backup(&client, args, (&base_snap, &map, size), source, &mut read)?;
+    let received = remote.bytes_received();
+    print_changed(g, report, &base_snap, Some(received))
+}
+
+/// A full read of an NBD export.
+fn run_nbd_full(
+    g: &Global,
+    args: &Args,
+    client: &bunker_client::Client,
+    remote: Remote,
+    source: String,
+) -> CmdResult {
+    let size = remote.size();
+    let reader = remote.into_reader();
+    let received = reader.bytes_received();
+    let pb = bar(Some(size), &format!("backup {} ({source})", args.name));
+    let opts = BackupOptions {
         source,
-        &mut read,
-    )
+        size_hint: Some(size),
+    };
+    let report = client.backup(&args.name, reader, &opts, &mut |p| {
+        pb.set_position(p.bytes_read)
+    });
+    pb.finish_and_clear();
+    let report = report?;
+    let read = received.load(std::sync::atomic::Ordering::Relaxed);
+    let s = &report.snapshot;
+    if g.json {
+        let mut json = Report::of(s, report.progress.bytes_uploaded, report.seconds);
+        json.read_bytes = Some(read);
+        println!("{}", serde_json::to_string(&json)?);
+    } else {
+        println!(
+            "{}@{}: {} in {:.1} s ({:.2} GB/s), read {} from the source, {} chunks, {} new ({} stored, {} sent)",
+            s.name,
+            s.id,
+            bytes(s.size_bytes),
+            report.seconds,
+            rate(s.size_bytes, report.seconds),
+            bytes(read),
+            s.chunks,
+            s.new_chunks,
+            bytes(s.new_bytes),
+            bytes(report.progress.bytes_uploaded)
+        );
+    }
+    Ok(())
+}
+
+/// Parses the changed-extent map at `map_path` (- for stdin) for an image
+/// of `size` bytes; a bad map is a usage error (exit 2).
+fn read_map(map_path: &Path, size: u64) -> Result<bunker_changes::ChangeMap, Failure> {
+    if map_path.as_os_str() == "-" {
+        bunker_changes::map::parse(std::io::stdin().lock(), size)
+    } else {
+        let file = std::fs::File::open(map_path).with_context(|| {
+            format!("cannot read the changed-extent map {}", map_path.display())
+        })?;
+        bunker_changes::map::parse(std::io::BufReader::new(file), size)
+    }
+    .map_err(|e| Failure::with_code(2, anyhow::anyhow!("{}: {e}", map_path.display())))
 }
 
 /// Size of a regular file or block device, for progress and ETA.
@@ -375,7 +501,12 @@ bytes per chunk.
 On any error the session is deleted and nothing is committed. Chunks already
 uploaded stay in the repository, so a rerun sends only the rest.
 
-The source label kept in the snapshot is file:<path> or stdin.
+The source label kept in the snapshot is file:<path>, stdin, or the NBD URL.
+
+SOURCE may be an NBD export: nbd://HOST[:PORT]/EXPORT (port 10809 by
+default) or nbd+unix:///EXPORT?socket=PATH. Ranges its base:allocation map
+reports as zeros are not transferred; --json adds read_bytes, the data that
+crossed the network.
 
 Prints on stdout:
 
@@ -399,4 +530,10 @@ from the base: a wrong map is never silent. A malformed map (bad line, out of
 order, overlapping, beyond SOURCE's end) is a usage error naming the line
 (exit 2). SOURCE may be larger or smaller than the base. With --json the
 report adds base_id, changed_bytes, read_bytes, sampled_bytes, reused_chunks
-and read_chunks."##;
+and read_chunks.
+
+With an NBD SOURCE, --dirty-bitmap NAME takes the changed extents from the
+export's qemu:dirty-bitmap:NAME context instead of a map (qemu-nbd -B NAME
+of a qcow2 image whose bitmap NAME was added when it held the base's
+bytes); dirty ranges that read as zeros are not transferred. A bitmap the
+export does not offer is refused naming it (exit 2), nothing sent."##;
