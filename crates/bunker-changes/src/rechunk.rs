@@ -85,6 +85,9 @@ pub struct Report {
     pub bytes_read: u64,
     /// Reused bytes read back to check the map.
     pub bytes_sampled: u64,
+    /// Of `bytes_chunked`, zeros cut without reading them (the map or
+    /// the base says they are zeros); sampled like reused bytes.
+    pub bytes_zeros: u64,
 }
 
 /// Why the walk stopped.
@@ -120,6 +123,8 @@ struct BaseCursor<I> {
     /// Where `current` starts in the base image.
     start: u64,
     current: Option<Entry>,
+    /// The entry before `current`, for what covers an offset inside it.
+    previous: Option<Entry>,
     base_len: u64,
 }
 
@@ -133,6 +138,7 @@ where
             entries,
             start: 0,
             current: None,
+            previous: None,
             base_len,
         };
         cursor.load()?;
@@ -165,6 +171,7 @@ where
     fn step(&mut self) -> Result<(), Error> {
         if let Some(entry) = self.current {
             self.start += entry.len;
+            self.previous = Some(entry);
             self.load()?;
         }
         Ok(())
@@ -176,6 +183,22 @@ where
             self.step()?;
         }
         Ok(())
+    }
+}
+
+impl<I> BaseCursor<I> {
+    /// Whether the base's bytes `pos..pos + len` are all zeros, judged by
+    /// the zero entries `previous` and `current` (after `skip_to(pos)`);
+    /// `false` when they do not cover the range.
+    fn zeros(&self, pos: u64, len: u64) -> bool {
+        let Some(current) = self.current.filter(|e| e.id.is_zero()) else {
+            return false;
+        };
+        let from = match self.previous {
+            Some(p) if self.start > pos && p.id.is_zero() => self.start - p.len,
+            _ => self.start,
+        };
+        from <= pos && pos + len <= self.start + current.len
     }
 }
 
@@ -220,6 +243,27 @@ where
     }
 }
 
+/// Whether the new image's bytes `pos..pos + len` are known to be zeros
+/// without reading them: a zero extent of the map covers them, or the base
+/// has zeros there and the map lists no data change in the range.
+fn known_zeros<I>(base: &BaseCursor<I>, map: &ChangeMap, pos: u64, len: u64, new_len: u64) -> bool {
+    let end = pos + len;
+    if end > new_len {
+        return false;
+    }
+    let extents = map.extents();
+    let mut i = map.first_ending_after(pos);
+    let mut zero_extents_cover = false;
+    while let Some(e) = extents.get(i).filter(|e| e.offset < end) {
+        if e.kind != Kind::Zero {
+            return false;
+        }
+        zero_extents_cover |= e.offset <= pos && end <= e.end();
+        i += 1;
+    }
+    zero_extents_cover || (end <= base.base_len && base.zeros(pos, len))
+}
+
 /// Walks the new image of `new_len` bytes against the base manifest
 /// (`base`, describing `base_len` bytes) and the map of what changed,
 /// handing each piece of the new manifest to `emit` in order.
@@ -252,6 +296,7 @@ where
     };
     let mut report = Report::default();
     let mut buf: Vec<u8> = Vec::new();
+    let mut zeros: Vec<u8> = Vec::new();
     let mut pos = 0u64;
 
     // The entry at a shared boundary `at` can be reused when its bytes are
@@ -271,7 +316,9 @@ where
     while pos < new_len {
         if let Some(entry) = reusable(&base, pos) {
             let sampled = report.bytes_sampled as f64 * 100.0;
-            if sampled < options.sample_percent * (report.bytes_reused + entry.len) as f64 {
+            let due = options.sample_percent
+                * (report.bytes_reused + report.bytes_zeros + entry.len) as f64;
+            if sampled < due {
                 check(&mut reader, &mut buf, pos, entry)?;
                 report.bytes_sampled += entry.len;
             }
@@ -287,6 +334,50 @@ where
         buf.clear();
         loop {
             let at = (pos - start) as usize;
+            // In a run of zeros every chunk is `max_len` zeros (the
+            // chunker's contract), but the new cuts may keep a different
+            // phase from the base's to the run's end: through a volume's
+            // holes that can be most of it. Cut what is known to be zeros
+            // without reading or scanning it.
+            let max = chunker.params().max_len as u64;
+            if ((buf.len() - at) as u64) < max && known_zeros(&base, map, pos, max, new_len) {
+                let sampled = report.bytes_sampled as f64 * 100.0;
+                let due = options.sample_percent
+                    * (report.bytes_reused + report.bytes_zeros + max) as f64;
+                if sampled < due {
+                    check(
+                        &mut reader,
+                        &mut buf,
+                        pos,
+                        Entry {
+                            len: max,
+                            id: ChunkId::ZERO,
+                        },
+                    )?;
+                    report.bytes_sampled += max;
+                }
+                zeros.resize(max as usize, 0);
+                emit(Piece::Read {
+                    offset: pos,
+                    data: &zeros,
+                    zero: true,
+                })
+                .map_err(Error::Caller)?;
+                report.chunks_read += 1;
+                report.bytes_chunked += max;
+                report.bytes_zeros += max;
+                pos += max;
+                buf.clear();
+                start = pos;
+                if pos == new_len {
+                    break;
+                }
+                base.skip_to(pos)?;
+                if reusable(&base, pos).is_some() {
+                    break;
+                }
+                continue;
+            }
             let eof = start + buf.len() as u64 == new_len;
             // A cut found in fewer than `max_len` bytes is final (the
             // chunker's contract), so read ahead only as far as needed.

@@ -297,3 +297,33 @@ fn a_base_manifest_of_the_wrong_size_is_refused() {
     .unwrap_err();
     assert!(err.to_string().contains("base manifest"), "{err}");
 }
+
+/// Data written at the start of a long zero run moves where the new cuts
+/// through the run fall (every chunk there is `max_len` zeros from the last
+/// cut), so they never meet the base's again before the run ends: the
+/// zeros must be cut without being read.
+#[test]
+fn a_change_that_shifts_the_cuts_of_a_zero_run_does_not_read_it() {
+    let mut base = noise(100_000, 11);
+    base.extend(std::iter::repeat_n(0u8, 1 << 20));
+    base.extend(noise(100_000, 12));
+    let mut new = base.clone();
+    new[100_000..103_000].copy_from_slice(&noise(3_000, 13));
+    let map = ChangeMap::from_extents(
+        [Extent {
+            offset: 100_000,
+            len: 3_000,
+            kind: Kind::Data,
+        }],
+        new.len() as u64,
+    )
+    .unwrap();
+    let (manifest, report) = walk_it(&base, &new, &map, 0.0).unwrap();
+    assert_eq!(manifest, full_manifest(&new));
+    assert!(report.bytes_zeros > 1_000_000, "{report:?}");
+    assert!(report.bytes_read < 50_000, "{report:?}");
+    // A full sample reads the zeros back and finds them zeros.
+    let (again, report) = walk_it(&base, &new, &map, 100.0).unwrap();
+    assert_eq!(again, manifest);
+    assert!(report.bytes_sampled >= report.bytes_zeros, "{report:?}");
+}
