@@ -22,13 +22,14 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::time::Instant;
 
 use bunker_api::{Snapshot, COMMIT_ENTRY_LEN};
-use bunker_changes::{walk, ChangeMap, Entry, Kind, Options, Piece};
-use bunker_chunk::blocks_file::{BlocksEncoder, BlocksHeader, CV_LEN, HEADER_LEN};
-use bunker_chunk::digest::{block_cv, tail_cv, tail_start, TreeStack};
+use bunker_changes::{walk, ChangeMap, Entry, Options, Piece};
+use bunker_chunk::blocks_file::{BlocksHeader, CV_LEN, HEADER_LEN};
+use bunker_chunk::digest::TreeStack;
 use bunker_chunk::seams::Span;
 use bunker_chunk::ChunkId;
 
 use crate::backup::{BackupOptions, BackupProgress, Sending, Upload};
+use crate::new_blocks::{NewBlocks, SLACK};
 use crate::{Client, Error, Result};
 
 /// Changed chunks gathered before one `missing` query and their uploads.
@@ -149,13 +150,27 @@ impl Client {
         let mut batch = Batch::default();
         let mut failed: Option<Error> = None;
         let base_entries = base_entries(manifest, base)?;
+        let mut digest = NewBlocks::new(blocks, map, base, size)?;
+        let mut digest_failed: Option<Error> = None;
+        // The walk's reads also feed the block hashes, which hash a block
+        // once the walk is past it.
+        let mut reading = |offset: u64, buf: &mut [u8]| -> std::io::Result<()> {
+            source(offset, buf)?;
+            digest.seen(offset, buf);
+            if let Err(e) = digest.advance(offset.saturating_sub(SLACK), source) {
+                let text = e.to_string();
+                digest_failed = Some(e);
+                return Err(std::io::Error::other(text));
+            }
+            Ok(())
+        };
         let walked = walk(
             chunker,
             base_entries,
             base.size_bytes,
             map,
             size,
-            &mut *source,
+            &mut reading,
             Options {
                 sample_percent: verify_percent,
                 ..Options::default()
@@ -196,7 +211,7 @@ impl Client {
         let walked = match walked {
             Ok(r) => r,
             Err(e) => {
-                return Err(match failed {
+                return Err(match failed.or(digest_failed) {
                     Some(first) => first,
                     None => changed_error(e),
                 })
@@ -208,7 +223,7 @@ impl Client {
             .flush()
             .map_err(|e| Error::io("writing the temporary manifest", e))?;
         drop(entries);
-        let (stream_hash, blocks_tmp, digest_read) = new_blocks(blocks, map, base, size, source)?;
+        let (stream_hash, blocks_tmp, digest_read) = digest.finish(source)?;
         Ok((
             Upload {
                 manifest: entries_tmp,
@@ -360,11 +375,11 @@ fn base_entries(
     }))
 }
 
-type Cvs = Box<dyn Iterator<Item = std::io::Result<[u8; 32]>>>;
+pub(crate) type Cvs = Box<dyn Iterator<Item = std::io::Result<[u8; 32]>>>;
 
 /// The header (or what is wrong with it) and the chaining values of a
 /// block hashes file.
-fn read_blocks(
+pub(crate) fn read_blocks(
     file: &tempfile::NamedTempFile,
 ) -> std::io::Result<(std::result::Result<BlocksHeader, String>, Cvs)> {
     let mut reader = BufReader::with_capacity(256 << 10, file.reopen()?);
@@ -381,112 +396,4 @@ fn read_blocks(
         Some(reader.read_exact(&mut cv).map(|()| cv))
     });
     Ok((header, Box::new(cvs)))
-}
-
-/// The new image's block hashes and BLAKE3: a block that no changed
-/// extent touches and that the base holds whole keeps the base's chaining
-/// value; every other block, and the tail, is read from `source`.
-/// Returns the hash, the file, and the bytes read.
-fn new_blocks(
-    base_blocks: &tempfile::NamedTempFile,
-    map: &ChangeMap,
-    base: &Snapshot,
-    size: u64,
-    source: &mut Source<'_>,
-) -> Result<(blake3::Hash, tempfile::NamedTempFile, u64)> {
-    let block = bunker_chunk::blocks_file::DEFAULT_BLOCK_LEN;
-    let io = |e| Error::io("writing the temporary block hashes", e);
-    let src = |offset: u64, e| Error::io(format!("reading the backup source at {offset}"), e);
-    let tmp = tempfile::NamedTempFile::new().map_err(io)?;
-    let mut encoder = BlocksEncoder::new(BufWriter::with_capacity(
-        256 << 10,
-        tmp.reopen().map_err(io)?,
-    ))
-    .map_err(io)?;
-    let mut read = 0u64;
-    let mut buf = vec![0u8; block as usize];
-    if size <= block {
-        let mut all = vec![0u8; size as usize];
-        source(0, &mut all).map_err(|e| src(0, e))?;
-        encoder.finish(block, size, None).map_err(io)?;
-        return Ok((blake3::hash(&all), tmp, size));
-    }
-    let (header, mut base_cvs) =
-        read_blocks(base_blocks).map_err(|e| Error::io("reading block hashes", e))?;
-    let base_count = header.map_or(0, |h| if h.block_len == block { h.count } else { 0 });
-    let mut tree = TreeStack::new();
-    let whole = size / block;
-    let mut next_change = 0usize;
-    let extents = map.extents();
-    for i in 0..whole {
-        let (start, end) = (i * block, (i + 1) * block);
-        let base_cv = if i < base_count {
-            Some(
-                base_cvs
-                    .next()
-                    .expect("count values")
-                    .map_err(|e| Error::io("reading block hashes", e))?,
-            )
-        } else {
-            None
-        };
-        while extents
-            .get(next_change)
-            .is_some_and(|e| e.offset + e.len <= start)
-        {
-            next_change += 1;
-        }
-        let touched = extents.get(next_change).is_some_and(|e| e.offset < end);
-        let kept = base_cv.filter(|_| !touched && end <= base.size_bytes);
-        let cv = match kept {
-            Some(cv) => cv,
-            None => {
-                fill(source, map, next_change, start, &mut buf).map_err(|e| src(start, e))?;
-                read += block;
-                block_cv(block, i, &buf)
-            }
-        };
-        encoder.push(&cv).map_err(io)?;
-        tree.push(cv);
-    }
-    let start = tail_start(size, block);
-    let tail = if start < size {
-        let tail = &mut buf[..(size - start) as usize];
-        source(start, tail).map_err(|e| src(start, e))?;
-        read += size - start;
-        Some(tail_cv(start, tail))
-    } else {
-        None
-    };
-    encoder.finish(block, size, tail).map_err(io)?;
-    let root = tree.finish(tail).expect("more than one block");
-    Ok((root, tmp, read))
-}
-
-/// Reads `buf.len()` bytes at `offset`, taking the map's zero extents as
-/// zeros without reading them.
-fn fill(
-    source: &mut Source<'_>,
-    map: &ChangeMap,
-    first: usize,
-    offset: u64,
-    buf: &mut [u8],
-) -> std::io::Result<()> {
-    let end = offset + buf.len() as u64;
-    let mut at = offset;
-    for e in map.extents()[first..].iter().take_while(|e| e.offset < end) {
-        if e.kind != Kind::Zero {
-            continue;
-        }
-        let (zs, ze) = (e.offset.max(at), (e.offset + e.len).min(end));
-        if zs > at {
-            source(at, &mut buf[(at - offset) as usize..(zs - offset) as usize])?;
-        }
-        buf[(zs - offset) as usize..(ze - offset) as usize].fill(0);
-        at = ze;
-    }
-    if at < end {
-        source(at, &mut buf[(at - offset) as usize..])?;
-    }
-    Ok(())
 }

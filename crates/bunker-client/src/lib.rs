@@ -28,6 +28,7 @@ mod changed;
 mod copy;
 mod delta;
 mod error;
+mod new_blocks;
 mod output;
 mod random;
 mod restore;
