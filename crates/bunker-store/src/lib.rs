@@ -59,6 +59,7 @@ pub mod snapshot;
 mod stats;
 mod tombstones;
 mod verify;
+mod window;
 
 pub use backend::{LocalPacks, MemMeta, MemPacks, MetaBackend, PackBackend, ReadMode};
 pub use bunker_chunk::{ChunkId, ChunkerParams};

@@ -52,6 +52,8 @@ struct Inner {
     chunker: Chunker,
     packs: Packs,
     index: Index,
+    /// `OpenOptions::dedup_window`.
+    dedup_window: bool,
     next_snapshot: AtomicU64,
     /// Writers hold the read side from a lookup to the pin it produces; GC
     /// takes the write side to start protecting and to condemn (pins.rs).
@@ -157,6 +159,11 @@ impl Repository {
 
     pub(crate) fn chunker(&self) -> Chunker {
         self.inner.chunker
+    }
+
+    /// Whether ingests consult the dedup window (`crate::window`).
+    pub(crate) fn dedup_window(&self) -> bool {
+        self.inner.dedup_window
     }
 
     pub(crate) fn index(&self) -> &Index {

@@ -64,6 +64,9 @@ pub struct OpenOptions {
     pub read_mode: ReadMode,
     /// Index entries kept in memory before they are flushed to runs.
     pub index_flush_at: usize,
+    /// Ingests look chunks up in the previous ingest of the same name
+    /// before the index (`crate::window`). Off only to measure the index.
+    pub dedup_window: bool,
 }
 
 impl Default for OpenOptions {
@@ -71,6 +74,7 @@ impl Default for OpenOptions {
         OpenOptions {
             read_mode: ReadMode::Pread,
             index_flush_at: 16 * 1024,
+            dedup_window: true,
         }
     }
 }
@@ -186,6 +190,9 @@ impl Repository {
         let backend = backend
             .unwrap_or_else(|| Box::new(LocalPacks::new(path.join("packs"), opts.read_mode)));
         let index_dir = path.join("index");
+        // A new index may hand out pack ids a window file still names (its
+        // covered ranges kept them from reuse): the windows go with it.
+        let mut drop_windows = !index_dir.join("state").exists();
         let index = match Index::open(&index_dir, opts.index_flush_at) {
             Ok(index) => index,
             // The index is a cache of the packs: a damaged one (torn, bit
@@ -194,6 +201,7 @@ impl Repository {
             Err(e @ (Error::Corrupt { .. } | Error::NotBunkerFile { .. })) => {
                 tracing::warn!("the index is damaged ({e}); rebuilding it from the packs");
                 recovery.index_rebuilt = Some(e.to_string());
+                drop_windows = true;
                 std::fs::remove_dir_all(&index_dir).at(&index_dir)?;
                 Index::open(&index_dir, opts.index_flush_at)?
             }
@@ -211,6 +219,10 @@ impl Repository {
             }
             Err(e) => return Err(e),
         };
+        let windows = crate::window::dir(path);
+        if drop_windows && windows.exists() {
+            std::fs::remove_dir_all(&windows).at(&windows)?;
+        }
         let tombstones = read_tombstones(path)?;
         finish_condemned(&*backend, &tombstones)?;
         index.set_tombstones(tombstones);
@@ -234,6 +246,7 @@ impl Repository {
                 chunker: Chunker::new(config.chunker),
                 packs: Packs::new(backend, config.repo_id, config.pack_target_len, next_pack),
                 index,
+                dedup_window: opts.dedup_window,
                 config,
                 next_snapshot: AtomicU64::new(next_snapshot),
                 gate: RwLock::new(()),
