@@ -29,7 +29,10 @@ use bunker_chunk::{Chunker, ChunkerParams};
 
 pub(crate) use chunks::concurrent_writer_failed;
 pub use chunks::NewData;
-pub use open::{CreateOptions, OpenOptions, Recovery, DEFAULT_PACK_LEN};
+pub use open::{
+    chunker_for_size, CreateOptions, OpenOptions, Recovery, DEFAULT_PACK_LEN, MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
+};
 pub use remote::Remote;
 pub(crate) use remote::{blocks_key, manifest_key};
 

@@ -39,6 +39,29 @@ pub struct CreateOptions {
     pub pack_target_len: u64,
 }
 
+/// Bounds of the average chunk size an operator may choose for a new
+/// repository (`bunker serve --chunk-size`): below 64 KiB the index and
+/// manifests grow past 900 bytes per MiB of data, above 1 MiB next days
+/// store several times more (docs/OPERATIONS.md, "Chunk size").
+pub const MIN_CHUNK_SIZE: u32 = 64 << 10;
+pub const MAX_CHUNK_SIZE: u32 = 1 << 20;
+
+/// The chunker of a repository created with average chunks of `avg`
+/// bytes: a power of two in [`MIN_CHUNK_SIZE`]..=[`MAX_CHUNK_SIZE`], with
+/// chunks from a quarter to four times that. 256 KiB gives
+/// [`ChunkerParams::DEFAULT`].
+pub fn chunker_for_size(avg: u64) -> Result<ChunkerParams> {
+    let ok = u32::try_from(avg)
+        .ok()
+        .filter(|a| (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(a) && a.is_power_of_two());
+    let avg = ok.ok_or_else(|| {
+        Error::Invalid(format!(
+            "chunk size {avg} bytes: must be a power of two from 64 KiB (65536) to 1 MiB (1048576)"
+        ))
+    })?;
+    ChunkerParams::with_avg(avg).map_err(|e| Error::Invalid(e.to_string()))
+}
+
 /// Default pack length, 256 MiB: 100 TB of unique data is ~400 000 packs,
 /// which the two-level fan-out lists quickly; a pack is still a reasonable
 /// unit to rewrite in GC and to move to object storage.
