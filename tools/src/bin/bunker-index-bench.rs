@@ -6,11 +6,11 @@
 //! `cargo run --release -p bunker-tools --bin bunker-index-bench -- --entries 50M`
 //!
 //! With `--reingest SIZE`, the index is a real repository's instead, and
-//! what is measured is ingest: a SAN-like image of SIZE (day 0, then day
-//! 1) is backed up twice under two names, and day 1 is backed up again
-//! (every chunk known) with the index files dropped from the page cache
-//! first, through the index alone and then through the dedup window; the
-//! same in a small repository without the synthetic entries, warm.
+//! what is measured is ingest: a SAN-like image of SIZE (day 0, then the
+//! next day) is backed up twice under two names, and the next day is backed
+//! up again (every chunk known) with the index files dropped from the page
+//! cache first, through the index alone and then through the dedup window;
+//! the same in a small repository without the synthetic entries, warm.
 
 use std::time::Instant;
 
