@@ -42,8 +42,10 @@ pub(crate) fn dir(root: &Path) -> PathBuf {
 pub(crate) struct Window {
     source: Option<BufReader<File>>,
     held: VecDeque<WindowEntry>,
-    /// Each id in `held`, with the stream end of its newest entry there.
-    by_id: HashMap<ChunkId, (Location, u64)>,
+    /// Each id in `held`, with the stream ends of its entries there (an
+    /// image repeats some chunks: the nearest occurrence is the one that
+    /// re-aligns the window).
+    by_id: HashMap<ChunkId, Vec<(Location, u64)>>,
     /// Offset in the previous stream minus offset in this one, as of the
     /// last hit.
     shift: i128,
@@ -80,11 +82,18 @@ impl Window {
         self.advance(at.saturating_add(SPAN));
         while self.held.front().is_some_and(|e| e.end + SPAN < at) {
             let e = self.held.pop_front().expect("front exists");
-            if self.by_id.get(&e.id).is_some_and(|(_, end)| *end == e.end) {
-                self.by_id.remove(&e.id);
+            if let Some(seen) = self.by_id.get_mut(&e.id) {
+                seen.retain(|(_, end)| *end != e.end);
+                if seen.is_empty() {
+                    self.by_id.remove(&e.id);
+                }
             }
         }
-        let (loc, prev_end) = *self.by_id.get(id)?;
+        let &(loc, prev_end) = self
+            .by_id
+            .get(id)?
+            .iter()
+            .min_by_key(|(_, prev)| prev.abs_diff(at))?;
         self.shift = i128::from(prev_end) - i128::from(end);
         Some(loc)
     }
@@ -103,7 +112,7 @@ impl Window {
                 .and_then(|_| window::decode_entry(&b));
             match entry {
                 Some(e) => {
-                    self.by_id.insert(e.id, (e.loc, e.end));
+                    self.by_id.entry(e.id).or_default().push((e.loc, e.end));
                     self.held.push_back(e);
                 }
                 None => {
@@ -164,5 +173,48 @@ impl Drop for WindowWriter {
         if !self.tmp.as_os_str().is_empty() {
             let _ = std::fs::remove_file(&self.tmp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PackId;
+
+    fn entry(n: u64, end: u64) -> WindowEntry {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&n.to_le_bytes());
+        WindowEntry {
+            id: ChunkId(id),
+            loc: Location {
+                pack: PackId(1),
+                offset: n,
+                raw_len: 1,
+                stored_len: 1,
+            },
+            end,
+        }
+    }
+
+    /// Far beyond one span, with a chunk repeated 200 MiB later in the
+    /// image (a duplicated file): the window must stay in step.
+    #[test]
+    fn the_window_follows_a_long_stream_with_repeated_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        let step = 400_000u64;
+        let n = 3_000u64;
+        let ids = |i: u64| if i % 500 == 7 { 7 } else { i };
+        let mut w = WindowWriter::create(dir.path().join("tmp").join("w"), [1; 16]).unwrap();
+        for i in 0..n {
+            w.push(&entry(ids(i), (i + 1) * step)).unwrap();
+        }
+        w.publish(dir.path(), "vol").unwrap();
+        let mut window = Window::open(dir.path(), "vol", [1; 16]).unwrap();
+        let hits = (0..n)
+            .filter(|&i| window.find(&entry(ids(i), 0).id, (i + 1) * step).is_some())
+            .count();
+        assert_eq!(hits as u64, n);
+        assert!(Window::open(dir.path(), "vol", [2; 16]).is_none());
     }
 }

@@ -39,6 +39,10 @@ struct Args {
     /// repository holding `--entries` synthetic entries (see above).
     #[arg(long, value_parser = parse_size)]
     reingest: Option<u64>,
+    /// With `--reingest` and `--dir`: measure again on the repositories an
+    /// earlier run left there (no fill, no setup backups).
+    #[arg(long)]
+    reuse: bool,
     /// Average chunk size of the repositories `--reingest` creates.
     #[arg(long, default_value = "256k", value_parser = parse_size)]
     chunk_size: u64,
@@ -202,8 +206,11 @@ fn reingest(args: &Args, size: u64) -> anyhow::Result<()> {
             chunker,
             ..CreateOptions::default()
         };
-        drop(Repository::create(&root, create).context("creating the repository")?);
-        if entries > 0 {
+        let reuse = args.reuse && root.join("config").exists();
+        if !reuse {
+            drop(Repository::create(&root, create).context("creating the repository")?);
+        }
+        if entries > 0 && !reuse {
             let t = Instant::now();
             let index = Index::open(&root.join("index"), args.flush_at as usize)?;
             fill(&index, entries)?;
@@ -224,13 +231,14 @@ fn reingest(args: &Args, size: u64) -> anyhow::Result<()> {
             )
             .context("opening the repository")
         };
-        let repo = open(true)?;
-        for name in ["by-index", "by-window"] {
-            for day in &days {
-                repo.ingest(name, &day[..], &IngestOptions::default(), &mut |_| {})?;
+        if !reuse {
+            let repo = open(true)?;
+            for name in ["by-index", "by-window"] {
+                for day in &days {
+                    repo.ingest(name, &day[..], &IngestOptions::default(), &mut |_| {})?;
+                }
             }
         }
-        drop(repo);
         for (name, window) in [("by-index", false), ("by-window", true)] {
             // Cold only for the large repository: the small one is the
             // warm reference.
