@@ -209,3 +209,108 @@ fn a_changed_extent_backup_equals_a_full_read_and_reads_little() {
         "{text}"
     );
 }
+
+/// A repository created with `--chunk-size 64KiB` announces it, backs up,
+/// deduplicates the next day, restores and verifies, and takes a
+/// changed-extent backup equal to a full read; restarted with another
+/// chunk size it refuses to start, naming both.
+#[test]
+fn a_repository_with_64_kib_chunks_dedups_restores_and_takes_changed_extents() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let data = root.join("data");
+    let server = Server::start(BIN, &data, &["--chunk-size", "64KiB"]);
+    let info: serde_json::Value = serde_json::from_slice(
+        &ureq::get(format!("{}/v1/info", server.url))
+            .header("authorization", format!("Bearer {}", server.admin))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_vec()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(info["chunker"]["avg_bytes"], 65_536, "{info}");
+    let spec = ImageSpec {
+        change_percent: 0.5,
+        ..ImageSpec::new(37, 24 << 20)
+    };
+    let (day0, day1) = (Image::new(&spec, 0), Image::new(&spec, 1));
+    for (day, image) in [("day0", &day0), ("day1", &day1)] {
+        let mut f = std::fs::File::create(root.join(format!("{day}.img"))).unwrap();
+        image.write_to(&mut f).unwrap();
+    }
+    write_map(&root.join("day1.diff"), &day1.changes_since(&day0));
+    let path = |f: &str| root.join(f).to_str().unwrap().to_string();
+    let b0 = ok_json(&bunker(
+        &server,
+        &["--json", "backup", "vol", &path("day0.img")],
+    ));
+    let b1 = ok_json(&bunker(
+        &server,
+        &["--json", "backup", "vol", &path("day1.img")],
+    ));
+    let (chunks, new) = (
+        b1["chunks"].as_u64().unwrap(),
+        b1["new_chunks"].as_u64().unwrap(),
+    );
+    assert!(
+        chunks > (24 << 20) / (128 << 10) && new * 10 < chunks,
+        "64 KiB chunks, day 1 mostly known: {b1}"
+    );
+    let restored = root.join("restored.img");
+    let r = bunker(
+        &server,
+        &[
+            "restore",
+            &format!("vol@{}", b1["id"]),
+            restored.to_str().unwrap(),
+        ],
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(std::fs::read(&restored).unwrap() == std::fs::read(path("day1.img")).unwrap());
+    let v = bunker(&server, &["verify"]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    let changed = ok_json(&bunker(
+        &server,
+        &[
+            "--json",
+            "backup",
+            "changed",
+            &path("day1.img"),
+            "--base",
+            &format!("vol@{}", b0["id"]),
+            "--changed",
+            &path("day1.diff"),
+        ],
+    ));
+    assert_eq!(changed["blake3"], b1["blake3"]);
+    assert!(
+        manifest(&server, "changed", changed["id"].as_u64().unwrap())
+            == manifest(&server, "vol", b1["id"].as_u64().unwrap()),
+        "the changed-extent manifest differs from the full read's"
+    );
+    server.stop();
+    let refused = Command::new(BIN)
+        .args(["serve", "--data", data.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--chunk-size", "128KiB"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        text.contains("chunk_size") && text.contains("64 KiB") && text.contains("131072"),
+        "{text}"
+    );
+    let bad = Command::new(BIN)
+        .args(["serve", "--data", root.join("new").to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--chunk-size", "100000"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && text.contains("power of two"),
+        "{text}"
+    );
+    assert!(!root.join("new").join("config").exists());
+}

@@ -65,6 +65,11 @@ pub struct Config {
     /// like the chunker): on object storage each pack is one object, so
     /// larger packs mean fewer requests.
     pub pack_bytes: u64,
+    /// Average chunk size of a new repository, bytes: a power of two from
+    /// 64 KiB to 1 MiB (default 256 KiB). Fixed once the repository exists:
+    /// a server started with another value than its repository's refuses
+    /// to start (`--chunk-size`).
+    pub chunk_size: Option<u64>,
     /// Where sealed packs and manifests live: the data directory (default)
     /// or a bucket (`[storage] kind = "s3"`).
     pub storage: Storage,
@@ -244,6 +249,7 @@ impl Default for Config {
             gc_interval_secs: 0,
             gc_rewrite_below: bunker_store::DEFAULT_REWRITE_BELOW,
             pack_bytes: bunker_store::DEFAULT_PACK_LEN,
+            chunk_size: None,
             storage: Storage::default(),
             sync: Vec::new(),
         }

@@ -119,6 +119,10 @@ pub enum StartError {
         #[source]
         source: Box<bunker_store::Error>,
     },
+    /// `chunk_size` is not a usable chunk size, or not the one the
+    /// existing repository was created with.
+    #[error("chunk_size: {reason}")]
+    ChunkSize { reason: String },
     /// The `[storage]` settings (or `--s3` flags) are not usable.
     #[error("storage settings: {reason}")]
     Storage { reason: String },

@@ -220,11 +220,35 @@ impl State {
 type Held = (Arc<dyn bunker_store::MetaBackend>, Arc<Lease>);
 
 /// How a new repository is created: the defaults and the configured pack
-/// size (an existing repository keeps what its config says).
-fn create_options(config: &Config) -> bunker_store::CreateOptions {
-    bunker_store::CreateOptions {
+/// and chunk sizes (an existing repository keeps what its config says).
+fn create_options(config: &Config) -> Result<bunker_store::CreateOptions, StartError> {
+    let mut opts = bunker_store::CreateOptions {
         pack_target_len: config.pack_bytes,
         ..Default::default()
+    };
+    if let Some(size) = config.chunk_size {
+        opts.chunker = bunker_store::chunker_for_size(size).map_err(|e| StartError::ChunkSize {
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(opts)
+}
+
+/// Refuses a configured chunk size other than the repository's: it would
+/// apply only to a new repository, and an operator who set it expects it.
+fn check_chunk_size(config: &Config, repo: &bunker_store::Repository) -> Result<(), StartError> {
+    let have = repo.chunker_params().avg_len;
+    match config.chunk_size {
+        Some(want) if want != u64::from(have) => Err(StartError::ChunkSize {
+            reason: format!(
+                "the repository in {} was created with {} KiB average chunks ({have} bytes), \
+                 and chunk_size {want} applies only when a repository is created; \
+                 leave it out or set it to {have}",
+                config.data.display(),
+                have >> 10
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -239,9 +263,10 @@ fn open_repository(
         path: config.data.clone(),
         source: Box::new(source),
     };
+    let create = create_options(config)?;
     let Some(s3) = config.storage.s3_config()? else {
-        let repo = bunker_store::Repository::open_or_create(&config.data, create_options(config))
-            .map_err(local)?;
+        let repo = bunker_store::Repository::open_or_create(&config.data, create).map_err(local)?;
+        check_chunk_size(config, &repo)?;
         return Ok((repo, None));
     };
     tracing::info!("storage: {}", s3.describe());
@@ -250,13 +275,14 @@ fn open_repository(
     let repo = bunker_store::Repository::open_remote_with(
         &config.data,
         bunker_store::OpenOptions::default(),
-        create_options(config),
+        create,
         remote,
     )
     .map_err(|source| StartError::Bucket {
         store: s3.describe(),
         source: Box::new(source),
     })?;
+    check_chunk_size(config, &repo)?;
     Ok((repo, Some((meta, lease))))
 }
 

@@ -48,6 +48,9 @@ pub struct Progress {
     pub new_chunks: u64,
     /// Bytes added to packs (after compression).
     pub new_bytes: u64,
+    /// Chunks found in the previous ingest of the name, without the index
+    /// (`crate::window`).
+    pub window_hits: u64,
 }
 
 /// Block buffers per stream: one being filled, one being cut, one being
@@ -86,6 +89,7 @@ impl Repository {
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<SnapshotInfo> {
         let mut writer = self.begin_snapshot(name, &opts.source, opts.creator)?;
+        writer.use_window()?;
         let blocks = self.blocks_writer()?;
         let chunker = self.chunker();
         let max = chunker.params().max_len as usize;
@@ -232,6 +236,7 @@ fn store_blocks(
         stats.chunks = writer.chunks();
         stats.new_chunks = writer.new_chunks();
         stats.new_bytes = writer.new_bytes();
+        stats.window_hits = writer.window_hits();
         progress(&stats);
         let _ = free_tx.send(buf);
         if eof {

@@ -59,6 +59,7 @@ pub mod snapshot;
 mod stats;
 mod tombstones;
 mod verify;
+mod window;
 
 pub use backend::{LocalPacks, MemMeta, MemPacks, MetaBackend, PackBackend, ReadMode};
 pub use bunker_chunk::{ChunkId, ChunkerParams};
@@ -70,7 +71,8 @@ pub use ingest::{IngestOptions, Progress};
 pub use pack::TornTail;
 pub use pins::Pins;
 pub use repo::{
-    CreateOptions, NewData, OpenOptions, Recovery, Remote, Repository, DEFAULT_PACK_LEN,
+    chunker_for_size, CreateOptions, NewData, OpenOptions, Recovery, Remote, Repository,
+    DEFAULT_PACK_LEN, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
 };
 pub use restore::{ManifestCursor, Piece, SnapshotReader};
 pub use snapshot::{validate_name, CopyCommit, ManifestEntry, Origin, SnapshotInfo};

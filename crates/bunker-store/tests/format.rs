@@ -891,6 +891,47 @@ fn field_tables_of_format_md_match_the_encoders() {
     );
     assert_eq!(end, b.len());
     assert_eq!(b.len(), plain.len() + bunker_crypt::OVERHEAD);
+    // The dedup window: header and entry.
+    use format::window::{WindowEntry, ENTRY_LEN, HEADER_LEN};
+    let b = format::window::encode_header([0x5a; 16]);
+    let end = check(
+        &take("Dedup window", "`window/<name>`"),
+        &b,
+        &[],
+        &[
+            magic(format::window::MAGIC),
+            version(format::window::VERSION),
+            w(format!("header length ({HEADER_LEN})"), le(40, 4)),
+            w("repository id", Want::Bytes(vec![0x5a; 16])),
+            w("xxh3-64 of bytes 0..32", Want::Checksum(None)),
+        ],
+    );
+    assert_eq!(end, b.len());
+    let b = format::window::encode_entry(&WindowEntry {
+        id: id(9),
+        loc: Location {
+            pack: PackId(0x0102_0304),
+            offset: 0x1112_1314,
+            raw_len: 0x2122_2324,
+            stored_len: 0x3132_3334,
+        },
+        end: 0x4142_4344_4546,
+    });
+    let end = check(
+        &take("Dedup window", "Entry"),
+        &b,
+        &[],
+        &[
+            w("chunk id", Want::Bytes(id(9).0.to_vec())),
+            w("pack id", le(0x0102_0304, 8)),
+            w("record offset", le(0x1112_1314, 8)),
+            w("raw length", le(0x2122_2324, 4)),
+            w("stored length", le(0x3132_3334, 4)),
+            w("stream offset", le(0x4142_4344_4546, 8)),
+            w("xxh3-64 of bytes 0..64", Want::Checksum(None)),
+        ],
+    );
+    assert_eq!(end, ENTRY_LEN);
 
     assert!(
         tables.is_empty(),

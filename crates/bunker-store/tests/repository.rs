@@ -445,3 +445,116 @@ fn a_zstd_frame_is_stored_as_it_came_and_a_lying_frame_is_refused() {
     );
     assert!(repo.read_chunk(&other).is_err());
 }
+
+/// Ingests `data` as `name`; the snapshot and the window hits it made.
+fn ingest_counting(
+    repo: &Repository,
+    name: &str,
+    data: &[u8],
+) -> (bunker_store::SnapshotInfo, u64) {
+    let mut hits = 0;
+    let info = repo
+        .ingest(name, data, &IngestOptions::default(), &mut |p| {
+            hits = p.window_hits
+        })
+        .unwrap();
+    (info, hits)
+}
+
+fn entries(repo: &Repository, s: &bunker_store::SnapshotInfo) -> Vec<bunker_store::ManifestEntry> {
+    repo.manifest_entries(&s.name, s.id)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect()
+}
+
+fn san_day(seed: u64, day: u32) -> Vec<u8> {
+    use bunker_testdata::image::{Image, ImageSpec};
+    let mut out = Vec::new();
+    Image::new(&ImageSpec::new(seed, 6 << 20), day)
+        .write_to(&mut out)
+        .unwrap();
+    out
+}
+
+#[test]
+fn the_dedup_window_gives_the_index_paths_manifests_and_stored_bytes() {
+    for seed in [3, 11] {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let with = Repository::create(a.path(), small_opts()).unwrap();
+        Repository::create(b.path(), small_opts()).unwrap();
+        let without = Repository::open_with(
+            b.path(),
+            bunker_store::OpenOptions {
+                dedup_window: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for day in 0..4 {
+            let data = san_day(seed, day);
+            let (x, hits) = ingest_counting(&with, "vol", &data);
+            let (y, none) = ingest_counting(&without, "vol", &data);
+            assert_eq!(none, 0, "seed {seed} day {day}: the window was off");
+            let ex = entries(&with, &x);
+            let stored = ex.iter().filter(|e| !e.id.is_zero()).count() as u64;
+            if day == 0 {
+                assert_eq!(hits, 0);
+            } else {
+                // Most chunks repeat the day before; the new ones cannot hit.
+                assert!(
+                    hits >= stored - x.new_chunks - stored / 10,
+                    "seed {seed} day {day}: {hits} window hits of {stored} chunks"
+                );
+            }
+            assert_eq!(ex, entries(&without, &y), "seed {seed} day {day}");
+            assert_eq!(
+                (x.new_chunks, x.new_bytes, x.stream_hash),
+                (y.new_chunks, y.new_bytes, y.stream_hash),
+                "seed {seed} day {day}"
+            );
+            assert_eq!(read_all(&with, "vol", Some(x.id)).unwrap(), data);
+        }
+        // A second name never uses another name's window.
+        let (_, hits) = ingest_counting(&with, "other", &san_day(seed, 3));
+        assert_eq!(hits, 0);
+        let (va, vb) = (with.verify().unwrap(), without.verify().unwrap());
+        assert_eq!((va.chunks, va.stored_bytes), (vb.chunks, vb.stored_bytes));
+        assert!(va.damage.is_empty());
+    }
+}
+
+#[test]
+fn a_window_into_packs_gc_deleted_falls_back_to_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::create(dir.path(), small_opts()).unwrap();
+    let data = san_day(5, 0);
+    let (first, _) = ingest_counting(&repo, "vol", &data);
+    repo.delete("vol", first.id).unwrap();
+    let report = repo.gc(&bunker_store::GcOptions::default()).unwrap();
+    assert!(report.packs_deleted > 0, "{report:?}");
+    // Every location in the window is in a deleted pack: none may be used.
+    let (again, hits) = ingest_counting(&repo, "vol", &data);
+    assert_eq!(hits, 0);
+    assert_eq!(again.new_chunks, first.new_chunks);
+    assert_eq!(read_all(&repo, "vol", Some(again.id)).unwrap(), data);
+    assert!(repo.verify().unwrap().damage.is_empty());
+    // The next day uses the window this ingest wrote.
+    let (_, hits) = ingest_counting(&repo, "vol", &san_day(5, 1));
+    assert!(hits > 0);
+}
+
+#[test]
+fn an_index_rebuild_drops_the_dedup_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::create(dir.path(), small_opts()).unwrap();
+    ingest(&repo, "vol", &san_day(7, 0));
+    assert!(dir.path().join("window").join("vol").exists());
+    drop(repo);
+    Repository::rebuild_index(dir.path()).unwrap();
+    assert!(!dir.path().join("window").exists());
+    let repo = Repository::open(dir.path()).unwrap();
+    let (_, hits) = ingest_counting(&repo, "vol", &san_day(7, 1));
+    assert_eq!(hits, 0);
+}

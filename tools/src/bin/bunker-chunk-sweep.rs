@@ -30,8 +30,8 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let spec = ImageSpec::new(args.seed, args.size);
-    println!("| avg chunk | chunks day 0 | day 1..{} stored / logical | stored total | reduction | index entries | index bytes | ingest GB/s |", args.days);
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| avg chunk | chunks day 0 | day 1..{} stored / logical | stored total | reduction | index entries | index bytes | index bytes per GiB stored | ingest GB/s | ingest CPU s per GB | restore GB/s |", args.days);
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for &avg in &args.avg {
         let dir = tempfile::tempdir()?;
         let opts = CreateOptions {
@@ -42,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         let mut day0_chunks = 0;
         let (mut later_new, mut later_logical) = (0u64, 0u64);
         let started = Instant::now();
+        let cpu_before = cpu_seconds()?;
         let mut logical = 0;
         for day in 0..=args.days {
             let image = Image::new(&spec, day);
@@ -60,19 +61,50 @@ fn main() -> anyhow::Result<()> {
             }
         }
         let secs = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds()? - cpu_before;
         repo.close()?;
         let stats = repo.stats()?;
+        // The last day read back whole, verified, into nothing.
+        let t = Instant::now();
+        let restored = std::io::copy(&mut repo.reader("vol", None, None)?, &mut std::io::sink())?;
+        let restore = restored as f64 / t.elapsed().as_secs_f64() / 1e9;
+        let index_bytes = dir_bytes(&dir.path().join("index"))?;
         println!(
-            "| {} KiB | {} | {:.2}% | {} MiB | {:.2}x | {} | {} KiB | {:.2} |",
+            "| {} KiB | {} | {:.2}% | {} MiB | {:.2}x | {} | {} KiB | {} KiB | {:.2} | {:.2} | {:.2} |",
             avg >> 10,
             day0_chunks,
             100.0 * later_new as f64 / later_logical.max(1) as f64,
             stats.stored_bytes >> 20,
             stats.reduction_ratio(),
             stats.chunks,
-            (stats.chunks * 56) >> 10,
+            index_bytes >> 10,
+            (index_bytes as f64 / (stats.stored_bytes as f64 / (1u64 << 30) as f64)) as u64 >> 10,
             logical as f64 / secs / 1e9,
+            cpu / (logical as f64 / 1e9),
+            restore,
         );
     }
     Ok(())
+}
+
+/// User plus system CPU time of this process so far (/proc/self/stat, at
+/// the usual 100 ticks per second).
+fn cpu_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("/proc/self/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(ticks as f64 / 100.0)
+}
+
+fn dir_bytes(dir: &std::path::Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir)? {
+        total += e?.metadata()?.len();
+    }
+    Ok(total)
 }

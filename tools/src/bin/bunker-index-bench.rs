@@ -4,6 +4,13 @@
 //! and the process's peak resident memory.
 //!
 //! `cargo run --release -p bunker-tools --bin bunker-index-bench -- --entries 50M`
+//!
+//! With `--reingest SIZE`, the index is a real repository's instead, and
+//! what is measured is ingest: a SAN-like image of SIZE (day 0, then the
+//! next day) is backed up twice under two names, and the next day is backed
+//! up again (every chunk known) with the index files dropped from the page
+//! cache first, through the index alone and then through the dedup window;
+//! the same in a small repository without the synthetic entries, warm.
 
 use std::time::Instant;
 
@@ -28,6 +35,17 @@ struct Args {
     /// Directory for the index (default: a temporary directory).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
+    /// Measure the re-ingest of a SAN-like image of this size against a
+    /// repository holding `--entries` synthetic entries (see above).
+    #[arg(long, value_parser = parse_size)]
+    reingest: Option<u64>,
+    /// With `--reingest` and `--dir`: measure again on the repositories an
+    /// earlier run left there (no fill, no setup backups).
+    #[arg(long)]
+    reuse: bool,
+    /// Average chunk size of the repositories `--reingest` creates.
+    #[arg(long, default_value = "256k", value_parser = parse_size)]
+    chunk_size: u64,
 }
 
 /// The n-th synthetic chunk id (uniform, like BLAKE3 output).
@@ -50,18 +68,13 @@ fn loc(n: u64) -> Location {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let tmp = tempfile::tempdir()?;
-    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().join("index"));
-    let index = Index::open(&dir, args.flush_at as usize).context("opening index")?;
-    let started = Instant::now();
-    let batch = BATCH;
+/// Adds `entries` synthetic entries (packs from 1 up) and flushes.
+fn fill(index: &Index, entries: u64) -> anyhow::Result<()> {
     let mut n = 0;
-    while n < args.entries {
-        let end = (n + batch).min(args.entries);
+    while n < entries {
+        let end = (n + BATCH).min(entries);
         index.add_sealed(
-            PackId(n / batch),
+            PackId(1 + n / BATCH),
             (n..end).map(|i| (id(i), loc(i))).collect(),
         );
         if index.needs_flush() {
@@ -70,6 +83,19 @@ fn main() -> anyhow::Result<()> {
         n = end;
     }
     index.flush()?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(size) = args.reingest {
+        return reingest(&args, size);
+    }
+    let tmp = tempfile::tempdir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().join("index"));
+    let index = Index::open(&dir, args.flush_at as usize).context("opening index")?;
+    let started = Instant::now();
+    fill(&index, args.entries)?;
     let insert_s = started.elapsed().as_secs_f64();
     let disk = dir_bytes(&dir)?;
     let (peak, now) = rss::peak_and_current();
@@ -155,6 +181,89 @@ fn drop_page_cache(dir: &std::path::Path) -> anyhow::Result<()> {
     for e in std::fs::read_dir(dir)? {
         let f = std::fs::File::open(e?.path())?;
         rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed)?;
+    }
+    Ok(())
+}
+
+/// `--reingest`: day 1 backed up again through the index and through the
+/// dedup window, in a repository of `--entries` synthetic entries with its
+/// index dropped from the page cache, and in a small warm one.
+fn reingest(args: &Args, size: u64) -> anyhow::Result<()> {
+    use bunker_store::{ChunkerParams, CreateOptions, IngestOptions, OpenOptions, Repository};
+    use bunker_testdata::image::{Image, ImageSpec};
+    let tmp = tempfile::tempdir()?;
+    let base = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let render = |day| -> anyhow::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(size as usize + (64 << 20));
+        Image::new(&ImageSpec::new(1, size), day).write_to(&mut out)?;
+        Ok(out)
+    };
+    let days = [render(0)?, render(1)?];
+    let chunker = ChunkerParams::with_avg(u32::try_from(args.chunk_size)?)?;
+    for (label, entries) in [("large", args.entries), ("small", 0)] {
+        let root = base.join(format!("repo-{label}"));
+        let create = CreateOptions {
+            chunker,
+            ..CreateOptions::default()
+        };
+        let reuse = args.reuse && root.join("config").exists();
+        if !reuse {
+            drop(Repository::create(&root, create).context("creating the repository")?);
+        }
+        if entries > 0 && !reuse {
+            let t = Instant::now();
+            let index = Index::open(&root.join("index"), args.flush_at as usize)?;
+            fill(&index, entries)?;
+            drop(index);
+            println!(
+                "{label}: {entries} synthetic entries in {:.0} s, index {} MiB on disk",
+                t.elapsed().as_secs_f64(),
+                dir_bytes(&root.join("index"))? >> 20
+            );
+        }
+        let open = |window: bool| {
+            Repository::open_with(
+                &root,
+                OpenOptions {
+                    dedup_window: window,
+                    ..OpenOptions::default()
+                },
+            )
+            .context("opening the repository")
+        };
+        if !reuse {
+            let repo = open(true)?;
+            for name in ["by-index", "by-window"] {
+                for day in &days {
+                    repo.ingest(name, &day[..], &IngestOptions::default(), &mut |_| {})?;
+                }
+            }
+        }
+        for (name, window) in [("by-index", false), ("by-window", true)] {
+            // Cold only for the large repository: the small one is the
+            // warm reference.
+            if entries > 0 {
+                drop_page_cache(&root.join("index"))?;
+            }
+            let repo = open(window)?;
+            let mut hits = 0;
+            let t = Instant::now();
+            let info = repo.ingest(name, &days[1][..], &IngestOptions::default(), &mut |p| {
+                hits = p.window_hits
+            })?;
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "{label:5} {name:9} {:.3} GB/s ({:.2} s for {} MB, {} chunks, {} new, {hits} window hits)",
+                info.size as f64 / secs / 1e9,
+                secs,
+                info.size / 1_000_000,
+                info.chunks,
+                info.new_chunks
+            );
+        }
+        if args.dir.is_none() {
+            std::fs::remove_dir_all(&root)?;
+        }
     }
     Ok(())
 }

@@ -36,6 +36,11 @@ pub struct Args {
     /// Seconds in-flight requests get after SIGTERM/SIGINT.
     #[arg(long)]
     grace_secs: Option<u64>,
+    /// Average chunk size of a new repository (64KiB to 1MiB, a power of
+    /// two; default 256KiB). An existing repository keeps its own: a
+    /// different value is refused.
+    #[arg(long, value_parser = bunker_testdata::image::parse_size)]
+    chunk_size: Option<u64>,
     #[command(flatten)]
     s3: super::settings::S3Args,
 }
@@ -64,6 +69,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(v) = args.grace_secs {
         config.grace_secs = v;
+    }
+    if let Some(v) = args.chunk_size {
+        config.chunk_size = Some(v);
     }
     // `bunker_server::StartError` names its cause in its message: `Error::msg`
     // keeps `{:#}` from printing the cause a second time.

@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod pack;
 pub mod space;
 pub mod tombstones;
+pub mod window;
 
 /// xxh3-64: the fast checksum used for torn-write and bit-rot detection of
 /// headers, records and file tails. Chunk contents are also BLAKE3-verified.

@@ -220,7 +220,9 @@ impl Index {
             .then(|| self.tombstones.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    fn is_buried(&self, id: &ChunkId, loc: &Location) -> bool {
+    /// Whether lookups must not hand out `loc` for `id` (a condemned pack,
+    /// a quarantined record).
+    pub(crate) fn is_buried(&self, id: &ChunkId, loc: &Location) -> bool {
         self.tombstones().is_some_and(|t| t.buries(id, loc))
     }
 

@@ -98,7 +98,7 @@ impl Repository {
             .map_err(|reason| Error::Invalid(format!("chunk {id}: {reason}")))?;
         self.check_chunk(id, &raw)?;
         let chunk = [(*id, &raw[..])];
-        let (new, pending) = self.store_encoded(&chunk, |raw| keep_frame(raw, frame), pins)?;
+        let (new, pending, _) = self.store_encoded(&chunk, |raw| keep_frame(raw, frame), pins)?;
         self.wait_for(pending, pins)?;
         Ok((raw.len() as u64, new.stored_bytes))
     }
@@ -140,6 +140,17 @@ impl Repository {
         chunks: &[(ChunkId, &[u8])],
         pins: &Pins,
     ) -> Result<(NewData, Vec<ChunkId>)> {
+        self.store_chunks_located(chunks, pins)
+            .map(|(new, pending, _)| (new, pending))
+    }
+
+    /// [`Repository::store_chunks`], also answering where each chunk is
+    /// (`None` for those another stream is storing).
+    pub(crate) fn store_chunks_located(
+        &self,
+        chunks: &[(ChunkId, &[u8])],
+        pins: &Pins,
+    ) -> Result<(NewData, Vec<ChunkId>, Vec<Option<Location>>)> {
         let level = self.inner.config.zstd_level;
         self.store_encoded(chunks, |raw| compress(raw, level), pins)
     }
@@ -152,23 +163,27 @@ impl Repository {
         chunks: &[(ChunkId, &'a [u8])],
         encode: impl Fn(&'a [u8]) -> Stored<'a> + Sync,
         pins: &Pins,
-    ) -> Result<(NewData, Vec<ChunkId>)> {
+    ) -> Result<(NewData, Vec<ChunkId>, Vec<Option<Location>>)> {
         use rayon::prelude::*;
         let inner = &*self.inner;
         let gate = self.gate_read();
         let mut mine = Vec::new();
         let mut pending = Vec::new();
         let mut known = Vec::new();
+        let mut found = vec![None; chunks.len()];
         for (i, (id, _)) in chunks.iter().enumerate() {
             match inner.index.reserve(id) {
                 Reservation::Mine => mine.push(i),
                 Reservation::Pending => pending.push(*id),
-                Reservation::Known(loc) => known.push(loc.pack),
+                Reservation::Known(loc) => {
+                    known.push(loc.pack);
+                    found[i] = Some(loc);
+                }
             }
         }
         pins.add(known);
         if mine.is_empty() {
-            return Ok((NewData::default(), pending));
+            return Ok((NewData::default(), pending, found));
         }
         let stored: Vec<_> = mine.par_iter().map(|&i| encode(chunks[i].1)).collect();
         let records: Vec<NewRecord<'_>> = mine
@@ -185,14 +200,15 @@ impl Repository {
             Ok((locations, sealed)) => {
                 pins.add(locations.iter().map(|l| l.pack));
                 let mut new = NewData::default();
-                for (r, loc) in records.iter().zip(&locations) {
+                for ((r, loc), &i) in records.iter().zip(&locations).zip(&mine) {
                     new.add(u64::from(loc.raw_len), u64::from(loc.stored_len));
                     inner.index.publish(&r.id, *loc);
+                    found[i] = Some(*loc);
                 }
                 // Pinned: an index flush (fsyncs) need not hold GC back.
                 drop(gate);
                 self.index_sealed(sealed);
-                Ok((new, pending))
+                Ok((new, pending, found))
             }
             Err(e) => {
                 for r in &records {

@@ -29,7 +29,10 @@ use bunker_chunk::{Chunker, ChunkerParams};
 
 pub(crate) use chunks::concurrent_writer_failed;
 pub use chunks::NewData;
-pub use open::{CreateOptions, OpenOptions, Recovery, DEFAULT_PACK_LEN};
+pub use open::{
+    chunker_for_size, CreateOptions, OpenOptions, Recovery, DEFAULT_PACK_LEN, MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
+};
 pub use remote::Remote;
 pub(crate) use remote::{blocks_key, manifest_key};
 
@@ -52,6 +55,8 @@ struct Inner {
     chunker: Chunker,
     packs: Packs,
     index: Index,
+    /// `OpenOptions::dedup_window`.
+    dedup_window: bool,
     next_snapshot: AtomicU64,
     /// Writers hold the read side from a lookup to the pin it produces; GC
     /// takes the write side to start protecting and to condemn (pins.rs).
@@ -157,6 +162,11 @@ impl Repository {
 
     pub(crate) fn chunker(&self) -> Chunker {
         self.inner.chunker
+    }
+
+    /// Whether ingests consult the dedup window (`crate::window`).
+    pub(crate) fn dedup_window(&self) -> bool {
+        self.inner.dedup_window
     }
 
     pub(crate) fn index(&self) -> &Index {

@@ -39,6 +39,29 @@ pub struct CreateOptions {
     pub pack_target_len: u64,
 }
 
+/// Bounds of the average chunk size an operator may choose for a new
+/// repository (`bunker serve --chunk-size`): below 64 KiB the index and
+/// manifests grow past 900 bytes per MiB of data, above 1 MiB next days
+/// store several times more (docs/OPERATIONS.md, "Chunk size").
+pub const MIN_CHUNK_SIZE: u32 = 64 << 10;
+pub const MAX_CHUNK_SIZE: u32 = 1 << 20;
+
+/// The chunker of a repository created with average chunks of `avg`
+/// bytes: a power of two in [`MIN_CHUNK_SIZE`]..=[`MAX_CHUNK_SIZE`], with
+/// chunks from a quarter to four times that. 256 KiB gives
+/// [`ChunkerParams::DEFAULT`].
+pub fn chunker_for_size(avg: u64) -> Result<ChunkerParams> {
+    let ok = u32::try_from(avg)
+        .ok()
+        .filter(|a| (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(a) && a.is_power_of_two());
+    let avg = ok.ok_or_else(|| {
+        Error::Invalid(format!(
+            "chunk size {avg} bytes: must be a power of two from 64 KiB (65536) to 1 MiB (1048576)"
+        ))
+    })?;
+    ChunkerParams::with_avg(avg).map_err(|e| Error::Invalid(e.to_string()))
+}
+
 /// Default pack length, 256 MiB: 100 TB of unique data is ~400 000 packs,
 /// which the two-level fan-out lists quickly; a pack is still a reasonable
 /// unit to rewrite in GC and to move to object storage.
@@ -64,6 +87,9 @@ pub struct OpenOptions {
     pub read_mode: ReadMode,
     /// Index entries kept in memory before they are flushed to runs.
     pub index_flush_at: usize,
+    /// Ingests look chunks up in the previous ingest of the same name
+    /// before the index (`crate::window`). Off only to measure the index.
+    pub dedup_window: bool,
 }
 
 impl Default for OpenOptions {
@@ -71,6 +97,7 @@ impl Default for OpenOptions {
         OpenOptions {
             read_mode: ReadMode::Pread,
             index_flush_at: 16 * 1024,
+            dedup_window: true,
         }
     }
 }
@@ -186,6 +213,9 @@ impl Repository {
         let backend = backend
             .unwrap_or_else(|| Box::new(LocalPacks::new(path.join("packs"), opts.read_mode)));
         let index_dir = path.join("index");
+        // A new index may hand out pack ids a window file still names (its
+        // covered ranges kept them from reuse): the windows go with it.
+        let mut drop_windows = !index_dir.join("state").exists();
         let index = match Index::open(&index_dir, opts.index_flush_at) {
             Ok(index) => index,
             // The index is a cache of the packs: a damaged one (torn, bit
@@ -194,6 +224,7 @@ impl Repository {
             Err(e @ (Error::Corrupt { .. } | Error::NotBunkerFile { .. })) => {
                 tracing::warn!("the index is damaged ({e}); rebuilding it from the packs");
                 recovery.index_rebuilt = Some(e.to_string());
+                drop_windows = true;
                 std::fs::remove_dir_all(&index_dir).at(&index_dir)?;
                 Index::open(&index_dir, opts.index_flush_at)?
             }
@@ -211,6 +242,10 @@ impl Repository {
             }
             Err(e) => return Err(e),
         };
+        let windows = crate::window::dir(path);
+        if drop_windows && windows.exists() {
+            std::fs::remove_dir_all(&windows).at(&windows)?;
+        }
         let tombstones = read_tombstones(path)?;
         finish_condemned(&*backend, &tombstones)?;
         index.set_tombstones(tombstones);
@@ -234,6 +269,7 @@ impl Repository {
                 chunker: Chunker::new(config.chunker),
                 packs: Packs::new(backend, config.repo_id, config.pack_target_len, next_pack),
                 index,
+                dedup_window: opts.dedup_window,
                 config,
                 next_snapshot: AtomicU64::new(next_snapshot),
                 gate: RwLock::new(()),

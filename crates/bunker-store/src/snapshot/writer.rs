@@ -8,6 +8,7 @@
 //! a pushed chunk lives in is pinned until then, so GC running beside it
 //! keeps them.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -16,9 +17,11 @@ use bunker_chunk::ChunkId;
 use super::manifest::ManifestWriter;
 use super::SnapshotInfo;
 use crate::format::manifest::{ManifestHeader, Origin, VERSION};
+use crate::format::window::WindowEntry;
 use crate::pins::Pins;
 use crate::repo::{concurrent_writer_failed, NewData};
-use crate::{durable, snapshot, Error, Repository, Result};
+use crate::window::{Window, WindowWriter};
+use crate::{durable, snapshot, Error, Location, Repository, Result};
 
 impl Repository {
     /// Starts a snapshot of `name` that the caller fills chunk by chunk
@@ -45,6 +48,12 @@ impl Repository {
             started: Instant::now(),
             blocks: None,
             origin: None,
+            window: None,
+            window_out: None,
+            stream_end: 0,
+            window_hits: 0,
+            live_packs: HashSet::new(),
+            dead_packs: HashSet::new(),
         })
     }
 
@@ -84,6 +93,16 @@ pub struct SnapshotWriter {
     blocks: Option<super::BlocksFile>,
     /// A copy's origin and the origin's creation time.
     origin: Option<(Origin, i64)>,
+    /// The previous ingest of this name, and this one's window file
+    /// (`crate::window`; only [`Repository::ingest`] uses them).
+    window: Option<Window>,
+    window_out: Option<WindowWriter>,
+    /// Bytes pushed by [`Self::push_data`] so far.
+    stream_end: u64,
+    window_hits: u64,
+    /// Packs a window location was checked in, alive (and pinned) or gone.
+    live_packs: HashSet<u64>,
+    dead_packs: HashSet<u64>,
 }
 
 /// What [`SnapshotWriter::commit_copy`] did.
@@ -141,34 +160,126 @@ impl SnapshotWriter {
         }
     }
 
+    /// Makes [`Self::push_data`] look chunks up in the previous ingest of
+    /// this name first (unless the repository was opened without the
+    /// window), and record this one's for the next.
+    pub(crate) fn use_window(&mut self) -> Result<()> {
+        let repo_id = self.repo.repo_id();
+        if self.repo.dedup_window() {
+            self.window = Window::open(self.repo.root(), &self.name, repo_id);
+        }
+        let tmp = self.repo.root().join("tmp").join(format!(
+            "{}-{}-{}.window.tmp",
+            self.name,
+            std::process::id(),
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        self.window_out = Some(WindowWriter::create(tmp, repo_id)?);
+        Ok(())
+    }
+
+    /// Chunks found through the dedup window so far.
+    pub fn window_hits(&self) -> u64 {
+        self.window_hits
+    }
+
     /// Adds chunks by content: stores those that are new. `zero` marks
     /// all-zero chunks, which are not stored.
     pub(crate) fn push_data(&mut self, chunks: &[(ChunkId, &[u8])], zero: &[bool]) -> Result<()> {
-        let to_store: Vec<(ChunkId, &[u8])> = chunks
-            .iter()
-            .zip(zero)
-            .filter(|(_, z)| !**z)
-            .map(|(c, _)| *c)
+        let mut ends = Vec::with_capacity(chunks.len());
+        for (_, data) in chunks {
+            self.stream_end += data.len() as u64;
+            ends.push(self.stream_end);
+        }
+        let mut found = self.window_lookup(chunks, zero, &ends);
+        let todo: Vec<usize> = (0..chunks.len())
+            .filter(|&i| !zero[i] && found[i].is_none())
             .collect();
-        let (new, pending) = self.repo.store_chunks(&to_store, &self.pins)?;
+        let to_store: Vec<(ChunkId, &[u8])> = todo.iter().map(|&i| chunks[i]).collect();
+        let (new, pending, stored) = self.repo.store_chunks_located(&to_store, &self.pins)?;
         self.new_chunks += new.chunks;
         self.new_bytes += new.stored_bytes;
         self.new_raw_bytes += new.raw_bytes;
+        for (&i, loc) in todo.iter().zip(stored) {
+            found[i] = loc;
+        }
         // Chunks another stream is storing right now: wait for them here,
         // while that stream's pins still cover them, and pin them too.
+        let mut waited = HashMap::new();
         for id in pending {
-            self.repo
+            let loc = self
+                .repo
                 .locate_pinned(&id, &self.pins)
                 .ok_or_else(|| concurrent_writer_failed(&id))?;
+            waited.insert(id, loc);
         }
-        for ((id, data), z) in chunks.iter().zip(zero) {
+        for (i, ((id, data), z)) in chunks.iter().zip(zero).enumerate() {
             if *z {
                 self.push_zero(data.len() as u64)?;
-            } else {
-                self.manifest.push(data.len() as u64, id)?;
+                continue;
+            }
+            self.manifest.push(data.len() as u64, id)?;
+            if let Some(out) = self.window_out.as_mut() {
+                if let Some(loc) = found[i].or_else(|| waited.get(id).copied()) {
+                    out.push(&WindowEntry {
+                        id: *id,
+                        loc,
+                        end: ends[i],
+                    })?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// The chunks the window answers for, with the same guarantee as an
+    /// index lookup: checked under the GC gate to be neither buried nor in
+    /// a pack that is gone, and their packs pinned (`crate::window`).
+    fn window_lookup(
+        &mut self,
+        chunks: &[(ChunkId, &[u8])],
+        zero: &[bool],
+        ends: &[u64],
+    ) -> Vec<Option<Location>> {
+        let mut found = vec![None; chunks.len()];
+        let Some(window) = self.window.as_mut() else {
+            return found;
+        };
+        let candidates: Vec<(usize, Location)> = chunks
+            .iter()
+            .enumerate()
+            .filter(|&(i, (_, data))| !zero[i] && !data.is_empty())
+            .filter_map(|(i, (id, data))| {
+                window
+                    .find(id, ends[i])
+                    .filter(|loc| loc.raw_len as usize == data.len())
+                    .map(|loc| (i, loc))
+            })
+            .collect();
+        if candidates.is_empty() {
+            return found;
+        }
+        let _gate = self.repo.gate_read();
+        for (i, loc) in candidates {
+            if self.repo.index().is_buried(&chunks[i].0, &loc) {
+                continue;
+            }
+            let pack = loc.pack.0;
+            if !self.live_packs.contains(&pack) {
+                if self.dead_packs.contains(&pack) {
+                    continue;
+                }
+                if self.repo.packs().backend().pack_len(loc.pack).is_err() {
+                    self.dead_packs.insert(pack);
+                    continue;
+                }
+                self.pins.add([loc.pack]);
+                self.live_packs.insert(pack);
+            }
+            found[i] = Some(loc);
+            self.window_hits += 1;
+        }
+        found
     }
 
     /// When the backup began (default: when the writer was created); the
@@ -343,6 +454,12 @@ impl SnapshotWriter {
         // 6. Rename into place, sync the directory: the snapshot is listed.
         manifest.publish(&dest)?;
         self.pins.committed();
+        if let Some(out) = self.window_out {
+            // A cache: without it the next ingest uses the index.
+            if let Err(e) = out.publish(self.repo.root(), &self.name) {
+                tracing::warn!(name = %self.name, "keeping the dedup window: {e}");
+            }
+        }
         // 7. Acknowledge. Index entries were queued when the pack was
         //    sealed (step 3) and are flushed by `index_sealed` when due:
         //    the index is a cache.
