@@ -9,7 +9,7 @@
 set -euo pipefail
 size=${1:-1G}
 root=$(cd "$(dirname "$0")/.." && pwd)
-cargo build --release -q -p bunker-cli -p bunker-tools --manifest-path "$root/Cargo.toml"
+cargo build --release -q --manifest-path "$root/Cargo.toml" --workspace --all-targets # as tools/bench
 bin=${CARGO_TARGET_DIR:-$root/target}/release
 work=$(mktemp -d)
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT

@@ -7,7 +7,7 @@
 set -euo pipefail
 size=${1:-4G}
 root=$(cd "$(dirname "$0")/.." && pwd)
-cargo build --release -q -p bunker-cli -p bunker-tools --manifest-path "$root/Cargo.toml"
+cargo build --release -q --manifest-path "$root/Cargo.toml" --workspace --all-targets # as tools/bench
 bin=$root/target/release
 work=$(mktemp -d)
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
