@@ -5,31 +5,14 @@
 //! malformed map is a usage error naming the line.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use bunker_testdata::image::{Image, ImageSpec};
 use bunker_tests::server::Server;
 
+use crate::{bunker, ok_json};
+
 const BIN: &str = env!("CARGO_BIN_EXE_bunker-e2e");
-
-fn bunker(server: &Server, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("BUNKER_SERVER", &server.url)
-        .env("BUNKER_TOKEN", &server.admin)
-        .output()
-        .expect("run bunker")
-}
-
-fn ok_json(o: &Output) -> serde_json::Value {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).expect("JSON output")
-}
 
 fn manifest(server: &Server, name: &str, id: u64) -> Vec<u8> {
     ureq::get(format!("{}/v1/snapshots/{name}/{id}/manifest", server.url))

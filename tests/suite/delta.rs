@@ -7,23 +7,16 @@
 //! before it and the old bytes from it on.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use bunker_testdata::image::{Image, ImageSpec};
 use bunker_tests::server::Server;
 
 use crate::restore::loop_device;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bunker-e2e");
+use crate::bunker;
 
-fn bunker(server: &Server, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("BUNKER_SERVER", &server.url)
-        .env("BUNKER_TOKEN", &server.admin)
-        .output()
-        .expect("run bunker")
-}
+const BIN: &str = env!("CARGO_BIN_EXE_bunker-e2e");
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()

@@ -34,3 +34,29 @@ mod tls;
 mod upgrade;
 
 pub use bunker_tests::{scaled, seed};
+
+use std::process::{Command, Output};
+
+use bunker_tests::server::Server;
+
+/// Runs the `bunker` program against `server` as its admin.
+pub(crate) fn bunker(server: &Server, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bunker-e2e"))
+        .args(args)
+        .env("BUNKER_SERVER", &server.url)
+        .env("BUNKER_TOKEN", &server.admin)
+        .output()
+        .expect("run bunker")
+}
+
+/// The JSON a successful `bunker --json` printed; fails the test on any
+/// other exit, with its stderr.
+pub(crate) fn ok_json(o: &Output) -> serde_json::Value {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("JSON output")
+}

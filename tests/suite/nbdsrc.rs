@@ -11,12 +11,13 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use bunker_testdata::image::{Image, ImageSpec};
 use bunker_tests::server::Server;
 
 use super::nbd::{have, ok, run};
+
+use crate::{bunker, ok_json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bunker-e2e");
 
@@ -78,25 +79,6 @@ impl Drop for QemuNbd {
         }
         panic!("qemu-nbd {} did not exit after SIGTERM", self.pid);
     }
-}
-
-fn bunker(server: &Server, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("BUNKER_SERVER", &server.url)
-        .env("BUNKER_TOKEN", &server.admin)
-        .output()
-        .expect("run bunker")
-}
-
-fn ok_json(o: &Output) -> serde_json::Value {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).expect("JSON output")
 }
 
 fn manifest(server: &Server, name: &str, id: &serde_json::Value) -> Vec<u8> {
