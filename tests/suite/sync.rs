@@ -303,6 +303,29 @@ fn a_scoped_writer_copies_only_its_names() {
     assert_eq!(client(&b.url, &b.admin).list(None).unwrap().len(), 1);
 }
 
+/// A target created with smaller chunks than the source cuts would refuse
+/// every larger chunk mid-copy: the sync says so before copying anything.
+#[test]
+fn a_target_with_smaller_chunks_is_refused_before_anything_is_copied() {
+    let dir = bunker_tests::scratch();
+    let a = Server::start(BIN, &dir.path().join("a"), &[]);
+    let b = Server::start(BIN, &dir.path().join("b"), &["--chunk-size", "64KiB"]);
+    backup(&client(&a.url, &a.admin), "db", &image("db", 0));
+    token(&a, "reader", None, dir.path(), "a.reader");
+    token(&b, "writer", None, dir.path(), "b.writer");
+    let (ra, wb) = (dir.path().join("a.reader"), dir.path().join("b.writer"));
+    let out = sync(&a.url, &ra, &b.url, &wb, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("at most 262144 bytes")
+            && err.contains("1048576")
+            && err.contains("--chunk-size"),
+        "{err}"
+    );
+    assert!(client(&b.url, &b.admin).list(None).unwrap().is_empty());
+}
+
 /// What the fake source serves: `/v1/info`, `/v1/snapshots`, manifests and
 /// chunks by path; anything else is 404.
 fn fake_source(routes: HashMap<String, Vec<u8>>) -> String {

@@ -216,6 +216,10 @@ impl Target for LocalTarget<'_> {
             .collect())
     }
 
+    fn max_chunk(&self) -> Result<u64, TargetError> {
+        Ok(u64::from(self.state.repo.chunker_params().max_len))
+    }
+
     fn begin(&self, name: &str, source: &str, origin: &Origin) -> Result<String, TargetError> {
         let st = self.state;
         st.accepting().map_err(refused)?;

@@ -142,6 +142,15 @@ pub fn sync(
     let started = Instant::now();
     let info = source.info()?;
     let max_chunk = u64::from(info.chunker.max_bytes);
+    let target_max = target.max_chunk().map_err(|e| SyncError::Target {
+        message: e.to_string(),
+    })?;
+    if target_max < max_chunk {
+        return Err(SyncError::ChunkSize {
+            source_max: max_chunk,
+            target_max,
+        });
+    }
     let (todo, mut report) = plan(source, target, filter, &info.repository_id)?;
     report.source = source.server().to_string();
     let totals = Totals::default();

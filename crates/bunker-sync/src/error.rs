@@ -37,6 +37,15 @@ pub enum SyncError {
     /// still missing).
     #[error("target: {message}")]
     Target { message: String },
+    /// The target's repository was created with smaller chunks than the
+    /// source cuts: it would refuse every larger chunk, so nothing is
+    /// copied.
+    #[error(
+        "the target stores chunks of at most {target_max} bytes and the source's reach \
+         {source_max}: replicate into a repository created with the same chunk size \
+         (bunker serve --chunk-size)"
+    )]
+    ChunkSize { source_max: u64, target_max: u64 },
     /// Displays `what`; the cause is the error's source.
     #[error("{what}")]
     Io {

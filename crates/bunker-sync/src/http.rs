@@ -40,6 +40,11 @@ impl Target for HttpTarget {
         self.client.list(None).map_err(classify)
     }
 
+    fn max_chunk(&self) -> Result<u64, TargetError> {
+        let info = self.client.info().map_err(classify)?;
+        Ok(u64::from(info.chunker.max_bytes))
+    }
+
     fn begin(&self, name: &str, source: &str, origin: &Origin) -> Result<String, TargetError> {
         let s = self
             .client

@@ -52,6 +52,9 @@ pub trait Target: Sync {
     /// The target's snapshots, or those the caller may see: the engine
     /// skips a source snapshot whose origin is among theirs.
     fn snapshots(&self) -> Result<Vec<Snapshot>, TargetError>;
+    /// The largest chunk the target's repository stores (its chunker's
+    /// `max_len`): a source cutting larger ones cannot be copied there.
+    fn max_chunk(&self) -> Result<u64, TargetError>;
     /// Opens a session for a copy of `origin` named `name`; returns its id.
     fn begin(&self, name: &str, source: &str, origin: &Origin) -> Result<String, TargetError>;
     /// Which of `ids` the target lacks, in order.
