@@ -10,19 +10,9 @@ use std::process::Command;
 use bunker_testdata::image::{Image, ImageSpec};
 use bunker_tests::server::Server;
 
-use crate::{bunker, ok_json};
+use crate::{bunker, manifest, ok_json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bunker-e2e");
-
-fn manifest(server: &Server, name: &str, id: u64) -> Vec<u8> {
-    ureq::get(format!("{}/v1/snapshots/{name}/{id}/manifest", server.url))
-        .header("authorization", format!("Bearer {}", server.admin))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_vec()
-        .unwrap()
-}
 
 /// Writes `map` as `rbd diff` plain output.
 fn write_map(path: &Path, map: &[(u64, u64, bool)]) {

@@ -49,6 +49,17 @@ pub(crate) fn bunker(server: &Server, args: &[&str]) -> Output {
         .expect("run bunker")
 }
 
+/// The raw manifest of `name@id` (40-byte entries), as the admin reads it.
+pub(crate) fn manifest(server: &Server, name: &str, id: impl std::fmt::Display) -> Vec<u8> {
+    ureq::get(format!("{}/v1/snapshots/{name}/{id}/manifest", server.url))
+        .header("authorization", format!("Bearer {}", server.admin))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_vec()
+        .unwrap()
+}
+
 /// The JSON a successful `bunker --json` printed; fails the test on any
 /// other exit, with its stderr.
 pub(crate) fn ok_json(o: &Output) -> serde_json::Value {

@@ -17,7 +17,7 @@ use bunker_tests::server::Server;
 
 use super::nbd::{have, ok, run};
 
-use crate::{bunker, ok_json};
+use crate::{bunker, manifest, ok_json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bunker-e2e");
 
@@ -79,16 +79,6 @@ impl Drop for QemuNbd {
         }
         panic!("qemu-nbd {} did not exit after SIGTERM", self.pid);
     }
-}
-
-fn manifest(server: &Server, name: &str, id: &serde_json::Value) -> Vec<u8> {
-    ureq::get(format!("{}/v1/snapshots/{name}/{id}/manifest", server.url))
-        .header("authorization", format!("Bearer {}", server.admin))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_vec()
-        .unwrap()
 }
 
 #[test]
