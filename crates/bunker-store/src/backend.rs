@@ -371,10 +371,12 @@ impl PackBackend for LocalPacks {
     }
 
     fn delete(&self, pack: PackId) -> Result<()> {
-        self.maps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&pack);
+        // Under the cache's lock (which `opened` holds while it opens): no
+        // reader can open the file between dropping its entry and the
+        // unlink and cache a handle that would make the deleted pack look
+        // present to `pack_len` (the dedup window's liveness check).
+        let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        maps.remove(&pack);
         durable::remove_file(&self.sealed_path(pack))
     }
 
