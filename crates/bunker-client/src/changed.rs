@@ -29,7 +29,7 @@ use bunker_chunk::seams::Span;
 use bunker_chunk::ChunkId;
 
 use crate::backup::{BackupOptions, BackupProgress, Sending, Upload};
-use crate::new_blocks::{NewBlocks, SLACK};
+use crate::new_blocks::{slack, NewBlocks};
 use crate::{Client, Error, Result};
 
 /// Changed chunks gathered before one `missing` query and their uploads.
@@ -152,12 +152,13 @@ impl Client {
         let base_entries = base_entries(manifest, base)?;
         let mut digest = NewBlocks::new(blocks, map, base, size)?;
         let mut digest_failed: Option<Error> = None;
+        let behind = slack(u64::from(chunker.params().max_len));
         // The walk's reads also feed the block hashes, which hash a block
         // once the walk is past it.
         let mut reading = |offset: u64, buf: &mut [u8]| -> std::io::Result<()> {
             source(offset, buf)?;
             digest.seen(offset, buf);
-            if let Err(e) = digest.advance(offset.saturating_sub(SLACK), source) {
+            if let Err(e) = digest.advance(offset.saturating_sub(behind), source) {
                 let text = e.to_string();
                 digest_failed = Some(e);
                 return Err(std::io::Error::other(text));

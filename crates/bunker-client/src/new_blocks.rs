@@ -6,8 +6,8 @@
 //! read from the source, so no byte of a changed block is read twice.
 //!
 //! Memory: the blocks the walk has bytes of and that are not yet hashed,
-//! a few MiB behind its read position ([`SLACK`]); nothing grows with the
-//! volume.
+//! up to [`slack`] behind its read position (3 MiB at the default chunk
+//! size); nothing grows with the volume.
 
 use std::collections::VecDeque;
 use std::io::BufWriter;
@@ -15,15 +15,18 @@ use std::io::BufWriter;
 use bunker_api::Snapshot;
 use bunker_changes::{ChangeMap, Kind};
 use bunker_chunk::blocks_file::{BlocksEncoder, DEFAULT_BLOCK_LEN};
-use bunker_chunk::digest::{block_cv, tail_cv, tail_start, TreeStack};
+use bunker_chunk::digest::{block_cv, full_blocks, tail_cv, tail_start, TreeStack};
 
 use crate::changed::{read_blocks, Cvs, Source};
 use crate::{Error, Result};
 
 /// How far behind the latest read a block stays open for more bytes: the
-/// walk reads ahead of its position by less than a chunk and a read, and
-/// reads reused chunks back (samples) from its position.
-pub(crate) const SLACK: u64 = 4 << 20;
+/// walk reads ahead of its position by less than a chunk (`max_len`) and
+/// a read (256 KiB), and reads reused chunks back (samples) from its
+/// position, so a block further behind is never read again.
+pub(crate) fn slack(max_len: u64) -> u64 {
+    2 * max_len + (1 << 20)
+}
 
 /// A block that must be hashed from the source, with the ranges of it the
 /// walk has read so far.
@@ -85,7 +88,7 @@ impl<'m> NewBlocks<'m> {
             file,
             tree: TreeStack::new(),
             next: 0,
-            whole: if size <= block { 0 } else { size / block },
+            whole: full_blocks(size, block),
             open: VecDeque::new(),
             read: 0,
         })
@@ -164,8 +167,7 @@ impl<'m> NewBlocks<'m> {
         source: &mut Source<'_>,
     ) -> Result<(blake3::Hash, tempfile::NamedTempFile, u64)> {
         if self.whole == 0 {
-            let mut all = self.take(0, source)?;
-            all.truncate(self.size as usize);
+            let all = self.take(0, source)?;
             self.encoder
                 .finish(self.block, self.size, None)
                 .map_err(io)?;

@@ -34,13 +34,10 @@ pub struct Changed {
 /// An open export with its maps.
 pub struct Remote {
     conn: Connection,
-    url: Url,
     /// Runs that read as zeros, sorted and disjoint: (offset, len).
     zeros: Vec<(u64, u64)>,
     /// Runs the dirty bitmap marks, sorted and disjoint.
     dirty: Option<Vec<(u64, u64)>>,
-    /// Bytes that read as zeros and were not transferred.
-    bytes_skipped: u64,
 }
 
 impl Remote {
@@ -78,10 +75,8 @@ impl Remote {
         }
         Ok(Remote {
             conn,
-            url: url.clone(),
             zeros: merge(zeros),
             dirty: dirty.map(merge),
-            bytes_skipped: 0,
         })
     }
 
@@ -89,24 +84,9 @@ impl Remote {
         self.conn.size()
     }
 
-    pub fn url(&self) -> &Url {
-        &self.url
-    }
-
     /// Bytes of data transferred by reads so far.
     pub fn bytes_received(&self) -> u64 {
         self.conn.bytes_received()
-    }
-
-    /// Bytes read as zeros without transfer so far (holes the allocation
-    /// map reported, and hole chunks in read replies are not counted).
-    pub fn bytes_skipped(&self) -> u64 {
-        self.bytes_skipped
-    }
-
-    /// Bytes that read as zeros according to `base:allocation`.
-    pub fn zero_bytes(&self) -> u64 {
-        self.zeros.iter().map(|z| z.1).sum()
     }
 
     /// The dirty bitmap's extents, split where they read as zeros; `None`
@@ -158,7 +138,6 @@ impl Remote {
                 self.conn.read_at(at, &mut buf[range])?;
             }
             buf[(zs - offset) as usize..(ze - offset) as usize].fill(0);
-            self.bytes_skipped += ze - zs;
             at = ze;
         }
         if at < end {
