@@ -107,18 +107,55 @@ pub fn stitch(chunker: &Chunker, data: &[u8], eof: bool, segments: Vec<SegmentCu
 /// than four maximum chunks) and stitched.
 #[cfg(feature = "rayon")]
 pub fn cuts_parallel(chunker: &Chunker, data: &[u8], eof: bool) -> Vec<Cut> {
+    cuts_timed(chunker, data, eof, &Clock::NONE)
+}
+
+/// A thread CPU clock (nanoseconds) and where [`chunk_parallel_timed`]
+/// adds what each task spent: the caller's, so this crate stays free of
+/// system calls.
+pub struct Clock<'a> {
+    pub now: fn() -> u64,
+    pub scan: &'a std::sync::atomic::AtomicU64,
+    pub hash: &'a std::sync::atomic::AtomicU64,
+}
+
+static UNUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Clock<'static> {
+    /// No timing.
+    pub const NONE: Clock<'static> = Clock {
+        now: || 0,
+        scan: &UNUSED,
+        hash: &UNUSED,
+    };
+}
+
+impl Clock<'_> {
+    fn time<T>(&self, to: &std::sync::atomic::AtomicU64, f: impl FnOnce() -> T) -> T {
+        let t0 = (self.now)();
+        let r = f();
+        to.fetch_add(
+            (self.now)().saturating_sub(t0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        r
+    }
+}
+
+#[cfg(feature = "rayon")]
+fn cuts_timed(chunker: &Chunker, data: &[u8], eof: bool, clock: &Clock<'_>) -> Vec<Cut> {
     use rayon::prelude::*;
     let threads = rayon::current_num_threads();
     let min_segment = 4 * chunker.params().max_len as usize;
     let starts = split(data.len(), threads * 2, min_segment);
     if starts.len() <= 1 {
-        return chunker.cuts(data, eof);
+        return clock.time(clock.scan, || chunker.cuts(data, eof));
     }
     let scans: Vec<SegmentCuts> = (0..starts.len())
         .into_par_iter()
-        .map(|i| scan(chunker, data, &starts, i, eof))
+        .map(|i| clock.time(clock.scan, || scan(chunker, data, &starts, i, eof)))
         .collect();
-    stitch(chunker, data, eof, scans)
+    clock.time(clock.scan, || stitch(chunker, data, eof, scans))
 }
 
 /// One chunk of a buffer: bytes `start..end`, its id ([`ChunkId::ZERO`]
@@ -135,8 +172,20 @@ pub struct Span {
 /// chunks in parallel: what ingest and client-side dedup do with each block.
 #[cfg(feature = "rayon")]
 pub fn chunk_parallel(chunker: &Chunker, data: &[u8], eof: bool) -> Vec<Span> {
+    chunk_parallel_timed(chunker, data, eof, &Clock::NONE)
+}
+
+/// [`chunk_parallel`], adding each task's time to `clock.scan` (finding
+/// the cuts) or `clock.hash` (the chunks' BLAKE3).
+#[cfg(feature = "rayon")]
+pub fn chunk_parallel_timed(
+    chunker: &Chunker,
+    data: &[u8],
+    eof: bool,
+    clock: &Clock<'_>,
+) -> Vec<Span> {
     use rayon::prelude::*;
-    let cuts = cuts_parallel(chunker, data, eof);
+    let cuts = cuts_timed(chunker, data, eof, clock);
     let starts = std::iter::once(0).chain(cuts.iter().map(|c| c.end));
     let bounds: Vec<(usize, Cut)> = starts.zip(cuts.iter().copied()).collect();
     bounds
@@ -148,7 +197,7 @@ pub fn chunk_parallel(chunker: &Chunker, data: &[u8], eof: bool) -> Vec<Span> {
             id: if c.zero {
                 ChunkId::ZERO
             } else {
-                ChunkId::of(&data[start..c.end])
+                clock.time(clock.hash, || ChunkId::of(&data[start..c.end]))
             },
         })
         .collect()

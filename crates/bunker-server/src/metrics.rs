@@ -95,6 +95,17 @@ impl Metrics {
             "Chunks added to packs.",
             self.chunks_stored.load(Ordering::Relaxed),
         );
+        let _ = writeln!(
+            out,
+            "# HELP bunker_ingest_cpu_seconds_total Thread CPU time of raw ingests by stage (bunker_store::cpu).\n# TYPE bunker_ingest_cpu_seconds_total counter"
+        );
+        for (stage, secs) in bunker_store::cpu::ingest_cpu() {
+            let _ = writeln!(
+                out,
+                "bunker_ingest_cpu_seconds_total{{stage=\"{}\"}} {secs:.6}",
+                stage.name()
+            );
+        }
         counter(
             &mut out,
             "bunker_restore_bytes_total",

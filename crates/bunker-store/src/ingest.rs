@@ -22,6 +22,7 @@ use bunker_chunk::digest::BlockHasher;
 use bunker_chunk::{seams, ChunkId, Chunker};
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use crate::cpu::{self, Stage};
 use crate::snapshot::{BlocksFile, BlocksWriter, SnapshotWriter};
 use crate::{Error, Repository, Result, SnapshotInfo};
 
@@ -117,7 +118,9 @@ impl Repository {
         });
         let (stream_hash, blocks) = result?;
         writer.set_blocks(blocks);
-        let info = writer.commit(*stream_hash.as_bytes(), opts.expected_hash)?;
+        let info = cpu::timed(Stage::Commit, || {
+            writer.commit(*stream_hash.as_bytes(), opts.expected_hash)
+        })?;
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "ingest done");
         Ok(info)
     }
@@ -139,11 +142,16 @@ fn read_blocks(
     let mut hasher = BlockHasher::new(block_len);
     let mut written = Ok(());
     while let Ok(mut buf) = free_rx.recv() {
-        let block = fill(&mut source, &mut buf, max, max + BLOCK_LEN).map(|(filled, eof)| {
-            hasher.update(&buf[max..max + filled], |_, cv| {
-                if written.is_ok() {
-                    written = blocks.push(&cv);
-                }
+        let block = cpu::timed(Stage::Receive, || {
+            fill(&mut source, &mut buf, max, max + BLOCK_LEN)
+        })
+        .map(|(filled, eof)| {
+            cpu::timed(Stage::StreamHash, || {
+                hasher.update(&buf[max..max + filled], |_, cv| {
+                    if written.is_ok() {
+                        written = blocks.push(&cv);
+                    }
+                })
             });
             Block { buf, filled, eof }
         });
@@ -178,7 +186,7 @@ fn cut_blocks(
                 let start = max - carry.len();
                 buf[start..max].copy_from_slice(&carry);
                 let data = &buf[start..max + filled];
-                let spans = seams::chunk_parallel(chunker, data, eof);
+                let spans = seams::chunk_parallel_timed(chunker, data, eof, &cpu::CHUNKING);
                 let at = spans.last().map_or(0, |s| s.end);
                 carry.clear();
                 carry.extend_from_slice(&data[at..]);

@@ -12,6 +12,7 @@ use bunker_chunk::ChunkId;
 
 use super::Repository;
 use crate::compress::{compress, decompress, decompress_frame, keep_frame, Stored};
+use crate::cpu::{self, Stage};
 use crate::index::Reservation;
 use crate::pack::{NewRecord, SealedPack};
 use crate::pins::Pins;
@@ -171,6 +172,7 @@ impl Repository {
         let mut pending = Vec::new();
         let mut known = Vec::new();
         let mut found = vec![None; chunks.len()];
+        let t0 = cpu::thread_ns();
         for (i, (id, _)) in chunks.iter().enumerate() {
             match inner.index.reserve(id) {
                 Reservation::Mine => mine.push(i),
@@ -182,10 +184,15 @@ impl Repository {
             }
         }
         pins.add(known);
+        cpu::add(Stage::Lookup, cpu::thread_ns().saturating_sub(t0));
         if mine.is_empty() {
             return Ok((NewData::default(), pending, found));
         }
-        let stored: Vec<_> = mine.par_iter().map(|&i| encode(chunks[i].1)).collect();
+        let stored: Vec<_> = mine
+            .par_iter()
+            .map(|&i| cpu::timed(Stage::Compress, || encode(chunks[i].1)))
+            .collect();
+        let t0 = cpu::thread_ns();
         let records: Vec<NewRecord<'_>> = mine
             .iter()
             .zip(&stored)
@@ -208,6 +215,7 @@ impl Repository {
                 // Pinned: an index flush (fsyncs) need not hold GC back.
                 drop(gate);
                 self.index_sealed(sealed);
+                cpu::add(Stage::Append, cpu::thread_ns().saturating_sub(t0));
                 Ok((new, pending, found))
             }
             Err(e) => {

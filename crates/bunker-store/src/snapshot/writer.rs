@@ -16,6 +16,7 @@ use bunker_chunk::ChunkId;
 
 use super::manifest::ManifestWriter;
 use super::SnapshotInfo;
+use crate::cpu::{self, Stage};
 use crate::format::manifest::{ManifestHeader, Origin, VERSION};
 use crate::format::window::WindowEntry;
 use crate::pins::Pins;
@@ -191,7 +192,7 @@ impl SnapshotWriter {
             self.stream_end += data.len() as u64;
             ends.push(self.stream_end);
         }
-        let mut found = self.window_lookup(chunks, zero, &ends);
+        let mut found = cpu::timed(Stage::Lookup, || self.window_lookup(chunks, zero, &ends));
         let todo: Vec<usize> = (0..chunks.len())
             .filter(|&i| !zero[i] && found[i].is_none())
             .collect();
@@ -213,6 +214,7 @@ impl SnapshotWriter {
                 .ok_or_else(|| concurrent_writer_failed(&id))?;
             waited.insert(id, loc);
         }
+        let t0 = cpu::thread_ns();
         for (i, ((id, data), z)) in chunks.iter().zip(zero).enumerate() {
             if *z {
                 self.push_zero(data.len() as u64)?;
@@ -229,6 +231,7 @@ impl SnapshotWriter {
                 }
             }
         }
+        cpu::add(Stage::Manifest, cpu::thread_ns().saturating_sub(t0));
         Ok(())
     }
 

@@ -66,6 +66,11 @@ struct Args {
     /// [default size 1G, days 2].
     #[arg(long)]
     sync: bool,
+    /// Back up these image files (day 0, then the next days, comma
+    /// separated) instead of generating SAN-like ones; `--size`, `--days`
+    /// and `--seed` are then ignored. `tools/ext4-image` makes ext4 ones.
+    #[arg(long, value_delimiter = ',')]
+    images: Vec<PathBuf>,
     /// Working directory (default: a temporary directory under target/).
     #[arg(long)]
     work: Option<PathBuf>,
@@ -181,6 +186,24 @@ impl Server {
         Ok(r.body_mut().read_json()?)
     }
 
+    /// `bunker_ingest_cpu_seconds_total` by stage, from `GET /metrics`.
+    fn stage_cpu(&self, agent: &ureq::Agent) -> anyhow::Result<Vec<(String, f64)>> {
+        let text = agent
+            .get(&format!("{}/metrics", self.url))
+            .header("authorization", &format!("Bearer {}", self.token))
+            .call()?
+            .body_mut()
+            .read_to_string()?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.strip_prefix("bunker_ingest_cpu_seconds_total{stage=\""))
+            .filter_map(|l| {
+                let (stage, v) = l.split_once("\"} ")?;
+                Some((stage.to_string(), v.trim().parse().ok()?))
+            })
+            .collect())
+    }
+
     fn stop(mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -196,6 +219,9 @@ struct Run {
     ingest_s: Vec<f64>,
     /// CPU seconds (user + system) the server spent on each day's upload.
     server_cpu_s: Vec<f64>,
+    /// Of that, thread CPU seconds per ingest stage (raw HTTP run only:
+    /// the chunk protocol's path is not timed by stage).
+    stage_cpu_s: Vec<Vec<(String, f64)>>,
     stored_after: Vec<u64>,
     restore_s: Option<f64>,
     drill_s: Option<f64>,
@@ -235,8 +261,12 @@ fn main() -> anyhow::Result<()> {
         false => (args.size.unwrap_or(4 << 30), args.days.unwrap_or(3)),
     };
     let spec = ImageSpec::new(args.seed, size);
-    let mut images = Vec::new();
-    for day in 0..=days {
+    let mut images = args.images.clone();
+    let days = match images.len() {
+        0 => days,
+        n => n as u32 - 1,
+    };
+    for day in (0..=days).filter(|_| args.images.is_empty()) {
         let path = work.join(format!("day{day}.img"));
         let mut f = std::io::BufWriter::with_capacity(4 << 20, File::create(&path)?);
         Image::new(&spec, day).write_to(&mut f)?;
@@ -524,8 +554,22 @@ fn ingest_days(
 ) -> anyhow::Result<()> {
     for img in images {
         let cpu = cpu_secs(server.child.id());
+        let stages = server.stage_cpu(agent)?;
         run.ingest_s.push(upload(img)?);
         run.server_cpu_s.push(cpu_secs(server.child.id()) - cpu);
+        let after = server.stage_cpu(agent)?;
+        run.stage_cpu_s.push(
+            after
+                .into_iter()
+                .map(|(stage, v)| {
+                    let before = stages
+                        .iter()
+                        .find(|(s, _)| *s == stage)
+                        .map_or(0.0, |b| b.1);
+                    (stage, v - before)
+                })
+                .collect(),
+        );
         run.stored_after
             .push(server.stats(agent)?["stored_bytes"].as_u64().unwrap_or(0));
         after_day()?;
@@ -657,9 +701,13 @@ fn print_table(
     let peer = |r: Option<&Run>, f: &dyn Fn(&Run) -> String| r.map_or("-".to_string(), f);
     let rate = |s: &[u64], r: &Run, i: usize| format!("{:.2} GB/s", gbps(s[i], r.ingest_s[i]));
     let last = sizes.len() - 1;
+    let what = match args.images.first() {
+        Some(p) => format!("image {}", p.display()),
+        None => format!("SAN-like image (seed {})", args.seed),
+    };
     println!(
-        "bunker benchmark: SAN-like image {} bytes (seed {}), day 0 + {} next days; 2-core machine limits measured in the same run\n",
-        sizes[0], args.seed, days
+        "bunker benchmark: {what}, {} bytes, day 0 + {days} next days; 2-core machine limits measured in the same run\n",
+        sizes[0]
     );
     let raw_via = if raw.via_curl { "curl" } else { "ureq" };
     println!(
@@ -784,6 +832,45 @@ fn print_table(
         both(cli.rss_server)
     );
     println!("| peak RSS, client | | {} | | | | |", rss(cli.rss_client));
+    print_stages(sizes, raw);
+}
+
+/// The raw HTTP run's server CPU per GB by ingest stage and day; "other"
+/// is the process's CPU time no stage covers (HTTP, the kernel's socket
+/// copies, scheduling, allocation).
+fn print_stages(sizes: &[u64], raw: &Run) {
+    if raw.stage_cpu_s.iter().all(|d| d.is_empty()) {
+        return;
+    }
+    let days = raw.stage_cpu_s.len().min(sizes.len());
+    println!("\nserver CPU per GB by stage, raw HTTP run (core-seconds per GB; bunker_ingest_cpu_seconds_total)\n");
+    let head: Vec<String> = (0..days).map(|i| format!("day {i}")).collect();
+    println!("| stage | {} |", head.join(" | "));
+    println!("|---|{}", "---|".repeat(days));
+    let gb = |i: usize| sizes[i] as f64 / 1e9;
+    for (k, (stage, _)) in raw.stage_cpu_s[0].iter().enumerate() {
+        let cells: Vec<String> = (0..days)
+            .map(|i| {
+                format!(
+                    "{:.3}",
+                    raw.stage_cpu_s[i].get(k).map_or(0.0, |s| s.1) / gb(i)
+                )
+            })
+            .collect();
+        println!("| {stage} | {} |", cells.join(" | "));
+    }
+    let sum = |i: usize| raw.stage_cpu_s[i].iter().map(|s| s.1).sum::<f64>();
+    let other: Vec<String> = (0..days)
+        .map(|i| format!("{:.3}", (raw.server_cpu_s[i] - sum(i)).max(0.0) / gb(i)))
+        .collect();
+    println!(
+        "| other (HTTP, kernel copies, scheduling) | {} |",
+        other.join(" | ")
+    );
+    let total: Vec<String> = (0..days)
+        .map(|i| format!("**{:.3}**", raw.server_cpu_s[i] / gb(i)))
+        .collect();
+    println!("| **server total** | {} |", total.join(" | "));
 }
 
 /// The scale run: the index benchmark at 50 M entries, then images of 4 GiB
