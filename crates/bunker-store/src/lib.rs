@@ -38,6 +38,7 @@ pub mod backend;
 pub mod calendar;
 pub mod clock;
 mod compress;
+pub mod crypt;
 mod durable;
 #[cfg(feature = "failpoints")]
 pub use durable::observe;

@@ -294,6 +294,7 @@ fn field_tables_of_format_md_match_the_encoders() {
         chunker,
         zstd_level: 7,
         pack_target_len: 0x0000_0123_4567_89ab,
+        key_id: None,
     };
     let b = c.encode();
     let end = check(
@@ -302,7 +303,7 @@ fn field_tables_of_format_md_match_the_encoders() {
         &[],
         &[
             magic(format::config::MAGIC),
-            version(format::config::VERSION),
+            version(format::config::VERSION_CLEAR),
             w(
                 format!("length of this file ({})", format::config::LEN),
                 le(128, 4),
@@ -325,6 +326,7 @@ fn field_tables_of_format_md_match_the_encoders() {
     let b = PackHeader {
         repo_id,
         pack: PackId(0x1122_3344_5566_7788),
+        key_id: None,
     }
     .encode();
     let end = check(
