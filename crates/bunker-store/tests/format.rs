@@ -315,6 +315,7 @@ fn field_tables_of_format_md_match_the_encoders() {
             w("chunker `max_len`", le(300_001, 4)),
             w("zstd level", le(7, 4)),
             w("pack target length", le(0x0000_0123_4567_89ab, 8)),
+            w("key id", Want::Zero),
             w("reserved", Want::Zero),
             w("xxh3-64", Want::Checksum(None)),
         ],
@@ -342,7 +343,7 @@ fn field_tables_of_format_md_match_the_encoders() {
             ),
             w("repository id", Want::Bytes(repo_id.to_vec())),
             w("pack id", le(0x1122_3344_5566_7788, 8)),
-            w("reserved", Want::Zero),
+            w("key id", Want::Zero),
             w("xxh3-64", Want::Checksum(None)),
         ],
     );
