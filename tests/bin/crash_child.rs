@@ -51,6 +51,7 @@ fn open(path: &str) -> anyhow::Result<Repository> {
         chunker: ChunkerParams::new(16 << 10, 64 << 10, 256 << 10)?,
         zstd_level: 1,
         pack_target_len: 1 << 20,
+        key: None,
     };
     match bunker_tests::bucket::from_env() {
         Some(config) => bunker_tests::bucket::open(path.as_ref(), &config, opts)

@@ -34,6 +34,7 @@ fn create(path: &str) -> anyhow::Result<Repository> {
         chunker: ChunkerParams::new(16 << 10, 64 << 10, 256 << 10)?,
         zstd_level: 1,
         pack_target_len: 1 << 20,
+        key: None,
     };
     Repository::create(path.as_ref(), opts).context("creating the repository")
 }

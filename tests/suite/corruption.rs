@@ -55,6 +55,7 @@ fn flipped_bits_fail_exactly_the_chunk_that_holds_them() {
                 chunker: ChunkerParams::new(16 << 10, 64 << 10, 256 << 10).unwrap(),
                 zstd_level: 3,
                 pack_target_len: 1 << 20,
+                key: None,
             },
         )
         .unwrap();
@@ -177,6 +178,7 @@ fn bit_rot_is_always_detected_and_names_exactly_the_damaged_snapshots() {
                 chunker: ChunkerParams::new(16 << 10, 64 << 10, 256 << 10).unwrap(),
                 zstd_level: 1,
                 pack_target_len: 1 << 20,
+                key: None,
             },
         )
         .unwrap();

@@ -301,6 +301,7 @@ fn truncated_sealed_pack_is_named_and_spares_other_snapshots() {
                         .unwrap(),
                     zstd_level: 1,
                     pack_target_len: 1 << 20,
+                    key: None,
                 },
             )
             .unwrap();
@@ -676,6 +677,7 @@ fn truncations_of_the_newest_files_are_detected_cut_or_named() {
                 chunker: ChunkerParams::new(16 << 10, 64 << 10, 256 << 10).unwrap(),
                 zstd_level: 1,
                 pack_target_len: 1 << 20,
+                key: None,
             },
         )
         .unwrap();

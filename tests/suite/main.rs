@@ -16,6 +16,7 @@ mod crash;
 mod crypt;
 mod delta;
 mod disk;
+mod encrypted;
 mod faults;
 mod mount;
 mod nbd;

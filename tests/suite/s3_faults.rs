@@ -142,6 +142,7 @@ fn a_byte_flipped_in_a_pack_object_is_named_and_never_restored() {
         chunker: bunker_store::ChunkerParams::new(16 << 10, 64 << 10, 256 << 10).unwrap(),
         zstd_level: 1,
         pack_target_len: 1 << 20,
+        key: None,
     };
     let (a, b) = (noise(0xF11A, 3 << 20), noise(0xF11B, 3 << 20));
     let repo = bucket::open(&data, &config, opts).unwrap();

@@ -318,6 +318,13 @@ pub struct Info {
     /// servers before they existed.
     #[serde(default)]
     pub block_hashes: bool,
+    /// The repository is encrypted at rest; absent (false) on servers
+    /// before encryption existed.
+    #[serde(default)]
+    pub encrypted: bool,
+    /// The id of its key (32 hex digits; safe to show, the key is not).
+    #[serde(default)]
+    pub key_id: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

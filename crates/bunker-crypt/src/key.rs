@@ -72,6 +72,13 @@ impl Key {
         &self.0
     }
 
+    /// A 256-bit subkey for `context` (`BLAKE3-derive_key`), for keyed
+    /// uses outside sealing, such as the store's at-rest chunk ids. Each
+    /// use has its own context string, so subkeys never coincide.
+    pub fn derive(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, &self.0)
+    }
+
     pub fn id(&self) -> KeyId {
         let h = blake3::derive_key(KEY_ID_CONTEXT, &self.0);
         let mut id = [0u8; 16];

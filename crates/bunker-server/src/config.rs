@@ -76,6 +76,18 @@ pub struct Config {
     /// Scheduled pull jobs (`[[sync]]` tables): copy snapshots from
     /// another bunker server into this one (`crate::sync_jobs`).
     pub sync: Vec<SyncJobConfig>,
+    /// Encryption at rest (`[encryption]`, `--key-file`).
+    pub encryption: Encryption,
+}
+
+/// The `[encryption]` table: the repository key file. With it a new
+/// repository is created encrypted and an existing one must be encrypted
+/// with that key; without it a repository must be clear. A mismatch
+/// refuses to start, naming the key ids (docs/OPERATIONS.md, "Encryption").
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Encryption {
+    pub key_file: Option<PathBuf>,
 }
 
 /// The `[storage]` table. `kind = "local"` (the default) keeps everything
@@ -252,6 +264,7 @@ impl Default for Config {
             chunk_size: None,
             storage: Storage::default(),
             sync: Vec::new(),
+            encryption: Encryption::default(),
         }
     }
 }

@@ -119,6 +119,13 @@ pub enum StartError {
         #[source]
         source: Box<bunker_store::Error>,
     },
+    /// The key file (`--key-file`, `[encryption] key_file`) cannot be
+    /// read or is not a key file.
+    #[error("key file: {source}")]
+    KeyFile {
+        #[source]
+        source: bunker_crypt::Error,
+    },
     /// `chunk_size` is not a usable chunk size, or not the one the
     /// existing repository was created with.
     #[error("chunk_size: {reason}")]

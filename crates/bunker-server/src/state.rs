@@ -221,9 +221,13 @@ type Held = (Arc<dyn bunker_store::MetaBackend>, Arc<Lease>);
 
 /// How a new repository is created: the defaults and the configured pack
 /// and chunk sizes (an existing repository keeps what its config says).
-fn create_options(config: &Config) -> Result<bunker_store::CreateOptions, StartError> {
+fn create_options(
+    config: &Config,
+    key: Option<Arc<bunker_crypt::Key>>,
+) -> Result<bunker_store::CreateOptions, StartError> {
     let mut opts = bunker_store::CreateOptions {
         pack_target_len: config.pack_bytes,
+        key,
         ..Default::default()
     };
     if let Some(size) = config.chunk_size {
@@ -263,10 +267,17 @@ fn open_repository(
         path: config.data.clone(),
         source: Box::new(source),
     };
-    let create = create_options(config)?;
+    let key = match &config.encryption.key_file {
+        Some(path) => Some(Arc::new(
+            bunker_crypt::Key::load(path).map_err(|source| StartError::KeyFile { source })?,
+        )),
+        None => None,
+    };
+    let create = create_options(config, key.clone())?;
     let Some(s3) = config.storage.s3_config()? else {
         let repo = bunker_store::Repository::open_or_create(&config.data, create).map_err(local)?;
         check_chunk_size(config, &repo)?;
+        log_key(&repo);
         return Ok((repo, None));
     };
     tracing::info!("storage: {}", s3.describe());
@@ -274,7 +285,10 @@ fn open_repository(
     let meta = remote.meta.clone();
     let repo = bunker_store::Repository::open_remote_with(
         &config.data,
-        bunker_store::OpenOptions::default(),
+        bunker_store::OpenOptions {
+            key,
+            ..Default::default()
+        },
         create,
         remote,
     )
@@ -283,7 +297,15 @@ fn open_repository(
         source: Box::new(source),
     })?;
     check_chunk_size(config, &repo)?;
+    log_key(&repo);
     Ok((repo, Some((meta, lease))))
+}
+
+fn log_key(repo: &bunker_store::Repository) {
+    match repo.key_id() {
+        Some(id) => tracing::info!(key_id = %id, "the repository is encrypted"),
+        None => tracing::info!("the repository is not encrypted"),
+    }
 }
 
 /// Connects to the bucket of `config` (see [`connect_remote`]) and takes

@@ -82,6 +82,17 @@ pub enum Error {
     /// bucket, no permission. Retrying does not help; fix the setup.
     #[error("object store {store} refused: {reason}")]
     Remote { store: String, reason: String },
+    /// The key given does not fit the repository: it is encrypted and no
+    /// key or another key was given, or it is clear and a key was given.
+    /// Fix the server's key setup; nothing was changed.
+    #[error("{}", key_mismatch(repo, expected, given))]
+    Key {
+        repo: PathBuf,
+        /// The key the repository's config names (`None`: clear).
+        expected: Option<bunker_crypt::KeyId>,
+        /// The key given (`None`: none).
+        given: Option<bunker_crypt::KeyId>,
+    },
     /// The reader of an ingest stream failed (client went away, source
     /// unreadable). Nothing was committed.
     #[error("reading the backup source failed: {0}")]
@@ -112,6 +123,26 @@ impl Error {
 
     pub fn is_corrupt(&self) -> bool {
         matches!(self, Error::Corrupt { .. })
+    }
+}
+
+fn key_mismatch(
+    repo: &std::path::Path,
+    expected: &Option<bunker_crypt::KeyId>,
+    given: &Option<bunker_crypt::KeyId>,
+) -> String {
+    let repo = repo.display();
+    match (expected, given) {
+        (Some(e), None) => {
+            format!("repository {repo} is encrypted with key {e}; start the server with --key-file")
+        }
+        (Some(e), Some(g)) => {
+            format!("repository {repo} is encrypted with key {e}, the key given is {g}")
+        }
+        (None, Some(g)) => format!(
+            "repository {repo} is not encrypted; it was created without a key (key {g} given)"
+        ),
+        (None, None) => format!("repository {repo}: key check failed without a key"),
     }
 }
 

@@ -28,8 +28,8 @@ pub fn pack_file(scratch: &Path, bytes: &[u8]) -> Result<usize> {
     let backend = LocalPacks::new(scratch.join("packs"), ReadMode::Pread);
     let file = backend.describe(PackId(0));
     write(&scratch.join(file), bytes)?;
-    let packs = crate::pack::Packs::new(Box::new(backend), [0; 16], 1 << 20, 1);
-    let entries = read_trailer(packs.backend(), PackId(0))?;
+    let packs = crate::pack::Packs::new(Box::new(backend), [0; 16], 1 << 20, 1, None);
+    let entries = read_trailer(packs.backend(), None, PackId(0))?;
     let mut good = 0;
     for e in &entries {
         let (id, loc) = e.index_entry(PackId(0));

@@ -425,7 +425,7 @@ impl Repository {
                     for e in entries {
                         let e = e?;
                         if !e.id.is_zero() {
-                            all &= marks.mark(&e.id);
+                            all &= marks.mark(&self.at_rest(&e.id));
                             n += 1;
                         }
                     }
@@ -465,7 +465,7 @@ impl Repository {
                     for e in entries {
                         let e = e?;
                         if !e.id.is_zero() {
-                            marks.count(&e.id, &mut u.0, &mut u.1);
+                            marks.count(&self.at_rest(&e.id), &mut u.0, &mut u.1);
                         }
                     }
                     Ok(u)
@@ -717,7 +717,7 @@ fn plan_pack(
     pack_len: u64,
     rewrite_below: f64,
 ) -> Result<(Fate, u64)> {
-    let entries = read_trailer(repo.packs().backend(), pack)?;
+    let entries = read_trailer(repo.packs().backend(), repo.packs().crypt(), pack)?;
     let live: Vec<_> = entries
         .into_iter()
         .filter(|e| marks.is_live(&e.id, pack, e.offset))

@@ -39,6 +39,7 @@ pub mod calendar;
 pub mod clock;
 mod compress;
 pub mod cpu;
+pub mod crypt;
 mod durable;
 #[cfg(feature = "failpoints")]
 pub use durable::observe;

@@ -188,7 +188,8 @@ impl Repository {
         if e.id.is_zero() {
             return Ok(Piece::Zero(len));
         }
-        let loc = self.locate(&e.id).ok_or_else(|| Error::Corrupt {
+        let kid = self.at_rest(&e.id);
+        let loc = self.locate(&kid).ok_or_else(|| Error::Corrupt {
             file: "index".into(),
             pack: None,
             offset: None,
@@ -207,7 +208,9 @@ impl Repository {
                 reason: format!("chunk is {} bytes, the manifest says {len}", loc.raw_len),
             });
         }
-        let data = self.read_moved(&e.id, &loc)?;
+        let data = self
+            .read_moved(&kid, &loc)
+            .map_err(|err| crate::repo::naming_true(err, &e.id))?;
         Ok(Piece::Data(data))
     }
 }
@@ -226,7 +229,7 @@ impl Repository {
         let records: Vec<(crate::PackId, u64, usize)> = entries
             .iter()
             .filter(|e| !e.id.is_zero())
-            .filter_map(|e| self.locate(&e.id))
+            .filter_map(|e| self.locate(&self.at_rest(&e.id)))
             .map(|l| (l.pack, l.offset, RECORD_HEADER_LEN + l.stored_len as usize))
             .collect();
         if !records.is_empty() {

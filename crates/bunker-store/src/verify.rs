@@ -21,8 +21,13 @@
 //! missing) would delete the only good copy. A record that cannot be read,
 //! or reads corrupt once and intact the second time, is reported as
 //! `unreadable` with its pack and offset and changes nothing stored.
+//!
+//! In an encrypted repository packs and the index know chunks only by their
+//! at-rest ids (`crate::crypt`): damage is found and mapped to snapshots by
+//! those, then reported under the true chunk id when a manifest names the
+//! chunk, else under the at-rest id, saying so.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use bunker_chunk::ChunkId;
 use rayon::prelude::*;
@@ -30,6 +35,18 @@ use rayon::prelude::*;
 use crate::format::pack::RECORD_HEADER_LEN;
 use crate::pack::read_trailer;
 use crate::{Error, Location, PackId, Repository, Result, SnapshotId};
+
+/// Names the chunk of a damage report found by at-rest id: the true id a
+/// manifest gave it, else the at-rest id, saying so.
+fn name_true_chunk(d: &mut Damage, names: &HashMap<ChunkId, ChunkId>) {
+    let Some(kid) = d.chunk else { return };
+    match names.get(&kid) {
+        Some(id) => d.chunk = Some(*id),
+        None => d
+            .reason
+            .push_str(" (chunk named by its at-rest id: no snapshot references it)"),
+    }
+}
 
 /// One damaged thing: a record, a pack's trailer, an index run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -198,7 +215,7 @@ impl Repository {
         }
         for &pack in packs.iter().filter(|p| only.is_none() && opts.sampled(p.0)) {
             report.packs += 1;
-            let entries = match read_trailer(backend, pack) {
+            let entries = match read_trailer(backend, self.packs().crypt(), pack) {
                 Ok(e) => e,
                 Err(e) => {
                     if e.is_corrupt() {
@@ -283,10 +300,16 @@ impl Repository {
             bad_trailers,
             index_damaged,
         };
+        let mut names = HashMap::new();
         for (name, id) in self.snapshot_keys(None)? {
             report.snapshots += 1;
-            if let Some(d) = self.check_snapshot(&name, id, &known)? {
+            if let Some(d) = self.check_snapshot(&name, id, &known, &mut names)? {
                 report.damaged_snapshots.push(d);
+            }
+        }
+        if self.crypt().is_some() {
+            for d in report.damage.iter_mut().chain(report.unreadable.iter_mut()) {
+                name_true_chunk(d, &names);
             }
         }
         Ok(report)
@@ -297,6 +320,7 @@ impl Repository {
         name: &str,
         id: SnapshotId,
         known: &Known,
+        names: &mut HashMap<ChunkId, ChunkId>,
     ) -> Result<Option<DamagedSnapshot>> {
         let damaged_snapshot = |bad_chunks, reason: String| DamagedSnapshot {
             name: name.to_string(),
@@ -323,7 +347,11 @@ impl Repository {
             if entry.id.is_zero() {
                 continue;
             }
-            if known.damaged.contains(&entry.id) {
+            let kid = self.at_rest(&entry.id);
+            if known.damaged.contains(&kid) || known.unreadable.contains(&kid) {
+                names.insert(kid, entry.id);
+            }
+            if known.damaged.contains(&kid) {
                 bad += 1;
                 first_reason.get_or_insert(format!(
                     "chunk {} is damaged (quarantined: a backup of the same data heals it)",
@@ -331,7 +359,7 @@ impl Repository {
                 ));
                 continue;
             }
-            if known.unreadable.contains(&entry.id) {
+            if known.unreadable.contains(&kid) {
                 bad += 1;
                 first_reason.get_or_insert(format!(
                     "chunk {} could not be read (not proven damaged, nothing quarantined: verify again once the disk answers)",
@@ -339,7 +367,7 @@ impl Repository {
                 ));
                 continue;
             }
-            let problem = match self.locate(&entry.id) {
+            let problem = match self.locate(&kid) {
                 None => Some(format!("chunk {} is not in the repository", entry.id)),
                 Some(loc) if !known.present.contains(&loc.pack) => Some(format!(
                     "chunk {} is in missing pack {}",
@@ -351,7 +379,8 @@ impl Repository {
                 // A damaged index may answer with a wrong location, and a
                 // damaged trailer leaves records unchecked: read them.
                 Some(loc) if known.index_damaged || known.bad_trailers.contains(&loc.pack) => {
-                    self.read_at(&entry.id, &loc).err().map(|e| {
+                    self.read_at(&kid, &loc).err().map(|e| {
+                        let e = crate::repo::naming_true(e, &entry.id);
                         format!("{e} (if the index is damaged, `bunker repair --rebuild-index`)")
                     })
                 }
@@ -389,8 +418,9 @@ impl Repository {
                     continue;
                 }
                 // A missing chunk is reported with the manifest check.
-                if let Some(loc) = self.locate(&e.id) {
-                    window.push((e.id, loc));
+                let kid = self.at_rest(&e.id);
+                if let Some(loc) = self.locate(&kid) {
+                    window.push((kid, loc));
                 }
                 if window.len() == WINDOW {
                     break;

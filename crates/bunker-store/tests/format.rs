@@ -294,6 +294,7 @@ fn field_tables_of_format_md_match_the_encoders() {
         chunker,
         zstd_level: 7,
         pack_target_len: 0x0000_0123_4567_89ab,
+        key_id: None,
     };
     let b = c.encode();
     let end = check(
@@ -302,7 +303,7 @@ fn field_tables_of_format_md_match_the_encoders() {
         &[],
         &[
             magic(format::config::MAGIC),
-            version(format::config::VERSION),
+            version(format::config::VERSION_CLEAR),
             w(
                 format!("length of this file ({})", format::config::LEN),
                 le(128, 4),
@@ -314,6 +315,7 @@ fn field_tables_of_format_md_match_the_encoders() {
             w("chunker `max_len`", le(300_001, 4)),
             w("zstd level", le(7, 4)),
             w("pack target length", le(0x0000_0123_4567_89ab, 8)),
+            w("key id", Want::Zero),
             w("reserved", Want::Zero),
             w("xxh3-64", Want::Checksum(None)),
         ],
@@ -325,6 +327,7 @@ fn field_tables_of_format_md_match_the_encoders() {
     let b = PackHeader {
         repo_id,
         pack: PackId(0x1122_3344_5566_7788),
+        key_id: None,
     }
     .encode();
     let end = check(
@@ -340,7 +343,7 @@ fn field_tables_of_format_md_match_the_encoders() {
             ),
             w("repository id", Want::Bytes(repo_id.to_vec())),
             w("pack id", le(0x1122_3344_5566_7788, 8)),
-            w("reserved", Want::Zero),
+            w("key id", Want::Zero),
             w("xxh3-64", Want::Checksum(None)),
         ],
     );

@@ -32,6 +32,7 @@ fn main() -> anyhow::Result<()> {
             chunker: ChunkerParams::new(16 << 10, 64 << 10, 256 << 10)?,
             zstd_level: 3,
             pack_target_len: 1 << 20,
+            key: None,
         },
     )?;
     let mut expected = String::new();

@@ -42,6 +42,8 @@ pub(super) fn info(state: &State) -> Reply {
             zstd_level: state.repo.zstd_level(),
             storage: state.config.storage.describe(),
             block_hashes: true,
+            encrypted: state.repo.key_id().is_some(),
+            key_id: state.repo.key_id().map(|k| k.to_string()),
         },
     ))
 }

@@ -1,6 +1,9 @@
 //! `config`: the repository's identity and the parameters fixed at its
 //! creation (chunker sizes, zstd level, pack length), 128 bytes, checked
-//! whole on every open. Layout: docs/FORMAT.md, "config".
+//! whole on every open. An encrypted repository's config is version 2 and
+//! records its key id; a clear one stays version 1, byte for byte, so older
+//! builds keep opening it (and refuse an encrypted one, into which they
+//! would write clear data). Layout: docs/FORMAT.md, "config".
 
 use bunker_chunk::ChunkerParams;
 
@@ -8,8 +11,11 @@ use super::{check_magic_version, checksum, put_prefix, Le};
 use crate::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"BNKRREPO";
-/// Version history: 1 — first format (2026-11).
-pub const VERSION: u32 = 1;
+/// Version history: 1 — first format (2026-11); 2 — bytes 64..80 hold the
+/// key id of an encrypted repository (2026-12). Clear repositories still
+/// write version 1.
+pub const VERSION: u32 = 2;
+pub const VERSION_CLEAR: u32 = 1;
 pub const LEN: usize = 128;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,12 +25,19 @@ pub struct RepoConfig {
     pub chunker: ChunkerParams,
     pub zstd_level: i32,
     pub pack_target_len: u64,
+    /// The id of the key the repository is encrypted with; `None`: clear.
+    pub key_id: Option<[u8; 16]>,
 }
 
 impl RepoConfig {
     pub fn encode(&self) -> [u8; LEN] {
         let mut b = [0u8; LEN];
-        put_prefix(&mut b, MAGIC, VERSION, LEN);
+        let version = if self.key_id.is_some() {
+            VERSION
+        } else {
+            VERSION_CLEAR
+        };
+        put_prefix(&mut b, MAGIC, version, LEN);
         Le::put(&mut b, 16, &self.repo_id);
         Le::put_i64(&mut b, 32, self.created_unix);
         Le::put_u32(&mut b, 40, self.chunker.min_len);
@@ -32,13 +45,18 @@ impl RepoConfig {
         Le::put_u32(&mut b, 48, self.chunker.max_len);
         Le::put_u32(&mut b, 52, self.zstd_level as u32);
         Le::put_u64(&mut b, 56, self.pack_target_len);
+        if let Some(k) = &self.key_id {
+            Le::put(&mut b, 64, k);
+        }
         let sum = checksum(&[&b[..120]]);
         Le::put_u64(&mut b, 120, sum);
         b
     }
 
     pub fn decode(file: &str, b: &[u8]) -> Result<RepoConfig> {
-        check_magic_version(file, "repository config", b, MAGIC, VERSION)?;
+        let clear = b.len() >= 12 && Le::u32(b, 8) == VERSION_CLEAR;
+        let version = if clear { VERSION_CLEAR } else { VERSION };
+        check_magic_version(file, "repository config", b, MAGIC, version)?;
         if b.len() != LEN || Le::u32(b, 12) as usize != LEN {
             return Err(Error::corrupt(
                 file,
@@ -64,6 +82,7 @@ impl RepoConfig {
             chunker,
             zstd_level,
             pack_target_len,
+            key_id: (!clear).then(|| Le::bytes(b, 64)),
         })
     }
 }
@@ -73,6 +92,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_clear_config_is_version_1_with_zero_key_bytes() {
+        let c = RepoConfig {
+            repo_id: [7; 16],
+            created_unix: 1,
+            chunker: ChunkerParams::DEFAULT,
+            zstd_level: 1,
+            pack_target_len: 256 << 20,
+            key_id: None,
+        };
+        let b = c.encode();
+        assert_eq!(Le::u32(&b, 8), 1);
+        assert!(b[64..120].iter().all(|&x| x == 0));
+        let e = RepoConfig {
+            key_id: Some([9; 16]),
+            ..c
+        }
+        .encode();
+        assert_eq!(Le::u32(&e, 8), 2);
+        assert_eq!(&e[64..80], &[9; 16]);
+    }
+
+    #[test]
     fn round_trip_and_bit_flips_are_caught() {
         let c = RepoConfig {
             repo_id: [7; 16],
@@ -80,13 +121,20 @@ mod tests {
             chunker: ChunkerParams::DEFAULT,
             zstd_level: 3,
             pack_target_len: 256 << 20,
+            key_id: None,
         };
-        let b = c.encode();
-        assert_eq!(RepoConfig::decode("config", &b).unwrap(), c);
-        for bit in 0..(LEN * 8) {
-            let mut d = b;
-            d[bit / 8] ^= 1 << (bit % 8);
-            assert!(RepoConfig::decode("config", &d).is_err(), "bit {bit}");
+        let encrypted = RepoConfig {
+            key_id: Some([9; 16]),
+            ..c
+        };
+        for c in [c, encrypted] {
+            let b = c.encode();
+            assert_eq!(RepoConfig::decode("config", &b).unwrap(), c);
+            for bit in 0..(LEN * 8) {
+                let mut d = b;
+                d[bit / 8] ^= 1 << (bit % 8);
+                assert!(RepoConfig::decode("config", &d).is_err(), "bit {bit}");
+            }
         }
     }
 }

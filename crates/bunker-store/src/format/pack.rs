@@ -4,7 +4,10 @@
 //! A record's checksum covers its header and stored bytes, so a torn or
 //! flipped record is found without decompressing. The trailer repeats each
 //! record's id and location so sealing and re-indexing read a few KiB
-//! instead of the pack. Layout: docs/FORMAT.md, "Pack".
+//! instead of the pack. In an encrypted repository the header names the
+//! key, record payloads and the trailer are sealed objects (40 bytes more
+//! each) and record ids are at-rest ids; every other byte is laid out as in
+//! a clear pack. Layout: docs/FORMAT.md, "Pack" and "Encryption".
 
 use bunker_chunk::ChunkId;
 
@@ -40,11 +43,17 @@ impl TryFrom<u8> for Codec {
     }
 }
 
-/// The first 64 bytes of a pack: which repository and pack it belongs to.
+/// Bytes a sealed record payload or trailer has beyond its plaintext.
+pub const SEAL_OVERHEAD: u32 = bunker_crypt::OVERHEAD as u32;
+
+/// The first 64 bytes of a pack: which repository and pack it belongs to,
+/// and in an encrypted repository the id of the key its contents are
+/// sealed with (bytes 40..56, zero in a clear pack).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PackHeader {
     pub repo_id: [u8; 16],
     pub pack: PackId,
+    pub key_id: Option<[u8; 16]>,
 }
 
 impl PackHeader {
@@ -53,6 +62,9 @@ impl PackHeader {
         put_prefix(&mut b, MAGIC, VERSION, HEADER_LEN);
         Le::put(&mut b, 16, &self.repo_id);
         Le::put_u64(&mut b, 32, self.pack.0);
+        if let Some(k) = &self.key_id {
+            Le::put(&mut b, 40, k);
+        }
         let sum = checksum(&[&b[..56]]);
         Le::put_u64(&mut b, 56, sum);
         b
@@ -63,9 +75,11 @@ impl PackHeader {
         if b.len() < HEADER_LEN || Le::u64(b, 56) != checksum(&[&b[..56]]) {
             return Err(Error::corrupt(file, "pack header checksum mismatch"));
         }
+        let key: [u8; 16] = Le::bytes(b, 40);
         Ok(PackHeader {
             repo_id: Le::bytes(b, 16),
             pack: PackId(Le::u64(b, 32)),
+            key_id: (key != [0; 16]).then_some(key),
         })
     }
 }
@@ -104,9 +118,17 @@ impl RecordHeader {
         b
     }
 
-    /// Parses the fixed part; the checksum is checked by [`Self::verify`]
-    /// once the stored bytes are at hand.
+    /// Parses the fixed part of a clear pack's record header.
     pub fn decode(b: &[u8]) -> std::result::Result<RecordHeader, String> {
+        RecordHeader::decode_in(b, false)
+    }
+
+    /// Parses the fixed part; `sealed`: the record is in an encrypted pack,
+    /// its stored bytes a sealed object ([`SEAL_OVERHEAD`] more). The
+    /// checksum is checked by [`Self::verify`] once the stored bytes are at
+    /// hand.
+    pub fn decode_in(b: &[u8], sealed: bool) -> std::result::Result<RecordHeader, String> {
+        let overhead = if sealed { SEAL_OVERHEAD } else { 0 };
         if b.len() < RECORD_HEADER_LEN {
             return Err("record header truncated".into());
         }
@@ -116,13 +138,21 @@ impl RecordHeader {
         let codec = Codec::try_from(b[4]).map_err(|c| format!("unknown codec {c}"))?;
         let raw_len = Le::u32(b, 8);
         let stored_len = Le::u32(b, 12);
-        if raw_len == 0 || raw_len > MAX_RAW_LEN || stored_len > max_stored_len(raw_len) {
+        if raw_len == 0
+            || raw_len > MAX_RAW_LEN
+            || stored_len > max_stored_len(raw_len) + overhead
+            || (sealed && stored_len <= overhead)
+        {
             return Err(format!(
                 "implausible lengths raw {raw_len} stored {stored_len}"
             ));
         }
-        if codec == Codec::Raw && stored_len != raw_len {
-            return Err("raw record with stored length != raw length".into());
+        if codec == Codec::Raw && stored_len != raw_len + overhead {
+            return Err(if sealed {
+                "sealed raw record with stored length != raw length + 40".into()
+            } else {
+                "raw record with stored length != raw length".into()
+            });
         }
         Ok(RecordHeader {
             codec,
@@ -213,9 +243,16 @@ impl Footer {
         b
     }
 
-    /// Decodes the footer of a file of `file_len` bytes and checks that it
-    /// describes a layout that fits that length.
+    /// Decodes the footer of a clear pack of `file_len` bytes and checks
+    /// that it describes a layout that fits that length.
     pub fn decode(b: &[u8], file_len: u64) -> std::result::Result<Footer, String> {
+        Footer::decode_in(b, file_len, false)
+    }
+
+    /// [`Footer::decode`]; `sealed`: the pack is encrypted and its trailer
+    /// a sealed object ([`SEAL_OVERHEAD`] more bytes).
+    pub fn decode_in(b: &[u8], file_len: u64, sealed: bool) -> std::result::Result<Footer, String> {
+        let overhead = if sealed { u64::from(SEAL_OVERHEAD) } else { 0 };
         if b.len() != FOOTER_LEN || &b[40..48] != FOOTER_MAGIC {
             return Err("no seal footer".into());
         }
@@ -231,7 +268,7 @@ impl Footer {
             .count
             .checked_mul(TRAILER_ENTRY_LEN as u64)
             .and_then(|t| t.checked_add(f.trailer_offset))
-            .and_then(|t| t.checked_add(FOOTER_LEN as u64));
+            .and_then(|t| t.checked_add(overhead + FOOTER_LEN as u64));
         if f.trailer_offset < HEADER_LEN as u64 || expect != Some(file_len) {
             return Err(format!(
                 "footer describes {} records ending at {}, file is {file_len} bytes",
@@ -252,8 +289,14 @@ mod tests {
         let h = PackHeader {
             repo_id: [3; 16],
             pack: PackId(99),
+            key_id: None,
         };
         assert_eq!(PackHeader::decode("p", &h.encode()).unwrap(), h);
+        let sealed = PackHeader {
+            key_id: Some([5; 16]),
+            ..h
+        };
+        assert_eq!(PackHeader::decode("p", &sealed.encode()).unwrap(), sealed);
         let mut b = h.encode();
         b[33] ^= 1;
         assert!(PackHeader::decode("p", &b).unwrap_err().is_corrupt());
@@ -284,6 +327,8 @@ mod tests {
         let len = 1000 + 2 * TRAILER_ENTRY_LEN as u64 + FOOTER_LEN as u64;
         assert_eq!(Footer::decode(&f.encode(), len).unwrap(), f);
         assert!(Footer::decode(&f.encode(), len + 1).is_err());
+        assert!(Footer::decode_in(&f.encode(), len, true).is_err());
+        assert_eq!(Footer::decode_in(&f.encode(), len + 40, true).unwrap(), f);
     }
 
     proptest! {
@@ -292,8 +337,10 @@ mod tests {
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), len in any::<u64>()) {
             let _ = PackHeader::decode("fuzz", &bytes);
             let _ = RecordHeader::decode(&bytes);
+            let _ = RecordHeader::decode_in(&bytes, true);
             if bytes.len() >= FOOTER_LEN {
                 let _ = Footer::decode(&bytes[..FOOTER_LEN], len);
+                let _ = Footer::decode_in(&bytes[..FOOTER_LEN], len, true);
             }
             if bytes.len() >= TRAILER_ENTRY_LEN {
                 let _ = TrailerEntry::decode(&bytes[..TRAILER_ENTRY_LEN]);

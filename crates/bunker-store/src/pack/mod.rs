@@ -7,18 +7,23 @@
 //! packs: sealing is the durability point of chunk data. A pack that fills
 //! up is sealed on a background thread (its fdatasync overlaps ingest into
 //! the next pack); [`Packs::seal`], which every commit calls, waits for all
-//! of those. Layout: docs/FORMAT.md, "Pack".
+//! of those. In an encrypted repository each record's stored bytes are
+//! sealed here, under the writer lock (the associated data holds the
+//! record's offset, known only there), and opened in [`Packs::read_record`],
+//! so every caller above handles plaintext stored bytes. Ids here are
+//! at-rest ids (`crate::crypt`). Layout: docs/FORMAT.md, "Pack".
 
 mod recover;
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bunker_chunk::ChunkId;
 
 use crate::backend::PackBackend;
+use crate::crypt::{record_ad, trailer_ad, RepoCrypt};
 use crate::error::IoContext;
 use crate::format::checksum;
 use crate::format::pack::{
@@ -32,6 +37,7 @@ pub(crate) use recover::{read_trailer, recover_staged};
 
 /// A record ready to append: compressed (or not) outside the writer lock.
 pub(crate) struct NewRecord<'a> {
+    /// The chunk's at-rest id.
     pub id: ChunkId,
     pub raw_len: u32,
     pub codec: Codec,
@@ -55,9 +61,10 @@ impl SealedPack {
 }
 
 pub(crate) struct Packs {
-    backend: std::sync::Arc<dyn PackBackend>,
+    backend: Arc<dyn PackBackend>,
     repo_id: [u8; 16],
     target_len: u64,
+    crypt: Option<Arc<RepoCrypt>>,
     writer: Mutex<Writer>,
 }
 
@@ -74,6 +81,8 @@ struct Writer {
     /// the writer. The next [`Packs::seal`] uploads them before anything
     /// else, so no commit is acknowledged before its packs are stored.
     pending: Vec<OpenPack>,
+    /// A sealed record being written (encrypted repositories).
+    sealed: Vec<u8>,
 }
 
 /// A background seal that failed; `synced` is the pack when only its
@@ -123,11 +132,13 @@ impl Packs {
         repo_id: [u8; 16],
         target_len: u64,
         next_id: u64,
+        crypt: Option<Arc<RepoCrypt>>,
     ) -> Packs {
         Packs {
-            backend: std::sync::Arc::from(backend),
+            backend: Arc::from(backend),
             repo_id,
             target_len,
+            crypt,
             writer: Mutex::new(Writer {
                 open: None,
                 next_id,
@@ -135,6 +146,7 @@ impl Packs {
                 sealing: Vec::new(),
                 ready: Vec::new(),
                 pending: Vec::new(),
+                sealed: Vec::new(),
             }),
         }
     }
@@ -172,34 +184,47 @@ impl Packs {
                 w.next_id += 1;
                 w.open = Some(self.create(id)?);
             }
+            let w = &mut *w;
             let open = w
                 .open
                 .as_mut()
                 .ok_or_else(|| Error::Poisoned("no open pack".into()))?;
             durable::failpoint!("pack::write", &open.path);
-            let header = RecordHeader::new(r.id, r.codec, r.raw_len, r.stored);
             let offset = open.len;
+            let stored = match &self.crypt {
+                Some(c) => {
+                    w.sealed.clear();
+                    c.records().seal_into(
+                        &record_ad(open.id, offset, &r.id),
+                        r.stored,
+                        &mut w.sealed,
+                    );
+                    &w.sealed[..]
+                }
+                None => r.stored,
+            };
+            let header = RecordHeader::new(r.id, r.codec, r.raw_len, stored);
             // A failed write leaves `len` unchanged: the next record (or the
             // seal, which truncates to `len`) overwrites the partial bytes.
             open.file
                 .write_all_at(&header.encode(), offset)
                 .at(&open.path)?;
             open.file
-                .write_all_at(r.stored, offset + RECORD_HEADER_LEN as u64)
+                .write_all_at(stored, offset + RECORD_HEADER_LEN as u64)
                 .at(&open.path)?;
-            open.len += (RECORD_HEADER_LEN + r.stored.len()) as u64;
+            open.len += (RECORD_HEADER_LEN + stored.len()) as u64;
             open.entries.push(TrailerEntry {
                 id: r.id,
                 offset,
                 raw_len: r.raw_len,
-                stored_len: r.stored.len() as u32,
+                stored_len: stored.len() as u32,
                 codec: r.codec,
             });
             locations.push(Location {
                 pack: open.id,
                 offset,
                 raw_len: r.raw_len,
-                stored_len: r.stored.len() as u32,
+                stored_len: stored.len() as u32,
             });
             if open.len - open.written_back >= WRITEBACK_STEP {
                 durable::start_writeback(
@@ -210,7 +235,7 @@ impl Packs {
                 open.written_back = open.len;
             }
             if open.len >= self.target_len {
-                self.seal_in_background(&mut w)?;
+                self.seal_in_background(w)?;
             }
         }
         sealed.extend(collect_seals(&mut w, false)?);
@@ -228,7 +253,13 @@ impl Packs {
         let Some(open) = w.open.take() else {
             return Ok(());
         };
-        if let Err(e) = write_seal(&open.file, open.len, &open.entries) {
+        if let Err(e) = write_seal(
+            &open.file,
+            open.id,
+            open.len,
+            &open.entries,
+            self.crypt.as_deref(),
+        ) {
             let err = Error::io(&open.path, e);
             w.open = Some(open);
             return Err(err);
@@ -331,7 +362,13 @@ impl Packs {
             let _ = std::fs::remove_file(&open.path);
             return Ok(None);
         }
-        if let Err(e) = write_seal(&open.file, open.len, &open.entries) {
+        if let Err(e) = write_seal(
+            &open.file,
+            open.id,
+            open.len,
+            &open.entries,
+            self.crypt.as_deref(),
+        ) {
             // Keep the pack open: the trailer is rewritten on the next seal.
             let err = Error::io(&open.path, e);
             w.open = Some(open);
@@ -377,6 +414,7 @@ impl Packs {
         let header = PackHeader {
             repo_id: self.repo_id,
             pack: id,
+            key_id: self.crypt.as_ref().map(|c| c.key_id().0),
         };
         file.write_all_at(&header.encode(), 0).at(&path)?;
         Ok(OpenPack {
@@ -389,9 +427,16 @@ impl Packs {
         })
     }
 
+    /// The key at work, in an encrypted repository.
+    pub(crate) fn crypt(&self) -> Option<&RepoCrypt> {
+        self.crypt.as_deref()
+    }
+
     /// Reads and checks one record: header fields must match `loc` and
-    /// `id`, and the checksum must match the stored bytes. Returns the codec
-    /// and the stored bytes (not yet decompressed or BLAKE3-checked).
+    /// `id` (at rest), and the checksum must match the stored bytes; in an
+    /// encrypted pack the stored bytes must open with the record's
+    /// identity. Returns the codec and the stored bytes (opened, not yet
+    /// decompressed or BLAKE3-checked).
     pub(crate) fn read_record(&self, id: &ChunkId, loc: &Location) -> Result<(Codec, Vec<u8>)> {
         let corrupt = |reason: String| Error::Corrupt {
             file: self.backend.describe(loc.pack),
@@ -417,7 +462,7 @@ impl Packs {
             RECORD_HEADER_LEN + loc.stored_len as usize,
         );
         let stored = injected_flip(stored);
-        let header = RecordHeader::decode(&head).map_err(corrupt)?;
+        let header = RecordHeader::decode_in(&head, self.crypt.is_some()).map_err(corrupt)?;
         if header.id != *id || header.raw_len != loc.raw_len || header.stored_len != loc.stored_len
         {
             return Err(corrupt(
@@ -427,6 +472,10 @@ impl Packs {
         if !header.verify(&head, &stored) {
             return Err(corrupt("record checksum mismatch".into()));
         }
+        let stored = match &self.crypt {
+            Some(c) => open_record(c, loc.pack, loc.offset, id, stored).map_err(corrupt)?,
+            None => stored,
+        };
         Ok((header.codec, stored))
     }
 
@@ -450,6 +499,30 @@ impl Packs {
             .at(path)?;
         Ok(Some((head, stored)))
     }
+}
+
+/// Opens a sealed record's stored bytes where they lie.
+fn open_record(
+    c: &RepoCrypt,
+    pack: PackId,
+    offset: u64,
+    kid: &ChunkId,
+    mut stored: Vec<u8>,
+) -> std::result::Result<Vec<u8>, String> {
+    let len = c
+        .records()
+        .open_in_place(&record_ad(pack, offset, kid), &mut stored)
+        .map_err(|_| {
+            "sealed record does not open: damaged, or moved from another pack, offset or chunk"
+                .to_string()
+        })?
+        .len();
+    stored.copy_within(
+        bunker_crypt::seal::NONCE_LEN..bunker_crypt::seal::NONCE_LEN + len,
+        0,
+    );
+    stored.truncate(len);
+    Ok(stored)
 }
 
 /// Adds the chunk and offset to an error reading its record, so whoever
@@ -536,15 +609,27 @@ fn finish_seal(
     })
 }
 
-/// Writes the trailer and footer after the record at `len` and cuts the file
-/// there. The caller syncs and publishes.
-pub(crate) fn write_seal(file: &File, len: u64, entries: &[TrailerEntry]) -> std::io::Result<()> {
+/// Writes the trailer (sealed in an encrypted repository) and footer
+/// after the record at `len` and cuts the file there. The caller syncs and
+/// publishes.
+pub(crate) fn write_seal(
+    file: &File,
+    pack: PackId,
+    len: u64,
+    entries: &[TrailerEntry],
+    crypt: Option<&RepoCrypt>,
+) -> std::io::Result<()> {
     let mut trailer = vec![0u8; entries.len() * TRAILER_ENTRY_LEN];
     for (e, slot) in entries
         .iter()
         .zip(trailer.chunks_exact_mut(TRAILER_ENTRY_LEN))
     {
         e.encode_into(slot);
+    }
+    if let Some(c) = crypt {
+        trailer = c
+            .trailers()
+            .seal(&trailer_ad(pack, entries.len() as u64), &trailer);
     }
     let footer = Footer {
         trailer_offset: len,

@@ -10,7 +10,10 @@
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 
+use bunker_crypt::{KeyId, OVERHEAD};
+
 use crate::backend::PackBackend;
+use crate::crypt::{record_ad, trailer_ad, RepoCrypt};
 use crate::error::IoContext;
 use crate::format::checksum;
 use crate::format::pack::{
@@ -21,8 +24,13 @@ use crate::pack::{write_seal, SealedPack};
 use crate::{durable, Error, PackId, Result};
 
 /// The records listed in a sealed pack's trailer, checked against the
-/// footer's checksum and the file length.
-pub(crate) fn read_trailer(backend: &dyn PackBackend, pack: PackId) -> Result<Vec<TrailerEntry>> {
+/// footer's checksum and the file length; in an encrypted repository the
+/// pack must name the repository's key and its trailer must open.
+pub(crate) fn read_trailer(
+    backend: &dyn PackBackend,
+    crypt: Option<&RepoCrypt>,
+    pack: PackId,
+) -> Result<Vec<TrailerEntry>> {
     let file = backend.describe(pack);
     let corrupt = |reason: String| Error::Corrupt {
         file: file.clone(),
@@ -37,18 +45,34 @@ pub(crate) fn read_trailer(backend: &dyn PackBackend, pack: PackId) -> Result<Ve
             "pack is {len} bytes, too short to be sealed"
         )));
     }
-    PackHeader::decode(&file, &backend.read(pack, 0, HEADER_LEN)?)?;
-    let footer = Footer::decode(
+    let header = PackHeader::decode(&file, &backend.read(pack, 0, HEADER_LEN)?)?;
+    check_pack_key(&header, crypt).map_err(corrupt)?;
+    let overhead = if crypt.is_some() { OVERHEAD } else { 0 };
+    let footer = Footer::decode_in(
         &backend.read(pack, len - FOOTER_LEN as u64, FOOTER_LEN)?,
         len,
+        crypt.is_some(),
     )
     .map_err(corrupt)?;
     let count =
         usize::try_from(footer.count).map_err(|_| corrupt("record count overflows".into()))?;
-    let trailer = backend.read(pack, footer.trailer_offset, count * TRAILER_ENTRY_LEN)?;
+    let trailer = backend.read(
+        pack,
+        footer.trailer_offset,
+        count * TRAILER_ENTRY_LEN + overhead,
+    )?;
     if checksum(&[&trailer]) != footer.trailer_checksum {
         return Err(corrupt("trailer checksum mismatch".into()));
     }
+    let trailer = match crypt {
+        Some(c) => c
+            .trailers()
+            .open(&trailer_ad(pack, footer.count), &trailer)
+            .map_err(|_| {
+                corrupt("sealed trailer does not open: damaged, or from another pack".into())
+            })?,
+        None => trailer,
+    };
     let mut entries = Vec::with_capacity(count);
     let mut expect = HEADER_LEN as u64;
     for slot in trailer.chunks_exact(TRAILER_ENTRY_LEN) {
@@ -66,6 +90,27 @@ pub(crate) fn read_trailer(backend: &dyn PackBackend, pack: PackId) -> Result<Ve
         return Err(corrupt("trailer does not cover the records".into()));
     }
     Ok(entries)
+}
+
+/// `Ok` when a pack's header names the key the repository uses (none in a
+/// clear repository); else why not, naming both key ids.
+fn check_pack_key(
+    header: &PackHeader,
+    crypt: Option<&RepoCrypt>,
+) -> std::result::Result<(), String> {
+    let expected = crypt.map(|c| c.key_id().0);
+    if header.key_id == expected {
+        return Ok(());
+    }
+    let name = |k: Option<[u8; 16]>| match k {
+        Some(k) => format!("key {}", KeyId(k)),
+        None => "no key (clear)".to_string(),
+    };
+    Err(format!(
+        "pack is sealed with {}, the repository uses {}",
+        name(header.key_id),
+        name(expected)
+    ))
 }
 
 /// A torn tail cut from a staging pack on open.
@@ -88,6 +133,7 @@ pub struct TornTail {
 pub(crate) fn recover_staged(
     backend: &dyn PackBackend,
     repo_id: [u8; 16],
+    crypt: Option<&RepoCrypt>,
     pack: PackId,
 ) -> Result<(Option<SealedPack>, Option<TornTail>)> {
     let path = backend.staging_path(pack);
@@ -100,8 +146,9 @@ pub(crate) fn recover_staged(
     let mut head = [0u8; HEADER_LEN];
     let header_ok = file_len >= HEADER_LEN as u64
         && file.read_exact_at(&mut head, 0).is_ok()
-        && PackHeader::decode(&path.display().to_string(), &head)
-            .is_ok_and(|h| h.pack == pack && h.repo_id == repo_id);
+        && PackHeader::decode(&path.display().to_string(), &head).is_ok_and(|h| {
+            h.pack == pack && h.repo_id == repo_id && check_pack_key(&h, crypt).is_ok()
+        });
     if !header_ok {
         tracing::warn!(
             pack = pack.0,
@@ -129,7 +176,7 @@ pub(crate) fn recover_staged(
             break Some("torn record header".to_string());
         }
         file.read_exact_at(&mut rec, offset).at(&path)?;
-        let h = match RecordHeader::decode(&rec) {
+        let h = match RecordHeader::decode_in(&rec, crypt.is_some()) {
             Ok(h) => h,
             Err(why) => break Some(why),
         };
@@ -142,6 +189,16 @@ pub(crate) fn recover_staged(
             .at(&path)?;
         if !h.verify(&rec, &stored) {
             break Some("record checksum mismatch".to_string());
+        }
+        // A record that does not open is damage the checksum cannot see
+        // (written whole, then altered consistently): cut there too.
+        if let Some(c) = crypt {
+            if c.records()
+                .open_in_place(&record_ad(pack, offset, &h.id), &mut stored)
+                .is_err()
+            {
+                break Some("sealed record does not open".to_string());
+            }
         }
         entries.push(TrailerEntry {
             id: h.id,
@@ -171,7 +228,7 @@ pub(crate) fn recover_staged(
         durable::remove_file(&path)?;
         return Ok((None, torn));
     }
-    write_seal(&file, offset, &entries).at(&path)?;
+    write_seal(&file, pack, offset, &entries, crypt).at(&path)?;
     durable::sync_data(&file, &path)?;
     backend.store_sealed(pack, &path)?;
     tracing::info!(

@@ -7,6 +7,11 @@
 //! (docs/GC.md). Every read checks the record, decompresses and compares
 //! the BLAKE3 with the chunk id: damage is an error naming pack, offset
 //! and chunk, never wrong bytes.
+//!
+//! The public functions take true chunk ids; the crate-internal ones
+//! (`locate`, `read_at`, `store_chunks`...) take at-rest ids, which the
+//! callers holding true ids convert with [`Repository::at_rest`]
+//! (`crate::crypt`). In a clear repository the two are the same.
 
 use bunker_chunk::ChunkId;
 
@@ -49,12 +54,13 @@ impl Repository {
                 if id.is_zero() {
                     return false;
                 }
-                match self.inner.index.lookup(id) {
+                let kid = self.at_rest(id);
+                match self.inner.index.lookup(&kid) {
                     Some(loc) => {
                         packs.push(loc.pack);
                         false
                     }
-                    None => !self.is_pending(id),
+                    None => !self.is_pending(&kid),
                 }
             })
             .collect();
@@ -83,7 +89,7 @@ impl Repository {
     /// to `id`. Returns the bytes added to packs (0: it was stored already).
     pub fn store_chunk(&self, id: &ChunkId, raw: &[u8], pins: &Pins) -> Result<u64> {
         self.check_chunk(id, raw)?;
-        let (new, pending) = self.store_chunks(&[(*id, raw)], pins)?;
+        let (new, pending) = self.store_chunks(&[(self.at_rest(id), raw)], pins)?;
         self.wait_for(pending, pins)?;
         Ok(new.stored_bytes)
     }
@@ -98,7 +104,7 @@ impl Repository {
         let raw = decompress_frame(frame, max)
             .map_err(|reason| Error::Invalid(format!("chunk {id}: {reason}")))?;
         self.check_chunk(id, &raw)?;
-        let chunk = [(*id, &raw[..])];
+        let chunk = [(self.at_rest(id), &raw[..])];
         let (new, pending, _) = self.store_encoded(&chunk, |raw| keep_frame(raw, frame), pins)?;
         self.wait_for(pending, pins)?;
         Ok((raw.len() as u64, new.stored_bytes))
@@ -132,8 +138,8 @@ impl Repository {
         Ok(())
     }
 
-    /// Stores chunks that are not stored yet; returns what was stored
-    /// and the ids another stream is storing right now. The
+    /// Stores chunks (by at-rest id) that are not stored yet; returns what
+    /// was stored and the ids another stream is storing right now. The
     /// packs of all the others are pinned in `pins`: the GC gate is held
     /// from the lookups to the pins, across the appends.
     pub(crate) fn store_chunks(
@@ -246,10 +252,15 @@ impl Repository {
     /// Reads one chunk, verified: record checksum, decompression, length
     /// and BLAKE3 against `id`.
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let loc = self.inner.index.lookup(id).ok_or_else(|| Error::NotFound {
-            what: format!("chunk {id}"),
-        })?;
-        self.read_at(id, &loc)
+        let kid = self.at_rest(id);
+        let loc = self
+            .inner
+            .index
+            .lookup(&kid)
+            .ok_or_else(|| Error::NotFound {
+                what: format!("chunk {id}"),
+            })?;
+        self.read_at(&kid, &loc).map_err(|e| naming_true(e, id))
     }
 
     /// Reads one chunk as its record stores it, for a copy to another
@@ -257,16 +268,22 @@ impl Repository {
     /// verified first like every read (decoded, length and BLAKE3), and
     /// read again where the index says it is now if GC moved it meanwhile.
     pub fn read_chunk_stored(&self, id: &ChunkId) -> Result<(Vec<u8>, bool)> {
-        let loc = self.inner.index.lookup(id).ok_or_else(|| Error::NotFound {
-            what: format!("chunk {id}"),
-        })?;
-        match self.read_stored_at(id, &loc) {
-            Err(e) => match self.locate(id) {
-                Some(now) if now != loc => self.read_stored_at(id, &now),
+        let kid = self.at_rest(id);
+        let loc = self
+            .inner
+            .index
+            .lookup(&kid)
+            .ok_or_else(|| Error::NotFound {
+                what: format!("chunk {id}"),
+            })?;
+        match self.read_stored_at(&kid, &loc) {
+            Err(e) => match self.locate(&kid) {
+                Some(now) if now != loc => self.read_stored_at(&kid, &now),
                 _ => Err(e),
             },
             ok => ok,
         }
+        .map_err(|e| naming_true(e, id))
     }
 
     fn read_stored_at(&self, id: &ChunkId, loc: &Location) -> Result<(Vec<u8>, bool)> {
@@ -285,7 +302,8 @@ impl Repository {
         self.decode_verified(id, loc, codec, stored)
     }
 
-    /// Decodes a record's stored bytes and checks length and BLAKE3.
+    /// Decodes a record's stored bytes and checks length and BLAKE3 (the
+    /// at-rest id of the bytes' BLAKE3 must be `id`).
     pub(crate) fn decode_verified(
         &self,
         id: &ChunkId,
@@ -301,7 +319,7 @@ impl Repository {
             reason,
         };
         let raw = decompress(codec, stored, loc.raw_len as usize).map_err(corrupt)?;
-        if ChunkId::of(&raw) != *id {
+        if self.at_rest(&ChunkId::of(&raw)) != *id {
             return Err(corrupt("chunk bytes do not match their BLAKE3 id".into()));
         }
         Ok(raw)
@@ -321,6 +339,27 @@ impl Repository {
 
     pub(crate) fn locate(&self, id: &ChunkId) -> Option<Location> {
         self.inner.index.lookup(id)
+    }
+}
+
+/// An error about at-rest chunk `kid` as the caller, who asked for true
+/// chunk `id`, should see it: naming `id`.
+pub(crate) fn naming_true(e: Error, id: &ChunkId) -> Error {
+    match e {
+        Error::Corrupt {
+            file,
+            pack,
+            offset,
+            chunk: Some(_),
+            reason,
+        } => Error::Corrupt {
+            file,
+            pack,
+            offset,
+            chunk: Some(*id),
+            reason,
+        },
+        other => other,
     }
 }
 

@@ -25,10 +25,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use bunker_chunk::{Chunker, ChunkerParams};
+use bunker_chunk::{ChunkId, Chunker, ChunkerParams};
 
-pub(crate) use chunks::concurrent_writer_failed;
 pub use chunks::NewData;
+pub(crate) use chunks::{concurrent_writer_failed, naming_true};
 pub use open::{
     chunker_for_size, CreateOptions, OpenOptions, Recovery, DEFAULT_PACK_LEN, MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE,
@@ -37,6 +37,7 @@ pub use remote::Remote;
 pub(crate) use remote::{blocks_key, manifest_key};
 
 use crate::backend::MetaBackend;
+use crate::crypt::RepoCrypt;
 use crate::format::config::RepoConfig;
 use crate::index::Index;
 use crate::pack::Packs;
@@ -54,6 +55,8 @@ struct Inner {
     config: RepoConfig,
     chunker: Chunker,
     packs: Packs,
+    /// The key at work in an encrypted repository (`crate::crypt`).
+    crypt: Option<Arc<RepoCrypt>>,
     index: Index,
     /// `OpenOptions::dedup_window`.
     dedup_window: bool,
@@ -102,6 +105,25 @@ impl Repository {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
+    }
+
+    /// The id of the key the repository is encrypted with; `None`: clear.
+    pub fn key_id(&self) -> Option<bunker_crypt::KeyId> {
+        self.inner.crypt.as_ref().map(|c| c.key_id())
+    }
+
+    /// The key at work, for an encrypted repository.
+    pub(crate) fn crypt(&self) -> Option<&RepoCrypt> {
+        self.inner.crypt.as_deref()
+    }
+
+    /// The id chunk `id` has at rest (in packs, the index and windows):
+    /// keyed in an encrypted repository, `id` itself in a clear one.
+    pub(crate) fn at_rest(&self, id: &ChunkId) -> ChunkId {
+        match &self.inner.crypt {
+            Some(c) => c.at_rest(id),
+            None => *id,
+        }
     }
 
     /// Held by a copy's commit from its origin check to its publish.

@@ -14,10 +14,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use bunker_chunk::{Chunker, ChunkerParams};
+use bunker_crypt::{Key, KeyId};
 
 use super::snapshots::{read_deleted_hwm, DELETED_HWM};
 use super::{Inner, Repository};
 use crate::backend::{LocalPacks, MetaBackend, PackBackend, ReadMode};
+use crate::crypt::RepoCrypt;
 use crate::error::IoContext;
 use crate::format::config::RepoConfig;
 use crate::format::Le;
@@ -28,7 +30,7 @@ use crate::tombstones::{read_tombstones, TOMBSTONES};
 use crate::{durable, snapshot, Error, Result};
 
 /// Parameters fixed when a repository is created.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct CreateOptions {
     pub chunker: ChunkerParams,
     /// zstd level for chunks worth compressing (1..=19). Default 1: on
@@ -37,6 +39,10 @@ pub struct CreateOptions {
     pub zstd_level: i32,
     /// A pack is sealed once it reaches this length.
     pub pack_target_len: u64,
+    /// The key to encrypt the new repository with; `None`: a clear
+    /// repository, exactly as before encryption existed. Opening it later
+    /// needs the same key (`OpenOptions::key`).
+    pub key: Option<Arc<Key>>,
 }
 
 /// Bounds of the average chunk size an operator may choose for a new
@@ -77,12 +83,13 @@ impl Default for CreateOptions {
             chunker: ChunkerParams::DEFAULT,
             zstd_level: 1,
             pack_target_len: DEFAULT_PACK_LEN,
+            key: None,
         }
     }
 }
 
 /// Choices of this process, not stored in the repository.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct OpenOptions {
     pub read_mode: ReadMode,
     /// Index entries kept in memory before they are flushed to runs.
@@ -90,6 +97,10 @@ pub struct OpenOptions {
     /// Ingests look chunks up in the previous ingest of the same name
     /// before the index (`crate::window`). Off only to measure the index.
     pub dedup_window: bool,
+    /// The key of an encrypted repository. Must be `Some` with the key the
+    /// config names for an encrypted repository and `None` for a clear one:
+    /// a key is never silently ignored.
+    pub key: Option<Arc<Key>>,
 }
 
 impl Default for OpenOptions {
@@ -98,6 +109,7 @@ impl Default for OpenOptions {
             read_mode: ReadMode::Pread,
             index_flush_at: 16 * 1024,
             dedup_window: true,
+            key: None,
         }
     }
 }
@@ -141,17 +153,30 @@ impl Repository {
             });
         }
         write_layout(path, &config)?;
-        Self::open_with(path, OpenOptions::default())
+        Self::open_with(
+            path,
+            OpenOptions {
+                key: opts.key,
+                ..OpenOptions::default()
+            },
+        )
     }
 
     pub fn open(path: &Path) -> Result<Repository> {
         Self::open_with(path, OpenOptions::default())
     }
 
-    /// Opens the repository at `path`, creating it with `create` if there is none.
+    /// Opens the repository at `path`, creating it with `create` if there
+    /// is none (an existing one is opened with `create.key`).
     pub fn open_or_create(path: &Path, create: CreateOptions) -> Result<Repository> {
         if path.join("config").exists() {
-            Self::open(path)
+            Self::open_with(
+                path,
+                OpenOptions {
+                    key: create.key,
+                    ..OpenOptions::default()
+                },
+            )
         } else {
             Self::create(path, create)
         }
@@ -205,6 +230,7 @@ impl Repository {
             _ => Error::io(&config_path, e),
         })?;
         let config = RepoConfig::decode("config", &bytes)?;
+        let crypt = check_key(path, &config, opts.key.as_deref())?;
         for dir in ["packs", "index", "snapshots", "tmp"] {
             durable::create_dir_all(&path.join(dir))?;
         }
@@ -249,7 +275,13 @@ impl Repository {
         let tombstones = read_tombstones(path)?;
         finish_condemned(&*backend, &tombstones)?;
         index.set_tombstones(tombstones);
-        let mut next_pack = recover_packs(&*backend, &index, config.repo_id, &mut recovery)?;
+        let mut next_pack = recover_packs(
+            &*backend,
+            &index,
+            config.repo_id,
+            crypt.as_deref(),
+            &mut recovery,
+        )?;
         // Never reuse the id of a tombstoned pack (after an index rebuild
         // the covered ranges that would prevent it are gone).
         let tombs = index.current_tombstones();
@@ -267,7 +299,14 @@ impl Repository {
             inner: Arc::new(Inner {
                 root: path.to_path_buf(),
                 chunker: Chunker::new(config.chunker),
-                packs: Packs::new(backend, config.repo_id, config.pack_target_len, next_pack),
+                packs: Packs::new(
+                    backend,
+                    config.repo_id,
+                    config.pack_target_len,
+                    next_pack,
+                    crypt.clone(),
+                ),
+                crypt,
                 index,
                 dedup_window: opts.dedup_window,
                 config,
@@ -336,7 +375,28 @@ pub(super) fn new_config(path: &Path, opts: &CreateOptions) -> Result<RepoConfig
         chunker: opts.chunker,
         zstd_level: opts.zstd_level,
         pack_target_len: opts.pack_target_len,
+        key_id: opts.key.as_ref().map(|k| k.id().0),
     })
+}
+
+/// The repository's crypt when the key given is the one its config names;
+/// a typed error naming the key ids otherwise (a missing key, another key,
+/// or a key for a clear repository: never silently ignored).
+pub(super) fn check_key(
+    path: &Path,
+    config: &RepoConfig,
+    key: Option<&Key>,
+) -> Result<Option<Arc<RepoCrypt>>> {
+    let expected = config.key_id.map(KeyId);
+    let given = key.map(Key::id);
+    if expected != given {
+        return Err(Error::Key {
+            repo: path.to_path_buf(),
+            expected,
+            given,
+        });
+    }
+    Ok(key.map(|k| Arc::new(RepoCrypt::new(k))))
 }
 
 /// Creates the directories of a repository at `path` and writes its
@@ -431,6 +491,7 @@ fn recover_packs(
     backend: &dyn PackBackend,
     index: &Index,
     repo_id: [u8; 16],
+    crypt: Option<&RepoCrypt>,
     recovery: &mut Recovery,
 ) -> Result<u64> {
     let staged = backend.list_staged()?;
@@ -463,14 +524,14 @@ fn recover_packs(
             );
         }
         if staging {
-            let (sealed, torn) = recover_staged(backend, repo_id, pack)?;
+            let (sealed, torn) = recover_staged(backend, repo_id, crypt, pack)?;
             if let Some(s) = sealed {
                 index.add_sealed(s.pack, s.index_entries());
                 recovery.packs_indexed += 1;
             }
             recovery.torn_tails.extend(torn);
         } else if !index.is_covered(pack) {
-            match read_trailer(backend, pack) {
+            match read_trailer(backend, crypt, pack) {
                 Ok(entries) => {
                     index.add_sealed(pack, entries.iter().map(|e| e.index_entry(pack)).collect());
                     recovery.packs_indexed += 1;

@@ -136,9 +136,10 @@ impl SnapshotWriter {
         if id.is_zero() {
             return self.push_zero(len);
         }
+        let kid = self.repo.at_rest(id);
         let found = {
             let _gate = self.repo.gate_read();
-            let found = self.repo.locate(id);
+            let found = self.repo.locate(&kid);
             if let Some(loc) = found {
                 self.pins.add([loc.pack]);
             }
@@ -146,7 +147,7 @@ impl SnapshotWriter {
         };
         let loc = match found {
             Some(loc) => Some(loc),
-            None if self.repo.is_pending(id) => self.repo.locate_pinned(id, &self.pins),
+            None if self.repo.is_pending(&kid) => self.repo.locate_pinned(&kid, &self.pins),
             None => None,
         };
         match loc {
@@ -192,11 +193,19 @@ impl SnapshotWriter {
             self.stream_end += data.len() as u64;
             ends.push(self.stream_end);
         }
-        let mut found = cpu::timed(Stage::Lookup, || self.window_lookup(chunks, zero, &ends));
+        // Below the manifest, chunks go by their at-rest ids (crate::crypt).
+        let at_rest: Vec<ChunkId> = match self.repo.crypt() {
+            Some(c) => chunks.iter().map(|(id, _)| c.at_rest(id)).collect(),
+            None => chunks.iter().map(|(id, _)| *id).collect(),
+        };
+        let mut found = cpu::timed(Stage::Lookup, || {
+            self.window_lookup(chunks, &at_rest, zero, &ends)
+        });
         let todo: Vec<usize> = (0..chunks.len())
             .filter(|&i| !zero[i] && found[i].is_none())
             .collect();
-        let to_store: Vec<(ChunkId, &[u8])> = todo.iter().map(|&i| chunks[i]).collect();
+        let to_store: Vec<(ChunkId, &[u8])> =
+            todo.iter().map(|&i| (at_rest[i], chunks[i].1)).collect();
         let (new, pending, stored) = self.repo.store_chunks_located(&to_store, &self.pins)?;
         self.new_chunks += new.chunks;
         self.new_bytes += new.stored_bytes;
@@ -222,9 +231,10 @@ impl SnapshotWriter {
             }
             self.manifest.push(data.len() as u64, id)?;
             if let Some(out) = self.window_out.as_mut() {
-                if let Some(loc) = found[i].or_else(|| waited.get(id).copied()) {
+                let kid = &at_rest[i];
+                if let Some(loc) = found[i].or_else(|| waited.get(kid).copied()) {
                     out.push(&WindowEntry {
-                        id: *id,
+                        id: *kid,
                         loc,
                         end: ends[i],
                     })?;
@@ -241,6 +251,7 @@ impl SnapshotWriter {
     fn window_lookup(
         &mut self,
         chunks: &[(ChunkId, &[u8])],
+        at_rest: &[ChunkId],
         zero: &[bool],
         ends: &[u64],
     ) -> Vec<Option<Location>> {
@@ -252,9 +263,9 @@ impl SnapshotWriter {
             .iter()
             .enumerate()
             .filter(|&(i, (_, data))| !zero[i] && !data.is_empty())
-            .filter_map(|(i, (id, data))| {
+            .filter_map(|(i, (_, data))| {
                 window
-                    .find(id, ends[i])
+                    .find(&at_rest[i], ends[i])
                     .filter(|loc| loc.raw_len as usize == data.len())
                     .map(|loc| (i, loc))
             })
@@ -264,7 +275,7 @@ impl SnapshotWriter {
         }
         let _gate = self.repo.gate_read();
         for (i, loc) in candidates {
-            if self.repo.index().is_buried(&chunks[i].0, &loc) {
+            if self.repo.index().is_buried(&at_rest[i], &loc) {
                 continue;
             }
             let pack = loc.pack.0;

@@ -25,6 +25,7 @@ pub fn small_opts() -> CreateOptions {
         chunker: ChunkerParams::new(16 << 10, 64 << 10, 256 << 10).unwrap(),
         zstd_level: 3,
         pack_target_len: 1 << 20,
+        key: None,
     }
 }
 
