@@ -9,6 +9,7 @@
 //! minus the sum. The clock costs one system call (about 0.2 µs); stages
 //! are timed per 16 MiB block or per chunk, a few thousand calls per GB.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// An ingest stage, as `GET /metrics` names it
@@ -29,8 +30,10 @@ pub enum Stage {
     /// zstd and the compressibility probe, on all cores.
     Compress,
     /// Appending records to packs, publishing them to the index, sealing
-    /// full packs.
+    /// full packs (their encryption apart).
     Append,
+    /// Encrypting records (an encrypted repository only).
+    Encrypt,
     /// Manifest entries and the dedup window being written.
     Manifest,
     /// The commit: flushes, fsyncs, renames.
@@ -38,7 +41,7 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 9] = [
+    pub const ALL: [Stage; 10] = [
         Stage::Receive,
         Stage::StreamHash,
         Stage::Cut,
@@ -46,6 +49,7 @@ impl Stage {
         Stage::Lookup,
         Stage::Compress,
         Stage::Append,
+        Stage::Encrypt,
         Stage::Manifest,
         Stage::Commit,
     ];
@@ -59,13 +63,14 @@ impl Stage {
             Stage::Lookup => "lookup",
             Stage::Compress => "compress",
             Stage::Append => "append",
+            Stage::Encrypt => "encrypt",
             Stage::Manifest => "manifest",
             Stage::Commit => "commit",
         }
     }
 }
 
-static TOTALS: [AtomicU64; 9] = [const { AtomicU64::new(0) }; 9];
+static TOTALS: [AtomicU64; 10] = [const { AtomicU64::new(0) }; 10];
 
 /// The cut scan's and the chunk hashes' counters, for
 /// `bunker_chunk::seams::chunk_parallel_timed`.
@@ -81,17 +86,44 @@ pub fn thread_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
-/// Adds `ns` of CPU time to `stage`.
-pub(crate) fn add(stage: Stage, ns: u64) {
-    TOTALS[stage as usize].fetch_add(ns, Ordering::Relaxed);
+thread_local! {
+    /// CPU time of the spans that ended inside the current one on this
+    /// thread: the outer span leaves it to them (appends include the
+    /// records' encryption, counted apart).
+    static NESTED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Counts this thread's CPU time from `start` until dropped to a stage,
+/// less what spans nested in it counted.
+pub(crate) struct Span {
+    stage: Stage,
+    t0: u64,
+    outer: u64,
+}
+
+impl Span {
+    pub(crate) fn start(stage: Stage) -> Span {
+        Span {
+            stage,
+            outer: NESTED.replace(0),
+            t0: thread_ns(),
+        }
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        let spent = thread_ns().saturating_sub(self.t0);
+        let inner = NESTED.get();
+        TOTALS[self.stage as usize].fetch_add(spent.saturating_sub(inner), Ordering::Relaxed);
+        NESTED.set(self.outer + spent);
+    }
 }
 
 /// Runs `f`, counting this thread's CPU time in it to `stage`.
 pub(crate) fn timed<T>(stage: Stage, f: impl FnOnce() -> T) -> T {
-    let t0 = thread_ns();
-    let r = f();
-    add(stage, thread_ns().saturating_sub(t0));
-    r
+    let _span = Span::start(stage);
+    f()
 }
 
 /// CPU seconds spent in each stage since the process started.
@@ -123,5 +155,26 @@ mod tests {
         let busy = ingest_cpu()[Stage::Commit as usize].1 - before;
         assert!(slept < 20_000_000, "a 50 ms sleep used {slept} ns of CPU");
         assert!(busy > 0.0005, "12.5 MiB of BLAKE3 counted as {busy} s");
+    }
+
+    #[test]
+    fn a_nested_span_is_not_counted_twice() {
+        let hash = || {
+            let mut h = blake3::Hasher::new();
+            for _ in 0..100 {
+                h.update(&[9u8; 64 << 10]);
+            }
+            h.finalize()
+        };
+        let before = ingest_cpu();
+        timed(Stage::Manifest, || timed(Stage::Encrypt, hash));
+        let after = ingest_cpu();
+        let outer = after[Stage::Manifest as usize].1 - before[Stage::Manifest as usize].1;
+        let inner = after[Stage::Encrypt as usize].1 - before[Stage::Encrypt as usize].1;
+        assert!(inner > 0.0002, "the nested hash counted {inner} s");
+        assert!(
+            outer < inner,
+            "the outer span counted {outer} s, the nested {inner} s"
+        );
     }
 }

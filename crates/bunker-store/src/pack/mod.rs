@@ -194,11 +194,13 @@ impl Packs {
             let stored = match &self.crypt {
                 Some(c) => {
                     w.sealed.clear();
-                    c.records().seal_into(
-                        &record_ad(open.id, offset, &r.id),
-                        r.stored,
-                        &mut w.sealed,
-                    );
+                    crate::cpu::timed(crate::cpu::Stage::Encrypt, || {
+                        c.records().seal_into(
+                            &record_ad(open.id, offset, &r.id),
+                            r.stored,
+                            &mut w.sealed,
+                        )
+                    });
                     &w.sealed[..]
                 }
                 None => r.stored,

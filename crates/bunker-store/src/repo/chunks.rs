@@ -178,7 +178,7 @@ impl Repository {
         let mut pending = Vec::new();
         let mut known = Vec::new();
         let mut found = vec![None; chunks.len()];
-        let t0 = cpu::thread_ns();
+        let lookup = cpu::Span::start(Stage::Lookup);
         for (i, (id, _)) in chunks.iter().enumerate() {
             match inner.index.reserve(id) {
                 Reservation::Mine => mine.push(i),
@@ -190,7 +190,7 @@ impl Repository {
             }
         }
         pins.add(known);
-        cpu::add(Stage::Lookup, cpu::thread_ns().saturating_sub(t0));
+        drop(lookup);
         if mine.is_empty() {
             return Ok((NewData::default(), pending, found));
         }
@@ -198,7 +198,7 @@ impl Repository {
             .par_iter()
             .map(|&i| cpu::timed(Stage::Compress, || encode(chunks[i].1)))
             .collect();
-        let t0 = cpu::thread_ns();
+        let _append = cpu::Span::start(Stage::Append);
         let records: Vec<NewRecord<'_>> = mine
             .iter()
             .zip(&stored)
@@ -221,7 +221,6 @@ impl Repository {
                 // Pinned: an index flush (fsyncs) need not hold GC back.
                 drop(gate);
                 self.index_sealed(sealed);
-                cpu::add(Stage::Append, cpu::thread_ns().saturating_sub(t0));
                 Ok((new, pending, found))
             }
             Err(e) => {

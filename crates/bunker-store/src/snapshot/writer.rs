@@ -223,7 +223,7 @@ impl SnapshotWriter {
                 .ok_or_else(|| concurrent_writer_failed(&id))?;
             waited.insert(id, loc);
         }
-        let t0 = cpu::thread_ns();
+        let _manifest = cpu::Span::start(Stage::Manifest);
         for (i, ((id, data), z)) in chunks.iter().zip(zero).enumerate() {
             if *z {
                 self.push_zero(data.len() as u64)?;
@@ -241,7 +241,6 @@ impl SnapshotWriter {
                 }
             }
         }
-        cpu::add(Stage::Manifest, cpu::thread_ns().saturating_sub(t0));
         Ok(())
     }
 
