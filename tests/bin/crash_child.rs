@@ -30,6 +30,9 @@
 //! or a directory); then writes to OUT what a power cut at that instant
 //! could leave (see `PowerModel`), prints `CUT`, and exits.
 //!
+//! With `BUNKER_CHILD_ENCRYPTED` set (`bunker_tests::KEY_ENV`), the
+//! repository is encrypted with `bunker_tests::test_key`.
+//!
 //! With `BUNKER_CHILD_S3=ENDPOINT BUCKET PREFIX` in the environment, REPO
 //! is the local directory of a repository whose packs and objects live in
 //! that bucket (`bunker_tests::bucket`): the same modes against an object
@@ -51,7 +54,7 @@ fn open(path: &str) -> anyhow::Result<Repository> {
         chunker: ChunkerParams::new(16 << 10, 64 << 10, 256 << 10)?,
         zstd_level: 1,
         pack_target_len: 1 << 20,
-        key: None,
+        key: bunker_tests::key_from_env(),
     };
     match bunker_tests::bucket::from_env() {
         Some(config) => bunker_tests::bucket::open(path.as_ref(), &config, opts)

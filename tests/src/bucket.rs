@@ -52,5 +52,9 @@ pub fn open(
         packs: Arc::new(S3Packs::open(&bucket, path)?),
         meta: Arc::new(S3Meta::open(&bucket, path)?),
     };
-    Repository::open_remote_with(path, OpenOptions::default(), create, remote)
+    let opts = OpenOptions {
+        key: create.key.clone(),
+        ..OpenOptions::default()
+    };
+    Repository::open_remote_with(path, opts, create, remote)
 }

@@ -142,6 +142,21 @@ pub fn hash_reader(mut r: impl std::io::Read) -> ([u8; 32], u64) {
     (*h.finalize().as_bytes(), n)
 }
 
+/// Set (to anything) in a crash or fault child's environment: the child's
+/// repository is encrypted with [`test_key`].
+pub const KEY_ENV: &str = "BUNKER_CHILD_ENCRYPTED";
+
+/// The key of the suites' encrypted repositories (fixed, so a seed
+/// reproduces a run byte for byte).
+pub fn test_key() -> std::sync::Arc<bunker_crypt::Key> {
+    std::sync::Arc::new(bunker_crypt::Key::from_bytes([0x5e; 32]))
+}
+
+/// [`test_key`] when [`KEY_ENV`] is set, else none.
+pub fn key_from_env() -> Option<std::sync::Arc<bunker_crypt::Key>> {
+    std::env::var_os(KEY_ENV).map(|_| test_key())
+}
+
 /// How many trials a randomised fault test runs: `ci` in CI, ten times as
 /// many in the soak tier (`BUNKER_SOAK=1`).
 pub fn scaled(ci: u64) -> u64 {

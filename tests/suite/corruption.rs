@@ -162,15 +162,44 @@ type Snap = (String, u64);
 #[test]
 fn bit_rot_is_always_detected_and_names_exactly_the_damaged_snapshots() {
     let seed = crate::seed(0xB17_2070);
-    let trials = crate::scaled(1000);
-    let reproduce = format!(
-        "BUNKER_SEED={seed} cargo test --release -p bunker-tests --test suite corruption::bit_rot"
+    bit_rot(None, seed, crate::scaled(700), "corruption::bit_rot_is");
+}
+
+/// The same 300 flips in an encrypted repository: sealed records,
+/// trailers and manifests, keyed ids in record headers and the index.
+#[test]
+fn bit_rot_in_an_encrypted_repository_is_detected_and_names_exactly_the_damaged_snapshots() {
+    let seed = crate::seed(0xB17_E2C7);
+    bit_rot(
+        Some(bunker_tests::test_key()),
+        seed,
+        crate::scaled(300),
+        "corruption::bit_rot_in_an_encrypted",
     );
+}
+
+fn bit_rot(key: Option<std::sync::Arc<bunker_crypt::Key>>, seed: u64, trials: u64, test: &str) {
+    let reproduce =
+        format!("BUNKER_SEED={seed} cargo test --release -p bunker-tests --test suite {test}");
+    // Record headers hold at-rest ids (keyed in an encrypted repository).
+    let crypt = key.as_deref().map(bunker_store::crypt::RepoCrypt::new);
+    let at_rest = |id: &ChunkId| crypt.as_ref().map_or(*id, |c| c.at_rest(id));
+    let open = |root: &Path| {
+        Repository::open_with(
+            root,
+            bunker_store::OpenOptions {
+                key: key.clone(),
+                ..Default::default()
+            },
+        )
+    };
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     let dir = bunker_tests::scratch();
     let root = dir.path();
     let names = ["vol-a", "vol-b", "vol-c", "vol-d"];
+    // By at-rest id, as record headers name chunks; `truth` maps back.
     let mut owners: std::collections::HashMap<ChunkId, HashSet<Snap>> = Default::default();
+    let mut truth: std::collections::HashMap<ChunkId, ChunkId> = Default::default();
     let digest = {
         let repo = Repository::create(
             root,
@@ -178,7 +207,7 @@ fn bit_rot_is_always_detected_and_names_exactly_the_damaged_snapshots() {
                 chunker: ChunkerParams::new(16 << 10, 64 << 10, 256 << 10).unwrap(),
                 zstd_level: 1,
                 pack_target_len: 1 << 20,
-                key: None,
+                key: key.clone(),
             },
         )
         .unwrap();
@@ -192,8 +221,9 @@ fn bit_rot_is_always_detected_and_names_exactly_the_damaged_snapshots() {
             for e in repo.manifest_entries(&s.name, s.id).unwrap() {
                 let e = e.unwrap();
                 if !e.id.is_zero() {
+                    truth.insert(at_rest(&e.id), e.id);
                     owners
-                        .entry(e.id)
+                        .entry(at_rest(&e.id))
                         .or_default()
                         .insert((s.name.clone(), s.id.0));
                 }
@@ -248,7 +278,7 @@ fn bit_rot_is_always_detected_and_names_exactly_the_damaged_snapshots() {
         )
     };
     let verify = |quarantine: bool| {
-        let repo = Repository::open(root)?;
+        let repo = open(root)?;
         repo.verify_with(&bunker_store::VerifyOptions {
             quarantine,
             ..Default::default()
@@ -264,8 +294,15 @@ fn bit_rot_is_always_detected_and_names_exactly_the_damaged_snapshots() {
         assert!(repo.verify().unwrap().is_clean(), "{what}: after rebuild");
     };
     let rebuild = |what: &str| {
-        Repository::rebuild_index(root).unwrap_or_else(|e| panic!("{what}: rebuild: {e}"));
-        check_rebuilt(&Repository::open(root).unwrap(), what);
+        Repository::rebuild_index_with(
+            root,
+            bunker_store::OpenOptions {
+                key: key.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{what}: rebuild: {e}"));
+        check_rebuilt(&open(root).unwrap(), what);
     };
     let mut counts = [0u64; 5];
     let (mut rebuilt, mut rebuilt_on_open) = (0, 0);
@@ -330,7 +367,7 @@ fn bit_rot_is_always_detected_and_names_exactly_the_damaged_snapshots() {
         );
         let mut expected = expected;
         if kind == 3 {
-            let repo = match Repository::open(root) {
+            let repo = match open(root) {
                 Ok(repo) => repo,
                 // A flipped version field reads as a newer format: refused
                 // by name (not this build's to throw away), then rebuilt.
@@ -361,7 +398,7 @@ fn bit_rot_is_always_detected_and_names_exactly_the_damaged_snapshots() {
             // (the path restores take).
             expected = owners
                 .iter()
-                .filter(|(id, _)| repo.read_chunk(id).is_err())
+                .filter(|(id, _)| repo.read_chunk(&truth[*id]).is_err())
                 .flat_map(|(_, snaps)| snaps.iter().cloned())
                 .collect();
         }
@@ -400,7 +437,7 @@ fn bit_rot_is_always_detected_and_names_exactly_the_damaged_snapshots() {
         );
         let report = verify(true).unwrap();
         assert_eq!(report.newly_quarantined, 1, "{report:?}; {reproduce}");
-        let repo = Repository::open(root).unwrap();
+        let repo = open(root).unwrap();
         let mut again: Vec<Snap> = owners[&r.id].iter().cloned().collect();
         again.sort();
         let (name, id) = &again[0];

@@ -92,15 +92,18 @@ fn kill_during_ingest_to_a_bucket_loses_nothing_acknowledged() {
 /// that backs up, deletes and collects garbage on the bucket
 /// (`crash::power_cuts`): each image opens on the bucket, and every
 /// acknowledged snapshot not deleted reads back exactly (the bucket is the
-/// truth: the manifest is an object before the local rename).
+/// truth: the manifest is an object before the local rename). The
+/// repository is encrypted.
 #[test]
 fn power_cut_of_the_data_directory_loses_nothing_acknowledged_in_the_bucket() {
     let Some((_store, spec, _)) = weed("power") else {
         return;
     };
     let runs = crate::scaled(25);
+    // Encrypted: the bucket's copy of a sealed repository survives too.
     let (cuts, acked) = crate::crash::power_cuts(
         Some(&spec),
+        true,
         crate::seed(0x5_3CE1),
         runs,
         "s3_faults::power_cut",

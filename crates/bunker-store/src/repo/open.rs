@@ -328,6 +328,12 @@ impl Repository {
     /// The repository lock is taken first: a repository in use by another
     /// process is refused before anything is touched.
     pub fn rebuild_index(path: &Path) -> Result<()> {
+        Self::rebuild_index_with(path, OpenOptions::default())
+    }
+
+    /// [`Repository::rebuild_index`] with options: an encrypted
+    /// repository's key (its trailers are sealed).
+    pub fn rebuild_index_with(path: &Path, opts: OpenOptions) -> Result<()> {
         if !path.join("config").exists() {
             return Err(Error::NotFound {
                 what: format!("bunker repository at {} (no config file)", path.display()),
@@ -338,15 +344,7 @@ impl Repository {
         if index_dir.exists() {
             std::fs::remove_dir_all(&index_dir).at(&index_dir)?;
         }
-        Repository::open_locked(
-            path,
-            OpenOptions::default(),
-            lock,
-            None,
-            None,
-            Recovery::default(),
-        )?
-        .close()
+        Repository::open_locked(path, opts, lock, None, None, Recovery::default())?.close()
     }
 }
 
