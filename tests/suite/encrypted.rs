@@ -262,3 +262,71 @@ fn an_encrypted_server_on_a_bucket_puts_no_text_or_chunk_id_in_it() {
     }
     assert!(leaked.is_empty(), "{leaked:#?}");
 }
+
+/// `bunker sync` between a clear and an encrypted repository, both ways:
+/// the copies restore bit-exact on the other side, and what the encrypted
+/// side received from the clear one is sealed at rest like its own.
+#[test]
+fn sync_between_a_clear_and_an_encrypted_repository_works_both_ways() {
+    use crate::sync::{report, sync, token};
+    let dir = bunker_tests::scratch();
+    let (key, _) = new_key(dir.path());
+    let (clear_data, sealed_data) = (dir.path().join("clear"), dir.path().join("sealed"));
+    let clear = Server::start(BIN, &clear_data, &[]);
+    let sealed = Server::start(BIN, &sealed_data, &["--key-file", key.to_str().unwrap()]);
+    let img = marker_image();
+    let mut other = bunker_testdata::noise(23, 3 << 20);
+    other[..img.len() / 4].copy_from_slice(&img[..img.len() / 4]);
+    let from_clear = backup(&clear, dir.path(), "plain", &img);
+    backup(&sealed, dir.path(), "secret", &other);
+    for (s, side) in [(&clear, "clear"), (&sealed, "sealed")] {
+        for role in ["reader", "writer"] {
+            token(s, role, None, dir.path(), &format!("{side}.{role}"));
+        }
+    }
+    let t = |f: &str| dir.path().join(f);
+
+    let r = report(&sync(
+        &clear.url,
+        &t("clear.reader"),
+        &sealed.url,
+        &t("sealed.writer"),
+        &["plain"],
+    ));
+    assert_eq!(r["copied"], 1, "{r}");
+    let r = report(&sync(
+        &sealed.url,
+        &t("sealed.reader"),
+        &clear.url,
+        &t("clear.writer"),
+        &["secret"],
+    ));
+    assert_eq!(r["copied"], 1, "{r}");
+
+    let copy_id = |s: &Server, name: &str| {
+        let l = ok_json(&bunker(s, &["--json", "snapshots", name]));
+        l["snapshots"][0]["id"].as_u64().unwrap()
+    };
+    let ids = chunk_ids(&clear, "plain", from_clear);
+    restores_bit_exact(
+        &sealed,
+        dir.path(),
+        "plain",
+        copy_id(&sealed, "plain"),
+        &img,
+    );
+    restores_bit_exact(
+        &clear,
+        dir.path(),
+        "secret",
+        copy_id(&clear, "secret"),
+        &other,
+    );
+    for s in [&clear, &sealed] {
+        let v = bunker(s, &["verify"]);
+        assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    }
+    sealed.stop();
+    let leaks = leaking_files(&sealed_data, &ids);
+    assert!(leaks.is_empty(), "{leaks:#?}");
+}

@@ -72,7 +72,13 @@ fn client(url: &str, token: &str) -> Client {
 }
 
 /// A new token on `server`: its secret, written to `dir/<file>` too.
-fn token(server: &Server, role: &str, scope: Option<&str>, dir: &Path, file: &str) -> String {
+pub(crate) fn token(
+    server: &Server,
+    role: &str,
+    scope: Option<&str>,
+    dir: &Path,
+    file: &str,
+) -> String {
     let c = client(&server.url, &server.admin);
     let t = c
         .create_token(&bunker_api::TokenRequest {
@@ -88,7 +94,13 @@ fn token(server: &Server, role: &str, scope: Option<&str>, dir: &Path, file: &st
 
 /// `bunker sync --from SOURCE --from-token-file F --to TARGET
 /// --to-token-file G --json NAMES...`.
-fn sync(from: &str, from_token: &Path, to: &str, to_token: &Path, names: &[&str]) -> Output {
+pub(crate) fn sync(
+    from: &str,
+    from_token: &Path,
+    to: &str,
+    to_token: &Path,
+    names: &[&str],
+) -> Output {
     Command::new(BIN)
         .args(["sync", "--json", "--from", from, "--from-token-file"])
         .arg(from_token)
@@ -101,7 +113,7 @@ fn sync(from: &str, from_token: &Path, to: &str, to_token: &Path, names: &[&str]
         .expect("run bunker sync")
 }
 
-fn report(o: &Output) -> serde_json::Value {
+pub(crate) fn report(o: &Output) -> serde_json::Value {
     assert!(
         o.status.success(),
         "exit {:?}\nstdout: {}\nstderr: {}",

@@ -71,4 +71,4 @@ pub use body::Body;
 pub use config::Config;
 pub use error::{SaveError, StartError};
 pub use serve::{listen, run, spawn, tls_acceptor, Background, LISTEN_BACKLOG};
-pub use state::{connect_remote, hold_remote, IngestSlot, State, BODY_MEMORY_WAIT};
+pub use state::{connect_remote, hold_remote, load_key, IngestSlot, State, BODY_MEMORY_WAIT};

@@ -267,12 +267,7 @@ fn open_repository(
         path: config.data.clone(),
         source: Box::new(source),
     };
-    let key = match &config.encryption.key_file {
-        Some(path) => Some(Arc::new(
-            bunker_crypt::Key::load(path).map_err(|source| StartError::KeyFile { source })?,
-        )),
-        None => None,
-    };
+    let key = load_key(config)?;
     let create = create_options(config, key.clone())?;
     let Some(s3) = config.storage.s3_config()? else {
         let repo = bunker_store::Repository::open_or_create(&config.data, create).map_err(local)?;
@@ -299,6 +294,16 @@ fn open_repository(
     check_chunk_size(config, &repo)?;
     log_key(&repo);
     Ok((repo, Some((meta, lease))))
+}
+
+/// The key of `[encryption] key_file` (`--key-file`), if one is set.
+pub fn load_key(config: &Config) -> Result<Option<Arc<bunker_crypt::Key>>, StartError> {
+    match &config.encryption.key_file {
+        Some(path) => Ok(Some(Arc::new(
+            bunker_crypt::Key::load(path).map_err(|source| StartError::KeyFile { source })?,
+        ))),
+        None => Ok(None),
+    }
 }
 
 fn log_key(repo: &bunker_store::Repository) {

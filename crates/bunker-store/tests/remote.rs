@@ -679,7 +679,7 @@ fn the_index_rebuilt_from_the_bucket_equals_the_one_built_by_ingest() {
     repo.close().unwrap();
     let built = repo.index_digest();
     drop(repo);
-    Repository::rebuild_index_remote(dir.path(), bucket.remote()).unwrap();
+    Repository::rebuild_index_remote(dir.path(), Default::default(), bucket.remote()).unwrap();
     let repo = bucket.open(dir.path());
     assert_eq!(repo.index_digest(), built);
     assert_eq!(

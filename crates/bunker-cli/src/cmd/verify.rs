@@ -120,9 +120,14 @@ pub struct RepairArgs {
     /// the config file's `data`, else bunker-data.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// The server's TOML config file: its `data` and `[storage]`.
+    /// The server's TOML config file: its `data`, `[storage]` and
+    /// `[encryption]`.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The repository's key file, for an encrypted repository (default:
+    /// the config file's `[encryption] key_file`).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
     #[command(flatten)]
     s3: super::settings::S3Args,
 }
@@ -133,6 +138,13 @@ pub fn repair(g: &Global, a: RepairArgs) -> CmdResult {
     if let Some(d) = a.data {
         config.data = d;
     }
+    if let Some(k) = a.key_file {
+        config.encryption.key_file = Some(k);
+    }
+    let opts = bunker_store::OpenOptions {
+        key: bunker_server::load_key(&config)?,
+        ..Default::default()
+    };
     let data = config.data.clone();
     let stop_first = || {
         format!(
@@ -142,17 +154,23 @@ pub fn repair(g: &Global, a: RepairArgs) -> CmdResult {
     };
     let repo = match config.storage.s3_config().map_err(anyhow::Error::msg)? {
         None => {
-            bunker_store::Repository::rebuild_index(&data).with_context(stop_first)?;
-            (bunker_store::Repository::open(&data)?, None)
+            bunker_store::Repository::rebuild_index_with(&data, opts.clone())
+                .with_context(stop_first)?;
+            (bunker_store::Repository::open_with(&data, opts)?, None)
         }
         Some(s3) => {
             // Refused while another server holds the bucket; held until
             // the repair ends.
             let (remote, lease) =
                 bunker_server::hold_remote(&config, &s3).map_err(anyhow::Error::msg)?;
-            bunker_store::Repository::rebuild_index_remote(&data, remote.clone())
+            bunker_store::Repository::rebuild_index_remote(&data, opts.clone(), remote.clone())
                 .with_context(stop_first)?;
-            let repo = bunker_store::Repository::open_remote(&data, remote)?;
+            let repo = bunker_store::Repository::open_remote_with(
+                &data,
+                opts,
+                Default::default(),
+                remote,
+            )?;
             (repo, Some(lease))
         }
     };

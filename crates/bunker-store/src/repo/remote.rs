@@ -209,7 +209,7 @@ impl Repository {
     /// Deletes the index of the remote repository at `path` and rebuilds
     /// it from the trailers of the packs in the bucket (after reconciling
     /// as any open does). Refused while another process has it open.
-    pub fn rebuild_index_remote(path: &Path, remote: Remote) -> Result<()> {
+    pub fn rebuild_index_remote(path: &Path, opts: OpenOptions, remote: Remote) -> Result<()> {
         if !path.join("config").exists() {
             return Err(Error::NotFound {
                 what: format!("bunker repository at {} (no config file)", path.display()),
@@ -224,7 +224,7 @@ impl Repository {
             std::fs::remove_dir_all(&index).map_err(|e| Error::io(&index, e))?;
         }
         drop(lock);
-        Self::open_remote(path, remote)?.close()
+        Self::open_remote_with(path, opts, CreateOptions::default(), remote)?.close()
     }
 }
 
