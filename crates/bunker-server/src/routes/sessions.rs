@@ -267,7 +267,9 @@ pub(super) async fn put_blocks(
     let work = tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
         let tmp = st.repo.blocks_tmp_path();
         receive_blocks(BodyReader::new(rx), &tmp)?;
-        let blocks = bunker_store::snapshot::BlocksFile::open_owned(tmp)
+        let blocks = st
+            .repo
+            .blocks_upload(tmp)
             .map_err(|e| ApiError::bad_request(format!("block hashes: {e}")))?;
         *sess.blocks.lock().unwrap_or_else(|p| p.into_inner()) = Some(blocks);
         Ok(())

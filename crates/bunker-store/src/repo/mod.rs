@@ -41,6 +41,7 @@ use crate::format::config::RepoConfig;
 use crate::index::Index;
 use crate::pack::Packs;
 use crate::pins::{PinBoard, Pins};
+use crate::sealed_file::FileSeal;
 use crate::{Error, Result, SnapshotId};
 
 /// An open repository. Cheap to clone; all clones share one writer.
@@ -154,6 +155,16 @@ impl Repository {
     /// Where a remote repository's metadata objects are (None: local).
     pub(crate) fn meta(&self) -> Option<&dyn MetaBackend> {
         self.inner.meta.as_deref()
+    }
+
+    /// The seal of manifests, `None` in a clear repository.
+    pub(crate) fn manifest_seal(&self) -> Option<&FileSeal> {
+        None // wired to RepoCrypt at merge (issue 19)
+    }
+
+    /// The seal of block hashes files, `None` in a clear repository.
+    pub(crate) fn blocks_seal(&self) -> Option<&FileSeal> {
+        None // wired to RepoCrypt at merge (issue 19)
     }
 
     pub(crate) fn repo_id(&self) -> [u8; 16] {

@@ -39,7 +39,7 @@ impl Repository {
             name: name.to_string(),
             source: source.to_string(),
             creator,
-            manifest: ManifestWriter::create(tmp)?,
+            manifest: ManifestWriter::create(tmp, self.manifest_seal())?,
             pins: self.pins(),
             new_chunks: 0,
             new_bytes: 0,
@@ -60,7 +60,24 @@ impl Repository {
     /// A writer for block hashes (`snapshot::blocks`) in `tmp/`, for
     /// [`SnapshotWriter::set_blocks`] or to check a client's upload.
     pub fn blocks_writer(&self) -> Result<super::BlocksWriter> {
-        super::BlocksWriter::create(self.blocks_tmp_path())
+        super::BlocksWriter::create(self.blocks_tmp_path(), self.blocks_seal(), self.repo_id())
+    }
+
+    /// Takes a block hashes file received in the clear at `tmp` (from a
+    /// client): checks it and, in a repository that seals them, writes it
+    /// sealed in its place. The clear file is removed either way.
+    pub fn blocks_upload(&self, tmp: std::path::PathBuf) -> Result<super::BlocksFile> {
+        let owner = super::Owner::unpublished(self.repo_id());
+        let clear = super::BlocksFile::open_owned(tmp, None, &owner)?;
+        if self.blocks_seal().is_none() {
+            return Ok(clear);
+        }
+        let mut sealed = self.blocks_writer()?;
+        for cv in clear.chaining_values()? {
+            sealed.push(&cv?)?;
+        }
+        let h = clear.header();
+        sealed.finish(h.block_len, h.image_len, h.tail)
     }
 
     /// A fresh path in `tmp/` for a block hashes file being received.
@@ -424,7 +441,8 @@ impl SnapshotWriter {
         //     leaves a file no snapshot lists (ids are never reused).
         let blocks_dest = snapshot::blocks::blocks_path(&self.repo.snapshots_dir(), &self.name, id);
         let has_blocks = self.blocks.is_some();
-        if let Some(blocks) = self.blocks {
+        if let Some(mut blocks) = self.blocks {
+            blocks.bind(snapshot::Owner::new(self.repo.repo_id(), &self.name, id))?;
             if let Some(meta) = self.repo.meta() {
                 meta.put_file(&crate::repo::blocks_key(&self.name, id), blocks.path())?;
             }
