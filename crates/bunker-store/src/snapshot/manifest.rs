@@ -9,9 +9,11 @@
 //! plaintext is read and written through `super::plain` (the header is the
 //! sealed file's head, bound to the snapshot).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use bunker_chunk::ChunkId;
 
@@ -133,7 +135,16 @@ pub(crate) struct ManifestReader {
     path: PathBuf,
     name: String,
     pub(crate) header: ManifestHeader,
+    /// Sealed manifests only: the entry ends that the first
+    /// [`PROBE_LEVELS`] steps of a binary search read, kept as they are
+    /// read, so a [`Self::find`] opens a segment or two, not one per step.
+    probes: Option<Mutex<HashMap<u64, u64>>>,
 }
+
+/// Binary-search steps whose probes a sealed manifest keeps: at most
+/// 2^10 - 1 ends (16 KiB), after which the range left is under 1/1024 of
+/// the manifest (one or two 64 KiB segments of a 10 TB image's).
+const PROBE_LEVELS: u32 = 10;
 
 impl ManifestReader {
     /// Opens a manifest, checking header, length and footer (not the
@@ -174,11 +185,13 @@ impl ManifestReader {
                 "manifest footer and header disagree on the entry count",
             ));
         }
+        let probes = matches!(file, PlainFile::Sealed(_)).then(Mutex::default);
         Ok(ManifestReader {
             file,
             path: path.to_path_buf(),
             name: display.to_string(),
             header,
+            probes,
         })
     }
 
@@ -209,9 +222,32 @@ impl ManifestReader {
     /// Index of the entry holding byte `offset` (`offset < size`).
     pub(crate) fn find(&self, offset: u64) -> Result<u64> {
         let (mut lo, mut hi) = (0u64, self.header.entries);
+        let mut level = 0;
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if self.end_at(mid)?.0 <= offset {
+            let end = match &self.probes {
+                Some(probes) if level < PROBE_LEVELS => {
+                    let known = probes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&mid)
+                        .copied();
+                    match known {
+                        Some(end) => end,
+                        None => {
+                            let end = self.end_at(mid)?.0;
+                            probes
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(mid, end);
+                            end
+                        }
+                    }
+                }
+                _ => self.end_at(mid)?.0,
+            };
+            level += 1;
+            if end <= offset {
                 lo = mid + 1;
             } else {
                 hi = mid;
@@ -392,21 +428,20 @@ impl Iterator for Entries {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
     use crate::format::sealed::FileKind;
     use crate::SnapshotId;
     use bunker_chunk::ChunkerParams;
     use bunker_crypt::Key;
 
-    const ENTRIES: u64 = 100_000;
-    const REPO: [u8; 16] = [5; 16];
+    pub(super) const REPO: [u8; 16] = [5; 16];
 
     /// A repeatable stream of numbers (xorshift), so a failure reproduces.
-    struct Numbers(u64);
+    pub(super) struct Numbers(pub(super) u64);
 
     impl Numbers {
-        fn next(&mut self) -> u64 {
+        pub(super) fn next(&mut self) -> u64 {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;
@@ -414,7 +449,7 @@ mod tests {
         }
     }
 
-    fn header(name: &str, id: u64) -> ManifestHeader {
+    pub(super) fn header(name: &str, id: u64) -> ManifestHeader {
         ManifestHeader {
             repo_id: REPO,
             id: SnapshotId(id),
@@ -437,10 +472,10 @@ mod tests {
         }
     }
 
-    /// The chunk ids and lengths of a 100k-entry manifest.
-    fn entries() -> Vec<(u64, ChunkId)> {
+    /// The chunk ids and lengths of a manifest of `count` entries.
+    pub(super) fn entries(count: u64) -> Vec<(u64, ChunkId)> {
         let mut n = Numbers(0x9e37_79b9_7f4a_7c15);
-        (0..ENTRIES)
+        (0..count)
             .map(|i| {
                 let id = *blake3::hash(&i.to_le_bytes()).as_bytes();
                 (1 + n.next() % (1 << 20), ChunkId(id))
@@ -448,7 +483,7 @@ mod tests {
             .collect()
     }
 
-    fn write(path: &Path, seal: Option<&FileSeal>, entries: &[(u64, ChunkId)]) {
+    pub(super) fn write(path: &Path, seal: Option<&FileSeal>, entries: &[(u64, ChunkId)]) {
         let mut w = ManifestWriter::create(path.with_extension("tmp"), seal).unwrap();
         for (len, id) in entries {
             w.push(*len, id).unwrap();
@@ -457,18 +492,29 @@ mod tests {
         w.publish(path).unwrap();
     }
 
-    fn owner() -> Owner {
+    pub(super) fn owner() -> Owner {
         Owner::new(REPO, "vol-marker", SnapshotId(7))
     }
 
-    fn seal() -> FileSeal {
+    pub(super) fn seal() -> FileSeal {
         FileSeal::new(&Key::from_bytes([1; 32]), FileKind::Manifest)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::*;
+    use super::*;
+    use crate::format::sealed::FileKind;
+    use crate::SnapshotId;
+    use bunker_crypt::Key;
+
+    const ENTRIES: u64 = 100_000;
 
     #[test]
     fn a_sealed_manifest_reads_as_the_clear_one() {
         let dir = tempfile::tempdir().unwrap();
-        let list = entries();
+        let list = entries(ENTRIES);
         let (clear_at, sealed_at) = (dir.path().join("clear"), dir.path().join("sealed"));
         let seal = seal();
         write(&clear_at, None, &list);
@@ -512,7 +558,7 @@ mod tests {
     #[test]
     fn no_chunk_id_or_name_shows_in_a_sealed_manifest() {
         let dir = tempfile::tempdir().unwrap();
-        let list = entries();
+        let list = entries(ENTRIES);
         let path = dir.path().join("sealed");
         write(&path, Some(&seal()), &list);
         let bytes = std::fs::read(&path).unwrap();
@@ -536,7 +582,7 @@ mod tests {
     #[test]
     fn damage_in_a_sealed_manifest_is_reported_never_read() {
         let dir = tempfile::tempdir().unwrap();
-        let list = &entries()[..20_000];
+        let list = &entries(20_000)[..];
         let path = dir.path().join("sealed");
         let seal = seal();
         write(&path, Some(&seal), list);
@@ -567,5 +613,55 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(err, Error::SealedWithOtherKey { .. }), "{err}");
+    }
+}
+
+/// Figures for docs/BENCHMARKS.md, "Encryption", run by hand:
+/// `cargo test --release -p bunker-store --lib -- --ignored --nocapture sealed_manifest_figures`
+#[cfg(test)]
+mod figures {
+    use super::tests_support::*;
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    #[ignore = "prints figures; run by hand"]
+    fn sealed_manifest_figures() {
+        let dir = tempfile::Builder::new()
+            .prefix("bunker-manifest-figures")
+            .tempdir_in(std::env::var_os("FIGURES_DIR").unwrap_or_else(|| "/dev/shm".into()))
+            .unwrap();
+        let list = entries(1_000_000);
+        let seal = seal();
+        for (label, seal) in [("clear", None), ("sealed", Some(&seal))] {
+            let path = dir.path().join(label);
+            let t = Instant::now();
+            write(&path, seal, &list);
+            let write_s = t.elapsed().as_secs_f64();
+            let mb = std::fs::metadata(&path).unwrap().len() as f64 / 1e6;
+            let m = ManifestReader::open(&path, label, seal, &owner()).unwrap();
+            let t = Instant::now();
+            let n = m
+                .entries_checked()
+                .unwrap()
+                .try_fold(0usize, |n, e| e.map(|_| n + 1))
+                .unwrap();
+            let scan_s = t.elapsed().as_secs_f64();
+            assert_eq!(n, list.len());
+            let mut x = Numbers(3);
+            let finds = 20_000;
+            let t = Instant::now();
+            for _ in 0..finds {
+                m.find(x.next() % m.header.size).unwrap();
+            }
+            let find_s = t.elapsed().as_secs_f64();
+            println!(
+                "{label}: {mb:.1} MB, write {:.0} MB/s ({write_s:.3} s), scan {:.0} MB/s \
+                 ({scan_s:.3} s), {:.0} random finds/s",
+                mb / write_s,
+                mb / scan_s,
+                finds as f64 / find_s
+            );
+        }
     }
 }
