@@ -72,12 +72,7 @@ impl Repository {
         if self.blocks_seal().is_none() {
             return Ok(clear);
         }
-        let mut sealed = self.blocks_writer()?;
-        for cv in clear.chaining_values()? {
-            sealed.push(&cv?)?;
-        }
-        let h = clear.header();
-        sealed.finish(h.block_len, h.image_len, h.tail)
+        clear.copy_into(self.blocks_writer()?)
     }
 
     /// A fresh path in `tmp/` for a block hashes file being received.
