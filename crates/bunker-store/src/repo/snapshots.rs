@@ -24,7 +24,9 @@ impl Repository {
             match self.manifest(&n, id) {
                 Ok(m) => out.push(SnapshotInfo::from_header(&m.header)),
                 Err(Error::NotFound { .. }) => {}
-                Err(e @ Error::Corrupt { .. }) => {
+                // A manifest sealed with another key is foreign here: the
+                // repository's own key was checked when it opened.
+                Err(e @ (Error::Corrupt { .. } | Error::SealedWithOtherKey { .. })) => {
                     tracing::error!("snapshot {n}@{id} left out of the listing: {e}");
                 }
                 Err(e) => return Err(e),
