@@ -188,16 +188,6 @@ impl BlocksFile {
         PlainFile::new(file, &self.path, &shown, self.seal.as_ref(), &self.owner)
     }
 
-    /// Writes this file's values through `out` (sealing a clear file
-    /// received from a client, in a repository that seals them).
-    pub(crate) fn copy_into(&self, mut out: BlocksWriter) -> Result<BlocksFile> {
-        for cv in self.chaining_values()? {
-            out.push(&cv?)?;
-        }
-        let h = &self.header;
-        out.finish(h.block_len, h.image_len, h.tail)
-    }
-
     /// Renames the file to `dest` (durable on return).
     pub(crate) fn publish(mut self, dest: &Path) -> Result<()> {
         if let Some(dir) = dest.parent() {
@@ -252,6 +242,44 @@ impl Iterator for ChainingValues {
                 .map(|_| cv),
         )
     }
+}
+
+/// Reads a block hashes file in the clear format from `body` into `out`,
+/// checking its header, footer checksum and length on the way
+/// ([`crate::Repository::receive_blocks`]).
+pub(crate) fn receive(mut body: impl Read, mut out: BlocksWriter) -> Result<BlocksFile> {
+    let bad = |what: String| Error::Invalid(format!("block hashes: {what}"));
+    let mut head = [0u8; HEADER_LEN];
+    body.read_exact(&mut head).map_err(Error::Source)?;
+    let header = BlocksHeader::decode(&head).map_err(bad)?;
+    let short = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => bad(format!(
+            "the body is shorter than the {} bytes its header announces",
+            header.file_len()
+        )),
+        _ => Error::Source(e),
+    };
+    let mut sum = xxhash_rust::xxh3::Xxh3::new();
+    let mut cv = [0u8; CV_LEN];
+    for _ in 0..header.count {
+        body.read_exact(&mut cv).map_err(short)?;
+        sum.update(&cv);
+        out.push(&cv)?;
+    }
+    let mut foot = [0u8; FOOTER_LEN];
+    body.read_exact(&mut foot).map_err(short)?;
+    let claimed = bunker_chunk::blocks_file::decode_footer(&foot).map_err(bad)?;
+    if claimed != sum.digest() {
+        return Err(bad("checksum mismatch".into()));
+    }
+    let mut extra = [0u8; 1];
+    if body.read(&mut extra).map_err(Error::Source)? != 0 {
+        return Err(bad(format!(
+            "the body is longer than the {} bytes its header announces",
+            header.file_len()
+        )));
+    }
+    out.finish(header.block_len, header.image_len, header.tail)
 }
 
 /// Reads the file once: header, length, chaining values, footer; returns
@@ -398,12 +426,20 @@ mod sealed_tests {
         };
         let clear = written("c.tmp", None);
         let mut sealed = written("s.tmp", Some(&seal));
-        // A clear upload sealed by copying gives the same values.
-        let out = BlocksWriter::create(dir.path().join("u.tmp"), Some(&seal), [1; 16]).unwrap();
-        let copied = clear.copy_into(out).unwrap();
-        assert_eq!(copied.header(), clear.header());
-        assert_eq!(copied.root(), sealed.root());
-        drop(copied);
+        // A clear upload received into a sealed writer gives the same
+        // values; a cut or grown one is refused and leaves nothing.
+        let upload = std::fs::read(clear.path()).unwrap();
+        let out = || BlocksWriter::create(dir.path().join("u.tmp"), Some(&seal), [1; 16]).unwrap();
+        let received = receive(&upload[..], out()).unwrap();
+        assert_eq!(received.header(), clear.header());
+        assert_eq!(received.root(), sealed.root());
+        drop(received);
+        let cut = receive(&upload[..upload.len() - 1], out()).unwrap_err();
+        assert!(cut.to_string().contains("shorter"), "{cut}");
+        let mut grown = upload.clone();
+        grown.push(0);
+        let grown = receive(&grown[..], out()).unwrap_err();
+        assert!(grown.to_string().contains("longer"), "{grown}");
         assert!(!dir.path().join("u.tmp").exists());
         assert_eq!(sealed.root(), Some(*blake3::hash(&data).as_bytes()));
         let owner = Owner::new([1; 16], "vol", SnapshotId(3));

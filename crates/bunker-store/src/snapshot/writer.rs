@@ -63,16 +63,14 @@ impl Repository {
         super::BlocksWriter::create(self.blocks_tmp_path(), self.blocks_seal(), self.repo_id())
     }
 
-    /// Takes a block hashes file received in the clear at `tmp` (from a
-    /// client): checks it and, in a repository that seals them, writes it
-    /// sealed in its place. The clear file is removed either way.
-    pub fn blocks_upload(&self, tmp: std::path::PathBuf) -> Result<super::BlocksFile> {
-        let owner = super::Owner::unpublished(self.repo_id());
-        let clear = super::BlocksFile::open_owned(tmp, None, &owner)?;
-        if self.blocks_seal().is_none() {
-            return Ok(clear);
-        }
-        clear.copy_into(self.blocks_writer()?)
+    /// Receives a block hashes file (a client's upload, in the clear
+    /// format) from `body` into `tmp/`, sealed in a repository that seals
+    /// them: the clear bytes never reach the disk there. Reads exactly the
+    /// length the header announces, so a body cannot fill the disk beyond
+    /// what it describes. A malformed body is `Invalid`, a failed read of
+    /// it `Source`.
+    pub fn receive_blocks(&self, body: impl std::io::Read) -> Result<super::BlocksFile> {
+        super::blocks::receive(body, self.blocks_writer()?)
     }
 
     /// A fresh path in `tmp/` for a block hashes file being received.
