@@ -126,17 +126,17 @@ impl SealedWriter {
     }
 
     /// Seals the segment in the buffer and writes it.
-    fn seal_segment(&mut self, last: bool) -> Result<()> {
+    fn seal_segment(&mut self, last: bool) -> std::io::Result<()> {
         let ad = segment_ad(&self.file_id, self.next_segment, last);
         let sealed = &mut self.segment[..NONCE_LEN + self.fill + TAG_LEN];
         self.seal.sealer.seal_in_place(&ad, sealed);
-        self.file.write_all(sealed).at(&self.path)?;
+        self.file.write_all(sealed)?;
         self.next_segment += 1;
         self.fill = 0;
         Ok(())
     }
 
-    fn append(&mut self, mut data: &[u8]) -> Result<()> {
+    fn append(&mut self, mut data: &[u8]) -> std::io::Result<()> {
         while !data.is_empty() {
             if self.fill == self.segment_len {
                 // More follows: the full segment is not the last.
@@ -155,7 +155,7 @@ impl SealedWriter {
     /// Seals the last segment and the head (bound to `identity`), syncs,
     /// and returns the file. The head must have been written whole.
     pub fn finish(mut self, identity: &[u8]) -> Result<File> {
-        self.seal_segment(true)?;
+        self.seal_segment(true).at(&self.path)?;
         let ad = head_ad(&self.header, self.body_len, identity);
         let mut head = vec![0u8; NONCE_LEN];
         head.extend_from_slice(&self.head);
@@ -187,10 +187,7 @@ impl Write for SealedWriter {
                 "a sealed file's body is written once, in order",
             ));
         }
-        self.append(data).map_err(|e| match e {
-            Error::Io { source, .. } => source,
-            other => std::io::Error::other(other.to_string()),
-        })?;
+        self.append(data)?;
         self.pos += data.len() as u64;
         Ok(data.len())
     }
