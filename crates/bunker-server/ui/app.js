@@ -115,7 +115,7 @@
   function growthChart(totals, firstDay) {
     const w = 900, h = 220, left = 70, bottom = 24, n = totals.length;
     const max = Math.max(1, ...totals);
-    const s = svgEl('svg', { viewBox: '0 0 ' + w + ' ' + h, preserveAspectRatio: 'none', role: 'img' });
+    const s = svgEl('svg', { viewBox: '0 0 ' + w + ' ' + h, role: 'img' });
     s.append(svgEl('title', {}, 'stored bytes per day, all names shown'));
     const ph = h - bottom - 8;
     for (const f of [0, 0.5, 1]) {
@@ -126,8 +126,10 @@
     const bw = (w - left) / n;
     totals.forEach((v, i) => {
       const d = day(firstDay + i * DAY_MS);
-      if (i % 7 === 0 || i === n - 1) {
-        s.append(svgEl('text', { x: left + i * bw + bw / 2, y: h - 6, 'text-anchor': 'middle' }, d.slice(5)));
+      if ((n - 1 - i) % 7 === 0) {
+        const last = i === n - 1;
+        s.append(svgEl('text', { x: last ? w : left + i * bw + bw / 2, y: h - 6,
+          'text-anchor': last ? 'end' : 'middle' }, d.slice(5)));
       }
       if (v === 0) return;
       const bh = Math.max(1, (v / max) * ph);

@@ -32,7 +32,7 @@ const STYLE: &str = include_str!("../../ui/app.css");
 /// path.
 fn file(segs: &[&str]) -> Option<(&'static str, &'static str)> {
     match segs {
-        [""] | ["index.html"] => Some((INDEX, "text/html; charset=utf-8")),
+        [""] => Some((INDEX, "text/html; charset=utf-8")),
         [PREFIX, "app.js"] => Some((SCRIPT, "text/javascript; charset=utf-8")),
         [PREFIX, "app.css"] => Some((STYLE, "text/css; charset=utf-8")),
         _ => None,
