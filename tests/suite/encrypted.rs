@@ -89,10 +89,6 @@ fn leaking_files(dir: &Path, ids: &[[u8; 32]]) -> Vec<String> {
     let mut out = Vec::new();
     for f in bunker_tests::files_under(dir) {
         let rel = f.strip_prefix(dir).unwrap();
-        // sealed-manifest slice: remove this exclusion at merge
-        if rel.starts_with("snapshots") {
-            continue;
-        }
         if let Some(what) = leaks(&std::fs::read(&f).unwrap(), ids) {
             out.push(format!("{}: {what}", rel.display()));
         }
@@ -242,12 +238,9 @@ fn an_encrypted_server_on_a_bucket_puts_no_text_or_chunk_id_in_it() {
     server.stop();
     let keys = store.keys(bucket, "encrypted/");
     assert!(keys.iter().any(|k| k.contains("packs/")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.contains("snapshots/")), "{keys:?}");
     let mut leaked = Vec::new();
     for k in &keys {
-        // sealed-manifest slice: remove this exclusion at merge
-        if k.contains("/snapshots/") {
-            continue;
-        }
         let bytes = ureq::get(format!("{}/{bucket}/{k}", store.endpoint))
             .call()
             .unwrap()

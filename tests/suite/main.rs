@@ -28,6 +28,7 @@ mod s3_faults;
 mod s3_server;
 mod san;
 mod server;
+mod status_page;
 mod sync;
 mod sync_jobs;
 mod sync_kills;

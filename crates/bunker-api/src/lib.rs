@@ -372,6 +372,76 @@ pub struct NameStats {
     pub deleted_since_gc: u64,
 }
 
+/// `GET /v1/status`: what the status page shows per snapshot name, beyond
+/// `GET /v1/stats` and `GET /v1/sync`: stored bytes per day, the latest
+/// snapshot, the newest checks, and the space left. Scoped like the
+/// snapshot listing: only names of snapshots the token may read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The server's clock when it answered, unix milliseconds.
+    pub now_unix_ms: i64,
+    /// A verify or drill older than this is overdue (`drill_interval_secs`).
+    pub drill_interval_seconds: u64,
+    /// Start (UTC midnight) of the first of the `DAYS` days that
+    /// `stored_bytes_per_day` covers, the last being today.
+    pub first_day_unix_ms: i64,
+    pub names: Vec<NameStatus>,
+    pub space: Space,
+}
+
+/// Days of history in [`NameStatus::stored_bytes_per_day`].
+pub const STATUS_DAYS: usize = 30;
+
+/// One snapshot name on the status page.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NameStatus {
+    pub name: String,
+    pub snapshots: u64,
+    /// Sum of the sizes of its snapshots.
+    pub logical_bytes: u64,
+    /// The newest snapshot (by creation time).
+    pub latest: LatestSnapshot,
+    /// Bytes its snapshots added to packs (after compression), per UTC day
+    /// by creation time, oldest first, [`STATUS_DAYS`] entries.
+    pub stored_bytes_per_day: Vec<u64>,
+    /// Raw bytes of the chunks its snapshots stored first (after dedup,
+    /// before compression), and their bytes in packs.
+    pub new_raw_bytes: u64,
+    pub new_stored_bytes: u64,
+    /// logical / new raw, and new raw / new stored (0 when a divisor is 0).
+    pub dedup_ratio: f64,
+    pub compression_ratio: f64,
+    /// The newest check of each kind over its snapshots.
+    pub last_verify: Option<Check>,
+    pub last_drill: Option<Check>,
+    pub last_server_drill: Option<Check>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LatestSnapshot {
+    pub id: u64,
+    pub created_unix_ms: i64,
+    pub size_bytes: u64,
+    pub source: String,
+}
+
+/// Free space where the repository's packs grow, and when it runs out at
+/// the growth of the last [`STATUS_DAYS`] days.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Space {
+    /// Free and total bytes of the data directory's filesystem; `null` when
+    /// packs live in a bucket.
+    pub free_bytes: Option<u64>,
+    pub total_bytes: Option<u64>,
+    /// Pack bytes added per day by every snapshot created in the last
+    /// [`STATUS_DAYS`] days (all names, like the totals of `stats`),
+    /// before any GC reclaims space.
+    pub growth_bytes_per_day: f64,
+    /// `free_bytes / growth_bytes_per_day`; `null` without growth or free
+    /// space figures.
+    pub full_in_days: Option<f64>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRequest {
     pub role: Role,

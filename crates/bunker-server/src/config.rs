@@ -59,6 +59,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Run GC every this many seconds (0: never; `bunker gc` still works).
     pub gc_interval_secs: u64,
+    /// The status page marks a name whose newest verify or drill is older
+    /// than this (or failed) in red (`GET /v1/status`).
+    pub drill_interval_secs: u64,
     /// Scheduled GCs rewrite packs whose live fraction is below this.
     pub gc_rewrite_below: f64,
     /// Pack size a new repository seals at, bytes (fixed once it exists,
@@ -259,6 +262,7 @@ impl Default for Config {
             session_idle_secs: 900,
             max_connections: 4096,
             gc_interval_secs: 0,
+            drill_interval_secs: 7 * 86_400,
             gc_rewrite_below: bunker_store::DEFAULT_REWRITE_BELOW,
             pack_bytes: bunker_store::DEFAULT_PACK_LEN,
             chunk_size: None,

@@ -21,6 +21,8 @@
 //! - `convert`: the API's view of the store's values;
 //! - `restore`: verified, streamed restores within a memory budget;
 //!   `deadline`: the write deadline on every connection;
+//! - `ui`: the status page (`GET /`), embedded files served without a
+//!   token; the data it shows comes from the JSON routes;
 //! - `maintenance`: scheduled GC and expiry of idle upload sessions;
 //! - [`sync_jobs`]: scheduled pull jobs (`[[sync]]`) and their status;
 //!   `sync_target` runs one, writing through the session protocol's checks;
@@ -66,6 +68,7 @@ mod state;
 pub mod sync_jobs;
 mod sync_target;
 pub mod tokens;
+mod ui;
 
 pub use body::Body;
 pub use config::Config;

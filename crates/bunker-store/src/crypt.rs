@@ -15,6 +15,7 @@
 use bunker_chunk::ChunkId;
 use bunker_crypt::{Key, KeyId, Purpose, Sealer};
 
+use crate::sealed_file::{FileKind, FileSeal};
 use crate::PackId;
 
 const IDS_CONTEXT: &str = "bunker 2026-12-07 chunk id subkey v1";
@@ -25,8 +26,8 @@ pub struct RepoCrypt {
     ids: [u8; 32],
     records: Sealer,
     trailers: Sealer,
-    manifests: Sealer,
-    blocks: Sealer,
+    manifests: FileSeal,
+    blocks: FileSeal,
 }
 
 impl std::fmt::Debug for RepoCrypt {
@@ -49,8 +50,8 @@ impl RepoCrypt {
             ids: key.derive(IDS_CONTEXT),
             records: Sealer::new(key, Purpose::Record),
             trailers: Sealer::new(key, Purpose::Trailer),
-            manifests: Sealer::new(key, Purpose::Manifest),
-            blocks: Sealer::new(key, Purpose::BlockHashes),
+            manifests: FileSeal::new(key, FileKind::Manifest),
+            blocks: FileSeal::new(key, FileKind::BlockHashes),
         }
     }
 
@@ -76,15 +77,13 @@ impl RepoCrypt {
         &self.trailers
     }
 
-    /// Seals snapshot manifests (the sealed-manifest half of issue 19).
-    #[allow(dead_code)]
-    pub(crate) fn manifest_sealer(&self) -> &Sealer {
+    /// Seals snapshot manifests (`crate::sealed_file`).
+    pub(crate) fn manifests(&self) -> &FileSeal {
         &self.manifests
     }
 
-    /// Seals block hashes files (the sealed-manifest half of issue 19).
-    #[allow(dead_code)]
-    pub(crate) fn blocks_sealer(&self) -> &Sealer {
+    /// Seals block hashes files (`crate::sealed_file`).
+    pub(crate) fn blocks(&self) -> &FileSeal {
         &self.blocks
     }
 }

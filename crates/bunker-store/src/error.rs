@@ -97,6 +97,15 @@ pub enum Error {
     /// unreadable). Nothing was committed.
     #[error("reading the backup source failed: {0}")]
     Source(#[source] std::io::Error),
+    /// A sealed file (manifest, block hashes) written under another key
+    /// than the one given: the wrong key file, or a file from another
+    /// repository. Nothing was read from it.
+    #[error("{file} is sealed with key {sealed_with}, the key given is {key}")]
+    SealedWithOtherKey {
+        file: String,
+        sealed_with: String,
+        key: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

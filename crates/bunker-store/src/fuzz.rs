@@ -74,7 +74,8 @@ pub fn index_state(bytes: &[u8]) -> Result<usize> {
 pub fn blocks_file(scratch: &Path, bytes: &[u8]) -> Result<u64> {
     let path = scratch.join("blocks");
     write(&path, bytes)?;
-    let b = crate::snapshot::BlocksFile::open(&path)?;
+    let owner = crate::snapshot::Owner::unpublished([0; 16]);
+    let b = crate::snapshot::BlocksFile::open(&path, None, &owner)?;
     let mut n = 0;
     for cv in b.chaining_values()? {
         cv?;
@@ -88,7 +89,8 @@ pub fn blocks_file(scratch: &Path, bytes: &[u8]) -> Result<u64> {
 pub fn manifest_file(scratch: &Path, bytes: &[u8]) -> Result<u64> {
     let path = scratch.join("manifest");
     write(&path, bytes)?;
-    let m = crate::snapshot::manifest::ManifestReader::open(&path, "fuzz")?;
+    let owner = crate::snapshot::Owner::unpublished([0; 16]);
+    let m = crate::snapshot::manifest::ManifestReader::open(&path, "fuzz", None, &owner)?;
     m.verify_entries()?;
     let mut n = 0;
     for e in m.entries_from(0)? {

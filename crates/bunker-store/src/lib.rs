@@ -57,6 +57,7 @@ mod repo;
 pub mod reserve;
 mod restore;
 pub mod retention;
+pub mod sealed_file;
 pub mod snapshot;
 mod stats;
 mod tombstones;

@@ -894,6 +894,34 @@ fn field_tables_of_format_md_match_the_encoders() {
     );
     assert_eq!(end, b.len());
     assert_eq!(b.len(), plain.len() + bunker_crypt::OVERHEAD);
+    // Sealed files: the container header.
+    use format::sealed::{FileKind, SealedHeader};
+    let h = SealedHeader {
+        kind: FileKind::Manifest,
+        segment_shift: format::sealed::SEGMENT_SHIFT,
+        head_len: 1024,
+        key_id: [0x3c; 16],
+        file_id: std::array::from_fn(|i| 0x70 + i as u8),
+    };
+    let b = h.encode();
+    let end = check(
+        &take("Sealed files", "Container header"),
+        &b,
+        &[],
+        &[
+            magic(format::sealed::MAGIC),
+            version(format::sealed::VERSION),
+            w("length of this header (64)", le(64, 4)),
+            w("kind: 1 manifest, 2 block hashes", Want::Bytes(vec![1])),
+            w("log2 of the segment length", Want::Bytes(vec![16])),
+            w("zero", Want::Zero),
+            w("H, plaintext bytes in the head", le(1024, 4)),
+            w("key id", Want::Bytes(vec![0x3c; 16])),
+            w("file id", Want::Bytes(h.file_id.to_vec())),
+            w("xxh3-64 of bytes 0..56", Want::Checksum(None)),
+        ],
+    );
+    assert_eq!(end, format::sealed::HEADER_LEN);
     // The dedup window: header and entry.
     use format::window::{WindowEntry, ENTRY_LEN, HEADER_LEN};
     let b = format::window::encode_header([0x5a; 16]);

@@ -16,6 +16,7 @@ mod gc;
 mod prune;
 pub(crate) mod sessions;
 mod snapshots;
+mod status;
 mod sync;
 mod verify;
 
@@ -52,7 +53,8 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
 
 /// The route's metrics label and its answer. Every request but `/healthz`
 /// is authenticated first; a known path with a method it does not take is
-/// 405 `method_not_allowed` (the token routes check the role first).
+/// 405 `method_not_allowed` (the token routes check the role first). The
+/// status page's files (`crate::ui`) are the other exception to the token.
 async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Reply) {
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -64,6 +66,10 @@ async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, 
         };
         return ("healthz", reply);
     }
+    // The status page's files hold no data: served without a token.
+    if let Some(answer) = crate::ui::answer(&method, &segs) {
+        return ("ui", answer.map_err(|()| not_allowed()));
+    }
     let p = &match authenticate(state, &req) {
         Ok(p) => p,
         Err(e) => return ("auth", Err(e)),
@@ -73,6 +79,7 @@ async fn dispatch(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, 
         (&Method::GET, ["v1", "info"]) => ("info", admin::info(state)),
         (&Method::GET, ["v1", "stats"]) => ("stats", admin::stats(state, p).await),
         (&Method::GET, ["v1", "sync"]) => ("sync", sync::status(state, p).await),
+        (&Method::GET, ["v1", "status"]) => ("status", status::status(state, p).await),
         (&Method::GET, ["v1", "tokens"]) => ("tokens", admin::list_tokens(state, p)),
         (&Method::POST, ["v1", "tokens"]) => ("tokens", admin::create_token(state, p, req).await),
         (&Method::DELETE, ["v1", "tokens", id]) => {
@@ -157,6 +164,7 @@ fn known(segs: &[&str]) -> Option<&'static str> {
         ["v1", "info"] => "info",
         ["v1", "stats"] => "stats",
         ["v1", "sync"] => "sync",
+        ["v1", "status"] => "status",
         ["v1", "snapshots"] => "list_snapshots",
         ["v1", "snapshots", _] => "list_name",
         ["v1", "snapshots", _, _] => "snapshot",

@@ -265,10 +265,16 @@ pub(super) async fn put_blocks(
     let st = state.clone();
     let sess = s.clone();
     let work = tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-        let tmp = st.repo.blocks_tmp_path();
-        receive_blocks(BodyReader::new(rx), &tmp)?;
-        let blocks = bunker_store::snapshot::BlocksFile::open_owned(tmp)
-            .map_err(|e| ApiError::bad_request(format!("block hashes: {e}")))?;
+        let blocks = st
+            .repo
+            .receive_blocks(BodyReader::new(rx))
+            .map_err(|e| match e {
+                bunker_store::Error::Invalid(m) => ApiError::bad_request(m),
+                bunker_store::Error::Source(e) => {
+                    ApiError::bad_request(format!("block hashes: {e}"))
+                }
+                other => st.store_error(other),
+            })?;
         *sess.blocks.lock().unwrap_or_else(|p| p.into_inner()) = Some(blocks);
         Ok(())
     });
@@ -282,43 +288,6 @@ pub(super) async fn put_blocks(
     }
     s.touch();
     Ok(no_content())
-}
-
-/// Copies a block hashes body to `tmp`: exactly the length its header
-/// announces, so a body cannot fill the disk beyond what it describes.
-fn receive_blocks(mut body: BodyReader, tmp: &std::path::Path) -> Result<(), ApiError> {
-    use bunker_store::format::blocks::{BlocksHeader, HEADER_LEN};
-    use std::io::Write;
-    let mut head = [0u8; HEADER_LEN];
-    body.read_exact(&mut head)
-        .map_err(|e| ApiError::bad_request(format!("block hashes: header: {e}")))?;
-    let header = BlocksHeader::decode(&head)
-        .map_err(|e| ApiError::bad_request(format!("block hashes: {e}")))?;
-    let internal = |e: std::io::Error| ApiError::internal(format!("writing block hashes: {e}"));
-    let mut file = std::fs::File::create_new(tmp).map_err(internal)?;
-    let result = (|| {
-        file.write_all(&head).map_err(internal)?;
-        let rest = header.file_len() - HEADER_LEN as u64;
-        let copied = std::io::copy(&mut (&mut body).take(rest), &mut file)
-            .map_err(|e| ApiError::bad_request(format!("block hashes: {e}")))?;
-        let mut extra = [0u8; 1];
-        if copied != rest
-            || body
-                .read(&mut extra)
-                .map_err(|e| ApiError::bad_request(e.to_string()))?
-                != 0
-        {
-            return Err(ApiError::bad_request(format!(
-                "block hashes: the body is not the {} bytes its header announces",
-                header.file_len()
-            )));
-        }
-        file.sync_data().map_err(internal)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(tmp);
-    }
-    result
 }
 
 /// Body: the manifest, one 40-byte entry per chunk in stream order (raw

@@ -287,8 +287,8 @@ pub(super) async fn manifest(state: &Arc<State>, p: &Principal, name: &str, id: 
     Ok(r)
 }
 
-/// `GET .../blocks`: the snapshot's block hashes file as stored (checked
-/// when opened), for a changed-extent backup against this snapshot; 404
+/// `GET .../blocks`: the snapshot's block hashes file (checked when opened;
+/// its plaintext when the repository seals it), for a changed-extent backup against this snapshot; 404
 /// for a snapshot that has none.
 pub(super) async fn blocks(state: &Arc<State>, p: &Principal, name: &str, id: &str) -> Reply {
     let info = readable(state, p, name, id).await?;
@@ -306,8 +306,7 @@ pub(super) async fn blocks(state: &Arc<State>, p: &Principal, name: &str, id: &s
                 ))
             })?;
         let len = blocks.header().file_len();
-        let f = std::fs::File::open(blocks.path())
-            .map_err(|e| ApiError::internal(format!("opening block hashes: {e}")))?;
+        let f = blocks.reader().map_err(|e| st.store_error(e))?;
         Ok((f, len))
     })
     .await?;

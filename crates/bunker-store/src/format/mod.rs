@@ -12,6 +12,7 @@ pub mod deleted_hwm;
 pub mod index;
 pub mod manifest;
 pub mod pack;
+pub mod sealed;
 pub mod space;
 pub mod tombstones;
 pub mod window;

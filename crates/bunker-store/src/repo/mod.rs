@@ -42,6 +42,7 @@ use crate::format::config::RepoConfig;
 use crate::index::Index;
 use crate::pack::Packs;
 use crate::pins::{PinBoard, Pins};
+use crate::sealed_file::FileSeal;
 use crate::{Error, Result, SnapshotId};
 
 /// An open repository. Cheap to clone; all clones share one writer.
@@ -176,6 +177,16 @@ impl Repository {
     /// Where a remote repository's metadata objects are (None: local).
     pub(crate) fn meta(&self) -> Option<&dyn MetaBackend> {
         self.inner.meta.as_deref()
+    }
+
+    /// The seal of manifests, `None` in a clear repository.
+    pub(crate) fn manifest_seal(&self) -> Option<&FileSeal> {
+        self.crypt().map(RepoCrypt::manifests)
+    }
+
+    /// The seal of block hashes files, `None` in a clear repository.
+    pub(crate) fn blocks_seal(&self) -> Option<&FileSeal> {
+        self.crypt().map(RepoCrypt::blocks)
     }
 
     pub(crate) fn repo_id(&self) -> [u8; 16] {

@@ -32,8 +32,10 @@ use super::open::{
 };
 use super::snapshots::{read_deleted_hwm, DELETED_HWM};
 use super::Repository;
+use crate::crypt::RepoCrypt;
 use crate::backend::{MetaBackend, PackBackend};
 use crate::format::config::RepoConfig;
+use crate::sealed_file::FileSeal;
 use crate::snapshot::manifest::ManifestReader;
 use crate::tombstones::{read_tombstones, TOMBSTONES};
 use crate::{durable, snapshot, Error, Result, SnapshotId};
@@ -179,7 +181,18 @@ impl Repository {
             durable::create_dir_all(&path.join(dir))?;
         }
         clear_tmp(&path.join("tmp"))?;
-        reconcile(path, meta, &mut recovery)?;
+        // The key is checked against the config before any manifest is
+        // downloaded: a wrong key must not make good manifests look damaged.
+        let config = read_local_config(path)?.ok_or_else(|| Error::NotFound {
+            what: format!("bunker repository at {} (no config file)", path.display()),
+        })?;
+        let crypt = super::open::check_key(path, &config, opts.key.as_deref())?;
+        reconcile(
+            path,
+            meta,
+            crypt.as_deref().map(RepoCrypt::manifests),
+            &mut recovery,
+        )?;
         let dr = recovery.restored_from_remote;
         let repo = Self::open_locked(
             path,
@@ -244,7 +257,12 @@ fn read_local_config(path: &Path) -> Result<Option<RepoConfig>> {
 /// Brings the data directory's manifests, deleted-id mark and tombstones
 /// in line with the bucket (module documentation), and the bucket's mark
 /// and tombstones up to anything newer a cut-short write left locally.
-fn reconcile(root: &Path, meta: &dyn MetaBackend, recovery: &mut Recovery) -> Result<()> {
+fn reconcile(
+    root: &Path,
+    meta: &dyn MetaBackend,
+    seal: Option<&FileSeal>,
+    recovery: &mut Recovery,
+) -> Result<()> {
     let snapshots = root.join("snapshots");
     // The deleted-id mark: the higher of the two, on both sides, before any
     // manifest moves, so no id below it can be handed out again.
@@ -303,12 +321,13 @@ fn reconcile(root: &Path, meta: &dyn MetaBackend, recovery: &mut Recovery) -> Re
         recovery.manifests_removed += 1;
     }
     let missing: Vec<_> = remote.difference(&local).collect();
+    let repo_id = read_local_config(root)?.map_or([0; 16], |c| c.repo_id);
     let mut damaged = 0usize;
     for (n, (name, id)) in missing.iter().enumerate() {
         if n > 0 && n % PROGRESS_EVERY == 0 {
             tracing::info!(done = n, total = missing.len(), "downloading manifests");
         }
-        match download_manifest(root, meta, name, *id)? {
+        match download_manifest(root, meta, seal.map(|s| (s, repo_id)), name, *id)? {
             Downloaded::Valid => recovery.manifests_downloaded += 1,
             Downloaded::Damaged => {
                 recovery.manifests_downloaded += 1;
@@ -341,6 +360,7 @@ enum Downloaded {
 fn download_manifest(
     root: &Path,
     meta: &dyn MetaBackend,
+    seal: Option<(&FileSeal, [u8; 16])>,
     name: &str,
     id: SnapshotId,
 ) -> Result<Downloaded> {
@@ -353,7 +373,8 @@ fn download_manifest(
     }
     durable::sync_file_at(&tmp)?;
     let shown = format!("{name}@{id}");
-    let outcome = match ManifestReader::open(&tmp, &shown) {
+    let owner = snapshot::Owner::new(seal.map_or([0; 16], |(_, r)| r), name, id);
+    let outcome = match ManifestReader::open(&tmp, &shown, seal.map(|(s, _)| s), &owner) {
         Ok(m) if m.header.name == name && m.header.id == id => Downloaded::Valid,
         Ok(_) => {
             tracing::error!(snapshot = %shown, "the object store's manifest names another snapshot");

@@ -24,7 +24,9 @@ impl Repository {
             match self.manifest(&n, id) {
                 Ok(m) => out.push(SnapshotInfo::from_header(&m.header)),
                 Err(Error::NotFound { .. }) => {}
-                Err(e @ Error::Corrupt { .. }) => {
+                // A manifest sealed with another key is foreign here: the
+                // repository's own key was checked when it opened.
+                Err(e @ (Error::Corrupt { .. } | Error::SealedWithOtherKey { .. })) => {
                     tracing::error!("snapshot {n}@{id} left out of the listing: {e}");
                 }
                 Err(e) => return Err(e),
@@ -88,7 +90,8 @@ impl Repository {
 
     pub(crate) fn manifest(&self, name: &str, id: SnapshotId) -> Result<ManifestReader> {
         let path = snapshot::manifest_path(&self.snapshots_dir(), name, id);
-        let r = ManifestReader::open(&path, &format!("{name}@{id}"))?;
+        let owner = snapshot::Owner::new(self.inner.config.repo_id, name, id);
+        let r = ManifestReader::open(&path, &format!("{name}@{id}"), self.manifest_seal(), &owner)?;
         if r.header.name != name
             || r.header.id != id
             || r.header.repo_id != self.inner.config.repo_id
@@ -202,6 +205,7 @@ impl Repository {
             });
         }
         let path = snapshot::blocks::blocks_path(&root, name, id);
+        let owner = snapshot::Owner::new(self.repo_id(), name, id);
         if !path.exists() {
             let Some(meta) = self.meta() else {
                 return Ok(None);
@@ -211,9 +215,9 @@ impl Repository {
                 return Ok(None);
             }
             durable::sync_file_at(&tmp)?;
-            snapshot::BlocksFile::open_owned(tmp)?.publish(&path)?;
+            snapshot::BlocksFile::open_owned(tmp, self.blocks_seal(), &owner)?.publish(&path)?;
         }
-        snapshot::BlocksFile::open(&path).map(Some)
+        snapshot::BlocksFile::open(&path, self.blocks_seal(), &owner).map(Some)
     }
 }
 

@@ -8,15 +8,22 @@
 //! and footer checksums, length, and that its chaining values merge into
 //! the root it claims ([`BlocksFile::root`]), which a commit compares with
 //! the snapshot's whole-image BLAKE3.
+//!
+//! In a repository that seals them, the same plaintext goes through
+//! `super::plain`; a file is sealed to [`Owner::unpublished`] while it is
+//! written and rebound to its snapshot ([`BlocksFile::bind`]) at commit,
+//! when the snapshot id is known.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use bunker_chunk::digest::TreeStack;
 
+use super::plain::{read_error, Owner, PlainFile, PlainRead, PlainWrite};
 use crate::durable;
 use crate::error::IoContext;
+use crate::sealed_file::FileSeal;
 use bunker_chunk::blocks_file::BlocksEncoder;
 
 use crate::format::blocks::{
@@ -32,21 +39,26 @@ pub(crate) fn blocks_path(root: &Path, name: &str, id: SnapshotId) -> PathBuf {
 /// a time: nothing grows in memory with the image.
 pub struct BlocksWriter {
     tmp: PathBuf,
-    encoder: Option<BlocksEncoder<BufWriter<File>>>,
+    encoder: Option<BlocksEncoder<PlainWrite>>,
+    seal: Option<FileSeal>,
+    repo_id: [u8; 16],
 }
 
 impl BlocksWriter {
-    /// Creates `tmp` (which must not exist).
-    pub fn create(tmp: PathBuf) -> Result<BlocksWriter> {
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .at(&tmp)?;
-        let encoder = BlocksEncoder::new(BufWriter::with_capacity(256 << 10, file)).at(&tmp)?;
+    /// Creates `tmp` (which must not exist) for repository `repo_id`,
+    /// sealed when `seal` is given.
+    pub fn create(
+        tmp: PathBuf,
+        seal: Option<&FileSeal>,
+        repo_id: [u8; 16],
+    ) -> Result<BlocksWriter> {
+        let out = PlainWrite::create(&tmp, seal, HEADER_LEN, 256 << 10)?;
+        let encoder = BlocksEncoder::new(out).at(&tmp)?;
         Ok(BlocksWriter {
             tmp,
             encoder: Some(encoder),
+            seal: seal.cloned(),
+            repo_id,
         })
     }
 
@@ -72,10 +84,10 @@ impl BlocksWriter {
             }
             Err(e) => return Err(Error::io(&self.tmp, e)),
         };
-        durable::sync_data(out.get_ref(), &self.tmp)?;
-        drop(out);
+        let owner = Owner::unpublished(self.repo_id);
+        out.close(&owner, &self.tmp)?;
         let tmp = std::mem::take(&mut self.tmp);
-        BlocksFile::open_owned(tmp)
+        BlocksFile::open_owned(tmp, self.seal.as_ref(), &owner)
     }
 }
 
@@ -95,29 +107,37 @@ pub struct BlocksFile {
     owned: bool,
     header: BlocksHeader,
     root: Option<[u8; 32]>,
+    /// Set when the file is sealed.
+    seal: Option<FileSeal>,
+    owner: Owner,
 }
 
 impl BlocksFile {
-    /// Opens and checks the file at `path` (read through once).
-    pub fn open(path: &Path) -> Result<BlocksFile> {
-        let (header, root) = check(path)?;
+    /// Opens and checks the file at `path` (read through once); with
+    /// `seal`, the file is sealed and must belong to `owner`.
+    pub fn open(path: &Path, seal: Option<&FileSeal>, owner: &Owner) -> Result<BlocksFile> {
+        let (header, root) = check(path, seal, owner)?;
         Ok(BlocksFile {
             path: path.to_path_buf(),
             owned: false,
             header,
             root,
+            seal: seal.cloned(),
+            owner: owner.clone(),
         })
     }
 
     /// Like [`BlocksFile::open`] for a temporary file this value then owns:
     /// removed on drop unless published, and also when the check fails.
-    pub fn open_owned(path: PathBuf) -> Result<BlocksFile> {
-        match check(&path) {
+    pub fn open_owned(path: PathBuf, seal: Option<&FileSeal>, owner: &Owner) -> Result<BlocksFile> {
+        match check(&path, seal, owner) {
             Ok((header, root)) => Ok(BlocksFile {
                 path,
                 owned: true,
                 header,
                 root,
+                seal: seal.cloned(),
+                owner: owner.clone(),
             }),
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
@@ -140,6 +160,34 @@ impl BlocksFile {
         self.root
     }
 
+    /// Makes the file `owner`'s: a sealed file's head is sealed again,
+    /// bound to it (durable on return). Before an upload and publish.
+    pub(crate) fn bind(&mut self, owner: Owner) -> Result<()> {
+        if let Some(seal) = &self.seal {
+            crate::sealed_file::rebind(
+                &self.path,
+                &self.path.display().to_string(),
+                seal,
+                &self.owner.identity(),
+                &owner.identity(),
+            )?;
+        }
+        self.owner = owner;
+        Ok(())
+    }
+
+    /// The file's plaintext, the bytes of a clear block hashes file
+    /// (docs/FORMAT.md, "Block hashes"), read sequentially.
+    pub fn reader(&self) -> Result<impl Read + Send + 'static> {
+        self.plain()?.reader_at(0, 256 << 10, &self.path)
+    }
+
+    fn plain(&self) -> Result<PlainFile> {
+        let file = File::open(&self.path).at(&self.path)?;
+        let shown = self.path.display().to_string();
+        PlainFile::new(file, &self.path, &shown, self.seal.as_ref(), &self.owner)
+    }
+
     /// Renames the file to `dest` (durable on return).
     pub(crate) fn publish(mut self, dest: &Path) -> Result<()> {
         if let Some(dir) = dest.parent() {
@@ -152,10 +200,9 @@ impl BlocksFile {
 
     /// The chaining values in order (`count` of them).
     pub fn chaining_values(&self) -> Result<ChainingValues> {
-        let file = File::open(&self.path).at(&self.path)?;
-        let mut reader = BufReader::with_capacity(256 << 10, file);
-        let mut skip = [0u8; HEADER_LEN];
-        reader.read_exact(&mut skip).at(&self.path)?;
+        let reader = self
+            .plain()?
+            .reader_at(HEADER_LEN as u64, 256 << 10, &self.path)?;
         Ok(ChainingValues {
             reader,
             left: self.header.count,
@@ -174,7 +221,7 @@ impl Drop for BlocksFile {
 
 /// The chaining values of a [`BlocksFile`], read as they are needed.
 pub struct ChainingValues {
-    reader: BufReader<File>,
+    reader: PlainRead,
     left: u64,
     path: PathBuf,
 }
@@ -188,17 +235,65 @@ impl Iterator for ChainingValues {
         }
         self.left -= 1;
         let mut cv = [0u8; 32];
-        Some(self.reader.read_exact(&mut cv).at(&self.path).map(|_| cv))
+        Some(
+            self.reader
+                .read_exact(&mut cv)
+                .map_err(|e| read_error(&self.path, &self.path.display().to_string(), e))
+                .map(|_| cv),
+        )
     }
+}
+
+/// Reads a block hashes file in the clear format from `body` into `out`,
+/// checking its header, footer checksum and length on the way
+/// ([`crate::Repository::receive_blocks`]).
+pub(crate) fn receive(mut body: impl Read, mut out: BlocksWriter) -> Result<BlocksFile> {
+    let bad = |what: String| Error::Invalid(format!("block hashes: {what}"));
+    let mut head = [0u8; HEADER_LEN];
+    body.read_exact(&mut head).map_err(Error::Source)?;
+    let header = BlocksHeader::decode(&head).map_err(bad)?;
+    let short = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => bad(format!(
+            "the body is shorter than the {} bytes its header announces",
+            header.file_len()
+        )),
+        _ => Error::Source(e),
+    };
+    let mut sum = xxhash_rust::xxh3::Xxh3::new();
+    let mut cv = [0u8; CV_LEN];
+    for _ in 0..header.count {
+        body.read_exact(&mut cv).map_err(short)?;
+        sum.update(&cv);
+        out.push(&cv)?;
+    }
+    let mut foot = [0u8; FOOTER_LEN];
+    body.read_exact(&mut foot).map_err(short)?;
+    let claimed = bunker_chunk::blocks_file::decode_footer(&foot).map_err(bad)?;
+    if claimed != sum.digest() {
+        return Err(bad("checksum mismatch".into()));
+    }
+    let mut extra = [0u8; 1];
+    if body.read(&mut extra).map_err(Error::Source)? != 0 {
+        return Err(bad(format!(
+            "the body is longer than the {} bytes its header announces",
+            header.file_len()
+        )));
+    }
+    out.finish(header.block_len, header.image_len, header.tail)
 }
 
 /// Reads the file once: header, length, chaining values, footer; returns
 /// the header and the root the values give.
-fn check(path: &Path) -> Result<(BlocksHeader, Option<[u8; 32]>)> {
+fn check(
+    path: &Path,
+    seal: Option<&FileSeal>,
+    owner: &Owner,
+) -> Result<(BlocksHeader, Option<[u8; 32]>)> {
     let shown = path.display().to_string();
     let file = File::open(path).at(path)?;
-    let len = file.metadata().at(path)?.len();
-    let mut reader = BufReader::with_capacity(256 << 10, file);
+    let file = PlainFile::new(file, path, &shown, seal, owner)?;
+    let len = file.len(path)?;
+    let mut reader = file.reader_at(0, 256 << 10, path)?;
     let mut head = [0u8; HEADER_LEN];
     reader
         .read_exact(&mut head)
@@ -217,12 +312,16 @@ fn check(path: &Path) -> Result<(BlocksHeader, Option<[u8; 32]>)> {
     let mut tree = TreeStack::new();
     let mut cv = [0u8; CV_LEN];
     for _ in 0..header.count {
-        reader.read_exact(&mut cv).at(path)?;
+        reader
+            .read_exact(&mut cv)
+            .map_err(|e| read_error(path, &shown, e))?;
         sum.update(&cv);
         tree.push(cv);
     }
     let mut foot = [0u8; FOOTER_LEN];
-    reader.read_exact(&mut foot).at(path)?;
+    reader
+        .read_exact(&mut foot)
+        .map_err(|e| read_error(path, &shown, e))?;
     if decode_footer(&shown, &foot)? != sum.digest() {
         return Err(Error::corrupt(&shown, "block hashes checksum mismatch"));
     }
@@ -237,7 +336,7 @@ mod tests {
 
     fn write(dir: &Path, data: &[u8], block: u64) -> Result<BlocksFile> {
         let mut hasher = BlockHasher::new(block);
-        let mut w = BlocksWriter::create(dir.join("b.tmp"))?;
+        let mut w = BlocksWriter::create(dir.join("b.tmp"), None, [0; 16])?;
         let mut cvs = Vec::new();
         hasher.update(data, |_, cv| cvs.push(cv));
         for cv in &cvs {
@@ -282,20 +381,88 @@ mod tests {
         let mut bytes = std::fs::read(&kept).unwrap();
         bytes[HEADER_LEN + 5] ^= 1;
         std::fs::write(&kept, &bytes).unwrap();
-        assert!(BlocksFile::open(&kept)
+        assert!(BlocksFile::open(&kept, None, &Owner::unpublished([0; 16]))
             .unwrap_err()
             .to_string()
             .contains("checksum"));
         bytes.pop();
         std::fs::write(&kept, &bytes).unwrap();
-        assert!(BlocksFile::open(&kept)
+        assert!(BlocksFile::open(&kept, None, &Owner::unpublished([0; 16]))
             .unwrap_err()
             .to_string()
             .contains("header says"));
-        let mut w = BlocksWriter::create(dir.path().join("c.tmp")).unwrap();
+        let mut w = BlocksWriter::create(dir.path().join("c.tmp"), None, [0; 16]).unwrap();
         w.push(&[1; 32]).unwrap();
         let err = w.finish(4096, 3 * 4096, None).unwrap_err();
         assert!(err.to_string().contains("3 whole blocks"), "{err}");
         assert!(!dir.path().join("c.tmp").exists());
+    }
+}
+
+#[cfg(test)]
+mod sealed_tests {
+    use super::*;
+    use crate::format::sealed::FileKind;
+    use crate::SnapshotId;
+    use bunker_chunk::digest::BlockHasher;
+
+    #[test]
+    fn sealed_block_hashes_read_as_clear_ones_once_bound_to_their_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let seal = FileSeal::new(
+            &bunker_crypt::Key::from_bytes([4; 32]),
+            FileKind::BlockHashes,
+        );
+        let data: Vec<u8> = (0..(40 * 4096 + 77))
+            .map(|i| (i * 13 % 241) as u8)
+            .collect();
+        let written = |name: &str, seal: Option<&FileSeal>| {
+            let mut w = BlocksWriter::create(dir.path().join(name), seal, [1; 16]).unwrap();
+            let mut hasher = BlockHasher::new(4096);
+            hasher.update(&data, |_, cv| w.push(&cv).unwrap());
+            let len = hasher.len();
+            let (_, tail) = hasher.finalize_with_tail();
+            w.finish(4096, len, tail).unwrap()
+        };
+        let clear = written("c.tmp", None);
+        let mut sealed = written("s.tmp", Some(&seal));
+        // A clear upload received into a sealed writer gives the same
+        // values; a cut or grown one is refused and leaves nothing.
+        let upload = std::fs::read(clear.path()).unwrap();
+        let out = || BlocksWriter::create(dir.path().join("u.tmp"), Some(&seal), [1; 16]).unwrap();
+        let received = receive(&upload[..], out()).unwrap();
+        assert_eq!(received.header(), clear.header());
+        assert_eq!(received.root(), sealed.root());
+        drop(received);
+        let cut = receive(&upload[..upload.len() - 1], out()).unwrap_err();
+        assert!(cut.to_string().contains("shorter"), "{cut}");
+        let mut grown = upload.clone();
+        grown.push(0);
+        let grown = receive(&grown[..], out()).unwrap_err();
+        assert!(grown.to_string().contains("longer"), "{grown}");
+        assert!(!dir.path().join("u.tmp").exists());
+        assert_eq!(sealed.root(), Some(*blake3::hash(&data).as_bytes()));
+        let owner = Owner::new([1; 16], "vol", SnapshotId(3));
+        sealed.bind(owner.clone()).unwrap();
+        let dest = dir.path().join("3.blocks");
+        sealed.publish(&dest).unwrap();
+        let opened = BlocksFile::open(&dest, Some(&seal), &owner).unwrap();
+        assert_eq!(opened.header(), clear.header());
+        let cvs = |f: &BlocksFile| -> Vec<[u8; 32]> {
+            f.chaining_values().unwrap().map(|cv| cv.unwrap()).collect()
+        };
+        assert_eq!(cvs(&opened), cvs(&clear));
+        let mut plain = Vec::new();
+        opened.reader().unwrap().read_to_end(&mut plain).unwrap();
+        assert_eq!(plain, std::fs::read(clear.path()).unwrap());
+        let stored = std::fs::read(&dest).unwrap();
+        assert!(!stored.windows(32).any(|w| w == cvs(&clear)[5]));
+        for wrong in [
+            Owner::unpublished([1; 16]),
+            Owner::new([1; 16], "vol", SnapshotId(4)),
+        ] {
+            let err = BlocksFile::open(&dest, Some(&seal), &wrong).unwrap_err();
+            assert!(err.is_corrupt(), "{err}");
+        }
     }
 }

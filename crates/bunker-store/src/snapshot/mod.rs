@@ -7,6 +7,7 @@
 
 pub(crate) mod blocks;
 pub(crate) mod manifest;
+pub(crate) mod plain;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 pub use crate::format::manifest::Origin;
 pub use blocks::{BlocksFile, BlocksWriter, ChainingValues};
 pub use manifest::ManifestEntry;
+pub use plain::Owner;
 pub use writer::CopyCommit;
 pub(crate) use writer::SnapshotWriter;
 

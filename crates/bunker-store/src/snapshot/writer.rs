@@ -40,7 +40,7 @@ impl Repository {
             name: name.to_string(),
             source: source.to_string(),
             creator,
-            manifest: ManifestWriter::create(tmp)?,
+            manifest: ManifestWriter::create(tmp, self.manifest_seal())?,
             pins: self.pins(),
             new_chunks: 0,
             new_bytes: 0,
@@ -61,7 +61,17 @@ impl Repository {
     /// A writer for block hashes (`snapshot::blocks`) in `tmp/`, for
     /// [`SnapshotWriter::set_blocks`] or to check a client's upload.
     pub fn blocks_writer(&self) -> Result<super::BlocksWriter> {
-        super::BlocksWriter::create(self.blocks_tmp_path())
+        super::BlocksWriter::create(self.blocks_tmp_path(), self.blocks_seal(), self.repo_id())
+    }
+
+    /// Receives a block hashes file (a client's upload, in the clear
+    /// format) from `body` into `tmp/`, sealed in a repository that seals
+    /// them: the clear bytes never reach the disk there. Reads exactly the
+    /// length the header announces, so a body cannot fill the disk beyond
+    /// what it describes. A malformed body is `Invalid`, a failed read of
+    /// it `Source`.
+    pub fn receive_blocks(&self, body: impl std::io::Read) -> Result<super::BlocksFile> {
+        super::blocks::receive(body, self.blocks_writer()?)
     }
 
     /// A fresh path in `tmp/` for a block hashes file being received.
@@ -437,7 +447,8 @@ impl SnapshotWriter {
         //     leaves a file no snapshot lists (ids are never reused).
         let blocks_dest = snapshot::blocks::blocks_path(&self.repo.snapshots_dir(), &self.name, id);
         let has_blocks = self.blocks.is_some();
-        if let Some(blocks) = self.blocks {
+        if let Some(mut blocks) = self.blocks {
+            blocks.bind(snapshot::Owner::new(self.repo.repo_id(), &self.name, id))?;
             if let Some(meta) = self.repo.meta() {
                 meta.put_file(&crate::repo::blocks_key(&self.name, id), blocks.path())?;
             }
