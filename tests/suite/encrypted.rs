@@ -262,3 +262,41 @@ fn an_encrypted_server_on_a_bucket_puts_no_text_or_chunk_id_in_it() {
     }
     assert!(leaked.is_empty(), "{leaked:#?}");
 }
+
+/// `bunker sync` from `from` to `to` with their admin tokens.
+fn sync(dir: &Path, from: &Server, to: &Server, name: &str) {
+    let (ft, tt) = (dir.join("from.token"), dir.join("to.token"));
+    std::fs::write(&ft, &from.admin).unwrap();
+    std::fs::write(&tt, &to.admin).unwrap();
+    let o = Command::new(BIN)
+        .args(["sync", "--from", &from.url, "--from-token-file"])
+        .arg(&ft)
+        .args(["--to", &to.url, "--to-token-file"])
+        .arg(&tt)
+        .arg(name)
+        .env_remove("BUNKER_SERVER")
+        .env_remove("BUNKER_TOKEN")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn sync_copies_between_a_clear_and_an_encrypted_repository_both_ways() {
+    let dir = bunker_tests::scratch();
+    let (key, _) = new_key(dir.path());
+    let img = marker_image();
+    let clear = Server::start(BIN, &dir.path().join("clear"), &[]);
+    let id = backup(&clear, dir.path(), "vol", &img);
+    let ids = chunk_ids(&clear, "vol", id);
+    let enc_data = dir.path().join("enc");
+    let enc = Server::start(BIN, &enc_data, &["--key-file", key.to_str().unwrap()]);
+    sync(dir.path(), &clear, &enc, "vol");
+    restores_bit_exact(&enc, dir.path(), "vol", 1, &img);
+    let back = Server::start(BIN, &dir.path().join("back"), &[]);
+    sync(dir.path(), &enc, &back, "vol");
+    restores_bit_exact(&back, dir.path(), "vol", 1, &img);
+    enc.stop();
+    let leaks = leaking_files(&enc_data, &ids);
+    assert!(leaks.is_empty(), "{leaks:#?}");
+}
