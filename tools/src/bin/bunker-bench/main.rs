@@ -11,6 +11,10 @@
 //! `--s3` runs the workload against a local-backend and an S3-backend server
 //! on SeaweedFS in the same run, with the object-storage figures (see `s3`).
 //!
+//! `--encryption` runs the raw-upload workload on a clear and an encrypted
+//! repository (`bunker serve --key-file`) in the same run, alternating, and
+//! prints their ingest, server CPU and restore figures side by side.
+//!
 //! `--sync` backs each day up to one server and times `bunker sync` to a
 //! second one: replication throughput, logical and on the wire, beside
 //! `restic copy` between two local repositories of the same images
@@ -71,6 +75,10 @@ struct Args {
     /// and `--seed` are then ignored. `tools/ext4-image` makes ext4 ones.
     #[arg(long, value_delimiter = ',')]
     images: Vec<PathBuf>,
+    /// A clear against an encrypted repository, same images, same run
+    /// (raw uploads, restore) [default size 1G, days 1].
+    #[arg(long)]
+    encryption: bool,
     /// Working directory (default: a temporary directory under target/).
     #[arg(long)]
     work: Option<PathBuf>,
@@ -224,6 +232,8 @@ struct Run {
     stage_cpu_s: Vec<Vec<(String, f64)>>,
     stored_after: Vec<u64>,
     restore_s: Option<f64>,
+    /// CPU seconds the server spent on the restore.
+    restore_cpu_s: Option<f64>,
     drill_s: Option<f64>,
     /// Server peak during the uploads only (before any restore).
     rss_server_ingest: Option<u64>,
@@ -256,7 +266,7 @@ fn main() -> anyhow::Result<()> {
     if args.scale {
         return scale(&bunker, &bin_dir, &work, args.skip_index);
     }
-    let (size, days) = match args.s3 || args.sync {
+    let (size, days) = match args.s3 || args.sync || args.encryption {
         true => (args.size.unwrap_or(1 << 30), args.days.unwrap_or(2)),
         false => (args.size.unwrap_or(4 << 30), args.days.unwrap_or(3)),
     };
@@ -292,6 +302,9 @@ fn main() -> anyhow::Result<()> {
         }
         sync::print(&copies);
         return Ok(());
+    }
+    if args.encryption {
+        return encryption(&bunker, &work, &images, &sizes);
     }
     let limits = limits(&images[0], &work)?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -334,6 +347,64 @@ fn main() -> anyhow::Result<()> {
         restic.as_ref(),
         borg.as_ref(),
     );
+    Ok(())
+}
+
+/// `--encryption`: the raw workload on a clear and an encrypted server,
+/// twice each, alternating (the machine may be loaded: same-run ratios are
+/// what matter); prints the better of each pair.
+fn encryption(bunker: &Path, work: &Path, images: &[PathBuf], sizes: &[u64]) -> anyhow::Result<()> {
+    let key = work.join("repo.key");
+    let o = Command::new(bunker)
+        .args(["key", "create", "--out"])
+        .arg(&key)
+        .output()?;
+    if !o.status.success() {
+        bail!("bunker key create: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let keyed = ["--key-file".to_string(), key.display().to_string()];
+    let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..2 {
+        for (i, extra) in [&[][..], &keyed[..]].into_iter().enumerate() {
+            let data = work.join(format!("enc-{i}-{round}"));
+            runs[i].push(bunker_raw(
+                bunker,
+                &data,
+                extra,
+                images,
+                &agent,
+                &mut || Ok(()),
+            )?);
+            std::fs::remove_dir_all(&data)?;
+        }
+    }
+    let best = |rs: &[Run], f: &dyn Fn(&Run) -> f64| rs.iter().map(f).fold(f64::MAX, f64::min);
+    println!(
+        "| repository | day | ingest GB/s | server CPU s/GB | restore GB/s | restore server CPU s/GB |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (i, name) in ["clear", "encrypted"].iter().enumerate() {
+        for (d, &size) in sizes.iter().enumerate() {
+            let secs = best(&runs[i], &|r| r.ingest_s[d]);
+            let cpu = best(&runs[i], &|r| r.server_cpu_s[d]);
+            let restore = if d + 1 == sizes.len() {
+                let s = best(&runs[i], &|r| r.restore_s.unwrap_or(f64::MAX));
+                let c = best(&runs[i], &|r| r.restore_cpu_s.unwrap_or(f64::MAX));
+                format!("{:.2} | {:.2}", gbps(size, s), c / (size as f64 / 1e9))
+            } else {
+                "- | -".into()
+            };
+            println!(
+                "| {name} | {d} | {:.2} | {:.2} | {restore} |",
+                gbps(size, secs),
+                cpu / (size as f64 / 1e9)
+            );
+        }
+    }
     Ok(())
 }
 
@@ -482,7 +553,9 @@ fn bunker_raw(
         Ok(t.elapsed().as_secs_f64())
     };
     let out = data.with_extension("restore.img");
+    let cpu = cpu_secs(server.child.id());
     run.restore_s = Some(get(&out)?);
+    run.restore_cpu_s = Some(cpu_secs(server.child.id()) - cpu);
     std::fs::remove_file(&out)?;
     run.drill_s = Some(get(Path::new("/dev/null"))?);
     run.rss_server = Some(watch.peak());
