@@ -15,7 +15,8 @@
 use bunker_chunk::ChunkId;
 use bunker_crypt::{Key, KeyId, Purpose, Sealer};
 
-use crate::sealed_file::{FileKind, FileSeal};
+use crate::format::sealed::FileKind;
+use crate::sealed_file::FileSeal;
 use crate::PackId;
 
 const IDS_CONTEXT: &str = "bunker 2026-12-07 chunk id subkey v1";
