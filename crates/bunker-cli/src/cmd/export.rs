@@ -207,7 +207,7 @@ fn stop_on_signal(overlay: Option<Arc<Overlay>>) {
             return;
         }
     };
-    runtime.block_on(super::serve::shutdown_signal());
+    runtime.block_on(async { super::serve::shutdown_signal().await });
     let code = match overlay.map(|o| o.flush()) {
         Some(Err(e)) => {
             tracing::error!("flushing the overlay: {e}");

@@ -106,11 +106,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("listening on {listen}"))?;
         let addr = listener.local_addr()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
+        // Watched before the listening line: a SIGTERM sent as soon as it
+        // is read must stop the server cleanly, not by the default action.
+        let shutdown = shutdown_signal();
         let mut out = std::io::stdout().lock();
         writeln!(out, "bunker listening on {scheme}://{addr}")?;
         out.flush()?;
         drop(out);
-        bunker_server::run(listener, state.clone(), tls, shutdown_signal()).await?;
+        bunker_server::run(listener, state.clone(), tls, shutdown).await?;
         anyhow::Ok(())
     });
     // Requests still running after the grace period are cut here; their
@@ -122,18 +125,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
-pub(crate) async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("cannot watch SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// Resolves at SIGTERM or SIGINT. Both are watched from the call on, not
+/// from the first poll; call it inside the runtime.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{signal, SignalKind};
+    let watched =
+        signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
+    async move {
+        match watched {
+            Ok((mut term, mut int)) => tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            },
+            Err(e) => {
+                tracing::warn!("cannot watch SIGTERM and SIGINT: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
 }
 

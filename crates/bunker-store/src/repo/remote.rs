@@ -32,8 +32,8 @@ use super::open::{
 };
 use super::snapshots::{read_deleted_hwm, DELETED_HWM};
 use super::Repository;
-use crate::crypt::RepoCrypt;
 use crate::backend::{MetaBackend, PackBackend};
+use crate::crypt::RepoCrypt;
 use crate::format::config::RepoConfig;
 use crate::sealed_file::FileSeal;
 use crate::snapshot::manifest::ManifestReader;
