@@ -251,6 +251,12 @@ impl Repository {
     /// Reads one chunk, verified: record checksum, decompression, length
     /// and BLAKE3 against `id`.
     pub fn read_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let (kid, loc) = self.locate_true(id)?;
+        self.read_at(&kid, &loc).map_err(|e| naming_true(e, id))
+    }
+
+    /// The at-rest id of chunk `id` and where the index has it.
+    fn locate_true(&self, id: &ChunkId) -> Result<(ChunkId, Location)> {
         let kid = self.at_rest(id);
         let loc = self
             .inner
@@ -259,7 +265,7 @@ impl Repository {
             .ok_or_else(|| Error::NotFound {
                 what: format!("chunk {id}"),
             })?;
-        self.read_at(&kid, &loc).map_err(|e| naming_true(e, id))
+        Ok((kid, loc))
     }
 
     /// Reads one chunk as its record stores it, for a copy to another
@@ -267,14 +273,7 @@ impl Repository {
     /// verified first like every read (decoded, length and BLAKE3), and
     /// read again where the index says it is now if GC moved it meanwhile.
     pub fn read_chunk_stored(&self, id: &ChunkId) -> Result<(Vec<u8>, bool)> {
-        let kid = self.at_rest(id);
-        let loc = self
-            .inner
-            .index
-            .lookup(&kid)
-            .ok_or_else(|| Error::NotFound {
-                what: format!("chunk {id}"),
-            })?;
+        let (kid, loc) = self.locate_true(id)?;
         match self.read_stored_at(&kid, &loc) {
             Err(e) => match self.locate(&kid) {
                 Some(now) if now != loc => self.read_stored_at(&kid, &now),
