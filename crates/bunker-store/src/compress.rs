@@ -8,7 +8,10 @@
 
 use std::cell::RefCell;
 
+use bunker_crypt::seal::{NONCE_LEN, TAG_LEN};
+
 use crate::format::pack::Codec;
+use crate::pack::Payload;
 
 /// Chunks smaller than this skip the probe: compressing them is cheap.
 const PROBE_MIN_LEN: usize = 128 << 10;
@@ -20,13 +23,25 @@ pub(crate) enum Stored<'a> {
     /// A zstd frame that arrived compressed (a client's upload), stored as
     /// it came once it was decoded and its BLAKE3 checked.
     Frame(&'a [u8]),
+    /// A zstd frame at `[NONCE_LEN..len - TAG_LEN]` of its buffer, with
+    /// room to be sealed in place ([`compress_sealable`]).
+    Sealable(Vec<u8>),
 }
 
 impl Stored<'_> {
     pub(crate) fn codec(&self) -> Codec {
         match self {
             Stored::Raw(_) => Codec::Raw,
-            Stored::Zstd(_) | Stored::Frame(_) => Codec::Zstd,
+            Stored::Zstd(_) | Stored::Frame(_) | Stored::Sealable(_) => Codec::Zstd,
+        }
+    }
+
+    /// What the pack writer gets: the bytes, or the sealable buffer.
+    pub(crate) fn payload(&mut self) -> Payload<'_> {
+        match self {
+            Stored::Raw(b) | Stored::Frame(b) => Payload::Bytes(b),
+            Stored::Zstd(v) => Payload::Bytes(v),
+            Stored::Sealable(v) => Payload::Sealable(v),
         }
     }
 
@@ -35,6 +50,7 @@ impl Stored<'_> {
             Stored::Raw(b) => b,
             Stored::Zstd(v) => v,
             Stored::Frame(f) => f,
+            Stored::Sealable(v) => &v[NONCE_LEN..v.len() - TAG_LEN],
         }
     }
 }
@@ -79,6 +95,32 @@ pub(crate) fn compress(raw: &[u8], level: i32) -> Stored<'_> {
     }
     match with_compressor(level, |c| c.compress(raw)) {
         Some(Ok(out)) if out.len() < raw.len() - raw.len() / 32 => Stored::Zstd(out),
+        _ => Stored::Raw(raw),
+    }
+}
+
+/// [`compress`] for an encrypted repository: the same decision and bytes,
+/// but a zstd frame is written after [`NONCE_LEN`] bytes of room and
+/// followed by [`TAG_LEN`], so the pack writer seals it where it is
+/// instead of copying it into a sealing buffer (the copy cost as much as
+/// the cipher: docs/BENCHMARKS.md, "Encryption").
+pub(crate) fn compress_sealable(raw: &[u8], level: i32) -> Stored<'_> {
+    if raw.len() >= PROBE_MIN_LEN && looks_incompressible(raw) {
+        return Stored::Raw(raw);
+    }
+    let bound = zstd::zstd_safe::compress_bound(raw.len());
+    let out = with_compressor(level, |c| {
+        let mut buf = Vec::with_capacity(NONCE_LEN + bound + TAG_LEN);
+        buf.resize(NONCE_LEN, 0);
+        let mut at = std::io::Cursor::new(buf);
+        at.set_position(NONCE_LEN as u64);
+        c.compress_to_buffer(raw, &mut at).map(|_| at.into_inner())
+    });
+    match out {
+        Some(Ok(mut buf)) if buf.len() - NONCE_LEN < raw.len() - raw.len() / 32 => {
+            buf.resize(buf.len() + TAG_LEN, 0);
+            Stored::Sealable(buf)
+        }
         _ => Stored::Raw(raw),
     }
 }
@@ -168,5 +210,26 @@ mod tests {
         );
         assert!(decompress(Codec::Zstd, t.bytes().to_vec(), text.len() - 1).is_err());
         assert!(decompress(Codec::Zstd, vec![1, 2, 3], 10).is_err());
+    }
+
+    #[test]
+    fn a_sealable_frame_is_the_same_frame_with_room_around_it() {
+        let text: Vec<u8> = (0..20_000)
+            .flat_map(|i| format!("2026-12-07 INFO sealed {i}\n").into_bytes())
+            .collect();
+        let mut random = vec![0u8; 256 << 10];
+        getrandom::fill(&mut random).unwrap();
+        for data in [&text, &random] {
+            let (plain, mut sealable) = (compress(data, 1), compress_sealable(data, 1));
+            assert_eq!(plain.codec(), sealable.codec());
+            assert_eq!(plain.bytes(), sealable.bytes());
+            match sealable.payload() {
+                Payload::Sealable(buf) => {
+                    assert_eq!(plain.codec(), Codec::Zstd);
+                    assert_eq!(buf.len(), NONCE_LEN + plain.bytes().len() + TAG_LEN);
+                }
+                Payload::Bytes(b) => assert_eq!(b, plain.bytes()),
+            }
+        }
     }
 }

@@ -41,7 +41,7 @@ use rayon::prelude::*;
 
 use crate::format::space::{NameSpace, Space, Usage};
 use crate::index::{find_in, shard_of, Run, Tombstones};
-use crate::pack::{read_trailer, NewRecord};
+use crate::pack::{read_trailer, NewRecord, Payload};
 use crate::tombstones::{put_tombstones, write_tombstones};
 use crate::{Error, Location, PackId, Repository, Result};
 
@@ -667,17 +667,17 @@ impl Repository {
             .collect();
         let read: Vec<(crate::format::pack::Codec, Vec<u8>)> =
             read.into_iter().collect::<Result<_>>()?;
-        let new: Vec<NewRecord<'_>> = records
+        let mut new: Vec<NewRecord<'_>> = records
             .iter()
             .zip(&read)
             .map(|(e, (codec, stored))| NewRecord {
                 id: e.id,
                 raw_len: e.raw_len,
                 codec: *codec,
-                stored,
+                stored: Payload::Bytes(stored),
             })
             .collect();
-        let (locations, sealed) = self.packs().append(&new)?;
+        let (locations, sealed) = self.packs().append(&mut new)?;
         for (e, loc) in records.iter().zip(locations) {
             self.index().relocate(&e.id, loc);
         }

@@ -41,7 +41,17 @@ pub(crate) struct NewRecord<'a> {
     pub id: ChunkId,
     pub raw_len: u32,
     pub codec: Codec,
-    pub stored: &'a [u8],
+    pub stored: Payload<'a>,
+}
+
+/// A record's stored bytes as the pack writer gets them.
+pub(crate) enum Payload<'a> {
+    /// Written as they are, or sealed through a copy in an encrypted pack.
+    Bytes(&'a [u8]),
+    /// The bytes at `[NONCE_LEN..len - TAG_LEN]` of a buffer with room to
+    /// be sealed in place (`compress::compress_sealable`); written as
+    /// those bytes in a clear pack.
+    Sealable(&'a mut [u8]),
 }
 
 /// A pack that has just been sealed, with the records it holds.
@@ -170,7 +180,7 @@ impl Packs {
     /// packs sealed along the way (for the index).
     pub(crate) fn append(
         &self,
-        records: &[NewRecord<'_>],
+        records: &mut [NewRecord<'_>],
     ) -> Result<(Vec<Location>, Vec<SealedPack>)> {
         let mut w = self.lock();
         if let Some(why) = &w.poisoned {
@@ -178,7 +188,7 @@ impl Packs {
         }
         let mut locations = Vec::with_capacity(records.len());
         let mut sealed = Vec::new();
-        for r in records {
+        for r in records.iter_mut() {
             if w.open.is_none() {
                 let id = PackId(w.next_id);
                 w.next_id += 1;
@@ -191,18 +201,25 @@ impl Packs {
                 .ok_or_else(|| Error::Poisoned("no open pack".into()))?;
             durable::failpoint!("pack::write", &open.path);
             let offset = open.len;
-            let stored = match &self.crypt {
-                Some(c) => {
+            let ad = record_ad(open.id, offset, &r.id);
+            let (room, tag) = (bunker_crypt::seal::NONCE_LEN, bunker_crypt::seal::TAG_LEN);
+            let stored: &[u8] = match (&self.crypt, &mut r.stored) {
+                (Some(c), Payload::Sealable(buf)) => {
                     let _span = crate::cpu::Span::start(crate::cpu::Stage::Encrypt);
-                    let at = seal_at(&mut w.sealed, r.stored);
-                    let (room, len) = (bunker_crypt::seal::NONCE_LEN, r.stored.len());
+                    c.records().seal_in_place(&ad, buf);
+                    buf
+                }
+                (Some(c), Payload::Bytes(plain)) => {
+                    let _span = crate::cpu::Span::start(crate::cpu::Stage::Encrypt);
+                    let at = seal_at(&mut w.sealed, plain);
+                    let len = plain.len();
                     let buf = &mut w.sealed[at..at + len + bunker_crypt::OVERHEAD];
-                    buf[room..room + len].copy_from_slice(r.stored);
-                    c.records()
-                        .seal_in_place(&record_ad(open.id, offset, &r.id), buf);
+                    buf[room..room + len].copy_from_slice(plain);
+                    c.records().seal_in_place(&ad, buf);
                     &w.sealed[at..at + len + bunker_crypt::OVERHEAD]
                 }
-                None => r.stored,
+                (None, Payload::Bytes(plain)) => plain,
+                (None, Payload::Sealable(buf)) => &buf[room..buf.len() - tag],
             };
             let header = RecordHeader::new(r.id, r.codec, r.raw_len, stored);
             // A failed write leaves `len` unchanged: the next record (or the

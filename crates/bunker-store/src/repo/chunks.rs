@@ -16,7 +16,9 @@
 use bunker_chunk::ChunkId;
 
 use super::Repository;
-use crate::compress::{compress, decompress, decompress_frame, keep_frame, Stored};
+use crate::compress::{
+    compress, compress_sealable, decompress, decompress_frame, keep_frame, Stored,
+};
 use crate::cpu::{self, Stage};
 use crate::index::Reservation;
 use crate::pack::{NewRecord, SealedPack};
@@ -159,7 +161,11 @@ impl Repository {
         pins: &Pins,
     ) -> Result<(NewData, Vec<ChunkId>, Vec<Option<Location>>)> {
         let level = self.inner.config.zstd_level;
-        self.store_encoded(chunks, |raw| compress(raw, level), pins)
+        match self.crypt() {
+            // Compressed into buffers the pack writer seals in place.
+            Some(_) => self.store_encoded(chunks, |raw| compress_sealable(raw, level), pins),
+            None => self.store_encoded(chunks, |raw| compress(raw, level), pins),
+        }
     }
 
     /// [`Repository::store_chunks`] with the records' bytes chosen by
@@ -194,22 +200,22 @@ impl Repository {
         if mine.is_empty() {
             return Ok((NewData::default(), pending, found));
         }
-        let stored: Vec<_> = mine
+        let mut stored: Vec<_> = mine
             .par_iter()
             .map(|&i| cpu::timed(Stage::Compress, || encode(chunks[i].1)))
             .collect();
         let _append = cpu::Span::start(Stage::Append);
-        let records: Vec<NewRecord<'_>> = mine
+        let mut records: Vec<NewRecord<'_>> = mine
             .iter()
-            .zip(&stored)
+            .zip(&mut stored)
             .map(|(&i, s)| NewRecord {
                 id: chunks[i].0,
                 raw_len: chunks[i].1.len() as u32,
                 codec: s.codec(),
-                stored: s.bytes(),
+                stored: s.payload(),
             })
             .collect();
-        match inner.packs.append(&records) {
+        match inner.packs.append(&mut records) {
             Ok((locations, sealed)) => {
                 pins.add(locations.iter().map(|l| l.pack));
                 let mut new = NewData::default();
