@@ -45,6 +45,7 @@ impl Stored<'_> {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Stored::Raw(b) => b,
