@@ -193,16 +193,7 @@ fn a_repository_with_64_kib_chunks_dedups_restores_and_takes_changed_extents() {
     let root = dir.path();
     let data = root.join("data");
     let server = Server::start(BIN, &data, &["--chunk-size", "64KiB"]);
-    let info: serde_json::Value = serde_json::from_slice(
-        &ureq::get(format!("{}/v1/info", server.url))
-            .header("authorization", format!("Bearer {}", server.admin))
-            .call()
-            .unwrap()
-            .into_body()
-            .read_to_vec()
-            .unwrap(),
-    )
-    .unwrap();
+    let info = crate::info(&server);
     assert_eq!(info["chunker"]["avg_bytes"], 65_536, "{info}");
     let spec = ImageSpec {
         change_percent: 0.5,

@@ -141,13 +141,7 @@ fn an_encrypted_server_keeps_no_text_or_chunk_id_at_rest_and_restores_bit_exact(
     let data = dir.path().join("data");
     let img = marker_image();
     let server = Server::start(BIN, &data, &["--key-file", key.to_str().unwrap()]);
-    let info: serde_json::Value = ureq::get(format!("{}/v1/info", server.url))
-        .header("authorization", format!("Bearer {}", server.admin))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_json()
-        .unwrap();
+    let info = crate::info(&server);
     assert_eq!(info["encrypted"], true, "{info}");
     assert_eq!(info["key_id"], key_id.as_str(), "{info}");
     let id = backup(&server, dir.path(), "vol", &img);

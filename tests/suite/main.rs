@@ -62,6 +62,17 @@ pub(crate) fn manifest(server: &Server, name: &str, id: impl std::fmt::Display) 
         .unwrap()
 }
 
+/// `GET /v1/info` as the admin reads it.
+pub(crate) fn info(server: &Server) -> serde_json::Value {
+    ureq::get(format!("{}/v1/info", server.url))
+        .header("authorization", format!("Bearer {}", server.admin))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_json()
+        .unwrap()
+}
+
 /// The JSON a successful `bunker --json` printed; fails the test on any
 /// other exit, with its stderr.
 pub(crate) fn ok_json(o: &Output) -> serde_json::Value {

@@ -184,13 +184,7 @@ fn a_new_server_on_the_bucket_alone_restores_every_snapshot_bit_exact() {
 
     // Day 0 as a raw upload, days 1 and 2 through the chunk protocol.
     let server = start(&data, &flags);
-    let info: serde_json::Value = ureq::get(format!("{}/v1/info", server.url))
-        .header("authorization", format!("Bearer {}", server.admin))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_json()
-        .unwrap();
+    let info = crate::info(&server);
     let storage = info["storage"].as_str().unwrap();
     assert!(
         storage.starts_with(&format!("s3://{BUCKET}/dr at {}", store.endpoint)),
