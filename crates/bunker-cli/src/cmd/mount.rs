@@ -55,6 +55,16 @@ pub fn run(g: &Global, args: Args) -> CmdResult {
     };
     let size = image.size();
     let mounted = bunker_mount::mount(image, &args.dir)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Watched before the mounted line is printed: a signal sent as soon as
+    // it is read unmounts cleanly instead of killing the process.
+    let watch = || {
+        let _in = runtime.enter();
+        Box::pin(super::serve::shutdown_signal())
+    };
+    let mut shutdown = watch();
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", mounted.file().display())?;
     out.flush()?;
@@ -63,18 +73,18 @@ pub fn run(g: &Global, args: Args) -> CmdResult {
         "{} is mounted ({size} bytes, read-only); SIGINT or SIGTERM unmounts",
         mounted.file().display()
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let mut mounted = mounted;
     loop {
         let signalled = runtime.block_on(async {
             tokio::select! {
-                _ = super::serve::shutdown_signal() => true,
+                _ = &mut shutdown => true,
                 _ = unmounted_from_outside(&mounted) => false,
             }
         });
-        if !signalled {
+        if signalled {
+            // For the next signal, should this unmount find the mount busy.
+            shutdown = watch();
+        } else {
             tracing::info!("{} was unmounted", args.dir.display());
         }
         match mounted.unmount() {
