@@ -144,7 +144,8 @@ fn an_encrypted_server_keeps_no_text_or_chunk_id_at_rest_and_restores_bit_exact(
     let info = crate::info(&server);
     assert_eq!(info["encrypted"], true, "{info}");
     assert_eq!(info["key_id"], key_id.as_str(), "{info}");
-    let id = backup(&server, dir.path(), "vol", &img);
+    let sealed_id = backup(&server, dir.path(), "vol", &img);
+    let id = sealed_id;
     let ids = chunk_ids(&server, "vol", id);
     assert!(ids.len() >= 8, "{} chunks", ids.len());
     restores_bit_exact(&server, dir.path(), "vol", id, &img);
@@ -167,7 +168,7 @@ fn an_encrypted_server_keeps_no_text_or_chunk_id_at_rest_and_restores_bit_exact(
 
     // Restarted with its key, the encrypted server still restores.
     let server = Server::start(BIN, &data, &["--key-file", key.to_str().unwrap()]);
-    restores_bit_exact(&server, dir.path(), "vol", 1, &img);
+    restores_bit_exact(&server, dir.path(), "vol", sealed_id, &img);
 }
 
 #[test]

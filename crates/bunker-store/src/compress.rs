@@ -91,13 +91,33 @@ fn looks_incompressible(raw: &[u8]) -> bool {
 }
 
 pub(crate) fn compress(raw: &[u8], level: i32) -> Stored<'_> {
+    match zstd_frame(raw, level, 0, 0) {
+        Some(out) => Stored::Zstd(out),
+        None => Stored::Raw(raw),
+    }
+}
+
+/// The zstd frame of `raw` after `head` bytes of zeros and followed by
+/// `tail` more, if compressing pays (the probe, then a saving of at least
+/// 1/32); `None`: store it raw.
+fn zstd_frame(raw: &[u8], level: i32, head: usize, tail: usize) -> Option<Vec<u8>> {
     if raw.len() >= PROBE_MIN_LEN && looks_incompressible(raw) {
-        return Stored::Raw(raw);
+        return None;
     }
-    match with_compressor(level, |c| c.compress(raw)) {
-        Some(Ok(out)) if out.len() < raw.len() - raw.len() / 32 => Stored::Zstd(out),
-        _ => Stored::Raw(raw),
+    let bound = zstd::zstd_safe::compress_bound(raw.len());
+    let mut buf = with_compressor(level, |c| {
+        let mut buf = Vec::with_capacity(head + bound + tail);
+        buf.resize(head, 0);
+        let mut at = std::io::Cursor::new(buf);
+        at.set_position(head as u64);
+        c.compress_to_buffer(raw, &mut at).map(|_| at.into_inner())
+    })?
+    .ok()?;
+    if buf.len() - head >= raw.len() - raw.len() / 32 {
+        return None;
     }
+    buf.resize(buf.len() + tail, 0);
+    Some(buf)
 }
 
 /// [`compress`] for an encrypted repository: the same decision and bytes,
@@ -106,23 +126,9 @@ pub(crate) fn compress(raw: &[u8], level: i32) -> Stored<'_> {
 /// instead of copying it into a sealing buffer (the copy cost as much as
 /// the cipher: docs/BENCHMARKS.md, "Encryption").
 pub(crate) fn compress_sealable(raw: &[u8], level: i32) -> Stored<'_> {
-    if raw.len() >= PROBE_MIN_LEN && looks_incompressible(raw) {
-        return Stored::Raw(raw);
-    }
-    let bound = zstd::zstd_safe::compress_bound(raw.len());
-    let out = with_compressor(level, |c| {
-        let mut buf = Vec::with_capacity(NONCE_LEN + bound + TAG_LEN);
-        buf.resize(NONCE_LEN, 0);
-        let mut at = std::io::Cursor::new(buf);
-        at.set_position(NONCE_LEN as u64);
-        c.compress_to_buffer(raw, &mut at).map(|_| at.into_inner())
-    });
-    match out {
-        Some(Ok(mut buf)) if buf.len() - NONCE_LEN < raw.len() - raw.len() / 32 => {
-            buf.resize(buf.len() + TAG_LEN, 0);
-            Stored::Sealable(buf)
-        }
-        _ => Stored::Raw(raw),
+    match zstd_frame(raw, level, NONCE_LEN, TAG_LEN) {
+        Some(buf) => Stored::Sealable(buf),
+        None => Stored::Raw(raw),
     }
 }
 

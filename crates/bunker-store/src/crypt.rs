@@ -14,6 +14,7 @@
 
 use bunker_chunk::ChunkId;
 use bunker_crypt::{Key, KeyId, Purpose, Sealer};
+use zeroize::Zeroize;
 
 use crate::format::sealed::FileKind;
 use crate::sealed_file::FileSeal;
@@ -40,7 +41,7 @@ impl std::fmt::Debug for RepoCrypt {
 impl Drop for RepoCrypt {
     fn drop(&mut self) {
         // The sealers wipe their own subkeys.
-        self.ids = [0; 32];
+        self.ids.zeroize();
     }
 }
 

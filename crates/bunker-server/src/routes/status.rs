@@ -30,7 +30,8 @@ pub(super) async fn status(state: &Arc<State>, p: &Principal) -> Reply {
     let p = p.clone();
     let status = blocking(move || {
         let all = st.repo.list(None).map_err(|e| st.store_error(e))?;
-        let now = now_unix_ms();
+        // The store's clock: the one snapshots' creation times come from.
+        let now = bunker_store::clock::now_unix_ms();
         let space = space(&st, &all, now);
         let mut names: BTreeMap<&str, NameStatus> = BTreeMap::new();
         let first_day = first_day(now);
@@ -100,13 +101,6 @@ fn newer(slot: &mut Option<Check>, c: Option<Check>) {
             *slot = Some(c);
         }
     }
-}
-
-fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// UTC midnight starting the first of the `STATUS_DAYS` days ending today.

@@ -627,9 +627,6 @@ fn finish_seal(
     })
 }
 
-/// Writes the trailer (sealed in an encrypted repository) and footer
-/// after the record at `len` and cuts the file there. The caller syncs and
-/// publishes.
 /// Where in `buf` (grown as needed, never shrunk or zeroed again) to seal a
 /// copy of `plain`: its plaintext lands half a page away from `plain`'s
 /// address modulo 4 KiB. A copy between addresses a few bytes apart modulo
@@ -645,6 +642,9 @@ fn seal_at(buf: &mut Vec<u8>, plain: &[u8]) -> usize {
     (want + PAGE - buf.as_ptr() as usize % PAGE) % PAGE
 }
 
+/// Writes the trailer (sealed in an encrypted repository) and footer
+/// after the record at `len` and cuts the file there. The caller syncs and
+/// publishes.
 pub(crate) fn write_seal(
     file: &File,
     pack: PackId,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::error::IoContext;
 use crate::format::sealed::identity;
 use crate::sealed_file::{FileSeal, SealedRead, SealedReader, SealedWriter};
-use crate::{Error, Result, SnapshotId};
+use crate::{Result, SnapshotId};
 
 /// The snapshot a sealed manifest or block hashes file belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,11 +128,9 @@ impl Read for PlainRead {
     }
 }
 
-/// The store's error for a failed [`PlainRead`] of `path`: damage stays
-/// `Corrupt` (naming `name` and the segment), the rest is I/O.
-pub(crate) fn read_error(path: &Path, name: &str, e: std::io::Error) -> Error {
-    crate::sealed_file::read_error(path, name, e)
-}
+/// The store's error for a failed [`PlainRead`]: damage stays `Corrupt`
+/// (naming the file and the segment), the rest is I/O.
+pub(crate) use crate::sealed_file::read_error;
 
 /// A manifest or block hashes file being written: positions below the
 /// head length may be rewritten until [`PlainWrite::finish`]; the rest is
