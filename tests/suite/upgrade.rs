@@ -1,12 +1,16 @@
-//! Upgrade drill: a repository written by format version 1 (committed
-//! under tests/fixtures/repo-v1 by `bunker-make-fixture`) must open, verify,
-//! restore bit-exactly, take new backups and rebuild its index in every
-//! later version of bunker.
+//! Upgrade drill: repositories written by earlier formats (committed under
+//! tests/fixtures by `bunker-make-fixture`) must open, verify, restore
+//! bit-exactly, take new backups and rebuild their index in every later
+//! version of bunker: repo-v1 (clear, format version 1) and
+//! repo-v2-encrypted (config version 2, records sealed with their pack and
+//! offset in the associated data; its test key is beside it).
 
 use std::io::Read;
 use std::path::Path;
 
-use bunker_store::{IngestOptions, Repository, SnapshotId};
+use std::sync::Arc;
+
+use bunker_store::{IngestOptions, OpenOptions, Repository, SnapshotId};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -28,12 +32,28 @@ fn restored_hash(repo: &Repository, name: &str, id: u64) -> (u64, String) {
 
 #[test]
 fn version_1_repository_opens_verifies_restores_and_takes_backups() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/repo-v1");
+    drill("repo-v1", false);
+}
+
+#[test]
+fn version_2_encrypted_repository_opens_verifies_restores_and_takes_backups() {
+    drill("repo-v2-encrypted", true);
+}
+
+fn drill(fixture: &str, encrypted: bool) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(fixture);
     let expected = std::fs::read_to_string(fixture.join("expected.txt")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let repo_dir = dir.path().join("repo");
     copy_dir(&fixture, &repo_dir);
-    let repo = Repository::open(&repo_dir).expect("a version-1 repository must open");
+    let opts = || OpenOptions {
+        key: encrypted.then(|| Arc::new(bunker_crypt::Key::load(&fixture.join("key")).unwrap())),
+        ..OpenOptions::default()
+    };
+    let repo = Repository::open_with(&repo_dir, opts()).expect("the fixture must open");
+    assert_eq!(repo.key_id().is_some(), encrypted);
     let report = repo.verify().unwrap();
     assert!(report.is_clean(), "{report:?}");
     let listed = repo.list(None).unwrap();
@@ -77,8 +97,8 @@ fn version_1_repository_opens_verifies_restores_and_takes_backups() {
     repo.close().unwrap();
     let digest = repo.index_digest();
     drop(repo);
-    Repository::rebuild_index(&repo_dir).unwrap();
-    let repo = Repository::open(&repo_dir).unwrap();
+    Repository::rebuild_index_with(&repo_dir, opts()).unwrap();
+    let repo = Repository::open_with(&repo_dir, opts()).unwrap();
     assert_eq!(repo.index_digest(), digest);
     assert!(repo.verify().unwrap().is_clean());
 }

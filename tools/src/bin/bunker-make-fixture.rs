@@ -5,6 +5,8 @@
 //! opening, verifying and restoring in every later version.
 //!
 //! `cargo run --release -p bunker-tools --bin bunker-make-fixture -- tests/fixtures/repo-v1`
+//! (clear), or `-- DIR KEYFILE` for an encrypted repository under that key
+//! (a test key, committed beside the fixture as `DIR/key`).
 
 use std::io::Write;
 
@@ -26,13 +28,19 @@ fn main() -> anyhow::Result<()> {
         .context("usage: bunker-make-fixture DIR")?;
     let dir = std::path::Path::new(&dir);
     anyhow::ensure!(!dir.exists(), "{} exists; remove it first", dir.display());
+    let key = match std::env::args().nth(2) {
+        Some(file) => Some(std::sync::Arc::new(bunker_crypt::Key::load(
+            std::path::Path::new(&file),
+        )?)),
+        None => None,
+    };
     let repo = Repository::create(
         dir,
         CreateOptions {
             chunker: ChunkerParams::new(16 << 10, 64 << 10, 256 << 10)?,
             zstd_level: 3,
             pack_target_len: 1 << 20,
-            key: None,
+            key: key.clone(),
         },
     )?;
     let mut expected = String::new();
@@ -58,6 +66,9 @@ fn main() -> anyhow::Result<()> {
     drop(repo);
     std::fs::remove_file(dir.join("lock"))?;
     std::fs::File::create(dir.join("expected.txt"))?.write_all(expected.as_bytes())?;
+    if let Some(key) = &key {
+        key.create_file(&dir.join("key"))?;
+    }
     print!("{expected}");
     Ok(())
 }
