@@ -26,6 +26,11 @@ pub(crate) enum Stored<'a> {
     /// A zstd frame at `[NONCE_LEN..len - TAG_LEN]` of its buffer, with
     /// room to be sealed in place ([`compress_sealable`]).
     Sealable(Vec<u8>),
+    /// Any of the above once sealed (`crate::crypt::RepoCrypt::seal_stored`).
+    Sealed {
+        codec: Codec,
+        sealed: Vec<u8>,
+    },
 }
 
 impl Stored<'_> {
@@ -33,6 +38,18 @@ impl Stored<'_> {
         match self {
             Stored::Raw(_) => Codec::Raw,
             Stored::Zstd(_) | Stored::Frame(_) | Stored::Sealable(_) => Codec::Zstd,
+            Stored::Sealed { codec, .. } => *codec,
+        }
+    }
+
+    /// The stored bytes before sealing; `None` once sealed.
+    #[cfg(test)]
+    pub(crate) fn plain(&self) -> Option<&[u8]> {
+        match self {
+            Stored::Raw(b) | Stored::Frame(b) => Some(b),
+            Stored::Zstd(v) => Some(v),
+            Stored::Sealable(v) => Some(&v[NONCE_LEN..v.len() - TAG_LEN]),
+            Stored::Sealed { .. } => None,
         }
     }
 
@@ -42,17 +59,13 @@ impl Stored<'_> {
             Stored::Raw(b) | Stored::Frame(b) => Payload::Bytes(b),
             Stored::Zstd(v) => Payload::Bytes(v),
             Stored::Sealable(v) => Payload::Sealable(v),
+            Stored::Sealed { sealed, .. } => Payload::Sealed(sealed),
         }
     }
 
     #[cfg(test)]
     pub(crate) fn bytes(&self) -> &[u8] {
-        match self {
-            Stored::Raw(b) => b,
-            Stored::Zstd(v) => v,
-            Stored::Frame(f) => f,
-            Stored::Sealable(v) => &v[NONCE_LEN..v.len() - TAG_LEN],
-        }
+        self.plain().expect("not sealed")
     }
 }
 
@@ -236,6 +249,7 @@ mod tests {
                     assert_eq!(buf.len(), NONCE_LEN + plain.bytes().len() + TAG_LEN);
                 }
                 Payload::Bytes(b) => assert_eq!(b, plain.bytes()),
+                Payload::Sealed(_) => panic!("compression does not seal"),
             }
         }
     }

@@ -16,15 +16,42 @@ use bunker_chunk::ChunkId;
 use bunker_crypt::{Key, KeyId, Purpose, Sealer};
 use zeroize::Zeroize;
 
+use crate::compress::Stored;
+use crate::format::pack::Codec;
 use crate::format::sealed::FileKind;
 use crate::sealed_file::FileSeal;
 use crate::PackId;
+
+/// What a record's associated data binds it to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordBinding {
+    /// Its at-rest id, raw length and codec: known before the record has a
+    /// place, so it is sealed on the thread that compressed it, while its
+    /// bytes are in that core's cache (config version 3).
+    Identity,
+    /// Its pack, offset and at-rest id: sealed under the pack writer's
+    /// lock, where the offset is decided (config version 2).
+    Place,
+}
+
+/// A record's associated data (37 or 48 bytes).
+pub(crate) struct RecordAd {
+    bytes: [u8; 48],
+    len: usize,
+}
+
+impl AsRef<[u8]> for RecordAd {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
 
 const IDS_CONTEXT: &str = "bunker 2026-12-07 chunk id subkey v1";
 
 /// The key of an encrypted repository, as the store uses it.
 pub struct RepoCrypt {
     key_id: KeyId,
+    binding: RecordBinding,
     ids: [u8; 32],
     records: Sealer,
     trailers: Sealer,
@@ -46,9 +73,15 @@ impl Drop for RepoCrypt {
 }
 
 impl RepoCrypt {
+    /// The crypt of a new repository: records bound to their identity.
     pub fn new(key: &Key) -> RepoCrypt {
+        RepoCrypt::with_binding(key, RecordBinding::Identity)
+    }
+
+    pub fn with_binding(key: &Key, binding: RecordBinding) -> RepoCrypt {
         RepoCrypt {
             key_id: key.id(),
+            binding,
             ids: key.derive(IDS_CONTEXT),
             records: Sealer::new(key, Purpose::Record),
             trailers: Sealer::new(key, Purpose::Trailer),
@@ -75,6 +108,65 @@ impl RepoCrypt {
         &self.records
     }
 
+    pub fn binding(&self) -> RecordBinding {
+        self.binding
+    }
+
+    /// Seals a compressed record in the buffer zstd wrote it to (room for
+    /// nonce and tag left around it), for a repository whose records are
+    /// bound to their identity: on the thread that compressed it, while its
+    /// bytes are in that core's cache, and outside the pack writer's lock.
+    /// Other records pass through: raw ones are sealed by the pack writer
+    /// through its one reused buffer, which costs less than a fresh buffer
+    /// per record (page faults).
+    pub(crate) fn seal_stored<'a>(
+        &self,
+        kid: &ChunkId,
+        raw_len: u32,
+        stored: Stored<'a>,
+    ) -> Stored<'a> {
+        debug_assert_eq!(self.binding, RecordBinding::Identity);
+        match stored {
+            Stored::Sealable(mut sealed) => {
+                let codec = Codec::Zstd;
+                let ad = self.record_ad(kid, raw_len, codec, PackId(0), 0);
+                self.records.seal_in_place(ad.as_ref(), &mut sealed);
+                Stored::Sealed { codec, sealed }
+            }
+            other => other,
+        }
+    }
+
+    /// The associated data of a record: with [`RecordBinding::Identity`]
+    /// `kid ‖ raw_len (u32 LE) ‖ codec (u8)`, with [`RecordBinding::Place`]
+    /// `pack (u64 LE) ‖ offset (u64 LE) ‖ kid`. `pack` and `offset` are
+    /// ignored for the first.
+    pub(crate) fn record_ad(
+        &self,
+        kid: &ChunkId,
+        raw_len: u32,
+        codec: Codec,
+        pack: PackId,
+        offset: u64,
+    ) -> RecordAd {
+        let mut bytes = [0u8; 48];
+        let len = match self.binding {
+            RecordBinding::Identity => {
+                bytes[..32].copy_from_slice(&kid.0);
+                bytes[32..36].copy_from_slice(&raw_len.to_le_bytes());
+                bytes[36] = codec as u8;
+                37
+            }
+            RecordBinding::Place => {
+                bytes[..8].copy_from_slice(&pack.0.to_le_bytes());
+                bytes[8..16].copy_from_slice(&offset.to_le_bytes());
+                bytes[16..].copy_from_slice(&kid.0);
+                48
+            }
+        };
+        RecordAd { bytes, len }
+    }
+
     pub(crate) fn trailers(&self) -> &Sealer {
         &self.trailers
     }
@@ -88,15 +180,6 @@ impl RepoCrypt {
     pub(crate) fn blocks(&self) -> &FileSeal {
         &self.blocks
     }
-}
-
-/// The associated data of a record: where it is and which chunk it holds.
-pub(crate) fn record_ad(pack: PackId, offset: u64, kid: &ChunkId) -> [u8; 48] {
-    let mut ad = [0u8; 48];
-    ad[..8].copy_from_slice(&pack.0.to_le_bytes());
-    ad[8..16].copy_from_slice(&offset.to_le_bytes());
-    ad[16..].copy_from_slice(&kid.0);
-    ad
 }
 
 /// The associated data of a trailer: its pack and how many records it lists.

@@ -62,7 +62,7 @@ fn an_encrypted_repository_round_trips_and_its_packs_hold_no_chunk_id_or_text() 
     };
     assert!(ids.len() > 10, "{}", ids.len());
     let config = std::fs::read(root.join("config")).unwrap();
-    assert_eq!(&config[8..12], &2u32.to_le_bytes());
+    assert_eq!(&config[8..12], &3u32.to_le_bytes());
     assert_eq!(&config[64..80], &key.id().0);
     // The volume's text part compresses into records; clear, a line of it
     // would be visible in any pack.
@@ -204,6 +204,42 @@ fn swapped_sealed_records_are_damage_of_exactly_those_two_chunks() {
     assert_eq!(report.damaged_snapshots[0].bad_chunks, 2);
     assert!(read_all(&repo, "pair", None).is_err());
     assert_eq!(read_all(&repo, "other", None).unwrap(), volume(2, 1 << 20));
+}
+
+/// The codec is part of a record's associated data: a header claiming
+/// another codec, its checksum made to match, does not open.
+#[test]
+fn a_record_header_given_another_codec_is_damage_of_that_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let key = Arc::new(Key::generate());
+    let repo = Repository::create(root, enc_opts(&key)).unwrap();
+    let chunks = equal_chunks(&repo);
+    drop(repo);
+    let pack = packs(root).into_iter().next().unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let (at, sealed) = (64, (16 << 10) + 40);
+    assert_eq!(&bytes[at..at + 4], b"BREC");
+    assert_eq!(bytes[at + 4], 0, "stored raw");
+    bytes[at + 4] = 1;
+    let sum = xxhash_rust::xxh3::xxh3_64(
+        &[&bytes[at..at + 56], &bytes[at + 64..at + 64 + sealed]].concat(),
+    );
+    bytes[at + 56..at + 64].copy_from_slice(&sum.to_le_bytes());
+    std::fs::write(&pack, &bytes).unwrap();
+    let repo = open(root, Some(&key)).unwrap();
+    let report = repo
+        .verify_with(&VerifyOptions {
+            quarantine: false,
+            ..VerifyOptions::default()
+        })
+        .unwrap();
+    let damaged: Vec<ChunkId> = report.damage.iter().filter_map(|d| d.chunk).collect();
+    assert_eq!(damaged, vec![chunks[0].0], "{report:?}");
+    assert!(
+        report.damage[0].reason.contains("does not open"),
+        "{report:?}"
+    );
 }
 
 #[test]

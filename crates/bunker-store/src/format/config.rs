@@ -1,9 +1,11 @@
 //! `config`: the repository's identity and the parameters fixed at its
 //! creation (chunker sizes, zstd level, pack length), 128 bytes, checked
-//! whole on every open. An encrypted repository's config is version 2 and
-//! records its key id; a clear one stays version 1, byte for byte, so older
-//! builds keep opening it (and refuse an encrypted one, into which they
-//! would write clear data). Layout: docs/FORMAT.md, "config".
+//! whole on every open. An encrypted repository's config is version 3 (2
+//! for those made before records were sealed off the pack writer's lock)
+//! and records its key id; a clear one stays version 1, byte for byte, so
+//! older builds keep opening it (and refuse an encrypted one, into which
+//! they would write clear data or records they cannot open). Layout:
+//! docs/FORMAT.md, "config".
 
 use bunker_chunk::ChunkerParams;
 
@@ -12,10 +14,14 @@ use crate::{Error, Result};
 
 pub const MAGIC: &[u8; 8] = b"BNKRREPO";
 /// Version history: 1 — first format (2026-11); 2 — bytes 64..80 hold the
-/// key id of an encrypted repository (2026-12). Clear repositories still
-/// write version 1.
-pub const VERSION: u32 = 2;
+/// key id of an encrypted repository (2026-12-06); 3 — the same, and its
+/// records are sealed with their identity, not their place, as associated
+/// data (2026-12-07; docs/FORMAT.md, "Encryption"). Clear repositories
+/// still write version 1; a version-2 repository stays version 2.
+pub const VERSION: u32 = 3;
 pub const VERSION_CLEAR: u32 = 1;
+/// Encrypted, records sealed with their pack and offset.
+pub const VERSION_PLACE_BOUND: u32 = 2;
 pub const LEN: usize = 128;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,17 +33,15 @@ pub struct RepoConfig {
     pub pack_target_len: u64,
     /// The id of the key the repository is encrypted with; `None`: clear.
     pub key_id: Option<[u8; 16]>,
+    /// [`VERSION_CLEAR`] with no key id; [`VERSION_PLACE_BOUND`] or
+    /// [`VERSION`] with one.
+    pub version: u32,
 }
 
 impl RepoConfig {
     pub fn encode(&self) -> [u8; LEN] {
         let mut b = [0u8; LEN];
-        let version = if self.key_id.is_some() {
-            VERSION
-        } else {
-            VERSION_CLEAR
-        };
-        put_prefix(&mut b, MAGIC, version, LEN);
+        put_prefix(&mut b, MAGIC, self.version, LEN);
         Le::put(&mut b, 16, &self.repo_id);
         Le::put_i64(&mut b, 32, self.created_unix);
         Le::put_u32(&mut b, 40, self.chunker.min_len);
@@ -54,8 +58,12 @@ impl RepoConfig {
     }
 
     pub fn decode(file: &str, b: &[u8]) -> Result<RepoConfig> {
-        let clear = b.len() >= 12 && Le::u32(b, 8) == VERSION_CLEAR;
-        let version = if clear { VERSION_CLEAR } else { VERSION };
+        let found = if b.len() >= 12 { Le::u32(b, 8) } else { 0 };
+        let version = match found {
+            VERSION_CLEAR | VERSION_PLACE_BOUND => found,
+            _ => VERSION,
+        };
+        let clear = version == VERSION_CLEAR;
         check_magic_version(file, "repository config", b, MAGIC, version)?;
         if b.len() != LEN || Le::u32(b, 12) as usize != LEN {
             return Err(Error::corrupt(
@@ -83,6 +91,7 @@ impl RepoConfig {
             zstd_level,
             pack_target_len,
             key_id: (!clear).then(|| Le::bytes(b, 64)),
+            version,
         })
     }
 }
@@ -100,16 +109,18 @@ mod tests {
             zstd_level: 1,
             pack_target_len: 256 << 20,
             key_id: None,
+            version: VERSION_CLEAR,
         };
         let b = c.encode();
         assert_eq!(Le::u32(&b, 8), 1);
         assert!(b[64..120].iter().all(|&x| x == 0));
         let e = RepoConfig {
             key_id: Some([9; 16]),
+            version: VERSION,
             ..c
         }
         .encode();
-        assert_eq!(Le::u32(&e, 8), 2);
+        assert_eq!(Le::u32(&e, 8), 3);
         assert_eq!(&e[64..80], &[9; 16]);
     }
 
@@ -122,12 +133,18 @@ mod tests {
             zstd_level: 3,
             pack_target_len: 256 << 20,
             key_id: None,
+            version: VERSION_CLEAR,
         };
         let encrypted = RepoConfig {
             key_id: Some([9; 16]),
+            version: VERSION,
             ..c
         };
-        for c in [c, encrypted] {
+        let place_bound = RepoConfig {
+            version: VERSION_PLACE_BOUND,
+            ..encrypted
+        };
+        for c in [c, encrypted, place_bound] {
             let b = c.encode();
             assert_eq!(RepoConfig::decode("config", &b).unwrap(), c);
             for bit in 0..(LEN * 8) {

@@ -8,10 +8,12 @@
 //! up is sealed on a background thread (its fdatasync overlaps ingest into
 //! the next pack); [`Packs::seal`], which every commit calls, waits for all
 //! of those. In an encrypted repository each record's stored bytes are
-//! sealed here, under the writer lock (the associated data holds the
-//! record's offset, known only there), and opened in [`Packs::read_record`],
-//! so every caller above handles plaintext stored bytes. Ids here are
-//! at-rest ids (`crate::crypt`). Layout: docs/FORMAT.md, "Pack".
+//! sealed before they come here ([`Payload::Sealed`], on the thread that
+//! compressed them), or here under the writer lock when the repository
+//! binds records to their place (`crate::crypt::RecordBinding`) or the
+//! caller has plaintext; they are opened in [`Packs::read_record`], so
+//! every caller above handles plaintext stored bytes. Ids here are at-rest
+//! ids (`crate::crypt`). Layout: docs/FORMAT.md, "Pack".
 
 mod recover;
 
@@ -23,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use bunker_chunk::ChunkId;
 
 use crate::backend::PackBackend;
-use crate::crypt::{record_ad, trailer_ad, RepoCrypt};
+use crate::crypt::{trailer_ad, RecordBinding, RepoCrypt};
 use crate::error::IoContext;
 use crate::format::checksum;
 use crate::format::pack::{
@@ -52,6 +54,9 @@ pub(crate) enum Payload<'a> {
     /// be sealed in place (`compress::compress_sealable`); written as
     /// those bytes in a clear pack.
     Sealable(&'a mut [u8]),
+    /// A sealed object, written as it is: only in an encrypted repository
+    /// whose records are bound to their identity.
+    Sealed(&'a [u8]),
 }
 
 /// A pack that has just been sealed, with the records it holds.
@@ -201,25 +206,39 @@ impl Packs {
                 .ok_or_else(|| Error::Poisoned("no open pack".into()))?;
             durable::failpoint!("pack::write", &open.path);
             let offset = open.len;
-            let ad = record_ad(open.id, offset, &r.id);
             let (room, tag) = (bunker_crypt::seal::NONCE_LEN, bunker_crypt::seal::TAG_LEN);
             let stored: &[u8] = match (&self.crypt, &mut r.stored) {
                 (Some(c), Payload::Sealable(buf)) => {
                     let _span = crate::cpu::Span::start(crate::cpu::Stage::Encrypt);
-                    c.records().seal_in_place(&ad, buf);
+                    let ad = c.record_ad(&r.id, r.raw_len, r.codec, open.id, offset);
+                    c.records().seal_in_place(ad.as_ref(), buf);
                     buf
                 }
                 (Some(c), Payload::Bytes(plain)) => {
                     let _span = crate::cpu::Span::start(crate::cpu::Stage::Encrypt);
+                    let ad = c.record_ad(&r.id, r.raw_len, r.codec, open.id, offset);
                     let at = seal_at(&mut w.sealed, plain);
                     let len = plain.len();
                     let buf = &mut w.sealed[at..at + len + bunker_crypt::OVERHEAD];
                     buf[room..room + len].copy_from_slice(plain);
-                    c.records().seal_in_place(&ad, buf);
+                    c.records().seal_in_place(ad.as_ref(), buf);
                     &w.sealed[at..at + len + bunker_crypt::OVERHEAD]
+                }
+                (Some(c), Payload::Sealed(sealed)) => {
+                    if c.binding() != RecordBinding::Identity {
+                        return Err(Error::Invalid(
+                            "a record sealed before it had a place, in a repository that binds records to their place".into(),
+                        ));
+                    }
+                    sealed
                 }
                 (None, Payload::Bytes(plain)) => plain,
                 (None, Payload::Sealable(buf)) => &buf[room..buf.len() - tag],
+                (None, Payload::Sealed(_)) => {
+                    return Err(Error::Invalid(
+                        "a sealed record for a clear repository".into(),
+                    ))
+                }
             };
             let header = RecordHeader::new(r.id, r.codec, r.raw_len, stored);
             // A failed write leaves `len` unchanged: the next record (or the
@@ -491,7 +510,10 @@ impl Packs {
             return Err(corrupt("record checksum mismatch".into()));
         }
         let stored = match &self.crypt {
-            Some(c) => open_record(c, loc.pack, loc.offset, id, stored).map_err(corrupt)?,
+            Some(c) => {
+                let ad = c.record_ad(id, header.raw_len, header.codec, loc.pack, loc.offset);
+                open_record(c, ad.as_ref(), stored).map_err(corrupt)?
+            }
             None => stored,
         };
         Ok((header.codec, stored))
@@ -522,17 +544,14 @@ impl Packs {
 /// Opens a sealed record's stored bytes where they lie.
 fn open_record(
     c: &RepoCrypt,
-    pack: PackId,
-    offset: u64,
-    kid: &ChunkId,
+    ad: &[u8],
     mut stored: Vec<u8>,
 ) -> std::result::Result<Vec<u8>, String> {
     let len = c
         .records()
-        .open_in_place(&record_ad(pack, offset, kid), &mut stored)
+        .open_in_place(ad, &mut stored)
         .map_err(|_| {
-            "sealed record does not open: damaged, or moved from another pack, offset or chunk"
-                .to_string()
+            "sealed record does not open: damaged, or taken from another chunk or place".to_string()
         })?
         .len();
     stored.copy_within(

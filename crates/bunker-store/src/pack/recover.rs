@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use bunker_crypt::{KeyId, OVERHEAD};
 
 use crate::backend::PackBackend;
-use crate::crypt::{record_ad, trailer_ad, RepoCrypt};
+use crate::crypt::{trailer_ad, RepoCrypt};
 use crate::error::IoContext;
 use crate::format::checksum;
 use crate::format::pack::{
@@ -194,7 +194,11 @@ pub(crate) fn recover_staged(
         // (written whole, then altered consistently): cut there too.
         if let Some(c) = crypt {
             if c.records()
-                .open_in_place(&record_ad(pack, offset, &h.id), &mut stored)
+                .open_in_place(
+                    c.record_ad(&h.id, h.raw_len, h.codec, pack, offset)
+                        .as_ref(),
+                    &mut stored,
+                )
                 .is_err()
             {
                 break Some("sealed record does not open".to_string());

@@ -20,6 +20,7 @@ use crate::compress::{
     compress, compress_sealable, decompress, decompress_frame, keep_frame, Stored,
 };
 use crate::cpu::{self, Stage};
+use crate::crypt::RecordBinding;
 use crate::index::Reservation;
 use crate::pack::{NewRecord, SealedPack};
 use crate::pins::Pins;
@@ -200,9 +201,23 @@ impl Repository {
         if mine.is_empty() {
             return Ok((NewData::default(), pending, found));
         }
+        // Compressed records are sealed right after compression, on the
+        // same thread, when the associated data does not need their place.
+        let early = self
+            .crypt()
+            .filter(|c| c.binding() == RecordBinding::Identity);
         let mut stored: Vec<_> = mine
             .par_iter()
-            .map(|&i| cpu::timed(Stage::Compress, || encode(chunks[i].1)))
+            .map(|&i| {
+                let (kid, raw) = chunks[i];
+                let s = cpu::timed(Stage::Compress, || encode(raw));
+                match (early, s) {
+                    (Some(c), s @ Stored::Sealable(_)) => {
+                        cpu::timed(Stage::Encrypt, || c.seal_stored(&kid, raw.len() as u32, s))
+                    }
+                    (_, s) => s,
+                }
+            })
             .collect();
         let _append = cpu::Span::start(Stage::Append);
         let mut records: Vec<NewRecord<'_>> = mine

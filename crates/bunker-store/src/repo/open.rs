@@ -19,7 +19,7 @@ use bunker_crypt::{Key, KeyId};
 use super::snapshots::{read_deleted_hwm, DELETED_HWM};
 use super::{Inner, Repository};
 use crate::backend::{LocalPacks, MetaBackend, PackBackend, ReadMode};
-use crate::crypt::RepoCrypt;
+use crate::crypt::{RecordBinding, RepoCrypt};
 use crate::error::IoContext;
 use crate::format::config::RepoConfig;
 use crate::format::Le;
@@ -374,6 +374,10 @@ pub(super) fn new_config(path: &Path, opts: &CreateOptions) -> Result<RepoConfig
         zstd_level: opts.zstd_level,
         pack_target_len: opts.pack_target_len,
         key_id: opts.key.as_ref().map(|k| k.id().0),
+        version: match opts.key {
+            Some(_) => crate::format::config::VERSION,
+            None => crate::format::config::VERSION_CLEAR,
+        },
     })
 }
 
@@ -394,7 +398,12 @@ pub(super) fn check_key(
             given,
         });
     }
-    Ok(key.map(|k| Arc::new(RepoCrypt::new(k))))
+    let binding = if config.version == crate::format::config::VERSION_PLACE_BOUND {
+        RecordBinding::Place
+    } else {
+        RecordBinding::Identity
+    };
+    Ok(key.map(|k| Arc::new(RepoCrypt::with_binding(k, binding))))
 }
 
 /// Creates the directories of a repository at `path` and writes its
