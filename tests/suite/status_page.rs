@@ -113,12 +113,15 @@ fn seeded(dir: &Path) -> (Server, String) {
     let conf = dir.join("bunker.toml");
     let token_file = dir.join("source.token");
     std::fs::write(&token_file, "bkr_0000000000000000_00").unwrap();
+    // Encrypted, so the page has a key id to show.
+    let key_file = dir.join("repo.key");
+    bunker_tests::test_key().create_file(&key_file).unwrap();
     std::fs::write(
         &conf,
         format!(
-            "drill_interval_secs = 86400\n[[sync]]\nname = \"site-a\"\nfrom = \"http://127.0.0.1:9\"\n\
+            "drill_interval_secs = 86400\n[encryption]\nkey_file = {:?}\n[[sync]]\nname = \"site-a\"\nfrom = \"http://127.0.0.1:9\"\n\
              token_file = {:?}\nnames = [\"db-\"]\ninterval = \"1h\"\n",
-            token_file
+            key_file, token_file
         ),
     )
     .unwrap();
@@ -432,6 +435,8 @@ fn status_page_in_a_browser_shows_the_scoped_names_as_text() {
                 scripts: document.querySelectorAll('script').length,
                 title: document.title,
                 text: document.body.innerText,
+                cards: Object.fromEntries([...document.querySelectorAll('#totals div')]
+                    .map(d => [d.querySelector('dt').textContent, d.querySelector('dd').textContent])),
                 token_kept: sessionStorage.getItem('bunker-token') !== null,
                 input_left: document.getElementById('token').value,
                 url: location.href,
@@ -457,6 +462,13 @@ fn status_page_in_a_browser_shows_the_scoped_names_as_text() {
     assert!(seen["growth_titles"].as_u64().unwrap() >= 8);
     assert_eq!(seen["day_rows"], 30);
     assert_eq!(seen["jobs"], json!(["site-a"]));
+    let key_id = bunker_tests::test_key().id().to_string();
+    assert_eq!(
+        seen["cards"]["encryption"],
+        format!("AES-256-GCM, key {key_id}"),
+        "{seen}"
+    );
+    assert_eq!(seen["cards"]["storage"], "local", "{seen}");
     assert_eq!(seen["token_kept"], true);
     assert_eq!(seen["input_left"], "");
     assert_eq!(seen["url"], format!("{}/", server.url));

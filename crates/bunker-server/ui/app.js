@@ -144,7 +144,7 @@
     return el('div', cls ? { class: cls } : {}, el('dt', {}, label), el('dd', {}, value));
   }
 
-  function render(stats, status, sync) {
+  function render(info, stats, status, sync) {
     const now = status.now_unix_ms;
     const intervalMs = status.drill_interval_seconds * 1000;
     const sp = status.space;
@@ -163,6 +163,9 @@
       card('free space', sp.free_bytes === null ? 'bucket' : bytes(sp.free_bytes)),
       card('growth per day', bytes(Math.round(sp.growth_bytes_per_day))),
       card('full in', forecast, sp.full_in_days !== null && sp.full_in_days < 30 ? 'bad' : ''),
+      card('storage', info ? info.storage : 'not shown to this token'),
+      card('encryption', !info ? 'not shown to this token'
+        : info.encrypted ? 'AES-256-GCM, key ' + info.key_id : 'off (clear)'),
     );
 
     const rows = status.names.map((n) => el('tr', { 'data-name': n.name },
@@ -222,9 +225,9 @@
       return;
     }
     try {
-      const [stats, status, sync] = await Promise.all([
+      const [info, stats, status, sync] = await Promise.all([get('/v1/info', token),
         get('/v1/stats', token), get('/v1/status', token), get('/v1/sync', token)]);
-      render(stats, status, sync);
+      render(info, stats, status, sync);
       byId('main').hidden = false;
       say('', false);
       document.body.dataset.state = 'loaded';
