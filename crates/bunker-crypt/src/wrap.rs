@@ -58,10 +58,10 @@ pub struct KdfParams {
 
 impl Default for KdfParams {
     /// 64 MiB, 3 passes, 1 lane: RFC 9106's second recommended setting
-    /// with one lane instead of four, so the cost of a guess does not
-    /// shrink on a machine with more cores than ours (2). About a third of
-    /// a second per unwrap here (docs/OPERATIONS.md, "Encryption"); paid
-    /// once per server start.
+    /// with one lane instead of four, because this implementation runs
+    /// lanes one after another (more lanes buy no memory for the same
+    /// time). About 0.2 s per unwrap on the 2-core reference machine, paid
+    /// once per server start (docs/FORMAT.md, "Wrapped key file").
     fn default() -> KdfParams {
         KdfParams {
             memory_kib: 64 * 1024,
@@ -164,6 +164,15 @@ impl Passphrase {
                 Passphrase::new(v.into_vec(), PASSPHRASE_ENV).map(Some)
             }
             None => Ok(None),
+        }
+    }
+
+    /// The passphrase in `file` if one is named, else in [`PASSPHRASE_ENV`]
+    /// if set, else none: the order the CLI and the server both follow.
+    pub fn from_file_or_env(file: Option<&Path>) -> Result<Option<Passphrase>> {
+        match file {
+            Some(f) => Passphrase::read_file(f).map(Some),
+            None => Passphrase::from_env(),
         }
     }
 
