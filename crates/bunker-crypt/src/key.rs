@@ -149,10 +149,7 @@ impl Key {
 
     /// Reads a key file.
     pub fn load(path: &Path) -> Result<Key> {
-        let mut bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let mut bytes = read_bounded(path, FILE_LEN.max(crate::wrap::FILE_LEN) + 1)?;
         let key = Key::decode(path, &bytes);
         bytes.zeroize();
         key
@@ -166,6 +163,21 @@ impl Key {
         bytes.zeroize();
         written
     }
+}
+
+/// The first `limit` bytes of `path` at most: a key file is small, and a
+/// path given by mistake (a disk image, `/dev/zero`) must not be read
+/// whole. A longer file is then refused by its length check.
+pub(crate) fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::with_capacity(limit);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit as u64).read_to_end(&mut bytes))
+        .map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(bytes)
 }
 
 /// Writes a new file, mode 0600, synced with its directory entry; never

@@ -44,6 +44,9 @@ pub const MAX_LANES: u32 = 8;
 /// Shortest passphrase [`wrap`] accepts, in characters.
 pub const MIN_PASSPHRASE_CHARS: usize = 12;
 
+/// Longest passphrase read from a file.
+pub const MAX_PASSPHRASE_BYTES: usize = 4096;
+
 /// The environment variable a passphrase may come from (the CLI and the
 /// server read it when no passphrase file is given).
 pub const PASSPHRASE_ENV: &str = "BUNKER_KEY_PASSPHRASE";
@@ -135,12 +138,10 @@ impl Passphrase {
         Ok(p)
     }
 
-    /// The first line of `path`, without its line ending.
+    /// The first line of `path`, without its line ending; at most
+    /// [`MAX_PASSPHRASE_BYTES`].
     pub fn read_file(path: &Path) -> Result<Passphrase> {
-        let mut bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let mut bytes = key::read_bounded(path, MAX_PASSPHRASE_BYTES + 2)?;
         let end = bytes
             .iter()
             .position(|&b| b == b'\n')
@@ -150,6 +151,16 @@ impl Passphrase {
         } else {
             end
         };
+        if line_end > MAX_PASSPHRASE_BYTES {
+            bytes.zeroize();
+            return Err(Error::BadPassphrase {
+                reason: format!(
+                    "the first line of {} is longer than {MAX_PASSPHRASE_BYTES} bytes: \
+                     not a passphrase file",
+                    path.display()
+                ),
+            });
+        }
         // Truncating keeps the rest in the allocation: wipe it first.
         bytes[line_end..].zeroize();
         bytes.truncate(line_end);
@@ -330,8 +341,10 @@ pub fn unwrap(path: &Path, b: &[u8], passphrase: &Passphrase) -> Result<Key> {
     let opened = sealer(&kek)
         .open_in_place(&b[..HEADER_LEN], &mut sealed)
         .map(|plain| {
-            let bytes: [u8; 32] = (&*plain).try_into().expect("32 bytes sealed");
-            Key::from_bytes(bytes)
+            let mut bytes: [u8; 32] = (&*plain).try_into().expect("32 bytes sealed");
+            let key = Key::from_bytes(bytes);
+            bytes.zeroize();
+            key
         });
     sealed.zeroize();
     let key = opened.map_err(|_| Error::WrongPassphrase {
@@ -361,11 +374,10 @@ pub fn inspect(path: &Path, b: &[u8]) -> Result<(KeyFileKind, KeyId)> {
     }
 }
 
+/// A key file of either kind, bounded: one byte more than the longer
+/// kind, so an overlong file is still seen as one.
 fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_owned(),
-        source,
-    })
+    key::read_bounded(path, FILE_LEN.max(key::FILE_LEN) + 1)
 }
 
 /// [`inspect`] of the file at `path`.
@@ -599,6 +611,9 @@ mod tests {
             inspect_file(&wrapped).unwrap(),
             (KeyFileKind::Wrapped, key.id())
         );
+        // Read bounded: a huge file given by mistake is refused by length.
+        let err = load_key_file(Path::new("/dev/zero"), None).unwrap_err();
+        assert!(matches!(err, Error::NotKeyFile { .. }), "{err}");
         let foreign = dir.path().join("foreign");
         std::fs::write(&foreign, b"-----BEGIN PRIVATE KEY-----\n").unwrap();
         let err = load_key_file(&foreign, Some(&pass(P))).unwrap_err();
@@ -654,6 +669,14 @@ mod tests {
             std::fs::write(&f, text).unwrap();
             assert_eq!(Passphrase::read_file(&f).unwrap().0, want);
         }
+        std::fs::write(&f, vec![b'x'; MAX_PASSPHRASE_BYTES]).unwrap();
+        assert_eq!(
+            Passphrase::read_file(&f).unwrap().0.len(),
+            MAX_PASSPHRASE_BYTES
+        );
+        std::fs::write(&f, vec![b'x'; MAX_PASSPHRASE_BYTES + 1]).unwrap();
+        let err = Passphrase::read_file(&f).unwrap_err();
+        assert!(err.to_string().contains("longer than"), "{err}");
         std::fs::write(&f, b"\nsecond").unwrap();
         let err = Passphrase::read_file(&f).unwrap_err();
         assert!(matches!(err, Error::BadPassphrase { .. }), "{err}");
