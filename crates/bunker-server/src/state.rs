@@ -306,8 +306,15 @@ pub fn load_key(config: &Config) -> Result<Option<Arc<bunker_crypt::Key>>, Start
         return Ok(None);
     };
     let given = config.encryption.passphrase_file.as_deref();
-    let passphrase = bunker_crypt::Passphrase::from_file_or_env(given)
-        .map_err(|source| StartError::KeyFile { source })?;
+    // Only a wrapped file needs the passphrase: an unreadable passphrase
+    // file or an empty variable must not stop a server with a plain key.
+    let (kind, _) =
+        bunker_crypt::wrap::inspect_file(path).map_err(|source| StartError::KeyFile { source })?;
+    let passphrase = match kind {
+        bunker_crypt::KeyFileKind::Wrapped => bunker_crypt::Passphrase::from_file_or_env(given)
+            .map_err(|source| StartError::KeyFile { source })?,
+        bunker_crypt::KeyFileKind::Plain => None,
+    };
     let (key, kind) =
         bunker_crypt::load_key_file(path, passphrase.as_ref()).map_err(|source| match source {
             bunker_crypt::Error::NeedsPassphrase { .. } => StartError::KeyPassphrase { source },
