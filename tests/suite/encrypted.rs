@@ -2,6 +2,9 @@
 //! --key-file`): nothing under the data directory, nor in the bucket,
 //! holds the image's text or its chunk ids; restore, verify and drill work;
 //! a wrong or missing key stops the server at start, naming the key ids.
+//! A passphrase-wrapped copy of the key (`bunker key export`) imports back
+//! and serves; without its passphrase, or with a wrong one, serve and
+//! repair stop at start and change nothing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -317,4 +320,186 @@ fn sync_between_a_clear_and_an_encrypted_repository_works_both_ways() {
     sealed.stop();
     let leaks = leaking_files(&sealed_data, &ids);
     assert!(leaks.is_empty(), "{leaks:#?}");
+}
+
+const PASSPHRASE: &str = "escrow passphrase of five words";
+
+/// Runs `bunker key ...` with no passphrase in the environment.
+fn key_cmd(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("key")
+        .args(args)
+        .env_remove(bunker_crypt::wrap::PASSPHRASE_ENV)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Wraps `key` into `dir/escrow.wkey` with the passphrase in
+/// `dir/passphrase`, at the cheapest KDF memory export allows (tests only).
+fn export(dir: &Path, key: &Path) -> (PathBuf, PathBuf) {
+    let pass = dir.join("passphrase");
+    std::fs::write(&pass, format!("{PASSPHRASE}\n")).unwrap();
+    let wrapped = dir.join("escrow.wkey");
+    let o = key_cmd(&[
+        "export",
+        "--key-file",
+        key.to_str().unwrap(),
+        "--out",
+        wrapped.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+        "--kdf-memory-kib",
+        "8192",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    (wrapped, pass)
+}
+
+/// Every file under `dir` with its bytes.
+fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files: Vec<_> = bunker_tests::files_under(dir)
+        .into_iter()
+        .map(|f| {
+            let b = std::fs::read(&f).unwrap();
+            (f, b)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_wrapped_key_exports_imports_back_and_serves_bit_exact() {
+    let dir = bunker_tests::scratch();
+    let (key, key_id) = new_key(dir.path());
+    let (wrapped, pass) = export(dir.path(), &key);
+    let wrapped_s = wrapped.to_str().unwrap();
+    let raw = std::fs::read(&wrapped).unwrap();
+    assert_eq!(&raw[..8], b"BNKRKEYW");
+    assert!(
+        !find(&raw, &std::fs::read(&key).unwrap()[32..]),
+        "the key shows"
+    );
+    for (file, kind) in [(&key, "plain"), (&wrapped, "wrapped")] {
+        let o = Command::new(BIN)
+            .args(["--json", "key", "id"])
+            .arg(file)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["key_id"], key_id.as_str(), "{v}");
+        assert_eq!(v["kind"], kind, "{v}");
+    }
+
+    let back = dir.path().join("imported.key");
+    let o = key_cmd(&[
+        "import",
+        "--in",
+        wrapped_s,
+        "--out",
+        back.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), key_id);
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&key).unwrap());
+
+    // Served from the wrapped file; restored through the imported copy.
+    let data = dir.path().join("data");
+    let img = bunker_testdata::noise(29, 2 << 20);
+    let server = Server::start(
+        BIN,
+        &data,
+        &[
+            "--key-file",
+            wrapped_s,
+            "--key-passphrase-file",
+            pass.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(crate::info(&server)["key_id"], key_id.as_str());
+    let id = backup(&server, dir.path(), "vol", &img);
+    restores_bit_exact(&server, dir.path(), "vol", id, &img);
+    server.stop();
+    let server = Server::start(BIN, &data, &["--key-file", back.to_str().unwrap()]);
+    restores_bit_exact(&server, dir.path(), "vol", id, &img);
+}
+
+#[test]
+fn a_wrapped_key_without_or_with_a_wrong_passphrase_stops_serve_and_repair_touching_nothing() {
+    let dir = bunker_tests::scratch();
+    let (key, key_id) = new_key(dir.path());
+    let (wrapped, _) = export(dir.path(), &key);
+    let wrapped_s = wrapped.to_str().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(BIN, &data, &["--key-file", key.to_str().unwrap()]);
+    server.stop();
+    let before = contents(&data);
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "escrow passphrase of five wordz\n").unwrap();
+    let toml = dir.path().join("bunker.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[encryption]\nkey_file = {wrapped_s:?}\npassphrase_file = {:?}\n",
+            wrong.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+
+    let run = |base: &[&str], extra: &[&str]| {
+        let o = Command::new(BIN)
+            .args(base)
+            .args(extra)
+            .env_remove(bunker_crypt::wrap::PASSPHRASE_ENV)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let d = data.to_str().unwrap();
+    let serve = ["serve", "--data", d, "--listen", "127.0.0.1:0"];
+    let repair = ["repair", "--rebuild-index", "--data", d];
+    for base in [&serve[..], &repair[..]] {
+        let (code, err) = run(base, &["--key-file", wrapped_s]);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains("escrow.wkey") && err.contains(&key_id),
+            "{err}"
+        );
+        assert!(err.contains("no passphrase was given"), "{err}");
+        assert!(err.contains("--key-passphrase-file"), "{err}");
+        let wrong_s = wrong.to_str().unwrap();
+        for extra in [
+            &["--key-file", wrapped_s, "--key-passphrase-file", wrong_s][..],
+            &["--config", toml.to_str().unwrap()],
+        ] {
+            let (code, err) = run(base, extra);
+            assert_eq!(code, Some(1), "{err}");
+            assert!(
+                err.contains("escrow.wkey") && err.contains(&key_id),
+                "{err}"
+            );
+            assert!(err.contains("wrong passphrase"), "{err}");
+        }
+        assert!(
+            contents(&data) == before,
+            "a failed start changed the data directory"
+        );
+    }
+
+    // The right passphrase, from the environment this time, serves.
+    let server = Server::start_with_env(
+        BIN,
+        &data,
+        &["--key-file", wrapped_s],
+        &[(bunker_crypt::wrap::PASSPHRASE_ENV, PASSPHRASE)],
+    );
+    assert_eq!(crate::info(&server)["key_id"], key_id.as_str());
+    server.stop();
 }

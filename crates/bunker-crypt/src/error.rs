@@ -41,6 +41,34 @@ pub enum Error {
         "wrong key: the repository is encrypted with key {expected}, the key given is {given}"
     )]
     WrongKey { expected: KeyId, given: KeyId },
+    /// A passphrase-wrapped key file where a plain one was expected
+    /// (`bunker key export` of a wrapped file, a reader without a
+    /// passphrase path).
+    #[error("{path} is a passphrase-wrapped key file (key id {key_id}), not a plain key file")]
+    Wrapped { path: PathBuf, key_id: KeyId },
+    /// A plain key file given to be unwrapped: it is the key already.
+    #[error("{path} is a plain key file, not a passphrase-wrapped one: use it as it is")]
+    NotWrapped { path: PathBuf },
+    /// A wrapped key file was given without a passphrase.
+    #[error(
+        "{path} is a passphrase-wrapped key file (key id {key_id}) and no passphrase was given"
+    )]
+    NeedsPassphrase { path: PathBuf, key_id: KeyId },
+    /// The sealed key did not open: the passphrase is wrong, or the file
+    /// was changed (its header is authenticated with the key).
+    #[error("{path}: wrong passphrase or damaged wrapped key file (key id {key_id})")]
+    WrongPassphrase { path: PathBuf, key_id: KeyId },
+    /// A wrapped key file's KDF or its parameters are unknown or outside
+    /// the bounds this build accepts; refused before any work.
+    #[error("{path}: wrapped key file (key id {key_id}) refused: {reason}")]
+    KdfParams {
+        path: PathBuf,
+        key_id: KeyId,
+        reason: String,
+    },
+    /// A passphrase that is empty, or too weak to wrap a key with.
+    #[error("{reason}")]
+    BadPassphrase { reason: String },
     /// A sealed object failed authentication: flipped bits, truncation, or
     /// an object moved from another place (another pack, offset or chunk).
     #[error("damaged: {reason}")]

@@ -112,6 +112,12 @@ impl Key {
             path: path.to_owned(),
             reason,
         };
+        if b.len() >= 32 && &b[..8] == crate::wrap::MAGIC {
+            return Err(Error::Wrapped {
+                path: path.to_owned(),
+                key_id: KeyId(b[16..32].try_into().expect("16 bytes")),
+            });
+        }
         if b.len() < 16 || &b[..8] != MAGIC {
             return Err(not("no BNKRKEYF magic".into()));
         }
@@ -143,10 +149,7 @@ impl Key {
 
     /// Reads a key file.
     pub fn load(path: &Path) -> Result<Key> {
-        let mut bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let mut bytes = read_bounded(path, FILE_LEN.max(crate::wrap::FILE_LEN) + 1)?;
         let key = Key::decode(path, &bytes);
         bytes.zeroize();
         key
@@ -155,46 +158,67 @@ impl Key {
     /// Writes this key to a new file with mode 0600, synced; refuses an
     /// existing path.
     pub fn create_file(&self, path: &Path) -> Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let io = |source: std::io::Error| Error::Io {
+        let mut bytes = self.encode();
+        let written = write_new(path, &bytes);
+        bytes.zeroize();
+        written
+    }
+}
+
+/// The first `limit` bytes of `path` at most: a key file is small, and a
+/// path given by mistake (a disk image, `/dev/zero`) must not be read
+/// whole. A longer file is then refused by its length check.
+pub(crate) fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::with_capacity(limit);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit as u64).read_to_end(&mut bytes))
+        .map_err(|source| Error::Io {
             path: path.to_owned(),
             source,
-        };
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    Error::AlreadyExists {
-                        path: path.to_owned(),
-                    }
-                } else {
-                    io(e)
+        })?;
+    Ok(bytes)
+}
+
+/// Writes a new file, mode 0600, synced with its directory entry; never
+/// replaces an existing file. Both kinds of key file are written so.
+pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source: std::io::Error| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::AlreadyExists {
+                    path: path.to_owned(),
                 }
-            })?;
-        let mut bytes = self.encode();
-        let written = f.write_all(&bytes).and_then(|()| f.sync_all());
-        bytes.zeroize();
-        if let Err(e) = written {
-            // A partial key file would block the next `create` and could
-            // be mistaken for a key.
-            let _ = std::fs::remove_file(path);
-            return Err(io(e));
-        }
-        // The new name must survive a crash too.
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| Error::Io {
-                path: dir.to_owned(),
-                source,
-            })
+            } else {
+                io(e)
+            }
+        })?;
+    if let Err(e) = f.write_all(bytes).and_then(|()| f.sync_all()) {
+        // A partial key file would block the next attempt and could be
+        // mistaken for a key.
+        let _ = std::fs::remove_file(path);
+        return Err(io(e));
     }
+    // The new name must survive a crash too.
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| Error::Io {
+            path: dir.to_owned(),
+            source,
+        })
 }
 
 #[cfg(test)]

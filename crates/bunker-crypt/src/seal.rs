@@ -75,6 +75,9 @@ pub enum Purpose {
     Manifest,
     /// A snapshot's block hashes file.
     BlockHashes,
+    /// The key in a passphrase-wrapped key file (its subkey is derived
+    /// from the passphrase's argon2id output, not a repository key).
+    WrappedKey,
 }
 
 impl Purpose {
@@ -84,6 +87,7 @@ impl Purpose {
             Purpose::Trailer => "bunker 2026-12-07 trailer subkey v1",
             Purpose::Manifest => "bunker 2026-12-07 manifest subkey v1",
             Purpose::BlockHashes => "bunker 2026-12-07 block hashes subkey v1",
+            Purpose::WrappedKey => "bunker 2026-12-07 wrapped key subkey v1",
         }
     }
 }

@@ -90,7 +90,12 @@ pub struct Config {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Encryption {
+    /// A plain key file, or a passphrase-wrapped one (`bunker key export`).
     pub key_file: Option<PathBuf>,
+    /// For a wrapped `key_file`: a file whose first line is the passphrase
+    /// (`--key-passphrase-file`); without it the environment variable
+    /// `BUNKER_KEY_PASSPHRASE`.
+    pub passphrase_file: Option<PathBuf>,
 }
 
 /// The `[storage]` table. `kind = "local"` (the default) keeps everything

@@ -126,6 +126,16 @@ pub enum StartError {
         #[source]
         source: bunker_crypt::Error,
     },
+    /// The key file is wrapped with a passphrase and none was given.
+    #[error(
+        "key file: {source}; give the passphrase with --key-passphrase-file FILE, \
+         [encryption] passphrase_file or the environment variable {}",
+        bunker_crypt::wrap::PASSPHRASE_ENV
+    )]
+    KeyPassphrase {
+        #[source]
+        source: bunker_crypt::Error,
+    },
     /// `chunk_size` is not a usable chunk size, or not the one the
     /// existing repository was created with.
     #[error("chunk_size: {reason}")]

@@ -296,14 +296,38 @@ fn open_repository(
     Ok((repo, Some((meta, lease))))
 }
 
-/// The key of `[encryption] key_file` (`--key-file`), if one is set.
+/// The key of `[encryption] key_file` (`--key-file`), if one is set: a
+/// plain key file, or a wrapped one opened with the passphrase of
+/// `[encryption] passphrase_file` (`--key-passphrase-file`), else of
+/// `BUNKER_KEY_PASSPHRASE`. Called before anything in the data directory
+/// is touched, so a missing or wrong passphrase changes nothing.
 pub fn load_key(config: &Config) -> Result<Option<Arc<bunker_crypt::Key>>, StartError> {
-    match &config.encryption.key_file {
-        Some(path) => Ok(Some(Arc::new(
-            bunker_crypt::Key::load(path).map_err(|source| StartError::KeyFile { source })?,
-        ))),
-        None => Ok(None),
+    let Some(path) = &config.encryption.key_file else {
+        return Ok(None);
+    };
+    let given = config.encryption.passphrase_file.as_deref();
+    // Only a wrapped file needs the passphrase: an unreadable passphrase
+    // file or an empty variable must not stop a server with a plain key.
+    let (kind, _) =
+        bunker_crypt::wrap::inspect_file(path).map_err(|source| StartError::KeyFile { source })?;
+    let passphrase = match kind {
+        bunker_crypt::KeyFileKind::Wrapped => bunker_crypt::Passphrase::from_file_or_env(given)
+            .map_err(|source| StartError::KeyFile { source })?,
+        bunker_crypt::KeyFileKind::Plain => None,
+    };
+    let (key, kind) =
+        bunker_crypt::load_key_file(path, passphrase.as_ref()).map_err(|source| match source {
+            bunker_crypt::Error::NeedsPassphrase { .. } => StartError::KeyPassphrase { source },
+            source => StartError::KeyFile { source },
+        })?;
+    if let (bunker_crypt::KeyFileKind::Plain, Some(f)) = (kind, given) {
+        tracing::warn!(
+            "{} is a plain key file: the passphrase in {} is not used",
+            path.display(),
+            f.display()
+        );
     }
+    Ok(Some(Arc::new(key)))
 }
 
 fn log_key(repo: &bunker_store::Repository) {

@@ -880,6 +880,31 @@ fn field_tables_of_format_md_match_the_encoders() {
         ],
     );
     assert_eq!(end, bunker_crypt::key::FILE_LEN);
+    let pass = bunker_crypt::Passphrase::new(b"format table passphrase".to_vec(), "test").unwrap();
+    let kdf = bunker_crypt::KdfParams {
+        memory_kib: 8 * 1024 + 1,
+        iterations: 2,
+        lanes: 3,
+    };
+    let b = bunker_crypt::wrap::wrap(&key, &pass, kdf).unwrap();
+    let end = check(
+        &take("Wrapped key file", "Wrapped key file"),
+        &b,
+        &[],
+        &[
+            magic(bunker_crypt::wrap::MAGIC),
+            version(bunker_crypt::wrap::VERSION),
+            w("length of this file (136)", le(136, 4)),
+            w("key id", Want::Bytes(key.id().0.to_vec())),
+            w("KDF (1: argon2id", le(1, 4)),
+            w("KDF memory, KiB", le(8 * 1024 + 1, 4)),
+            w("KDF iterations", le(2, 4)),
+            w("KDF lanes", le(3, 4)),
+            w("salt", Want::Elsewhere),
+            w("the key, sealed", Want::Elsewhere),
+        ],
+    );
+    assert_eq!(end, bunker_crypt::wrap::FILE_LEN);
     let sealer = bunker_crypt::Sealer::new(&key, bunker_crypt::Purpose::Record);
     let plain = b"twenty-one bytes here";
     let b = sealer.seal(b"identity", plain);

@@ -41,11 +41,17 @@ pub struct Args {
     /// different value is refused.
     #[arg(long, value_parser = bunker_testdata::image::parse_size)]
     chunk_size: Option<u64>,
-    /// Repository key file (`bunker key create`): a new repository is
-    /// created encrypted with it, an existing one must have been; without
-    /// it the repository must be clear.
+    /// Repository key file (`bunker key create`), or its passphrase-wrapped
+    /// copy (`bunker key export`): a new repository is created encrypted
+    /// with it, an existing one must have been; without it the repository
+    /// must be clear.
     #[arg(long)]
     key_file: Option<PathBuf>,
+    /// For a passphrase-wrapped --key-file (`bunker key export`): a file
+    /// whose first line is the passphrase (default: the environment
+    /// variable BUNKER_KEY_PASSPHRASE).
+    #[arg(long)]
+    key_passphrase_file: Option<PathBuf>,
     #[command(flatten)]
     s3: super::settings::S3Args,
 }
@@ -80,6 +86,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(v) = args.key_file {
         config.encryption.key_file = Some(v);
+    }
+    if let Some(v) = args.key_passphrase_file {
+        config.encryption.passphrase_file = Some(v);
     }
     // `bunker_server::StartError` names its cause in its message: `Error::msg`
     // keeps `{:#}` from printing the cause a second time.

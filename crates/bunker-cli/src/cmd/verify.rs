@@ -124,10 +124,17 @@ pub struct RepairArgs {
     /// `[encryption]`.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The repository's key file, for an encrypted repository (default:
-    /// the config file's `[encryption] key_file`).
+    /// The repository's key file, plain or passphrase-wrapped, for an
+    /// encrypted repository (default: the config file's `[encryption]
+    /// key_file`).
     #[arg(long)]
     key_file: Option<PathBuf>,
+    /// For a passphrase-wrapped --key-file: a file whose first line is
+    /// the passphrase (default: the config file's `[encryption]
+    /// passphrase_file`, else the environment variable
+    /// BUNKER_KEY_PASSPHRASE).
+    #[arg(long)]
+    key_passphrase_file: Option<PathBuf>,
     #[command(flatten)]
     s3: super::settings::S3Args,
 }
@@ -141,8 +148,13 @@ pub fn repair(g: &Global, a: RepairArgs) -> CmdResult {
     if let Some(k) = a.key_file {
         config.encryption.key_file = Some(k);
     }
+    if let Some(p) = a.key_passphrase_file {
+        config.encryption.passphrase_file = Some(p);
+    }
     let opts = bunker_store::OpenOptions {
-        key: bunker_server::load_key(&config)?,
+        // `StartError` names its cause in its message: `Error::msg` keeps
+        // `{:#}` from printing the cause a second time.
+        key: bunker_server::load_key(&config).map_err(anyhow::Error::msg)?,
         ..Default::default()
     };
     let data = config.data.clone();
