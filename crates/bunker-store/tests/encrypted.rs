@@ -151,6 +151,24 @@ fn equal_chunks(repo: &Repository) -> [(ChunkId, Vec<u8>); 2] {
     [(ChunkId::of(&a), a), (ChunkId::of(&b), b)]
 }
 
+/// Makes the checksum of the record at `at` (with `sealed` stored bytes)
+/// match its bytes again, as a careful attacker would.
+fn match_checksum(pack: &mut [u8], at: usize, sealed: usize) {
+    let sum = xxhash_rust::xxh3::xxh3_64(
+        &[&pack[at..at + 56], &pack[at + 64..at + 64 + sealed]].concat(),
+    );
+    pack[at + 56..at + 64].copy_from_slice(&sum.to_le_bytes());
+}
+
+/// Verify, leaving damaged records where they are.
+fn verify_keeping(repo: &Repository) -> bunker_store::VerifyReport {
+    repo.verify_with(&VerifyOptions {
+        quarantine: false,
+        ..VerifyOptions::default()
+    })
+    .unwrap()
+}
+
 #[test]
 fn swapped_sealed_records_are_damage_of_exactly_those_two_chunks() {
     let dir = tempfile::tempdir().unwrap();
@@ -174,19 +192,11 @@ fn swapped_sealed_records_are_damage_of_exactly_those_two_chunks() {
     bytes[a + 64..a + 64 + sealed].copy_from_slice(&pb);
     bytes[b + 64..b + 64 + sealed].copy_from_slice(&pa);
     for at in [a, b] {
-        let sum = xxhash_rust::xxh3::xxh3_64(
-            &[&bytes[at..at + 56], &bytes[at + 64..at + 64 + sealed]].concat(),
-        );
-        bytes[at + 56..at + 64].copy_from_slice(&sum.to_le_bytes());
+        match_checksum(&mut bytes, at, sealed);
     }
     std::fs::write(&pack, &bytes).unwrap();
     let repo = open(root, Some(&key)).unwrap();
-    let report = repo
-        .verify_with(&VerifyOptions {
-            quarantine: false,
-            ..VerifyOptions::default()
-        })
-        .unwrap();
+    let report = verify_keeping(&repo);
     let mut damaged: Vec<ChunkId> = report.damage.iter().filter_map(|d| d.chunk).collect();
     damaged.sort();
     let mut want = vec![chunks[0].0, chunks[1].0];
@@ -222,18 +232,10 @@ fn a_record_header_given_another_codec_is_damage_of_that_chunk() {
     assert_eq!(&bytes[at..at + 4], b"BREC");
     assert_eq!(bytes[at + 4], 0, "stored raw");
     bytes[at + 4] = 1;
-    let sum = xxhash_rust::xxh3::xxh3_64(
-        &[&bytes[at..at + 56], &bytes[at + 64..at + 64 + sealed]].concat(),
-    );
-    bytes[at + 56..at + 64].copy_from_slice(&sum.to_le_bytes());
+    match_checksum(&mut bytes, at, sealed);
     std::fs::write(&pack, &bytes).unwrap();
     let repo = open(root, Some(&key)).unwrap();
-    let report = repo
-        .verify_with(&VerifyOptions {
-            quarantine: false,
-            ..VerifyOptions::default()
-        })
-        .unwrap();
+    let report = verify_keeping(&repo);
     let damaged: Vec<ChunkId> = report.damage.iter().filter_map(|d| d.chunk).collect();
     assert_eq!(damaged, vec![chunks[0].0], "{report:?}");
     assert!(
