@@ -70,7 +70,7 @@ pub enum Error {
     #[error("{reason}")]
     BadPassphrase { reason: String },
     /// A sealed object failed authentication: flipped bits, truncation, or
-    /// an object moved from another place (another pack, offset or chunk).
+    /// an object opened as another (its associated data differs).
     #[error("damaged: {reason}")]
     Damaged { reason: &'static str },
 }

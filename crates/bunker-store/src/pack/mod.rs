@@ -551,7 +551,8 @@ fn open_record(
         .records()
         .open_in_place(ad, &mut stored)
         .map_err(|_| {
-            "sealed record does not open: damaged, or taken from another chunk or place".to_string()
+            "sealed record does not open: damaged, or its header's chunk, length or codec altered"
+                .to_string()
         })?
         .len();
     stored.copy_within(
