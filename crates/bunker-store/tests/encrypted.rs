@@ -29,6 +29,30 @@ fn open(root: &std::path::Path, key: Option<&Arc<Key>>) -> bunker_store::Result<
     )
 }
 
+/// Every file below `dir`.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().is_dir() {
+            out.extend(files_under(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+/// What of `text` and `ids` the file `f` holds in clear, if anything.
+fn leak(f: &std::path::Path, text: &[u8], ids: &[ChunkId]) -> Option<String> {
+    let bytes = std::fs::read(f).unwrap();
+    if contains(&bytes, text) {
+        return Some(format!("{} holds clear text", f.display()));
+    }
+    ids.iter()
+        .find(|id| contains(&bytes, &id.0))
+        .map(|id| format!("{} holds chunk id {id}", f.display()))
+}
+
 /// The true ids of every stored chunk of `name`'s latest snapshot.
 fn chunk_ids(repo: &Repository, name: &str) -> Vec<ChunkId> {
     let info = repo.snapshot(name, None).unwrap();
@@ -65,30 +89,28 @@ fn an_encrypted_repository_round_trips_and_its_packs_hold_no_chunk_id_or_text() 
     assert_eq!(&config[8..12], &3u32.to_le_bytes());
     assert_eq!(&config[64..80], &key.id().0);
     // The volume's text part compresses into records; clear, a line of it
-    // would be visible in any pack.
+    // would be visible in any pack. Every file is scanned: packs, index,
+    // windows, manifests and block hashes.
     let text = b"INFO served /api/v1/items in 3ms";
-    let mut files = packs(root);
-    for d in ["index", "window"] {
-        if root.join(d).exists() {
-            for f in std::fs::read_dir(root.join(d)).unwrap().flatten() {
-                if f.path().is_file() {
-                    files.push(f.path());
-                }
-            }
-        }
-    }
+    let files = files_under(root);
     assert!(files.len() > 3, "{files:?}");
     for f in &files {
-        let bytes = std::fs::read(f).unwrap();
-        assert!(!contains(&bytes, text), "{} holds clear text", f.display());
-        for id in &ids {
-            assert!(
-                !contains(&bytes, &id.0),
-                "{} holds chunk id {id}",
-                f.display()
-            );
-        }
+        assert_eq!(leak(f, text, &ids), None);
     }
+    // The same scan finds the ids in a clear repository of the same volume
+    // (its text is compressed there too: the marker of the end-to-end test,
+    // `encrypted::an_encrypted_server_keeps_no_text…`, is stored raw).
+    let clear = tempfile::tempdir().unwrap();
+    ingest(
+        &Repository::create(clear.path(), small_opts()).unwrap(),
+        "vol",
+        &data,
+    );
+    let found: Vec<String> = files_under(clear.path())
+        .iter()
+        .filter_map(|f| leak(f, text, &ids))
+        .collect();
+    assert!(found.iter().any(|l| l.contains("chunk id")), "{found:?}");
     let repo = open(root, Some(&key)).unwrap();
     assert_eq!(read_all(&repo, "vol", None).unwrap(), data);
     for id in &ids {
@@ -254,12 +276,15 @@ fn a_flipped_bit_in_a_sealed_record_is_damage_of_that_chunk_and_its_snapshots() 
     drop(repo);
     let pack = packs(root).into_iter().next().unwrap();
     let mut bytes = std::fs::read(&pack).unwrap();
-    // The first record's payload, past its nonce.
+    // The first record's payload, past its nonce, with the record's
+    // checksum made to match: only the AEAD can tell.
     bytes[64 + 64 + 100] ^= 0x10;
+    match_checksum(&mut bytes, 64, (16 << 10) + 40);
     std::fs::write(&pack, &bytes).unwrap();
     let repo = open(root, Some(&key)).unwrap();
     let err = repo.read_chunk(&chunks[0].0).unwrap_err();
     assert!(err.is_corrupt(), "{err}");
+    assert!(err.to_string().contains("does not open"), "{err}");
     assert!(err.to_string().contains(&chunks[0].0.to_string()), "{err}");
     assert_eq!(repo.read_chunk(&chunks[1].0).unwrap(), chunks[1].1);
     let report = repo.verify().unwrap();
