@@ -26,19 +26,18 @@ pub(crate) enum Stored<'a> {
     /// A zstd frame at `[NONCE_LEN..len - TAG_LEN]` of its buffer, with
     /// room to be sealed in place ([`compress_sealable`]).
     Sealable(Vec<u8>),
-    /// Any of the above once sealed (`crate::crypt::RepoCrypt::seal_stored`).
-    Sealed {
-        codec: Codec,
-        sealed: Vec<u8>,
-    },
+    /// A [`Stored::Sealable`] frame once sealed
+    /// (`crate::crypt::RepoCrypt::seal_stored`).
+    Sealed(Vec<u8>),
 }
 
 impl Stored<'_> {
     pub(crate) fn codec(&self) -> Codec {
         match self {
             Stored::Raw(_) => Codec::Raw,
-            Stored::Zstd(_) | Stored::Frame(_) | Stored::Sealable(_) => Codec::Zstd,
-            Stored::Sealed { codec, .. } => *codec,
+            Stored::Zstd(_) | Stored::Frame(_) | Stored::Sealable(_) | Stored::Sealed(_) => {
+                Codec::Zstd
+            }
         }
     }
 
@@ -49,7 +48,7 @@ impl Stored<'_> {
             Stored::Raw(b) | Stored::Frame(b) => Some(b),
             Stored::Zstd(v) => Some(v),
             Stored::Sealable(v) => Some(&v[NONCE_LEN..v.len() - TAG_LEN]),
-            Stored::Sealed { .. } => None,
+            Stored::Sealed(_) => None,
         }
     }
 
@@ -59,7 +58,7 @@ impl Stored<'_> {
             Stored::Raw(b) | Stored::Frame(b) => Payload::Bytes(b),
             Stored::Zstd(v) => Payload::Bytes(v),
             Stored::Sealable(v) => Payload::Sealable(v),
-            Stored::Sealed { sealed, .. } => Payload::Sealed(sealed),
+            Stored::Sealed(sealed) => Payload::Sealed(sealed),
         }
     }
 

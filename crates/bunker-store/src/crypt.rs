@@ -128,10 +128,9 @@ impl RepoCrypt {
         debug_assert_eq!(self.binding, RecordBinding::Identity);
         match stored {
             Stored::Sealable(mut sealed) => {
-                let codec = Codec::Zstd;
-                let ad = self.record_ad(kid, raw_len, codec, PackId(0), 0);
+                let ad = self.record_ad(kid, raw_len, Codec::Zstd, PackId(0), 0);
                 self.records.seal_in_place(ad.as_ref(), &mut sealed);
-                Stored::Sealed { codec, sealed }
+                Stored::Sealed(sealed)
             }
             other => other,
         }

@@ -56,8 +56,6 @@ struct Inner {
     config: RepoConfig,
     chunker: Chunker,
     packs: Packs,
-    /// The key at work in an encrypted repository (`crate::crypt`).
-    crypt: Option<Arc<RepoCrypt>>,
     index: Index,
     /// `OpenOptions::dedup_window`.
     dedup_window: bool,
@@ -110,18 +108,19 @@ impl Repository {
 
     /// The id of the key the repository is encrypted with; `None`: clear.
     pub fn key_id(&self) -> Option<bunker_crypt::KeyId> {
-        self.inner.crypt.as_ref().map(|c| c.key_id())
+        self.crypt().map(|c| c.key_id())
     }
 
-    /// The key at work, for an encrypted repository.
+    /// The key at work, for an encrypted repository (`crate::crypt`); the
+    /// pack writer holds it.
     pub(crate) fn crypt(&self) -> Option<&RepoCrypt> {
-        self.inner.crypt.as_deref()
+        self.inner.packs.crypt()
     }
 
     /// The id chunk `id` has at rest (in packs, the index and windows):
     /// keyed in an encrypted repository, `id` itself in a clear one.
     pub(crate) fn at_rest(&self, id: &ChunkId) -> ChunkId {
-        match &self.inner.crypt {
+        match self.crypt() {
             Some(c) => c.at_rest(id),
             None => *id,
         }
