@@ -295,7 +295,7 @@ fn field_tables_of_format_md_match_the_encoders() {
         zstd_level: 7,
         pack_target_len: 0x0000_0123_4567_89ab,
         key_id: None,
-        version: format::config::VERSION_CLEAR,
+        place_bound: false,
     };
     let b = c.encode();
     let end = check(

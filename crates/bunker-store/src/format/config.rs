@@ -33,15 +33,21 @@ pub struct RepoConfig {
     pub pack_target_len: u64,
     /// The id of the key the repository is encrypted with; `None`: clear.
     pub key_id: Option<[u8; 16]>,
-    /// [`VERSION_CLEAR`] with no key id; [`VERSION_PLACE_BOUND`] or
-    /// [`VERSION`] with one.
-    pub version: u32,
+    /// With a key id: its records are sealed with their place
+    /// ([`VERSION_PLACE_BOUND`]) rather than their identity ([`VERSION`]).
+    /// Ignored without one. The version written follows from the two.
+    pub place_bound: bool,
 }
 
 impl RepoConfig {
     pub fn encode(&self) -> [u8; LEN] {
         let mut b = [0u8; LEN];
-        put_prefix(&mut b, MAGIC, self.version, LEN);
+        let version = match (self.key_id, self.place_bound) {
+            (None, _) => VERSION_CLEAR,
+            (Some(_), true) => VERSION_PLACE_BOUND,
+            (Some(_), false) => VERSION,
+        };
+        put_prefix(&mut b, MAGIC, version, LEN);
         Le::put(&mut b, 16, &self.repo_id);
         Le::put_i64(&mut b, 32, self.created_unix);
         Le::put_u32(&mut b, 40, self.chunker.min_len);
@@ -91,7 +97,7 @@ impl RepoConfig {
             zstd_level,
             pack_target_len,
             key_id: (!clear).then(|| Le::bytes(b, 64)),
-            version,
+            place_bound: version == VERSION_PLACE_BOUND,
         })
     }
 }
@@ -109,14 +115,14 @@ mod tests {
             zstd_level: 1,
             pack_target_len: 256 << 20,
             key_id: None,
-            version: VERSION_CLEAR,
+            place_bound: false,
         };
         let b = c.encode();
         assert_eq!(Le::u32(&b, 8), 1);
         assert!(b[64..120].iter().all(|&x| x == 0));
         let e = RepoConfig {
             key_id: Some([9; 16]),
-            version: VERSION,
+            place_bound: false,
             ..c
         }
         .encode();
@@ -133,15 +139,15 @@ mod tests {
             zstd_level: 3,
             pack_target_len: 256 << 20,
             key_id: None,
-            version: VERSION_CLEAR,
+            place_bound: false,
         };
         let encrypted = RepoConfig {
             key_id: Some([9; 16]),
-            version: VERSION,
+            place_bound: false,
             ..c
         };
         let place_bound = RepoConfig {
-            version: VERSION_PLACE_BOUND,
+            place_bound: true,
             ..encrypted
         };
         for c in [c, encrypted, place_bound] {

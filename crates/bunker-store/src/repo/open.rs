@@ -373,10 +373,7 @@ pub(super) fn new_config(path: &Path, opts: &CreateOptions) -> Result<RepoConfig
         zstd_level: opts.zstd_level,
         pack_target_len: opts.pack_target_len,
         key_id: opts.key.as_ref().map(|k| k.id().0),
-        version: match opts.key {
-            Some(_) => crate::format::config::VERSION,
-            None => crate::format::config::VERSION_CLEAR,
-        },
+        place_bound: false,
     })
 }
 
@@ -397,7 +394,7 @@ pub(super) fn check_key(
             given,
         });
     }
-    let binding = if config.version == crate::format::config::VERSION_PLACE_BOUND {
+    let binding = if config.place_bound {
         RecordBinding::Place
     } else {
         RecordBinding::Identity
