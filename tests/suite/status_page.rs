@@ -364,7 +364,7 @@ fn eval(b: &mut Browser, page: &str, expr: &str) -> Value {
 fn wait_for(b: &mut Browser, page: &str, expr: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while eval(b, page, expr) != json!(true) {
-        let state = eval(b, page, "document.body ? document.body.dataset.state + ' ' + document.getElementById('message').textContent : ''");
+        let state = eval(b, page, "(document.body ? document.body.dataset.state : '') + ' ' + (document.getElementById('message')?.textContent ?? '')");
         assert!(
             Instant::now() < deadline,
             "the page never got to {expr}: {state}"

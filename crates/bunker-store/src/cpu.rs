@@ -7,7 +7,8 @@
 //! waiting or preempted is not counted. What no stage covers (HTTP, the
 //! kernel's socket copies, scheduling, allocation) is the process's CPU time
 //! minus the sum. The clock costs one system call (about 0.2 µs); stages
-//! are timed per 16 MiB block or per chunk, a few thousand calls per GB.
+//! are timed per 16 MiB block or per chunk: about six reads per new chunk,
+//! some 25,000 (5 ms) per GB of new data at 256 KiB chunks.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
